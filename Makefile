@@ -1,0 +1,35 @@
+# perpdex: `make install`, `make test`, `make demo`, `make bench`. Nothing is installed by hand:
+# the virtual environment, the dependencies and the Cython build all come from this file.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SOURCES := $(wildcard engine/*.pyx engine/*.pxd) setup.py pyproject.toml
+
+.PHONY: install build test demo bench clean
+
+install: $(STAMP) build
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0.10"
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
+	touch $@
+
+# Rebuild the extensions in place whenever a .pyx or .pxd changes.
+build: $(STAMP) engine/.built
+engine/.built: $(SOURCES) | $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/perpdex demo
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf build engine/*.c engine/*.so engine/*.html engine/.built *.egg-info

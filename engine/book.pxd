@@ -1,0 +1,122 @@
+# cython: language_level=3
+"""The order book: an order pool, price levels with FIFO queues, and the per-account cid index.
+
+Knows nothing of accounts' money, margin or events. Orders are C structs in one preallocated,
+growable array, addressed by slot; every list (a level's queue, an account's open orders, a cid
+hash chain, the free list) is intrusive, so adding, cancelling and filling an order allocate
+nothing and cost O(1) however deep the level is.
+
+Slots are stable, but the array may move when it grows: never hold an `Order*` across `alloc()`.
+"""
+cimport cython
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t
+
+
+cdef enum:
+    CID_BYTES = 144          # 36 characters of UTF-8, at most 4 bytes each
+
+# Order attributes; each enum follows the order of its tokens in engine.wire (V_BUY + side, ...).
+cdef enum:
+    BID = 0
+    ASK = 1
+
+cdef enum:
+    LIMIT = 0
+    MARKET
+    STOP_MARKET
+    STOP_LIMIT
+    TAKE_PROFIT_MARKET
+    TAKE_PROFIT_LIMIT
+
+cdef enum:
+    GTC = 0
+    IOC
+    FOK
+    ALO
+
+cdef enum:
+    CANCEL_MAKER = 0
+    CANCEL_TAKER
+    CANCEL_BOTH
+
+ctypedef struct Order:
+    int64_t oid
+    int64_t price            # ticks; 0 for a market order
+    int64_t qty              # remaining lots
+    int64_t cid_int          # the cid when it is an integer
+    uint64_t cid_hash
+    int32_t account
+    int32_t market
+    int32_t level            # level slot while resting, else -1
+    int32_t prev             # FIFO neighbours in the level; `next` also links the free list
+    int32_t next
+    int32_t hnext            # next in the cid hash chain
+    int32_t aprev            # the account's open orders, in acceptance order
+    int32_t anext
+    uint8_t side             # BID / ASK
+    uint8_t kind
+    uint8_t tif
+    uint8_t stp
+    uint8_t reduce_only
+    uint8_t cid_is_str
+    uint8_t cid_len          # bytes of the string cid, kept in OrderPool.cid_text
+    uint8_t live
+
+ctypedef struct Level:
+    int64_t price
+    int64_t qty              # sum of the remaining qty of its orders
+    int32_t head             # oldest order (first to fill)
+    int32_t tail
+    int32_t count
+
+
+cdef uint64_t cid_hash_int(int32_t account, int64_t cid) nogil
+cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) nogil
+
+
+@cython.final
+cdef class OrderPool:
+    # ---- fields --------------------------------------------------------------------------
+    cdef Order* o
+    cdef char* cid_text             # CID_BYTES per slot: cold, read only to compare and print
+    cdef int32_t cap
+    cdef int32_t free_head
+    cdef readonly int32_t n_live
+    cdef int32_t* buckets           # cid hash table: heads of chains through Order.hnext
+    cdef uint64_t mask
+    cdef int32_t* acct_head         # each account's open orders
+    cdef int32_t* acct_tail
+    cdef int32_t acct_cap
+
+    # ---- API -----------------------------------------------------------------------------
+    cdef int32_t alloc(self) except -1
+    cdef void release(self, int32_t i)
+    cdef int ensure_accounts(self, int32_t n) except -1
+    cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
+                          const char* text, Py_ssize_t n, uint64_t h)
+    cdef int cid_insert(self, int32_t i) except -1
+    cdef void cid_remove(self, int32_t i)
+    cdef void account_link(self, int32_t i)
+    cdef void account_unlink(self, int32_t i)
+    cdef int _rehash(self) except -1
+
+
+@cython.final
+cdef class Book:
+    # ---- fields --------------------------------------------------------------------------
+    cdef Level* lv
+    cdef int32_t lv_cap
+    cdef int32_t lv_free
+    # Per side, the level slots sorted by key (bid: price, ask: -price), best at the end.
+    cdef int32_t* slots[2]
+    cdef int64_t* keys[2]
+    cdef int32_t n[2]
+    cdef int32_t side_cap[2]
+
+    # ---- API (n = levels on that side) -------------------------------------------------------
+    cdef int32_t best(self, int side)                                  # O(1)
+    cdef int32_t find(self, int side, int64_t price)                   # O(log n)
+    cdef int push_back(self, OrderPool pool, int32_t i) except -1      # O(1), O(n) for a new level
+    cdef void unlink(self, OrderPool pool, int32_t i)                  # O(1), O(n) if level empties
+    cdef void _remove_level(self, int side, int32_t slot)
+    cdef int32_t _new_level(self, int side, int64_t price) except -1

@@ -1,0 +1,357 @@
+# cython: language_level=3
+"""The order book. See book.pxd for the data layout and the cost of each operation."""
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcmp, memmove
+from libc.stdint cimport int64_t, uint64_t, int32_t
+
+
+cdef inline uint64_t _mix(uint64_t x) nogil:
+    # splitmix64 finaliser: deterministic (unlike Python's salted str hash) and well spread.
+    x ^= x >> 30
+    x *= <uint64_t>0xbf58476d1ce4e5b9
+    x ^= x >> 27
+    x *= <uint64_t>0x94d049bb133111eb
+    x ^= x >> 31
+    return x
+
+
+cdef uint64_t cid_hash_int(int32_t account, int64_t cid) nogil:
+    return _mix(<uint64_t>cid ^ (<uint64_t>account << 40) ^ <uint64_t>0x9e3779b97f4a7c15)
+
+
+cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) nogil:
+    cdef uint64_t h = <uint64_t>0xcbf29ce484222325       # FNV-1a
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= <unsigned char>s[i]
+        h *= <uint64_t>0x100000001b3
+    return _mix(h ^ (<uint64_t>account << 40))
+
+
+cdef class OrderPool:
+    """Every open order, in one array of C structs, with the cid index and account lists."""
+
+    def __cinit__(self, int32_t capacity=1024):
+        cdef int32_t i
+        self.cap = capacity if capacity > 16 else 16
+        self.o = <Order*>malloc(self.cap * sizeof(Order))
+        self.cid_text = <char*>malloc(<size_t>self.cap * CID_BYTES)
+        self.mask = 1023
+        self.buckets = <int32_t*>malloc((self.mask + 1) * sizeof(int32_t))
+        self.acct_cap = 0
+        self.acct_head = NULL
+        self.acct_tail = NULL
+        if self.o == NULL or self.cid_text == NULL or self.buckets == NULL:
+            raise MemoryError()
+        for i in range(<int32_t>(self.mask + 1)):
+            self.buckets[i] = -1
+        for i in range(self.cap):
+            self.o[i].next = i + 1
+            self.o[i].live = 0
+        self.o[self.cap - 1].next = -1
+        self.free_head = 0
+        self.n_live = 0
+
+    def __dealloc__(self):
+        free(self.o)
+        free(self.cid_text)
+        free(self.buckets)
+        free(self.acct_head)
+        free(self.acct_tail)
+
+    cdef int32_t alloc(self) except -1:
+        """A free slot, O(1) amortised (the array doubles when full)."""
+        cdef int32_t i, old = self.cap
+        cdef Order* no
+        cdef char* nt
+        if self.free_head < 0:
+            if self.cap >= (1 << 30):
+                raise MemoryError("order pool is full")
+            no = <Order*>realloc(self.o, 2 * <size_t>old * sizeof(Order))
+            if no == NULL:
+                raise MemoryError()
+            self.o = no
+            nt = <char*>realloc(self.cid_text, 2 * <size_t>old * CID_BYTES)
+            if nt == NULL:
+                raise MemoryError()
+            self.cid_text = nt
+            self.cap = 2 * old
+            for i in range(old, self.cap):
+                self.o[i].next = i + 1
+                self.o[i].live = 0
+            self.o[self.cap - 1].next = -1
+            self.free_head = old
+        i = self.free_head
+        self.free_head = self.o[i].next
+        self.o[i].live = 1
+        self.o[i].level = -1
+        self.o[i].prev = -1
+        self.o[i].next = -1
+        self.o[i].hnext = -1
+        self.o[i].aprev = -1
+        self.o[i].anext = -1
+        self.n_live += 1
+        return i
+
+    cdef void release(self, int32_t i):
+        """Return a slot (already out of its level, the cid index and its account list). O(1)."""
+        self.o[i].live = 0
+        self.o[i].next = self.free_head
+        self.free_head = i
+        self.n_live -= 1
+
+    cdef int ensure_accounts(self, int32_t n) except -1:
+        cdef int32_t i, c = self.acct_cap
+        if n <= c:
+            return 0
+        if c == 0:
+            c = 256
+        while c < n:
+            c *= 2
+        self.acct_head = <int32_t*>realloc(self.acct_head, c * sizeof(int32_t))
+        self.acct_tail = <int32_t*>realloc(self.acct_tail, c * sizeof(int32_t))
+        if self.acct_head == NULL or self.acct_tail == NULL:
+            raise MemoryError()
+        for i in range(self.acct_cap, c):
+            self.acct_head[i] = -1
+            self.acct_tail[i] = -1
+        self.acct_cap = c
+        return 0
+
+    # ---- cid index: O(1) expected ----------------------------------------------------------
+
+    cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
+                          const char* text, Py_ssize_t n, uint64_t h):
+        cdef int32_t i = self.buckets[h & self.mask]
+        cdef Order* o
+        while i >= 0:
+            o = &self.o[i]
+            if o.cid_hash == h and o.account == account and o.cid_is_str == is_str:
+                if is_str:
+                    if o.cid_len == n and memcmp(self.cid_text + <size_t>i * CID_BYTES, text, n) == 0:
+                        return i
+                elif o.cid_int == cid_int:
+                    return i
+            i = o.hnext
+        return -1
+
+    cdef int cid_insert(self, int32_t i) except -1:
+        cdef uint64_t b
+        if self.n_live > <int32_t>(self.mask + 1) // 2:
+            self._rehash()
+        b = self.o[i].cid_hash & self.mask
+        self.o[i].hnext = self.buckets[b]
+        self.buckets[b] = i
+        return 0
+
+    cdef void cid_remove(self, int32_t i):
+        cdef uint64_t b = self.o[i].cid_hash & self.mask
+        cdef int32_t j = self.buckets[b], prev = -1
+        while j >= 0 and j != i:
+            prev = j
+            j = self.o[j].hnext
+        if j < 0:
+            return
+        if prev < 0:
+            self.buckets[b] = self.o[i].hnext
+        else:
+            self.o[prev].hnext = self.o[i].hnext
+        self.o[i].hnext = -1
+
+    cdef int _rehash(self) except -1:
+        """Double the bucket array and relink every indexed order. O(pool)."""
+        cdef uint64_t nmask = 2 * (self.mask + 1) - 1, b
+        cdef int32_t* nb = <int32_t*>malloc((nmask + 1) * sizeof(int32_t))
+        cdef int32_t i, j, nxt
+        if nb == NULL:
+            raise MemoryError()
+        for i in range(<int32_t>(nmask + 1)):
+            nb[i] = -1
+        for i in range(<int32_t>(self.mask + 1)):
+            j = self.buckets[i]
+            while j >= 0:
+                nxt = self.o[j].hnext
+                b = self.o[j].cid_hash & nmask
+                self.o[j].hnext = nb[b]
+                nb[b] = j
+                j = nxt
+        free(self.buckets)
+        self.buckets = nb
+        self.mask = nmask
+        return 0
+
+    # ---- the account's open orders, in acceptance order ----------------------------------
+
+    cdef void account_link(self, int32_t i):
+        cdef int32_t a = self.o[i].account
+        cdef int32_t t = self.acct_tail[a]
+        self.o[i].aprev = t
+        self.o[i].anext = -1
+        if t >= 0:
+            self.o[t].anext = i
+        else:
+            self.acct_head[a] = i
+        self.acct_tail[a] = i
+
+    cdef void account_unlink(self, int32_t i):
+        cdef int32_t a = self.o[i].account
+        cdef int32_t p = self.o[i].aprev, q = self.o[i].anext
+        if p >= 0:
+            self.o[p].anext = q
+        else:
+            self.acct_head[a] = q
+        if q >= 0:
+            self.o[q].aprev = p
+        else:
+            self.acct_tail[a] = p
+        self.o[i].aprev = -1
+        self.o[i].anext = -1
+
+
+cdef class Book:
+    """One market's two sides: levels sorted best-last, each a FIFO queue of pool slots."""
+
+    def __cinit__(self):
+        cdef int s, i
+        self.lv_cap = 64
+        self.lv = <Level*>malloc(self.lv_cap * sizeof(Level))
+        if self.lv == NULL:
+            raise MemoryError()
+        for i in range(self.lv_cap):
+            self.lv[i].head = i + 1
+        self.lv[self.lv_cap - 1].head = -1
+        self.lv_free = 0
+        for s in range(2):
+            self.side_cap[s] = 64
+            self.n[s] = 0
+            self.slots[s] = <int32_t*>malloc(64 * sizeof(int32_t))
+            self.keys[s] = <int64_t*>malloc(64 * sizeof(int64_t))
+            if self.slots[s] == NULL or self.keys[s] == NULL:
+                raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.lv)
+        free(self.slots[0])
+        free(self.slots[1])
+        free(self.keys[0])
+        free(self.keys[1])
+
+    cdef int32_t best(self, int side):
+        if self.n[side] == 0:
+            return -1
+        return self.slots[side][self.n[side] - 1]
+
+    cdef int32_t find(self, int side, int64_t price):
+        cdef int64_t key = price if side == BID else -price
+        cdef int32_t lo = 0, hi = self.n[side], mid
+        cdef int64_t* k = self.keys[side]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if k[mid] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < self.n[side] and k[lo] == key:
+            return self.slots[side][lo]
+        return -1
+
+    cdef int32_t _new_level(self, int side, int64_t price) except -1:
+        cdef int64_t key = price if side == BID else -price
+        cdef int32_t slot, i, lo, hi, mid, n = self.n[side]
+        cdef int64_t* k
+        cdef Level* nl
+        if self.lv_free < 0:
+            nl = <Level*>realloc(self.lv, 2 * <size_t>self.lv_cap * sizeof(Level))
+            if nl == NULL:
+                raise MemoryError()
+            self.lv = nl
+            for i in range(self.lv_cap, 2 * self.lv_cap):
+                self.lv[i].head = i + 1
+            self.lv[2 * self.lv_cap - 1].head = -1
+            self.lv_free = self.lv_cap
+            self.lv_cap *= 2
+        slot = self.lv_free
+        self.lv_free = self.lv[slot].head
+        self.lv[slot].price = price
+        self.lv[slot].qty = 0
+        self.lv[slot].head = -1
+        self.lv[slot].tail = -1
+        self.lv[slot].count = 0
+        if n == self.side_cap[side]:
+            self.side_cap[side] *= 2
+            self.slots[side] = <int32_t*>realloc(self.slots[side], self.side_cap[side] * sizeof(int32_t))
+            self.keys[side] = <int64_t*>realloc(self.keys[side], self.side_cap[side] * sizeof(int64_t))
+            if self.slots[side] == NULL or self.keys[side] == NULL:
+                raise MemoryError()
+        k = self.keys[side]
+        lo = 0
+        hi = n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if k[mid] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < n:     # orders arrive near the best, at the end: the move is short
+            memmove(&k[lo + 1], &k[lo], (n - lo) * sizeof(int64_t))
+            memmove(&self.slots[side][lo + 1], &self.slots[side][lo], (n - lo) * sizeof(int32_t))
+        k[lo] = key
+        self.slots[side][lo] = slot
+        self.n[side] = n + 1
+        return slot
+
+    cdef void _remove_level(self, int side, int32_t slot):
+        cdef int32_t n = self.n[side], j
+        cdef int64_t* k = self.keys[side]
+        if n > 0 and self.slots[side][n - 1] == slot:
+            j = n - 1                      # the common case: the best level emptied
+        else:
+            j = 0
+            while self.slots[side][j] != slot:
+                j += 1
+            memmove(&k[j], &k[j + 1], (n - j - 1) * sizeof(int64_t))
+            memmove(&self.slots[side][j], &self.slots[side][j + 1], (n - j - 1) * sizeof(int32_t))
+        self.n[side] = n - 1
+        self.lv[slot].head = self.lv_free
+        self.lv_free = slot
+
+    cdef int push_back(self, OrderPool pool, int32_t i) except -1:
+        """Rest order `i` at the back of its price level (made if new)."""
+        cdef Order* o = &pool.o[i]
+        cdef int32_t slot = self.find(o.side, o.price)
+        cdef Level* l
+        if slot < 0:
+            slot = self._new_level(o.side, o.price)
+        l = &self.lv[slot]
+        o.level = slot
+        o.next = -1
+        o.prev = l.tail
+        if l.tail >= 0:
+            pool.o[l.tail].next = i
+        else:
+            l.head = i
+        l.tail = i
+        l.count += 1
+        l.qty += o.qty
+        return 0
+
+    cdef void unlink(self, OrderPool pool, int32_t i):
+        """Take order `i` out of its level (the level goes when it empties)."""
+        cdef Order* o = &pool.o[i]
+        cdef int32_t slot = o.level
+        cdef Level* l = &self.lv[slot]
+        if o.prev >= 0:
+            pool.o[o.prev].next = o.next
+        else:
+            l.head = o.next
+        if o.next >= 0:
+            pool.o[o.next].prev = o.prev
+        else:
+            l.tail = o.prev
+        l.count -= 1
+        l.qty -= o.qty
+        o.level = -1
+        o.prev = -1
+        o.next = -1
+        if l.count == 0:
+            self._remove_level(o.side, slot)

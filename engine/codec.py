@@ -1,0 +1,188 @@
+"""Commands from bytes: JSON Lines and msgpack streams, decoders built once.
+
+Whatever cannot be read becomes a `Malformed` item carrying a sentence for the `rejected` event's
+`detail` (msgspec names the path, as in "Expected `int`, got `str` - at `$.amount`") and whatever
+could still be recovered of `type`, `account`, `market` and `cid`. A bad line never stops a stream.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from .messages import AnyCommand, AnyEvent, Command
+from .wire import msgpack_frames
+
+FORMATS = ("jsonl", "msgpack")
+
+
+class Malformed(msgspec.Struct, frozen=True):
+    """Input that is not a valid command; the engine answers it with `invalid_command`."""
+
+    detail: str
+    command: Union[str, None] = None
+    account: Union[int, str, None] = None
+    market: Union[str, None] = None
+    cid: Union[int, str, None] = None
+
+
+Item = Union[Command, Malformed]
+
+_json_cmd = msgspec.json.Decoder(AnyCommand)
+_json_cmds = msgspec.json.Decoder(list[AnyCommand])
+_mp_cmd = msgspec.msgpack.Decoder(AnyCommand)
+_mp_cmds = msgspec.msgpack.Decoder(list[AnyCommand])
+_json_any = msgspec.json.Decoder()
+_mp_any = msgspec.msgpack.Decoder()
+_mp_events = msgspec.msgpack.Decoder(list[AnyEvent])
+_json_events = msgspec.json.Decoder(AnyEvent)
+
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def _recover(raw_decoder, raw: bytes, detail: str) -> Malformed:
+    """Keep what can be read of a bad command, so the rejection names it."""
+    try:
+        obj = raw_decoder.decode(raw)
+    except (msgspec.DecodeError, ValueError):
+        return Malformed(detail)
+    if not isinstance(obj, dict):
+        return Malformed(detail)
+
+    def pick(key, types):
+        v = obj.get(key)
+        if type(v) in types and (type(v) is not int or _I64[0] <= v <= _I64[1]):
+            if type(v) is not str or len(v) <= 64:
+                return v
+        return None
+
+    return Malformed(
+        detail,
+        command=pick("type", (str,)),
+        account=pick("account", (int, str)),
+        market=pick("market", (str,)),
+        cid=pick("cid", (int, str)),
+    )
+
+
+def decode_json(line: bytes, where: str = "") -> Item:
+    """One JSON command; never raises."""
+    try:
+        return _json_cmd.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return _recover(_json_any, line, f"{where}{e}")
+
+
+def decode_msgpack(obj: bytes, where: str = "") -> Item:
+    """One msgpack command; never raises."""
+    try:
+        return _mp_cmd.decode(obj)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return _recover(_mp_any, obj, f"{where}{e}")
+
+
+class CommandReader:
+    """Splits a stream into commands, chunk by chunk, keeping partial input for the next chunk.
+
+    `feed(data)` returns the items that are complete; `close()` returns what was left (a line
+    without its newline, or a truncated msgpack object, as `Malformed`). Positions in a detail are
+    line numbers (JSON Lines) or object numbers and byte offsets (msgpack), counted from 1 over the
+    whole stream. Cost: one msgspec call per chunk when the chunk is clean, one per item otherwise.
+    """
+
+    def __init__(self, fmt: str):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self._tail = b""
+        self._count = 0          # lines (jsonl) or objects (msgpack) read so far
+        self._offset = 0         # bytes consumed so far (msgpack)
+        self._broken: str | None = None
+
+    def feed(self, data: bytes) -> list[Item]:
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        if self.fmt == "jsonl":
+            return self._feed_jsonl(data)
+        return self._feed_msgpack(data)
+
+    def close(self) -> list[Item]:
+        tail, self._tail = self._tail, b""
+        if not tail.strip():
+            return []
+        if self.fmt == "jsonl":
+            self._count += 1
+            return [decode_json(tail, f"line {self._count}: ")]
+        if self._broken is not None:
+            return []
+        self._count += 1
+        return [Malformed(f"object {self._count} at byte {self._offset}: the stream ends inside "
+                          f"a msgpack object ({len(tail)} bytes)")]
+
+    # ---- JSON Lines ----------------------------------------------------------------------
+
+    def _feed_jsonl(self, data: bytes) -> list[Item]:
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._tail = data
+            return []
+        self._tail = data[cut + 1:]
+        body = data[: cut + 1]
+        first = self._count
+        self._count += body.count(b"\n")
+        try:
+            return _json_cmd.decode_lines(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        out: list[Item] = []
+        for n, line in enumerate(body.split(b"\n")[:-1], start=first + 1):
+            if line.strip():
+                out.append(decode_json(line, f"line {n}: "))
+        return out
+
+    # ---- msgpack -------------------------------------------------------------------------
+
+    def _feed_msgpack(self, data: bytes) -> list[Item]:
+        if self._broken is not None:
+            return []
+        ends, error = msgpack_frames(data)
+        out: list[Item] = []
+        start = 0
+        if ends:
+            n = len(ends)
+            # Fast path: frame the clean run as one msgpack array and decode it in one call.
+            framed = b"\xdd" + n.to_bytes(4, "big") + data[: ends[-1]]
+            try:
+                out = _mp_cmds.decode(framed)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                out = []
+                for end in ends:
+                    self._count += 1
+                    out.append(decode_msgpack(
+                        data[start:end], f"object {self._count} at byte {self._offset + start}: "))
+                    start = end
+                self._count -= n
+            self._count += n
+            start = ends[-1]
+        if error is not None:
+            at, why = error
+            self._count += 1
+            self._broken = why
+            out.append(Malformed(
+                f"object {self._count} at byte {self._offset + at}: {why}; the rest of the stream "
+                f"({len(data) - at} bytes) cannot be framed and is skipped"))
+            self._offset += len(data)
+            return out
+        self._offset += start
+        self._tail = data[start:]
+        return out
+
+
+def decode_events_msgpack(data: bytes) -> list:
+    """Events written by the core as one msgpack array (the per-command API)."""
+    return _mp_events.decode(data)
+
+
+def decode_event_json(line: bytes):
+    return _json_events.decode(line)

@@ -1,0 +1,107 @@
+# cython: language_level=3
+"""The engine: clock, sequence numbers, dispatch, validation and the price-time matching walk.
+
+The one place events are emitted. Python objects appear only at the edge (reading a command's
+fields, naming a new account or market, a rejection's sentence); the walk itself runs on C
+structs: the order pool and books of engine.book, and the market and position arrays below.
+"""
+cimport cython
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
+
+from engine.book cimport Book, OrderPool
+from engine.wire cimport EventWriter
+
+
+# ---- C-level state ---------------------------------------------------------------------------
+
+ctypedef struct MarketC:
+    int64_t multiplier          # quote units per tick per lot
+    int64_t min_qty
+    int64_t maker_fee_ppm
+    int64_t taker_fee_ppm
+    int64_t band_ppm
+    int64_t max_orders          # open orders per account
+    int64_t oracle_max_age_ns   # 0: no limit
+    int64_t index               # last oracle price (ticks)
+    int64_t mark
+    int64_t last_oracle_ts
+    int32_t name_tok            # the market's name, pre-encoded in the writer
+    uint8_t has_mark
+
+ctypedef struct PosC:
+    int64_t size                # signed lots: long > 0
+    int64_t cost                # signed quote units paid for the open size
+    int64_t open_buy            # resting buy qty
+    int64_t open_sell           # resting sell qty
+    int32_t n_orders            # open orders in this market
+    int32_t n_ro                # resting reduce-only orders in this market
+
+ctypedef struct CidKey:
+    uint64_t h
+    int64_t i
+    const char* text
+    Py_ssize_t n
+    bint is_str
+
+
+@cython.final
+cdef class Engine:
+    # ---- fields --------------------------------------------------------------------------
+    cdef EventWriter w
+    cdef OrderPool pool
+    cdef list books                 # Book per market id
+    cdef readonly list specs        # MarketSpec per market id
+    cdef dict market_ids            # name -> id
+    cdef MarketC* mk
+    cdef int32_t n_markets
+    cdef int32_t mk_cap
+    cdef dict account_ids           # key -> id
+    cdef list account_keys
+    cdef int32_t* acct_tok
+    cdef int32_t n_accounts
+    cdef int32_t acct_cap
+    cdef PosC* pos
+    cdef int32_t n_pos
+    cdef int32_t pos_cap
+    cdef int32_t** pos_of           # [market][account] -> position slot, -1 if none
+    cdef readonly int64_t clock
+    cdef readonly int64_t seq
+    cdef readonly int64_t next_oid
+    cdef readonly int64_t n_commands
+    cdef readonly int64_t n_fills
+
+    # ---- cpdef API -------------------------------------------------------------------------
+    cpdef list execute(self, object cmd)
+
+    # ---- cdef internals --------------------------------------------------------------------
+    cdef int _dispatch(self, object cmd) except -1
+    cdef int32_t _account(self, object key) except -1
+    cdef int32_t _position(self, int32_t m, int32_t a) except -1
+    cdef int _reject(self, str command, str reason, str detail, object account=*,
+                     object market=*, object cid=*) except -1
+    cdef object _cid_key(self, object cid, int32_t a, CidKey* k)
+    cdef object _cid_obj(self, int32_t i)
+    # commands
+    cdef int _create_market(self, object cmd) except -1
+    cdef int _oracle(self, object cmd) except -1
+    cdef int _new_order(self, object cmd) except -1
+    cdef int _cancel(self, object cmd) except -1
+    cdef int _cancel_all(self, object cmd) except -1
+    cdef int _amend(self, object cmd) except -1
+    cdef int _state_hash(self) except -1
+    # matching
+    cdef int _match(self, int32_t t, int64_t limit) except -1
+    cdef bint _fok_fillable(self, int32_t t, int64_t limit)
+    cdef int _fill(self, int32_t t, int32_t m, int64_t q) except -1
+    cdef int _finish_taker(self, int32_t t, int stop) except -1
+    cdef int _rest(self, int32_t i) except -1
+    cdef int _cancel_order(self, int32_t i, int reason) except -1
+    cdef int _drop(self, int32_t i) except -1
+    cdef int _sweep_reduce_only(self, int32_t a, int32_t m) except -1
+    cdef int64_t _reducible(self, int32_t a, int32_t m, int side)
+    # events
+    cdef int _ev_cid(self, int32_t i) except -1
+    cdef int _ev_accepted(self, int32_t i, int64_t qty) except -1
+    cdef int _ev_cancelled(self, int32_t i, int reason) except -1
+    cdef int _ev_amended(self, int32_t i, bint kept) except -1
+    cdef int _ev_mark(self, int32_t m) except -1

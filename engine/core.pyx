@@ -1,0 +1,1056 @@
+# cython: language_level=3
+"""The engine: see core.pxd for its state and docs/engine-api.md for how to drive it."""
+cimport cython
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t, uint32_t
+
+from engine.book cimport (
+    Book, OrderPool, Order, Level, cid_hash_int, cid_hash_str, CID_BYTES,
+    BID, ASK, LIMIT, MARKET, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH,
+)
+from engine.wire cimport (
+    EventWriter, FMT_MSGPACK, FMT_JSON,
+    T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK, T_STATE_HASH, T_REJECTED,
+    K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY, K_TIF, K_REDUCE_ONLY,
+    K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID, K_TAKER_REMAINING, K_MAKER_ACCOUNT,
+    K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE, K_MAKER_FEE, K_LIQUIDATION,
+    K_REMAINING, K_REASON, K_PRIORITY_KEPT, K_INDEX, K_MARK, K_HASH, K_COMMAND, K_DETAIL,
+    V_BUY, V_LIMIT, V_GTC, V_USER, V_IOC_REMAINDER, V_FOK_UNFILLED, V_SELF_TRADE, V_REDUCE_ONLY,
+)
+
+from engine import messages as M
+from engine.codec import CommandReader, Malformed, decode_events_msgpack, FORMATS
+from engine.markets import MarketConfigError, market_spec, MAX_PRICE, MAX_QTY
+from engine.messages import Reason
+from engine.statehash import digest
+
+cdef extern from *:
+    ctypedef long long int128 "__int128"
+
+cdef int64_t PPM = 1000000
+cdef int64_t NS = 1000000000
+
+# Why the matching walk stopped early.
+cdef enum Stop:
+    STOP_NONE = 0
+    STOP_SELF_TRADE
+    STOP_REDUCE_ONLY
+
+_SIDES = {"buy": BID, "sell": ASK}
+_SIDE_NAMES = ("buy", "sell")
+_KINDS = {"limit": 0, "market": 1, "stop_market": 2, "stop_limit": 3,
+          "take_profit_market": 4, "take_profit_limit": 5}
+_TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO}
+_STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER, "cancel_both": CANCEL_BOTH}
+_KIND_NAMES = tuple(_KINDS)
+# The price fields each kind requires (a market order's `price`, if sent, is ignored).
+_PRICE_FIELDS = (("price",), (), ("trigger_price",), ("price", "trigger_price"),
+                 ("trigger_price",), ("price", "trigger_price"))
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+_TIF_NAMES = tuple(_TIFS)
+_STP_NAMES = tuple(_STPS)
+
+cdef object NewOrder = M.NewOrder
+cdef object Cancel = M.Cancel
+cdef object CancelAll = M.CancelAll
+cdef object Amend = M.Amend
+cdef object Oracle = M.Oracle
+
+
+@cython.cdivision(True)
+cdef inline int128 floor_div(int128 a, int128 b) noexcept nogil:
+    """floor(a / b) for b > 0 (C division truncates toward zero)."""
+    cdef int128 q = a / b
+    if a % b != 0 and a < 0:
+        q -= 1
+    return q
+
+
+@cython.cdivision(True)
+cdef inline int128 ceil_div(int128 a, int128 b) noexcept nogil:
+    """ceil(a / b) for b > 0."""
+    cdef int128 q = a / b
+    if a % b != 0 and a > 0:
+        q += 1
+    return q
+
+
+cdef inline int64_t band_high(MarketC* mk) noexcept nogil:
+    return <int64_t>floor_div(<int128>mk.mark * (PPM + mk.band_ppm), PPM)
+
+
+cdef inline int64_t band_low(MarketC* mk) noexcept nogil:
+    return <int64_t>ceil_div(<int128>mk.mark * (PPM - mk.band_ppm), PPM)
+
+
+cdef inline int64_t fee(int64_t price, int64_t qty, int64_t mult, int64_t rate) noexcept nogil:
+    """Rounded up: a fee is never short by a unit, and a rebate (rate < 0) never over-paid."""
+    return <int64_t>ceil_div(<int128>price * qty * mult * rate, PPM)
+
+
+def _positive_int(v, limit):
+    """The value as a positive int64 no larger than `limit`, or None."""
+    if type(v) is int and 0 < v <= limit:
+        return v
+    return None
+
+
+cdef class Engine:
+    """The deterministic state machine. One command in, its events out, in `seq` order.
+
+    * `execute(cmd)`: one command Struct (engine.messages) -> a list of event Structs.
+    * `execute_batch(data, fmt)`: encoded commands (JSON Lines or msgpack) -> encoded events.
+
+    Both run the same code; the batch path skips building a Python object per event.
+    """
+
+    def __cinit__(self):
+        self.w = EventWriter()
+        self.pool = OrderPool(4096)
+        self.books = []
+        self.specs = []
+        self.market_ids = {}
+        self.mk_cap = 8
+        self.mk = <MarketC*>malloc(self.mk_cap * sizeof(MarketC))
+        self.pos_of = <int32_t**>malloc(self.mk_cap * sizeof(int32_t*))
+        self.account_ids = {}
+        self.account_keys = []
+        self.acct_cap = 0
+        self.acct_tok = NULL
+        self.pos_cap = 1024
+        self.pos = <PosC*>malloc(self.pos_cap * sizeof(PosC))
+        if self.mk == NULL or self.pos == NULL or self.pos_of == NULL:
+            raise MemoryError()
+        self.n_markets = 0
+        self.n_accounts = 0
+        self.n_pos = 0
+        self.clock = 0
+        self.seq = 0
+        self.next_oid = 1
+
+    def __dealloc__(self):
+        cdef int32_t m
+        if self.pos_of != NULL:
+            for m in range(self.n_markets):
+                free(self.pos_of[m])
+        free(self.pos_of)
+        free(self.mk)
+        free(self.pos)
+        free(self.acct_tok)
+
+    # ---- public API ------------------------------------------------------------------------
+
+    cpdef list execute(self, object cmd):
+        """Apply one command; return its events as Structs. O(1) + O(fills) for an order."""
+        cdef int64_t first = self.seq, n
+        if self.w.fmt != FMT_MSGPACK:
+            self.w.set_format(FMT_MSGPACK)
+        self.w.clear()
+        self.w.array_header(0)
+        try:
+            self._dispatch(cmd)
+        except (KeyError, TypeError, OverflowError, AttributeError) as e:
+            # A Struct built by hand skips msgspec's validation; its bad field is found here,
+            # while the fields are read and before any state changes.
+            tag = getattr(getattr(type(cmd), "__struct_config__", None), "tag", None)
+            self._reject(tag if type(tag) is str else None, Reason.INVALID_COMMAND,
+                         f"a field has a value of the wrong type or range: {e!r}")
+        n = self.seq - first
+        self.w.buf[1] = <char>((n >> 24) & 0xff)
+        self.w.buf[2] = <char>((n >> 16) & 0xff)
+        self.w.buf[3] = <char>((n >> 8) & 0xff)
+        self.w.buf[4] = <char>(n & 0xff)
+        return decode_events_msgpack(self.w.take())
+
+    def execute_batch(self, data, str fmt="msgpack", out=None):
+        """Apply a buffer of encoded commands; return the encoded events.
+
+        `fmt` is the input format, `msgpack` (a stream of maps) or `jsonl`; `out` the output
+        format (default: the same). What cannot be decoded is answered with `invalid_command`.
+        """
+        reader = CommandReader(fmt)
+        items = reader.feed(data)
+        items.extend(reader.close())
+        return self.execute_many(items, out or fmt)
+
+    def execute_many(self, list items, str fmt="msgpack"):
+        """Apply decoded commands (and Malformed items) in order; return the encoded events.
+
+        `fmt` is the output format. No Python object is made per event: the core writes bytes
+        as it matches.
+        """
+        cdef object cmd
+        cdef int f = FMT_JSON if fmt == "jsonl" else FMT_MSGPACK
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        if self.w.fmt != f:
+            self.w.set_format(f)
+        self.w.clear()
+        for cmd in items:
+            self._dispatch(cmd)
+        return self.w.take()
+
+    def state(self):
+        """The complete state in canonical form (docs/state-hash.md). O(orders + positions)."""
+        cdef int32_t m, s, j, lvl, i, a
+        cdef Book b
+        cdef Order* o
+        cdef PosC* p
+        cdef MarketC* mk
+        markets = []
+        for name in sorted(self.market_ids):
+            m = self.market_ids[name]
+            b = self.books[m]
+            sides = []
+            for s in range(2):
+                orders = []
+                for j in range(b.n[s] - 1, -1, -1):
+                    lvl = b.slots[s][j]
+                    i = b.lv[lvl].head
+                    while i >= 0:
+                        o = &self.pool.o[i]
+                        orders.append([o.oid, self.account_keys[o.account], self._cid_obj(i),
+                                       o.price, o.qty, _KIND_NAMES[o.kind], _TIF_NAMES[o.tif],
+                                       _STP_NAMES[o.stp], bool(o.reduce_only)])
+                        i = o.next
+                sides.append(orders)
+            mk = &self.mk[m]
+            markets.append([self.specs[m].hash_record(),
+                            mk.index if mk.has_mark else None,
+                            mk.mark if mk.has_mark else None,
+                            mk.last_oracle_ts, sides[0], sides[1]])
+        positions = []
+        for key in sorted(self.account_keys, key=_account_order):
+            a = self.account_ids[key]
+            for name in sorted(self.market_ids):
+                m = self.market_ids[name]
+                if a < self.acct_cap and self.pos_of[m][a] >= 0:
+                    p = &self.pos[self.pos_of[m][a]]
+                    if p.size != 0 or p.cost != 0:
+                        positions.append([key, name, p.size, p.cost])
+        return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
+                "positions": positions}
+
+    def position(self, account, str market):
+        """(size in lots, cost in quote units) of an account in a market; (0, 0) if none."""
+        cdef int32_t a = self.account_ids.get(account, -1)
+        cdef int32_t m = self.market_ids.get(market, -1)
+        cdef int32_t p
+        if a < 0 or m < 0 or a >= self.acct_cap:
+            return (0, 0)
+        p = self.pos_of[m][a]
+        if p < 0:
+            return (0, 0)
+        return (self.pos[p].size, self.pos[p].cost)
+
+    def check_integrity(self):
+        """Raise AssertionError if any index disagrees with the books. O(orders)."""
+        cdef int32_t m, s, j, lvl, i, n, prev, a
+        cdef int64_t qty, last_key
+        cdef Book b
+        cdef Order* o
+        live = 0
+        counts = {}
+        for m in range(self.n_markets):
+            b = self.books[m]
+            for s in range(2):
+                for j in range(b.n[s]):
+                    lvl = b.slots[s][j]
+                    assert b.keys[s][j] == (b.lv[lvl].price if s == BID else -b.lv[lvl].price)
+                    if j:
+                        assert b.keys[s][j - 1] < b.keys[s][j], "levels out of order"
+                    i = b.lv[lvl].head
+                    n = 0
+                    qty = 0
+                    prev = -1
+                    while i >= 0:
+                        o = &self.pool.o[i]
+                        assert o.live and o.level == lvl and o.prev == prev and o.market == m
+                        assert o.side == s and o.price == b.lv[lvl].price and o.qty > 0
+                        assert self.pool.cid_find(o.account, o.cid_is_str, o.cid_int,
+                                                  self.pool.cid_text + <size_t>i * CID_BYTES,
+                                                  o.cid_len, o.cid_hash) == i
+                        counts[(o.account, m)] = counts.get((o.account, m), 0) + 1
+                        n += 1
+                        qty += o.qty
+                        prev = i
+                        i = o.next
+                    assert b.lv[lvl].tail == prev and b.lv[lvl].count == n and b.lv[lvl].qty == qty
+                    live += n
+            if b.n[0] and b.n[1]:
+                assert b.lv[b.best(BID)].price < b.lv[b.best(ASK)].price, "the book is crossed"
+        assert live == self.pool.n_live, f"{self.pool.n_live} live slots, {live} in books"
+        for m in range(self.n_markets):
+            for a in range(self.n_accounts):
+                if self.pos_of[m][a] >= 0:
+                    assert self.pos[self.pos_of[m][a]].n_orders == counts.get((a, m), 0)
+
+    @property
+    def events_written(self):
+        return self.seq
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    cdef int _dispatch(self, object cmd) except -1:
+        cdef object t = type(cmd)
+        cdef int64_t ts
+        self.n_commands += 1
+        if t is Malformed:
+            return self._reject(cmd.command, Reason.INVALID_COMMAND, cmd.detail,
+                                cmd.account, cmd.market, cmd.cid)
+        if not isinstance(cmd, M.Command):
+            return self._reject(None, Reason.INVALID_COMMAND,
+                                f"expected a command, got {type(cmd).__name__}")
+        ts = cmd.ts
+        if ts > self.clock:
+            self.clock = ts
+        if t is NewOrder:
+            return self._new_order(cmd)
+        if t is Cancel:
+            return self._cancel(cmd)
+        if t is Amend:
+            return self._amend(cmd)
+        if t is Oracle:
+            return self._oracle(cmd)
+        if t is CancelAll:
+            return self._cancel_all(cmd)
+        if t is M.CreateMarket:
+            return self._create_market(cmd)
+        if t is M.StateHash:
+            return self._state_hash()
+        if t is M.Clock:
+            return 0
+        tag = cmd.__struct_config__.tag
+        return self._reject(tag, Reason.UNSUPPORTED,
+                            f"{tag} arrives with the accounts and margin work (issue 3)",
+                            getattr(cmd, "account", None), getattr(cmd, "market", None))
+
+    cdef int _reject(self, str command, str reason, str detail, object account=None,
+                     object market=None, object cid=None) except -1:
+        cdef EventWriter w = self.w
+        cdef int n = 3 + (account is not None) + (market is not None) + (cid is not None)
+        self.seq += 1
+        w.begin(T_REJECTED, n, self.seq, self.clock)
+        w.key(K_COMMAND)
+        w.pyobj(command)
+        if account is not None:
+            w.key(K_ACCOUNT)
+            w.pyobj(account)
+        if market is not None:
+            w.key(K_MARKET)
+            w.pyobj(market)
+        if cid is not None:
+            w.key(K_CID)
+            w.pyobj(cid)
+        w.key(K_REASON)
+        w.pystr(reason)
+        w.key(K_DETAIL)
+        w.pystr(detail)
+        w.end()
+        return 0
+
+    # ---- accounts, positions, cids ---------------------------------------------------------
+
+    cdef int32_t _account(self, object key) except -1:
+        """The account's id, made on first sight. O(1)."""
+        cdef int32_t a = self.account_ids.get(key, -1)
+        cdef int32_t m, c, i
+        if a >= 0:
+            return a
+        a = self.n_accounts
+        if a == self.acct_cap:
+            c = 1024 if self.acct_cap == 0 else 2 * self.acct_cap
+            self.acct_tok = <int32_t*>realloc(self.acct_tok, c * sizeof(int32_t))
+            if self.acct_tok == NULL:
+                raise MemoryError()
+            for m in range(self.n_markets):
+                self.pos_of[m] = <int32_t*>realloc(self.pos_of[m], c * sizeof(int32_t))
+                if self.pos_of[m] == NULL:
+                    raise MemoryError()
+                for i in range(self.acct_cap, c):
+                    self.pos_of[m][i] = -1
+            self.acct_cap = c
+            self.pool.ensure_accounts(c)
+        self.acct_tok[a] = self.w.register_name(key)
+        self.account_ids[key] = a
+        self.account_keys.append(key)
+        self.n_accounts += 1
+        return a
+
+    cdef int32_t _position(self, int32_t m, int32_t a) except -1:
+        """The position slot of account `a` in market `m`, made on first use. O(1)."""
+        cdef int32_t p = self.pos_of[m][a]
+        if p >= 0:
+            return p
+        if self.n_pos == self.pos_cap:
+            self.pos_cap *= 2
+            self.pos = <PosC*>realloc(self.pos, self.pos_cap * sizeof(PosC))
+            if self.pos == NULL:
+                raise MemoryError()
+        p = self.n_pos
+        self.n_pos += 1
+        self.pos[p].size = 0
+        self.pos[p].cost = 0
+        self.pos[p].open_buy = 0
+        self.pos[p].open_sell = 0
+        self.pos[p].n_orders = 0
+        self.pos[p].n_ro = 0
+        self.pos_of[m][a] = p
+        return p
+
+    cdef object _cid_key(self, object cid, int32_t a, CidKey* k):
+        """Fill `k` for a lookup; returns the bytes that `k.text` points into (keep it alive)."""
+        cdef bytes b
+        if type(cid) is str:
+            b = (<str>cid).encode("utf-8")
+            k.is_str = True
+            k.text = b
+            k.n = len(b)
+            k.i = 0
+            k.h = cid_hash_str(a, k.text, k.n)
+            return b
+        k.is_str = False
+        k.i = cid
+        k.text = NULL
+        k.n = 0
+        k.h = cid_hash_int(a, k.i)
+        return None
+
+    cdef object _cid_obj(self, int32_t i):
+        cdef Order* o = &self.pool.o[i]
+        if o.cid_is_str:
+            return (self.pool.cid_text + <size_t>i * CID_BYTES)[:o.cid_len].decode("utf-8")
+        return o.cid_int
+
+    cdef int64_t _reducible(self, int32_t a, int32_t m, int side):
+        """How much an order on `side` may still trade and only shrink the position."""
+        cdef int32_t p = self.pos_of[m][a]
+        cdef int64_t s = self.pos[p].size if p >= 0 else 0
+        if side == BID:
+            return -s if s < 0 else 0
+        return s if s > 0 else 0
+
+    # ---- markets and prices ----------------------------------------------------------------
+
+    cdef int _create_market(self, object cmd) except -1:
+        cdef MarketC* mk
+        cdef int32_t m, i
+        if cmd.market in self.market_ids:
+            return self._reject("create_market", Reason.MARKET_EXISTS,
+                                f"market {cmd.market} already exists", None, cmd.market)
+        try:
+            spec = market_spec(cmd)
+        except MarketConfigError as e:
+            return self._reject("create_market", Reason.INVALID_MARKET, str(e), None, cmd.market)
+        if self.n_markets == self.mk_cap:
+            self.mk_cap *= 2
+            self.mk = <MarketC*>realloc(self.mk, self.mk_cap * sizeof(MarketC))
+            self.pos_of = <int32_t**>realloc(self.pos_of, self.mk_cap * sizeof(int32_t*))
+            if self.mk == NULL or self.pos_of == NULL:
+                raise MemoryError()
+        m = self.n_markets
+        self.pos_of[m] = <int32_t*>malloc((self.acct_cap if self.acct_cap else 1) * sizeof(int32_t))
+        if self.pos_of[m] == NULL:
+            raise MemoryError()
+        for i in range(self.acct_cap):
+            self.pos_of[m][i] = -1
+        mk = &self.mk[m]
+        mk.multiplier = spec.multiplier
+        mk.min_qty = spec.min_qty
+        mk.maker_fee_ppm = spec.maker_fee_ppm
+        mk.taker_fee_ppm = spec.taker_fee_ppm
+        mk.band_ppm = spec.price_band_ppm
+        mk.max_orders = spec.max_orders_per_account
+        mk.oracle_max_age_ns = spec.oracle_max_age_s * NS
+        mk.index = 0
+        mk.mark = 0
+        mk.last_oracle_ts = 0
+        mk.has_mark = 0
+        mk.name_tok = self.w.register_name(spec.name)
+        self.books.append(Book())
+        self.specs.append(spec)
+        self.market_ids[spec.name] = m
+        self.n_markets += 1
+        return 0
+
+    cdef int _oracle(self, object cmd) except -1:
+        """A new index price; the mark is median(index, best bid, best ask)."""
+        cdef int32_t m = self.market_ids.get(cmd.market, -1)
+        cdef MarketC* mk
+        cdef Book b
+        cdef int64_t idx, bid, ask, lo, hi
+        if m < 0:
+            return self._reject("oracle", Reason.UNKNOWN_MARKET,
+                                f"no market named {cmd.market!r}", None, cmd.market)
+        price = _positive_int(cmd.price, MAX_PRICE)
+        if price is None:
+            return self._reject("oracle", Reason.INVALID_PRICE,
+                                f"price must be a positive whole number of ticks up to {MAX_PRICE}, "
+                                f"got {cmd.price!r}", None, cmd.market)
+        idx = price
+        mk = &self.mk[m]
+        b = self.books[m]
+        bid = b.lv[b.best(BID)].price if b.n[BID] else idx
+        ask = b.lv[b.best(ASK)].price if b.n[ASK] else idx
+        # median of three
+        lo = bid if bid < ask else ask
+        hi = ask if bid < ask else bid
+        mk.index = idx
+        mk.mark = lo if idx < lo else (hi if idx > hi else idx)
+        mk.has_mark = 1
+        mk.last_oracle_ts = self.clock
+        return self._ev_mark(m)
+
+    # ---- order entry -------------------------------------------------------------------------
+
+    cdef int _new_order(self, object cmd) except -1:
+        cdef int32_t m, a, p, i, kind, side, tif, stp
+        cdef int64_t qty, price, limit, s
+        cdef bint ro
+        cdef MarketC* mk
+        cdef Book b
+        cdef Order* o
+        cdef CidKey k
+        cdef object keep
+        account = cmd.account
+        market = cmd.market
+        cid = cmd.cid
+        m = self.market_ids.get(market, -1)
+        if m < 0:
+            return self._reject("new_order", Reason.UNKNOWN_MARKET,
+                                f"no market named {market!r}", account, market, cid)
+        mk = &self.mk[m]
+        side = _SIDES[cmd.side]
+        kind = _KINDS[cmd.kind]
+        tif = _TIFS[cmd.tif]
+        stp = _STPS[cmd.stp]
+        ro = cmd.reduce_only
+        q = _positive_int(cmd.qty, MAX_QTY)
+        if q is None:
+            return self._reject("new_order", Reason.INVALID_QTY,
+                                f"qty must be a positive whole number of lots up to {MAX_QTY}, "
+                                f"got {cmd.qty!r}", account, market, cid)
+        qty = q
+        if qty < mk.min_qty:
+            return self._reject("new_order", Reason.BELOW_MIN_QTY,
+                                f"qty {qty} is below the market's min_qty {mk.min_qty}",
+                                account, market, cid)
+        price = 0
+        if kind == MARKET:
+            tif = IOC
+        for field in _PRICE_FIELDS[kind]:
+            pr = _positive_int(getattr(cmd, field), MAX_PRICE)
+            if pr is None:
+                return self._reject("new_order", Reason.INVALID_PRICE,
+                                    f"{field} must be a positive whole number of ticks up to "
+                                    f"{MAX_PRICE}, got {getattr(cmd, field)!r}",
+                                    account, market, cid)
+            if field == "price":
+                price = pr
+        if kind != LIMIT and kind != MARKET:
+            return self._reject("new_order", Reason.UNSUPPORTED,
+                                f"{cmd.kind} orders arrive with the trigger-order work (issue 4)",
+                                account, market, cid)
+        if type(cid) is int and not (INT64_MIN <= cid <= INT64_MAX):
+            raise OverflowError("cid out of int64 range")
+        a = self._account(account)
+        keep = self._cid_key(cid, a, &k)
+        if self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h) >= 0:
+            return self._reject("new_order", Reason.DUPLICATE_CID,
+                                f"cid {cid!r} is already used by an open order of this account",
+                                account, market, cid)
+        if not mk.has_mark:
+            return self._reject("new_order", Reason.NO_MARK_PRICE,
+                                f"{market} has no oracle price yet", account, market, cid)
+        if kind == MARKET:
+            limit = band_high(mk) if side == BID else band_low(mk)
+        else:
+            limit = price
+            if side == BID and price > band_high(mk):
+                return self._reject("new_order", Reason.PRICE_OUT_OF_BAND,
+                                    f"buy price {price} is above the band limit {band_high(mk)} "
+                                    f"(mark {mk.mark})", account, market, cid)
+            if side == ASK and price < band_low(mk):
+                return self._reject("new_order", Reason.PRICE_OUT_OF_BAND,
+                                    f"sell price {price} is below the band limit {band_low(mk)} "
+                                    f"(mark {mk.mark})", account, market, cid)
+        p = self._position(m, a)
+        s = self.pos[p].size
+        if ro and self._reducible(a, m, side) == 0:
+            return self._reject("new_order", Reason.REDUCE_ONLY_WOULD_INCREASE,
+                                f"reduce-only {cmd.side} with a position of {s} lots would not "
+                                f"reduce it", account, market, cid)
+        if (mk.oracle_max_age_ns and self.clock - mk.last_oracle_ts > mk.oracle_max_age_ns
+                and not ro and (s == 0 or (s > 0) == (side == BID) or qty > (s if s > 0 else -s))):
+            return self._reject("new_order", Reason.ORACLE_STALE,
+                                f"the last {market} oracle price is "
+                                f"{(self.clock - mk.last_oracle_ts) // NS} s old (limit "
+                                f"{mk.oracle_max_age_ns // NS} s); only reducing orders are taken",
+                                account, market, cid)
+        if (tif == GTC or tif == ALO) and self.pos[p].n_orders >= mk.max_orders:
+            return self._reject("new_order", Reason.TOO_MANY_ORDERS,
+                                f"the account already has {self.pos[p].n_orders} open orders in "
+                                f"{market} (limit {mk.max_orders})", account, market, cid)
+        b = self.books[m]
+        if tif == ALO and b.n[1 - side]:
+            if (side == BID and price >= b.lv[b.best(ASK)].price) or \
+               (side == ASK and price <= b.lv[b.best(BID)].price):
+                return self._reject("new_order", Reason.POST_ONLY_WOULD_CROSS,
+                                    f"post-only {cmd.side} at {price} would trade against the "
+                                    f"best {'ask' if side == BID else 'bid'}",
+                                    account, market, cid)
+
+        # ---- accepted: from here on the order exists ----
+        i = self.pool.alloc()
+        o = &self.pool.o[i]
+        o.oid = self.next_oid
+        self.next_oid += 1
+        o.price = price
+        o.qty = qty
+        o.account = a
+        o.market = m
+        o.side = side
+        o.kind = kind
+        o.tif = tif
+        o.stp = stp
+        o.reduce_only = ro
+        o.cid_is_str = k.is_str
+        o.cid_int = k.i
+        o.cid_hash = k.h
+        o.cid_len = <uint8_t>k.n
+        if k.is_str:
+            memcpy(self.pool.cid_text + <size_t>i * CID_BYTES, k.text, k.n)
+        self.pool.cid_insert(i)
+        self.pool.account_link(i)
+        self.pos[p].n_orders += 1
+        self._ev_accepted(i, qty)
+        if tif == FOK and not self._fok_fillable(i, limit):
+            return self._cancel_order(i, V_FOK_UNFILLED)
+        return self._finish_taker(i, self._match(i, limit))
+
+    cdef int _finish_taker(self, int32_t t, int stop) except -1:
+        """After the walk: cancel what must go, rest what may rest."""
+        cdef Order* o = &self.pool.o[t]
+        if o.qty == 0:
+            return self._drop(t)
+        if stop == STOP_SELF_TRADE:
+            return self._cancel_order(t, V_SELF_TRADE)
+        if stop == STOP_REDUCE_ONLY:
+            return self._cancel_order(t, V_REDUCE_ONLY)
+        if o.tif == IOC or o.tif == FOK:
+            return self._cancel_order(t, V_IOC_REMAINDER)
+        if o.reduce_only and self._reducible(o.account, o.market, o.side) == 0:
+            return self._cancel_order(t, V_REDUCE_ONLY)
+        return self._rest(t)
+
+    cdef int _rest(self, int32_t i) except -1:
+        cdef Order* o = &self.pool.o[i]
+        cdef PosC* p = &self.pos[self.pos_of[o.market][o.account]]
+        (<Book>self.books[o.market]).push_back(self.pool, i)
+        if o.side == BID:
+            p.open_buy += o.qty
+        else:
+            p.open_sell += o.qty
+        if o.reduce_only:
+            p.n_ro += 1
+        return 0
+
+    cdef int _drop(self, int32_t i) except -1:
+        """Remove an order from every index and free its slot (no event). O(1)."""
+        cdef Order* o = &self.pool.o[i]
+        cdef PosC* p = &self.pos[self.pos_of[o.market][o.account]]
+        if o.level >= 0:
+            (<Book>self.books[o.market]).unlink(self.pool, i)
+            if o.side == BID:
+                p.open_buy -= o.qty
+            else:
+                p.open_sell -= o.qty
+            if o.reduce_only:
+                p.n_ro -= 1
+        p.n_orders -= 1
+        self.pool.cid_remove(i)
+        self.pool.account_unlink(i)
+        self.pool.release(i)
+        return 0
+
+    cdef int _cancel_order(self, int32_t i, int reason) except -1:
+        self._ev_cancelled(i, reason)
+        return self._drop(i)
+
+    # ---- the matching walk -------------------------------------------------------------------
+
+    cdef int _match(self, int32_t t, int64_t limit) except -1:
+        """Trade taker `t` against the opposite side down to `limit`, best price first, oldest
+        first within a price. O(levels touched + fills + self-trade cancels)."""
+        cdef OrderPool pool = self.pool
+        cdef Book b = self.books[pool.o[t].market]
+        cdef int side = pool.o[t].side
+        cdef int opp = 1 - side
+        cdef int32_t lvl, mi, acct = pool.o[t].account, m = pool.o[t].market
+        cdef int64_t q, lp, cap
+        cdef Order* mo
+        while pool.o[t].qty > 0:
+            lvl = b.best(opp)
+            if lvl < 0:
+                break
+            lp = b.lv[lvl].price
+            if (side == BID and lp > limit) or (side == ASK and lp < limit):
+                break
+            mi = b.lv[lvl].head
+            mo = &pool.o[mi]
+            if mo.account == acct:                      # self-trade prevention
+                if pool.o[t].stp == CANCEL_TAKER:
+                    return STOP_SELF_TRADE
+                self._cancel_order(mi, V_SELF_TRADE)
+                if pool.o[t].stp == CANCEL_BOTH:
+                    return STOP_SELF_TRADE
+                continue
+            q = pool.o[t].qty if pool.o[t].qty < mo.qty else mo.qty
+            if pool.o[t].reduce_only:
+                cap = self._reducible(acct, m, side)
+                if cap == 0:
+                    return STOP_REDUCE_ONLY
+                if cap < q:
+                    q = cap
+            if mo.reduce_only:
+                cap = self._reducible(mo.account, m, opp)
+                if cap == 0:
+                    self._cancel_order(mi, V_REDUCE_ONLY)
+                    continue
+                if cap < q:
+                    q = cap
+            # The margin checker (issue 3) looks at both accounts here, before the fill.
+            self._fill(t, mi, q)
+        return STOP_NONE
+
+    cdef bint _fok_fillable(self, int32_t t, int64_t limit):
+        """Would the walk fill all of `t`? A dry run of _match's rules that changes nothing."""
+        cdef OrderPool pool = self.pool
+        cdef Order* o = &pool.o[t]
+        cdef Book b = self.books[o.market]
+        cdef int opp = 1 - o.side
+        cdef int32_t j, lvl, mi
+        cdef int64_t need = o.qty, q, cap, taker_cap = -1
+        cdef Order* mo
+        used = {}                                        # maker account -> qty taken so far
+        if o.reduce_only:
+            taker_cap = self._reducible(o.account, o.market, o.side)
+        for j in range(b.n[opp] - 1, -1, -1):
+            lvl = b.slots[opp][j]
+            if (o.side == BID and b.lv[lvl].price > limit) or \
+               (o.side == ASK and b.lv[lvl].price < limit):
+                break
+            mi = b.lv[lvl].head
+            while mi >= 0:
+                mo = &pool.o[mi]
+                if mo.account == o.account:
+                    if o.stp != CANCEL_MAKER:
+                        return False
+                    mi = mo.next
+                    continue
+                q = mo.qty
+                if mo.reduce_only:
+                    cap = self._reducible(mo.account, o.market, opp) - used.get(mo.account, 0)
+                    if cap < q:
+                        q = cap if cap > 0 else 0
+                if taker_cap >= 0 and taker_cap < q:
+                    q = taker_cap
+                if q > 0:
+                    used[mo.account] = used.get(mo.account, 0) + q
+                    need -= q
+                    if taker_cap >= 0:
+                        taker_cap -= q
+                    if need <= 0:
+                        return True
+                mi = mo.next
+        return False
+
+    cdef int _fill(self, int32_t t, int32_t mi, int64_t q) except -1:
+        """One trade at the maker's price: quantities, positions, fees, the `fill` event."""
+        cdef OrderPool pool = self.pool
+        cdef Order* to = &pool.o[t]
+        cdef Order* mo = &pool.o[mi]
+        cdef int32_t m = to.market
+        cdef MarketC* mk = &self.mk[m]
+        cdef Book b = self.books[m]
+        cdef int64_t price = mo.price
+        cdef int64_t notional = price * q * mk.multiplier
+        cdef int64_t tfee = fee(price, q, mk.multiplier, mk.taker_fee_ppm)
+        cdef int64_t mfee = fee(price, q, mk.multiplier, mk.maker_fee_ppm)
+        cdef PosC* tp = &self.pos[self.pos_of[m][to.account]]
+        cdef PosC* mp = &self.pos[self.pos_of[m][mo.account]]
+        cdef int64_t t_before = tp.size, m_before = mp.size
+        cdef int32_t t_acct = to.account, m_acct = mo.account
+        cdef EventWriter w = self.w
+        to.qty -= q
+        mo.qty -= q
+        b.lv[mo.level].qty -= q
+        if to.side == BID:
+            tp.size += q
+            tp.cost += notional
+            mp.size -= q
+            mp.cost -= notional
+            mp.open_sell -= q
+        else:
+            tp.size -= q
+            tp.cost -= notional
+            mp.size += q
+            mp.cost += notional
+            mp.open_buy -= q
+        if tp.size == 0:
+            tp.cost = 0
+        if mp.size == 0:
+            mp.cost = 0
+        self.n_fills += 1
+        self.seq += 1
+        w.begin(T_FILL, 15, self.seq, self.clock)
+        w.key(K_MARKET); w.name(mk.name_tok)
+        w.key(K_PRICE); w.int64(price)
+        w.key(K_QTY); w.int64(q)
+        w.key(K_TAKER_SIDE); w.tok(V_BUY + to.side)
+        w.key(K_TAKER_ACCOUNT); w.name(self.acct_tok[t_acct])
+        w.key(K_TAKER_CID); self._ev_cid(t)
+        w.key(K_TAKER_OID); w.int64(to.oid)
+        w.key(K_TAKER_REMAINING); w.int64(to.qty)
+        w.key(K_MAKER_ACCOUNT); w.name(self.acct_tok[m_acct])
+        w.key(K_MAKER_CID); self._ev_cid(mi)
+        w.key(K_MAKER_OID); w.int64(mo.oid)
+        w.key(K_MAKER_REMAINING); w.int64(mo.qty)
+        w.key(K_TAKER_FEE); w.int64(tfee)
+        w.key(K_MAKER_FEE); w.int64(mfee)
+        w.key(K_LIQUIDATION); w.boolean(False)
+        w.end()
+        if mo.qty == 0:
+            self._drop(mi)
+        # Resting reduce-only orders that can no longer reduce go, on both sides of the trade.
+        if mp.n_ro and (mp.size == 0 or (mp.size > 0) != (m_before > 0)):
+            self._sweep_reduce_only(m_acct, m)
+        if tp.n_ro and (tp.size == 0 or (tp.size > 0) != (t_before > 0)):
+            self._sweep_reduce_only(t_acct, m)
+        return 0
+
+    cdef int _sweep_reduce_only(self, int32_t a, int32_t m) except -1:
+        """Cancel `a`'s resting reduce-only orders in `m` that point the way of the position."""
+        cdef int32_t i = self.pool.acct_head[a], nxt
+        cdef Order* o
+        while i >= 0:
+            o = &self.pool.o[i]
+            nxt = o.anext
+            if (o.market == m and o.reduce_only and o.level >= 0
+                    and self._reducible(a, m, o.side) == 0):
+                self._cancel_order(i, V_REDUCE_ONLY)
+            i = nxt
+        return 0
+
+    # ---- cancel and amend --------------------------------------------------------------------
+
+    cdef int _cancel(self, object cmd) except -1:
+        cdef int32_t m = self.market_ids.get(cmd.market, -1)
+        cdef int32_t a, i
+        cdef CidKey k
+        cdef object keep
+        if m < 0:
+            return self._reject("cancel", Reason.UNKNOWN_MARKET, f"no market named {cmd.market!r}",
+                                cmd.account, cmd.market, cmd.cid)
+        a = self.account_ids.get(cmd.account, -1)
+        i = -1
+        if a >= 0:
+            keep = self._cid_key(cmd.cid, a, &k)
+            i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
+        if i < 0 or self.pool.o[i].market != m:
+            return self._reject("cancel", Reason.UNKNOWN_ORDER,
+                                f"no open order with cid {cmd.cid!r} in {cmd.market}",
+                                cmd.account, cmd.market, cmd.cid)
+        return self._cancel_order(i, V_USER)
+
+    cdef int _cancel_all(self, object cmd) except -1:
+        cdef int32_t m = -1, a, i, nxt
+        if cmd.market is not None:
+            m = self.market_ids.get(cmd.market, -1)
+            if m < 0:
+                return self._reject("cancel_all", Reason.UNKNOWN_MARKET,
+                                    f"no market named {cmd.market!r}", cmd.account, cmd.market)
+        a = self.account_ids.get(cmd.account, -1)
+        if a < 0:
+            return 0
+        i = self.pool.acct_head[a]
+        while i >= 0:
+            nxt = self.pool.o[i].anext
+            if m < 0 or self.pool.o[i].market == m:
+                self._cancel_order(i, V_USER)
+            i = nxt
+        return 0
+
+    cdef int _amend(self, object cmd) except -1:
+        cdef int32_t m = self.market_ids.get(cmd.market, -1)
+        cdef int32_t a, i
+        cdef int64_t qty, price, s
+        cdef MarketC* mk
+        cdef Order* o
+        cdef Book b
+        cdef PosC* p
+        cdef CidKey k
+        cdef object keep
+        account = cmd.account
+        market = cmd.market
+        cid = cmd.cid
+        if m < 0:
+            return self._reject("amend", Reason.UNKNOWN_MARKET, f"no market named {market!r}",
+                                account, market, cid)
+        mk = &self.mk[m]
+        a = self.account_ids.get(account, -1)
+        i = -1
+        if a >= 0:
+            keep = self._cid_key(cid, a, &k)
+            i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
+        if i < 0 or self.pool.o[i].market != m or self.pool.o[i].level < 0:
+            return self._reject("amend", Reason.UNKNOWN_ORDER,
+                                f"no open order with cid {cid!r} in {market}", account, market, cid)
+        o = &self.pool.o[i]
+        if cmd.qty is None:
+            qty = o.qty
+        else:
+            q = _positive_int(cmd.qty, MAX_QTY)
+            if q is None:
+                return self._reject("amend", Reason.INVALID_QTY,
+                                    f"qty must be a positive whole number of lots up to {MAX_QTY}, "
+                                    f"got {cmd.qty!r}", account, market, cid)
+            qty = q
+            if qty < mk.min_qty:
+                return self._reject("amend", Reason.BELOW_MIN_QTY,
+                                    f"qty {qty} is below the market's min_qty {mk.min_qty}",
+                                    account, market, cid)
+        if cmd.price is None:
+            price = o.price
+        else:
+            pr = _positive_int(cmd.price, MAX_PRICE)
+            if pr is None:
+                return self._reject("amend", Reason.INVALID_PRICE,
+                                    f"price must be a positive whole number of ticks up to "
+                                    f"{MAX_PRICE}, got {cmd.price!r}", account, market, cid)
+            price = pr
+        if price != o.price:
+            if o.side == BID and price > band_high(mk):
+                return self._reject("amend", Reason.PRICE_OUT_OF_BAND,
+                                    f"buy price {price} is above the band limit {band_high(mk)} "
+                                    f"(mark {mk.mark})", account, market, cid)
+            if o.side == ASK and price < band_low(mk):
+                return self._reject("amend", Reason.PRICE_OUT_OF_BAND,
+                                    f"sell price {price} is below the band limit {band_low(mk)} "
+                                    f"(mark {mk.mark})", account, market, cid)
+        p = &self.pos[self.pos_of[m][a]]
+        s = p.size
+        if (mk.oracle_max_age_ns and self.clock - mk.last_oracle_ts > mk.oracle_max_age_ns
+                and not o.reduce_only and qty > o.qty):
+            return self._reject("amend", Reason.ORACLE_STALE,
+                                f"the last {market} oracle price is "
+                                f"{(self.clock - mk.last_oracle_ts) // NS} s old (limit "
+                                f"{mk.oracle_max_age_ns // NS} s); an amend may not raise qty",
+                                account, market, cid)
+        b = self.books[m]
+        if o.tif == ALO and b.n[1 - o.side]:
+            if (o.side == BID and price >= b.lv[b.best(ASK)].price) or \
+               (o.side == ASK and price <= b.lv[b.best(BID)].price):
+                return self._reject("amend", Reason.POST_ONLY_WOULD_CROSS,
+                                    f"post-only order at {price} would trade against the best "
+                                    f"{'ask' if o.side == BID else 'bid'}", account, market, cid)
+        if price == o.price and qty <= o.qty:           # keeps its place in the queue
+            b.lv[o.level].qty -= o.qty - qty
+            if o.side == BID:
+                p.open_buy -= o.qty - qty
+            else:
+                p.open_sell -= o.qty - qty
+            o.qty = qty
+            return self._ev_amended(i, True)
+        # Out and in again at the back: it may trade on re-entry.
+        b.unlink(self.pool, i)
+        if o.side == BID:
+            p.open_buy -= o.qty
+        else:
+            p.open_sell -= o.qty
+        if o.reduce_only:
+            p.n_ro -= 1
+        o.price = price
+        o.qty = qty
+        self._ev_amended(i, False)
+        return self._finish_taker(i, self._match(i, price))
+
+    cdef int _state_hash(self) except -1:
+        h = digest(self.state())
+        self.seq += 1
+        self.w.begin(T_STATE_HASH, 1, self.seq, self.clock)
+        self.w.key(K_HASH)
+        self.w.pystr(h)
+        return self.w.end()
+
+    # ---- events ------------------------------------------------------------------------------
+
+    cdef int _ev_cid(self, int32_t i) except -1:
+        cdef Order* o = &self.pool.o[i]
+        if o.cid_is_str:
+            return self.w.utf8(self.pool.cid_text + <size_t>i * CID_BYTES, o.cid_len)
+        return self.w.int64(o.cid_int)
+
+    cdef int _ev_accepted(self, int32_t i, int64_t qty) except -1:
+        cdef Order* o = &self.pool.o[i]
+        cdef EventWriter w = self.w
+        self.seq += 1
+        w.begin(T_ORDER_ACCEPTED, 10, self.seq, self.clock)
+        w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
+        w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
+        w.key(K_CID); self._ev_cid(i)
+        w.key(K_OID); w.int64(o.oid)
+        w.key(K_SIDE); w.tok(V_BUY + o.side)
+        w.key(K_KIND); w.tok(V_LIMIT + o.kind)
+        w.key(K_PRICE)
+        if o.kind == MARKET:
+            w.null()
+        else:
+            w.int64(o.price)
+        w.key(K_QTY); w.int64(qty)
+        w.key(K_TIF); w.tok(V_GTC + o.tif)
+        w.key(K_REDUCE_ONLY); w.boolean(o.reduce_only)
+        return w.end()
+
+    cdef int _ev_cancelled(self, int32_t i, int reason) except -1:
+        cdef Order* o = &self.pool.o[i]
+        cdef EventWriter w = self.w
+        self.seq += 1
+        w.begin(T_ORDER_CANCELLED, 6, self.seq, self.clock)
+        w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
+        w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
+        w.key(K_CID); self._ev_cid(i)
+        w.key(K_OID); w.int64(o.oid)
+        w.key(K_REMAINING); w.int64(o.qty)
+        w.key(K_REASON); w.tok(reason)
+        return w.end()
+
+    cdef int _ev_amended(self, int32_t i, bint kept) except -1:
+        cdef Order* o = &self.pool.o[i]
+        cdef EventWriter w = self.w
+        self.seq += 1
+        w.begin(T_ORDER_AMENDED, 7, self.seq, self.clock)
+        w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
+        w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
+        w.key(K_CID); self._ev_cid(i)
+        w.key(K_OID); w.int64(o.oid)
+        w.key(K_PRICE); w.int64(o.price)
+        w.key(K_QTY); w.int64(o.qty)
+        w.key(K_PRIORITY_KEPT); w.boolean(kept)
+        return w.end()
+
+    cdef int _ev_mark(self, int32_t m) except -1:
+        cdef EventWriter w = self.w
+        self.seq += 1
+        w.begin(T_MARK, 3, self.seq, self.clock)
+        w.key(K_MARKET); w.name(self.mk[m].name_tok)
+        w.key(K_INDEX); w.int64(self.mk[m].index)
+        w.key(K_MARK); w.int64(self.mk[m].mark)
+        return w.end()
+
+
+def _account_order(key):
+    """Accounts sort integers first, then strings: a total order for mixed keys."""
+    return (1, key) if type(key) is str else (0, key)

@@ -1,0 +1,154 @@
+"""Market specifications: the decimal configuration of `create_market` made into integers.
+
+`tick_size` and `lot_size` are decimal strings; the market's multiplier (quote units per tick per
+lot) is `tick_size * lot_size / 0.000001` and must be a positive whole number, so that
+`notional = price (ticks) * qty (lots) * multiplier` is exact integer arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .messages import CreateMarket
+
+QUOTE_UNIT = Decimal("0.000001")
+PPM = 1_000_000
+MAX_PRICE = 2**40      # ticks: bounds keep every product of the core inside int64 / int128
+MAX_QTY = 2**40        # lots
+
+
+class MarketConfigError(ValueError):
+    """A `create_market` that cannot make a market; the message is the `detail`."""
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    max_notional: int
+    imf_ppm: int
+    mmf_ppm: int
+    imf_deduction: int
+    mmf_deduction: int
+
+
+@dataclass(frozen=True)
+class MarketSpec:
+    name: str
+    tick_size: Decimal
+    lot_size: Decimal
+    multiplier: int
+    min_qty: int
+    imf_ppm: int
+    mmf_ppm: int
+    maker_fee_ppm: int
+    taker_fee_ppm: int
+    liquidation_fee_ppm: int
+    price_band_ppm: int
+    funding_interval_s: int
+    funding_cap_ppm: int
+    interest_ppm: int
+    oracle_max_age_s: int
+    max_orders_per_account: int
+    tiers: tuple[TierSpec, ...]
+
+    def hash_record(self) -> list:
+        """The spec's part of the canonical state (see docs/state-hash.md)."""
+        return [
+            self.name, str(self.tick_size), str(self.lot_size), self.multiplier, self.min_qty,
+            self.imf_ppm, self.mmf_ppm, self.maker_fee_ppm, self.taker_fee_ppm,
+            self.liquidation_fee_ppm, self.price_band_ppm, self.funding_interval_s,
+            self.funding_cap_ppm, self.interest_ppm, self.oracle_max_age_s,
+            self.max_orders_per_account,
+            [[t.max_notional, t.imf_ppm, t.mmf_ppm] for t in self.tiers],
+        ]
+
+
+def _decimal(field: str, value: str | int) -> Decimal:
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise MarketConfigError(f"{field} must be a decimal string such as \"0.1\", got {value!r}")
+    if not d.is_finite() or d <= 0:
+        raise MarketConfigError(f"{field} must be a positive decimal, got {value!r}")
+    return d
+
+
+def _ppm(field: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise MarketConfigError(f"{field} must be between {lo} and {hi} ppm, got {value}")
+    return value
+
+
+def _tiers(cmd: CreateMarket) -> tuple[TierSpec, ...]:
+    """Continuous tiers: deduction_k = deduction_(k-1) + max_notional_(k-1) * (rate_k - rate_(k-1)) / 1e6.
+
+    A deduction must be exact for the requirement never to jump at a boundary, so each
+    `max_notional * rate step` must be a whole multiple of 1e6.
+    """
+    out: list[TierSpec] = []
+    prev = None
+    for k, t in enumerate(cmd.tiers or ()):
+        where = f"tiers[{k}]"
+        if t.mmf_ppm > t.imf_ppm:
+            raise MarketConfigError(f"{where}: mmf_ppm {t.mmf_ppm} is above imf_ppm {t.imf_ppm}")
+        if prev is None:
+            imf_d = mmf_d = 0
+        else:
+            if t.max_notional <= prev.max_notional:
+                raise MarketConfigError(
+                    f"{where}: max_notional {t.max_notional} must rise above {prev.max_notional}")
+            if t.imf_ppm < prev.imf_ppm or t.mmf_ppm < prev.mmf_ppm:
+                raise MarketConfigError(f"{where}: rates must not fall as notional rises")
+            di = prev.max_notional * (t.imf_ppm - prev.imf_ppm)
+            dm = prev.max_notional * (t.mmf_ppm - prev.mmf_ppm)
+            if di % PPM or dm % PPM:
+                raise MarketConfigError(
+                    f"{where}: max_notional of the tier below times the rate step must be a whole "
+                    f"number of quote units, so that the deduction is exact")
+            imf_d = prev.imf_deduction + di // PPM
+            mmf_d = prev.mmf_deduction + dm // PPM
+        prev = TierSpec(t.max_notional, t.imf_ppm, t.mmf_ppm, imf_d, mmf_d)
+        out.append(prev)
+    return tuple(out)
+
+
+def market_spec(cmd: CreateMarket) -> MarketSpec:
+    """Validate a `create_market` and convert it. Raises MarketConfigError with a clear detail."""
+    tick = _decimal("tick_size", cmd.tick_size)
+    lot = _decimal("lot_size", cmd.lot_size)
+    mult = tick * lot / QUOTE_UNIT
+    if mult != mult.to_integral_value() or mult < 1:
+        raise MarketConfigError(
+            f"tick_size * lot_size / 0.000001 must be a positive whole number (the multiplier), "
+            f"got {tick} * {lot} / 0.000001 = {mult.normalize()}")
+    if mult > 10**12:
+        raise MarketConfigError(f"multiplier {int(mult)} is too large (at most 10^12)")
+    if not 1 <= cmd.min_qty <= MAX_QTY:
+        raise MarketConfigError(f"min_qty must be a positive number of lots, got {cmd.min_qty}")
+    imf = _ppm("imf_ppm", cmd.imf_ppm, 1, PPM)
+    mmf = _ppm("mmf_ppm", cmd.mmf_ppm, 1, PPM)
+    if mmf > imf:
+        raise MarketConfigError(f"mmf_ppm {mmf} is above imf_ppm {imf}")
+    taker = _ppm("taker_fee_ppm", cmd.taker_fee_ppm, 0, 100_000)
+    maker = _ppm("maker_fee_ppm", cmd.maker_fee_ppm, -100_000, 100_000)
+    if maker + taker < 0:
+        raise MarketConfigError(
+            f"maker rebate {-maker} ppm exceeds the taker fee {taker} ppm: the venue would pay out "
+            f"money it did not receive")
+    liq = _ppm("liquidation_fee_ppm", cmd.liquidation_fee_ppm, 0, PPM)
+    band = _ppm("price_band_ppm", cmd.price_band_ppm, 1, PPM)
+    if cmd.funding_interval_s <= 0:
+        raise MarketConfigError(f"funding_interval_s must be positive, got {cmd.funding_interval_s}")
+    cap = _ppm("funding_cap_ppm", cmd.funding_cap_ppm, 0, PPM)
+    interest = _ppm("interest_ppm", cmd.interest_ppm, -PPM, PPM)
+    if cmd.oracle_max_age_s < 0:
+        raise MarketConfigError(f"oracle_max_age_s must be 0 (no limit) or positive, got {cmd.oracle_max_age_s}")
+    if not 1 <= cmd.max_orders_per_account <= 1_000_000:
+        raise MarketConfigError(
+            f"max_orders_per_account must be between 1 and 1000000, got {cmd.max_orders_per_account}")
+    return MarketSpec(
+        name=cmd.market, tick_size=tick, lot_size=lot, multiplier=int(mult), min_qty=cmd.min_qty,
+        imf_ppm=imf, mmf_ppm=mmf, maker_fee_ppm=maker, taker_fee_ppm=taker,
+        liquidation_fee_ppm=liq, price_band_ppm=band, funding_interval_s=cmd.funding_interval_s,
+        funding_cap_ppm=cap, interest_ppm=interest, oracle_max_age_s=cmd.oracle_max_age_s,
+        max_orders_per_account=cmd.max_orders_per_account, tiers=_tiers(cmd),
+    )

@@ -1,0 +1,303 @@
+"""Every command and event of the contract (../shared/spec/orderflow.md) as a msgspec Struct.
+
+Commands are imperative (`NewOrder`, `Cancel`), events past tense (`OrderAccepted`, `Fill`).
+Both are tagged unions on the field `type`. Field names and their order follow the contract;
+the Cython core writes events with exactly these keys in exactly this order, and the tests check
+that `msgspec` re-encodes what the core wrote byte for byte.
+
+Numbers are integers in the contract's units: prices in ticks, quantities in lots, money in quote
+units (1e-6 USD), rates in ppm, `ts` in nanoseconds. `qty`, `price` and `trigger_price` accept any
+JSON number (and strings) at the codec so that a bad value is answered with the contract's
+`invalid_qty` / `invalid_price` rather than a generic `invalid_command`.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+NonNegInt64 = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+# An account is named by an integer or a short string; the gateway derives it from the
+# authenticated key, the replay tool takes it from the file.
+AccountId = Union[Int64, Annotated[str, Meta(min_length=1, max_length=64)]]
+# A client order id: an integer or a string of at most 36 characters (the contract).
+Cid = Union[Int64, Annotated[str, Meta(min_length=1, max_length=36)]]
+MarketName = Annotated[str, Meta(min_length=1, max_length=32)]
+# Values the engine itself judges, so that it can answer with the contract's reason code.
+LooseNumber = Union[int, float, str, None]
+
+Side = Literal["buy", "sell"]
+OrderKind = Literal[
+    "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit"
+]
+TimeInForce = Literal["gtc", "ioc", "fok", "alo"]
+StpMode = Literal["cancel_maker", "cancel_taker", "cancel_both"]
+MarginMode = Literal["cross", "isolated"]
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+class Command(Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of every command. `ts` (ns) advances the engine clock, which never runs backwards."""
+
+    ts: NonNegInt64 = 0
+
+
+class Tier(Struct, forbid_unknown_fields=True, frozen=True):
+    max_notional: Annotated[int, Meta(gt=0, le=INT64_MAX)]
+    imf_ppm: Annotated[int, Meta(gt=0, le=1_000_000)]
+    mmf_ppm: Annotated[int, Meta(gt=0, le=1_000_000)]
+
+
+class CreateMarket(Command, tag="create_market"):
+    market: MarketName
+    tick_size: Union[str, int]
+    lot_size: Union[str, int]
+    min_qty: Int64
+    imf_ppm: Int64
+    mmf_ppm: Int64
+    maker_fee_ppm: Int64
+    taker_fee_ppm: Int64
+    liquidation_fee_ppm: Int64
+    price_band_ppm: Int64
+    funding_interval_s: Int64
+    funding_cap_ppm: Int64
+    interest_ppm: Int64
+    tiers: Union[list[Tier], None] = None
+    oracle_max_age_s: Int64 = 0
+    # Extension: the most open orders one account may have in this market (`too_many_orders`).
+    max_orders_per_account: Int64 = 1000
+
+
+class Deposit(Command, tag="deposit"):
+    account: AccountId
+    amount: Int64
+
+
+class Withdraw(Command, tag="withdraw"):
+    account: AccountId
+    amount: Int64
+
+
+class Oracle(Command, tag="oracle"):
+    market: MarketName
+    price: LooseNumber
+
+
+class Clock(Command, tag="clock"):
+    pass
+
+
+class SetLeverage(Command, tag="set_leverage"):
+    account: AccountId
+    market: MarketName
+    leverage: Int64
+
+
+class SetMarginMode(Command, tag="set_margin_mode"):
+    account: AccountId
+    market: MarketName
+    mode: MarginMode
+
+
+class TransferMargin(Command, tag="transfer_margin"):
+    account: AccountId
+    market: MarketName
+    amount: Int64
+
+
+class NewOrder(Command, tag="new_order"):
+    account: AccountId
+    market: MarketName
+    cid: Cid
+    side: Side
+    kind: OrderKind
+    qty: LooseNumber
+    price: LooseNumber = None
+    trigger_price: LooseNumber = None
+    tif: TimeInForce = "gtc"
+    reduce_only: bool = False
+    stp: StpMode = "cancel_maker"
+
+
+class Cancel(Command, tag="cancel"):
+    account: AccountId
+    market: MarketName
+    cid: Cid
+
+
+class CancelAll(Command, tag="cancel_all"):
+    account: AccountId
+    market: Union[MarketName, None] = None
+
+
+class Amend(Command, tag="amend"):
+    account: AccountId
+    market: MarketName
+    cid: Cid
+    price: LooseNumber = None
+    qty: LooseNumber = None
+
+
+class StateHash(Command, tag="state_hash"):
+    pass
+
+
+class QueryAccount(Command, tag="query_account"):
+    account: AccountId
+
+
+class Audit(Command, tag="audit"):
+    pass
+
+
+AnyCommand = Union[
+    NewOrder, Cancel, CancelAll, Amend, Oracle, Clock, Deposit, Withdraw, CreateMarket,
+    SetLeverage, SetMarginMode, TransferMargin, StateHash, QueryAccount, Audit,
+]
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    cls.__struct_config__.tag: cls for cls in AnyCommand.__args__  # type: ignore[attr-defined]
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------
+
+class Event(Struct, tag_field="type", frozen=True):
+    """Base of every event: `seq` numbers the whole stream (1, 2, 3, ...), `ts` is the clock."""
+
+    seq: int
+    ts: int
+
+
+class OrderAccepted(Event, tag="order_accepted"):
+    account: AccountId
+    market: str
+    cid: Cid
+    oid: int
+    side: Side
+    kind: OrderKind
+    price: Union[int, None]  # None for market orders
+    qty: int
+    tif: TimeInForce
+    reduce_only: bool
+
+
+class Rejected(Event, tag="rejected", omit_defaults=True, kw_only=True):
+    """`account`, `market` and `cid` are present where the command had them."""
+
+    command: Union[str, None]
+    account: Union[AccountId, None] = None
+    market: Union[str, None] = None
+    cid: Union[Cid, None] = None
+    reason: str
+    detail: str
+
+
+class Fill(Event, tag="fill"):
+    market: str
+    price: int
+    qty: int
+    taker_side: Side
+    taker_account: AccountId
+    taker_cid: Cid
+    taker_oid: int
+    taker_remaining: int
+    maker_account: AccountId
+    maker_cid: Cid
+    maker_oid: int
+    maker_remaining: int
+    taker_fee: int
+    maker_fee: int
+    liquidation: bool
+
+
+class OrderCancelled(Event, tag="order_cancelled"):
+    account: AccountId
+    market: str
+    cid: Cid
+    oid: int
+    remaining: int
+    reason: str
+
+
+class OrderAmended(Event, tag="order_amended"):
+    account: AccountId
+    market: str
+    cid: Cid
+    oid: int
+    price: int
+    qty: int
+    priority_kept: bool
+
+
+class Mark(Event, tag="mark"):
+    market: str
+    index: int
+    mark: int
+
+
+class StateHashEvent(Event, tag="state_hash"):
+    hash: str
+
+
+AnyEvent = Union[
+    OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, Mark, StateHashEvent,
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Reason codes, each owned by one stage (exchange-core's CommandResultCode, grouped by stage)
+# --------------------------------------------------------------------------------------------
+
+class Reason:
+    # codec: the command could not be read
+    INVALID_COMMAND = "invalid_command"
+    # order entry validation, in the contract's order
+    UNKNOWN_MARKET = "unknown_market"
+    INVALID_QTY = "invalid_qty"
+    BELOW_MIN_QTY = "below_min_qty"
+    INVALID_PRICE = "invalid_price"
+    DUPLICATE_CID = "duplicate_cid"
+    NO_MARK_PRICE = "no_mark_price"
+    PRICE_OUT_OF_BAND = "price_out_of_band"
+    REDUCE_ONLY_WOULD_INCREASE = "reduce_only_would_increase"
+    ORACLE_STALE = "oracle_stale"
+    TOO_MANY_ORDERS = "too_many_orders"
+    INSUFFICIENT_MARGIN = "insufficient_margin"
+    POST_ONLY_WOULD_CROSS = "post_only_would_cross"
+    # cancel / amend
+    UNKNOWN_ORDER = "unknown_order"
+    # accounts
+    INSUFFICIENT_COLLATERAL = "insufficient_collateral"
+    # extensions (docs/contract-extensions.md)
+    INVALID_MARKET = "invalid_market"
+    MARKET_EXISTS = "market_exists"
+    UNSUPPORTED = "unsupported"
+    CAPACITY = "capacity"
+
+
+class CancelReason:
+    USER = "user"
+    IOC_REMAINDER = "ioc_remainder"
+    FOK_UNFILLED = "fok_unfilled"
+    SELF_TRADE = "self_trade"
+    MARGIN = "margin"
+    LIQUIDATION = "liquidation"
+    REDUCE_ONLY = "reduce_only"
+
+
+def command_decoder(kind: str):
+    """A reusable decoder for one command (`json` or `msgpack`)."""
+    if kind == "json":
+        return msgspec.json.Decoder(AnyCommand)
+    return msgspec.msgpack.Decoder(AnyCommand)

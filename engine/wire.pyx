@@ -1,0 +1,415 @@
+# cython: language_level=3
+"""Event writer (JSON Lines and msgpack) and msgpack stream framing, in C.
+
+The writer emits exactly what `msgspec` would encode for the same event Struct: the same keys in
+the same order, the smallest msgpack integer and string headers, and msgspec's JSON string
+escaping. `tests/test_wire.py` holds it to that, byte for byte.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t, uint32_t
+
+import msgspec
+
+_json_encode = msgspec.json.encode
+_mp_encode = msgspec.msgpack.encode
+
+# Same order as `cdef enum Tok` in wire.pxd.
+EVENT_TYPES = (
+    "order_accepted", "rejected", "fill", "order_cancelled", "order_amended", "mark", "state_hash",
+)
+KEYS = (
+    "account", "market", "cid", "oid", "side", "kind", "price", "qty", "tif", "reduce_only",
+    "command", "reason", "detail", "taker_side", "taker_account", "taker_cid", "taker_oid",
+    "taker_remaining", "maker_account", "maker_cid", "maker_oid", "maker_remaining", "taker_fee",
+    "maker_fee", "liquidation", "remaining", "priority_kept", "index", "mark", "hash",
+)
+VALUES = (
+    "buy", "sell",
+    "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit",
+    "gtc", "ioc", "fok", "alo",
+    "user", "ioc_remainder", "fok_unfilled", "self_trade", "margin", "liquidation", "reduce_only",
+)
+TOKENS = EVENT_TYPES + KEYS + VALUES
+assert len(TOKENS) == N_TOKENS, "wire.pyx TOKENS and wire.pxd Tok disagree"
+
+cdef Py_ssize_t _FIRST_KEY = K_ACCOUNT
+cdef Py_ssize_t _FIRST_VALUE = V_BUY
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+def _encode_tokens():
+    """[fmt][tok] -> bytes. A JSON key carries its separators: `,"market":`."""
+    mp, js = [], []
+    for i, t in enumerate(TOKENS):
+        mp.append(_mp_encode(t))
+        if i < _FIRST_KEY:                       # event type: written by begin()
+            js.append(b'{"type":' + _json_encode(t))
+        elif i < _FIRST_VALUE:
+            js.append(b"," + _json_encode(t) + b":")
+        else:
+            js.append(_json_encode(t))
+    return [mp, js]
+
+
+cdef class EventWriter:
+    """A growable byte buffer of encoded events.
+
+    All writes are amortised O(1) in the bytes written. `take()` hands the bytes over and empties
+    the buffer; the capacity is kept, so a long replay allocates only while it warms up.
+    """
+
+    def __cinit__(self, Py_ssize_t capacity=1 << 16):
+        self.cap = capacity if capacity > 64 else 64
+        self.buf = <char*>malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.length = 0
+        self._names = []
+        self.names_cap = 64
+        self.n_names = 0
+        self.name_ptr = <const char**>malloc(self.names_cap * sizeof(char*))
+        self.name_len = <Py_ssize_t*>malloc(self.names_cap * sizeof(Py_ssize_t))
+        if self.name_ptr == NULL or self.name_len == NULL:
+            raise MemoryError()
+        self._tok_bytes = _encode_tokens()
+        self.set_format(FMT_MSGPACK)
+
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.name_ptr)
+        free(self.name_len)
+
+    cpdef void set_format(self, int fmt):
+        cdef Py_ssize_t i
+        cdef bytes b
+        self.fmt = fmt
+        for i in range(N_TOKENS):
+            b = self._tok_bytes[fmt][i]
+            self.tok_ptr[i] = b
+            self.tok_len[i] = len(b)
+        for i in range(self.n_names):
+            b = self._names[i][fmt]
+            self.name_ptr[i] = b
+            self.name_len[i] = len(b)
+
+    cpdef int register_name(self, object name) except -1:
+        """Encode an account or market name once, in both formats; returns its id."""
+        cdef bytes b
+        if self.n_names == self.names_cap:
+            self.names_cap *= 2
+            self.name_ptr = <const char**>realloc(self.name_ptr, self.names_cap * sizeof(char*))
+            self.name_len = <Py_ssize_t*>realloc(self.name_len, self.names_cap * sizeof(Py_ssize_t))
+            if self.name_ptr == NULL or self.name_len == NULL:
+                raise MemoryError()
+        pair = (_mp_encode(name), _json_encode(name))
+        self._names.append(pair)
+        b = pair[self.fmt]
+        self.name_ptr[self.n_names] = b
+        self.name_len[self.n_names] = len(b)
+        self.n_names += 1
+        return <int>(self.n_names - 1)
+
+    cpdef bytes take(self):
+        cdef bytes out = PyBytes_FromStringAndSize(self.buf, self.length)
+        self.length = 0
+        return out
+
+    cpdef void clear(self):
+        self.length = 0
+
+    @property
+    def size(self):
+        return self.length
+
+    # ---- low level -------------------------------------------------------------------------
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t want = self.length + n
+        cdef char* nb
+        if want <= self.cap:
+            return 0
+        while self.cap < want:
+            self.cap *= 2
+        nb = <char*>realloc(self.buf, self.cap)
+        if nb == NULL:
+            raise MemoryError()
+        self.buf = nb
+        return 0
+
+    cdef void _raw(self, const char* p, Py_ssize_t n) noexcept:
+        memcpy(self.buf + self.length, p, n)
+        self.length += n
+
+    cdef void _byte(self, char c) noexcept:
+        self.buf[self.length] = c
+        self.length += 1
+
+    cdef void _be(self, uint64_t v, int nbytes) noexcept:
+        cdef int i
+        for i in range(nbytes - 1, -1, -1):
+            self.buf[self.length + i] = <char>(v & 0xff)
+            v >>= 8
+        self.length += nbytes
+
+    # ---- events ----------------------------------------------------------------------------
+
+    cdef int begin(self, int etype, int nfields, int64_t seq, int64_t ts) except -1:
+        """Open an event of `nfields` fields besides type, seq and ts."""
+        cdef int n = nfields + 3
+        self.reserve(64)
+        if self.fmt == FMT_MSGPACK:
+            if n < 16:
+                self._byte(<char>(0x80 | n))
+            else:
+                self._byte(<char>0xde)
+                self._be(n, 2)
+            self._raw(b"\xa4type", 5)
+            self._raw(self.tok_ptr[etype], self.tok_len[etype])
+            self._raw(b"\xa3seq", 4)
+            self.int64(seq)
+            self._raw(b"\xa2ts", 3)
+            self.int64(ts)
+        else:
+            self._raw(self.tok_ptr[etype], self.tok_len[etype])
+            self._raw(b',"seq":', 7)
+            self.int64(seq)
+            self._raw(b',"ts":', 6)
+            self.int64(ts)
+        return 0
+
+    cdef int end(self) except -1:
+        if self.fmt == FMT_JSON:
+            self.reserve(2)
+            self._raw(b"}\n", 2)
+        return 0
+
+    cdef int key(self, int k) except -1:
+        self.reserve(self.tok_len[k])
+        self._raw(self.tok_ptr[k], self.tok_len[k])
+        return 0
+
+    cdef int tok(self, int t) except -1:
+        self.reserve(self.tok_len[t])
+        self._raw(self.tok_ptr[t], self.tok_len[t])
+        return 0
+
+    cdef int name(self, int32_t name_id) except -1:
+        self.reserve(self.name_len[name_id])
+        self._raw(self.name_ptr[name_id], self.name_len[name_id])
+        return 0
+
+    cdef int int64(self, int64_t v) except -1:
+        cdef char tmp[24]
+        cdef int i = 24
+        cdef uint64_t u
+        self.reserve(24)
+        if self.fmt == FMT_JSON:
+            if v < 0:
+                self._byte(b'-')
+                u = <uint64_t>0 - <uint64_t>v
+            else:
+                u = <uint64_t>v
+            while True:
+                i -= 1
+                tmp[i] = <char>(48 + <int>(u % 10))
+                u //= 10
+                if u == 0:
+                    break
+            self._raw(tmp + i, 24 - i)
+        elif v >= 0:
+            if v < 128:
+                self._byte(<char>v)
+            elif v < 0x100:
+                self._byte(<char>0xcc); self._be(v, 1)
+            elif v < 0x10000:
+                self._byte(<char>0xcd); self._be(v, 2)
+            elif v < 0x100000000:
+                self._byte(<char>0xce); self._be(v, 4)
+            else:
+                self._byte(<char>0xcf); self._be(v, 8)
+        else:
+            if v >= -32:
+                self._byte(<char>(v & 0xff))
+            elif v >= -128:
+                self._byte(<char>0xd0); self._be(<uint64_t>v & 0xff, 1)
+            elif v >= -32768:
+                self._byte(<char>0xd1); self._be(<uint64_t>v & 0xffff, 2)
+            elif v >= -2147483648:
+                self._byte(<char>0xd2); self._be(<uint64_t>v & 0xffffffff, 4)
+            else:
+                self._byte(<char>0xd3); self._be(<uint64_t>v, 8)
+        return 0
+
+    cdef int boolean(self, bint v) except -1:
+        self.reserve(5)
+        if self.fmt == FMT_JSON:
+            if v:
+                self._raw(b"true", 4)
+            else:
+                self._raw(b"false", 5)
+        else:
+            self._byte(<char>(0xc3 if v else 0xc2))
+        return 0
+
+    cdef int null(self) except -1:
+        self.reserve(4)
+        if self.fmt == FMT_JSON:
+            self._raw(b"null", 4)
+        else:
+            self._byte(<char>0xc0)
+        return 0
+
+    cdef int utf8(self, const char* s, Py_ssize_t n) except -1:
+        """A string from UTF-8 bytes, escaped as msgspec escapes it."""
+        cdef Py_ssize_t i
+        cdef unsigned char c
+        if self.fmt == FMT_MSGPACK:
+            self.reserve(n + 5)
+            if n < 32:
+                self._byte(<char>(0xa0 | n))
+            elif n < 0x100:
+                self._byte(<char>0xd9); self._be(n, 1)
+            elif n < 0x10000:
+                self._byte(<char>0xda); self._be(n, 2)
+            else:
+                self._byte(<char>0xdb); self._be(n, 4)
+            self._raw(s, n)
+            return 0
+        self.reserve(6 * n + 2)
+        self._byte(b'"')
+        for i in range(n):
+            c = <unsigned char>s[i]
+            if c == 34:
+                self._raw(b'\\"', 2)
+            elif c == 92:
+                self._raw(b"\\\\", 2)
+            elif c >= 32:
+                self._byte(<char>c)
+            elif c == 10:
+                self._raw(b"\\n", 2)
+            elif c == 13:
+                self._raw(b"\\r", 2)
+            elif c == 9:
+                self._raw(b"\\t", 2)
+            elif c == 8:
+                self._raw(b"\\b", 2)
+            elif c == 12:
+                self._raw(b"\\f", 2)
+            else:
+                self._raw(b"\\u00", 4)
+                self._byte(_HEX[c >> 4])
+                self._byte(_HEX[c & 15])
+        self._byte(b'"')
+        return 0
+
+    cdef int pystr(self, str s) except -1:
+        cdef bytes b = s.encode("utf-8")
+        return self.utf8(b, len(b))
+
+    cdef int pyobj(self, object o) except -1:
+        """Any value msgspec can encode (rare events only: rejections, hashes)."""
+        cdef bytes b = _mp_encode(o) if self.fmt == FMT_MSGPACK else _json_encode(o)
+        self.reserve(len(b))
+        self._raw(b, len(b))
+        return 0
+
+    cdef int array_header(self, uint32_t n) except -1:
+        """A msgpack array32 header (fixed width, so it can be patched in place)."""
+        self.reserve(5)
+        self._byte(<char>0xdd)
+        self._be(n, 4)
+        return 0
+
+
+# ---- msgpack stream framing ----------------------------------------------------------------
+
+cdef Py_ssize_t _skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) except -2:
+    """Index just past the msgpack object at `i`; -1 if the data ends inside it.
+
+    Raises ValueError for a byte that starts no msgpack object (0xc1) or nesting beyond 64.
+    """
+    cdef unsigned char c
+    cdef uint64_t length = 0, count = 0, k
+    cdef int w = 0
+    if depth > 64:
+        raise ValueError("msgpack nesting deeper than 64")
+    if i >= n:
+        return -1
+    c = p[i]
+    i += 1
+    if c <= 0x7f or c >= 0xe0 or c == 0xc0 or c == 0xc2 or c == 0xc3:
+        return i
+    if 0xa0 <= c <= 0xbf:
+        length = c & 0x1f
+    elif 0x90 <= c <= 0x9f:
+        count = c & 0x0f
+    elif 0x80 <= c <= 0x8f:
+        count = 2 * (c & 0x0f)
+    elif c in (0xcc, 0xd0):
+        length = 1
+    elif c in (0xcd, 0xd1):
+        length = 2
+    elif c in (0xca, 0xce, 0xd2):
+        length = 4
+    elif c in (0xcb, 0xcf, 0xd3):
+        length = 8
+    elif c in (0xd4, 0xd5, 0xd6, 0xd7, 0xd8):           # fixext 1, 2, 4, 8, 16 (+ type byte)
+        length = 1 + (1 << (c - 0xd4))
+    elif c in (0xc4, 0xd9):
+        w = 1
+    elif c in (0xc5, 0xda):
+        w = 2
+    elif c in (0xc6, 0xdb):
+        w = 4
+    elif c in (0xc7, 0xc8, 0xc9):                       # ext 8, 16, 32 (+ type byte)
+        w = 1 << (c - 0xc7)
+    elif c in (0xdc, 0xde):
+        w = -2
+    elif c in (0xdd, 0xdf):
+        w = -4
+    else:
+        raise ValueError(f"byte 0x{c:02x} starts no msgpack object")
+    if w > 0 or w < 0:
+        if i + (w if w > 0 else -w) > n:
+            return -1
+        for k in range(w if w > 0 else -w):
+            length = (length << 8) | p[i + k]
+        i += (w if w > 0 else -w)
+        if w < 0:
+            count = length * (2 if c in (0xde, 0xdf) else 1)
+            length = 0
+        elif c in (0xc7, 0xc8, 0xc9):
+            length += 1
+    if length:
+        if <uint64_t>(n - i) < length:
+            return -1
+        return i + <Py_ssize_t>length
+    for k in range(count):
+        i = _skip(p, i, n, depth + 1)
+        if i < 0:
+            return -1
+    return i
+
+
+def msgpack_frames(const unsigned char[::1] data not None):
+    """Split a stream of concatenated msgpack objects.
+
+    Returns `(ends, error)`: the end offset of each complete object, in order, and None, or the
+    offset and a sentence when the data holds a byte that starts no object. Bytes after the last
+    complete object (a truncated tail) are left for the caller: `ends[-1]` says where they start.
+    O(n) in the bytes.
+    """
+    cdef Py_ssize_t n = data.shape[0], i = 0, j
+    ends = []
+    while i < n:
+        try:
+            j = _skip(&data[0], i, n, 0)
+        except ValueError as e:
+            return ends, (i, str(e))
+        if j < 0:
+            break
+        ends.append(j)
+        i = j
+    return ends, None
