@@ -1,0 +1,47 @@
+"""The `perpdex` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.codec import FORMATS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="perpdex", description="perpdex: a deterministic perpetual-futures matching engine")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    rp = sub.add_parser("replay", help="replay a command file through a fresh engine",
+                        description="Replay commands (JSON Lines or msgpack, by extension; - for "
+                        "stdin) and write the events (- for stdout). The same input always gives "
+                        "byte-identical output.")
+    rp.add_argument("input", help="commands: FILE.jsonl, FILE.msgpack or - (stdin, JSON Lines)")
+    rp.add_argument("--out", "-o", default="-", help="events: FILE.jsonl, FILE.msgpack or - (stdout)")
+    rp.add_argument("--in-format", choices=FORMATS, help="override the input format")
+    rp.add_argument("--out-format", choices=FORMATS, help="override the output format")
+    rp.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+
+    sub.add_parser("demo", help="run the demo on the embedded default configuration")
+
+    args = parser.parse_args(argv)
+    if args.cmd == "replay":
+        from gateway.replay import replay_file
+        try:
+            summary = replay_file(args.input, args.out, args.in_format, args.out_format)
+        except FileNotFoundError as e:
+            print(f"perpdex: {e.filename}: no such file", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            return 1
+        if not args.quiet:
+            print(summary.line(), file=sys.stderr)
+        return 0
+    if args.cmd == "demo":
+        from gateway.demo import run
+        return run()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
