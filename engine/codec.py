@@ -10,7 +10,7 @@ from typing import Union
 
 import msgspec
 
-from .messages import AnyCommand, AnyEvent, Command
+from .messages import COMMAND_TYPES, AnyCommand, AnyEvent, Command
 from .wire import msgpack_frames
 
 FORMATS = ("jsonl", "msgpack")
@@ -65,12 +65,26 @@ def _recover(raw_decoder, raw: bytes, detail: str) -> Malformed:
     )
 
 
+_KNOWN = ", ".join(sorted(COMMAND_TYPES))
+
+
+def _sentence(e: Exception) -> str:
+    """msgspec's message, made plainer where it is terse."""
+    text = str(e)
+    if text.startswith("Invalid value") and text.endswith("- at `$.type`"):
+        return f"unknown command type {text[len('Invalid value '):-len(' - at `$.type`')]}; " \
+               f"expected one of: {_KNOWN}"
+    if text == "Object missing required field `type`":
+        return "the command has no `type` field"
+    return text
+
+
 def decode_json(line: bytes, where: str = "") -> Item:
     """One JSON command; never raises."""
     try:
         return _json_cmd.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        return _recover(_json_any, line, f"{where}{e}")
+        return _recover(_json_any, line, f"{where}{_sentence(e)}")
 
 
 def decode_msgpack(obj: bytes, where: str = "") -> Item:
@@ -78,7 +92,7 @@ def decode_msgpack(obj: bytes, where: str = "") -> Item:
     try:
         return _mp_cmd.decode(obj)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        return _recover(_mp_any, obj, f"{where}{e}")
+        return _recover(_mp_any, obj, f"{where}{_sentence(e)}")
 
 
 class CommandReader:
@@ -157,12 +171,10 @@ class CommandReader:
                 out = _mp_cmds.decode(framed)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 out = []
-                for end in ends:
-                    self._count += 1
+                for k, end in enumerate(ends, start=self._count + 1):
                     out.append(decode_msgpack(
-                        data[start:end], f"object {self._count} at byte {self._offset + start}: "))
+                        data[start:end], f"object {k} at byte {self._offset + start}: "))
                     start = end
-                self._count -= n
             self._count += n
             start = ends[-1]
         if error is not None:

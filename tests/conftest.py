@@ -1,0 +1,70 @@
+"""Helpers that read like the contract: a market, an oracle price, orders, and the events back."""
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from engine import Engine, messages as M
+from tests.flows import MARKET_FIELDS
+
+MKT = "BTC-PERP"
+
+
+class Exchange:
+    """An engine with one market (multiplier 100, min_qty 2, band 2 %) and event dicts out."""
+
+    def __init__(self, **market_overrides):
+        self.engine = Engine()
+        self.ts = 0
+        fields = dict(MARKET_FIELDS, **market_overrides)
+        assert self.run(M.CreateMarket(market=MKT, **fields)) == []
+
+    def run(self, cmd) -> list[dict]:
+        return [msgspec.to_builtins(e) for e in self.engine.execute(cmd)]
+
+    def oracle(self, price, market=MKT):
+        return self.run(M.Oracle(market=market, price=price))
+
+    def order(self, account, cid, side, qty, price=None, kind="limit", **kw):
+        kw.setdefault("market", MKT)
+        return self.run(M.NewOrder(account=account, cid=cid, side=side, kind=kind, qty=qty,
+                                   price=price, **kw))
+
+    def cancel(self, account, cid, market=MKT):
+        return self.run(M.Cancel(account=account, market=market, cid=cid))
+
+    def amend(self, account, cid, market=MKT, **kw):
+        return self.run(M.Amend(account=account, market=market, cid=cid, **kw))
+
+    def book(self, side):
+        """[(price, [(cid, qty), ...]), ...] best first, from the canonical state."""
+        mk = self.engine.state()["markets"][0]
+        orders = mk[4] if side == "buy" else mk[5]
+        levels: list = []
+        for o in orders:
+            if not levels or levels[-1][0] != o[3]:
+                levels.append((o[3], []))
+            levels[-1][1].append((o[2], o[4]))
+        return levels
+
+
+def types(events):
+    return [e["type"] for e in events]
+
+
+def only(events, type_):
+    found = [e for e in events if e["type"] == type_]
+    assert len(found) == 1, f"expected one {type_} in {events}"
+    return found[0]
+
+
+def reason(events):
+    return only(events, "rejected")["reason"]
+
+
+@pytest.fixture
+def ex():
+    x = Exchange()
+    x.oracle(10_000)
+    yield x
+    x.engine.check_integrity()
