@@ -19,6 +19,8 @@ from engine.wire cimport (
     V_BUY, V_LIMIT, V_GTC, V_USER, V_IOC_REMAINDER, V_FOK_UNFILLED, V_SELF_TRADE, V_REDUCE_ONLY,
 )
 
+import msgspec
+
 from engine import messages as M
 from engine.codec import CommandReader, Malformed, decode_events_msgpack, FORMATS
 from engine.markets import MarketConfigError, market_spec, MAX_PRICE, MAX_QTY
@@ -27,6 +29,8 @@ from engine.statehash import digest
 
 cdef extern from *:
     ctypedef long long int128 "__int128"
+
+_json_encode = msgspec.json.encode
 
 cdef int64_t PPM = 1000000
 cdef int64_t NS = 1000000000
@@ -88,6 +92,16 @@ cdef inline int64_t band_low(MarketC* mk) noexcept nogil:
 cdef inline int64_t fee(int64_t price, int64_t qty, int64_t mult, int64_t rate) noexcept nogil:
     """Rounded up: a fee is never short by a unit, and a rebate (rate < 0) never over-paid."""
     return <int64_t>ceil_div(<int128>price * qty * mult * rate, PPM)
+
+
+def _show(v):
+    """A value as the client wrote it (JSON), for a detail sentence."""
+    if v is None:
+        return "nothing"
+    try:
+        return _json_encode(v).decode()
+    except TypeError:
+        return repr(v)
 
 
 def _positive_int(v, limit):
@@ -156,7 +170,7 @@ cdef class Engine:
             # while the fields are read and before any state changes.
             tag = getattr(getattr(type(cmd), "__struct_config__", None), "tag", None)
             self._reject(tag if type(tag) is str else None, Reason.INVALID_COMMAND,
-                         f"a field has a value of the wrong type or range: {e!r}")
+                         f"a field has a value of the wrong type or range: {_show(e)}")
         n = self.seq - first
         self.w.buf[1] = <char>((n >> 24) & 0xff)
         self.w.buf[2] = <char>((n >> 16) & 0xff)
@@ -184,7 +198,7 @@ cdef class Engine:
         cdef object cmd
         cdef int f = FMT_JSON if fmt == "jsonl" else FMT_MSGPACK
         if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+            raise ValueError(f"unknown format {_show(fmt)}: expected one of {', '.join(FORMATS)}")
         if self.w.fmt != f:
             self.w.set_format(f)
         self.w.clear()
@@ -483,12 +497,12 @@ cdef class Engine:
         cdef int64_t idx, bid, ask, lo, hi
         if m < 0:
             return self._reject("oracle", Reason.UNKNOWN_MARKET,
-                                f"no market named {cmd.market!r}", None, cmd.market)
+                                f"no market named {_show(cmd.market)}", None, cmd.market)
         price = _positive_int(cmd.price, MAX_PRICE)
         if price is None:
             return self._reject("oracle", Reason.INVALID_PRICE,
                                 f"price must be a positive whole number of ticks up to {MAX_PRICE}, "
-                                f"got {cmd.price!r}", None, cmd.market)
+                                f"got {_show(cmd.price)}", None, cmd.market)
         idx = price
         mk = &self.mk[m]
         b = self.books[m]
@@ -520,7 +534,7 @@ cdef class Engine:
         m = self.market_ids.get(market, -1)
         if m < 0:
             return self._reject("new_order", Reason.UNKNOWN_MARKET,
-                                f"no market named {market!r}", account, market, cid)
+                                f"no market named {_show(market)}", account, market, cid)
         mk = &self.mk[m]
         side = _SIDES[cmd.side]
         kind = _KINDS[cmd.kind]
@@ -531,7 +545,7 @@ cdef class Engine:
         if q is None:
             return self._reject("new_order", Reason.INVALID_QTY,
                                 f"qty must be a positive whole number of lots up to {MAX_QTY}, "
-                                f"got {cmd.qty!r}", account, market, cid)
+                                f"got {_show(cmd.qty)}", account, market, cid)
         qty = q
         if qty < mk.min_qty:
             return self._reject("new_order", Reason.BELOW_MIN_QTY,
@@ -545,7 +559,7 @@ cdef class Engine:
             if pr is None:
                 return self._reject("new_order", Reason.INVALID_PRICE,
                                     f"{field} must be a positive whole number of ticks up to "
-                                    f"{MAX_PRICE}, got {getattr(cmd, field)!r}",
+                                    f"{MAX_PRICE}, got {_show(getattr(cmd, field))}",
                                     account, market, cid)
             if field == "price":
                 price = pr
@@ -559,7 +573,7 @@ cdef class Engine:
         keep = self._cid_key(cid, a, &k)
         if self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h) >= 0:
             return self._reject("new_order", Reason.DUPLICATE_CID,
-                                f"cid {cid!r} is already used by an open order of this account",
+                                f"cid {_show(cid)} is already used by an open order of this account",
                                 account, market, cid)
         if not mk.has_mark:
             return self._reject("new_order", Reason.NO_MARK_PRICE,
@@ -852,7 +866,7 @@ cdef class Engine:
         cdef CidKey k
         cdef object keep
         if m < 0:
-            return self._reject("cancel", Reason.UNKNOWN_MARKET, f"no market named {cmd.market!r}",
+            return self._reject("cancel", Reason.UNKNOWN_MARKET, f"no market named {_show(cmd.market)}",
                                 cmd.account, cmd.market, cmd.cid)
         a = self.account_ids.get(cmd.account, -1)
         i = -1
@@ -861,7 +875,7 @@ cdef class Engine:
             i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
         if i < 0 or self.pool.o[i].market != m:
             return self._reject("cancel", Reason.UNKNOWN_ORDER,
-                                f"no open order with cid {cmd.cid!r} in {cmd.market}",
+                                f"no open order with cid {_show(cmd.cid)} in {cmd.market}",
                                 cmd.account, cmd.market, cmd.cid)
         return self._cancel_order(i, V_USER)
 
@@ -871,7 +885,7 @@ cdef class Engine:
             m = self.market_ids.get(cmd.market, -1)
             if m < 0:
                 return self._reject("cancel_all", Reason.UNKNOWN_MARKET,
-                                    f"no market named {cmd.market!r}", cmd.account, cmd.market)
+                                    f"no market named {_show(cmd.market)}", cmd.account, cmd.market)
         a = self.account_ids.get(cmd.account, -1)
         if a < 0:
             return 0
@@ -897,7 +911,7 @@ cdef class Engine:
         market = cmd.market
         cid = cmd.cid
         if m < 0:
-            return self._reject("amend", Reason.UNKNOWN_MARKET, f"no market named {market!r}",
+            return self._reject("amend", Reason.UNKNOWN_MARKET, f"no market named {_show(market)}",
                                 account, market, cid)
         mk = &self.mk[m]
         a = self.account_ids.get(account, -1)
@@ -907,7 +921,7 @@ cdef class Engine:
             i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
         if i < 0 or self.pool.o[i].market != m or self.pool.o[i].level < 0:
             return self._reject("amend", Reason.UNKNOWN_ORDER,
-                                f"no open order with cid {cid!r} in {market}", account, market, cid)
+                                f"no open order with cid {_show(cid)} in {market}", account, market, cid)
         o = &self.pool.o[i]
         if cmd.qty is None:
             qty = o.qty
@@ -916,7 +930,7 @@ cdef class Engine:
             if q is None:
                 return self._reject("amend", Reason.INVALID_QTY,
                                     f"qty must be a positive whole number of lots up to {MAX_QTY}, "
-                                    f"got {cmd.qty!r}", account, market, cid)
+                                    f"got {_show(cmd.qty)}", account, market, cid)
             qty = q
             if qty < mk.min_qty:
                 return self._reject("amend", Reason.BELOW_MIN_QTY,
@@ -929,7 +943,7 @@ cdef class Engine:
             if pr is None:
                 return self._reject("amend", Reason.INVALID_PRICE,
                                     f"price must be a positive whole number of ticks up to "
-                                    f"{MAX_PRICE}, got {cmd.price!r}", account, market, cid)
+                                    f"{MAX_PRICE}, got {_show(cmd.price)}", account, market, cid)
             price = pr
         if price != o.price:
             if o.side == BID and price > band_high(mk):
