@@ -75,6 +75,7 @@ cdef class Engine:
 
     # ---- cdef internals --------------------------------------------------------------------
     cdef int _dispatch(self, object cmd) except -1
+    cdef int _apply(self, object cmd) except -1
     cdef int32_t _account(self, object key) except -1
     cdef int32_t _position(self, int32_t m, int32_t a) except -1
     cdef int _reject(self, str command, str reason, str detail, object account=*,

@@ -3,11 +3,12 @@
 cimport cython
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t, uint32_t
 
 from engine.book cimport (
     Book, OrderPool, Order, Level, cid_hash_int, cid_hash_str, CID_BYTES,
-    BID, ASK, LIMIT, MARKET, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH,
+    BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH,
 )
 from engine.wire cimport (
     EventWriter, FMT_MSGPACK, FMT_JSON,
@@ -22,7 +23,9 @@ from engine.wire cimport (
 import msgspec
 
 from engine import messages as M
-from engine.codec import CommandReader, Malformed, decode_events_msgpack, FORMATS
+from engine.codec import CommandReader, Malformed, FORMATS, _mp_events
+
+cdef object _decode_events = _mp_events.decode
 from engine.markets import MarketConfigError, market_spec, MAX_PRICE, MAX_QTY
 from engine.messages import Reason
 from engine.statehash import digest
@@ -41,26 +44,31 @@ cdef enum Stop:
     STOP_SELF_TRADE
     STOP_REDUCE_ONLY
 
-_SIDES = {"buy": BID, "sell": ASK}
-_SIDE_NAMES = ("buy", "sell")
-_KINDS = {"limit": 0, "market": 1, "stop_market": 2, "stop_limit": 3,
-          "take_profit_market": 4, "take_profit_limit": 5}
-_TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO}
-_STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER, "cancel_both": CANCEL_BOTH}
-_KIND_NAMES = tuple(_KINDS)
-# The price fields each kind requires (a market order's `price`, if sent, is ignored).
-_PRICE_FIELDS = (("price",), (), ("trigger_price",), ("price", "trigger_price"),
-                 ("trigger_price",), ("price", "trigger_price"))
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-_TIF_NAMES = tuple(_TIFS)
-_STP_NAMES = tuple(_STPS)
+# Enum strings of the contract -> the core's small integers (module-level C dicts: no global
+# name lookup on the hot path).
+cdef dict _SIDES = {"buy": BID, "sell": ASK}
+cdef dict _KINDS = {"limit": LIMIT, "market": MARKET, "stop_market": STOP_MARKET,
+                    "stop_limit": STOP_LIMIT, "take_profit_market": TAKE_PROFIT_MARKET,
+                    "take_profit_limit": TAKE_PROFIT_LIMIT}
+cdef dict _TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO}
+cdef dict _STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER,
+                   "cancel_both": CANCEL_BOTH}
+cdef tuple _KIND_NAMES = tuple(_KINDS)
+cdef tuple _TIF_NAMES = tuple(_TIFS)
+cdef tuple _STP_NAMES = tuple(_STPS)
 
+cdef int64_t C_MAX_PRICE = MAX_PRICE
+cdef int64_t C_MAX_QTY = MAX_QTY
+
+cdef object _Command = M.Command
 cdef object NewOrder = M.NewOrder
 cdef object Cancel = M.Cancel
 cdef object CancelAll = M.CancelAll
 cdef object Amend = M.Amend
 cdef object Oracle = M.Oracle
+cdef object CreateMarket = M.CreateMarket
+cdef object StateHash = M.StateHash
+cdef object Clock = M.Clock
 
 
 @cython.cdivision(True)
@@ -104,11 +112,17 @@ def _show(v):
         return repr(v)
 
 
-def _positive_int(v, limit):
-    """The value as a positive int64 no larger than `limit`, or None."""
-    if type(v) is int and 0 < v <= limit:
-        return v
-    return None
+cdef inline int64_t _positive(object v, int64_t limit):
+    """`v` as a positive integer no larger than `limit`, or 0 when it is not one (not an int,
+    a bool, <= 0, or too large)."""
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is not int:
+        return 0
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow or x <= 0 or x > limit:
+        return 0
+    return x
 
 
 cdef class Engine:
@@ -163,20 +177,13 @@ cdef class Engine:
             self.w.set_format(FMT_MSGPACK)
         self.w.clear()
         self.w.array_header(0)
-        try:
-            self._dispatch(cmd)
-        except (KeyError, TypeError, OverflowError, AttributeError) as e:
-            # A Struct built by hand skips msgspec's validation; its bad field is found here,
-            # while the fields are read and before any state changes.
-            tag = getattr(getattr(type(cmd), "__struct_config__", None), "tag", None)
-            self._reject(tag if type(tag) is str else None, Reason.INVALID_COMMAND,
-                         f"a field has a value of the wrong type or range: {_show(e)}")
+        self._dispatch(cmd)
         n = self.seq - first
         self.w.buf[1] = <char>((n >> 24) & 0xff)
         self.w.buf[2] = <char>((n >> 16) & 0xff)
         self.w.buf[3] = <char>((n >> 8) & 0xff)
         self.w.buf[4] = <char>(n & 0xff)
-        return decode_events_msgpack(self.w.take())
+        return _decode_events(self.w.take())
 
     def execute_batch(self, data, str fmt="msgpack", out=None):
         """Apply a buffer of encoded commands; return the encoded events.
@@ -308,13 +315,27 @@ cdef class Engine:
     # ---- dispatch --------------------------------------------------------------------------
 
     cdef int _dispatch(self, object cmd) except -1:
+        self.n_commands += 1
+        try:
+            return self._apply(cmd)
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+            # A Struct built by hand skips msgspec's validation, and its bad field surfaces here,
+            # as the fields are read, before any state changes. Validate it now to say which.
+            try:
+                msgspec.convert(msgspec.to_builtins(cmd), type(cmd))
+            except (msgspec.ValidationError, TypeError) as e:
+                tag = getattr(getattr(type(cmd), "__struct_config__", None), "tag", None)
+                return self._reject(tag if type(tag) is str else None, Reason.INVALID_COMMAND,
+                                    str(e))
+            raise
+
+    cdef int _apply(self, object cmd) except -1:
         cdef object t = type(cmd)
         cdef int64_t ts
-        self.n_commands += 1
         if t is Malformed:
             return self._reject(cmd.command, Reason.INVALID_COMMAND, cmd.detail,
                                 cmd.account, cmd.market, cmd.cid)
-        if not isinstance(cmd, M.Command):
+        if not isinstance(cmd, _Command):
             return self._reject(None, Reason.INVALID_COMMAND,
                                 f"expected a command, got {type(cmd).__name__}")
         ts = cmd.ts
@@ -330,11 +351,11 @@ cdef class Engine:
             return self._oracle(cmd)
         if t is CancelAll:
             return self._cancel_all(cmd)
-        if t is M.CreateMarket:
+        if t is CreateMarket:
             return self._create_market(cmd)
-        if t is M.StateHash:
+        if t is StateHash:
             return self._state_hash()
-        if t is M.Clock:
+        if t is Clock:
             return 0
         tag = cmd.__struct_config__.tag
         return self._reject(tag, Reason.UNSUPPORTED,
@@ -498,12 +519,11 @@ cdef class Engine:
         if m < 0:
             return self._reject("oracle", Reason.UNKNOWN_MARKET,
                                 f"no market named {_show(cmd.market)}", None, cmd.market)
-        price = _positive_int(cmd.price, MAX_PRICE)
-        if price is None:
+        idx = _positive(cmd.price, C_MAX_PRICE)
+        if idx == 0:
             return self._reject("oracle", Reason.INVALID_PRICE,
                                 f"price must be a positive whole number of ticks up to {MAX_PRICE}, "
                                 f"got {_show(cmd.price)}", None, cmd.market)
-        idx = price
         mk = &self.mk[m]
         b = self.books[m]
         bid = b.lv[b.best(BID)].price if b.n[BID] else idx
@@ -541,34 +561,33 @@ cdef class Engine:
         tif = _TIFS[cmd.tif]
         stp = _STPS[cmd.stp]
         ro = cmd.reduce_only
-        q = _positive_int(cmd.qty, MAX_QTY)
-        if q is None:
+        qty = _positive(cmd.qty, C_MAX_QTY)
+        if qty == 0:
             return self._reject("new_order", Reason.INVALID_QTY,
                                 f"qty must be a positive whole number of lots up to {MAX_QTY}, "
                                 f"got {_show(cmd.qty)}", account, market, cid)
-        qty = q
         if qty < mk.min_qty:
             return self._reject("new_order", Reason.BELOW_MIN_QTY,
                                 f"qty {qty} is below the market's min_qty {mk.min_qty}",
                                 account, market, cid)
         price = 0
         if kind == MARKET:
-            tif = IOC
-        for field in _PRICE_FIELDS[kind]:
-            pr = _positive_int(getattr(cmd, field), MAX_PRICE)
-            if pr is None:
+            tif = IOC           # a market order's `price`, if sent, is ignored
+        elif kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
+            price = _positive(cmd.price, C_MAX_PRICE)
+            if price == 0:
                 return self._reject("new_order", Reason.INVALID_PRICE,
-                                    f"{field} must be a positive whole number of ticks up to "
-                                    f"{MAX_PRICE}, got {_show(getattr(cmd, field))}",
-                                    account, market, cid)
-            if field == "price":
-                price = pr
+                                    f"price must be a positive whole number of ticks up to "
+                                    f"{MAX_PRICE}, got {_show(cmd.price)}", account, market, cid)
         if kind != LIMIT and kind != MARKET:
+            if _positive(cmd.trigger_price, C_MAX_PRICE) == 0:
+                return self._reject("new_order", Reason.INVALID_PRICE,
+                                    f"trigger_price must be a positive whole number of ticks up "
+                                    f"to {MAX_PRICE}, got {_show(cmd.trigger_price)}",
+                                    account, market, cid)
             return self._reject("new_order", Reason.UNSUPPORTED,
                                 f"{cmd.kind} orders arrive with the trigger-order work (issue 4)",
                                 account, market, cid)
-        if type(cid) is int and not (INT64_MIN <= cid <= INT64_MAX):
-            raise OverflowError("cid out of int64 range")
         a = self._account(account)
         keep = self._cid_key(cid, a, &k)
         if self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h) >= 0:
@@ -926,12 +945,11 @@ cdef class Engine:
         if cmd.qty is None:
             qty = o.qty
         else:
-            q = _positive_int(cmd.qty, MAX_QTY)
-            if q is None:
+            qty = _positive(cmd.qty, C_MAX_QTY)
+            if qty == 0:
                 return self._reject("amend", Reason.INVALID_QTY,
                                     f"qty must be a positive whole number of lots up to {MAX_QTY}, "
                                     f"got {_show(cmd.qty)}", account, market, cid)
-            qty = q
             if qty < mk.min_qty:
                 return self._reject("amend", Reason.BELOW_MIN_QTY,
                                     f"qty {qty} is below the market's min_qty {mk.min_qty}",
@@ -939,12 +957,11 @@ cdef class Engine:
         if cmd.price is None:
             price = o.price
         else:
-            pr = _positive_int(cmd.price, MAX_PRICE)
-            if pr is None:
+            price = _positive(cmd.price, C_MAX_PRICE)
+            if price == 0:
                 return self._reject("amend", Reason.INVALID_PRICE,
                                     f"price must be a positive whole number of ticks up to "
                                     f"{MAX_PRICE}, got {_show(cmd.price)}", account, market, cid)
-            price = pr
         if price != o.price:
             if o.side == BID and price > band_high(mk):
                 return self._reject("amend", Reason.PRICE_OUT_OF_BAND,

@@ -76,6 +76,8 @@ class ReferenceEngine:
     def __init__(self):
         self.markets: dict[str, Market] = {}
         self.orders: dict[tuple, Order] = {}          # (account, cid) -> open order
+        self.by_account: dict = {}                    # account -> {cid: order}, acceptance order
+        self.counts: dict[tuple, int] = {}            # (account, market) -> open orders
         self.positions: dict[tuple, list] = {}        # (account, market) -> [size, cost]
         self.clock = 0
         self.seq = 0
@@ -125,7 +127,7 @@ class ReferenceEngine:
         return s if s > 0 else 0
 
     def open_orders(self, account, market):
-        return sum(1 for o in self.orders.values() if o.account == account and o.market == market)
+        return self.counts.get((account, market), 0)
 
     # ---- commands ----------------------------------------------------------------------------
 
@@ -200,6 +202,8 @@ class ReferenceEngine:
                   reduce_only=cmd.reduce_only)
         self.next_oid += 1
         self.orders[(o.account, o.cid)] = o
+        self.by_account.setdefault(o.account, {})[o.cid] = o
+        self.counts[(o.account, o.market)] = self.counts.get((o.account, o.market), 0) + 1
         self._emit("order_accepted", account=o.account, market=o.market, cid=o.cid, oid=o.oid,
                    side=o.side, kind=o.kind, price=price, qty=qty, tif=tif,
                    reduce_only=o.reduce_only)
@@ -313,7 +317,7 @@ class ReferenceEngine:
                 self._sweep_reduce_only(acct, o.market)
 
     def _sweep_reduce_only(self, account, market):
-        for r in [x for x in self.orders.values() if x.account == account and x.market == market
+        for r in [x for x in self.by_account[account].values() if x.market == market
                   and x.reduce_only and x.resting]:
             if self.reducible(account, market, r.side) == 0:
                 self._cancel(r, "reduce_only")
@@ -341,6 +345,8 @@ class ReferenceEngine:
             o.resting = False
         # Orders are keyed by (account, cid); dict order is acceptance order, as in the core.
         del self.orders[(o.account, o.cid)]
+        del self.by_account[o.account][o.cid]
+        self.counts[(o.account, o.market)] -= 1
 
     def _cancel(self, o, reason):
         self._emit("order_cancelled", account=o.account, market=o.market, cid=o.cid, oid=o.oid,
@@ -363,8 +369,8 @@ class ReferenceEngine:
     def _cancel_all(self, cmd):
         if cmd.market is not None and cmd.market not in self.markets:
             raise Rejection("unknown_market")
-        for o in [x for x in self.orders.values() if x.account == cmd.account
-                  and (cmd.market is None or x.market == cmd.market)]:
+        for o in [x for x in self.by_account.get(cmd.account, {}).values()
+                  if cmd.market is None or x.market == cmd.market]:
             self._cancel(o, "user")
 
     def _amend(self, cmd):
