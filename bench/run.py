@@ -8,7 +8,8 @@ book of `depth` resting orders):
   core per-command   Engine.execute(Struct) -> [event Structs]
   core batch         Engine.execute_batch(msgpack bytes) -> msgpack bytes (decode + match + encode)
   replay jsonl       JSON Lines bytes -> CommandReader -> Engine.execute_many -> JSON Lines bytes
-  replay msgpack     the same with msgpack, as `perpdex replay` does it, in 1 MiB chunks
+  replay msgpack     the same with msgpack (the engine's fast path); both as `perpdex replay`
+                     runs them, in 1 MiB chunks
   python per-command ReferenceEngine.execute(Struct) -> [event dicts]
   python replay      msgspec decode per line -> ReferenceEngine -> msgspec encode per event
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import platform
 import sys
@@ -33,11 +35,25 @@ from hdrh.histogram import HdrHistogram
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workload import generate, kind_of  # noqa: E402
-from engine import CommandReader, Engine  # noqa: E402
+from engine import Engine  # noqa: E402
+from gateway.replay import replay_stream  # noqa: E402
 from engine.messages import AnyCommand  # noqa: E402
 from tests.reference import ReferenceEngine  # noqa: E402
 
-CHUNK = 1 << 20
+
+
+class _Sink:
+    """Where replayed events go in the benchmark: counted, not kept."""
+
+    def __init__(self):
+        self.bytes = 0
+
+    def write(self, b):
+        self.bytes += len(b)
+
+    def flush(self):
+        pass
+
 KINDS = ("passive", "cancel", "cross", "market", "oracle")
 
 
@@ -135,10 +151,7 @@ def run(commands=200_000, depth=20_000, seed=1, latency=True, log=print):
     # ---- full replay, both formats, in 1 MiB chunks as `perpdex replay` reads
     for fmt, data, items in (("jsonl", js_all, js), ("msgpack", mp_all, mp)):
         def replay(fmt=fmt, data=data, e=_fresh(Engine, wl.setup)):
-            reader = CommandReader(fmt)
-            for i in range(0, len(data), CHUNK):
-                e.execute_many(reader.feed(data[i:i + CHUNK]), fmt)
-            e.execute_many(reader.close(), fmt)
+            replay_stream(io.BytesIO(data), _Sink(), fmt, fmt, engine=e)
         solo = _fresh(Engine, wl.setup)
         record(f"replay {fmt}", _timed(replay),
                _latency(lambda b, fmt=fmt: solo.execute_batch(b, fmt), items, kinds)

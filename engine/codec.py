@@ -109,30 +109,25 @@ class CommandReader:
             raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
         self.fmt = fmt
         self._tail = b""
-        self._count = 0          # lines (jsonl) or objects (msgpack) read so far
-        self._offset = 0         # bytes consumed so far (msgpack)
-        self._broken: str | None = None
+        self._count = 0          # lines read so far (jsonl)
+        self._framer = MsgpackFramer()
 
     def feed(self, data: bytes) -> list[Item]:
+        if self.fmt == "msgpack":
+            return self._feed_msgpack(data)
         if self._tail:
             data = self._tail + data
             self._tail = b""
-        if self.fmt == "jsonl":
-            return self._feed_jsonl(data)
-        return self._feed_msgpack(data)
+        return self._feed_jsonl(data)
 
     def close(self) -> list[Item]:
+        if self.fmt == "msgpack":
+            return self._framer.close()
         tail, self._tail = self._tail, b""
         if not tail.strip():
             return []
-        if self.fmt == "jsonl":
-            self._count += 1
-            return [decode_json(tail, f"line {self._count}: ")]
-        if self._broken is not None:
-            return []
         self._count += 1
-        return [Malformed(f"object {self._count} at byte {self._offset}: the stream ends inside "
-                          f"a msgpack object ({len(tail)} bytes)")]
+        return [decode_json(tail, f"line {self._count}: ")]
 
     # ---- JSON Lines ----------------------------------------------------------------------
 
@@ -158,37 +153,70 @@ class CommandReader:
     # ---- msgpack -------------------------------------------------------------------------
 
     def _feed_msgpack(self, data: bytes) -> list[Item]:
-        if self._broken is not None:
-            return []
-        ends, error = msgpack_frames(data)
+        frames, first, offset, bad = self._framer.split(data)
         out: list[Item] = []
-        start = 0
-        if ends:
-            n = len(ends)
-            # Fast path: frame the clean run as one msgpack array and decode it in one call.
-            framed = b"\xdd" + n.to_bytes(4, "big") + data[: ends[-1]]
+        if frames:
+            ends = self._framer.last_ends
             try:
-                out = _mp_cmds.decode(framed)
+                # Fast path: frame the clean run as one msgpack array, decode it in one call.
+                out = _mp_cmds.decode(b"\xdd" + len(ends).to_bytes(4, "big") + frames)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 out = []
-                for k, end in enumerate(ends, start=self._count + 1):
-                    out.append(decode_msgpack(
-                        data[start:end], f"object {k} at byte {self._offset + start}: "))
+                start = 0
+                for k, end in enumerate(ends, start=first):
+                    out.append(decode_msgpack(frames[start:end], f"object {k} at byte {offset + start}: "))
                     start = end
-            self._count += n
-            start = ends[-1]
+        return out + bad
+
+
+class MsgpackFramer:
+    """Cuts a msgpack stream into runs of complete objects, chunk by chunk.
+
+    `split(chunk)` returns `(frames, first, offset, bad)`: the complete objects as one buffer, the
+    number of the first (from 1) and its byte offset in the stream, and a `Malformed` for a byte
+    that starts no msgpack object (nothing after it can be framed). `close()` reports a truncated
+    tail. O(n) in the bytes.
+    """
+
+    def __init__(self):
+        self._tail = b""
+        self._count = 0
+        self._offset = 0
+        self._broken = False
+        self.last_ends: list[int] = []
+
+    def split(self, data: bytes):
+        if self._broken:
+            return b"", self._count + 1, self._offset, []
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        ends, error = msgpack_frames(data)
+        first, offset = self._count + 1, self._offset
+        self.last_ends = ends
+        cut = ends[-1] if ends else 0
+        self._count += len(ends)
+        bad: list[Malformed] = []
         if error is not None:
             at, why = error
             self._count += 1
-            self._broken = why
-            out.append(Malformed(
-                f"object {self._count} at byte {self._offset + at}: {why}; the rest of the stream "
+            self._broken = True
+            bad.append(Malformed(
+                f"object {self._count} at byte {offset + at}: {why}; the rest of the stream "
                 f"({len(data) - at} bytes) cannot be framed and is skipped"))
             self._offset += len(data)
-            return out
-        self._offset += start
-        self._tail = data[start:]
-        return out
+        else:
+            self._offset += cut
+            self._tail = data[cut:]
+        return data[:cut], first, offset, bad
+
+    def close(self) -> list[Malformed]:
+        tail, self._tail = self._tail, b""
+        if self._broken or not tail:
+            return []
+        self._count += 1
+        return [Malformed(f"object {self._count} at byte {self._offset}: the stream ends inside "
+                          f"a msgpack object ({len(tail)} bytes)")]
 
 
 def decode_events_msgpack(data: bytes) -> list:

@@ -43,6 +43,19 @@ ctypedef struct CidKey:
     Py_ssize_t n
     bint is_str
 
+# A new_order whose fields are valid and resolved to ids (the input of Engine._place).
+ctypedef struct OrderCmd:
+    int64_t qty
+    int64_t price               # 0 for a market order
+    CidKey cid
+    int32_t account
+    int32_t market
+    uint8_t side
+    uint8_t kind
+    uint8_t tif
+    uint8_t stp
+    uint8_t reduce_only
+
 
 @cython.final
 cdef class Engine:
@@ -60,6 +73,10 @@ cdef class Engine:
     cdef int32_t* acct_tok
     cdef int32_t n_accounts
     cdef int32_t acct_cap
+    cdef list _acct_mp              # canonical msgpack bytes of each account key
+    cdef int32_t* akey              # open-addressing index over _acct_mp (the fast path)
+    cdef uint64_t akey_mask
+    cdef list _market_utf8          # each market's name, UTF-8
     cdef PosC* pos
     cdef int32_t n_pos
     cdef int32_t pos_cap
@@ -74,6 +91,10 @@ cdef class Engine:
     cpdef list execute(self, object cmd)
 
     # ---- cdef internals --------------------------------------------------------------------
+    cdef int _index_account_key(self, int32_t a, bytes key) except -1
+    cdef int32_t _find_account(self, const unsigned char* k, Py_ssize_t n)
+    cdef int32_t _find_market(self, const unsigned char* s, Py_ssize_t n)
+    cdef int _fast(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int _dispatch(self, object cmd) except -1
     cdef int _apply(self, object cmd) except -1
     cdef int32_t _account(self, object key) except -1
@@ -86,6 +107,9 @@ cdef class Engine:
     cdef int _create_market(self, object cmd) except -1
     cdef int _oracle(self, object cmd) except -1
     cdef int _new_order(self, object cmd) except -1
+    cdef int _place(self, OrderCmd* c) except -1
+    cdef int _reject_order(self, OrderCmd* c, str reason, str detail) except -1
+    cdef object _cid_of(self, CidKey* k)
     cdef int _cancel(self, object cmd) except -1
     cdef int _cancel_all(self, object cmd) except -1
     cdef int _amend(self, object cmd) except -1

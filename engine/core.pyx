@@ -2,7 +2,7 @@
 """The engine: see core.pxd for its state and docs/engine-api.md for how to drive it."""
 cimport cython
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memcmp
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t, uint32_t
 
@@ -11,7 +11,7 @@ from engine.book cimport (
     BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH,
 )
 from engine.wire cimport (
-    EventWriter, FMT_MSGPACK, FMT_JSON,
+    EventWriter, FMT_MSGPACK, FMT_JSON, skip_object,
     T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK, T_STATE_HASH, T_REJECTED,
     K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY, K_TIF, K_REDUCE_ONLY,
     K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID, K_TAKER_REMAINING, K_MAKER_ACCOUNT,
@@ -23,7 +23,7 @@ from engine.wire cimport (
 import msgspec
 
 from engine import messages as M
-from engine.codec import CommandReader, Malformed, FORMATS, _mp_events
+from engine.codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
 
 cdef object _decode_events = _mp_events.decode
 from engine.markets import MarketConfigError, market_spec, MAX_PRICE, MAX_QTY
@@ -34,6 +34,7 @@ cdef extern from *:
     ctypedef long long int128 "__int128"
 
 _json_encode = msgspec.json.encode
+_mp_encode = msgspec.msgpack.encode
 
 cdef int64_t PPM = 1000000
 cdef int64_t NS = 1000000000
@@ -53,6 +54,7 @@ cdef dict _KINDS = {"limit": LIMIT, "market": MARKET, "stop_market": STOP_MARKET
 cdef dict _TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO}
 cdef dict _STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER,
                    "cancel_both": CANCEL_BOTH}
+cdef tuple _SIDE_NAMES = ("buy", "sell")
 cdef tuple _KIND_NAMES = tuple(_KINDS)
 cdef tuple _TIF_NAMES = tuple(_TIFS)
 cdef tuple _STP_NAMES = tuple(_STPS)
@@ -125,6 +127,165 @@ cdef inline int64_t _positive(object v, int64_t limit):
     return x
 
 
+# ---- the msgpack fast path: common commands straight from their bytes ------------------------
+#
+# A new_order or cancel as msgspec (or any canonical encoder) writes it is read here without a
+# Python object; anything unusual (another type, an unknown or repeated key, a value of another
+# type or out of range, a non-ASCII string, an account or market not seen before, a cancel of an
+# order that is not open) is left to the msgspec path, which has the exact rejection for it. So
+# the fast path changes speed, never behaviour: tests/test_fast_path.py holds the two equal.
+
+cdef enum:
+    F_TYPE = 1
+    F_TS = 2
+    F_ACCOUNT = 4
+    F_MARKET = 8
+    F_CID = 16
+    F_SIDE = 32
+    F_KIND = 64
+    F_QTY = 128
+    F_PRICE = 256
+    F_TRIGGER = 512
+    F_TIF = 1024
+    F_RO = 2048
+    F_STP = 4096
+
+
+cdef inline bint _eq(const unsigned char* a, Py_ssize_t n, const char* lit, Py_ssize_t m) noexcept nogil:
+    return n == m and memcmp(a, lit, n) == 0
+
+
+cdef Py_ssize_t _rd_int(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int64_t* out) noexcept nogil:
+    """An integer that fits int64 at p[i]; the index after it, or -1."""
+    cdef unsigned char c
+    cdef uint64_t u = 0
+    cdef int w = 0, k
+    if i >= n:
+        return -1
+    c = p[i]
+    if c <= 0x7f:
+        out[0] = c
+        return i + 1
+    if c >= 0xe0:
+        out[0] = <int64_t>c - 256
+        return i + 1
+    if c == 0xcc or c == 0xd0:
+        w = 1
+    elif c == 0xcd or c == 0xd1:
+        w = 2
+    elif c == 0xce or c == 0xd2:
+        w = 4
+    elif c == 0xcf or c == 0xd3:
+        w = 8
+    else:
+        return -1
+    if i + 1 + w > n:
+        return -1
+    for k in range(w):
+        u = (u << 8) | p[i + 1 + k]
+    if c >= 0xd0:                                   # signed: sign-extend
+        if w < 8 and (u >> (8 * w - 1)) & 1:
+            u |= ~((<uint64_t>1 << (8 * w)) - 1)
+        out[0] = <int64_t>u
+    else:
+        if u > <uint64_t>0x7fffffffffffffff:
+            return -1
+        out[0] = <int64_t>u
+    return i + 1 + w
+
+
+cdef Py_ssize_t _rd_str(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                        const unsigned char** s, Py_ssize_t* ln) noexcept nogil:
+    """A string at p[i]; the index after it, or -1."""
+    cdef unsigned char c
+    cdef Py_ssize_t L
+    if i >= n:
+        return -1
+    c = p[i]
+    if 0xa0 <= c <= 0xbf:
+        L = c & 0x1f
+        i += 1
+    elif c == 0xd9 and i + 1 < n:
+        L = p[i + 1]
+        i += 2
+    elif c == 0xda and i + 2 < n:
+        L = (p[i + 1] << 8) | p[i + 2]
+        i += 3
+    else:
+        return -1
+    if i + L > n:
+        return -1
+    s[0] = p + i
+    ln[0] = L
+    return i + L
+
+
+cdef inline bint _ascii(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        if s[j] >= 0x80:
+            return False
+    return True
+
+
+cdef Py_ssize_t _canonical_key(int is_str, int64_t v, const unsigned char* s, Py_ssize_t n,
+                               unsigned char* out) noexcept nogil:
+    """The canonical (smallest) msgpack encoding of an account key, as msgspec writes it."""
+    cdef Py_ssize_t k = 0, j
+    cdef int w = 0
+    cdef unsigned char tag = 0
+    cdef uint64_t u
+    if is_str:
+        if n < 32:
+            out[0] = 0xa0 | n
+            k = 1
+        else:
+            out[0] = 0xd9
+            out[1] = <unsigned char>n
+            k = 2
+        memcpy(out + k, s, n)
+        return k + n
+    if 0 <= v < 128:
+        out[0] = <unsigned char>v
+        return 1
+    if -32 <= v < 0:
+        out[0] = <unsigned char>(v & 0xff)
+        return 1
+    if v > 0:
+        if v < 0x100:
+            tag = 0xcc; w = 1
+        elif v < 0x10000:
+            tag = 0xcd; w = 2
+        elif v < <int64_t>0x100000000:
+            tag = 0xce; w = 4
+        else:
+            tag = 0xcf; w = 8
+    else:
+        if v >= -128:
+            tag = 0xd0; w = 1
+        elif v >= -32768:
+            tag = 0xd1; w = 2
+        elif v >= -2147483648:
+            tag = 0xd2; w = 4
+        else:
+            tag = 0xd3; w = 8
+    out[0] = tag
+    u = <uint64_t>v
+    for j in range(w):
+        out[w - j] = <unsigned char>(u & 0xff)
+        u >>= 8
+    return 1 + w
+
+
+cdef inline uint64_t _fnv(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = <uint64_t>0xcbf29ce484222325
+    cdef Py_ssize_t j
+    for j in range(n):
+        h ^= s[j]
+        h *= <uint64_t>0x100000001b3
+    return h
+
+
 cdef class Engine:
     """The deterministic state machine. One command in, its events out, in `seq` order.
 
@@ -145,6 +306,10 @@ cdef class Engine:
         self.pos_of = <int32_t**>malloc(self.mk_cap * sizeof(int32_t*))
         self.account_ids = {}
         self.account_keys = []
+        self._acct_mp = []
+        self._market_utf8 = []
+        self.akey = NULL
+        self.akey_mask = 0
         self.acct_cap = 0
         self.acct_tok = NULL
         self.pos_cap = 1024
@@ -167,6 +332,7 @@ cdef class Engine:
         free(self.mk)
         free(self.pos)
         free(self.acct_tok)
+        free(self.akey)
 
     # ---- public API ------------------------------------------------------------------------
 
@@ -190,7 +356,14 @@ cdef class Engine:
 
         `fmt` is the input format, `msgpack` (a stream of maps) or `jsonl`; `out` the output
         format (default: the same). What cannot be decoded is answered with `invalid_command`.
+        msgpack takes the fast path (no Python object per plain order or cancel).
         """
+        if fmt == "msgpack":
+            framer = MsgpackFramer()
+            frames, first, offset, bad = framer.split(data)
+            bad.extend(framer.close())
+            head = self.execute_msgpack(frames, first, offset, out or fmt)
+            return head + self.execute_many(bad, out or fmt) if bad else head
         reader = CommandReader(fmt)
         items = reader.feed(data)
         items.extend(reader.close())
@@ -312,6 +485,293 @@ cdef class Engine:
     def events_written(self):
         return self.seq
 
+
+    # ---- the msgpack fast path -----------------------------------------------------------
+
+    cdef int _index_account_key(self, int32_t a, bytes key) except -1:
+        """Index an account by the canonical msgpack bytes of its key (open addressing)."""
+        cdef uint64_t h, j
+        cdef int32_t* nt
+        cdef int32_t i, b
+        cdef bytes kb
+        self._acct_mp.append(key)
+        if 2 * (a + 1) > <int32_t>(self.akey_mask + 1):
+            b = 2 * <int32_t>(self.akey_mask + 1) if self.akey_mask else 1024
+            while 2 * (a + 1) > b:
+                b *= 2
+            nt = <int32_t*>malloc(b * sizeof(int32_t))
+            if nt == NULL:
+                raise MemoryError()
+            for i in range(b):
+                nt[i] = -1
+            free(self.akey)
+            self.akey = nt
+            self.akey_mask = b - 1
+            for i in range(a):
+                kb = self._acct_mp[i]
+                j = _fnv(kb, len(kb)) & self.akey_mask
+                while self.akey[j] >= 0:
+                    j = (j + 1) & self.akey_mask
+                self.akey[j] = i
+        j = _fnv(key, len(key)) & self.akey_mask
+        while self.akey[j] >= 0:
+            j = (j + 1) & self.akey_mask
+        self.akey[j] = a
+        return 0
+
+    cdef int32_t _find_account(self, const unsigned char* k, Py_ssize_t n):
+        cdef uint64_t j
+        cdef int32_t a
+        cdef bytes kb
+        if self.akey_mask == 0:
+            return -1
+        j = _fnv(k, n) & self.akey_mask
+        while True:
+            a = self.akey[j]
+            if a < 0:
+                return -1
+            kb = self._acct_mp[a]
+            if len(kb) == n and memcmp(<const char*>kb, k, n) == 0:
+                return a
+            j = (j + 1) & self.akey_mask
+
+    cdef int32_t _find_market(self, const unsigned char* s, Py_ssize_t n):
+        cdef int32_t m
+        cdef bytes name
+        for m in range(self.n_markets):
+            name = self._market_utf8[m]
+            if len(name) == n and memcmp(<const char*>name, s, n) == 0:
+                return m
+        return -1
+
+    cdef int _fast(self, const unsigned char* p, Py_ssize_t n) except -1:
+        """Apply a plain new_order or cancel from its msgpack bytes; 0: use the msgspec path."""
+        cdef Py_ssize_t i = 0, count, kl, sl, j
+        cdef const unsigned char* ks
+        cdef const unsigned char* sv
+        cdef const unsigned char* ty = NULL
+        cdef Py_ssize_t ty_n = 0
+        cdef unsigned char c
+        cdef unsigned char keybuf[80]
+        cdef int seen = 0, bit, is_new
+        cdef int64_t v, ts = 0, qty = 0, price = 0
+        cdef int32_t a = -1, m = -1, oi
+        cdef int side = 0, kind = 0, tif = GTC, stp = CANCEL_MAKER
+        cdef bint ro = False, cid_str = False
+        cdef int64_t cid_i = 0
+        cdef const unsigned char* cid_s = NULL
+        cdef Py_ssize_t cid_n = 0
+        cdef OrderCmd oc
+        cdef MarketC* mk
+        if n < 1:
+            return 0
+        c = p[0]
+        if 0x80 <= c <= 0x8f:
+            count = c & 0x0f
+            i = 1
+        elif c == 0xde and n >= 3:
+            count = (p[1] << 8) | p[2]
+            i = 3
+        else:
+            return 0
+        for j in range(count):
+            i = _rd_str(p, i, n, &ks, &kl)
+            if i < 0:
+                return 0
+            bit = 0
+            if kl == 4 and memcmp(ks, b"type", 4) == 0:
+                bit = F_TYPE
+                i = _rd_str(p, i, n, &ty, &ty_n)
+            elif kl == 2 and memcmp(ks, b"ts", 2) == 0:
+                bit = F_TS
+                i = _rd_int(p, i, n, &ts)
+                if ts < 0:
+                    return 0
+            elif kl == 7 and memcmp(ks, b"account", 7) == 0:
+                bit = F_ACCOUNT
+                if i < n and (p[i] <= 0x7f or p[i] >= 0xe0 or 0xcc <= p[i] <= 0xd3):
+                    i = _rd_int(p, i, n, &v)
+                    if i < 0:
+                        return 0
+                    a = self._find_account(keybuf, _canonical_key(0, v, NULL, 0, keybuf))
+                else:
+                    i = _rd_str(p, i, n, &sv, &sl)
+                    if i < 0 or sl < 1 or sl > 64 or not _ascii(sv, sl):
+                        return 0
+                    a = self._find_account(keybuf, _canonical_key(1, 0, sv, sl, keybuf))
+                if a < 0:
+                    return 0
+            elif kl == 6 and memcmp(ks, b"market", 6) == 0:
+                bit = F_MARKET
+                i = _rd_str(p, i, n, &sv, &sl)
+                if i < 0:
+                    return 0
+                m = self._find_market(sv, sl)
+                if m < 0:
+                    return 0
+            elif kl == 3 and memcmp(ks, b"cid", 3) == 0:
+                bit = F_CID
+                if i < n and (p[i] <= 0x7f or p[i] >= 0xe0 or 0xcc <= p[i] <= 0xd3):
+                    i = _rd_int(p, i, n, &cid_i)
+                    cid_str = False
+                else:
+                    i = _rd_str(p, i, n, &cid_s, &cid_n)
+                    if i < 0 or cid_n < 1 or cid_n > 36 or not _ascii(cid_s, cid_n):
+                        return 0
+                    cid_str = True
+            elif kl == 4 and memcmp(ks, b"side", 4) == 0:
+                bit = F_SIDE
+                i = _rd_str(p, i, n, &sv, &sl)
+                if i < 0:
+                    return 0
+                if _eq(sv, sl, b"buy", 3):
+                    side = BID
+                elif _eq(sv, sl, b"sell", 4):
+                    side = ASK
+                else:
+                    return 0
+            elif kl == 4 and memcmp(ks, b"kind", 4) == 0:
+                bit = F_KIND
+                i = _rd_str(p, i, n, &sv, &sl)
+                if i < 0:
+                    return 0
+                if _eq(sv, sl, b"limit", 5):
+                    kind = LIMIT
+                elif _eq(sv, sl, b"market", 6):
+                    kind = MARKET
+                else:
+                    return 0
+            elif kl == 3 and memcmp(ks, b"qty", 3) == 0:
+                bit = F_QTY
+                i = _rd_int(p, i, n, &qty)
+                if qty <= 0 or qty > C_MAX_QTY:
+                    return 0
+            elif kl == 5 and memcmp(ks, b"price", 5) == 0:
+                bit = F_PRICE
+                if i < n and p[i] == 0xc0:
+                    price = 0
+                    i += 1
+                else:
+                    i = _rd_int(p, i, n, &price)
+                    if price <= 0 or price > C_MAX_PRICE:
+                        return 0
+            elif kl == 13 and memcmp(ks, b"trigger_price", 13) == 0:
+                bit = F_TRIGGER
+                if i >= n or p[i] != 0xc0:
+                    return 0
+                i += 1
+            elif kl == 3 and memcmp(ks, b"tif", 3) == 0:
+                bit = F_TIF
+                i = _rd_str(p, i, n, &sv, &sl)
+                if i < 0:
+                    return 0
+                if _eq(sv, sl, b"gtc", 3):
+                    tif = GTC
+                elif _eq(sv, sl, b"ioc", 3):
+                    tif = IOC
+                elif _eq(sv, sl, b"fok", 3):
+                    tif = FOK
+                elif _eq(sv, sl, b"alo", 3):
+                    tif = ALO
+                else:
+                    return 0
+            elif kl == 11 and memcmp(ks, b"reduce_only", 11) == 0:
+                bit = F_RO
+                if i >= n or (p[i] != 0xc2 and p[i] != 0xc3):
+                    return 0
+                ro = p[i] == 0xc3
+                i += 1
+            elif kl == 3 and memcmp(ks, b"stp", 3) == 0:
+                bit = F_STP
+                i = _rd_str(p, i, n, &sv, &sl)
+                if i < 0:
+                    return 0
+                if _eq(sv, sl, b"cancel_maker", 12):
+                    stp = CANCEL_MAKER
+                elif _eq(sv, sl, b"cancel_taker", 12):
+                    stp = CANCEL_TAKER
+                elif _eq(sv, sl, b"cancel_both", 11):
+                    stp = CANCEL_BOTH
+                else:
+                    return 0
+            else:
+                return 0
+            if i < 0 or seen & bit:
+                return 0
+            seen |= bit
+        if i != n or not (seen & F_TYPE):
+            return 0
+        if _eq(ty, ty_n, b"new_order", 9):
+            if (seen & (F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY)) != \
+                    (F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY):
+                return 0
+            mk = &self.mk[m]
+            if qty < mk.min_qty or (kind == LIMIT and price == 0):
+                return 0
+            if kind == MARKET:
+                tif = IOC
+                price = 0
+            oc.account = a
+            oc.market = m
+            oc.side = side
+            oc.kind = kind
+            oc.tif = tif
+            oc.stp = stp
+            oc.reduce_only = ro
+            oc.qty = qty
+            oc.price = price
+            oc.cid.is_str = cid_str
+            oc.cid.i = 0 if cid_str else cid_i
+            oc.cid.text = <const char*>cid_s if cid_str else NULL
+            oc.cid.n = cid_n if cid_str else 0
+            oc.cid.h = cid_hash_str(a, oc.cid.text, cid_n) if cid_str else cid_hash_int(a, cid_i)
+            self.n_commands += 1
+            if ts > self.clock:
+                self.clock = ts
+            self._place(&oc)
+            return 1
+        if _eq(ty, ty_n, b"cancel", 6):
+            if seen != (F_TYPE | F_ACCOUNT | F_MARKET | F_CID) and \
+                    seen != (F_TYPE | F_TS | F_ACCOUNT | F_MARKET | F_CID):
+                return 0
+            if cid_str:
+                oi = self.pool.cid_find(a, True, 0, <const char*>cid_s, cid_n,
+                                        cid_hash_str(a, <const char*>cid_s, cid_n))
+            else:
+                oi = self.pool.cid_find(a, False, cid_i, NULL, 0, cid_hash_int(a, cid_i))
+            if oi < 0 or self.pool.o[oi].market != m:
+                return 0                          # unknown_order: the msgspec path says so
+            self.n_commands += 1
+            if ts > self.clock:
+                self.clock = ts
+            self._cancel_order(oi, V_USER)
+            return 1
+        return 0
+
+    def execute_msgpack(self, data, int first=1, Py_ssize_t offset=0, str out="msgpack"):
+        """Apply a buffer of complete msgpack commands (as MsgpackFramer.split gives them);
+        return the encoded events. `first` and `offset` number the objects in rejections."""
+        cdef const unsigned char[::1] view = data
+        cdef Py_ssize_t n = view.shape[0], i = 0, j
+        cdef const unsigned char* p
+        cdef int f = FMT_JSON if out == "jsonl" else FMT_MSGPACK
+        cdef int64_t k = first
+        if self.w.fmt != f:
+            self.w.set_format(f)
+        self.w.clear()
+        if n == 0:
+            return self.w.take()
+        p = &view[0]
+        while i < n:
+            j = skip_object(p, i, n, 0)
+            if j < 0:
+                raise ValueError("execute_msgpack takes complete objects (see MsgpackFramer)")
+            if not self._fast(p + i, j - i):
+                self._dispatch(decode_msgpack(bytes(view[i:j]), f"object {k} at byte {offset + i}: "))
+            k += 1
+            i = j
+        return self.w.take()
+
     # ---- dispatch --------------------------------------------------------------------------
 
     cdef int _dispatch(self, object cmd) except -1:
@@ -409,6 +869,7 @@ cdef class Engine:
             self.acct_cap = c
             self.pool.ensure_accounts(c)
         self.acct_tok[a] = self.w.register_name(key)
+        self._index_account_key(a, _mp_encode(key))
         self.account_ids[key] = a
         self.account_keys.append(key)
         self.n_accounts += 1
@@ -506,6 +967,7 @@ cdef class Engine:
         mk.name_tok = self.w.register_name(spec.name)
         self.books.append(Book())
         self.specs.append(spec)
+        self._market_utf8.append(spec.name.encode("utf-8"))
         self.market_ids[spec.name] = m
         self.n_markets += 1
         return 0
@@ -540,13 +1002,12 @@ cdef class Engine:
     # ---- order entry -------------------------------------------------------------------------
 
     cdef int _new_order(self, object cmd) except -1:
-        cdef int32_t m, a, p, i, kind, side, tif, stp
-        cdef int64_t qty, price, limit, s
+        """The Struct path: field checks with the Python values at hand, then `_place`."""
+        cdef int32_t m, a, kind, side, tif, stp
+        cdef int64_t qty, price
         cdef bint ro
         cdef MarketC* mk
-        cdef Book b
-        cdef Order* o
-        cdef CidKey k
+        cdef OrderCmd oc
         cdef object keep
         account = cmd.account
         market = cmd.market
@@ -589,51 +1050,73 @@ cdef class Engine:
                                 f"{cmd.kind} orders arrive with the trigger-order work (issue 4)",
                                 account, market, cid)
         a = self._account(account)
-        keep = self._cid_key(cid, a, &k)
+        keep = self._cid_key(cid, a, &oc.cid)
+        oc.account = a
+        oc.market = m
+        oc.side = side
+        oc.kind = kind
+        oc.tif = tif
+        oc.stp = stp
+        oc.reduce_only = ro
+        oc.qty = qty
+        oc.price = price
+        return self._place(&oc)
+
+    cdef int _place(self, OrderCmd* c) except -1:
+        """An order whose fields are valid: the state checks, in the contract's order, then
+        acceptance and the matching walk. Both the Struct path and the msgpack fast path end here.
+        """
+        cdef int32_t a = c.account, m = c.market, p, i
+        cdef int side = c.side, tif = c.tif
+        cdef int64_t qty = c.qty, price = c.price, limit, s
+        cdef bint ro = c.reduce_only
+        cdef MarketC* mk = &self.mk[m]
+        cdef Book b
+        cdef Order* o
+        cdef CidKey* k = &c.cid
         if self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h) >= 0:
-            return self._reject("new_order", Reason.DUPLICATE_CID,
-                                f"cid {_show(cid)} is already used by an open order of this account",
-                                account, market, cid)
+            return self._reject_order(c, Reason.DUPLICATE_CID,
+                                      f"cid {_show(self._cid_of(k))} is already used by an open "
+                                      f"order of this account")
         if not mk.has_mark:
-            return self._reject("new_order", Reason.NO_MARK_PRICE,
-                                f"{market} has no oracle price yet", account, market, cid)
-        if kind == MARKET:
+            return self._reject_order(c, Reason.NO_MARK_PRICE,
+                                      f"{self.specs[m].name} has no oracle price yet")
+        if c.kind == MARKET:
             limit = band_high(mk) if side == BID else band_low(mk)
         else:
             limit = price
             if side == BID and price > band_high(mk):
-                return self._reject("new_order", Reason.PRICE_OUT_OF_BAND,
-                                    f"buy price {price} is above the band limit {band_high(mk)} "
-                                    f"(mark {mk.mark})", account, market, cid)
+                return self._reject_order(c, Reason.PRICE_OUT_OF_BAND,
+                                          f"buy price {price} is above the band limit "
+                                          f"{band_high(mk)} (mark {mk.mark})")
             if side == ASK and price < band_low(mk):
-                return self._reject("new_order", Reason.PRICE_OUT_OF_BAND,
-                                    f"sell price {price} is below the band limit {band_low(mk)} "
-                                    f"(mark {mk.mark})", account, market, cid)
+                return self._reject_order(c, Reason.PRICE_OUT_OF_BAND,
+                                          f"sell price {price} is below the band limit "
+                                          f"{band_low(mk)} (mark {mk.mark})")
         p = self._position(m, a)
         s = self.pos[p].size
         if ro and self._reducible(a, m, side) == 0:
-            return self._reject("new_order", Reason.REDUCE_ONLY_WOULD_INCREASE,
-                                f"reduce-only {cmd.side} with a position of {s} lots would not "
-                                f"reduce it", account, market, cid)
+            return self._reject_order(c, Reason.REDUCE_ONLY_WOULD_INCREASE,
+                                      f"reduce-only {_SIDE_NAMES[side]} with a position of {s} "
+                                      f"lots would not reduce it")
         if (mk.oracle_max_age_ns and self.clock - mk.last_oracle_ts > mk.oracle_max_age_ns
                 and not ro and (s == 0 or (s > 0) == (side == BID) or qty > (s if s > 0 else -s))):
-            return self._reject("new_order", Reason.ORACLE_STALE,
-                                f"the last {market} oracle price is "
-                                f"{(self.clock - mk.last_oracle_ts) // NS} s old (limit "
-                                f"{mk.oracle_max_age_ns // NS} s); only reducing orders are taken",
-                                account, market, cid)
+            return self._reject_order(c, Reason.ORACLE_STALE,
+                                      f"the last {self.specs[m].name} oracle price is "
+                                      f"{(self.clock - mk.last_oracle_ts) // NS} s old (limit "
+                                      f"{mk.oracle_max_age_ns // NS} s); only reducing orders "
+                                      f"are taken")
         if (tif == GTC or tif == ALO) and self.pos[p].n_orders >= mk.max_orders:
-            return self._reject("new_order", Reason.TOO_MANY_ORDERS,
-                                f"the account already has {self.pos[p].n_orders} open orders in "
-                                f"{market} (limit {mk.max_orders})", account, market, cid)
+            return self._reject_order(c, Reason.TOO_MANY_ORDERS,
+                                      f"the account already has {self.pos[p].n_orders} open "
+                                      f"orders in {self.specs[m].name} (limit {mk.max_orders})")
         b = self.books[m]
         if tif == ALO and b.n[1 - side]:
             if (side == BID and price >= b.lv[b.best(ASK)].price) or \
                (side == ASK and price <= b.lv[b.best(BID)].price):
-                return self._reject("new_order", Reason.POST_ONLY_WOULD_CROSS,
-                                    f"post-only {cmd.side} at {price} would trade against the "
-                                    f"best {'ask' if side == BID else 'bid'}",
-                                    account, market, cid)
+                return self._reject_order(c, Reason.POST_ONLY_WOULD_CROSS,
+                                          f"post-only {_SIDE_NAMES[side]} at {price} would trade "
+                                          f"against the best {'ask' if side == BID else 'bid'}")
 
         # ---- accepted: from here on the order exists ----
         i = self.pool.alloc()
@@ -645,9 +1128,9 @@ cdef class Engine:
         o.account = a
         o.market = m
         o.side = side
-        o.kind = kind
+        o.kind = c.kind
         o.tif = tif
-        o.stp = stp
+        o.stp = c.stp
         o.reduce_only = ro
         o.cid_is_str = k.is_str
         o.cid_int = k.i
@@ -662,6 +1145,33 @@ cdef class Engine:
         if tif == FOK and not self._fok_fillable(i, limit):
             return self._cancel_order(i, V_FOK_UNFILLED)
         return self._finish_taker(i, self._match(i, limit))
+
+    cdef object _cid_of(self, CidKey* k):
+        if k.is_str:
+            return k.text[:k.n].decode("utf-8")
+        return k.i
+
+    cdef int _reject_order(self, OrderCmd* c, str reason, str detail) except -1:
+        """`rejected` for a new_order already resolved to ids: the same bytes as `_reject`."""
+        cdef EventWriter w = self.w
+        self.seq += 1
+        w.begin(T_REJECTED, 6, self.seq, self.clock)
+        w.key(K_COMMAND)
+        w.pystr("new_order")
+        w.key(K_ACCOUNT)
+        w.name(self.acct_tok[c.account])
+        w.key(K_MARKET)
+        w.name(self.mk[c.market].name_tok)
+        w.key(K_CID)
+        if c.cid.is_str:
+            w.utf8(c.cid.text, c.cid.n)
+        else:
+            w.int64(c.cid.i)
+        w.key(K_REASON)
+        w.pystr(reason)
+        w.key(K_DETAIL)
+        w.pystr(detail)
+        return w.end()
 
     cdef int _finish_taker(self, int32_t t, int stop) except -1:
         """After the walk: cancel what must go, rest what may rest."""

@@ -118,3 +118,8 @@ cdef class EventWriter:
     cdef void _raw(self, const char* p, Py_ssize_t n) noexcept
     cdef void _byte(self, char c) noexcept
     cdef void _be(self, uint64_t v, int nbytes) noexcept
+
+
+# Index just past the msgpack object at `i` in p[0:n]; -1 if the data ends inside it; raises
+# ValueError for a byte that starts no object. O(size of the object).
+cdef Py_ssize_t skip_object(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) except -2

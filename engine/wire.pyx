@@ -325,7 +325,7 @@ cdef class EventWriter:
 
 # ---- msgpack stream framing ----------------------------------------------------------------
 
-cdef Py_ssize_t _skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) except -2:
+cdef Py_ssize_t skip_object(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) except -2:
     """Index just past the msgpack object at `i`; -1 if the data ends inside it.
 
     Raises ValueError for a byte that starts no msgpack object (0xc1) or nesting beyond 64.
@@ -387,7 +387,7 @@ cdef Py_ssize_t _skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int de
             return -1
         return i + <Py_ssize_t>length
     for k in range(count):
-        i = _skip(p, i, n, depth + 1)
+        i = skip_object(p, i, n, depth + 1)
         if i < 0:
             return -1
     return i
@@ -405,7 +405,7 @@ def msgpack_frames(const unsigned char[::1] data not None):
     ends = []
     while i < n:
         try:
-            j = _skip(&data[0], i, n, 0)
+            j = skip_object(&data[0], i, n, 0)
         except ValueError as e:
             return ends, (i, str(e))
         if j < 0:

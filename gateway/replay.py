@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from engine import CommandReader, Engine
+from engine.codec import MsgpackFramer
 
 CHUNK = 1 << 20          # bytes read per step; the engine gets them as one batch
 
@@ -75,16 +76,29 @@ def replay_stream(src: BinaryIO, dst: BinaryIO, in_fmt: str, out_fmt: str,
                   total: int | None = None, engine: Engine | None = None) -> Summary:
     """Feed `src` to `engine` chunk by chunk, writing its events to `dst`."""
     eng = engine if engine is not None else Engine()
-    reader = CommandReader(in_fmt)
     progress = Progress(total)
     seq0, fills0, cmds0 = eng.seq, eng.n_fills, eng.n_commands
     done = 0
     t0 = time.perf_counter()
+    if in_fmt == "msgpack":
+        # msgpack goes through the engine's fast path, framed here chunk by chunk.
+        framer = MsgpackFramer()
+
+        def step(chunk: bytes) -> bytes:
+            if not chunk:
+                return eng.execute_many(framer.close(), out_fmt)
+            frames, first, offset, bad = framer.split(chunk)
+            out = eng.execute_msgpack(frames, first, offset, out_fmt)
+            return out + eng.execute_many(bad, out_fmt) if bad else out
+    else:
+        reader = CommandReader(in_fmt)
+
+        def step(chunk: bytes) -> bytes:
+            items = reader.feed(chunk) if chunk else reader.close()
+            return eng.execute_many(items, out_fmt) if items else b""
     while True:
         chunk = src.read(CHUNK)
-        items = reader.feed(chunk) if chunk else reader.close()
-        if items:
-            dst.write(eng.execute_many(items, out_fmt))
+        dst.write(step(chunk))
         if not chunk:
             break
         done += len(chunk)

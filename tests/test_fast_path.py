@@ -1,0 +1,94 @@
+"""The msgpack fast path changes speed, never behaviour: the same events as the msgspec path,
+however a client lays out its msgpack (key order, integer widths, string headers)."""
+import random
+import struct
+
+import msgspec
+from hypothesis import given, settings
+
+from engine import Engine
+from tests.flows import flows, random_flow
+
+
+def per_command_jsonl(cmds) -> bytes:
+    eng = Engine()
+    return b"".join(msgspec.json.encode(e) + b"\n" for c in cmds for e in eng.execute(c))
+
+
+def _int(v: int, r: random.Random) -> bytes:
+    """A valid msgpack integer, not always the smallest encoding."""
+    choices = []
+    if 0 <= v < 128:
+        choices.append(bytes([v]))
+    if -32 <= v < 0:
+        choices.append(struct.pack("b", v))
+    if 0 <= v < 2**8:
+        choices.append(b"\xcc" + struct.pack(">B", v))
+    if 0 <= v < 2**16:
+        choices.append(b"\xcd" + struct.pack(">H", v))
+    if 0 <= v < 2**32:
+        choices.append(b"\xce" + struct.pack(">I", v))
+    if 0 <= v < 2**64:
+        choices.append(b"\xcf" + struct.pack(">Q", v))
+    if -(2**7) <= v < 2**7:
+        choices.append(b"\xd0" + struct.pack(">b", v))
+    if -(2**15) <= v < 2**15:
+        choices.append(b"\xd1" + struct.pack(">h", v))
+    if -(2**31) <= v < 2**31:
+        choices.append(b"\xd2" + struct.pack(">i", v))
+    choices.append(b"\xd3" + struct.pack(">q", v))
+    return r.choice(choices)
+
+
+def _str(s: str, r: random.Random) -> bytes:
+    b = s.encode()
+    choices = [b"\xd9" + bytes([len(b)]) + b, b"\xda" + struct.pack(">H", len(b)) + b]
+    if len(b) < 32:
+        choices.append(bytes([0xa0 | len(b)]) + b)
+    return r.choice(choices)
+
+
+def _value(v, r):
+    if v is None:
+        return b"\xc0"
+    if v is True or v is False:
+        return b"\xc3" if v else b"\xc2"
+    if isinstance(v, int):
+        return _int(v, r)
+    if isinstance(v, str):
+        return _str(v, r)
+    return msgspec.msgpack.encode(v)
+
+
+def scrambled(cmd, r: random.Random) -> bytes:
+    d = msgspec.to_builtins(cmd)
+    items = list(d.items())
+    r.shuffle(items)
+    head = bytes([0x80 | len(items)]) if len(items) < 16 else b"\xde" + struct.pack(">H", len(items))
+    return head + b"".join(_str(k, r) + _value(v, r) for k, v in items)
+
+
+def test_the_fast_path_gives_the_events_of_the_msgspec_path():
+    cmds = random_flow(31, 6000)
+    data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
+    assert Engine().execute_batch(data, "msgpack", "jsonl") == per_command_jsonl(cmds)
+
+
+@settings(max_examples=150, deadline=None)
+@given(flows(max_size=80))
+def test_any_msgpack_layout_gives_the_same_events(cmds):
+    r = random.Random(len(cmds))
+    data = b"".join(scrambled(c, r) for c in cmds)
+    assert Engine().execute_batch(data, "msgpack", "jsonl") == per_command_jsonl(cmds)
+
+
+def test_repeated_and_unknown_keys_take_the_msgspec_path():
+    cmds = random_flow(3, 50)
+    eng = Engine()
+    eng.execute_batch(b"".join(msgspec.msgpack.encode(c) for c in cmds[:4]), "msgpack")
+    # a cancel whose map has an unknown key: msgspec refuses it by name
+    bad = msgspec.msgpack.encode({"type": "cancel", "account": "a", "market": "BTC-PERP",
+                                  "cid": 1, "bogus": 1})
+    (ev,) = [msgspec.json.decode(x) for x in eng.execute_batch(bad, "msgpack", "jsonl").splitlines()]
+    assert ev["reason"] == "invalid_command" and "bogus" in ev["detail"]
+    assert ev["detail"].startswith("object 1 at byte 0: ")
