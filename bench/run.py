@@ -211,16 +211,17 @@ def print_report(rep, out=sys.stdout):
         cells = [f"{lat[k] / 1000:.2f}" for k in ("p50_ns", "p99_ns", "p99.9_ns")] if lat else ["", "", ""]
         w(f"| {name} | {r['commands_per_s']:,.0f} | {r['x_python_per_command']:.1f} | "
           + " | ".join(cells) + " |\n")
-    w("\nper-command latency by kind (core per-command; python per-command), us p50 / p99 / p99.9:\n")
+    w("\nlatency by command kind, us p50 / p99 / p99.9:\n\n| kind | "
+      + " | ".join(n for n, r in rep["results"].items() if "latency" in r) + " |\n|---|"
+      + "---|" * sum(1 for r in rep["results"].values() if "latency" in r) + "\n")
     for k in KINDS:
-        parts = []
-        for name in ("core per-command", "python per-command"):
-            lat = rep["results"][name].get("latency", {}).get(k)
-            if lat:
-                parts.append(f"{lat['p50_ns'] / 1000:.2f} / {lat['p99_ns'] / 1000:.2f} / "
-                             f"{lat['p99.9_ns'] / 1000:.2f}")
-        if parts:
-            w(f"  {k:<8} {parts[0]:<24} {parts[1] if len(parts) > 1 else ''}\n")
+        cells = []
+        for name, r in rep["results"].items():
+            lat = r.get("latency", {}).get(k)
+            if "latency" in r:
+                cells.append(f"{lat['p50_ns'] / 1000:.2f} / {lat['p99_ns'] / 1000:.2f} / "
+                             f"{lat['p99.9_ns'] / 1000:.2f}" if lat else "")
+        w(f"| {k} | " + " | ".join(cells) + " |\n")
     w("\nratios:\n")
     for k, v in rep["ratios"].items():
         w(f"  {k}: {v:.1f}x\n")

@@ -277,6 +277,21 @@ cdef Py_ssize_t _canonical_key(int is_str, int64_t v, const unsigned char* s, Py
     return 1 + w
 
 
+cdef bint _complete_objects(const unsigned char[::1] data) except -1:
+    """Is `data` a run of complete msgpack objects (nothing truncated, no stray byte)?"""
+    cdef Py_ssize_t n = data.shape[0], i = 0
+    if n == 0:
+        return True
+    try:
+        while i < n:
+            i = skip_object(&data[0], i, n, 0)
+            if i < 0:
+                return False
+    except ValueError:
+        return False
+    return True
+
+
 cdef inline uint64_t _fnv(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef uint64_t h = <uint64_t>0xcbf29ce484222325
     cdef Py_ssize_t j
@@ -359,6 +374,8 @@ cdef class Engine:
         msgpack takes the fast path (no Python object per plain order or cancel).
         """
         if fmt == "msgpack":
+            if _complete_objects(data):       # one request's worth: no framing state needed
+                return self.execute_msgpack(data, 1, 0, out or fmt)
             framer = MsgpackFramer()
             frames, first, offset, bad = framer.split(data)
             bad.extend(framer.close())

@@ -44,8 +44,12 @@ MarginMode = Literal["cross", "isolated"]
 # Commands
 # --------------------------------------------------------------------------------------------
 
-class Command(Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Base of every command. `ts` (ns) advances the engine clock, which never runs backwards."""
+class Command(Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True,
+              gc=False):
+    """Base of every command. `ts` (ns) advances the engine clock, which never runs backwards.
+
+    Commands hold numbers, strings and (create_market) a list of tiers: no cycles, so gc=False.
+    """
 
     ts: NonNegInt64 = 0
 
@@ -172,8 +176,12 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 # Events
 # --------------------------------------------------------------------------------------------
 
-class Event(Struct, tag_field="type", frozen=True):
-    """Base of every event: `seq` numbers the whole stream (1, 2, 3, ...), `ts` is the clock."""
+class Event(Struct, tag_field="type", frozen=True, gc=False):
+    """Base of every event: `seq` numbers the whole stream (1, 2, 3, ...), `ts` is the clock.
+
+    Events hold only numbers and strings, so they can never be part of a reference cycle:
+    `gc=False` keeps them out of the garbage collector's work (and its pauses).
+    """
 
     seq: int
     ts: int
