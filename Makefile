@@ -29,7 +29,8 @@ demo: install
 	$(VENV)/bin/perpdex demo
 
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m bench.run --json bench/results/latest.json
+	$(PY) -m pytest bench/ --benchmark-only --benchmark-columns=median,iqr,ops -q
 
 clean:
 	rm -rf build engine/*.c engine/*.so engine/*.html engine/.built *.egg-info

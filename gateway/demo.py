@@ -1,9 +1,11 @@
 """`perpdex demo`: the main job on the embedded default configuration.
 
-For now (the engine-core stage) it builds a seeded order flow of two markets (BTC-PERP and
-ETH-PERP): market makers quoting ladders around the oracle price, takers crossing the spread,
-cancels and amends, and an oracle crash that the makers chase down; it replays the flow through
-the engine and shows what happened. Later stages run it over ZeroMQ with real client processes.
+At the engine-core stage it runs in-process: two markets (BTC-PERP, ETH-PERP), two market makers
+that keep three post-only levels a side around the oracle price and re-quote every step from what
+their events tell them (fills, cancels), takers crossing the spread with market and IOC orders,
+and an oracle crash of about 12 % that the makers chase down. It prints the tape as it goes and a
+summary at the end. Later stages run the same story over ZeroMQ with real client processes,
+margin and liquidations.
 """
 from __future__ import annotations
 
@@ -12,108 +14,147 @@ import sys
 import time
 from collections import Counter
 
-import msgspec
-
 from engine import Engine, messages as M
 
-MARKETS = {
-    # name: (tick, lot, start price in ticks, min_qty)
-    "BTC-PERP": ("0.1", "0.001", 650_000, 1),
-    "ETH-PERP": ("0.01", "0.01", 200_000, 1),
-}
 SECOND = 1_000_000_000
+MARKETS = {
+    # name: (tick, lot, start index in ticks)
+    "BTC-PERP": ("0.1", "0.001", 650_000),
+    "ETH-PERP": ("0.01", "0.01", 300_000),
+}
+MAKERS = {"mm-alpha": 6, "mm-beta": 11}          # half-spread in ticks per level
+TAKERS = ("taker-1", "taker-2", "whale")
+STEPS = 300
+CRASH = range(150, 210)                           # steps during which the index falls
 
 
-def market_commands() -> list[M.Command]:
-    out: list[M.Command] = []
-    for name, (tick, lot, _, min_qty) in MARKETS.items():
-        out.append(M.CreateMarket(
-            market=name, tick_size=tick, lot_size=lot, min_qty=min_qty, imf_ppm=100_000,
-            mmf_ppm=50_000, maker_fee_ppm=-100, taker_fee_ppm=500, liquidation_fee_ppm=10_000,
-            price_band_ppm=50_000, funding_interval_s=3600, funding_cap_ppm=7500,
-            interest_ppm=100))
-    return out
+def create_markets() -> list[M.Command]:
+    return [M.CreateMarket(
+        market=name, tick_size=tick, lot_size=lot, min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,
+        maker_fee_ppm=-100, taker_fee_ppm=500, liquidation_fee_ppm=10_000, price_band_ppm=50_000,
+        funding_interval_s=3600, funding_cap_ppm=7500, interest_ppm=100)
+        for name, (tick, lot, _) in MARKETS.items()]
 
 
-def scenario(seed: int = 7, steps: int = 400) -> list[M.Command]:
-    """A deterministic flow: quoting, taking, then a crash of 12 % over 60 steps."""
-    rng = random.Random(seed)
-    cmds = market_commands()
-    ts = SECOND
-    index = {name: spec[2] for name, spec in MARKETS.items()}
-    quotes: dict[tuple[str, str], list[int]] = {}
-    cid = 0
-    for step in range(steps):
-        ts += SECOND // 10
-        crash = 200 <= step < 260
+class Demo:
+    def __init__(self, seed: int = 7, out=sys.stdout):
+        self.rng = random.Random(seed)
+        self.eng = Engine()
+        self.out = out
+        self.ts = SECOND
+        self.cid = 0
+        self.live: dict[tuple[str, str], set] = {}      # (maker, market) -> cids resting
+        self.counts: Counter = Counter()
+        self.volume: Counter = Counter()
+        self.marks: dict[str, list[int]] = {m: [] for m in MARKETS}
+        self.last_hash = ""
+
+    def send(self, cmd: M.Command) -> list:
+        events = self.eng.execute(cmd)
+        for ev in events:
+            t = type(ev)
+            self.counts[ev.__struct_config__.tag] += 1
+            if t is M.OrderAccepted and ev.account in MAKERS:
+                self.live.setdefault((ev.account, ev.market), set()).add(ev.cid)
+            elif t is M.Fill:
+                self.volume[ev.market] += ev.qty
+                if ev.maker_remaining == 0:
+                    self.live.get((ev.maker_account, ev.market), set()).discard(ev.maker_cid)
+            elif t is M.OrderCancelled:
+                self.counts["cancel:" + ev.reason] += 1
+                self.live.get((ev.account, ev.market), set()).discard(ev.cid)
+            elif t is M.Rejected:
+                self.counts["reject:" + ev.reason] += 1
+            elif t is M.Mark:
+                self.marks[ev.market].append(ev.mark)
+            elif t is M.StateHashEvent:
+                self.last_hash = ev.hash
+        return events
+
+    def next_cid(self) -> int:
+        self.cid += 1
+        return self.cid
+
+    def quote(self, market: str, index: int) -> None:
+        for maker in MAKERS:                          # pull every stale quote first
+            for cid in sorted(self.live.get((maker, market), ())):
+                self.send(M.Cancel(account=maker, market=market, cid=cid, ts=self.ts))
+        for maker, half in MAKERS.items():
+            for level in range(1, 4):
+                for side, sign in (("buy", -1), ("sell", 1)):
+                    self.send(M.NewOrder(
+                        account=maker, market=market, cid=self.next_cid(), side=side,
+                        kind="limit", tif="alo", qty=self.rng.randint(20, 200),
+                        price=index + sign * half * level, ts=self.ts))
+
+    def take(self, market: str, index: int, crash: bool) -> None:
+        for taker in TAKERS:
+            if self.rng.random() > (0.7 if crash else 0.35):
+                continue
+            side = "sell" if crash and self.rng.random() < 0.85 else self.rng.choice(("buy", "sell"))
+            qty = self.rng.randint(150, 600) if taker == "whale" else self.rng.randint(5, 120)
+            if self.rng.random() < 0.5:
+                cmd = M.NewOrder(account=taker, market=market, cid=self.next_cid(), side=side,
+                                 kind="market", qty=qty, ts=self.ts)
+            else:
+                edge = 25 if side == "buy" else -25
+                cmd = M.NewOrder(account=taker, market=market, cid=self.next_cid(), side=side,
+                                 kind="limit", tif="ioc", qty=qty, price=index + edge, ts=self.ts)
+            self.send(cmd)
+
+    def run(self) -> int:
+        w = self.out.write
+        w("perpdex demo: 2 perpetual markets, 2 market makers, 3 takers, an oracle crash\n")
+        w("(engine-core stage: in-process; margin, liquidations and ZeroMQ come with the next issues)\n\n")
+        t0 = time.perf_counter()
+        for cmd in create_markets():
+            self.send(cmd)
+        index = {name: spec[2] for name, spec in MARKETS.items()}
+        w(f"{'step':>5}  {'BTC-PERP mark':>14} {'ETH-PERP mark':>14} {'fills':>7} "
+          f"{'BTC lots':>9} {'ETH lots':>9}\n")
+        for step in range(STEPS):
+            self.ts += SECOND
+            crash = step in CRASH
+            for name in MARKETS:
+                drift = -0.0021 if crash else self.rng.gauss(0, 0.0004)
+                index[name] = max(1, round(index[name] * (1 + drift)))
+                self.send(M.Oracle(market=name, price=index[name], ts=self.ts))
+                self.quote(name, index[name])
+                self.take(name, index[name], crash)
+            if step % 25 == 24 or step == CRASH.start:
+                tag = "  <- crash starts" if step == CRASH.start else ""
+                w(f"{step + 1:>5}  {self.marks['BTC-PERP'][-1] / 10:>14,.1f} "
+                  f"{self.marks['ETH-PERP'][-1] / 100:>14,.2f} {self.counts['fill']:>7,} "
+                  f"{self.volume['BTC-PERP']:>9,} {self.volume['ETH-PERP']:>9,}{tag}\n")
+        self.send(M.StateHash(ts=self.ts))
+        seconds = time.perf_counter() - t0
+        self.eng.check_integrity()
+        return self.summary(seconds)
+
+    def summary(self, seconds: float) -> int:
+        w = self.out.write
+        eng = self.eng
+        w(f"\n{eng.n_commands:,} commands -> {eng.seq:,} events ({eng.n_fills:,} fills) "
+          f"in {seconds:.2f} s, in-process through the per-command API\n")
         for name in MARKETS:
-            drift = -0.0021 if crash else rng.gauss(0, 0.0004)
-            index[name] = max(1, round(index[name] * (1 + drift)))
-            cmds.append(M.Oracle(market=name, price=index[name], ts=ts))
-            for mm in ("mm-alpha", "mm-beta"):
-                key = (mm, name)
-                for old in quotes.pop(key, []):
-                    cmds.append(M.Cancel(account=mm, market=name, cid=old, ts=ts))
-                fresh = []
-                width = 5 if mm == "mm-alpha" else 9
-                for level in range(1, 4):
-                    for side, sign in (("buy", -1), ("sell", 1)):
-                        cid += 1
-                        fresh.append(cid)
-                        cmds.append(M.NewOrder(
-                            account=mm, market=name, cid=cid, side=side, kind="limit",
-                            qty=rng.randint(5, 40), price=index[name] + sign * width * level,
-                            tif="alo", ts=ts))
-                quotes[key] = fresh
-            for taker in ("taker-1", "taker-2", "whale"):
-                if rng.random() < (0.6 if crash else 0.3):
-                    cid += 1
-                    side = "sell" if crash and rng.random() < 0.8 else rng.choice(("buy", "sell"))
-                    qty = rng.randint(20, 120) if taker == "whale" else rng.randint(1, 25)
-                    if rng.random() < 0.5:
-                        cmds.append(M.NewOrder(account=taker, market=name, cid=cid, side=side,
-                                               kind="market", qty=qty, ts=ts))
-                    else:
-                        off = 20 if side == "buy" else -20
-                        cmds.append(M.NewOrder(account=taker, market=name, cid=cid, side=side,
-                                               kind="limit", qty=qty, price=index[name] + off,
-                                               tif="ioc", ts=ts))
-    cmds.append(M.StateHash(ts=ts))
-    return cmds
+            marks = self.marks[name]
+            w(f"  {name}: mark {marks[0]:,} -> low {min(marks):,} -> {marks[-1]:,} ticks "
+              f"({100 * (min(marks) / marks[0] - 1):+.1f} % at the low)\n")
+        cancels = {k[7:]: v for k, v in self.counts.items() if k.startswith("cancel:")}
+        rejects = {k[7:]: v for k, v in self.counts.items() if k.startswith("reject:")}
+        w("  cancelled by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(cancels.items()))
+          + "\n")
+        w("  rejected by reason: " + (", ".join(f"{k} {v:,}" for k, v in sorted(rejects.items()))
+                                      or "none") + "\n")
+        w("  positions, lots (BTC-PERP / ETH-PERP):\n")
+        for acct in (*MAKERS, *TAKERS):
+            sizes = [eng.position(acct, name)[0] for name in MARKETS]
+            w(f"    {acct:<10} " + " / ".join(f"{s:>+8,}" for s in sizes) + "\n")
+        net = [sum(eng.position(a, n)[0] for a in (*MAKERS, *TAKERS)) for n in MARKETS]
+        w(f"  open interest long == short in every market: {net == [0] * len(MARKETS)}\n")
+        w(f"  book integrity checked; state hash {self.last_hash}\n")
+        return 0
 
 
 def run(out=sys.stdout) -> int:
-    cmds = scenario()
-    eng = Engine()
-    t0 = time.perf_counter()
-    data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
-    events_raw = eng.execute_batch(data, "msgpack", "jsonl")
-    seconds = time.perf_counter() - t0
-    events = [msgspec.json.decode(line) for line in events_raw.splitlines()]
-    kinds = Counter(e["type"] for e in events)
-    reasons = Counter(e["reason"] for e in events if e["type"] in ("order_cancelled", "rejected"))
-    w = out.write
-    w("perpdex demo: two perpetual markets, two market makers, three takers, one crash\n\n")
-    w(f"  {len(cmds):,} commands -> {len(events):,} events in {seconds * 1e3:.1f} ms\n")
-    w("  events: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())) + "\n")
-    w("  cancels and rejections by reason: "
-      + ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items())) + "\n\n")
-    w(f"  {'market':<10} {'first mark':>12} {'low mark':>12} {'last mark':>12} "
-      f"{'fills':>7} {'volume (lots)':>14}\n")
-    for name in MARKETS:
-        marks = [e["mark"] for e in events if e["type"] == "mark" and e["market"] == name]
-        fills = [e for e in events if e["type"] == "fill" and e["market"] == name]
-        w(f"  {name:<10} {marks[0]:>12,} {min(marks):>12,} {marks[-1]:>12,} {len(fills):>7,} "
-          f"{sum(f['qty'] for f in fills):>14,}\n")
-    w("\n  positions (lots): ")
-    parts = []
-    for acct in ("mm-alpha", "mm-beta", "taker-1", "taker-2", "whale"):
-        sizes = [eng.position(acct, name)[0] for name in MARKETS]
-        parts.append(f"{acct} " + "/".join(f"{s:+,}" for s in sizes))
-    w(", ".join(parts) + "  (BTC/ETH)\n")
-    net = [sum(eng.position(a, n)[0] for a in ("mm-alpha", "mm-beta", "taker-1", "taker-2", "whale"))
-           for n in MARKETS]
-    w(f"  open interest nets to zero in every market: {net == [0] * len(MARKETS)}\n")
-    w(f"  state hash: {events[-1]['hash']}\n")
-    eng.check_integrity()
-    return 0
+    return Demo(out=out).run()
