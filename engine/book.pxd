@@ -119,4 +119,5 @@ cdef class Book:
     cdef int push_back(self, OrderPool pool, int32_t i) except -1      # O(1), O(n) for a new level
     cdef void unlink(self, OrderPool pool, int32_t i)                  # O(1), O(n) if level empties
     cdef void _remove_level(self, int side, int32_t slot)
+    cdef int32_t _lower_bound(self, int side, int64_t key)
     cdef int32_t _new_level(self, int side, int64_t price) except -1

@@ -241,8 +241,8 @@ cdef class Book:
             return -1
         return self.slots[side][self.n[side] - 1]
 
-    cdef int32_t find(self, int side, int64_t price):
-        cdef int64_t key = price if side == BID else -price
+    cdef int32_t _lower_bound(self, int side, int64_t key):
+        """The first position on `side` whose key is >= `key`. O(log n)."""
         cdef int32_t lo = 0, hi = self.n[side], mid
         cdef int64_t* k = self.keys[side]
         while lo < hi:
@@ -251,13 +251,18 @@ cdef class Book:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < self.n[side] and k[lo] == key:
-            return self.slots[side][lo]
+        return lo
+
+    cdef int32_t find(self, int side, int64_t price):
+        cdef int64_t key = price if side == BID else -price
+        cdef int32_t j = self._lower_bound(side, key)
+        if j < self.n[side] and self.keys[side][j] == key:
+            return self.slots[side][j]
         return -1
 
     cdef int32_t _new_level(self, int side, int64_t price) except -1:
         cdef int64_t key = price if side == BID else -price
-        cdef int32_t slot, i, lo, hi, mid, n = self.n[side]
+        cdef int32_t slot, i, lo, n = self.n[side]
         cdef int64_t* k
         cdef Level* nl
         if self.lv_free < 0:
@@ -284,14 +289,7 @@ cdef class Book:
             if self.slots[side] == NULL or self.keys[side] == NULL:
                 raise MemoryError()
         k = self.keys[side]
-        lo = 0
-        hi = n
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if k[mid] < key:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = self._lower_bound(side, key)
         if lo < n:     # orders arrive near the best, at the end: the move is short
             memmove(&k[lo + 1], &k[lo], (n - lo) * sizeof(int64_t))
             memmove(&self.slots[side][lo + 1], &self.slots[side][lo], (n - lo) * sizeof(int32_t))

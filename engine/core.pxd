@@ -110,6 +110,7 @@ cdef class Engine:
     cdef int _place(self, OrderCmd* c) except -1
     cdef int _reject_order(self, OrderCmd* c, str reason, str detail) except -1
     cdef object _cid_of(self, CidKey* k)
+    cdef int32_t _open_order(self, object account, object cid, int32_t m) except -2
     cdef int _cancel(self, object cmd) except -1
     cdef int _cancel_all(self, object cmd) except -1
     cdef int _amend(self, object cmd) except -1
@@ -126,6 +127,7 @@ cdef class Engine:
     cdef int64_t _reducible(self, int32_t a, int32_t m, int side)
     # events
     cdef int _ev_cid(self, int32_t i) except -1
+    cdef int _ev_order_head(self, int32_t i, int etype, int nfields) except -1
     cdef int _ev_accepted(self, int32_t i, int64_t qty) except -1
     cdef int _ev_cancelled(self, int32_t i, int reason) except -1
     cdef int _ev_amended(self, int32_t i, bint kept) except -1

@@ -2,7 +2,7 @@
 """The engine: see core.pxd for its state and docs/engine-api.md for how to drive it."""
 cimport cython
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, strlen
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t, uint32_t
 
@@ -114,6 +114,37 @@ def _show(v):
         return repr(v)
 
 
+# ---- the sentences of rejections (rare paths: Python strings are fine here) -----------------
+
+def _no_market(name):
+    return f"no market named {_show(name)}"
+
+
+def _bad_qty(v):
+    return f"qty must be a positive whole number of lots up to {MAX_QTY}, got {_show(v)}"
+
+
+def _bad_price(field, v):
+    return f"{field} must be a positive whole number of ticks up to {MAX_PRICE}, got {_show(v)}"
+
+
+def _below_min(qty, min_qty):
+    return f"qty {qty} is below the market's min_qty {min_qty}"
+
+
+def _no_order(cid, market):
+    return f"no open order with cid {_show(cid)} in {market}"
+
+
+cdef str _band_violation(MarketC* mk, int side, int64_t price):
+    """Why `price` is outside the band around the mark, or None if it is inside."""
+    if side == BID and price > band_high(mk):
+        return f"buy price {price} is above the band limit {band_high(mk)} (mark {mk.mark})"
+    if side == ASK and price < band_low(mk):
+        return f"sell price {price} is below the band limit {band_low(mk)} (mark {mk.mark})"
+    return None
+
+
 cdef inline int64_t _positive(object v, int64_t limit):
     """`v` as a positive integer no larger than `limit`, or 0 when it is not one (not an int,
     a bool, <= 0, or too large)."""
@@ -153,6 +184,35 @@ cdef enum:
 
 cdef inline bint _eq(const unsigned char* a, Py_ssize_t n, const char* lit, Py_ssize_t m) noexcept nogil:
     return n == m and memcmp(a, lit, n) == 0
+
+
+# The enum strings the fast path knows, in the order of their values (BID/ASK, LIMIT/MARKET,
+# GTC..ALO, CANCEL_MAKER..CANCEL_BOTH); NULL ends each table.
+cdef const char* _FAST_SIDES[3]
+cdef const char* _FAST_KINDS[3]
+cdef const char* _FAST_TIFS[5]
+cdef const char* _FAST_STPS[4]
+_FAST_SIDES[:] = [b"buy", b"sell", NULL]
+_FAST_KINDS[:] = [b"limit", b"market", NULL]
+_FAST_TIFS[:] = [b"gtc", b"ioc", b"fok", b"alo", NULL]
+_FAST_STPS[:] = [b"cancel_maker", b"cancel_taker", b"cancel_both", NULL]
+
+
+cdef Py_ssize_t _rd_choice(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                           const char** names, int* out) noexcept:
+    """A string at p[i] that is one of `names`: its index into `out`; the index after, or -1."""
+    cdef const unsigned char* s
+    cdef Py_ssize_t ln
+    cdef int k = 0
+    i = _rd_str(p, i, n, &s, &ln)
+    if i < 0:
+        return -1
+    while names[k] != NULL:
+        if _eq(s, ln, names[k], strlen(names[k])):
+            out[0] = k
+            return i
+        k += 1
+    return -1
 
 
 cdef Py_ssize_t _rd_int(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int64_t* out) noexcept nogil:
@@ -638,26 +698,10 @@ cdef class Engine:
                     cid_str = True
             elif kl == 4 and memcmp(ks, b"side", 4) == 0:
                 bit = F_SIDE
-                i = _rd_str(p, i, n, &sv, &sl)
-                if i < 0:
-                    return 0
-                if _eq(sv, sl, b"buy", 3):
-                    side = BID
-                elif _eq(sv, sl, b"sell", 4):
-                    side = ASK
-                else:
-                    return 0
+                i = _rd_choice(p, i, n, _FAST_SIDES, &side)
             elif kl == 4 and memcmp(ks, b"kind", 4) == 0:
                 bit = F_KIND
-                i = _rd_str(p, i, n, &sv, &sl)
-                if i < 0:
-                    return 0
-                if _eq(sv, sl, b"limit", 5):
-                    kind = LIMIT
-                elif _eq(sv, sl, b"market", 6):
-                    kind = MARKET
-                else:
-                    return 0
+                i = _rd_choice(p, i, n, _FAST_KINDS, &kind)
             elif kl == 3 and memcmp(ks, b"qty", 3) == 0:
                 bit = F_QTY
                 i = _rd_int(p, i, n, &qty)
@@ -679,19 +723,7 @@ cdef class Engine:
                 i += 1
             elif kl == 3 and memcmp(ks, b"tif", 3) == 0:
                 bit = F_TIF
-                i = _rd_str(p, i, n, &sv, &sl)
-                if i < 0:
-                    return 0
-                if _eq(sv, sl, b"gtc", 3):
-                    tif = GTC
-                elif _eq(sv, sl, b"ioc", 3):
-                    tif = IOC
-                elif _eq(sv, sl, b"fok", 3):
-                    tif = FOK
-                elif _eq(sv, sl, b"alo", 3):
-                    tif = ALO
-                else:
-                    return 0
+                i = _rd_choice(p, i, n, _FAST_TIFS, &tif)
             elif kl == 11 and memcmp(ks, b"reduce_only", 11) == 0:
                 bit = F_RO
                 if i >= n or (p[i] != 0xc2 and p[i] != 0xc3):
@@ -700,17 +732,7 @@ cdef class Engine:
                 i += 1
             elif kl == 3 and memcmp(ks, b"stp", 3) == 0:
                 bit = F_STP
-                i = _rd_str(p, i, n, &sv, &sl)
-                if i < 0:
-                    return 0
-                if _eq(sv, sl, b"cancel_maker", 12):
-                    stp = CANCEL_MAKER
-                elif _eq(sv, sl, b"cancel_taker", 12):
-                    stp = CANCEL_TAKER
-                elif _eq(sv, sl, b"cancel_both", 11):
-                    stp = CANCEL_BOTH
-                else:
-                    return 0
+                i = _rd_choice(p, i, n, _FAST_STPS, &stp)
             else:
                 return 0
             if i < 0 or seen & bit:
@@ -997,12 +1019,11 @@ cdef class Engine:
         cdef int64_t idx, bid, ask, lo, hi
         if m < 0:
             return self._reject("oracle", Reason.UNKNOWN_MARKET,
-                                f"no market named {_show(cmd.market)}", None, cmd.market)
+                                _no_market(cmd.market), None, cmd.market)
         idx = _positive(cmd.price, C_MAX_PRICE)
         if idx == 0:
             return self._reject("oracle", Reason.INVALID_PRICE,
-                                f"price must be a positive whole number of ticks up to {MAX_PRICE}, "
-                                f"got {_show(cmd.price)}", None, cmd.market)
+                                _bad_price("price", cmd.price), None, cmd.market)
         mk = &self.mk[m]
         b = self.books[m]
         bid = b.lv[b.best(BID)].price if b.n[BID] else idx
@@ -1032,7 +1053,7 @@ cdef class Engine:
         m = self.market_ids.get(market, -1)
         if m < 0:
             return self._reject("new_order", Reason.UNKNOWN_MARKET,
-                                f"no market named {_show(market)}", account, market, cid)
+                                _no_market(market), account, market, cid)
         mk = &self.mk[m]
         side = _SIDES[cmd.side]
         kind = _KINDS[cmd.kind]
@@ -1041,12 +1062,10 @@ cdef class Engine:
         ro = cmd.reduce_only
         qty = _positive(cmd.qty, C_MAX_QTY)
         if qty == 0:
-            return self._reject("new_order", Reason.INVALID_QTY,
-                                f"qty must be a positive whole number of lots up to {MAX_QTY}, "
-                                f"got {_show(cmd.qty)}", account, market, cid)
+            return self._reject("new_order", Reason.INVALID_QTY, _bad_qty(cmd.qty),
+                                account, market, cid)
         if qty < mk.min_qty:
-            return self._reject("new_order", Reason.BELOW_MIN_QTY,
-                                f"qty {qty} is below the market's min_qty {mk.min_qty}",
+            return self._reject("new_order", Reason.BELOW_MIN_QTY, _below_min(qty, mk.min_qty),
                                 account, market, cid)
         price = 0
         if kind == MARKET:
@@ -1055,13 +1074,11 @@ cdef class Engine:
             price = _positive(cmd.price, C_MAX_PRICE)
             if price == 0:
                 return self._reject("new_order", Reason.INVALID_PRICE,
-                                    f"price must be a positive whole number of ticks up to "
-                                    f"{MAX_PRICE}, got {_show(cmd.price)}", account, market, cid)
+                                    _bad_price("price", cmd.price), account, market, cid)
         if kind != LIMIT and kind != MARKET:
             if _positive(cmd.trigger_price, C_MAX_PRICE) == 0:
                 return self._reject("new_order", Reason.INVALID_PRICE,
-                                    f"trigger_price must be a positive whole number of ticks up "
-                                    f"to {MAX_PRICE}, got {_show(cmd.trigger_price)}",
+                                    _bad_price("trigger_price", cmd.trigger_price),
                                     account, market, cid)
             return self._reject("new_order", Reason.UNSUPPORTED,
                                 f"{cmd.kind} orders arrive with the trigger-order work (issue 4)",
@@ -1102,14 +1119,9 @@ cdef class Engine:
             limit = band_high(mk) if side == BID else band_low(mk)
         else:
             limit = price
-            if side == BID and price > band_high(mk):
-                return self._reject_order(c, Reason.PRICE_OUT_OF_BAND,
-                                          f"buy price {price} is above the band limit "
-                                          f"{band_high(mk)} (mark {mk.mark})")
-            if side == ASK and price < band_low(mk):
-                return self._reject_order(c, Reason.PRICE_OUT_OF_BAND,
-                                          f"sell price {price} is below the band limit "
-                                          f"{band_low(mk)} (mark {mk.mark})")
+            why = _band_violation(mk, side, price)
+            if why is not None:
+                return self._reject_order(c, Reason.PRICE_OUT_OF_BAND, why)
         p = self._position(m, a)
         s = self.pos[p].size
         if ro and self._reducible(a, m, side) == 0:
@@ -1406,22 +1418,28 @@ cdef class Engine:
 
     # ---- cancel and amend --------------------------------------------------------------------
 
-    cdef int _cancel(self, object cmd) except -1:
-        cdef int32_t m = self.market_ids.get(cmd.market, -1)
-        cdef int32_t a, i
+    cdef int32_t _open_order(self, object account, object cid, int32_t m) except -2:
+        """The slot of the account's order `cid` resting in market `m`, or -1. O(1)."""
+        cdef int32_t a = self.account_ids.get(account, -1), i
         cdef CidKey k
         cdef object keep
+        if a < 0:
+            return -1
+        keep = self._cid_key(cid, a, &k)
+        i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
+        if i < 0 or self.pool.o[i].market != m or self.pool.o[i].level < 0:
+            return -1
+        return i
+
+    cdef int _cancel(self, object cmd) except -1:
+        cdef int32_t m = self.market_ids.get(cmd.market, -1)
+        cdef int32_t i
         if m < 0:
-            return self._reject("cancel", Reason.UNKNOWN_MARKET, f"no market named {_show(cmd.market)}",
+            return self._reject("cancel", Reason.UNKNOWN_MARKET, _no_market(cmd.market),
                                 cmd.account, cmd.market, cmd.cid)
-        a = self.account_ids.get(cmd.account, -1)
-        i = -1
-        if a >= 0:
-            keep = self._cid_key(cmd.cid, a, &k)
-            i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
-        if i < 0 or self.pool.o[i].market != m:
-            return self._reject("cancel", Reason.UNKNOWN_ORDER,
-                                f"no open order with cid {_show(cmd.cid)} in {cmd.market}",
+        i = self._open_order(cmd.account, cmd.cid, m)
+        if i < 0:
+            return self._reject("cancel", Reason.UNKNOWN_ORDER, _no_order(cmd.cid, cmd.market),
                                 cmd.account, cmd.market, cmd.cid)
         return self._cancel_order(i, V_USER)
 
@@ -1431,7 +1449,7 @@ cdef class Engine:
             m = self.market_ids.get(cmd.market, -1)
             if m < 0:
                 return self._reject("cancel_all", Reason.UNKNOWN_MARKET,
-                                    f"no market named {_show(cmd.market)}", cmd.account, cmd.market)
+                                    _no_market(cmd.market), cmd.account, cmd.market)
         a = self.account_ids.get(cmd.account, -1)
         if a < 0:
             return 0
@@ -1445,61 +1463,46 @@ cdef class Engine:
 
     cdef int _amend(self, object cmd) except -1:
         cdef int32_t m = self.market_ids.get(cmd.market, -1)
-        cdef int32_t a, i
-        cdef int64_t qty, price, s
+        cdef int32_t i
+        cdef int64_t qty, price
         cdef MarketC* mk
         cdef Order* o
         cdef Book b
         cdef PosC* p
-        cdef CidKey k
-        cdef object keep
         account = cmd.account
         market = cmd.market
         cid = cmd.cid
         if m < 0:
-            return self._reject("amend", Reason.UNKNOWN_MARKET, f"no market named {_show(market)}",
+            return self._reject("amend", Reason.UNKNOWN_MARKET, _no_market(market),
                                 account, market, cid)
         mk = &self.mk[m]
-        a = self.account_ids.get(account, -1)
-        i = -1
-        if a >= 0:
-            keep = self._cid_key(cid, a, &k)
-            i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
-        if i < 0 or self.pool.o[i].market != m or self.pool.o[i].level < 0:
-            return self._reject("amend", Reason.UNKNOWN_ORDER,
-                                f"no open order with cid {_show(cid)} in {market}", account, market, cid)
+        i = self._open_order(account, cid, m)
+        if i < 0:
+            return self._reject("amend", Reason.UNKNOWN_ORDER, _no_order(cid, market),
+                                account, market, cid)
         o = &self.pool.o[i]
         if cmd.qty is None:
             qty = o.qty
         else:
             qty = _positive(cmd.qty, C_MAX_QTY)
             if qty == 0:
-                return self._reject("amend", Reason.INVALID_QTY,
-                                    f"qty must be a positive whole number of lots up to {MAX_QTY}, "
-                                    f"got {_show(cmd.qty)}", account, market, cid)
+                return self._reject("amend", Reason.INVALID_QTY, _bad_qty(cmd.qty),
+                                    account, market, cid)
             if qty < mk.min_qty:
-                return self._reject("amend", Reason.BELOW_MIN_QTY,
-                                    f"qty {qty} is below the market's min_qty {mk.min_qty}",
+                return self._reject("amend", Reason.BELOW_MIN_QTY, _below_min(qty, mk.min_qty),
                                     account, market, cid)
         if cmd.price is None:
             price = o.price
         else:
             price = _positive(cmd.price, C_MAX_PRICE)
             if price == 0:
-                return self._reject("amend", Reason.INVALID_PRICE,
-                                    f"price must be a positive whole number of ticks up to "
-                                    f"{MAX_PRICE}, got {_show(cmd.price)}", account, market, cid)
+                return self._reject("amend", Reason.INVALID_PRICE, _bad_price("price", cmd.price),
+                                    account, market, cid)
         if price != o.price:
-            if o.side == BID and price > band_high(mk):
-                return self._reject("amend", Reason.PRICE_OUT_OF_BAND,
-                                    f"buy price {price} is above the band limit {band_high(mk)} "
-                                    f"(mark {mk.mark})", account, market, cid)
-            if o.side == ASK and price < band_low(mk):
-                return self._reject("amend", Reason.PRICE_OUT_OF_BAND,
-                                    f"sell price {price} is below the band limit {band_low(mk)} "
-                                    f"(mark {mk.mark})", account, market, cid)
-        p = &self.pos[self.pos_of[m][a]]
-        s = p.size
+            why = _band_violation(mk, o.side, price)
+            if why is not None:
+                return self._reject("amend", Reason.PRICE_OUT_OF_BAND, why, account, market, cid)
+        p = &self.pos[self.pos_of[m][o.account]]
         if (mk.oracle_max_age_ns and self.clock - mk.last_oracle_ts > mk.oracle_max_age_ns
                 and not o.reduce_only and qty > o.qty):
             return self._reject("amend", Reason.ORACLE_STALE,
@@ -1551,15 +1554,22 @@ cdef class Engine:
             return self.w.utf8(self.pool.cid_text + <size_t>i * CID_BYTES, o.cid_len)
         return self.w.int64(o.cid_int)
 
-    cdef int _ev_accepted(self, int32_t i, int64_t qty) except -1:
+    cdef int _ev_order_head(self, int32_t i, int etype, int nfields) except -1:
+        """Open an order event: type, seq, ts, then account, market, cid, oid."""
         cdef Order* o = &self.pool.o[i]
         cdef EventWriter w = self.w
         self.seq += 1
-        w.begin(T_ORDER_ACCEPTED, 10, self.seq, self.clock)
+        w.begin(etype, nfields, self.seq, self.clock)
         w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
         w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
         w.key(K_CID); self._ev_cid(i)
         w.key(K_OID); w.int64(o.oid)
+        return 0
+
+    cdef int _ev_accepted(self, int32_t i, int64_t qty) except -1:
+        cdef Order* o = &self.pool.o[i]
+        cdef EventWriter w = self.w
+        self._ev_order_head(i, T_ORDER_ACCEPTED, 10)
         w.key(K_SIDE); w.tok(V_BUY + o.side)
         w.key(K_KIND); w.tok(V_LIMIT + o.kind)
         w.key(K_PRICE)
@@ -1575,12 +1585,7 @@ cdef class Engine:
     cdef int _ev_cancelled(self, int32_t i, int reason) except -1:
         cdef Order* o = &self.pool.o[i]
         cdef EventWriter w = self.w
-        self.seq += 1
-        w.begin(T_ORDER_CANCELLED, 6, self.seq, self.clock)
-        w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
-        w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
-        w.key(K_CID); self._ev_cid(i)
-        w.key(K_OID); w.int64(o.oid)
+        self._ev_order_head(i, T_ORDER_CANCELLED, 6)
         w.key(K_REMAINING); w.int64(o.qty)
         w.key(K_REASON); w.tok(reason)
         return w.end()
@@ -1588,12 +1593,7 @@ cdef class Engine:
     cdef int _ev_amended(self, int32_t i, bint kept) except -1:
         cdef Order* o = &self.pool.o[i]
         cdef EventWriter w = self.w
-        self.seq += 1
-        w.begin(T_ORDER_AMENDED, 7, self.seq, self.clock)
-        w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
-        w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
-        w.key(K_CID); self._ev_cid(i)
-        w.key(K_OID); w.int64(o.oid)
+        self._ev_order_head(i, T_ORDER_AMENDED, 7)
         w.key(K_PRICE); w.int64(o.price)
         w.key(K_QTY); w.int64(o.qty)
         w.key(K_PRIORITY_KEPT); w.boolean(kept)
