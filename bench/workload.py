@@ -16,6 +16,7 @@ from engine import Engine, messages as M
 MARKET = "BTC-PERP"
 MID = 650_000                 # ticks (65,000.0 USD at tick 0.1)
 ACCOUNTS = 200
+DEPOSIT = 10**13              # quote units (10 million USD) each: margin checks run, and pass
 
 MARKET_CMD = M.CreateMarket(
     market=MARKET, tick_size="0.1", lot_size="0.001", min_qty=1, imf_ppm=50_000,
@@ -81,6 +82,7 @@ def generate(seed: int = 1, n: int = 200_000, depth: int = 20_000) -> Workload:
                           price=mid - off if side == "buy" else mid + off, ts=ts)
 
     setup = [MARKET_CMD, M.Oracle(market=MARKET, price=mid, ts=ts)]
+    setup += [M.Deposit(account=a, amount=DEPOSIT, ts=ts) for a in range(ACCOUNTS)]
     for c in setup:
         track(c)
     while len(live) < depth:

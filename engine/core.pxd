@@ -9,32 +9,11 @@ cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
 
 from engine.book cimport Book, OrderPool
+from engine.margin cimport AccountC, MarketC, PosC
 from engine.wire cimport EventWriter
 
 
 # ---- C-level state ---------------------------------------------------------------------------
-
-ctypedef struct MarketC:
-    int64_t multiplier          # quote units per tick per lot
-    int64_t min_qty
-    int64_t maker_fee_ppm
-    int64_t taker_fee_ppm
-    int64_t band_ppm
-    int64_t max_orders          # open orders per account
-    int64_t oracle_max_age_ns   # 0: no limit
-    int64_t index               # last oracle price (ticks)
-    int64_t mark
-    int64_t last_oracle_ts
-    int32_t name_tok            # the market's name, pre-encoded in the writer
-    uint8_t has_mark
-
-ctypedef struct PosC:
-    int64_t size                # signed lots: long > 0
-    int64_t cost                # signed quote units paid for the open size
-    int64_t open_buy            # resting buy qty
-    int64_t open_sell           # resting sell qty
-    int32_t n_orders            # open orders in this market
-    int32_t n_ro                # resting reduce-only orders in this market
 
 ctypedef struct CidKey:
     uint64_t h
@@ -70,7 +49,7 @@ cdef class Engine:
     cdef int32_t mk_cap
     cdef dict account_ids           # key -> id
     cdef list account_keys
-    cdef int32_t* acct_tok
+    cdef AccountC* ac
     cdef int32_t n_accounts
     cdef int32_t acct_cap
     cdef list _acct_mp              # canonical msgpack bytes of each account key
@@ -86,6 +65,11 @@ cdef class Engine:
     cdef readonly int64_t next_oid
     cdef readonly int64_t n_commands
     cdef readonly int64_t n_fills
+    cdef readonly bint margin          # False: no margin checks (pure matching, benchmarks)
+    cdef readonly int64_t deposits
+    cdef readonly int64_t withdrawals
+    cdef readonly int64_t fees         # the venue's net fee income
+    cdef int32_t insurance             # the account named "insurance" (the fund), -1 until seen
 
     # ---- cpdef API -------------------------------------------------------------------------
     cpdef list execute(self, object cmd)
@@ -115,6 +99,22 @@ cdef class Engine:
     cdef int _cancel_all(self, object cmd) except -1
     cdef int _amend(self, object cmd) except -1
     cdef int _state_hash(self) except -1
+    cdef int _deposit(self, object cmd) except -1
+    cdef int _withdraw(self, object cmd) except -1
+    cdef int _set_leverage(self, object cmd) except -1
+    cdef int _query_account(self, object cmd) except -1
+    cdef int _audit(self) except -1
+    cdef object _account_report(self, int32_t a, object key)
+    cdef object _liquidation_price(self, int32_t a, int32_t p)
+    # margin
+    cdef int64_t _equity(self, int32_t a)
+    cdef int64_t _initial_margin(self, int32_t a, int32_t m, int64_t size, int64_t buys,
+                                 int64_t sells)
+    cdef int64_t _maintenance_margin(self, int32_t a)
+    cdef bint _fill_allowed(self, int32_t a, int32_t m, int side, int64_t q, int64_t price,
+                            int64_t fee, bint maker)
+    cdef int _book_trade(self, PosC* p, int side, int64_t q, int64_t price, int64_t fee) except -1
+    cdef int _ev_balance(self, int32_t a, str reason) except -1
     # matching
     cdef int _match(self, int32_t t, int64_t limit) except -1
     cdef bint _fok_fillable(self, int32_t t, int64_t limit)

@@ -6,6 +6,10 @@ from libc.string cimport memcpy, memcmp, strlen
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t, uint32_t
 
+from engine.margin cimport (
+    AccountC, MarketC, PosC, TierC, int128, ceil_div, floor_div, iabs, initial_requirement,
+    maintenance_requirement, unrealised,
+)
 from engine.book cimport (
     Book, OrderPool, Order, Level, cid_hash_int, cid_hash_str, CID_BYTES,
     BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH,
@@ -18,7 +22,11 @@ from engine.wire cimport (
     K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE, K_MAKER_FEE, K_LIQUIDATION,
     K_REMAINING, K_REASON, K_PRIORITY_KEPT, K_INDEX, K_MARK, K_HASH, K_COMMAND, K_DETAIL,
     V_BUY, V_LIMIT, V_GTC, V_USER, V_IOC_REMAINDER, V_FOK_UNFILLED, V_SELF_TRADE, V_REDUCE_ONLY,
+    V_MARGIN,
 )
+
+import math
+from fractions import Fraction
 
 import msgspec
 
@@ -26,24 +34,25 @@ from engine import messages as M
 from engine.codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
 
 cdef object _decode_events = _mp_events.decode
-from engine.markets import MarketConfigError, market_spec, MAX_PRICE, MAX_QTY
+from engine.markets import MarketConfigError, TierSpec, market_spec, MAX_PRICE, MAX_QTY
 from engine.messages import Reason
 from engine.statehash import digest
 
-cdef extern from *:
-    ctypedef long long int128 "__int128"
 
 _json_encode = msgspec.json.encode
 _mp_encode = msgspec.msgpack.encode
 
-cdef int64_t PPM = 1000000
 cdef int64_t NS = 1000000000
+cdef int64_t PPM = 1000000
+# The account whose cash is the insurance fund (seeded by a deposit to it).
+INSURANCE = "insurance"
 
 # Why the matching walk stopped early.
 cdef enum Stop:
     STOP_NONE = 0
     STOP_SELF_TRADE
     STOP_REDUCE_ONLY
+    STOP_MARGIN
 
 # Enum strings of the contract -> the core's small integers (module-level C dicts: no global
 # name lookup on the hot path).
@@ -71,24 +80,11 @@ cdef object Oracle = M.Oracle
 cdef object CreateMarket = M.CreateMarket
 cdef object StateHash = M.StateHash
 cdef object Clock = M.Clock
-
-
-@cython.cdivision(True)
-cdef inline int128 floor_div(int128 a, int128 b) noexcept nogil:
-    """floor(a / b) for b > 0 (C division truncates toward zero)."""
-    cdef int128 q = a / b
-    if a % b != 0 and a < 0:
-        q -= 1
-    return q
-
-
-@cython.cdivision(True)
-cdef inline int128 ceil_div(int128 a, int128 b) noexcept nogil:
-    """ceil(a / b) for b > 0."""
-    cdef int128 q = a / b
-    if a % b != 0 and a > 0:
-        q += 1
-    return q
+cdef object Deposit = M.Deposit
+cdef object Withdraw = M.Withdraw
+cdef object SetLeverage = M.SetLeverage
+cdef object QueryAccount = M.QueryAccount
+cdef object Audit = M.Audit
 
 
 cdef inline int64_t band_high(MarketC* mk) noexcept nogil:
@@ -102,6 +98,16 @@ cdef inline int64_t band_low(MarketC* mk) noexcept nogil:
 cdef inline int64_t fee(int64_t price, int64_t qty, int64_t mult, int64_t rate) noexcept nogil:
     """Rounded up: a fee is never short by a unit, and a rebate (rate < 0) never over-paid."""
     return <int64_t>ceil_div(<int128>price * qty * mult * rate, PPM)
+
+
+def _nearest(num, den):
+    """num / den rounded to the nearest integer (halves away from zero); None when den is 0."""
+    if den == 0:
+        return None
+    q, r = divmod(abs(num), abs(den))
+    if 2 * r >= abs(den):
+        q += 1
+    return q if (num >= 0) == (den > 0) else -q
 
 
 def _show(v):
@@ -370,7 +376,9 @@ cdef class Engine:
     Both run the same code; the batch path skips building a Python object per event.
     """
 
-    def __cinit__(self):
+    def __cinit__(self, bint margin=True):
+        self.margin = margin
+        self.insurance = -1
         self.w = EventWriter()
         self.pool = OrderPool(4096)
         self.books = []
@@ -386,7 +394,7 @@ cdef class Engine:
         self.akey = NULL
         self.akey_mask = 0
         self.acct_cap = 0
-        self.acct_tok = NULL
+        self.ac = NULL
         self.pos_cap = 1024
         self.pos = <PosC*>malloc(self.pos_cap * sizeof(PosC))
         if self.mk == NULL or self.pos == NULL or self.pos_of == NULL:
@@ -403,10 +411,11 @@ cdef class Engine:
         if self.pos_of != NULL:
             for m in range(self.n_markets):
                 free(self.pos_of[m])
+                free(self.mk[m].tiers)
         free(self.pos_of)
         free(self.mk)
         free(self.pos)
-        free(self.acct_tok)
+        free(self.ac)
         free(self.akey)
 
     # ---- public API ------------------------------------------------------------------------
@@ -493,16 +502,20 @@ cdef class Engine:
                             mk.mark if mk.has_mark else None,
                             mk.last_oracle_ts, sides[0], sides[1]])
         positions = []
+        accounts = []
         for key in sorted(self.account_keys, key=_account_order):
             a = self.account_ids[key]
+            if self.ac[a].collateral:
+                accounts.append([key, self.ac[a].collateral])
             for name in sorted(self.market_ids):
                 m = self.market_ids[name]
-                if a < self.acct_cap and self.pos_of[m][a] >= 0:
+                if self.pos_of[m][a] >= 0:
                     p = &self.pos[self.pos_of[m][a]]
-                    if p.size != 0 or p.cost != 0:
-                        positions.append([key, name, p.size, p.cost])
+                    if p.size != 0 or p.cost != 0 or p.leverage != 0:
+                        positions.append([key, name, p.size, p.cost, p.leverage])
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
-                "positions": positions}
+                "accounts": accounts, "positions": positions,
+                "totals": [self.deposits, self.withdrawals, self.fees]}
 
     def position(self, account, str market):
         """(size in lots, cost in quote units) of an account in a market; (0, 0) if none."""
@@ -856,6 +869,16 @@ cdef class Engine:
             return self._state_hash()
         if t is Clock:
             return 0
+        if t is Deposit:
+            return self._deposit(cmd)
+        if t is Withdraw:
+            return self._withdraw(cmd)
+        if t is SetLeverage:
+            return self._set_leverage(cmd)
+        if t is QueryAccount:
+            return self._query_account(cmd)
+        if t is Audit:
+            return self._audit()
         tag = cmd.__struct_config__.tag
         return self._reject(tag, Reason.UNSUPPORTED,
                             f"{tag} arrives with the accounts and margin work (issue 3)",
@@ -896,8 +919,8 @@ cdef class Engine:
         a = self.n_accounts
         if a == self.acct_cap:
             c = 1024 if self.acct_cap == 0 else 2 * self.acct_cap
-            self.acct_tok = <int32_t*>realloc(self.acct_tok, c * sizeof(int32_t))
-            if self.acct_tok == NULL:
+            self.ac = <AccountC*>realloc(self.ac, c * sizeof(AccountC))
+            if self.ac == NULL:
                 raise MemoryError()
             for m in range(self.n_markets):
                 self.pos_of[m] = <int32_t*>realloc(self.pos_of[m], c * sizeof(int32_t))
@@ -907,7 +930,11 @@ cdef class Engine:
                     self.pos_of[m][i] = -1
             self.acct_cap = c
             self.pool.ensure_accounts(c)
-        self.acct_tok[a] = self.w.register_name(key)
+        self.ac[a].name_tok = self.w.register_name(key)
+        self.ac[a].collateral = 0
+        self.ac[a].positions = -1
+        if key == INSURANCE and type(key) is str:
+            self.insurance = a
         self._index_account_key(a, _mp_encode(key))
         self.account_ids[key] = a
         self.account_keys.append(key)
@@ -932,6 +959,11 @@ cdef class Engine:
         self.pos[p].open_sell = 0
         self.pos[p].n_orders = 0
         self.pos[p].n_ro = 0
+        self.pos[p].account = a
+        self.pos[p].market = m
+        self.pos[p].leverage = 0
+        self.pos[p].next = self.ac[a].positions
+        self.ac[a].positions = p
         self.pos_of[m][a] = p
         return p
 
@@ -1003,6 +1035,18 @@ cdef class Engine:
         mk.mark = 0
         mk.last_oracle_ts = 0
         mk.has_mark = 0
+        tiers = spec.tiers or (TierSpec(2**63 - 1, spec.imf_ppm, spec.mmf_ppm, 0, 0),)
+        mk.tiers = <TierC*>malloc(len(tiers) * sizeof(TierC))
+        if mk.tiers == NULL:
+            raise MemoryError()
+        for i, t in enumerate(tiers):
+            mk.tiers[i].max_notional = t.max_notional
+            mk.tiers[i].imf_ppm = t.imf_ppm
+            mk.tiers[i].mmf_ppm = t.mmf_ppm
+            mk.tiers[i].imf_deduction = t.imf_deduction
+            mk.tiers[i].mmf_deduction = t.mmf_deduction
+        mk.n_tiers = len(tiers)
+        mk.max_leverage = PPM // tiers[0].imf_ppm
         mk.name_tok = self.w.register_name(spec.name)
         self.books.append(Book())
         self.specs.append(spec)
@@ -1102,7 +1146,8 @@ cdef class Engine:
         """
         cdef int32_t a = c.account, m = c.market, p, i
         cdef int side = c.side, tif = c.tif
-        cdef int64_t qty = c.qty, price = c.price, limit, s
+        cdef int64_t qty = c.qty, price = c.price, limit, s, before, after
+        cdef PosC* pp
         cdef bint ro = c.reduce_only
         cdef MarketC* mk = &self.mk[m]
         cdef Book b
@@ -1139,6 +1184,15 @@ cdef class Engine:
             return self._reject_order(c, Reason.TOO_MANY_ORDERS,
                                       f"the account already has {self.pos[p].n_orders} open "
                                       f"orders in {self.specs[m].name} (limit {mk.max_orders})")
+        if self.margin:
+            pp = &self.pos[p]
+            before = self._initial_margin(a, m, s, pp.open_buy, pp.open_sell)
+            after = self._initial_margin(a, m, s, pp.open_buy + (qty if side == BID else 0),
+                                         pp.open_sell + (qty if side == ASK else 0))
+            if after > before and after > self._equity(a):
+                return self._reject_order(c, Reason.INSUFFICIENT_MARGIN,
+                                          f"the order would raise the initial margin to {after} "
+                                          f"quote units, above the equity of {self._equity(a)}")
         b = self.books[m]
         if tif == ALO and b.n[1 - side]:
             if (side == BID and price >= b.lv[b.best(ASK)].price) or \
@@ -1188,7 +1242,7 @@ cdef class Engine:
         w.key(K_COMMAND)
         w.pystr("new_order")
         w.key(K_ACCOUNT)
-        w.name(self.acct_tok[c.account])
+        w.name(self.ac[c.account].name_tok)
         w.key(K_MARKET)
         w.name(self.mk[c.market].name_tok)
         w.key(K_CID)
@@ -1211,6 +1265,8 @@ cdef class Engine:
             return self._cancel_order(t, V_SELF_TRADE)
         if stop == STOP_REDUCE_ONLY:
             return self._cancel_order(t, V_REDUCE_ONLY)
+        if stop == STOP_MARGIN:
+            return self._cancel_order(t, V_MARGIN)
         if o.tif == IOC or o.tif == FOK:
             return self._cancel_order(t, V_IOC_REMAINDER)
         if o.reduce_only and self._reducible(o.account, o.market, o.side) == 0:
@@ -1263,6 +1319,7 @@ cdef class Engine:
         cdef int32_t lvl, mi, acct = pool.o[t].account, m = pool.o[t].market
         cdef int64_t q, lp, cap
         cdef Order* mo
+        cdef MarketC* mk
         while pool.o[t].qty > 0:
             lvl = b.best(opp)
             if lvl < 0:
@@ -1293,7 +1350,15 @@ cdef class Engine:
                     continue
                 if cap < q:
                     q = cap
-            # The margin checker (issue 3) looks at both accounts here, before the fill.
+            if self.margin:                             # the pre-fill check, maker first
+                mk = &self.mk[m]
+                if not self._fill_allowed(mo.account, m, opp, q, lp,
+                                          fee(lp, q, mk.multiplier, mk.maker_fee_ppm), True):
+                    self._cancel_order(mi, V_MARGIN)
+                    continue
+                if not self._fill_allowed(acct, m, side, q, lp,
+                                          fee(lp, q, mk.multiplier, mk.taker_fee_ppm), False):
+                    return STOP_MARGIN
             self._fill(t, mi, q)
         return STOP_NONE
 
@@ -1348,7 +1413,6 @@ cdef class Engine:
         cdef MarketC* mk = &self.mk[m]
         cdef Book b = self.books[m]
         cdef int64_t price = mo.price
-        cdef int64_t notional = price * q * mk.multiplier
         cdef int64_t tfee = fee(price, q, mk.multiplier, mk.taker_fee_ppm)
         cdef int64_t mfee = fee(price, q, mk.multiplier, mk.maker_fee_ppm)
         cdef PosC* tp = &self.pos[self.pos_of[m][to.account]]
@@ -1359,22 +1423,12 @@ cdef class Engine:
         to.qty -= q
         mo.qty -= q
         b.lv[mo.level].qty -= q
-        if to.side == BID:
-            tp.size += q
-            tp.cost += notional
-            mp.size -= q
-            mp.cost -= notional
-            mp.open_sell -= q
-        else:
-            tp.size -= q
-            tp.cost -= notional
-            mp.size += q
-            mp.cost += notional
+        if mo.side == BID:
             mp.open_buy -= q
-        if tp.size == 0:
-            tp.cost = 0
-        if mp.size == 0:
-            mp.cost = 0
+        else:
+            mp.open_sell -= q
+        self._book_trade(tp, to.side, q, price, tfee)
+        self._book_trade(mp, mo.side, q, price, mfee)
         self.n_fills += 1
         self.seq += 1
         w.begin(T_FILL, 15, self.seq, self.clock)
@@ -1382,11 +1436,11 @@ cdef class Engine:
         w.key(K_PRICE); w.int64(price)
         w.key(K_QTY); w.int64(q)
         w.key(K_TAKER_SIDE); w.tok(V_BUY + to.side)
-        w.key(K_TAKER_ACCOUNT); w.name(self.acct_tok[t_acct])
+        w.key(K_TAKER_ACCOUNT); w.name(self.ac[t_acct].name_tok)
         w.key(K_TAKER_CID); self._ev_cid(t)
         w.key(K_TAKER_OID); w.int64(to.oid)
         w.key(K_TAKER_REMAINING); w.int64(to.qty)
-        w.key(K_MAKER_ACCOUNT); w.name(self.acct_tok[m_acct])
+        w.key(K_MAKER_ACCOUNT); w.name(self.ac[m_acct].name_tok)
         w.key(K_MAKER_CID); self._ev_cid(mi)
         w.key(K_MAKER_OID); w.int64(mo.oid)
         w.key(K_MAKER_REMAINING); w.int64(mo.qty)
@@ -1415,6 +1469,252 @@ cdef class Engine:
                 self._cancel_order(i, V_REDUCE_ONLY)
             i = nxt
         return 0
+
+    # ---- money and margin (engine/margin.pxd has the arithmetic) ---------------------------
+
+    cdef int _book_trade(self, PosC* p, int side, int64_t q, int64_t price, int64_t fee) except -1:
+        """`q` lots traded on `side` at `price` into position `p`. The part that closes the
+        position takes its share of the cost basis (floor; the remainder stays in the basis, so
+        nothing is lost) and realises PnL into collateral; the rest opens at cost. The fee moves
+        from the account's collateral to the venue. O(1)."""
+        cdef MarketC* mk = &self.mk[p.market]
+        cdef int64_t d = 1 if side == BID else -1
+        cdef int64_t s = p.size, close, removed, realised = 0
+        if s != 0 and (s > 0) != (d > 0):
+            close = q if q < iabs(s) else iabs(s)
+            removed = <int64_t>floor_div(<int128>p.cost * close, iabs(s))
+            realised = <int64_t>(<int128>(-d) * close * price * mk.multiplier - removed)
+            p.cost -= removed
+            p.size += d * close
+            q -= close
+        if q:
+            p.cost += <int64_t>(<int128>d * q * price * mk.multiplier)
+            p.size += d * q
+        self.ac[p.account].collateral += realised - fee
+        self.fees += fee
+        return 0
+
+    cdef int64_t _equity(self, int32_t a):
+        """Collateral plus unrealised PnL at the marks. O(positions of the account)."""
+        cdef int128 e = self.ac[a].collateral
+        cdef int32_t p = self.ac[a].positions
+        while p >= 0:
+            if self.pos[p].size:
+                e += unrealised(&self.mk[self.pos[p].market], self.pos[p].size, self.pos[p].cost)
+            p = self.pos[p].next
+        return <int64_t>e
+
+    cdef int64_t _initial_margin(self, int32_t a, int32_t m, int64_t size, int64_t buys,
+                                 int64_t sells):
+        """The account's initial requirement with market `m` taken as (size, buys, sells).
+        O(positions of the account)."""
+        cdef int128 r = 0
+        cdef int32_t p = self.ac[a].positions
+        cdef PosC* q
+        while p >= 0:
+            q = &self.pos[p]
+            if q.market == m:
+                r += initial_requirement(&self.mk[m], size, buys, sells, q.leverage)
+            elif q.size or q.open_buy or q.open_sell:
+                r += initial_requirement(&self.mk[q.market], q.size, q.open_buy, q.open_sell,
+                                         q.leverage)
+            p = q.next
+        return <int64_t>r
+
+    cdef int64_t _maintenance_margin(self, int32_t a):
+        cdef int128 r = 0
+        cdef int32_t p = self.ac[a].positions
+        while p >= 0:
+            if self.pos[p].size:
+                r += maintenance_requirement(&self.mk[self.pos[p].market], self.pos[p].size)
+            p = self.pos[p].next
+        return <int64_t>r
+
+    cdef bint _fill_allowed(self, int32_t a, int32_t m, int side, int64_t q, int64_t price,
+                            int64_t fee, bint maker):
+        """May `a` trade `q` on `side` at `price`? Fills that only shrink the position always
+        may; one that grows it must leave equity >= the initial requirement, the account looked
+        at as the fill would leave it (a maker's order no longer open for `q`)."""
+        cdef PosC* p = &self.pos[self.pos_of[m][a]]
+        cdef MarketC* mk = &self.mk[m]
+        cdef int64_t d = 1 if side == BID else -1
+        cdef int64_t s2 = p.size + d * q
+        cdef int64_t buys = p.open_buy, sells = p.open_sell
+        cdef int128 equity
+        if iabs(s2) <= iabs(p.size):
+            return True
+        if maker:
+            if side == BID:
+                buys -= q
+            else:
+                sells -= q
+        equity = <int128>self._equity(a) - fee + <int128>d * q * (mk.mark - price) * mk.multiplier
+        return equity >= self._initial_margin(a, m, s2, buys, sells)
+
+    cdef int _ev_balance(self, int32_t a, str reason) except -1:
+        self.seq += 1
+        return self.w.struct_event(M.Balance(
+            seq=self.seq, ts=self.clock, account=self.account_keys[a],
+            collateral=self.ac[a].collateral, reason=reason))
+
+    cdef int _deposit(self, object cmd) except -1:
+        cdef int32_t a
+        if cmd.amount <= 0:
+            return self._reject("deposit", Reason.INVALID_AMOUNT,
+                                f"amount must be a positive number of quote units, got {cmd.amount}",
+                                cmd.account)
+        a = self._account(cmd.account)
+        self.ac[a].collateral += cmd.amount
+        self.deposits += cmd.amount
+        return self._ev_balance(a, "deposit")
+
+    cdef int _withdraw(self, object cmd) except -1:
+        cdef int32_t a = self.account_ids.get(cmd.account, -1)
+        cdef int64_t amount = cmd.amount, im, eq
+        if amount <= 0:
+            return self._reject("withdraw", Reason.INVALID_AMOUNT,
+                                f"amount must be a positive number of quote units, got {amount}",
+                                cmd.account)
+        if a < 0 or a == self.insurance:
+            return self._reject("withdraw", Reason.INSUFFICIENT_COLLATERAL,
+                                "no collateral to withdraw" if a < 0 else
+                                "the insurance fund cannot be withdrawn", cmd.account)
+        im = self._initial_margin(a, -1, 0, 0, 0)
+        eq = self._equity(a)
+        if amount > self.ac[a].collateral or eq - amount < im:
+            return self._reject("withdraw", Reason.INSUFFICIENT_COLLATERAL,
+                                f"withdrawing {amount} would leave equity {eq - amount} against an "
+                                f"initial margin of {im} (collateral {self.ac[a].collateral})",
+                                cmd.account)
+        self.ac[a].collateral -= amount
+        self.withdrawals += amount
+        return self._ev_balance(a, "withdraw")
+
+    cdef int _set_leverage(self, object cmd) except -1:
+        cdef int32_t m = self.market_ids.get(cmd.market, -1), a, p
+        cdef int32_t old
+        cdef int64_t im
+        if m < 0:
+            return self._reject("set_leverage", Reason.UNKNOWN_MARKET, _no_market(cmd.market),
+                                cmd.account, cmd.market)
+        if not 1 <= cmd.leverage <= self.mk[m].max_leverage:
+            return self._reject("set_leverage", Reason.INVALID_LEVERAGE,
+                                f"leverage must be between 1 and {self.mk[m].max_leverage} in "
+                                f"{cmd.market}, got {cmd.leverage}", cmd.account, cmd.market)
+        a = self._account(cmd.account)
+        p = self._position(m, a)
+        old = self.pos[p].leverage
+        self.pos[p].leverage = cmd.leverage
+        if self.margin and self.mk[m].has_mark:
+            im = self._initial_margin(a, -1, 0, 0, 0)
+            if cmd.leverage < old or old == 0:
+                if im > self._equity(a) and (self.pos[p].size or self.pos[p].open_buy
+                                             or self.pos[p].open_sell):
+                    self.pos[p].leverage = old
+                    return self._reject("set_leverage", Reason.INSUFFICIENT_MARGIN,
+                                        f"at {cmd.leverage}x the initial margin would be {im}, "
+                                        f"above the equity of {self._equity(a)}",
+                                        cmd.account, cmd.market)
+        return 0
+
+    cdef int _query_account(self, object cmd) except -1:
+        cdef int32_t a = self.account_ids.get(cmd.account, -1)
+        self.seq += 1
+        return self.w.struct_event(self._account_report(a, cmd.account))
+
+    cdef object _account_report(self, int32_t a, object key):
+        cdef int32_t p, i
+        cdef PosC* q
+        cdef MarketC* mk
+        cdef Order* o
+        positions = []
+        orders = []
+        if a < 0:
+            return M.AccountEvent(seq=self.seq, ts=self.clock, account=key, collateral=0,
+                                  equity=0, initial_margin=0, maintenance_margin=0,
+                                  positions=[], open_orders=[])
+        p = self.ac[a].positions
+        while p >= 0:
+            q = &self.pos[p]
+            if q.size:
+                mk = &self.mk[q.market]
+                positions.append(M.PositionInfo(
+                    market=self.specs[q.market].name, size=q.size,
+                    entry_price=_nearest(q.cost, q.size * mk.multiplier),
+                    unrealised_pnl=<int64_t>unrealised(mk, q.size, q.cost),
+                    unsettled_funding=0, mode="cross", isolated_margin=0,
+                    liquidation_price=self._liquidation_price(a, p)))
+            p = q.next
+        positions.sort(key=lambda x: x.market)
+        i = self.pool.acct_head[a]
+        while i >= 0:
+            o = &self.pool.o[i]
+            orders.append(M.OrderInfo(
+                market=self.specs[o.market].name, cid=self._cid_obj(i), oid=o.oid,
+                side=_SIDE_NAMES[o.side], kind=_KIND_NAMES[o.kind],
+                price=None if o.kind == MARKET else o.price, qty=o.qty, tif=_TIF_NAMES[o.tif],
+                reduce_only=bool(o.reduce_only)))
+            i = o.anext
+        return M.AccountEvent(
+            seq=self.seq, ts=self.clock, account=key, collateral=self.ac[a].collateral,
+            equity=self._equity(a), initial_margin=self._initial_margin(a, -1, 0, 0, 0),
+            maintenance_margin=self._maintenance_margin(a), positions=positions,
+            open_orders=orders)
+
+    cdef object _liquidation_price(self, int32_t a, int32_t p):
+        """The mark at which position `p` makes its account liquidatable, the other marks held:
+        solved exactly (fractions) tier by tier; rounded to the first tick that is still safe
+        (up for a long, down for a short). None if no positive mark liquidates it."""
+        cdef PosC* q = &self.pos[p]
+        cdef MarketC* mk = &self.mk[q.market]
+        cdef int32_t k
+        cdef TierC t
+        s = q.size
+        mult = mk.multiplier
+        # equity(M) = rest + s * M * mult ; maintenance(M) = others + |s| M mult r / 1e6 - ded
+        rest = self._equity(a) - (s * mk.mark * mult - q.cost) - q.cost
+        others = self._maintenance_margin(a) - <int64_t>maintenance_requirement(mk, s)
+        lo = 0
+        for k in range(mk.n_tiers):
+            t = mk.tiers[k]
+            slope = Fraction(s * mult) - Fraction(abs(s) * mult * t.mmf_ppm, PPM)
+            if slope == 0:
+                continue
+            root = (others - t.mmf_deduction - rest) / slope
+            notional = abs(s) * root * mult
+            hi = t.max_notional if k < mk.n_tiers - 1 else None
+            root = Fraction(root)
+            if root > 0 and notional >= lo and (hi is None or notional <= hi):
+                return math.ceil(root) if s > 0 else math.floor(root)
+            lo = t.max_notional
+        return None
+
+    cdef int _audit(self) except -1:
+        cdef int32_t a, p, m
+        cdef int128 upnl = 0, coll = 0
+        cdef PosC* q
+        longs = [0] * self.n_markets
+        shorts = [0] * self.n_markets
+        for a in range(self.n_accounts):
+            if a != self.insurance:
+                coll += self.ac[a].collateral
+        for p in range(self.n_pos):
+            q = &self.pos[p]
+            if q.size:
+                upnl += unrealised(&self.mk[q.market], q.size, q.cost)
+                if q.size > 0:
+                    longs[q.market] += q.size
+                else:
+                    shorts[q.market] -= q.size
+        self.seq += 1
+        return self.w.struct_event(M.AuditEvent(
+            seq=self.seq, ts=self.clock, deposits=self.deposits, withdrawals=self.withdrawals,
+            collateral=<int64_t>coll, unrealised_pnl=<int64_t>upnl,
+            insurance_fund=self.ac[self.insurance].collateral if self.insurance >= 0 else 0,
+            fees=self.fees,
+            open_interest={self.specs[m].name: M.OpenInterest(long=longs[m], short=shorts[m])
+                           for m in sorted(range(self.n_markets),
+                                           key=lambda i: self.specs[i].name)}))
 
     # ---- cancel and amend --------------------------------------------------------------------
 
@@ -1560,7 +1860,7 @@ cdef class Engine:
         cdef EventWriter w = self.w
         self.seq += 1
         w.begin(etype, nfields, self.seq, self.clock)
-        w.key(K_ACCOUNT); w.name(self.acct_tok[o.account])
+        w.key(K_ACCOUNT); w.name(self.ac[o.account].name_tok)
         w.key(K_MARKET); w.name(self.mk[o.market].name_tok)
         w.key(K_CID); self._ev_cid(i)
         w.key(K_OID); w.int64(o.oid)

@@ -258,8 +258,78 @@ class StateHashEvent(Event, tag="state_hash"):
     hash: str
 
 
+class Balance(Event, tag="balance"):
+    """An account's cash changed outside a trade: `reason` is deposit, withdraw,
+    transfer_margin or funding. `collateral` is the new cash."""
+
+    account: AccountId
+    collateral: int
+    reason: str
+
+
+class MarginCall(Event, tag="margin_call"):
+    account: AccountId
+    equity: int
+    maintenance_margin: int
+
+
+class FundingEvent(Event, tag="funding"):
+    market: str
+    rate_ppm: int
+    index_price: int
+
+
+class PositionInfo(Struct, frozen=True, gc=False):
+    market: str
+    size: int
+    entry_price: Union[int, None]        # ticks, the exact cost basis rounded to the nearest tick
+    unrealised_pnl: int
+    unsettled_funding: int
+    mode: MarginMode
+    isolated_margin: int
+    liquidation_price: Union[int, None]  # ticks; None: no mark liquidates it
+
+
+class OrderInfo(Struct, frozen=True, gc=False):
+    market: str
+    cid: Cid
+    oid: int
+    side: Side
+    kind: OrderKind
+    price: Union[int, None]
+    qty: int
+    tif: TimeInForce
+    reduce_only: bool
+
+
+class AccountEvent(Event, tag="account"):
+    account: AccountId
+    collateral: int
+    equity: int
+    initial_margin: int
+    maintenance_margin: int
+    positions: list[PositionInfo]
+    open_orders: list[OrderInfo]
+
+
+class OpenInterest(Struct, frozen=True, gc=False):
+    long: int
+    short: int
+
+
+class AuditEvent(Event, tag="audit"):
+    deposits: int
+    withdrawals: int
+    collateral: int
+    unrealised_pnl: int
+    insurance_fund: int
+    fees: int
+    open_interest: dict[str, OpenInterest]
+
+
 AnyEvent = Union[
-    OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, Mark, StateHashEvent,
+    OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, Mark, StateHashEvent, Balance,
+    MarginCall, FundingEvent, AccountEvent, AuditEvent,
 ]
 
 
@@ -289,9 +359,10 @@ class Reason:
     INSUFFICIENT_COLLATERAL = "insufficient_collateral"
     # extensions (docs/contract-extensions.md)
     INVALID_MARKET = "invalid_market"
+    INVALID_AMOUNT = "invalid_amount"
+    INVALID_LEVERAGE = "invalid_leverage"
     MARKET_EXISTS = "market_exists"
     UNSUPPORTED = "unsupported"
-    CAPACITY = "capacity"
 
 
 class CancelReason:

@@ -114,6 +114,7 @@ cdef class EventWriter:
     cdef int utf8(self, const char* s, Py_ssize_t n) except -1
     cdef int pystr(self, str s) except -1
     cdef int pyobj(self, object o) except -1
+    cdef int struct_event(self, object ev) except -1
     cdef int array_header(self, uint32_t n) except -1
     cdef void _raw(self, const char* p, Py_ssize_t n) noexcept
     cdef void _byte(self, char c) noexcept

@@ -315,6 +315,13 @@ cdef class EventWriter:
         self._raw(b, len(b))
         return 0
 
+    cdef int struct_event(self, object ev) except -1:
+        """A whole event Struct, encoded by msgspec (rare events: account, audit, balance)."""
+        cdef bytes b = _mp_encode(ev) if self.fmt == FMT_MSGPACK else _json_encode(ev) + b"\n"
+        self.reserve(len(b))
+        self._raw(b, len(b))
+        return 0
+
     cdef int array_header(self, uint32_t n) except -1:
         """A msgpack array32 header (fixed width, so it can be patched in place)."""
         self.reserve(5)

@@ -24,6 +24,8 @@ MARKETS = {
 }
 MAKERS = {"mm-alpha": 6, "mm-beta": 11}          # half-spread in ticks per level
 TAKERS = ("taker-1", "taker-2", "whale")
+DEPOSITS = {"mm-alpha": 20_000_000, "mm-beta": 20_000_000, "taker-1": 500_000,
+            "taker-2": 500_000, "whale": 3_000_000}       # USD
 STEPS = 300
 CRASH = range(150, 210)                           # steps during which the index falls
 
@@ -109,6 +111,8 @@ class Demo:
         t0 = time.perf_counter()
         for cmd in create_markets():
             self.send(cmd)
+        for acct, usd in DEPOSITS.items():
+            self.send(M.Deposit(account=acct, amount=usd * 1_000_000, ts=self.ts))
         index = {name: spec[2] for name, spec in MARKETS.items()}
         w(f"{'step':>5}  {'BTC-PERP mark':>14} {'ETH-PERP mark':>14} {'fills':>7} "
           f"{'BTC lots':>9} {'ETH lots':>9}\n")
@@ -152,6 +156,13 @@ class Demo:
             w(f"    {acct:<10} " + " / ".join(f"{s:>+8,}" for s in sizes) + "\n")
         net = [sum(eng.position(a, n)[0] for a in (*MAKERS, *TAKERS)) for n in MARKETS]
         w(f"  open interest long == short in every market: {net == [0] * len(MARKETS)}\n")
+        audit = self.send(M.Audit(ts=self.ts))[0]
+        lhs = audit.deposits - audit.withdrawals
+        rhs = audit.collateral + audit.unrealised_pnl + audit.insurance_fund + audit.fees
+        w(f"  audit: deposits - withdrawals = {lhs / 1e6:,.2f} USD = collateral "
+          f"{audit.collateral / 1e6:,.2f} + unrealised {audit.unrealised_pnl / 1e6:,.2f} + "
+          f"insurance {audit.insurance_fund / 1e6:,.2f} + fees {audit.fees / 1e6:,.2f}: "
+          f"{'balanced' if lhs == rhs else 'NOT BALANCED'}\n")
         w(f"  book integrity checked; state hash {self.last_hash}\n")
         return 0
 

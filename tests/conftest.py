@@ -11,10 +11,14 @@ MKT = "BTC-PERP"
 
 
 class Exchange:
-    """An engine with one market (multiplier 100, min_qty 2, band 2 %) and event dicts out."""
+    """An engine with one market (multiplier 100, min_qty 2, band 2 %) and event dicts out.
 
-    def __init__(self, **market_overrides):
-        self.engine = Engine()
+    Margin is off unless asked for: the matching tests are about the matching rules, and the
+    margin tests (tests/test_margin.py) turn it on and deposit collateral like a real venue.
+    """
+
+    def __init__(self, margin=False, **market_overrides):
+        self.engine = Engine(margin=margin)
         self.ts = 0
         fields = dict(MARKET_FIELDS, **market_overrides)
         assert self.run(M.CreateMarket(market=MKT, **fields)) == []

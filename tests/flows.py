@@ -73,8 +73,10 @@ def random_command(r: random.Random, ts: int, mids: dict) -> M.Command:
         return M.Oracle(market=market, price=mids.get(market, mid), ts=ts)
     if x < 0.96:
         return M.CancelAll(account=acct, market=market if r.random() < 0.7 else None, ts=ts)
-    if x < 0.98:
+    if x < 0.975:
         return M.Clock(ts=ts)
+    if x < 0.985:
+        return M.Deposit(account=acct, amount=r.choice([0, -5, 10**9, 12_345_678]), ts=ts)
     return M.StateHash(ts=ts)
 
 

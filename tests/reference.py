@@ -79,6 +79,8 @@ class ReferenceEngine:
         self.by_account: dict = {}                    # account -> {cid: order}, acceptance order
         self.counts: dict[tuple, int] = {}            # (account, market) -> open orders
         self.positions: dict[tuple, list] = {}        # (account, market) -> [size, cost]
+        self.collateral: dict = {}                    # account -> cash
+        self.deposits = self.fees = 0
         self.clock = 0
         self.seq = 0
         self.next_oid = 1
@@ -287,6 +289,35 @@ class ReferenceEngine:
             self._fill(mk, o, m, q)
         return None
 
+    def _trade(self, account, market, side, q, price, fee):
+        """Position accounting: the closed part takes its (floored) share of the cost basis and
+        realises PnL into cash; the rest opens at cost; the fee goes to the venue."""
+        pos = self.position(account, market)
+        mult = self.markets[market].spec.multiplier
+        d = 1 if side == "buy" else -1
+        size, cost = pos
+        realised = 0
+        if size and (size > 0) != (d > 0):
+            close = min(q, abs(size))
+            removed = cost * close // abs(size)
+            realised = -d * close * price * mult - removed
+            cost -= removed
+            size += d * close
+            q -= close
+        size += d * q
+        cost += d * q * price * mult
+        pos[0], pos[1] = size, cost
+        self.collateral[account] = self.collateral.get(account, 0) + realised - fee
+        self.fees += fee
+
+    def _deposit(self, cmd):
+        if cmd.amount <= 0:
+            raise Rejection("invalid_amount")
+        self.collateral[cmd.account] = self.collateral.get(cmd.account, 0) + cmd.amount
+        self.deposits += cmd.amount
+        self._emit("balance", account=cmd.account, collateral=self.collateral[cmd.account],
+                   reason="deposit")
+
     def _fill(self, mk, o, m, q):
         spec = mk.spec
         price = m.price
@@ -296,20 +327,15 @@ class ReferenceEngine:
         tp = self.position(o.account, o.market)
         mp = self.position(m.account, m.market)
         t_before, m_before = tp[0], mp[0]
-        sign = 1 if o.side == "buy" else -1
-        tp[0] += sign * q
-        tp[1] += sign * notional
-        mp[0] -= sign * q
-        mp[1] -= sign * notional
-        for p in (tp, mp):
-            if p[0] == 0:
-                p[1] = 0
+        taker_fee = ceil_div(notional * spec.taker_fee_ppm, PPM)
+        maker_fee = ceil_div(notional * spec.maker_fee_ppm, PPM)
+        self._trade(o.account, o.market, o.side, q, price, taker_fee)
+        self._trade(m.account, m.market, m.side, q, price, maker_fee)
         self._emit("fill", market=o.market, price=price, qty=q, taker_side=o.side,
                    taker_account=o.account, taker_cid=o.cid, taker_oid=o.oid,
                    taker_remaining=o.qty, maker_account=m.account, maker_cid=m.cid,
                    maker_oid=m.oid, maker_remaining=m.qty,
-                   taker_fee=ceil_div(notional * spec.taker_fee_ppm, PPM),
-                   maker_fee=ceil_div(notional * spec.maker_fee_ppm, PPM), liquidation=False)
+                   taker_fee=taker_fee, maker_fee=maker_fee, liquidation=False)
         if m.qty == 0:
             self._remove(m)
         for acct, before, pos in ((m.account, m_before, mp), (o.account, t_before, tp)):
@@ -429,12 +455,17 @@ class ReferenceEngine:
                 sides.append(orders)
             markets.append([mk.spec.hash_record(), mk.index, mk.mark, mk.last_oracle_ts,
                             sides[0], sides[1]])
+        def order(k):
+            return (1, k) if type(k) is str else (0, k)
+
         positions = []
-        for (acct, name) in sorted(self.positions,
-                                   key=lambda k: ((1, k[0]) if type(k[0]) is str else (0, k[0]), k[1])):
+        for (acct, name) in sorted(self.positions, key=lambda k: (order(k[0]), k[1])):
             size, cost = self.positions[(acct, name)]
             if size or cost:
-                positions.append([acct, name, size, cost])
+                positions.append([acct, name, size, cost, 0])
+        accounts = [[a, c] for a, c in sorted(self.collateral.items(), key=lambda x: order(x[0]))
+                    if c]
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
-                "positions": positions}
+                "accounts": accounts, "positions": positions,
+                "totals": [self.deposits, 0, self.fees]}
 

@@ -7,7 +7,7 @@ from tests.flows import MARKET_FIELDS
 
 
 def replay_jsonl(text: str) -> list[dict]:
-    out = Engine().execute_batch(text.encode(), "jsonl")
+    out = Engine(margin=False).execute_batch(text.encode(), "jsonl")
     return [msgspec.json.decode(line) for line in out.splitlines()]
 
 
@@ -78,7 +78,7 @@ def test_chunking_does_not_change_what_is_read(fmt):
 def test_a_bad_msgpack_object_is_rejected_and_the_stream_goes_on():
     data = (msgspec.msgpack.encode({"type": "nope"}) + msgspec.msgpack.encode(5)
             + msgspec.msgpack.encode(M.StateHash()))
-    out = Engine().execute_batch(data, "msgpack", "jsonl").splitlines()
+    out = Engine(margin=False).execute_batch(data, "msgpack", "jsonl").splitlines()
     events = [msgspec.json.decode(x) for x in out]
     assert [e["type"] for e in events] == ["rejected", "rejected", "state_hash"]
     assert events[0]["detail"].startswith("object 1 at byte 0: unknown command type")
@@ -102,7 +102,7 @@ def test_a_byte_that_starts_no_msgpack_object_stops_framing_with_a_clear_error()
 
 
 def test_a_struct_built_by_hand_with_a_bad_value_is_rejected_not_raised():
-    eng = Engine()
+    eng = Engine(margin=False)
     eng.execute(M.CreateMarket(market="X", **MARKET_FIELDS))
     (ev,) = eng.execute(M.NewOrder(account="a", market="X", cid=1, side="up", kind="limit", qty=2))
     assert ev.reason == "invalid_command" and "up" in ev.detail

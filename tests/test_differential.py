@@ -19,7 +19,7 @@ def _comparable(ev: dict) -> dict:
 
 
 def run_both(cmds, check_every=1):
-    core, ref = Engine(), ReferenceEngine()
+    core, ref = Engine(margin=False), ReferenceEngine()
     for n, cmd in enumerate(cmds):
         got = [_comparable(msgspec.to_builtins(e)) for e in core.execute(cmd)]
         want = [_comparable(e) for e in ref.execute(cmd)]
@@ -47,9 +47,9 @@ def test_core_matches_reference_on_long_seeded_flows(seed):
 
 def test_batch_path_writes_what_the_per_command_path_returns():
     cmds = random_flow(11, 3000)
-    one = Engine()
+    one = Engine(margin=False)
     per_command = [msgspec.json.encode(e) for c in cmds for e in one.execute(c)]
-    batch = Engine().execute_many(cmds, "jsonl").splitlines()
+    batch = Engine(margin=False).execute_many(cmds, "jsonl").splitlines()
     assert batch == per_command
     data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
-    assert Engine().execute_batch(data, "msgpack", "jsonl").splitlines() == per_command
+    assert Engine(margin=False).execute_batch(data, "msgpack", "jsonl").splitlines() == per_command

@@ -42,7 +42,7 @@ def test_msgpack_and_jsonl_outputs_carry_the_same_events(tmp_path):
     src = EXAMPLES / "basics.jsonl"
     assert perpdex("replay", str(src), "--out", str(tmp_path / "e.msgpack")).returncode == 0
     data = (tmp_path / "e.msgpack").read_bytes()
-    as_json = msgspec.json.encode(msgspec.msgpack.decode(b"\xdd" + (21).to_bytes(4, "big") + data))
+    as_json = msgspec.json.encode(msgspec.msgpack.decode(b"\xdd" + (26).to_bytes(4, "big") + data))
     expected = [msgspec.json.decode(x) for x in (EXAMPLES / "basics.events.jsonl").read_bytes().splitlines()]
     assert msgspec.json.decode(as_json) == expected
 
@@ -52,7 +52,7 @@ def test_stdin_to_stdout_with_a_summary_on_stderr():
     assert r.returncode == 0
     assert r.stdout == (EXAMPLES / "basics.events.jsonl").read_bytes()
     summary = r.stderr.decode().strip().splitlines()[-1]
-    assert summary.startswith("replayed 17 commands -> 21 events (3 fills) in ")
+    assert summary.startswith("replayed 22 commands -> 26 events (3 fills) in ")
     assert summary.endswith("commands/s")
 
 

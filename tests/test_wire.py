@@ -7,7 +7,7 @@ from tests.flows import create_markets, random_flow
 
 
 def test_json_events_are_what_msgspec_encodes():
-    out = Engine().execute_many(random_flow(21, 3000), "jsonl")
+    out = Engine(margin=False).execute_many(random_flow(21, 3000), "jsonl")
     lines = out.splitlines()
     assert len(lines) > 3000
     for line in lines:
@@ -16,8 +16,8 @@ def test_json_events_are_what_msgspec_encodes():
 
 def test_msgpack_events_are_what_msgspec_encodes():
     cmds = random_flow(22, 3000)
-    js = Engine().execute_many(cmds, "jsonl").splitlines()
-    mp = Engine().execute_many(cmds, "msgpack")
+    js = Engine(margin=False).execute_many(cmds, "jsonl").splitlines()
+    mp = Engine(margin=False).execute_many(cmds, "msgpack")
     expected = b"".join(msgspec.msgpack.encode(decode_event_json(line)) for line in js)
     assert mp == expected
 
@@ -29,17 +29,17 @@ def test_strings_that_need_escaping_survive_both_formats():
         M.NewOrder(account='acct "x"', market="BTC-PERP", cid=cid, side="buy", kind="limit",
                    qty=5, price=9_999),
     ]
-    line = Engine().execute_many(cmds, "jsonl").splitlines()[-1]
+    line = Engine(margin=False).execute_many(cmds, "jsonl").splitlines()[-1]
     assert msgspec.json.decode(line)["cid"] == cid
     assert msgspec.json.decode(line)["account"] == 'acct "x"'
-    eng = Engine()
+    eng = Engine(margin=False)
     for c in cmds:
         evs = eng.execute(c)
     assert evs[0].cid == cid
 
 
 def test_large_and_negative_integers_round_trip():
-    eng = Engine()
+    eng = Engine(margin=False)
     for c in create_markets(["BTC-PERP"], maker_fee_ppm=-150):
         eng.execute(c)
     eng.execute(M.Oracle(market="BTC-PERP", price=2**40))
