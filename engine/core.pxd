@@ -107,10 +107,19 @@ cdef class Engine:
     cdef object _account_report(self, int32_t a, object key)
     cdef object _liquidation_price(self, int32_t a, int32_t p)
     # margin
-    cdef int64_t _equity(self, int32_t a)
-    cdef int64_t _initial_margin(self, int32_t a, int32_t m, int64_t size, int64_t buys,
-                                 int64_t sells)
-    cdef int64_t _maintenance_margin(self, int32_t a)
+    cdef int64_t _equity(self, int32_t a, int32_t iso)
+    cdef int64_t _initial_margin(self, int32_t a, int32_t iso, int32_t m, int64_t size,
+                                 int64_t buys, int64_t sells)
+    cdef int64_t _maintenance_margin(self, int32_t a, int32_t iso)
+    cdef int _settle(self, PosC* p) except -1
+    cdef int32_t _insurance_fund(self) except -1
+    cdef int _sample_premium(self, int32_t m) except -1
+    cdef int64_t _impact_price(self, int32_t m, int side)
+    cdef int _funding_due(self) except -1
+    cdef int _margin_calls(self, int32_t m) except -1
+    cdef int _ev_margin_call(self, int32_t a, int64_t equity, int64_t mm) except -1
+    cdef int _set_margin_mode(self, object cmd) except -1
+    cdef int _transfer_margin(self, object cmd) except -1
     cdef bint _fill_allowed(self, int32_t a, int32_t m, int side, int64_t q, int64_t price,
                             int64_t fee, bint maker)
     cdef int _book_trade(self, PosC* p, int side, int64_t q, int64_t price, int64_t fee) except -1

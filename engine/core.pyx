@@ -8,7 +8,7 @@ from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t, uint32_t
 
 from engine.margin cimport (
     AccountC, MarketC, PosC, TierC, int128, ceil_div, floor_div, iabs, initial_requirement,
-    maintenance_requirement, unrealised,
+    maintenance_requirement, unrealised, unsettled_funding,
 )
 from engine.book cimport (
     Book, OrderPool, Order, Level, cid_hash_int, cid_hash_str, CID_BYTES,
@@ -46,6 +46,9 @@ cdef int64_t NS = 1000000000
 cdef int64_t PPM = 1000000
 # The account whose cash is the insurance fund (seeded by a deposit to it).
 INSURANCE = "insurance"
+# The notional (quote units) whose average fill price is the impact bid / ask of funding's
+# premium: 10,000 USD, as dYdX and Binance size theirs for a retail-scale order.
+cdef int64_t IMPACT_NOTIONAL = 10_000_000_000
 
 # Why the matching walk stopped early.
 cdef enum Stop:
@@ -84,6 +87,8 @@ cdef object Deposit = M.Deposit
 cdef object Withdraw = M.Withdraw
 cdef object SetLeverage = M.SetLeverage
 cdef object QueryAccount = M.QueryAccount
+cdef object SetMarginMode = M.SetMarginMode
+cdef object TransferMargin = M.TransferMargin
 cdef object Audit = M.Audit
 
 
@@ -500,19 +505,22 @@ cdef class Engine:
             markets.append([self.specs[m].hash_record(),
                             mk.index if mk.has_mark else None,
                             mk.mark if mk.has_mark else None,
-                            mk.last_oracle_ts, sides[0], sides[1]])
+                            mk.last_oracle_ts, sides[0], sides[1],
+                            [mk.next_funding, mk.premium_sum, mk.premium_n, int(mk.cum_funding)]])
         positions = []
         accounts = []
         for key in sorted(self.account_keys, key=_account_order):
             a = self.account_ids[key]
-            if self.ac[a].collateral:
-                accounts.append([key, self.ac[a].collateral])
+            if self.ac[a].collateral or self.ac[a].margin_call:
+                accounts.append([key, self.ac[a].collateral, bool(self.ac[a].margin_call)])
             for name in sorted(self.market_ids):
                 m = self.market_ids[name]
                 if self.pos_of[m][a] >= 0:
                     p = &self.pos[self.pos_of[m][a]]
-                    if p.size != 0 or p.cost != 0 or p.leverage != 0:
-                        positions.append([key, name, p.size, p.cost, p.leverage])
+                    if p.size or p.cost or p.leverage or p.isolated or p.iso_margin:
+                        positions.append([key, name, p.size, p.cost, p.leverage,
+                                          bool(p.isolated), p.iso_margin, int(p.funding_last),
+                                          bool(p.margin_call)])
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
                 "accounts": accounts, "positions": positions,
                 "totals": [self.deposits, self.withdrawals, self.fees]}
@@ -780,6 +788,7 @@ cdef class Engine:
             self.n_commands += 1
             if ts > self.clock:
                 self.clock = ts
+                self._funding_due()
             self._place(&oc)
             return 1
         if _eq(ty, ty_n, b"cancel", 6):
@@ -796,6 +805,7 @@ cdef class Engine:
             self.n_commands += 1
             if ts > self.clock:
                 self.clock = ts
+                self._funding_due()
             self._cancel_order(oi, V_USER)
             return 1
         return 0
@@ -853,6 +863,7 @@ cdef class Engine:
         ts = cmd.ts
         if ts > self.clock:
             self.clock = ts
+            self._funding_due()
         if t is NewOrder:
             return self._new_order(cmd)
         if t is Cancel:
@@ -877,6 +888,10 @@ cdef class Engine:
             return self._set_leverage(cmd)
         if t is QueryAccount:
             return self._query_account(cmd)
+        if t is SetMarginMode:
+            return self._set_margin_mode(cmd)
+        if t is TransferMargin:
+            return self._transfer_margin(cmd)
         if t is Audit:
             return self._audit()
         tag = cmd.__struct_config__.tag
@@ -933,6 +948,7 @@ cdef class Engine:
         self.ac[a].name_tok = self.w.register_name(key)
         self.ac[a].collateral = 0
         self.ac[a].positions = -1
+        self.ac[a].margin_call = 0
         if key == INSURANCE and type(key) is str:
             self.insurance = a
         self._index_account_key(a, _mp_encode(key))
@@ -962,6 +978,10 @@ cdef class Engine:
         self.pos[p].account = a
         self.pos[p].market = m
         self.pos[p].leverage = 0
+        self.pos[p].isolated = 0
+        self.pos[p].margin_call = 0
+        self.pos[p].iso_margin = 0
+        self.pos[p].funding_last = self.mk[m].cum_funding
         self.pos[p].next = self.ac[a].positions
         self.ac[a].positions = p
         self.pos_of[m][a] = p
@@ -1046,6 +1066,13 @@ cdef class Engine:
             mk.tiers[i].imf_deduction = t.imf_deduction
             mk.tiers[i].mmf_deduction = t.mmf_deduction
         mk.n_tiers = len(tiers)
+        mk.funding_interval_ns = spec.funding_interval_s * NS
+        mk.funding_cap_ppm = spec.funding_cap_ppm
+        mk.interest_ppm = spec.interest_ppm
+        mk.next_funding = 0
+        mk.premium_sum = 0
+        mk.premium_n = 0
+        mk.cum_funding = 0
         mk.max_leverage = PPM // tiers[0].imf_ppm
         mk.name_tok = self.w.register_name(spec.name)
         self.books.append(Book())
@@ -1079,7 +1106,13 @@ cdef class Engine:
         mk.mark = lo if idx < lo else (hi if idx > hi else idx)
         mk.has_mark = 1
         mk.last_oracle_ts = self.clock
-        return self._ev_mark(m)
+        if mk.next_funding == 0:      # funding runs from the first oracle, on interval multiples
+            mk.next_funding = (self.clock // mk.funding_interval_ns + 1) * mk.funding_interval_ns
+        self._ev_mark(m)
+        self._sample_premium(m)
+        if self.margin:
+            self._margin_calls(m)
+        return 0
 
     # ---- order entry -------------------------------------------------------------------------
 
@@ -1147,6 +1180,7 @@ cdef class Engine:
         cdef int32_t a = c.account, m = c.market, p, i
         cdef int side = c.side, tif = c.tif
         cdef int64_t qty = c.qty, price = c.price, limit, s, before, after
+        cdef int32_t iso
         cdef PosC* pp
         cdef bint ro = c.reduce_only
         cdef MarketC* mk = &self.mk[m]
@@ -1186,13 +1220,15 @@ cdef class Engine:
                                       f"orders in {self.specs[m].name} (limit {mk.max_orders})")
         if self.margin:
             pp = &self.pos[p]
-            before = self._initial_margin(a, m, s, pp.open_buy, pp.open_sell)
-            after = self._initial_margin(a, m, s, pp.open_buy + (qty if side == BID else 0),
+            iso = p if pp.isolated else -1
+            before = self._initial_margin(a, iso, m, s, pp.open_buy, pp.open_sell)
+            after = self._initial_margin(a, iso, m, s, pp.open_buy + (qty if side == BID else 0),
                                          pp.open_sell + (qty if side == ASK else 0))
-            if after > before and after > self._equity(a):
+            if after > before and after > self._equity(a, iso):
                 return self._reject_order(c, Reason.INSUFFICIENT_MARGIN,
                                           f"the order would raise the initial margin to {after} "
-                                          f"quote units, above the equity of {self._equity(a)}")
+                                          f"quote units, above the equity of "
+                                          f"{self._equity(a, iso)}")
         b = self.books[m]
         if tif == ALO and b.n[1 - side]:
             if (side == BID and price >= b.lv[b.best(ASK)].price) or \
@@ -1479,7 +1515,9 @@ cdef class Engine:
         from the account's collateral to the venue. O(1)."""
         cdef MarketC* mk = &self.mk[p.market]
         cdef int64_t d = 1 if side == BID else -1
-        cdef int64_t s = p.size, close, removed, realised = 0
+        cdef int64_t s, close, removed, realised = 0
+        self._settle(p)
+        s = p.size
         if s != 0 and (s > 0) != (d > 0):
             close = q if q < iabs(s) else iabs(s)
             removed = <int64_t>floor_div(<int128>p.cost * close, iabs(s))
@@ -1490,30 +1528,52 @@ cdef class Engine:
         if q:
             p.cost += <int64_t>(<int128>d * q * price * mk.multiplier)
             p.size += d * q
-        self.ac[p.account].collateral += realised - fee
+        if p.isolated:
+            p.iso_margin += realised - fee
+        else:
+            self.ac[p.account].collateral += realised - fee
         self.fees += fee
         return 0
 
-    cdef int64_t _equity(self, int32_t a):
-        """Collateral plus unrealised PnL at the marks. O(positions of the account)."""
-        cdef int128 e = self.ac[a].collateral
-        cdef int32_t p = self.ac[a].positions
-        while p >= 0:
-            if self.pos[p].size:
-                e += unrealised(&self.mk[self.pos[p].market], self.pos[p].size, self.pos[p].cost)
-            p = self.pos[p].next
-        return <int64_t>e
-
-    cdef int64_t _initial_margin(self, int32_t a, int32_t m, int64_t size, int64_t buys,
-                                 int64_t sells):
-        """The account's initial requirement with market `m` taken as (size, buys, sells).
-        O(positions of the account)."""
-        cdef int128 r = 0
-        cdef int32_t p = self.ac[a].positions
+    cdef int64_t _equity(self, int32_t a, int32_t iso):
+        """Equity of a margin scope: the account's cross pool (iso = -1: collateral plus the
+        cross positions' unrealised PnL) or one isolated position (its margin plus its PnL);
+        unsettled funding counts. O(positions of the account)."""
+        cdef int128 e
+        cdef int32_t p
         cdef PosC* q
+        if iso >= 0:
+            q = &self.pos[iso]
+            return <int64_t>(q.iso_margin + unrealised(&self.mk[q.market], q.size, q.cost)
+                             - unsettled_funding(&self.mk[q.market], q.size, q.funding_last))
+        e = self.ac[a].collateral
+        p = self.ac[a].positions
         while p >= 0:
             q = &self.pos[p]
+            if q.size and not q.isolated:
+                e += unrealised(&self.mk[q.market], q.size, q.cost)
+                e -= unsettled_funding(&self.mk[q.market], q.size, q.funding_last)
+            p = q.next
+        return <int64_t>e
+
+    cdef int64_t _initial_margin(self, int32_t a, int32_t iso, int32_t m, int64_t size,
+                                 int64_t buys, int64_t sells):
+        """A scope's initial requirement, market `m` taken as (size, buys, sells)."""
+        cdef int128 r = 0
+        cdef int32_t p
+        cdef PosC* q
+        if iso >= 0:
+            q = &self.pos[iso]
             if q.market == m:
+                return <int64_t>initial_requirement(&self.mk[m], size, buys, sells, q.leverage)
+            return <int64_t>initial_requirement(&self.mk[q.market], q.size, q.open_buy,
+                                                q.open_sell, q.leverage)
+        p = self.ac[a].positions
+        while p >= 0:
+            q = &self.pos[p]
+            if q.isolated:
+                pass
+            elif q.market == m:
                 r += initial_requirement(&self.mk[m], size, buys, sells, q.leverage)
             elif q.size or q.open_buy or q.open_sell:
                 r += initial_requirement(&self.mk[q.market], q.size, q.open_buy, q.open_sell,
@@ -1521,11 +1581,15 @@ cdef class Engine:
             p = q.next
         return <int64_t>r
 
-    cdef int64_t _maintenance_margin(self, int32_t a):
+    cdef int64_t _maintenance_margin(self, int32_t a, int32_t iso):
         cdef int128 r = 0
-        cdef int32_t p = self.ac[a].positions
+        cdef int32_t p
+        if iso >= 0:
+            return <int64_t>maintenance_requirement(&self.mk[self.pos[iso].market],
+                                                    self.pos[iso].size)
+        p = self.ac[a].positions
         while p >= 0:
-            if self.pos[p].size:
+            if self.pos[p].size and not self.pos[p].isolated:
                 r += maintenance_requirement(&self.mk[self.pos[p].market], self.pos[p].size)
             p = self.pos[p].next
         return <int64_t>r
@@ -1533,10 +1597,12 @@ cdef class Engine:
     cdef bint _fill_allowed(self, int32_t a, int32_t m, int side, int64_t q, int64_t price,
                             int64_t fee, bint maker):
         """May `a` trade `q` on `side` at `price`? Fills that only shrink the position always
-        may; one that grows it must leave equity >= the initial requirement, the account looked
+        may; one that grows it must leave the scope's equity >= its initial requirement, looked
         at as the fill would leave it (a maker's order no longer open for `q`)."""
-        cdef PosC* p = &self.pos[self.pos_of[m][a]]
+        cdef int32_t pi = self.pos_of[m][a]
+        cdef PosC* p = &self.pos[pi]
         cdef MarketC* mk = &self.mk[m]
+        cdef int32_t iso = pi if p.isolated else -1
         cdef int64_t d = 1 if side == BID else -1
         cdef int64_t s2 = p.size + d * q
         cdef int64_t buys = p.open_buy, sells = p.open_sell
@@ -1548,8 +1614,130 @@ cdef class Engine:
                 buys -= q
             else:
                 sells -= q
-        equity = <int128>self._equity(a) - fee + <int128>d * q * (mk.mark - price) * mk.multiplier
-        return equity >= self._initial_margin(a, m, s2, buys, sells)
+        equity = (<int128>self._equity(a, iso) - fee
+                  + <int128>d * q * (mk.mark - price) * mk.multiplier)
+        return equity >= self._initial_margin(a, iso, m, s2, buys, sells)
+
+    # ---- funding ---------------------------------------------------------------------------
+
+    cdef int _settle(self, PosC* p) except -1:
+        """Settle a position's funding against the insurance fund (lazily: before it changes)."""
+        cdef MarketC* mk = &self.mk[p.market]
+        cdef int64_t amount
+        cdef int32_t fund
+        if p.funding_last == mk.cum_funding:
+            return 0
+        amount = unsettled_funding(mk, p.size, p.funding_last)
+        p.funding_last = mk.cum_funding
+        if amount == 0:
+            return 0
+        fund = self._insurance_fund()
+        if p.isolated:
+            p.iso_margin -= amount
+        else:
+            self.ac[p.account].collateral -= amount
+        self.ac[fund].collateral += amount
+        return self._ev_balance(p.account, "funding")
+
+    cdef int32_t _insurance_fund(self) except -1:
+        if self.insurance < 0:
+            self._account(INSURANCE)
+        return self.insurance
+
+    cdef int _sample_premium(self, int32_t m) except -1:
+        """premium = (impact mid - index) / index, in ppm (toward zero), where the impact bid and
+        ask are the average prices of selling and buying IMPACT_NOTIONAL (a missing or too thin
+        side counts as the index)."""
+        cdef MarketC* mk = &self.mk[m]
+        cdef int128 bid = self._impact_price(m, BID), ask = self._impact_price(m, ASK)
+        cdef int128 mid2 = bid + ask                      # twice the impact mid
+        cdef int128 num = (mid2 - 2 * <int128>mk.index) * PPM
+        cdef int128 den = 2 * <int128>mk.index
+        mk.premium_sum += <int64_t>(floor_div(num, den) if num >= 0 else -floor_div(-num, den))
+        mk.premium_n += 1
+        return 0
+
+    cdef int64_t _impact_price(self, int32_t m, int side):
+        """The average price (ticks, floor) at which IMPACT_NOTIONAL trades against `side`."""
+        cdef Book b = self.books[m]
+        cdef MarketC* mk = &self.mk[m]
+        cdef int32_t j, lvl
+        cdef int128 want = IMPACT_NOTIONAL, notional = 0, lots = 0, take, lvl_notional
+        cdef int64_t price
+        for j in range(b.n[side] - 1, -1, -1):
+            lvl = b.slots[side][j]
+            price = b.lv[lvl].price
+            lvl_notional = <int128>b.lv[lvl].qty * price * mk.multiplier
+            if notional + lvl_notional >= want:
+                take = floor_div(want - notional, <int128>price * mk.multiplier)
+                lots += take
+                notional += take * price * mk.multiplier
+                if lots == 0:
+                    return price
+                return <int64_t>floor_div(notional, lots * mk.multiplier)
+            notional += lvl_notional
+            lots += b.lv[lvl].qty
+        return mk.index
+
+    cdef int _funding_due(self) except -1:
+        """Apply every funding boundary the clock has passed, market by market (creation order),
+        oldest boundary first: rate = clamp(mean premium + clamp(interest - mean, -500, 500),
+        -cap, cap); the cumulative index moves by index * multiplier * rate."""
+        cdef int32_t m
+        cdef MarketC* mk
+        cdef int64_t mean, rate, adj
+        for m in range(self.n_markets):
+            mk = &self.mk[m]
+            while mk.next_funding and self.clock >= mk.next_funding:
+                mean = mk.premium_sum // mk.premium_n if mk.premium_n else 0
+                if mean < 0 and mk.premium_n and mk.premium_sum % mk.premium_n:
+                    mean += 1                                 # toward zero
+                adj = mk.interest_ppm - mean
+                adj = 500 if adj > 500 else (-500 if adj < -500 else adj)
+                rate = mean + adj
+                rate = (mk.funding_cap_ppm if rate > mk.funding_cap_ppm else
+                        (-mk.funding_cap_ppm if rate < -mk.funding_cap_ppm else rate))
+                mk.cum_funding += <int128>mk.index * mk.multiplier * rate
+                mk.premium_sum = 0
+                mk.premium_n = 0
+                self.seq += 1
+                self.w.struct_event(M.FundingEvent(
+                    seq=self.seq, ts=self.clock,
+                    market=self.specs[m].name, rate_ppm=rate, index_price=mk.index))
+                mk.next_funding += mk.funding_interval_ns
+        return 0
+
+    # ---- margin calls ----------------------------------------------------------------------
+
+    cdef int _margin_calls(self, int32_t m) except -1:
+        """After a mark update: warn every account (or isolated position) in market `m` whose
+        equity first falls below 1.5x its maintenance requirement. O(positions)."""
+        cdef int32_t p, a, iso
+        cdef int64_t eq, mm
+        cdef bint below
+        for p in range(self.n_pos):
+            if self.pos[p].market != m or self.pos[p].size == 0:
+                continue
+            a = self.pos[p].account
+            iso = p if self.pos[p].isolated else -1
+            eq = self._equity(a, iso)
+            mm = self._maintenance_margin(a, iso)
+            below = 2 * <int128>eq < 3 * <int128>mm
+            if iso >= 0:
+                if below and not self.pos[p].margin_call:
+                    self._ev_margin_call(a, eq, mm)
+                self.pos[p].margin_call = below
+            else:
+                if below and not self.ac[a].margin_call:
+                    self._ev_margin_call(a, eq, mm)
+                self.ac[a].margin_call = below
+        return 0
+
+    cdef int _ev_margin_call(self, int32_t a, int64_t equity, int64_t mm) except -1:
+        self.seq += 1
+        return self.w.struct_event(M.MarginCall(seq=self.seq, ts=self.clock,
+                                                account=self.account_keys[a], equity=equity,
+                                                maintenance_margin=mm))
 
     cdef int _ev_balance(self, int32_t a, str reason) except -1:
         self.seq += 1
@@ -1579,8 +1767,8 @@ cdef class Engine:
             return self._reject("withdraw", Reason.INSUFFICIENT_COLLATERAL,
                                 "no collateral to withdraw" if a < 0 else
                                 "the insurance fund cannot be withdrawn", cmd.account)
-        im = self._initial_margin(a, -1, 0, 0, 0)
-        eq = self._equity(a)
+        im = self._initial_margin(a, -1, -1, 0, 0, 0)
+        eq = self._equity(a, -1)
         if amount > self.ac[a].collateral or eq - amount < im:
             return self._reject("withdraw", Reason.INSUFFICIENT_COLLATERAL,
                                 f"withdrawing {amount} would leave equity {eq - amount} against an "
@@ -1591,7 +1779,7 @@ cdef class Engine:
         return self._ev_balance(a, "withdraw")
 
     cdef int _set_leverage(self, object cmd) except -1:
-        cdef int32_t m = self.market_ids.get(cmd.market, -1), a, p
+        cdef int32_t m = self.market_ids.get(cmd.market, -1), a, p, iso
         cdef int32_t old
         cdef int64_t im
         if m < 0:
@@ -1606,16 +1794,79 @@ cdef class Engine:
         old = self.pos[p].leverage
         self.pos[p].leverage = cmd.leverage
         if self.margin and self.mk[m].has_mark:
-            im = self._initial_margin(a, -1, 0, 0, 0)
+            iso = p if self.pos[p].isolated else -1
+            im = self._initial_margin(a, iso, -1, 0, 0, 0)
             if cmd.leverage < old or old == 0:
-                if im > self._equity(a) and (self.pos[p].size or self.pos[p].open_buy
-                                             or self.pos[p].open_sell):
+                if im > self._equity(a, iso) and (self.pos[p].size or self.pos[p].open_buy
+                                                  or self.pos[p].open_sell):
                     self.pos[p].leverage = old
                     return self._reject("set_leverage", Reason.INSUFFICIENT_MARGIN,
                                         f"at {cmd.leverage}x the initial margin would be {im}, "
-                                        f"above the equity of {self._equity(a)}",
+                                        f"above the equity of {self._equity(a, iso)}",
                                         cmd.account, cmd.market)
         return 0
+
+    cdef int _set_margin_mode(self, object cmd) except -1:
+        cdef int32_t m = self.market_ids.get(cmd.market, -1), a, p
+        cdef bint want = cmd.mode == "isolated"
+        cdef PosC* q
+        if m < 0:
+            return self._reject("set_margin_mode", Reason.UNKNOWN_MARKET, _no_market(cmd.market),
+                                cmd.account, cmd.market)
+        a = self._account(cmd.account)
+        p = self._position(m, a)
+        q = &self.pos[p]
+        if q.isolated == want:
+            return 0
+        if q.size or q.n_orders:
+            return self._reject("set_margin_mode", Reason.MARGIN_MODE_LOCKED,
+                                f"the margin mode of {cmd.market} can change only with no position "
+                                f"and no open orders there (position {q.size} lots, "
+                                f"{q.n_orders} open orders)", cmd.account, cmd.market)
+        q.isolated = want
+        if not want and q.iso_margin:        # back to cross: the position's margin comes home
+            self.ac[a].collateral += q.iso_margin
+            q.iso_margin = 0
+            return self._ev_balance(a, "transfer_margin")
+        return 0
+
+    cdef int _transfer_margin(self, object cmd) except -1:
+        cdef int32_t m = self.market_ids.get(cmd.market, -1), a, p
+        cdef int64_t amount = cmd.amount, eq, im
+        cdef PosC* q
+        if m < 0:
+            return self._reject("transfer_margin", Reason.UNKNOWN_MARKET, _no_market(cmd.market),
+                                cmd.account, cmd.market)
+        a = self.account_ids.get(cmd.account, -1)
+        p = self.pos_of[m][a] if a >= 0 else -1
+        if p < 0 or not self.pos[p].isolated:
+            return self._reject("transfer_margin", Reason.NOT_ISOLATED,
+                                f"{cmd.market} is not in isolated mode for this account "
+                                f"(set_margin_mode first)", cmd.account, cmd.market)
+        if amount == 0:
+            return self._reject("transfer_margin", Reason.INVALID_AMOUNT,
+                                "amount must not be 0 (positive moves collateral in, negative out)",
+                                cmd.account, cmd.market)
+        q = &self.pos[p]
+        if amount > 0:
+            eq = self._equity(a, -1)
+            im = self._initial_margin(a, -1, -1, 0, 0, 0)
+            if amount > self.ac[a].collateral or eq - amount < im:
+                return self._reject("transfer_margin", Reason.INSUFFICIENT_COLLATERAL,
+                                    f"moving {amount} in would leave the cross equity {eq - amount} "
+                                    f"against an initial margin of {im} (collateral "
+                                    f"{self.ac[a].collateral})", cmd.account, cmd.market)
+        else:
+            eq = self._equity(a, p)
+            im = self._initial_margin(a, p, -1, 0, 0, 0)
+            if -amount > q.iso_margin or eq + amount < im:
+                return self._reject("transfer_margin", Reason.INSUFFICIENT_COLLATERAL,
+                                    f"moving {-amount} out would leave the position's equity "
+                                    f"{eq + amount} against an initial margin of {im} (isolated "
+                                    f"margin {q.iso_margin})", cmd.account, cmd.market)
+        self.ac[a].collateral -= amount
+        q.iso_margin += amount
+        return self._ev_balance(a, "transfer_margin")
 
     cdef int _query_account(self, object cmd) except -1:
         cdef int32_t a = self.account_ids.get(cmd.account, -1)
@@ -1636,13 +1887,14 @@ cdef class Engine:
         p = self.ac[a].positions
         while p >= 0:
             q = &self.pos[p]
-            if q.size:
+            if q.size or q.iso_margin:
                 mk = &self.mk[q.market]
                 positions.append(M.PositionInfo(
                     market=self.specs[q.market].name, size=q.size,
                     entry_price=_nearest(q.cost, q.size * mk.multiplier),
                     unrealised_pnl=<int64_t>unrealised(mk, q.size, q.cost),
-                    unsettled_funding=0, mode="cross", isolated_margin=0,
+                    unsettled_funding=unsettled_funding(mk, q.size, q.funding_last),
+                    mode="isolated" if q.isolated else "cross", isolated_margin=q.iso_margin,
                     liquidation_price=self._liquidation_price(a, p)))
             p = q.next
         positions.sort(key=lambda x: x.market)
@@ -1657,8 +1909,8 @@ cdef class Engine:
             i = o.anext
         return M.AccountEvent(
             seq=self.seq, ts=self.clock, account=key, collateral=self.ac[a].collateral,
-            equity=self._equity(a), initial_margin=self._initial_margin(a, -1, 0, 0, 0),
-            maintenance_margin=self._maintenance_margin(a), positions=positions,
+            equity=self._equity(a, -1), initial_margin=self._initial_margin(a, -1, -1, 0, 0, 0),
+            maintenance_margin=self._maintenance_margin(a, -1), positions=positions,
             open_orders=orders)
 
     cdef object _liquidation_price(self, int32_t a, int32_t p):
@@ -1667,13 +1919,16 @@ cdef class Engine:
         (up for a long, down for a short). None if no positive mark liquidates it."""
         cdef PosC* q = &self.pos[p]
         cdef MarketC* mk = &self.mk[q.market]
-        cdef int32_t k
+        cdef int32_t k, iso
         cdef TierC t
         s = q.size
         mult = mk.multiplier
         # equity(M) = rest + s * M * mult ; maintenance(M) = others + |s| M mult r / 1e6 - ded
-        rest = self._equity(a) - (s * mk.mark * mult - q.cost) - q.cost
-        others = self._maintenance_margin(a) - <int64_t>maintenance_requirement(mk, s)
+        iso = p if q.isolated else -1
+        if s == 0:
+            return None
+        rest = self._equity(a, iso) - s * mk.mark * mult
+        others = self._maintenance_margin(a, iso) - <int64_t>maintenance_requirement(mk, s)
         lo = 0
         for k in range(mk.n_tiers):
             t = mk.tiers[k]
@@ -1700,6 +1955,7 @@ cdef class Engine:
                 coll += self.ac[a].collateral
         for p in range(self.n_pos):
             q = &self.pos[p]
+            coll += q.iso_margin
             if q.size:
                 upnl += unrealised(&self.mk[q.market], q.size, q.cost)
                 if q.size > 0:

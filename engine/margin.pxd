@@ -37,6 +37,13 @@ ctypedef struct MarketC:
     int64_t mark
     int64_t last_oracle_ts
     int64_t max_leverage        # floor(1e6 / the first tier's imf)
+    int64_t funding_interval_ns
+    int64_t funding_cap_ppm
+    int64_t interest_ppm
+    int64_t next_funding        # the next interval boundary (ns); 0 until the first oracle
+    int64_t premium_sum         # premium samples (ppm) since the last boundary
+    int64_t premium_n
+    int128 cum_funding          # cumulative funding per lot, in 1e-6 quote units
     TierC* tiers                # at least one (the market's own imf/mmf when it has no tiers)
     int32_t n_tiers
     int32_t name_tok            # the market's name, pre-encoded in the writer
@@ -53,11 +60,16 @@ ctypedef struct PosC:
     int32_t market
     int32_t next                # the account's next position (list head: AccountC.positions)
     int32_t leverage            # 0: none set
+    uint8_t isolated
+    uint8_t margin_call         # an isolated position's warning state
+    int64_t iso_margin          # quote units held by an isolated position
+    int128 funding_last         # the market's cum_funding when this position last settled
 
 ctypedef struct AccountC:
     int64_t collateral          # quote units of cash
     int32_t name_tok            # the account's key, pre-encoded in the writer
     int32_t positions           # first position slot, -1 if none
+    uint8_t margin_call         # equity < 1.5 x maintenance when last looked at
 
 
 # ---- arithmetic ----------------------------------------------------------------------------------
@@ -120,3 +132,12 @@ cdef inline int128 maintenance_requirement(MarketC* mk, int64_t size) noexcept n
 cdef inline int128 unrealised(MarketC* mk, int64_t size, int64_t cost) noexcept nogil:
     """size * mark * multiplier - cost: exact."""
     return <int128>size * mk.mark * mk.multiplier - cost
+
+
+cdef inline int64_t unsettled_funding(MarketC* mk, int64_t size, int128 last) noexcept nogil:
+    """What a position owes (> 0) or is owed (< 0) since it last settled, rounded in the venue's
+    favour: a payment up, a receipt down. The rounding remainder goes to the insurance fund."""
+    cdef int128 x = <int128>size * (mk.cum_funding - last)
+    if x > 0:
+        return <int64_t>ceil_div(x, PPM)
+    return -<int64_t>floor_div(-x, PPM)

@@ -361,6 +361,8 @@ class Reason:
     INVALID_MARKET = "invalid_market"
     INVALID_AMOUNT = "invalid_amount"
     INVALID_LEVERAGE = "invalid_leverage"
+    MARGIN_MODE_LOCKED = "margin_mode_locked"
+    NOT_ISOLATED = "not_isolated"
     MARKET_EXISTS = "market_exists"
     UNSUPPORTED = "unsupported"
 

@@ -17,6 +17,7 @@ from engine.statehash import digest
 
 PPM = 1_000_000
 NS = 1_000_000_000
+IMPACT_NOTIONAL = 10_000_000_000
 PRICE_FIELDS = {
     "limit": ("price",), "market": (), "stop_market": ("trigger_price",),
     "stop_limit": ("price", "trigger_price"), "take_profit_market": ("trigger_price",),
@@ -47,6 +48,7 @@ class Market:
         self.spec = spec
         self.index = self.mark = None
         self.last_oracle_ts = 0
+        self.next_funding = self.premium_sum = self.premium_n = 0
         self.bids = SortedDict()      # price -> deque[Order]; best = last key
         self.asks = SortedDict()      # price -> deque[Order]; best = first key
 
@@ -155,7 +157,30 @@ class ReferenceEngine:
         mk.index = price
         mk.mark = sorted([price, price if bid is None else bid, price if ask is None else ask])[1]
         mk.last_oracle_ts = self.clock
+        interval = mk.spec.funding_interval_s * NS
+        if mk.next_funding == 0:
+            mk.next_funding = (self.clock // interval + 1) * interval
         self._emit("mark", market=cmd.market, index=price, mark=mk.mark)
+        bid = self._impact(mk, reversed(mk.bids.items()))
+        ask = self._impact(mk, mk.asks.items())
+        num, den = (bid + ask - 2 * price) * PPM, 2 * price
+        mk.premium_sum += num // den if num >= 0 else -(-num // den)
+        mk.premium_n += 1
+
+    def _impact(self, mk, levels):
+        """Average price of trading IMPACT_NOTIONAL into these levels (the index if too thin)."""
+        mult = mk.spec.multiplier
+        notional = lots = 0
+        for price, orders in levels:
+            qty = sum(o.qty for o in orders)
+            if notional + qty * price * mult >= IMPACT_NOTIONAL:
+                take = (IMPACT_NOTIONAL - notional) // (price * mult)
+                lots += take
+                notional += take * price * mult
+                return price if lots == 0 else notional // (lots * mult)
+            notional += qty * price * mult
+            lots += qty
+        return mk.index
 
     def _new_order(self, cmd):
         mk = self.markets.get(cmd.market)
@@ -454,7 +479,8 @@ class ReferenceEngine:
                                        o.stp, o.reduce_only])
                 sides.append(orders)
             markets.append([mk.spec.hash_record(), mk.index, mk.mark, mk.last_oracle_ts,
-                            sides[0], sides[1]])
+                            sides[0], sides[1],
+                            [mk.next_funding, mk.premium_sum, mk.premium_n, 0]])
         def order(k):
             return (1, k) if type(k) is str else (0, k)
 
@@ -462,9 +488,9 @@ class ReferenceEngine:
         for (acct, name) in sorted(self.positions, key=lambda k: (order(k[0]), k[1])):
             size, cost = self.positions[(acct, name)]
             if size or cost:
-                positions.append([acct, name, size, cost, 0])
-        accounts = [[a, c] for a, c in sorted(self.collateral.items(), key=lambda x: order(x[0]))
-                    if c]
+                positions.append([acct, name, size, cost, 0, False, 0, 0, False])
+        accounts = [[a, c, False] for a, c in sorted(self.collateral.items(),
+                                                     key=lambda x: order(x[0])) if c]
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
                 "accounts": accounts, "positions": positions,
                 "totals": [self.deposits, 0, self.fees]}

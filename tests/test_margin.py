@@ -223,3 +223,178 @@ def test_after_any_leveraged_flow_the_audit_balances_to_the_unit(cmds):
 def test_create_markets_helper_is_margin_ready():
     eng = Engine()
     assert all(eng.execute(c) == [] for c in create_markets())
+
+
+# ---- isolated margin ---------------------------------------------------------------------------
+
+def two_markets():
+    x = Exchange(margin=True, **ETH)
+    x.run(M.CreateMarket(market="SOL-PERP", **ETH))
+    for a, usd in (("alice", 20_000), ("bob", 10_000_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.oracle(200_000, market="SOL-PERP")
+    return x
+
+
+def test_the_margin_mode_changes_only_with_no_position_and_no_orders():
+    x = two_markets()
+    x.order("alice", 1, "buy", 10, 190_000)
+    assert reason(x.run(M.SetMarginMode(account="alice", market="BTC-PERP", mode="isolated"))) \
+        == "margin_mode_locked"
+    assert x.run(M.SetMarginMode(account="alice", market="SOL-PERP", mode="isolated")) == []
+
+
+def test_transfer_margin_moves_collateral_into_and_out_of_an_isolated_position():
+    x = two_markets()
+    x.run(M.SetMarginMode(account="alice", market="SOL-PERP", mode="isolated"))
+    ev = only(x.run(M.TransferMargin(account="alice", market="SOL-PERP", amount=5_000 * USD)),
+              "balance")
+    assert (ev["collateral"], ev["reason"]) == (15_000 * USD, "transfer_margin")
+    x.run(M.TransferMargin(account="alice", market="SOL-PERP", amount=-1_000 * USD))
+    (pos,) = account(x, "alice")["positions"]
+    assert (pos["mode"], pos["isolated_margin"]) == ("isolated", 4_000 * USD)
+    assert reason(x.run(M.TransferMargin(account="alice", market="SOL-PERP",
+                                         amount=-5_000 * USD))) == "insufficient_collateral"
+    assert reason(x.run(M.TransferMargin(account="alice", market="BTC-PERP", amount=1))) == \
+        "not_isolated"
+
+
+def test_an_isolated_position_is_margined_by_its_own_margin_only():
+    x = two_markets()
+    x.run(M.SetMarginMode(account="alice", market="SOL-PERP", mode="isolated"))
+    x.run(M.TransferMargin(account="alice", market="SOL-PERP", amount=1_000 * USD))
+    # 10 SOL at 2000 with IMF 50 % needs 10000: far more than its 1000, whatever the cash
+    assert reason(x.order("alice", 1, "buy", 1_000, 200_000, market="SOL-PERP")) == \
+        "insufficient_margin"
+    assert types(x.order("alice", 2, "buy", 100, 200_000, market="SOL-PERP")) == ["order_accepted"]
+
+
+def test_a_losing_isolated_position_does_not_endanger_the_cross_account():
+    x = two_markets()
+    x.run(M.SetMarginMode(account="alice", market="SOL-PERP", mode="isolated"))
+    x.run(M.TransferMargin(account="alice", market="SOL-PERP", amount=2_000 * USD))
+    x.order("bob", 1, "sell", 100, 200_000, market="SOL-PERP")
+    x.order("alice", 1, "buy", 100, 200_000, market="SOL-PERP")        # 1 SOL, isolated
+    x.order("bob", 2, "sell", 100, 200_000)
+    x.order("alice", 2, "buy", 100, 200_000)                          # 1 ETH, cross
+    before = account(x, "alice")["equity"]
+    x.oracle(10_000, market="SOL-PERP")                               # SOL -95 %
+    acct = account(x, "alice")
+    assert acct["equity"] == before                                    # cross untouched
+    sol = next(p for p in acct["positions"] if p["market"] == "SOL-PERP")
+    assert sol["isolated_margin"] + sol["unrealised_pnl"] == 2_000 * USD - 1_900 * USD
+
+
+def test_a_losing_cross_position_endangers_the_others():
+    x = two_markets()
+    x.order("bob", 1, "sell", 1_000, 200_000, market="SOL-PERP")
+    x.order("alice", 1, "buy", 1_000, 200_000, market="SOL-PERP")      # 10 SOL, cross
+    x.order("bob", 2, "sell", 1_000, 200_000)
+    x.order("alice", 2, "buy", 1_000, 200_000)                        # 10 ETH, cross
+
+    def eth_liquidation_price():
+        acct = account(x, "alice")
+        return next(p for p in acct["positions"] if p["market"] == "BTC-PERP")["liquidation_price"]
+
+    # 10 M = 4000 (SOL's maintenance) + 0.2 * 10 M: ETH at 500 liquidates the account
+    assert eth_liquidation_price() == 50_000
+    x.oracle(180_000, market="SOL-PERP")                               # SOL -10 %: -2000
+    # -2000 + 10 M = 3600 + 0.2 * 10 M: now ETH at 700 does
+    assert eth_liquidation_price() == 70_000
+
+
+# ---- funding -------------------------------------------------------------------------------
+
+HOUR = 3600 * 1_000_000_000
+
+
+def funded_pair(interest_ppm=100, **over):
+    """alice long, bob short 10 ETH at 2000; the book is then empty, so the premium is 0."""
+    x = Exchange(margin=True, **dict(ETH, interest_ppm=interest_ppm, **over))
+    for a in ("alice", "bob"):
+        x.run(M.Deposit(account=a, amount=100_000 * USD))
+    x.run(M.Oracle(market="BTC-PERP", price=200_000, ts=1))
+    x.order("bob", 1, "sell", 1_000, 200_000)
+    x.order("alice", 1, "buy", 1_000, 200_000)
+    return x
+
+
+def test_funding_is_announced_at_each_interval_boundary():
+    x = funded_pair()
+    events = x.run(M.Clock(ts=HOUR))
+    ev = only(events, "funding")
+    assert (ev["market"], ev["rate_ppm"], ev["index_price"]) == ("BTC-PERP", 100, 200_000)
+    assert x.run(M.Clock(ts=HOUR + 5)) == []
+
+
+def test_longs_pay_shorts_when_the_rate_is_positive():
+    x = funded_pair(interest_ppm=100)
+    x.run(M.Clock(ts=HOUR))
+    # 10 ETH * 2000 USD * 100 ppm = 2 USD
+    assert account(x, "alice")["positions"][0]["unsettled_funding"] == 2 * USD
+    assert account(x, "bob")["positions"][0]["unsettled_funding"] == -2 * USD
+    assert account(x, "alice")["equity"] == 100_000 * USD - 2 * USD
+
+
+def test_shorts_pay_longs_when_the_rate_is_negative():
+    x = funded_pair(interest_ppm=-100)
+    x.run(M.Clock(ts=HOUR))
+    assert account(x, "alice")["positions"][0]["unsettled_funding"] == -2 * USD
+    assert account(x, "bob")["positions"][0]["unsettled_funding"] == 2 * USD
+
+
+def test_funding_settles_when_the_position_changes_and_is_zero_sum():
+    x = funded_pair()
+    x.run(M.Clock(ts=HOUR))
+    x.run(M.Deposit(account="carol", amount=100_000 * USD))
+    x.order("carol", 1, "sell", 100, 200_000)
+    events = x.order("alice", 2, "buy", 100, 200_000)
+    bal = only(events, "balance")
+    assert (bal["account"], bal["reason"]) == ("alice", "funding")
+    assert types(events).index("balance") < types(events).index("fill")
+    x.order("bob", 2, "buy", 100, 190_000)
+    x.order("carol", 2, "sell", 100, 190_000)       # bob's short shrinks: he is paid
+    audit = only(x.run(M.Audit()), "audit")
+    assert audit["insurance_fund"] == 0             # 2 USD in, 2 USD out: nothing left over
+    assert audit["deposits"] == (audit["collateral"] + audit["unrealised_pnl"]
+                                 + audit["insurance_fund"] + audit["fees"])
+
+
+def test_the_rounding_remainder_of_funding_goes_to_the_insurance_fund():
+    x = Exchange(margin=True, **dict(ETH, interest_ppm=7))
+    for a in ("alice", "bob", "carol"):
+        x.run(M.Deposit(account=a, amount=100_000 * USD))
+    x.run(M.Oracle(market="BTC-PERP", price=10_001, ts=1))
+    x.order("bob", 1, "sell", 3, 10_001)
+    x.order("alice", 1, "buy", 3, 10_001)
+    x.run(M.Clock(ts=HOUR))
+    # 3 lots * 10001 * 100 * 7 / 1e6 = 21.0021: alice pays 22, bob receives 21
+    assert account(x, "alice")["positions"][0]["unsettled_funding"] == 22
+    assert account(x, "bob")["positions"][0]["unsettled_funding"] == -21
+    for who, side in (("alice", "sell"), ("bob", "buy")):
+        x.order("carol", who, "buy" if side == "sell" else "sell", 3, 10_001)
+        x.order(who, 2, side, 3, 10_001)
+    assert only(x.run(M.Audit()), "audit")["insurance_fund"] == 1
+
+
+def test_the_funding_rate_is_capped():
+    x = Exchange(margin=True, **dict(ETH, price_band_ppm=900_000, funding_cap_ppm=7_500))
+    x.run(M.Deposit(account="alice", amount=1_000_000 * USD))
+    x.run(M.Oracle(market="BTC-PERP", price=10_000, ts=1))
+    x.order("alice", 1, "buy", 10_000, 14_000)    # a deep bid 40 % over the index
+    x.run(M.Oracle(market="BTC-PERP", price=10_000, ts=2))
+    assert only(x.run(M.Clock(ts=HOUR)), "funding")["rate_ppm"] == 7_500
+
+
+# ---- margin calls ------------------------------------------------------------------------------
+
+def test_a_margin_call_warns_once_when_equity_first_falls_below_1_5x_maintenance():
+    x = worked_example()
+    assert "margin_call" not in types(x.oracle(150_000))      # 10000 vs 1.5 * 6000
+    ev = only(x.oracle(140_000), "margin_call")               # 8000 vs 1.5 * 5600 = 8400
+    assert (ev["account"], ev["equity"], ev["maintenance_margin"]) == \
+        ("alice", 8_000 * USD, 5_600 * USD)
+    assert "margin_call" not in types(x.oracle(139_000))      # still below: no repeat
+    x.oracle(160_000)                                         # recovered
+    assert "margin_call" in types(x.oracle(140_000))          # falls again: warned again
