@@ -122,6 +122,8 @@ cdef class Engine:
     cdef int _transfer_margin(self, object cmd) except -1
     cdef bint _fill_allowed(self, int32_t a, int32_t m, int side, int64_t q, int64_t price,
                             int64_t fee, bint maker)
+    cdef bint _allowed_after(self, int32_t a, int32_t m, int side, int64_t before, int64_t q,
+                             int64_t pnl, int64_t fees, bint maker)
     cdef int _book_trade(self, PosC* p, int side, int64_t q, int64_t price, int64_t fee) except -1
     cdef int _ev_balance(self, int32_t a, str reason) except -1
     # matching

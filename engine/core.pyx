@@ -1405,9 +1405,12 @@ cdef class Engine:
         cdef Book b = self.books[o.market]
         cdef int opp = 1 - o.side
         cdef int32_t j, lvl, mi
-        cdef int64_t need = o.qty, q, cap, taker_cap = -1
+        cdef int64_t need = o.qty, q, cap, taker_cap = -1, t_pnl = 0, t_fees = 0
+        cdef int64_t d = 1 if o.side == BID else -1
+        cdef MarketC* mk = &self.mk[o.market]
         cdef Order* mo
         used = {}                                        # maker account -> qty taken so far
+        walked = {}                                      # maker account -> (qty, pnl, fees)
         if o.reduce_only:
             taker_cap = self._reducible(o.account, o.market, o.side)
         for j in range(b.n[opp] - 1, -1, -1):
@@ -1423,13 +1426,27 @@ cdef class Engine:
                         return False
                     mi = mo.next
                     continue
-                q = mo.qty
+                q = mo.qty if mo.qty < need else need
                 if mo.reduce_only:
                     cap = self._reducible(mo.account, o.market, opp) - used.get(mo.account, 0)
                     if cap < q:
                         q = cap if cap > 0 else 0
                 if taker_cap >= 0 and taker_cap < q:
                     q = taker_cap
+                if q > 0 and self.margin:                # as _match: maker first, then taker
+                    prev = walked.get(mo.account, (0, 0, 0))
+                    mpnl = -d * q * (mk.mark - mo.price) * mk.multiplier
+                    mfee = fee(mo.price, q, mk.multiplier, mk.maker_fee_ppm)
+                    if not self._allowed_after(mo.account, o.market, opp, prev[0], q,
+                                               prev[1] + mpnl, prev[2] + mfee, True):
+                        mi = mo.next                     # the walk cancels it and goes on
+                        continue
+                    t_pnl += d * q * (mk.mark - mo.price) * mk.multiplier
+                    t_fees += fee(mo.price, q, mk.multiplier, mk.taker_fee_ppm)
+                    if not self._allowed_after(o.account, o.market, o.side, o.qty - need, q,
+                                               t_pnl, t_fees, False):
+                        return False                     # the walk stops the taker here
+                    walked[mo.account] = (prev[0] + q, prev[1] + mpnl, prev[2] + mfee)
                 if q > 0:
                     used[mo.account] = used.get(mo.account, 0) + q
                     need -= q
@@ -1596,27 +1613,34 @@ cdef class Engine:
 
     cdef bint _fill_allowed(self, int32_t a, int32_t m, int side, int64_t q, int64_t price,
                             int64_t fee, bint maker):
-        """May `a` trade `q` on `side` at `price`? Fills that only shrink the position always
-        may; one that grows it must leave the scope's equity >= its initial requirement, looked
-        at as the fill would leave it (a maker's order no longer open for `q`)."""
+        """May `a` trade `q` on `side` at `price`? See _allowed_after."""
+        cdef MarketC* mk = &self.mk[m]
+        cdef int64_t d = 1 if side == BID else -1
+        return self._allowed_after(a, m, side, 0, q, d * q * (mk.mark - price) * mk.multiplier,
+                                   fee, maker)
+
+    cdef bint _allowed_after(self, int32_t a, int32_t m, int side, int64_t before, int64_t q,
+                             int64_t pnl, int64_t fees, bint maker):
+        """The pre-fill check for a fill of `q` after `before` lots already traded in this walk,
+        `pnl` (at the mark) and `fees` being the walk's so far, this fill included. A fill that
+        only shrinks the position always passes; one that grows it must leave the scope's equity
+        >= its initial requirement, looked at as the fill would leave it (a maker's order no
+        longer open for what it traded)."""
         cdef int32_t pi = self.pos_of[m][a]
         cdef PosC* p = &self.pos[pi]
-        cdef MarketC* mk = &self.mk[m]
         cdef int32_t iso = pi if p.isolated else -1
         cdef int64_t d = 1 if side == BID else -1
-        cdef int64_t s2 = p.size + d * q
+        cdef int64_t s1 = p.size + d * before, s2 = s1 + d * q
         cdef int64_t buys = p.open_buy, sells = p.open_sell
-        cdef int128 equity
-        if iabs(s2) <= iabs(p.size):
+        if iabs(s2) <= iabs(s1):
             return True
         if maker:
             if side == BID:
-                buys -= q
+                buys -= before + q
             else:
-                sells -= q
-        equity = (<int128>self._equity(a, iso) - fee
-                  + <int128>d * q * (mk.mark - price) * mk.multiplier)
-        return equity >= self._initial_margin(a, iso, m, s2, buys, sells)
+                sells -= before + q
+        return (<int128>self._equity(a, iso) - fees + pnl
+                >= self._initial_margin(a, iso, m, s2, buys, sells))
 
     # ---- funding ---------------------------------------------------------------------------
 

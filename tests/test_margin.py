@@ -398,3 +398,16 @@ def test_a_margin_call_warns_once_when_equity_first_falls_below_1_5x_maintenance
     assert "margin_call" not in types(x.oracle(139_000))      # still below: no repeat
     x.oracle(160_000)                                         # recovered
     assert "margin_call" in types(x.oracle(140_000))          # falls again: warned again
+
+
+def test_a_fok_that_margin_would_stop_halfway_does_not_fill_at_all():
+    x = Exchange(margin=True, **dict(ETH, imf_ppm=100_000, mmf_ppm=50_000, price_band_ppm=100_000))
+    x.run(M.Deposit(account="alice", amount=2_100 * USD))
+    x.run(M.Deposit(account="bob", amount=1_000_000 * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 500, 219_000)
+    x.order("bob", 2, "sell", 500, 219_000)
+    # the first 5 ETH would pass the pre-fill check, the next 5 would not: all or nothing
+    events = x.order("alice", 1, "buy", 1_000, 219_000, tif="fok")
+    assert types(events) == ["order_accepted", "order_cancelled"]
+    assert events[1]["reason"] == "fok_unfilled"
