@@ -7,6 +7,7 @@ Paths measured (each on a fresh engine that first replays the same setup: market
 book of `depth` resting orders):
   core per-command   Engine.execute(Struct) -> [event Structs]
   core batch         Engine.execute_batch(msgpack bytes) -> msgpack bytes (decode + match + encode)
+  core batch, no margin   the same on Engine(margin=False): what the margin checks cost
   replay jsonl       JSON Lines bytes -> CommandReader -> Engine.execute_many -> JSON Lines bytes
   replay msgpack     the same with msgpack (the engine's fast path); both as `perpdex replay`
                      runs them, in 1 MiB chunks
@@ -55,6 +56,10 @@ class _Sink:
         pass
 
 KINDS = ("passive", "cancel", "cross", "market", "oracle")
+
+
+def _no_margin():
+    return Engine(margin=False)
 
 
 def _fresh(factory, setup):
@@ -148,6 +153,10 @@ def run(commands=200_000, depth=20_000, seed=1, latency=True, log=print):
     record("core batch", _timed(batch),
            _latency(lambda b: one.execute_batch(b, "msgpack"), mp, kinds) if latency else None)
 
+    # ---- the same with margin off: what the margin checks cost
+    no_margin = _fresh(_no_margin, wl.setup)
+    record("core batch, no margin", _timed(lambda: batch(no_margin)))
+
     # ---- full replay, both formats, in 1 MiB chunks as `perpdex replay` reads
     for fmt, data, items in (("jsonl", js_all, js), ("msgpack", mp_all, mp)):
         def replay(fmt=fmt, data=data, e=_fresh(Engine, wl.setup)):
@@ -186,6 +195,8 @@ def run(commands=200_000, depth=20_000, seed=1, latency=True, log=print):
         "batch vs python per-command": r["core batch"]["commands_per_s"] / base,
         "replay jsonl vs python replay jsonl": r["replay jsonl"]["commands_per_s"]
         / r["python replay jsonl"]["commands_per_s"],
+        "margin on vs off (batch)": r["core batch"]["commands_per_s"]
+        / r["core batch, no margin"]["commands_per_s"],
     }
     meta = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "

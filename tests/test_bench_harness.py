@@ -20,7 +20,8 @@ def test_the_same_seed_gives_the_same_workload():
 
 def test_the_benchmark_reports_every_path():
     rep = bench_run.run(commands=1500, depth=500, seed=2, log=lambda *_: None)
-    assert set(rep["results"]) == {"core per-command", "core batch", "replay jsonl",
+    assert set(rep["results"]) == {"core per-command", "core batch", "core batch, no margin",
+                                   "replay jsonl",
                                    "replay msgpack", "python per-command", "python replay jsonl"}
     out = io.StringIO()
     bench_run.print_report(rep, out)
