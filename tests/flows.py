@@ -102,3 +102,43 @@ def flows(draw, max_size=120):
     for i, s in enumerate(seeds):
         cmds.append(random_command(random.Random(s), 1 + i, mids))
     return cmds
+
+
+HOUR = 3600 * 1_000_000_000
+
+
+def account_command(r: random.Random, ts: int) -> M.Command:
+    """Money and margin commands for leveraged flows."""
+    acct, market = r.choice(ACCOUNTS), r.choice(MARKETS)
+    x = r.random()
+    if x < 0.3:
+        return M.Withdraw(account=acct, amount=r.choice([1, 10**5, 10**6, 10**9]), ts=ts)
+    if x < 0.5:
+        return M.SetLeverage(account=acct, market=market, leverage=r.randint(1, 12), ts=ts)
+    if x < 0.7:
+        return M.SetMarginMode(account=acct, market=market,
+                               mode=r.choice(["cross", "isolated"]), ts=ts)
+    if x < 0.9:
+        return M.TransferMargin(account=acct, market=market,
+                                amount=r.choice([-(10**6), -1000, 1000, 10**6]), ts=ts)
+    return M.QueryAccount(account=acct, ts=ts)
+
+
+@st.composite
+def leveraged_flows(draw, min_size=30, max_size=150):
+    """Orders, money and margin commands, and clock jumps over funding boundaries."""
+    seeds = draw(st.lists(st.integers(0, 2**32 - 1), min_size=min_size, max_size=max_size))
+    mids = {m: MID for m in MARKETS}
+    cmds = create_markets(MARKETS, interest_ppm=draw(st.sampled_from([-300, 0, 100, 2000])))
+    cmds += [M.Deposit(account=a, amount=draw(st.sampled_from([10**6, 10**8, 10**9, 10**10])), ts=0)
+             for a in ACCOUNTS]
+    cmds += [M.Oracle(market=m, price=MID, ts=1) for m in MARKETS]
+    hour = 0
+    for i, s in enumerate(seeds):
+        r = random.Random(s)
+        if r.random() < 0.03:
+            hour += 1
+            cmds.append(M.Clock(ts=hour * HOUR))
+        ts = hour * HOUR + 1 + i
+        cmds.append(account_command(r, ts) if r.random() < 0.15 else random_command(r, ts, mids))
+    return cmds

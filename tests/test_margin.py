@@ -4,7 +4,7 @@ from hypothesis import given, settings
 
 from engine import Engine, messages as M
 from tests.conftest import Exchange, only, reason, types
-from tests.flows import MARKETS, create_markets, flows
+from tests.flows import MARKETS, create_markets, leveraged_flows
 
 ETH = dict(tick_size="0.01", lot_size="0.01", min_qty=1, imf_ppm=500_000, mmf_ppm=200_000,
            maker_fee_ppm=0, taker_fee_ppm=0, liquidation_fee_ppm=0, price_band_ppm=500_000,
@@ -200,16 +200,11 @@ def test_the_audit_balances_and_open_interest_matches():
     assert audit["open_interest"] == {"BTC-PERP": {"long": 2_000, "short": 2_000}}
 
 
-def _funded(cmds):
-    deposits = [M.Deposit(account=a, amount=5_000_000, ts=0) for a in ("a", "b", 3)]
-    return cmds[:2] + deposits + cmds[2:] + [M.Audit(ts=10**6)]
-
-
 @settings(max_examples=200, deadline=None)
-@given(flows(max_size=150))
+@given(leveraged_flows())
 def test_after_any_leveraged_flow_the_audit_balances_to_the_unit(cmds):
     eng = Engine()
-    for c in _funded(cmds):
+    for c in cmds + [M.Audit()]:
         events = eng.execute(c)
     eng.check_integrity()
     audit = msgspec.to_builtins(events[-1])
