@@ -517,10 +517,11 @@ cdef class Engine:
                 m = self.market_ids[name]
                 if self.pos_of[m][a] >= 0:
                     p = &self.pos[self.pos_of[m][a]]
-                    if p.size or p.cost or p.leverage or p.isolated or p.iso_margin:
+                    if (p.size or p.cost or p.leverage or p.isolated or p.iso_margin
+                            or p.realised):
                         positions.append([key, name, p.size, p.cost, p.leverage,
                                           bool(p.isolated), p.iso_margin, int(p.funding_last),
-                                          bool(p.margin_call)])
+                                          bool(p.margin_call), p.realised])
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
                 "accounts": accounts, "positions": positions,
                 "totals": [self.deposits, self.withdrawals, self.fees]}
@@ -894,10 +895,8 @@ cdef class Engine:
             return self._transfer_margin(cmd)
         if t is Audit:
             return self._audit()
-        tag = cmd.__struct_config__.tag
-        return self._reject(tag, Reason.UNSUPPORTED,
-                            f"{tag} arrives with the accounts and margin work (issue 3)",
-                            getattr(cmd, "account", None), getattr(cmd, "market", None))
+        return self._reject(None, Reason.INVALID_COMMAND,
+                            f"{type(cmd).__name__} is not a command of the contract")
 
     cdef int _reject(self, str command, str reason, str detail, object account=None,
                      object market=None, object cid=None) except -1:
@@ -981,6 +980,7 @@ cdef class Engine:
         self.pos[p].isolated = 0
         self.pos[p].margin_call = 0
         self.pos[p].iso_margin = 0
+        self.pos[p].realised = 0
         self.pos[p].funding_last = self.mk[m].cum_funding
         self.pos[p].next = self.ac[a].positions
         self.ac[a].positions = p
@@ -1545,6 +1545,7 @@ cdef class Engine:
         if q:
             p.cost += <int64_t>(<int128>d * q * price * mk.multiplier)
             p.size += d * q
+        p.realised += realised
         if p.isolated:
             p.iso_margin += realised - fee
         else:
@@ -1919,7 +1920,7 @@ cdef class Engine:
                     unrealised_pnl=<int64_t>unrealised(mk, q.size, q.cost),
                     unsettled_funding=unsettled_funding(mk, q.size, q.funding_last),
                     mode="isolated" if q.isolated else "cross", isolated_margin=q.iso_margin,
-                    liquidation_price=self._liquidation_price(a, p)))
+                    liquidation_price=self._liquidation_price(a, p), realised_pnl=q.realised))
             p = q.next
         positions.sort(key=lambda x: x.market)
         i = self.pool.acct_head[a]

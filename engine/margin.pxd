@@ -63,6 +63,7 @@ ctypedef struct PosC:
     uint8_t isolated
     uint8_t margin_call         # an isolated position's warning state
     int64_t iso_margin          # quote units held by an isolated position
+    int64_t realised            # PnL realised by this position so far (fees and funding apart)
     int128 funding_last         # the market's cum_funding when this position last settled
 
 ctypedef struct AccountC:

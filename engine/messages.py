@@ -288,6 +288,7 @@ class PositionInfo(Struct, frozen=True, gc=False):
     mode: MarginMode
     isolated_margin: int
     liquidation_price: Union[int, None]  # ticks; None: no mark liquidates it
+    realised_pnl: int = 0                # extension: realised in this market so far (fees apart)
 
 
 class OrderInfo(Struct, frozen=True, gc=False):

@@ -80,7 +80,7 @@ class ReferenceEngine:
         self.orders: dict[tuple, Order] = {}          # (account, cid) -> open order
         self.by_account: dict = {}                    # account -> {cid: order}, acceptance order
         self.counts: dict[tuple, int] = {}            # (account, market) -> open orders
-        self.positions: dict[tuple, list] = {}        # (account, market) -> [size, cost]
+        self.positions: dict[tuple, list] = {}        # (account, market) -> [size, cost, realised]
         self.collateral: dict = {}                    # account -> cash
         self.deposits = self.fees = 0
         self.clock = 0
@@ -122,7 +122,7 @@ class ReferenceEngine:
         self._emit("rejected", **fields)
 
     def position(self, account, market):
-        return self.positions.setdefault((account, market), [0, 0])
+        return self.positions.setdefault((account, market), [0, 0, 0])
 
     def reducible(self, account, market, side):
         s = self.position(account, market)[0]
@@ -320,7 +320,7 @@ class ReferenceEngine:
         pos = self.position(account, market)
         mult = self.markets[market].spec.multiplier
         d = 1 if side == "buy" else -1
-        size, cost = pos
+        size, cost = pos[0], pos[1]
         realised = 0
         if size and (size > 0) != (d > 0):
             close = min(q, abs(size))
@@ -332,6 +332,7 @@ class ReferenceEngine:
         size += d * q
         cost += d * q * price * mult
         pos[0], pos[1] = size, cost
+        pos[2] += realised
         self.collateral[account] = self.collateral.get(account, 0) + realised - fee
         self.fees += fee
 
@@ -486,9 +487,9 @@ class ReferenceEngine:
 
         positions = []
         for (acct, name) in sorted(self.positions, key=lambda k: (order(k[0]), k[1])):
-            size, cost = self.positions[(acct, name)]
-            if size or cost:
-                positions.append([acct, name, size, cost, 0, False, 0, 0, False])
+            size, cost, realised = self.positions[(acct, name)]
+            if size or cost or realised:
+                positions.append([acct, name, size, cost, 0, False, 0, 0, False, realised])
         accounts = [[a, c, False] for a, c in sorted(self.collateral.items(),
                                                      key=lambda x: order(x[0])) if c]
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
