@@ -44,6 +44,7 @@ ctypedef struct Order:
     int64_t price            # ticks; 0 for a market order
     int64_t qty              # remaining lots
     int64_t cid_int          # the cid when it is an integer
+    int64_t trigger_price    # stop / take-profit kinds
     uint64_t cid_hash
     int32_t account
     int32_t market
@@ -61,6 +62,7 @@ ctypedef struct Order:
     uint8_t cid_is_str
     uint8_t cid_len          # bytes of the string cid, kept in OrderPool.cid_text
     uint8_t live
+    uint8_t armed            # a trigger order waiting off-book for its mark
 
 ctypedef struct Level:
     int64_t price
@@ -70,8 +72,8 @@ ctypedef struct Level:
     int32_t count
 
 
-cdef uint64_t cid_hash_int(int32_t account, int64_t cid) nogil
-cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) nogil
+cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil
+cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil
 
 
 @cython.final

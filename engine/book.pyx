@@ -15,11 +15,11 @@ cdef inline uint64_t _mix(uint64_t x) nogil:
     return x
 
 
-cdef uint64_t cid_hash_int(int32_t account, int64_t cid) nogil:
+cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil:
     return _mix(<uint64_t>cid ^ (<uint64_t>account << 40) ^ <uint64_t>0x9e3779b97f4a7c15)
 
 
-cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) nogil:
+cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil:
     cdef uint64_t h = <uint64_t>0xcbf29ce484222325       # FNV-1a
     cdef Py_ssize_t i
     for i in range(n):
@@ -84,6 +84,7 @@ cdef class OrderPool:
         i = self.free_head
         self.free_head = self.o[i].next
         self.o[i].live = 1
+        self.o[i].armed = 0
         self.o[i].level = -1
         self.o[i].prev = -1
         self.o[i].next = -1

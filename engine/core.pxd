@@ -26,6 +26,7 @@ ctypedef struct CidKey:
 ctypedef struct OrderCmd:
     int64_t qty
     int64_t price               # 0 for a market order
+    int64_t trigger_price       # stop / take-profit kinds
     CidKey cid
     int32_t account
     int32_t market
@@ -42,6 +43,8 @@ cdef class Engine:
     cdef EventWriter w
     cdef OrderPool pool
     cdef list books                 # Book per market id
+    cdef list trig_up               # per market: SortedList of (trigger, oid, slot) firing at mark >= trigger
+    cdef list trig_down             # ... and firing at mark <= trigger
     cdef readonly list specs        # MarketSpec per market id
     cdef dict market_ids            # name -> id
     cdef MarketC* mk
@@ -92,6 +95,10 @@ cdef class Engine:
     cdef int _oracle(self, object cmd) except -1
     cdef int _new_order(self, object cmd) except -1
     cdef int _place(self, OrderCmd* c) except -1
+    cdef int _enter(self, int32_t i) except -1
+    cdef int _arm(self, int32_t i) except -1
+    cdef int _disarm(self, int32_t i) except -1
+    cdef int _fire_triggers(self, int32_t m) except -1
     cdef int _reject_order(self, OrderCmd* c, str reason, str detail) except -1
     cdef object _cid_of(self, CidKey* k)
     cdef int32_t _open_order(self, object account, object cid, int32_t m) except -2

@@ -22,13 +22,14 @@ from engine.wire cimport (
     K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE, K_MAKER_FEE, K_LIQUIDATION,
     K_REMAINING, K_REASON, K_PRIORITY_KEPT, K_INDEX, K_MARK, K_HASH, K_COMMAND, K_DETAIL,
     V_BUY, V_LIMIT, V_GTC, V_USER, V_IOC_REMAINDER, V_FOK_UNFILLED, V_SELF_TRADE, V_REDUCE_ONLY,
-    V_MARGIN,
+    V_MARGIN, V_PRICE_OUT_OF_BAND, V_POST_ONLY_WOULD_CROSS,
 )
 
 import math
 from fractions import Fraction
 
 import msgspec
+from sortedcontainers import SortedList
 
 from engine import messages as M
 from engine.codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
@@ -92,17 +93,32 @@ cdef object TransferMargin = M.TransferMargin
 cdef object Audit = M.Audit
 
 
+cdef inline int64_t band_high_at(int64_t ref, int64_t band) noexcept nogil:
+    return <int64_t>floor_div(<int128>ref * (PPM + band), PPM)
+
+
+cdef inline int64_t band_low_at(int64_t ref, int64_t band) noexcept nogil:
+    return <int64_t>ceil_div(<int128>ref * (PPM - band), PPM)
+
+
 cdef inline int64_t band_high(MarketC* mk) noexcept nogil:
-    return <int64_t>floor_div(<int128>mk.mark * (PPM + mk.band_ppm), PPM)
+    return band_high_at(mk.mark, mk.band_ppm)
 
 
 cdef inline int64_t band_low(MarketC* mk) noexcept nogil:
-    return <int64_t>ceil_div(<int128>mk.mark * (PPM - mk.band_ppm), PPM)
+    return band_low_at(mk.mark, mk.band_ppm)
 
 
 cdef inline int64_t fee(int64_t price, int64_t qty, int64_t mult, int64_t rate) noexcept nogil:
     """Rounded up: a fee is never short by a unit, and a rebate (rate < 0) never over-paid."""
     return <int64_t>ceil_div(<int128>price * qty * mult * rate, PPM)
+
+
+INT64_MAX_PY = 2**63 - 1
+
+
+def _by_oid(key):
+    return key[1]
 
 
 def _nearest(num, den):
@@ -149,10 +165,16 @@ def _no_order(cid, market):
 
 cdef str _band_violation(MarketC* mk, int side, int64_t price):
     """Why `price` is outside the band around the mark, or None if it is inside."""
-    if side == BID and price > band_high(mk):
-        return f"buy price {price} is above the band limit {band_high(mk)} (mark {mk.mark})"
-    if side == ASK and price < band_low(mk):
-        return f"sell price {price} is below the band limit {band_low(mk)} (mark {mk.mark})"
+    return _band_violation_at(mk.mark, "mark", mk.band_ppm, side, price)
+
+
+cdef str _band_violation_at(int64_t ref, str what, int64_t band, int side, int64_t price):
+    if side == BID and price > band_high_at(ref, band):
+        return (f"buy price {price} is above the band limit {band_high_at(ref, band)} "
+                f"({what} {ref})")
+    if side == ASK and price < band_low_at(ref, band):
+        return (f"sell price {price} is below the band limit {band_low_at(ref, band)} "
+                f"({what} {ref})")
     return None
 
 
@@ -387,6 +409,8 @@ cdef class Engine:
         self.w = EventWriter()
         self.pool = OrderPool(4096)
         self.books = []
+        self.trig_up = []
+        self.trig_down = []
         self.specs = []
         self.market_ids = {}
         self.mk_cap = 8
@@ -506,7 +530,8 @@ cdef class Engine:
                             mk.index if mk.has_mark else None,
                             mk.mark if mk.has_mark else None,
                             mk.last_oracle_ts, sides[0], sides[1],
-                            [mk.next_funding, mk.premium_sum, mk.premium_n, int(mk.cum_funding)]])
+                            [mk.next_funding, mk.premium_sum, mk.premium_n, int(mk.cum_funding)],
+                            self._armed_orders(m)])
         positions = []
         accounts = []
         for key in sorted(self.account_keys, key=_account_order):
@@ -525,6 +550,18 @@ cdef class Engine:
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
                 "accounts": accounts, "positions": positions,
                 "totals": [self.deposits, self.withdrawals, self.fees]}
+
+    def _armed_orders(self, int32_t m):
+        """The market's trigger orders waiting for their mark, by oid (canonical form)."""
+        cdef Order* o
+        out = []
+        for key in sorted(list(self.trig_up[m]) + list(self.trig_down[m]), key=_by_oid):
+            o = &self.pool.o[<int32_t>key[2]]
+            out.append([o.oid, self.account_keys[o.account], self._cid_obj(key[2]),
+                        _KIND_NAMES[o.kind], _SIDE_NAMES[o.side], o.trigger_price,
+                        None if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET else o.price,
+                        o.qty, _TIF_NAMES[o.tif], _STP_NAMES[o.stp], bool(o.reduce_only)])
+        return out
 
     def position(self, account, str market):
         """(size in lots, cost in quote units) of an account in a market; (0, 0) if none."""
@@ -574,6 +611,13 @@ cdef class Engine:
                     live += n
             if b.n[0] and b.n[1]:
                 assert b.lv[b.best(BID)].price < b.lv[b.best(ASK)].price, "the book is crossed"
+        for m in range(self.n_markets):
+            for key in list(self.trig_up[m]) + list(self.trig_down[m]):
+                o = &self.pool.o[<int32_t>key[2]]
+                assert o.live and o.armed and o.level < 0 and o.oid == key[1] and o.market == m
+                assert o.trigger_price == key[0]
+                counts[(o.account, m)] = counts.get((o.account, m), 0) + 1
+                live += 1
         assert live == self.pool.n_live, f"{self.pool.n_live} live slots, {live} in books"
         for m in range(self.n_markets):
             for a in range(self.n_accounts):
@@ -781,6 +825,7 @@ cdef class Engine:
             oc.reduce_only = ro
             oc.qty = qty
             oc.price = price
+            oc.trigger_price = 0
             oc.cid.is_str = cid_str
             oc.cid.i = 0 if cid_str else cid_i
             oc.cid.text = <const char*>cid_s if cid_str else NULL
@@ -1076,6 +1121,8 @@ cdef class Engine:
         mk.max_leverage = PPM // tiers[0].imf_ppm
         mk.name_tok = self.w.register_name(spec.name)
         self.books.append(Book())
+        self.trig_up.append(SortedList())
+        self.trig_down.append(SortedList())
         self.specs.append(spec)
         self._market_utf8.append(spec.name.encode("utf-8"))
         self.market_ids[spec.name] = m
@@ -1110,6 +1157,7 @@ cdef class Engine:
             mk.next_funding = (self.clock // mk.funding_interval_ns + 1) * mk.funding_interval_ns
         self._ev_mark(m)
         self._sample_premium(m)
+        self._fire_triggers(m)
         if self.margin:
             self._margin_calls(m)
         return 0
@@ -1152,14 +1200,15 @@ cdef class Engine:
             if price == 0:
                 return self._reject("new_order", Reason.INVALID_PRICE,
                                     _bad_price("price", cmd.price), account, market, cid)
+        oc.trigger_price = 0
         if kind != LIMIT and kind != MARKET:
-            if _positive(cmd.trigger_price, C_MAX_PRICE) == 0:
+            oc.trigger_price = _positive(cmd.trigger_price, C_MAX_PRICE)
+            if oc.trigger_price == 0:
                 return self._reject("new_order", Reason.INVALID_PRICE,
                                     _bad_price("trigger_price", cmd.trigger_price),
                                     account, market, cid)
-            return self._reject("new_order", Reason.UNSUPPORTED,
-                                f"{cmd.kind} orders arrive with the trigger-order work (issue 4)",
-                                account, market, cid)
+            if kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET:
+                tif = IOC
         a = self._account(account)
         keep = self._cid_key(cid, a, &oc.cid)
         oc.account = a
@@ -1181,6 +1230,7 @@ cdef class Engine:
         cdef int side = c.side, tif = c.tif
         cdef int64_t qty = c.qty, price = c.price, limit, s, before, after
         cdef int32_t iso
+        cdef bint trigger
         cdef PosC* pp
         cdef bint ro = c.reduce_only
         cdef MarketC* mk = &self.mk[m]
@@ -1194,11 +1244,17 @@ cdef class Engine:
         if not mk.has_mark:
             return self._reject_order(c, Reason.NO_MARK_PRICE,
                                       f"{self.specs[m].name} has no oracle price yet")
+        trigger = c.kind != LIMIT and c.kind != MARKET
+        limit = price
         if c.kind == MARKET:
             limit = band_high(mk) if side == BID else band_low(mk)
-        else:
-            limit = price
+        elif c.kind == LIMIT:
             why = _band_violation(mk, side, price)
+            if why is not None:
+                return self._reject_order(c, Reason.PRICE_OUT_OF_BAND, why)
+        elif c.kind == STOP_LIMIT or c.kind == TAKE_PROFIT_LIMIT:
+            # it will enter when the mark is at its trigger: the band is taken around that
+            why = _band_violation_at(c.trigger_price, "trigger price", mk.band_ppm, side, price)
             if why is not None:
                 return self._reject_order(c, Reason.PRICE_OUT_OF_BAND, why)
         p = self._position(m, a)
@@ -1214,11 +1270,11 @@ cdef class Engine:
                                       f"{(self.clock - mk.last_oracle_ts) // NS} s old (limit "
                                       f"{mk.oracle_max_age_ns // NS} s); only reducing orders "
                                       f"are taken")
-        if (tif == GTC or tif == ALO) and self.pos[p].n_orders >= mk.max_orders:
+        if (tif == GTC or tif == ALO or trigger) and self.pos[p].n_orders >= mk.max_orders:
             return self._reject_order(c, Reason.TOO_MANY_ORDERS,
                                       f"the account already has {self.pos[p].n_orders} open "
                                       f"orders in {self.specs[m].name} (limit {mk.max_orders})")
-        if self.margin:
+        if self.margin and not trigger:        # a trigger order is checked when it enters
             pp = &self.pos[p]
             iso = p if pp.isolated else -1
             before = self._initial_margin(a, iso, m, s, pp.open_buy, pp.open_sell)
@@ -1230,7 +1286,7 @@ cdef class Engine:
                                           f"quote units, above the equity of "
                                           f"{self._equity(a, iso)}")
         b = self.books[m]
-        if tif == ALO and b.n[1 - side]:
+        if tif == ALO and not trigger and b.n[1 - side]:
             if (side == BID and price >= b.lv[b.best(ASK)].price) or \
                (side == ASK and price <= b.lv[b.best(BID)].price):
                 return self._reject_order(c, Reason.POST_ONLY_WOULD_CROSS,
@@ -1251,6 +1307,7 @@ cdef class Engine:
         o.tif = tif
         o.stp = c.stp
         o.reduce_only = ro
+        o.trigger_price = c.trigger_price
         o.cid_is_str = k.is_str
         o.cid_int = k.i
         o.cid_hash = k.h
@@ -1261,7 +1318,95 @@ cdef class Engine:
         self.pool.account_link(i)
         self.pos[p].n_orders += 1
         self._ev_accepted(i, qty)
+        if trigger:
+            return self._arm(i)
         if tif == FOK and not self._fok_fillable(i, limit):
+            return self._cancel_order(i, V_FOK_UNFILLED)
+        return self._finish_taker(i, self._match(i, limit))
+
+    # ---- trigger orders ----------------------------------------------------------------------
+
+    cdef int _arm(self, int32_t i) except -1:
+        """Rest a trigger order off-book, in its market's sorted list. O(log n)."""
+        cdef Order* o = &self.pool.o[i]
+        o.armed = 1
+        if (o.kind == STOP_MARKET or o.kind == STOP_LIMIT) == (o.side == BID):
+            (<object>self.trig_up[o.market]).add((o.trigger_price, o.oid, i))
+        else:
+            (<object>self.trig_down[o.market]).add((o.trigger_price, o.oid, i))
+        return 0
+
+    cdef int _disarm(self, int32_t i) except -1:
+        cdef Order* o = &self.pool.o[i]
+        key = (o.trigger_price, o.oid, i)
+        o.armed = 0
+        (<object>self.trig_up[o.market]).discard(key)
+        (<object>self.trig_down[o.market]).discard(key)
+        return 0
+
+    cdef int _fire_triggers(self, int32_t m) except -1:
+        """Fire every trigger order the mark has reached (stops: a buy at mark >= trigger, a sell
+        at mark <= trigger; take-profits the other way round), in placement order. Each gives
+        `order_triggered` and enters the book as a market or limit order. O(fired * log n)."""
+        cdef MarketC* mk = &self.mk[m]
+        cdef int64_t mark = mk.mark
+        cdef int32_t i
+        cdef Order* o
+        up = self.trig_up[m]
+        down = self.trig_down[m]
+        fired = list(up.irange(maximum=(mark, INT64_MAX_PY, INT64_MAX_PY)))
+        fired.extend(down.irange(minimum=(mark, -1, -1)))
+        if not fired:
+            return 0
+        fired.sort(key=_by_oid)
+        for key in fired:
+            up.discard(key)
+            down.discard(key)
+        for key in fired:
+            i = key[2]
+            o = &self.pool.o[i]
+            if not o.live or o.oid != key[1]:
+                continue
+            o.armed = 0
+            self.seq += 1
+            self.w.struct_event(M.OrderTriggered(
+                seq=self.seq, ts=self.clock, account=self.account_keys[o.account],
+                market=self.specs[m].name, cid=self._cid_obj(i), oid=o.oid,
+                trigger_price=o.trigger_price, mark=mark))
+            self._enter(i)
+        return 0
+
+    cdef int _enter(self, int32_t i) except -1:
+        """A triggered order enters the book: checked as a new order would be at this mark (an
+        order that cannot enter is cancelled with the reason), then matched and rested."""
+        cdef Order* o = &self.pool.o[i]
+        cdef int32_t m = o.market, a = o.account, p = self.pos_of[m][a], iso
+        cdef MarketC* mk = &self.mk[m]
+        cdef PosC* pp = &self.pos[p]
+        cdef Book b = self.books[m]
+        cdef int64_t limit, before, after
+        cdef int side = o.side
+        if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+            limit = band_high(mk) if side == BID else band_low(mk)
+        else:
+            limit = o.price
+            if _band_violation(mk, side, o.price) is not None:
+                return self._cancel_order(i, V_PRICE_OUT_OF_BAND)
+        if o.reduce_only and self._reducible(a, m, side) == 0:
+            return self._cancel_order(i, V_REDUCE_ONLY)
+        if self.margin:
+            iso = p if pp.isolated else -1
+            before = self._initial_margin(a, iso, m, pp.size, pp.open_buy, pp.open_sell)
+            after = self._initial_margin(a, iso, m, pp.size,
+                                         pp.open_buy + (o.qty if side == BID else 0),
+                                         pp.open_sell + (o.qty if side == ASK else 0))
+            if after > before and after > self._equity(a, iso):
+                return self._cancel_order(i, V_MARGIN)
+        if o.tif == ALO and b.n[1 - side]:
+            if (side == BID and o.price >= b.lv[b.best(ASK)].price) or \
+               (side == ASK and o.price <= b.lv[b.best(BID)].price):
+                return self._cancel_order(i, V_POST_ONLY_WOULD_CROSS)
+        if o.tif == FOK and not self._fok_fillable(i, limit):
             return self._cancel_order(i, V_FOK_UNFILLED)
         return self._finish_taker(i, self._match(i, limit))
 
@@ -1322,9 +1467,12 @@ cdef class Engine:
         return 0
 
     cdef int _drop(self, int32_t i) except -1:
-        """Remove an order from every index and free its slot (no event). O(1)."""
+        """Remove an order from every index and free its slot (no event). O(1), O(log n) for an
+        armed trigger order."""
         cdef Order* o = &self.pool.o[i]
         cdef PosC* p = &self.pos[self.pos_of[o.market][o.account]]
+        if o.armed:
+            self._disarm(i)
         if o.level >= 0:
             (<Book>self.books[o.market]).unlink(self.pool, i)
             if o.side == BID:
@@ -1929,7 +2077,9 @@ cdef class Engine:
             orders.append(M.OrderInfo(
                 market=self.specs[o.market].name, cid=self._cid_obj(i), oid=o.oid,
                 side=_SIDE_NAMES[o.side], kind=_KIND_NAMES[o.kind],
-                price=None if o.kind == MARKET else o.price, qty=o.qty, tif=_TIF_NAMES[o.tif],
+                price=(None if o.kind == MARKET or o.kind == STOP_MARKET
+                       or o.kind == TAKE_PROFIT_MARKET else o.price),
+                qty=o.qty, tif=_TIF_NAMES[o.tif],
                 reduce_only=bool(o.reduce_only)))
             i = o.anext
         return M.AccountEvent(
@@ -2008,7 +2158,8 @@ cdef class Engine:
             return -1
         keep = self._cid_key(cid, a, &k)
         i = self.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
-        if i < 0 or self.pool.o[i].market != m or self.pool.o[i].level < 0:
+        if i < 0 or self.pool.o[i].market != m or (self.pool.o[i].level < 0
+                                                   and not self.pool.o[i].armed):
             return -1
         return i
 
@@ -2072,13 +2223,23 @@ cdef class Engine:
             if qty < mk.min_qty:
                 return self._reject("amend", Reason.BELOW_MIN_QTY, _below_min(qty, mk.min_qty),
                                     account, market, cid)
-        if cmd.price is None:
-            price = o.price
+        if cmd.price is None or o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+            price = o.price                  # a stop or take-profit market order has no price
         else:
             price = _positive(cmd.price, C_MAX_PRICE)
             if price == 0:
                 return self._reject("amend", Reason.INVALID_PRICE, _bad_price("price", cmd.price),
                                     account, market, cid)
+        if o.armed:                          # off-book: no queue, no band until it enters
+            if price != o.price:
+                why = _band_violation_at(o.trigger_price, "trigger price", mk.band_ppm, o.side,
+                                         price)
+                if why is not None:
+                    return self._reject("amend", Reason.PRICE_OUT_OF_BAND, why, account, market,
+                                        cid)
+            o.price = price
+            o.qty = qty
+            return self._ev_amended(i, True)
         if price != o.price:
             why = _band_violation(mk, o.side, price)
             if why is not None:
@@ -2154,7 +2315,7 @@ cdef class Engine:
         w.key(K_SIDE); w.tok(V_BUY + o.side)
         w.key(K_KIND); w.tok(V_LIMIT + o.kind)
         w.key(K_PRICE)
-        if o.kind == MARKET:
+        if o.kind == MARKET or o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
             w.null()
         else:
             w.int64(o.price)
@@ -2175,7 +2336,11 @@ cdef class Engine:
         cdef Order* o = &self.pool.o[i]
         cdef EventWriter w = self.w
         self._ev_order_head(i, T_ORDER_AMENDED, 7)
-        w.key(K_PRICE); w.int64(o.price)
+        w.key(K_PRICE)
+        if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+            w.null()
+        else:
+            w.int64(o.price)
         w.key(K_QTY); w.int64(o.qty)
         w.key(K_PRIORITY_KEPT); w.boolean(kept)
         return w.end()

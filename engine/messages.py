@@ -243,9 +243,18 @@ class OrderAmended(Event, tag="order_amended"):
     market: str
     cid: Cid
     oid: int
-    price: int
+    price: Union[int, None]  # None for a stop or take-profit market order
     qty: int
     priority_kept: bool
+
+
+class OrderTriggered(Event, tag="order_triggered"):
+    account: AccountId
+    market: str
+    cid: Cid
+    oid: int
+    trigger_price: int
+    mark: int
 
 
 class Mark(Event, tag="mark"):
@@ -329,7 +338,8 @@ class AuditEvent(Event, tag="audit"):
 
 
 AnyEvent = Union[
-    OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, Mark, StateHashEvent, Balance,
+    OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, OrderTriggered, Mark,
+    StateHashEvent, Balance,
     MarginCall, FundingEvent, AccountEvent, AuditEvent,
 ]
 
@@ -376,6 +386,9 @@ class CancelReason:
     MARGIN = "margin"
     LIQUIDATION = "liquidation"
     REDUCE_ONLY = "reduce_only"
+    # extensions: a triggered order that cannot enter the book
+    PRICE_OUT_OF_BAND = "price_out_of_band"
+    POST_ONLY_WOULD_CROSS = "post_only_would_cross"
 
 
 def command_decoder(kind: str):

@@ -76,6 +76,8 @@ cdef enum Tok:
     V_MARGIN
     V_LIQUIDATION
     V_REDUCE_ONLY
+    V_PRICE_OUT_OF_BAND
+    V_POST_ONLY_WOULD_CROSS
     N_TOKENS
 
 

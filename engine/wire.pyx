@@ -30,6 +30,7 @@ VALUES = (
     "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit",
     "gtc", "ioc", "fok", "alo",
     "user", "ioc_remainder", "fok_unfilled", "self_trade", "margin", "liquidation", "reduce_only",
+    "price_out_of_band", "post_only_would_cross",     # extensions: a triggered order's entry
 )
 TOKENS = EVENT_TYPES + KEYS + VALUES
 assert len(TOKENS) == N_TOKENS, "wire.pyx TOKENS and wire.pxd Tok disagree"

@@ -25,7 +25,8 @@ def create_markets(names=("BTC-PERP", "ETH-PERP"), **over) -> list[M.Command]:
 ACCOUNTS = ["a", "b", 3]
 CIDS = [1, 2, 3, "x", "é-ñ", 'q"\\']
 MARKETS = ["BTC-PERP", "ETH-PERP"]
-KINDS = ["limit"] * 8 + ["market"] * 2 + ["stop_market"]
+KINDS = ["limit"] * 12 + ["market"] * 3 + ["stop_market", "stop_limit", "take_profit_market",
+                                           "take_profit_limit"]
 TIFS = ["gtc"] * 5 + ["ioc", "fok", "alo", "alo"]
 STPS = ["cancel_maker", "cancel_taker", "cancel_both"]
 
@@ -56,11 +57,13 @@ def random_command(r: random.Random, ts: int, mids: dict) -> M.Command:
     acct, cid = r.choice(ACCOUNTS), r.choice(CIDS)
     if x < 0.55:
         kind = r.choice(KINDS)
+        trigger = kind not in ("limit", "market")
         return M.NewOrder(
             account=acct, market=market, cid=cid, side=r.choice(["buy", "sell"]), kind=kind,
-            qty=_qty(r), price=_price(r, mid) if kind != "market" else None,
-            trigger_price=mid if kind == "stop_market" else None, tif=r.choice(TIFS),
-            reduce_only=r.random() < 0.15, stp=r.choice(STPS), ts=ts)
+            qty=_qty(r), price=_price(r, mid) if not kind.endswith("market") else None,
+            trigger_price=(mid + r.randint(-12, 12) if r.random() > 0.03 else None)
+            if trigger else None,
+            tif=r.choice(TIFS), reduce_only=r.random() < 0.15, stp=r.choice(STPS), ts=ts)
     if x < 0.72:
         return M.Cancel(account=acct, market=market, cid=cid, ts=ts)
     if x < 0.85:

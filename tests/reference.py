@@ -35,12 +35,18 @@ def positive_int(v, limit):
 
 class Order:
     __slots__ = ("oid", "account", "market", "cid", "side", "kind", "price", "qty", "tif", "stp",
-                 "reduce_only", "resting")
+                 "reduce_only", "resting", "trigger_price", "armed")
 
     def __init__(self, **kw):
+        self.trigger_price = None
         for k, v in kw.items():
             setattr(self, k, v)
         self.resting = False
+        self.armed = False
+
+    def fires_up(self):
+        """Does it fire when the mark rises to its trigger (a buy stop, a sell take-profit)?"""
+        return self.kind.startswith("stop") == (self.side == "buy")
 
 
 class Market:
@@ -62,11 +68,14 @@ class Market:
             return None
         return book.peekitem(-1)[0] if side == "buy" else book.peekitem(0)[0]
 
-    def band_high(self):
-        return self.mark * (PPM + self.spec.price_band_ppm) // PPM
+    def band_high(self, ref=None):
+        return (self.mark if ref is None else ref) * (PPM + self.spec.price_band_ppm) // PPM
 
-    def band_low(self):
-        return ceil_div(self.mark * (PPM - self.spec.price_band_ppm), PPM)
+    def band_low(self, ref=None):
+        return ceil_div((self.mark if ref is None else ref) * (PPM - self.spec.price_band_ppm), PPM)
+
+    def out_of_band(self, side, price, ref=None):
+        return price > self.band_high(ref) if side == "buy" else price < self.band_low(ref)
 
 
 class Rejection(Exception):
@@ -166,6 +175,7 @@ class ReferenceEngine:
         num, den = (bid + ask - 2 * price) * PPM, 2 * price
         mk.premium_sum += num // den if num >= 0 else -(-num // den)
         mk.premium_n += 1
+        self._fire(mk, cmd.market)
 
     def _impact(self, mk, levels):
         """Average price of trading IMPACT_NOTIONAL into these levels (the index if too thin)."""
@@ -194,23 +204,20 @@ class ReferenceEngine:
         for field in PRICE_FIELDS[cmd.kind]:
             if positive_int(getattr(cmd, field), MAX_PRICE) is None:
                 raise Rejection("invalid_price")
-        if cmd.kind not in ("limit", "market"):
-            raise Rejection("unsupported")
+        trigger = cmd.kind not in ("limit", "market")
         if (cmd.account, cmd.cid) in self.orders:
             raise Rejection("duplicate_cid")
         if mk.mark is None:
             raise Rejection("no_mark_price")
-        market_order = cmd.kind == "market"
+        market_order = cmd.kind.endswith("market")
         tif = "ioc" if market_order else cmd.tif
-        if market_order:
-            price = None
+        price = limit = None if market_order else cmd.price
+        if cmd.kind == "market":
             limit = mk.band_high() if cmd.side == "buy" else mk.band_low()
-        else:
-            price = limit = cmd.price
-            if cmd.side == "buy" and price > mk.band_high():
-                raise Rejection("price_out_of_band")
-            if cmd.side == "sell" and price < mk.band_low():
-                raise Rejection("price_out_of_band")
+        elif cmd.kind == "limit" and mk.out_of_band(cmd.side, price):
+            raise Rejection("price_out_of_band")
+        elif trigger and not market_order and mk.out_of_band(cmd.side, price, cmd.trigger_price):
+            raise Rejection("price_out_of_band")
         size = self.position(cmd.account, cmd.market)[0]
         if cmd.reduce_only and self.reducible(cmd.account, cmd.market, cmd.side) == 0:
             raise Rejection("reduce_only_would_increase")
@@ -218,15 +225,15 @@ class ReferenceEngine:
         grows = size == 0 or (size > 0) == (cmd.side == "buy") or qty > abs(size)
         if max_age and self.clock - mk.last_oracle_ts > max_age and not cmd.reduce_only and grows:
             raise Rejection("oracle_stale")
-        if tif in ("gtc", "alo") and \
+        if (tif in ("gtc", "alo") or trigger) and \
                 self.open_orders(cmd.account, cmd.market) >= mk.spec.max_orders_per_account:
             raise Rejection("too_many_orders")
-        if tif == "alo" and self._crosses(mk, cmd.side, price):
+        if tif == "alo" and not trigger and self._crosses(mk, cmd.side, price):
             raise Rejection("post_only_would_cross")
 
         o = Order(oid=self.next_oid, account=cmd.account, market=cmd.market, cid=cmd.cid,
                   side=cmd.side, kind=cmd.kind, price=price, qty=qty, tif=tif, stp=cmd.stp,
-                  reduce_only=cmd.reduce_only)
+                  reduce_only=cmd.reduce_only, trigger_price=cmd.trigger_price if trigger else None)
         self.next_oid += 1
         self.orders[(o.account, o.cid)] = o
         self.by_account.setdefault(o.account, {})[o.cid] = o
@@ -234,9 +241,39 @@ class ReferenceEngine:
         self._emit("order_accepted", account=o.account, market=o.market, cid=o.cid, oid=o.oid,
                    side=o.side, kind=o.kind, price=price, qty=qty, tif=tif,
                    reduce_only=o.reduce_only)
+        if trigger:
+            o.armed = True
+            return
         if tif == "fok" and not self._fok_fillable(mk, o, limit):
             self._cancel(o, "fok_unfilled")
             return
+        self._finish(mk, o, self._match(mk, o, limit))
+
+    def _fire(self, mk, name):
+        mark = mk.mark
+        fired = sorted((o for o in self.orders.values() if o.market == name and o.armed and (
+            o.trigger_price <= mark if o.fires_up() else o.trigger_price >= mark)),
+            key=lambda o: o.oid)
+        for o in fired:
+            o.armed = False
+            self._emit("order_triggered", account=o.account, market=name, cid=o.cid, oid=o.oid,
+                       trigger_price=o.trigger_price, mark=mark)
+            self._enter(mk, o)
+
+    def _enter(self, mk, o):
+        """A triggered order enters as a market or limit order, checked at this mark."""
+        if o.kind.endswith("market"):
+            limit = mk.band_high() if o.side == "buy" else mk.band_low()
+        else:
+            limit = o.price
+            if mk.out_of_band(o.side, o.price):
+                return self._cancel(o, "price_out_of_band")
+        if o.reduce_only and self.reducible(o.account, o.market, o.side) == 0:
+            return self._cancel(o, "reduce_only")
+        if o.tif == "alo" and self._crosses(mk, o.side, o.price):
+            return self._cancel(o, "post_only_would_cross")
+        if o.tif == "fok" and not self._fok_fillable(mk, o, limit):
+            return self._cancel(o, "fok_unfilled")
         self._finish(mk, o, self._match(mk, o, limit))
 
     def _crosses(self, mk, side, price):
@@ -410,7 +447,7 @@ class ReferenceEngine:
         if mk is None:
             raise Rejection("unknown_market")
         o = self.orders.get((cmd.account, cmd.cid))
-        if o is None or o.market != cmd.market or not o.resting:
+        if o is None or o.market != cmd.market or not (o.resting or o.armed):
             raise Rejection("unknown_order")
         return mk, o
 
@@ -434,10 +471,17 @@ class ReferenceEngine:
                 raise Rejection("invalid_qty")
             if qty < mk.spec.min_qty:
                 raise Rejection("below_min_qty")
-        if cmd.price is not None:
+        if cmd.price is not None and not o.kind.endswith("market"):
             price = positive_int(cmd.price, MAX_PRICE)
             if price is None:
                 raise Rejection("invalid_price")
+        if o.armed:
+            if price != o.price and mk.out_of_band(o.side, price, o.trigger_price):
+                raise Rejection("price_out_of_band")
+            o.price, o.qty = price, qty
+            self._emit("order_amended", account=o.account, market=o.market, cid=o.cid,
+                       oid=o.oid, price=price, qty=qty, priority_kept=True)
+            return
         if price != o.price:
             if o.side == "buy" and price > mk.band_high():
                 raise Rejection("price_out_of_band")
@@ -479,9 +523,13 @@ class ReferenceEngine:
                         orders.append([o.oid, o.account, o.cid, o.price, o.qty, o.kind, o.tif,
                                        o.stp, o.reduce_only])
                 sides.append(orders)
+            armed = [[o.oid, o.account, o.cid, o.kind, o.side, o.trigger_price, o.price, o.qty,
+                      o.tif, o.stp, o.reduce_only]
+                     for o in sorted(self.orders.values(), key=lambda o: o.oid)
+                     if o.market == name and o.armed]
             markets.append([mk.spec.hash_record(), mk.index, mk.mark, mk.last_oracle_ts,
                             sides[0], sides[1],
-                            [mk.next_funding, mk.premium_sum, mk.premium_n, 0]])
+                            [mk.next_funding, mk.premium_sum, mk.premium_n, 0], armed])
         def order(k):
             return (1, k) if type(k) is str else (0, k)
 

@@ -360,10 +360,10 @@ def test_too_many_orders_comes_before_post_only_would_cross():
     assert reason(x.order("a", 2, "buy", 2, 10_000, tif="alo")) == "too_many_orders"
 
 
-def test_trigger_kinds_are_decoded_and_rejected_as_unsupported_for_now(ex):
-    events = ex.order("a", 1, "sell", 2, kind="stop_market", trigger_price=9_900)
-    assert reason(events) == "unsupported"
+def test_trigger_kinds_need_a_trigger_price(ex):
     assert reason(ex.order("a", 1, "sell", 2, kind="stop_market")) == "invalid_price"
+    assert reason(ex.order("a", 1, "sell", 2, kind="stop_limit", trigger_price=9_900)) == \
+        "invalid_price"
 
 
 def test_a_rejection_names_the_command_account_market_and_cid(ex):
