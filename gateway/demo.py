@@ -24,8 +24,10 @@ MARKETS = {
 }
 MAKERS = {"mm-alpha": 6, "mm-beta": 11}          # half-spread in ticks per level
 TAKERS = ("taker-1", "taker-2", "whale")
+# Leveraged longs that buy before the crash: one protects itself with a stop-loss, one does not.
+LEVERAGED = {"lev-careful": 10, "lev-bold": 10}           # leverage
 DEPOSITS = {"mm-alpha": 20_000_000, "mm-beta": 20_000_000, "taker-1": 500_000,
-            "taker-2": 500_000, "whale": 3_000_000}       # USD
+            "taker-2": 500_000, "whale": 3_000_000, "lev-careful": 7_000, "lev-bold": 7_000}
 STEPS = 300
 CRASH = range(150, 210)                           # steps during which the index falls
 
@@ -71,6 +73,13 @@ class Demo:
                 self.marks[ev.market].append(ev.mark)
             elif t is M.StateHashEvent:
                 self.last_hash = ev.hash
+            elif t is M.MarginCall:
+                self.out.write(f"        margin call: {ev.account} equity "
+                               f"{ev.equity / 1e6:,.0f} USD, maintenance "
+                               f"{ev.maintenance_margin / 1e6:,.0f} USD\n")
+            elif t is M.OrderTriggered:
+                self.out.write(f"        {ev.account}'s stop-loss fired at mark "
+                               f"{ev.mark / 10:,.1f} (trigger {ev.trigger_price / 10:,.1f})\n")
         return events
 
     def next_cid(self) -> int:
@@ -104,10 +113,24 @@ class Demo:
                                  kind="limit", tif="ioc", qty=qty, price=index + edge, ts=self.ts)
             self.send(cmd)
 
+    def lever_up(self, acct: str, index: int) -> None:
+        """A trader goes long 1 BTC at 10x; the careful one also places a reduce-only stop-loss
+        4 % below, which fires as the crash goes through it; the bold one rides it down."""
+        self.send(M.SetLeverage(account=acct, market="BTC-PERP", leverage=LEVERAGED[acct],
+                                ts=self.ts))
+        self.send(M.NewOrder(account=acct, market="BTC-PERP", cid=self.next_cid(),
+                             side="buy", kind="market", qty=1_000, ts=self.ts))
+        if acct == "lev-careful":
+            self.send(M.NewOrder(account=acct, market="BTC-PERP", cid=self.next_cid(),
+                                 side="sell", kind="stop_market", qty=1_000,
+                                 trigger_price=index * 96 // 100, reduce_only=True, ts=self.ts))
+
     def run(self) -> int:
         w = self.out.write
-        w("perpdex demo: 2 perpetual markets, 2 market makers, 3 takers, an oracle crash\n")
-        w("(engine-core stage: in-process; margin, liquidations and ZeroMQ come with the next issues)\n\n")
+        w("perpdex demo: 2 perpetual markets, 2 market makers, 3 takers, 2 leveraged longs, "
+          "an oracle crash\n")
+        w("(in-process, through the engine's per-command API; liquidations and the ZeroMQ "
+          "exchange come with issues 4 and 5)\n\n")
         t0 = time.perf_counter()
         for cmd in create_markets():
             self.send(cmd)
@@ -125,6 +148,9 @@ class Demo:
                 self.send(M.Oracle(market=name, price=index[name], ts=self.ts))
                 self.quote(name, index[name])
                 self.take(name, index[name], crash)
+            if step in (CRASH.start - 20, CRASH.start - 19):
+                self.lever_up("lev-careful" if step == CRASH.start - 20 else "lev-bold",
+                              index["BTC-PERP"])
             if step % 25 == 24 or step == CRASH.start:
                 tag = "  <- crash starts" if step == CRASH.start else ""
                 w(f"{step + 1:>5}  {self.marks['BTC-PERP'][-1] / 10:>14,.1f} "
@@ -151,10 +177,16 @@ class Demo:
         w("  rejected by reason: " + (", ".join(f"{k} {v:,}" for k, v in sorted(rejects.items()))
                                       or "none") + "\n")
         w("  positions, lots (BTC-PERP / ETH-PERP):\n")
-        for acct in (*MAKERS, *TAKERS):
+        for acct in (*MAKERS, *TAKERS, *LEVERAGED):
             sizes = [eng.position(acct, name)[0] for name in MARKETS]
             w(f"    {acct:<10} " + " / ".join(f"{s:>+8,}" for s in sizes) + "\n")
-        net = [sum(eng.position(a, n)[0] for a in (*MAKERS, *TAKERS)) for n in MARKETS]
+        net = [sum(eng.position(a, n)[0] for a in (*MAKERS, *TAKERS, *LEVERAGED)) for n in MARKETS]
+        for acct in LEVERAGED:
+            rep = self.send(M.QueryAccount(account=acct, ts=self.ts))[0]
+            w(f"  {acct}: equity {rep.equity / 1e6:,.0f} USD against maintenance "
+              f"{rep.maintenance_margin / 1e6:,.0f} USD"
+              + (" (liquidatable: liquidation arrives with issue 4)"
+                 if rep.equity < rep.maintenance_margin else "") + "\n")
         w(f"  open interest long == short in every market: {net == [0] * len(MARKETS)}\n")
         audit = self.send(M.Audit(ts=self.ts))[0]
         lhs = audit.deposits - audit.withdrawals
