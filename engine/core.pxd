@@ -68,6 +68,9 @@ cdef class Engine:
     cdef readonly int64_t next_oid
     cdef readonly int64_t n_commands
     cdef readonly int64_t n_fills
+    cdef bint liquidating              # the walk is a liquidation's: fills say so
+    cdef int64_t liq_qty               # what the liquidation walk filled, and its notional
+    cdef int64_t liq_notional
     cdef readonly bint margin          # False: no margin checks (pure matching, benchmarks)
     cdef readonly int64_t deposits
     cdef readonly int64_t withdrawals
@@ -124,6 +127,14 @@ cdef class Engine:
     cdef int64_t _impact_price(self, int32_t m, int side)
     cdef int _funding_due(self) except -1
     cdef int _margin_calls(self, int32_t m) except -1
+    cdef int _liquidations(self, int32_t m) except -1
+    cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1
+    cdef int _liquidate_position(self, int32_t a, int32_t iso, int32_t p) except -1
+    cdef int64_t _bankruptcy_price(self, int32_t a, int32_t iso, int32_t p) except -1
+    cdef int64_t _book_liquidation(self, int32_t a, int32_t p, int side, int64_t qty,
+                                   int64_t limit) except -1
+    cdef int _ev_liquidation(self, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
+                             str kind, int64_t fee) except -1
     cdef int _ev_margin_call(self, int32_t a, int64_t equity, int64_t mm) except -1
     cdef int _set_margin_mode(self, object cmd) except -1
     cdef int _transfer_margin(self, object cmd) except -1

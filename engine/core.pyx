@@ -22,7 +22,7 @@ from engine.wire cimport (
     K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE, K_MAKER_FEE, K_LIQUIDATION,
     K_REMAINING, K_REASON, K_PRIORITY_KEPT, K_INDEX, K_MARK, K_HASH, K_COMMAND, K_DETAIL,
     V_BUY, V_LIMIT, V_GTC, V_USER, V_IOC_REMAINDER, V_FOK_UNFILLED, V_SELF_TRADE, V_REDUCE_ONLY,
-    V_MARGIN, V_PRICE_OUT_OF_BAND, V_POST_ONLY_WOULD_CROSS,
+    V_MARGIN, V_PRICE_OUT_OF_BAND, V_POST_ONLY_WOULD_CROSS, V_LIQUIDATION,
 )
 
 import math
@@ -1111,6 +1111,9 @@ cdef class Engine:
             mk.tiers[i].imf_deduction = t.imf_deduction
             mk.tiers[i].mmf_deduction = t.mmf_deduction
         mk.n_tiers = len(tiers)
+        mk.liq_fee_ppm = spec.liquidation_fee_ppm
+        mk.max_liquidations = spec.max_liquidations_per_update
+        mk.liq_pending = 0
         mk.funding_interval_ns = spec.funding_interval_s * NS
         mk.funding_cap_ppm = spec.funding_cap_ppm
         mk.interest_ppm = spec.interest_ppm
@@ -1160,6 +1163,7 @@ cdef class Engine:
         self._fire_triggers(m)
         if self.margin:
             self._margin_calls(m)
+            self._liquidations(m)
         return 0
 
     # ---- order entry -------------------------------------------------------------------------
@@ -1631,6 +1635,9 @@ cdef class Engine:
         self._book_trade(tp, to.side, q, price, tfee)
         self._book_trade(mp, mo.side, q, price, mfee)
         self.n_fills += 1
+        if self.liquidating:
+            self.liq_qty += q
+            self.liq_notional += price * q * mk.multiplier
         self.seq += 1
         w.begin(T_FILL, 15, self.seq, self.clock)
         w.key(K_MARKET); w.name(mk.name_tok)
@@ -1647,7 +1654,7 @@ cdef class Engine:
         w.key(K_MAKER_REMAINING); w.int64(mo.qty)
         w.key(K_TAKER_FEE); w.int64(tfee)
         w.key(K_MAKER_FEE); w.int64(mfee)
-        w.key(K_LIQUIDATION); w.boolean(False)
+        w.key(K_LIQUIDATION); w.boolean(self.liquidating)
         w.end()
         if mo.qty == 0:
             self._drop(mi)
@@ -1878,7 +1885,199 @@ cdef class Engine:
                     seq=self.seq, ts=self.clock,
                     market=self.specs[m].name, rate_ppm=rate, index_price=mk.index))
                 mk.next_funding += mk.funding_interval_ns
+                if self.margin:
+                    self._liquidations(m)         # funding moved equity: look again
+            if mk.liq_pending and self.margin:    # work carried over from a busy mark update
+                self._liquidations(m)
         return 0
+
+
+    # ---- liquidation ---------------------------------------------------------------------------
+
+    cdef int _liquidations(self, int32_t m) except -1:
+        """After a mark update or funding in market `m`: liquidate every scope (a cross account,
+        or an isolated position) with a position there whose equity is below its maintenance
+        requirement, most under-margined first (equity / maintenance; ties by account), at most
+        `max_liquidations_per_update` of them; the rest wait for the next mark update or clock
+        tick. O(positions of the market) to find them (the at-risk index is issue 4's)."""
+        cdef MarketC* mk = &self.mk[m]
+        cdef int32_t p, a, iso, k = 0
+        cdef int64_t eq, mm
+        cdef PosC* q
+        found = []
+        crossed = set()
+        for p in range(self.n_pos):
+            q = &self.pos[p]
+            if q.market != m or q.size == 0 or q.account == self.insurance:
+                continue
+            a = q.account
+            iso = p if q.isolated else -1
+            if iso < 0:
+                if a in crossed:
+                    continue
+                crossed.add(a)
+            eq = self._equity(a, iso)
+            mm = self._maintenance_margin(a, iso)
+            if eq < mm:
+                found.append((Fraction(eq, mm), _account_order(self.account_keys[a]), a, iso))
+        found.sort()
+        mk.liq_pending = 0
+        for _, _, a, iso in found:
+            if k == mk.max_liquidations:
+                mk.liq_pending = 1
+                break
+            self._liquidate_scope(a, iso)
+            k += 1
+        return 0
+
+    cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1:
+        """Cancel the scope's open orders (reason liquidation); while it is still liquidatable,
+        close its positions, the largest maintenance requirement first."""
+        cdef int32_t i, nxt, p, best
+        cdef int64_t req, best_req
+        cdef int guard = 0
+        cdef int32_t m_iso = self.pos[iso].market if iso >= 0 else -1
+        i = self.pool.acct_head[a]
+        while i >= 0:
+            nxt = self.pool.o[i].anext
+            if m_iso < 0 or self.pool.o[i].market == m_iso:
+                self._cancel_order(i, V_LIQUIDATION)
+            i = nxt
+        while self._equity(a, iso) < self._maintenance_margin(a, iso) and guard < 64:
+            guard += 1
+            if iso >= 0:
+                best = iso if self.pos[iso].size else -1
+            else:
+                best = -1
+                best_req = -1
+                p = self.ac[a].positions
+                while p >= 0:
+                    if self.pos[p].size and not self.pos[p].isolated:
+                        req = <int64_t>maintenance_requirement(&self.mk[self.pos[p].market],
+                                                               self.pos[p].size)
+                        if req > best_req:
+                            best, best_req = p, req
+                    p = self.pos[p].next
+            if best < 0:
+                break
+            self._liquidate_position(a, iso, best)
+        return 0
+
+    cdef int _liquidate_position(self, int32_t a, int32_t iso, int32_t p) except -1:
+        """Reduce position `p` with an IOC into the book, no worse than the bankruptcy price,
+        only as much as should restore maintenance margin with a 10 % buffer; what the book
+        cannot take at that price, the insurance fund takes over at it."""
+        cdef PosC* q = &self.pos[p]
+        cdef int32_t m = q.market, fund, fp
+        cdef MarketC* mk = &self.mk[m]
+        cdef int64_t s = q.size, n = iabs(s), eq, mm, bp, qty, filled, fee, per_lot, deficit
+        cdef int side = ASK if s > 0 else BID          # the closing trade
+        cdef int128 num
+        eq = self._equity(a, iso)
+        mm = self._maintenance_margin(a, iso)
+        bp = self._bankruptcy_price(a, iso, p)
+        # Sizing: each lot closed near the mark frees its maintenance and costs its fee.
+        per_lot = <int64_t>floor_div(
+            maintenance_requirement(mk, s)
+            - ceil_div(<int128>n * mk.mark * mk.multiplier * mk.liq_fee_ppm, PPM), n)
+        deficit = mm + mm // 10 - eq
+        if per_lot <= 0:
+            qty = n
+        else:
+            qty = <int64_t>ceil_div(deficit, per_lot)
+            qty = n if qty > n or qty <= 0 else qty
+        filled = self._book_liquidation(a, p, side, qty, bp)
+        if filled:
+            num = self.liq_notional
+            fee = <int64_t>ceil_div(num * mk.liq_fee_ppm, PPM)
+            eq = self._equity(a, iso)
+            if fee > eq:
+                fee = eq if eq > 0 else 0
+            if fee:
+                fund = self._insurance_fund()
+                if iso >= 0:
+                    self.pos[iso].iso_margin -= fee
+                else:
+                    self.ac[a].collateral -= fee
+                self.ac[fund].collateral += fee
+            self._ev_liquidation(a, m, side, filled,
+                                 <int64_t>floor_div(num, <int128>filled * mk.multiplier), "book", fee)
+        q = &self.pos[p]
+        if filled < qty and q.size and self._equity(a, iso) < self._maintenance_margin(a, iso):
+            # The book is exhausted down to the bankruptcy price: the fund takes the rest there.
+            bp = self._bankruptcy_price(a, iso, p)
+            n = iabs(q.size)
+            fund = self._insurance_fund()
+            fp = self._position(m, fund)
+            q = &self.pos[p]
+            self._book_trade(q, side, n, bp, 0)
+            self._book_trade(&self.pos[fp], 1 - side, n, bp, 0)
+            self._ev_liquidation(a, m, side, n, bp, "backstop", 0)
+        return 0
+
+    cdef int64_t _bankruptcy_price(self, int32_t a, int32_t iso, int32_t p) except -1:
+        """The price at which closing all of `p` leaves the scope's equity at zero, the other
+        marks held: mark - equity / (size * multiplier), rounded so the closing trade is never
+        worse for the account (up for a long's sale, down for a short's purchase); at least 1."""
+        cdef PosC* q = &self.pos[p]
+        cdef MarketC* mk = &self.mk[q.market]
+        cdef int128 num = <int128>mk.mark * q.size * mk.multiplier - self._equity(a, iso)
+        cdef int128 den = <int128>q.size * mk.multiplier
+        cdef int128 bp
+        if den > 0:
+            bp = ceil_div(num, den)
+        else:
+            bp = floor_div(-num, -den)
+        return <int64_t>(bp if bp > 0 else 1)
+
+    cdef int64_t _book_liquidation(self, int32_t a, int32_t p, int side, int64_t qty,
+                                   int64_t limit) except -1:
+        """An IOC reduce-only order for the account, no worse than `limit`; its fills say
+        `liquidation: true`. The order is the engine's: it gets an oid and the cid
+        "liquidation:<oid>", and no order_accepted or order_cancelled. Returns the qty filled."""
+        cdef int32_t i, m = self.pos[p].market
+        cdef Order* o
+        cdef CidKey k
+        i = self.pool.alloc()
+        o = &self.pool.o[i]
+        o.oid = self.next_oid
+        self.next_oid += 1
+        o.price = limit
+        o.qty = qty
+        o.account = a
+        o.market = m
+        o.side = side
+        o.kind = MARKET
+        o.tif = IOC
+        o.stp = CANCEL_TAKER
+        o.reduce_only = 1
+        o.trigger_price = 0
+        cid = f"liquidation:{o.oid}".encode()
+        o.cid_is_str = 1
+        o.cid_int = 0
+        o.cid_len = <uint8_t>len(cid)
+        memcpy(self.pool.cid_text + <size_t>i * CID_BYTES, <const char*>cid, len(cid))
+        o.cid_hash = cid_hash_str(a, <const char*>cid, len(cid))
+        self.pool.cid_insert(i)
+        self.pool.account_link(i)
+        self.pos[p].n_orders += 1
+        self.liquidating = True
+        self.liq_qty = 0
+        self.liq_notional = 0
+        try:
+            self._match(i, limit)
+        finally:
+            self.liquidating = False
+        self._drop(i)
+        return self.liq_qty
+
+    cdef int _ev_liquidation(self, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
+                             str kind, int64_t fee) except -1:
+        self.seq += 1
+        return self.w.struct_event(M.LiquidationEvent(
+            seq=self.seq, ts=self.clock, account=self.account_keys[a], market=self.specs[m].name,
+            side=_SIDE_NAMES[side], qty=qty, price=price, mark=self.mk[m].mark, kind=kind,
+            fee=fee))
 
     # ---- margin calls ----------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ ctypedef struct MarketC:
     int64_t mark
     int64_t last_oracle_ts
     int64_t max_leverage        # floor(1e6 / the first tier's imf)
+    int64_t liq_fee_ppm
+    int64_t max_liquidations    # scopes liquidated per mark update
+    uint8_t liq_pending         # the bound was hit: more to do at the next tick
     int64_t funding_interval_ns
     int64_t funding_cap_ppm
     int64_t interest_ppm

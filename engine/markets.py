@@ -48,6 +48,7 @@ class MarketSpec:
     interest_ppm: int
     oracle_max_age_s: int
     max_orders_per_account: int
+    max_liquidations_per_update: int
     tiers: tuple[TierSpec, ...]
 
     def hash_record(self) -> list:
@@ -57,7 +58,7 @@ class MarketSpec:
             self.imf_ppm, self.mmf_ppm, self.maker_fee_ppm, self.taker_fee_ppm,
             self.liquidation_fee_ppm, self.price_band_ppm, self.funding_interval_s,
             self.funding_cap_ppm, self.interest_ppm, self.oracle_max_age_s,
-            self.max_orders_per_account,
+            self.max_orders_per_account, self.max_liquidations_per_update,
             [[t.max_notional, t.imf_ppm, t.mmf_ppm] for t in self.tiers],
         ]
 
@@ -145,10 +146,14 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
     if not 1 <= cmd.max_orders_per_account <= 1_000_000:
         raise MarketConfigError(
             f"max_orders_per_account must be between 1 and 1000000, got {cmd.max_orders_per_account}")
+    if not 1 <= cmd.max_liquidations_per_update <= 1_000_000:
+        raise MarketConfigError(f"max_liquidations_per_update must be between 1 and 1000000, "
+                                f"got {cmd.max_liquidations_per_update}")
     return MarketSpec(
         name=cmd.market, tick_size=tick, lot_size=lot, multiplier=int(mult), min_qty=cmd.min_qty,
         imf_ppm=imf, mmf_ppm=mmf, maker_fee_ppm=maker, taker_fee_ppm=taker,
         liquidation_fee_ppm=liq, price_band_ppm=band, funding_interval_s=cmd.funding_interval_s,
         funding_cap_ppm=cap, interest_ppm=interest, oracle_max_age_s=cmd.oracle_max_age_s,
-        max_orders_per_account=cmd.max_orders_per_account, tiers=_tiers(cmd),
+        max_orders_per_account=cmd.max_orders_per_account,
+        max_liquidations_per_update=cmd.max_liquidations_per_update, tiers=_tiers(cmd),
     )

@@ -78,6 +78,9 @@ class CreateMarket(Command, tag="create_market"):
     oracle_max_age_s: Int64 = 0
     # Extension: the most open orders one account may have in this market (`too_many_orders`).
     max_orders_per_account: Int64 = 1000
+    # Extension: the most accounts (or isolated positions) liquidated per mark update; the rest
+    # carry over to the next mark update or clock tick.
+    max_liquidations_per_update: Int64 = 100
 
 
 class Deposit(Command, tag="deposit"):
@@ -276,6 +279,20 @@ class Balance(Event, tag="balance"):
     reason: str
 
 
+class LiquidationEvent(Event, tag="liquidation"):
+    """One step of a liquidation: `kind` book (IOC into the book), backstop (the insurance fund
+    takes the position over at the bankruptcy price) or adl. `side` is the closing trade's side."""
+
+    account: AccountId
+    market: str
+    side: Side
+    qty: int
+    price: int
+    mark: int
+    kind: Literal["book", "backstop", "adl"]
+    fee: int
+
+
 class MarginCall(Event, tag="margin_call"):
     account: AccountId
     equity: int
@@ -339,7 +356,7 @@ class AuditEvent(Event, tag="audit"):
 
 AnyEvent = Union[
     OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, OrderTriggered, Mark,
-    StateHashEvent, Balance,
+    StateHashEvent, Balance, LiquidationEvent,
     MarginCall, FundingEvent, AccountEvent, AuditEvent,
 ]
 

@@ -1,0 +1,172 @@
+"""Liquidation after a mark update: orders cancelled, the book first, then the insurance fund."""
+import msgspec
+from hypothesis import given, settings
+
+from engine import Engine, messages as M
+from tests.conftest import Exchange, only, types
+from tests.flows import leveraged_flows
+from tests.test_margin import ETH, USD, account, worked_example
+
+
+def liquidations(events):
+    return [e for e in events if e["type"] == "liquidation"]
+
+
+def audit_balances(x):
+    audit = only(x.run(M.Audit()), "audit")
+    assert audit["deposits"] - audit["withdrawals"] == (
+        audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"])
+    for oi in audit["open_interest"].values():
+        assert oi["long"] == oi["short"]
+    return audit
+
+
+def test_the_worked_example_is_not_liquidated_at_1251():
+    x = worked_example()
+    assert liquidations(x.oracle(125_100)) == []
+
+
+def test_the_worked_example_is_liquidated_at_1249():
+    x = worked_example()
+    assert liquidations(x.oracle(124_900))
+
+
+def test_a_liquidatable_account_has_its_open_orders_cancelled_first():
+    x = worked_example()
+    x.order("alice", 9, "sell", 10, 300_000)
+    events = x.oracle(124_900)
+    first = events.index(next(e for e in events if e["type"] == "order_cancelled"))
+    assert events[first] == {**events[first], "account": "alice", "reason": "liquidation"}
+    assert first < events.index(liquidations(events)[0])
+
+
+def test_a_partial_liquidation_into_the_book_restores_maintenance_margin():
+    x = worked_example()
+    x.order("bob", 5, "buy", 2_000, 124_000)
+    events = x.oracle(124_900)
+    (liq,) = liquidations(events)
+    assert (liq["kind"], liq["side"], liq["price"], liq["mark"]) == ("book", "sell", 124_000, 124_900)
+    assert 0 < liq["qty"] < 2_000                          # only what restores the margin
+    fills = [e for e in events if e["type"] == "fill"]
+    assert fills and all(f["liquidation"] for f in fills)
+    acct = account(x, "alice")
+    assert acct["equity"] >= acct["maintenance_margin"]
+    audit_balances(x)
+
+
+def test_a_liquidation_the_book_cannot_absorb_falls_to_the_insurance_fund():
+    x = worked_example()
+    events = x.oracle(124_900)                              # nobody bids
+    (liq,) = liquidations(events)
+    # equity 4980 = 20 * (1249 - bankruptcy price): the fund takes the 20 ETH at 1000.00
+    assert (liq["kind"], liq["qty"], liq["price"]) == ("backstop", 2_000, 100_000)
+    acct = account(x, "alice")
+    assert acct["positions"] == [] and acct["equity"] == 0
+    fund = account(x, "insurance")
+    assert fund["positions"][0]["size"] == 2_000
+    audit = audit_balances(x)
+    # the fund's long from 1000 and bob's short from 2000, both at the 1249 mark
+    assert audit["unrealised_pnl"] == (4_980 + 15_020) * USD
+
+
+def test_the_liquidation_fee_goes_to_the_insurance_fund():
+    x = Exchange(margin=True, **dict(ETH, liquidation_fee_ppm=10_000))
+    for a, usd in (("alice", 20_000), ("bob", 1_000_000), ("insurance", 5_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 2_000, 200_000)
+    x.order("alice", 1, "buy", 2_000, 200_000)
+    x.order("bob", 2, "buy", 2_000, 124_000)
+    (liq,) = liquidations(x.oracle(124_900))
+    assert liq["fee"] == -(-liq["qty"] * 124_000 * 100 * 10_000 // 10**6)     # 1 %, rounded up
+    assert only(x.run(M.Audit()), "audit")["insurance_fund"] == 5_000 * USD + liq["fee"]
+
+
+def test_the_most_under_margined_account_is_liquidated_first():
+    x = Exchange(margin=True, **ETH)
+    for a, usd in (("a1", 20_000), ("a2", 18_000), ("bob", 10_000_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 4_000, 200_000)
+    x.order("a1", 1, "buy", 2_000, 200_000)
+    x.order("a2", 1, "buy", 1_800, 200_000)
+    # at 1000, a1 has 20000 - 20000 = 0 of equity and a2 18000 - 18000 = 0: a tie, by account
+    assert [e["account"] for e in liquidations(x.oracle(100_000))] == ["a1", "a2"]
+
+
+def test_a_deeper_deficit_is_liquidated_before_a_shallower_one():
+    x = Exchange(margin=True, **ETH)
+    for a, usd in (("a-shallow", 10_500), ("z-deep", 20_000), ("bob", 10_000_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 3_000, 200_000)
+    x.order("z-deep", 1, "buy", 2_000, 200_000)       # at 1100: equity 2000, maintenance 4400
+    x.order("a-shallow", 1, "buy", 1_000, 200_000)    # at 1100: equity 1500, maintenance 2200
+    assert [e["account"] for e in liquidations(x.oracle(110_000))] == ["z-deep", "a-shallow"]
+
+
+def test_work_per_mark_update_is_bounded_and_the_rest_carries_over():
+    x = Exchange(margin=True, **dict(ETH, max_liquidations_per_update=1))
+    for a, usd in (("a1", 20_000), ("a2", 20_000), ("bob", 10_000_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 4_000, 200_000)
+    x.order("a1", 1, "buy", 2_000, 200_000)
+    x.order("a2", 1, "buy", 2_000, 200_000)
+    assert [e["account"] for e in liquidations(x.oracle(120_000))] == ["a1"]
+    assert [e["account"] for e in liquidations(x.run(M.Clock(ts=5)))] == ["a2"]
+
+
+def test_a_cascade_over_several_mark_updates():
+    x = Exchange(margin=True, **ETH)
+    for a, usd in (("a1", 10_000), ("a2", 12_000), ("bob", 10_000_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 2_000, 200_000)
+    x.order("a1", 1, "buy", 1_000, 200_000)        # 10 ETH on 10000: liquidatable below 1250
+    x.order("a2", 1, "buy", 1_000, 200_000)        # 10 ETH on 12000: below 1000
+    assert [e["account"] for e in liquidations(x.oracle(120_000))] == ["a1"]
+    assert liquidations(x.oracle(110_000)) == []
+    assert [e["account"] for e in liquidations(x.oracle(95_000))] == ["a2"]
+    audit_balances(x)
+
+
+def test_a_stop_loss_fires_before_the_liquidation():
+    x = worked_example()
+    x.order("alice", 2, "sell", 2_000, kind="stop_market", trigger_price=130_000,
+            reduce_only=True)
+    x.order("bob", 5, "buy", 2_000, 124_500)
+    events = x.oracle(124_900)
+    assert types(events).index("order_triggered") < types(events).index("fill")
+    assert liquidations(events) == []                # the stop closed it first
+    assert account(x, "alice")["positions"] == []
+
+
+def test_no_account_is_left_below_zero_equity_after_a_crash():
+    x = Exchange(margin=True, **ETH)
+    for a, usd in (("a1", 20_000), ("bob", 10_000_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 2_000, 200_000)
+    x.order("a1", 1, "buy", 2_000, 200_000)
+    x.oracle(50_000)                                  # a gap far through the bankruptcy price
+    assert account(x, "a1")["equity"] >= 0
+    audit_balances(x)                                 # the fund's loss is on its books
+
+
+@settings(max_examples=150, deadline=None)
+@given(leveraged_flows())
+def test_after_flows_with_crashes_the_audit_balances_and_no_one_owes_unpaid(cmds):
+    eng = Engine()
+    crash = [M.Oracle(market=m, price=p, ts=10**15) for m in ("BTC-PERP", "ETH-PERP")
+             for p in (9_000, 7_000, 14_000)]
+    for c in cmds + crash + [M.Clock(ts=10**15 + 1)]:
+        eng.execute(c)
+    eng.check_integrity()
+    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    assert audit["deposits"] - audit["withdrawals"] == (
+        audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"])
+    for oi in audit["open_interest"].values():
+        assert oi["long"] == oi["short"]
+    for key in ("a", "b", 3):
+        assert eng.execute(M.QueryAccount(account=key))[0].equity >= 0
