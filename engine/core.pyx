@@ -2083,12 +2083,14 @@ cdef class Engine:
 
     cdef int _margin_calls(self, int32_t m) except -1:
         """After a mark update: warn every account (or isolated position) in market `m` whose
-        equity first falls below 1.5x its maintenance requirement. O(positions)."""
+        equity first falls below 1.5x its maintenance requirement (the insurance fund is never
+        warned). O(positions)."""
         cdef int32_t p, a, iso
         cdef int64_t eq, mm
         cdef bint below
         for p in range(self.n_pos):
-            if self.pos[p].market != m or self.pos[p].size == 0:
+            if (self.pos[p].market != m or self.pos[p].size == 0
+                    or self.pos[p].account == self.insurance):
                 continue
             a = self.pos[p].account
             iso = p if self.pos[p].isolated else -1

@@ -23,11 +23,13 @@ MARKETS = {
     "ETH-PERP": ("0.01", "0.01", 300_000),
 }
 MAKERS = {"mm-alpha": 6, "mm-beta": 11}          # half-spread in ticks per level
+DEEP = "mm-deep"
 TAKERS = ("taker-1", "taker-2", "whale")
 # Leveraged longs that buy before the crash: one protects itself with a stop-loss, one does not.
-LEVERAGED = {"lev-careful": 10, "lev-bold": 10}           # leverage
-DEPOSITS = {"mm-alpha": 20_000_000, "mm-beta": 20_000_000, "taker-1": 500_000,
-            "taker-2": 500_000, "whale": 3_000_000, "lev-careful": 7_000, "lev-bold": 7_000}
+LEVERAGED = {"lev-careful": (10, 1_000), "lev-bold": (10, 700)}   # leverage, lots of BTC
+DEPOSITS = {"mm-alpha": 20_000_000, "mm-beta": 20_000_000, "mm-deep": 5_000_000, "taker-1": 500_000,
+            "taker-2": 500_000, "whale": 3_000_000, "lev-careful": 7_000, "lev-bold": 5_000,
+            "insurance": 250_000}        # the insurance fund is seeded like any account
 STEPS = 300
 CRASH = range(150, 210)                           # steps during which the index falls
 
@@ -58,7 +60,7 @@ class Demo:
         for ev in events:
             t = type(ev)
             self.counts[ev.__struct_config__.tag] += 1
-            if t is M.OrderAccepted and ev.account in MAKERS:
+            if t is M.OrderAccepted and (ev.account in MAKERS or ev.account == DEEP):
                 self.live.setdefault((ev.account, ev.market), set()).add(ev.cid)
             elif t is M.Fill:
                 self.volume[ev.market] += ev.qty
@@ -77,6 +79,11 @@ class Demo:
                 self.out.write(f"        margin call: {ev.account} equity "
                                f"{ev.equity / 1e6:,.0f} USD, maintenance "
                                f"{ev.maintenance_margin / 1e6:,.0f} USD\n")
+            elif t is M.LiquidationEvent:
+                self.counts["liquidation:" + ev.kind] += 1
+                self.out.write(f"        LIQUIDATED ({ev.kind}): {ev.account} {ev.side}s "
+                               f"{ev.qty / 1000:,.3f} {ev.market[:3]} at {ev.price / 10:,.1f} "
+                               f"(mark {ev.mark / 10:,.1f}, fee {ev.fee / 1e6:,.2f} USD)\n")
             elif t is M.OrderTriggered:
                 self.out.write(f"        {ev.account}'s stop-loss fired at mark "
                                f"{ev.mark / 10:,.1f} (trigger {ev.trigger_price / 10:,.1f})\n")
@@ -98,6 +105,17 @@ class Demo:
                         kind="limit", tif="alo", qty=self.rng.randint(20, 200),
                         price=index + sign * half * level, ts=self.ts))
 
+    def deep_bids(self, market: str, index: int) -> None:
+        """A patient buyer keeps large bids 3, 5 and 7 % under the index (the liquidity a
+        liquidation finds when the quotes near the mark have been swept)."""
+        key = ("mm-deep", market)
+        for cid in sorted(self.live.get(key, ())):
+            self.send(M.Cancel(account="mm-deep", market=market, cid=cid, ts=self.ts))
+        for pct in (97, 95, 93):
+            self.send(M.NewOrder(account="mm-deep", market=market, cid=self.next_cid(),
+                                 side="buy", kind="limit", tif="alo", qty=300,
+                                 price=index * pct // 100, ts=self.ts))
+
     def take(self, market: str, index: int, crash: bool) -> None:
         for taker in TAKERS:
             if self.rng.random() > (0.7 if crash else 0.35):
@@ -114,12 +132,12 @@ class Demo:
             self.send(cmd)
 
     def lever_up(self, acct: str, index: int) -> None:
-        """A trader goes long 1 BTC at 10x; the careful one also places a reduce-only stop-loss
+        """A trader goes long BTC at 10x; the careful one also places a reduce-only stop-loss
         4 % below, which fires as the crash goes through it; the bold one rides it down."""
-        self.send(M.SetLeverage(account=acct, market="BTC-PERP", leverage=LEVERAGED[acct],
-                                ts=self.ts))
+        leverage, qty = LEVERAGED[acct]
+        self.send(M.SetLeverage(account=acct, market="BTC-PERP", leverage=leverage, ts=self.ts))
         self.send(M.NewOrder(account=acct, market="BTC-PERP", cid=self.next_cid(),
-                             side="buy", kind="market", qty=1_000, ts=self.ts))
+                             side="buy", kind="market", qty=qty, ts=self.ts))
         if acct == "lev-careful":
             self.send(M.NewOrder(account=acct, market="BTC-PERP", cid=self.next_cid(),
                                  side="sell", kind="stop_market", qty=1_000,
@@ -129,8 +147,8 @@ class Demo:
         w = self.out.write
         w("perpdex demo: 2 perpetual markets, 2 market makers, 3 takers, 2 leveraged longs, "
           "an oracle crash\n")
-        w("(in-process, through the engine's per-command API; liquidations and the ZeroMQ "
-          "exchange come with issues 4 and 5)\n\n")
+        w("(in-process, through the engine's per-command API; the ZeroMQ exchange with real "
+          "client processes comes with issue 5)\n\n")
         t0 = time.perf_counter()
         for cmd in create_markets():
             self.send(cmd)
@@ -147,6 +165,8 @@ class Demo:
                 index[name] = max(1, round(index[name] * (1 + drift)))
                 self.send(M.Oracle(market=name, price=index[name], ts=self.ts))
                 self.quote(name, index[name])
+                if step % 5 == 0:
+                    self.deep_bids(name, index[name])
                 self.take(name, index[name], crash)
             if step in (CRASH.start - 20, CRASH.start - 19):
                 self.lever_up("lev-careful" if step == CRASH.start - 20 else "lev-bold",
@@ -174,23 +194,27 @@ class Demo:
         rejects = {k[7:]: v for k, v in self.counts.items() if k.startswith("reject:")}
         w("  cancelled by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(cancels.items()))
           + "\n")
+        liqs = {k[12:]: v for k, v in self.counts.items() if k.startswith("liquidation:")}
+        w("  liquidations: " + (", ".join(f"{k} {v}" for k, v in sorted(liqs.items()))
+                                or "none") + "\n")
         w("  rejected by reason: " + (", ".join(f"{k} {v:,}" for k, v in sorted(rejects.items()))
                                       or "none") + "\n")
         w("  positions, lots (BTC-PERP / ETH-PERP):\n")
-        for acct in (*MAKERS, *TAKERS, *LEVERAGED):
+        for acct in (*MAKERS, DEEP, *TAKERS, *LEVERAGED, "insurance"):
             sizes = [eng.position(acct, name)[0] for name in MARKETS]
             w(f"    {acct:<10} " + " / ".join(f"{s:>+8,}" for s in sizes) + "\n")
-        net = [sum(eng.position(a, n)[0] for a in (*MAKERS, *TAKERS, *LEVERAGED)) for n in MARKETS]
+        net = [sum(eng.position(a, n)[0]
+                   for a in (*MAKERS, DEEP, *TAKERS, *LEVERAGED, "insurance"))
+               for n in MARKETS]
         for acct in LEVERAGED:
             rep = self.send(M.QueryAccount(account=acct, ts=self.ts))[0]
             w(f"  {acct}: equity {rep.equity / 1e6:,.0f} USD against maintenance "
-              f"{rep.maintenance_margin / 1e6:,.0f} USD"
-              + (" (liquidatable: liquidation arrives with issue 4)"
-                 if rep.equity < rep.maintenance_margin else "") + "\n")
+              f"{rep.maintenance_margin / 1e6:,.0f} USD\n")
         w(f"  open interest long == short in every market: {net == [0] * len(MARKETS)}\n")
         audit = self.send(M.Audit(ts=self.ts))[0]
         lhs = audit.deposits - audit.withdrawals
         rhs = audit.collateral + audit.unrealised_pnl + audit.insurance_fund + audit.fees
+        w(f"  insurance fund: {audit.insurance_fund / 1e6:,.2f} USD\n")
         w(f"  audit: deposits - withdrawals = {lhs / 1e6:,.2f} USD = collateral "
           f"{audit.collateral / 1e6:,.2f} + unrealised {audit.unrealised_pnl / 1e6:,.2f} + "
           f"insurance {audit.insurance_fund / 1e6:,.2f} + fees {audit.fees / 1e6:,.2f}: "
