@@ -131,6 +131,8 @@ cdef class Engine:
     cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1
     cdef int _liquidate_position(self, int32_t a, int32_t iso, int32_t p) except -1
     cdef int64_t _bankruptcy_price(self, int32_t a, int32_t iso, int32_t p) except -1
+    cdef int64_t _deleverage(self, int32_t a, int32_t p, int side, int64_t n,
+                             int64_t bp) except -1
     cdef int64_t _book_liquidation(self, int32_t a, int32_t p, int side, int64_t qty,
                                    int64_t limit) except -1
     cdef int _ev_liquidation(self, int32_t a, int32_t m, int side, int64_t qty, int64_t price,

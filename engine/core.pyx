@@ -1972,7 +1972,7 @@ cdef class Engine:
         cdef MarketC* mk = &self.mk[m]
         cdef int64_t s = q.size, n = iabs(s), eq, mm, bp, qty, filled, fee, per_lot, deficit
         cdef int side = ASK if s > 0 else BID          # the closing trade
-        cdef int128 num
+        cdef int128 num, takeover
         eq = self._equity(a, iso)
         mm = self._maintenance_margin(a, iso)
         bp = self._bankruptcy_price(a, iso, p)
@@ -2008,12 +2008,59 @@ cdef class Engine:
             bp = self._bankruptcy_price(a, iso, p)
             n = iabs(q.size)
             fund = self._insurance_fund()
-            fp = self._position(m, fund)
-            q = &self.pos[p]
-            self._book_trade(q, side, n, bp, 0)
-            self._book_trade(&self.pos[fp], 1 - side, n, bp, 0)
-            self._ev_liquidation(a, m, side, n, bp, "backstop", 0)
+            # The fund takes it over at the bankruptcy price if its equity stays >= 0 after;
+            # else the profitable opposite positions are deleveraged at that price.
+            takeover = <int128>(1 if side == ASK else -1) * n * (mk.mark - bp) * mk.multiplier
+            if self._equity(fund, -1) + takeover < 0:
+                n = self._deleverage(a, p, side, n, bp)
+            if n:
+                fp = self._position(m, fund)
+                q = &self.pos[p]
+                self._book_trade(q, side, n, bp, 0)
+                self._book_trade(&self.pos[fp], 1 - side, n, bp, 0)
+                self._ev_liquidation(a, m, side, n, bp, "backstop", 0)
         return 0
+
+    cdef int64_t _deleverage(self, int32_t a, int32_t p, int side, int64_t n,
+                             int64_t bp) except -1:
+        """Auto-deleverage: close `n` of position `p` against the profitable positions on the
+        other side, at the bankruptcy price `bp`, highest (PnL / |cost|) x (notional / equity)
+        first (ties by account). Each match gives a `liquidation` event (kind adl) to both
+        accounts. Returns what no one could take (the fund takes it)."""
+        cdef int32_t m = self.pos[p].market, c, ca, iso
+        cdef MarketC* mk = &self.mk[m]
+        cdef PosC* q
+        cdef int64_t take, eq
+        cdef int128 pnl
+        ranked = []
+        for c in range(self.n_pos):
+            q = &self.pos[c]
+            if (q.market != m or q.size == 0 or q.account == a or q.account == self.insurance
+                    or (q.size > 0) == (side == ASK)):
+                continue                                  # must point against the bankrupt one
+            pnl = unrealised(mk, q.size, q.cost)
+            if pnl <= 0:
+                continue
+            iso = c if q.isolated else -1
+            eq = self._equity(q.account, iso)
+            notional = int(iabs(q.size)) * mk.mark * mk.multiplier
+            # PnL ratio times effective leverage; an account with no equity left ranks first
+            score = (Fraction(int(pnl) * notional, iabs(q.cost) * eq) if eq > 0 and q.cost
+                     else Fraction(10**30))
+            ranked.append((-score, _account_order(self.account_keys[q.account]), c))
+        ranked.sort()
+        for _, _, c in ranked:
+            if n == 0:
+                break
+            q = &self.pos[c]
+            ca = q.account
+            take = n if n < iabs(q.size) else iabs(q.size)
+            self._book_trade(&self.pos[p], side, take, bp, 0)
+            self._book_trade(q, 1 - side, take, bp, 0)
+            self._ev_liquidation(a, m, side, take, bp, "adl", 0)
+            self._ev_liquidation(ca, m, 1 - side, take, bp, "adl", 0)
+            n -= take
+        return n
 
     cdef int64_t _bankruptcy_price(self, int32_t a, int32_t iso, int32_t p) except -1:
         """The price at which closing all of `p` leaves the scope's equity at zero, the other

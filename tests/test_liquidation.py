@@ -170,3 +170,40 @@ def test_after_flows_with_crashes_the_audit_balances_and_no_one_owes_unpaid(cmds
         assert oi["long"] == oi["short"]
     for key in ("a", "b", 3):
         assert eng.execute(M.QueryAccount(account=key))[0].equity >= 0
+
+
+def bankrupt_long(fund_usd=0):
+    """alice long 20 ETH from 2000 on 20000, bob short the other side; then a gap to 900 with
+    no bids: alice's equity is -2000, her bankruptcy price 1000.00."""
+    x = Exchange(margin=True, **ETH)
+    for a, usd in (("alice", 20_000), ("bob", 100_000), ("carol", 100_000)):
+        x.run(M.Deposit(account=a, amount=usd * USD))
+    if fund_usd:
+        x.run(M.Deposit(account="insurance", amount=fund_usd * USD))
+    x.oracle(200_000)
+    x.order("bob", 1, "sell", 1_500, 200_000)
+    x.order("carol", 1, "sell", 500, 200_000)
+    x.order("alice", 1, "buy", 2_000, 200_000)
+    return x
+
+
+def test_a_fund_that_can_cover_the_loss_takes_the_position_over():
+    x = bankrupt_long(fund_usd=5_000)
+    (liq,) = liquidations(x.oracle(90_000))
+    assert (liq["kind"], liq["qty"], liq["price"]) == ("backstop", 2_000, 100_000)
+    audit_balances(x)
+
+
+def test_when_the_fund_cannot_cover_the_loss_profitable_opposite_positions_are_deleveraged():
+    x = bankrupt_long(fund_usd=0)
+    events = liquidations(x.oracle(90_000))
+    assert {e["kind"] for e in events} == {"adl"}
+    # bob (15 ETH short) and carol (5 ETH) both gained 1100 a coin; the same PnL ratio, but
+    # carol's leverage is lower: bob is deleveraged first
+    assert [(e["account"], e["side"], e["qty"], e["price"]) for e in events] == [
+        ("alice", "sell", 1_500, 100_000), ("bob", "buy", 1_500, 100_000),
+        ("alice", "sell", 500, 100_000), ("carol", "buy", 500, 100_000)]
+    assert account(x, "alice")["equity"] == 0
+    audit = audit_balances(x)
+    assert audit["open_interest"]["BTC-PERP"] == {"long": 0, "short": 0}
+    assert audit["insurance_fund"] == 0
