@@ -624,6 +624,35 @@ cdef class Engine:
                 if self.pos_of[m][a] >= 0:
                     assert self.pos[self.pos_of[m][a]].n_orders == counts.get((a, m), 0)
 
+    def risk_violations(self, str market):
+        """Scopes with a position in `market` left liquidatable, or with a margin-call flag that
+        disagrees with their equity, found by looking at every position (for tests: after a mark
+        update of that market that hit no bound, this must be empty). O(positions)."""
+        cdef int32_t p, a, iso
+        cdef int32_t m = self.market_ids[market]
+        cdef int64_t eq, mm
+        out = []
+        if not self.margin:
+            return out
+        for p in range(self.n_pos):
+            if (self.pos[p].size == 0 or self.pos[p].account == self.insurance
+                    or self.pos[p].market != m):
+                continue
+            if self.mk[self.pos[p].market].liq_pending:
+                continue
+            a = self.pos[p].account
+            iso = p if self.pos[p].isolated else -1
+            eq = self._equity(a, iso)
+            mm = self._maintenance_margin(a, iso)
+            flag = self.pos[p].margin_call if iso >= 0 else self.ac[a].margin_call
+            if eq < mm:
+                out.append((self.account_keys[a], self.specs[self.pos[p].market].name,
+                            "liquidatable", eq, mm))
+            if bool(flag) != (2 * eq < 3 * mm):
+                out.append((self.account_keys[a], self.specs[self.pos[p].market].name,
+                            "margin_call flag", eq, mm))
+        return out
+
     @property
     def events_written(self):
         return self.seq

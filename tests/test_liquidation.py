@@ -207,3 +207,15 @@ def test_when_the_fund_cannot_cover_the_loss_profitable_opposite_positions_are_d
     audit = audit_balances(x)
     assert audit["open_interest"]["BTC-PERP"] == {"long": 0, "short": 0}
     assert audit["insurance_fund"] == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(leveraged_flows())
+def test_after_every_mark_update_no_scope_is_left_liquidatable_or_wrongly_warned(cmds):
+    eng = Engine()
+    crash = [M.Oracle(market=m, price=p, ts=10**15) for m in ("BTC-PERP", "ETH-PERP")
+             for p in (9_500, 8_000, 11_000, 6_500, 14_000)]
+    for c in cmds + crash:
+        eng.execute(c)
+        if type(c) is M.Oracle and c.market in ("BTC-PERP", "ETH-PERP"):
+            assert eng.risk_violations(c.market) == []
