@@ -45,6 +45,16 @@ cdef class Engine:
     cdef list books                 # Book per market id
     cdef list trig_up               # per market: SortedList of (trigger, oid, slot) firing at mark >= trigger
     cdef list trig_down             # ... and firing at mark <= trigger
+    # The risk index, per market: single-position scopes keyed by the mark at which they may
+    # reach 1.5x maintenance (longs: (key, slot) looked at when mark <= key; shorts: mark >=
+    # key); positions of cross accounts with several positions (always looked at); scopes
+    # currently warned. Accounts whose money or positions changed wait in `dirty`.
+    cdef list risk_long
+    cdef list risk_short
+    cdef list risk_multi
+    cdef list risk_called
+    cdef dict risk_key              # slot -> (SortedList, key) where it is indexed
+    cdef list dirty
     cdef readonly list specs        # MarketSpec per market id
     cdef dict market_ids            # name -> id
     cdef MarketC* mk
@@ -126,8 +136,10 @@ cdef class Engine:
     cdef int _sample_premium(self, int32_t m) except -1
     cdef int64_t _impact_price(self, int32_t m, int side)
     cdef int _funding_due(self) except -1
-    cdef int _margin_calls(self, int32_t m) except -1
-    cdef int _liquidations(self, int32_t m) except -1
+    cdef int _liquidations(self, int32_t m, bint calls) except -1
+    cdef int _touch(self, int32_t a) except -1
+    cdef int _rekey_dirty(self) except -1
+    cdef int _rekey(self, int32_t a) except -1
     cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1
     cdef int _liquidate_position(self, int32_t a, int32_t iso, int32_t p) except -1
     cdef int64_t _bankruptcy_price(self, int32_t a, int32_t iso, int32_t p) except -1

@@ -411,6 +411,12 @@ cdef class Engine:
         self.books = []
         self.trig_up = []
         self.trig_down = []
+        self.risk_long = []
+        self.risk_short = []
+        self.risk_multi = []
+        self.risk_called = []
+        self.risk_key = {}
+        self.dirty = []
         self.specs = []
         self.market_ids = {}
         self.mk_cap = 8
@@ -1022,6 +1028,7 @@ cdef class Engine:
         self.ac[a].collateral = 0
         self.ac[a].positions = -1
         self.ac[a].margin_call = 0
+        self.ac[a].dirty = 0
         if key == INSURANCE and type(key) is str:
             self.insurance = a
         self._index_account_key(a, _mp_encode(key))
@@ -1142,6 +1149,7 @@ cdef class Engine:
         mk.n_tiers = len(tiers)
         mk.liq_fee_ppm = spec.liquidation_fee_ppm
         mk.max_liquidations = spec.max_liquidations_per_update
+        mk.mmf_max = max(t.mmf_ppm for t in tiers)
         mk.liq_pending = 0
         mk.funding_interval_ns = spec.funding_interval_s * NS
         mk.funding_cap_ppm = spec.funding_cap_ppm
@@ -1155,6 +1163,10 @@ cdef class Engine:
         self.books.append(Book())
         self.trig_up.append(SortedList())
         self.trig_down.append(SortedList())
+        self.risk_long.append(SortedList())
+        self.risk_short.append(SortedList())
+        self.risk_multi.append(set())
+        self.risk_called.append(set())
         self.specs.append(spec)
         self._market_utf8.append(spec.name.encode("utf-8"))
         self.market_ids[spec.name] = m
@@ -1191,8 +1203,7 @@ cdef class Engine:
         self._sample_premium(m)
         self._fire_triggers(m)
         if self.margin:
-            self._margin_calls(m)
-            self._liquidations(m)
+            self._liquidations(m, True)
         return 0
 
     # ---- order entry -------------------------------------------------------------------------
@@ -1730,6 +1741,7 @@ cdef class Engine:
             p.cost += <int64_t>(<int128>d * q * price * mk.multiplier)
             p.size += d * q
         p.realised += realised
+        self._touch(p.account)
         if p.isolated:
             p.iso_margin += realised - fee
         else:
@@ -1841,6 +1853,7 @@ cdef class Engine:
         if amount == 0:
             return 0
         fund = self._insurance_fund()
+        self._touch(p.account)
         if p.isolated:
             p.iso_margin -= amount
         else:
@@ -1892,7 +1905,7 @@ cdef class Engine:
         """Apply every funding boundary the clock has passed, market by market (creation order),
         oldest boundary first: rate = clamp(mean premium + clamp(interest - mean, -500, 500),
         -cap, cap); the cumulative index moves by index * multiplier * rate."""
-        cdef int32_t m
+        cdef int32_t m, p
         cdef MarketC* mk
         cdef int64_t mean, rate, adj
         for m in range(self.n_markets):
@@ -1915,38 +1928,65 @@ cdef class Engine:
                     market=self.specs[m].name, rate_ppm=rate, index_price=mk.index))
                 mk.next_funding += mk.funding_interval_ns
                 if self.margin:
-                    self._liquidations(m)         # funding moved equity: look again
+                    # funding moved the equity of every position here: re-key them, look again
+                    for p in range(self.n_pos):
+                        if self.pos[p].market == m and self.pos[p].size:
+                            self._touch(self.pos[p].account)
+                    self._liquidations(m, False)
             if mk.liq_pending and self.margin:    # work carried over from a busy mark update
-                self._liquidations(m)
+                self._liquidations(m, False)
         return 0
 
 
     # ---- liquidation ---------------------------------------------------------------------------
 
-    cdef int _liquidations(self, int32_t m) except -1:
-        """After a mark update or funding in market `m`: liquidate every scope (a cross account,
-        or an isolated position) with a position there whose equity is below its maintenance
-        requirement, most under-margined first (equity / maintenance; ties by account), at most
-        `max_liquidations_per_update` of them; the rest wait for the next mark update or clock
-        tick. O(positions of the market) to find them (the at-risk index is issue 4's)."""
+    cdef int _liquidations(self, int32_t m, bint calls) except -1:
+        """After a mark update (`calls`: with margin calls) or funding in market `m`: look at the
+        scopes the risk index says may be below 1.5x maintenance, warn those that first fell
+        below it, and liquidate those below maintenance, most under-margined first (equity /
+        maintenance; ties by account), at most `max_liquidations_per_update` of them; the rest
+        wait for the next mark update or clock tick.
+
+        Cost: O(accounts changed since the last pass x log n) to re-key them, plus O(log n + k)
+        for the k scopes near their line, plus the cross accounts holding several positions;
+        not the accounts that exist."""
         cdef MarketC* mk = &self.mk[m]
         cdef int32_t p, a, iso, k = 0
         cdef int64_t eq, mm
+        cdef bint below
         cdef PosC* q
+        self._rekey_dirty()
+        mark = mk.mark
+        slots = [key[1] for key in self.risk_long[m].irange(minimum=(mark, -1))]
+        slots.extend(key[1] for key in self.risk_short[m].irange(maximum=(mark, 2**62)))
+        slots.extend(self.risk_multi[m])
+        slots.extend(self.risk_called[m])
         found = []
-        crossed = set()
-        for p in range(self.n_pos):
+        seen = set()
+        for p in sorted(set(slots)):
             q = &self.pos[p]
-            if q.market != m or q.size == 0 or q.account == self.insurance:
+            if q.size == 0 or q.account == self.insurance:
+                self.risk_called[m].discard(p)
                 continue
             a = q.account
             iso = p if q.isolated else -1
-            if iso < 0:
-                if a in crossed:
-                    continue
-                crossed.add(a)
+            if (a, iso) in seen:
+                continue
+            seen.add((a, iso))
             eq = self._equity(a, iso)
             mm = self._maintenance_margin(a, iso)
+            if calls:
+                below = 2 * <int128>eq < 3 * <int128>mm
+                if below and not (q.margin_call if iso >= 0 else self.ac[a].margin_call):
+                    self._ev_margin_call(a, eq, mm)
+                if iso >= 0:
+                    q.margin_call = below
+                else:
+                    self.ac[a].margin_call = below
+                if below:
+                    self.risk_called[m].add(p)
+                else:
+                    self.risk_called[m].discard(p)
             if eq < mm:
                 found.append((Fraction(eq, mm), _account_order(self.account_keys[a]), a, iso))
         found.sort()
@@ -1957,6 +1997,73 @@ cdef class Engine:
                 break
             self._liquidate_scope(a, iso)
             k += 1
+        return 0
+
+    # ---- the risk index ------------------------------------------------------------------------
+
+    cdef int _touch(self, int32_t a) except -1:
+        """Note that account `a`'s money or positions changed: its index keys are stale. O(1)."""
+        if self.margin and not self.ac[a].dirty:
+            self.ac[a].dirty = 1
+            self.dirty.append(a)
+        return 0
+
+    cdef int _rekey_dirty(self) except -1:
+        cdef int32_t a
+        for a in self.dirty:
+            self.ac[a].dirty = 0
+            self._rekey(a)
+        self.dirty.clear()
+        return 0
+
+    cdef int _rekey(self, int32_t a) except -1:
+        """Put each of the account's positions back in the risk index. A position that is its
+        scope's only one (isolated, or the cross account's single position) is keyed by the
+        mark at which its equity could meet 1.5x its maintenance requirement, solved with the
+        market's highest maintenance rate and widened by two ticks, so that the key is never
+        late: a long is looked at when the mark is at or below its key, a short at or above.
+        Positions of cross accounts with several positions are looked at on every pass.
+        O(positions of the account x log n)."""
+        cdef int32_t p, n_cross = 0, iso, m
+        cdef PosC* q
+        cdef MarketC* mk
+        cdef int64_t eq
+        p = self.ac[a].positions
+        while p >= 0:
+            q = &self.pos[p]
+            old = self.risk_key.pop(p, None)
+            if old is not None:
+                old[0].discard(old[1])
+            self.risk_multi[q.market].discard(p)
+            if q.size and not q.isolated:
+                n_cross += 1
+            p = q.next
+        if a == self.insurance:
+            return 0
+        p = self.ac[a].positions
+        while p >= 0:
+            q = &self.pos[p]
+            m = q.market
+            if q.size and not (not q.isolated and n_cross > 1):
+                mk = &self.mk[m]
+                iso = p if q.isolated else -1
+                eq = self._equity(a, iso)
+                n = int(iabs(q.size)) * mk.multiplier
+                if q.size > 0:       # E + n (M - M0) = 1.5 n M r  ->  M = 2 (n M0 - E) / (n (2 - 3r))
+                    den = n * (2 * PPM - 3 * mk.mmf_max)
+                    num = 2 * PPM * (n * mk.mark - eq)
+                    key = (2**62 if den <= 0 else (-1 if num <= 0 else -(-num // den) + 2))
+                    lst = self.risk_long[m]
+                else:                # E - n (M - M0) = 1.5 n M r  ->  M = 2 (E + n M0) / (n (2 + 3r))
+                    num = 2 * PPM * (eq + n * mk.mark)
+                    den = n * (2 * PPM + 3 * mk.mmf_max)
+                    key = -1 if num <= 0 else num // den - 2
+                    lst = self.risk_short[m]
+                lst.add((key, p))
+                self.risk_key[p] = (lst, (key, p))
+            elif q.size:
+                self.risk_multi[m].add(p)
+            p = q.next
         return 0
 
     cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1:
@@ -2024,6 +2131,7 @@ cdef class Engine:
                 fee = eq if eq > 0 else 0
             if fee:
                 fund = self._insurance_fund()
+                self._touch(a)
                 if iso >= 0:
                     self.pos[iso].iso_margin -= fee
                 else:
@@ -2155,34 +2263,6 @@ cdef class Engine:
             side=_SIDE_NAMES[side], qty=qty, price=price, mark=self.mk[m].mark, kind=kind,
             fee=fee))
 
-    # ---- margin calls ----------------------------------------------------------------------
-
-    cdef int _margin_calls(self, int32_t m) except -1:
-        """After a mark update: warn every account (or isolated position) in market `m` whose
-        equity first falls below 1.5x its maintenance requirement (the insurance fund is never
-        warned). O(positions)."""
-        cdef int32_t p, a, iso
-        cdef int64_t eq, mm
-        cdef bint below
-        for p in range(self.n_pos):
-            if (self.pos[p].market != m or self.pos[p].size == 0
-                    or self.pos[p].account == self.insurance):
-                continue
-            a = self.pos[p].account
-            iso = p if self.pos[p].isolated else -1
-            eq = self._equity(a, iso)
-            mm = self._maintenance_margin(a, iso)
-            below = 2 * <int128>eq < 3 * <int128>mm
-            if iso >= 0:
-                if below and not self.pos[p].margin_call:
-                    self._ev_margin_call(a, eq, mm)
-                self.pos[p].margin_call = below
-            else:
-                if below and not self.ac[a].margin_call:
-                    self._ev_margin_call(a, eq, mm)
-                self.ac[a].margin_call = below
-        return 0
-
     cdef int _ev_margin_call(self, int32_t a, int64_t equity, int64_t mm) except -1:
         self.seq += 1
         return self.w.struct_event(M.MarginCall(seq=self.seq, ts=self.clock,
@@ -2204,6 +2284,7 @@ cdef class Engine:
         a = self._account(cmd.account)
         self.ac[a].collateral += cmd.amount
         self.deposits += cmd.amount
+        self._touch(a)
         return self._ev_balance(a, "deposit")
 
     cdef int _withdraw(self, object cmd) except -1:
@@ -2226,6 +2307,7 @@ cdef class Engine:
                                 cmd.account)
         self.ac[a].collateral -= amount
         self.withdrawals += amount
+        self._touch(a)
         return self._ev_balance(a, "withdraw")
 
     cdef int _set_leverage(self, object cmd) except -1:
@@ -2274,6 +2356,7 @@ cdef class Engine:
                                 f"and no open orders there (position {q.size} lots, "
                                 f"{q.n_orders} open orders)", cmd.account, cmd.market)
         q.isolated = want
+        self._touch(a)
         if not want and q.iso_margin:        # back to cross: the position's margin comes home
             self.ac[a].collateral += q.iso_margin
             q.iso_margin = 0
@@ -2316,6 +2399,7 @@ cdef class Engine:
                                     f"margin {q.iso_margin})", cmd.account, cmd.market)
         self.ac[a].collateral -= amount
         q.iso_margin += amount
+        self._touch(a)
         return self._ev_balance(a, "transfer_margin")
 
     cdef int _query_account(self, object cmd) except -1:

@@ -39,6 +39,7 @@ ctypedef struct MarketC:
     int64_t max_leverage        # floor(1e6 / the first tier's imf)
     int64_t liq_fee_ppm
     int64_t max_liquidations    # scopes liquidated per mark update
+    int64_t mmf_max             # the highest maintenance rate of any tier (the risk index)
     uint8_t liq_pending         # the bound was hit: more to do at the next tick
     int64_t funding_interval_ns
     int64_t funding_cap_ppm
@@ -74,6 +75,7 @@ ctypedef struct AccountC:
     int32_t name_tok            # the account's key, pre-encoded in the writer
     int32_t positions           # first position slot, -1 if none
     uint8_t margin_call         # equity < 1.5 x maintenance when last looked at
+    uint8_t dirty               # its money or positions changed since the risk index saw it
 
 
 # ---- arithmetic ----------------------------------------------------------------------------------
