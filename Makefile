@@ -31,6 +31,7 @@ demo: install
 bench: install
 	$(PY) -m bench.run --json bench/results/latest.json
 	$(PY) -m pytest bench/ --benchmark-only --benchmark-columns=median,iqr,ops -q
+	$(PY) -m bench.liquidation
 
 clean:
 	rm -rf build engine/*.c engine/*.so engine/*.html engine/.built *.egg-info

@@ -26,3 +26,9 @@ def test_the_benchmark_reports_every_path():
     out = io.StringIO()
     bench_run.print_report(rep, out)
     assert "| core batch |" in out.getvalue()
+
+
+def test_the_liquidation_benchmark_liquidates_exactly_the_ten_risky_accounts():
+    from bench.liquidation import run
+    r = run(200, updates=5)                 # asserts the ten, and no one in the quiet updates
+    assert r["accounts"] == 200 and r["events_of_ten"] > 10
