@@ -53,7 +53,6 @@ cdef class Engine:
     cdef list risk_short
     cdef list risk_multi
     cdef list risk_called
-    cdef dict risk_key              # slot -> (SortedList, key) where it is indexed
     cdef list dirty
     cdef readonly list specs        # MarketSpec per market id
     cdef dict market_ids            # name -> id
@@ -140,6 +139,8 @@ cdef class Engine:
     cdef int _touch(self, int32_t a) except -1
     cdef int _rekey_dirty(self) except -1
     cdef int _rekey(self, int32_t a) except -1
+    cdef int _index_position(self, int32_t p, int want, int64_t key, bint exact) except -1
+    cdef int64_t _risk_key(self, int32_t p)
     cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1
     cdef int _liquidate_position(self, int32_t a, int32_t iso, int32_t p) except -1
     cdef int64_t _bankruptcy_price(self, int32_t a, int32_t iso, int32_t p) except -1

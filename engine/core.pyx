@@ -415,7 +415,6 @@ cdef class Engine:
         self.risk_short = []
         self.risk_multi = []
         self.risk_called = []
-        self.risk_key = {}
         self.dirty = []
         self.specs = []
         self.market_ids = {}
@@ -1062,6 +1061,8 @@ cdef class Engine:
         self.pos[p].margin_call = 0
         self.pos[p].iso_margin = 0
         self.pos[p].realised = 0
+        self.pos[p].rkey = 0
+        self.pos[p].rlist = 0
         self.pos[p].funding_last = self.mk[m].cum_funding
         self.pos[p].next = self.ac[a].positions
         self.ac[a].positions = p
@@ -1989,6 +1990,8 @@ cdef class Engine:
                     self.risk_called[m].discard(p)
             if eq < mm:
                 found.append((Fraction(eq, mm), _account_order(self.account_keys[a]), a, iso))
+            elif (q.rlist == 1 or q.rlist == 2) and 2 * <int128>eq >= 3 * <int128>mm:
+                self._index_position(p, q.rlist, self._risk_key(p), True)   # was early
         found.sort()
         mk.liq_pending = 0
         for _, _, a, iso in found:
@@ -2017,54 +2020,88 @@ cdef class Engine:
         return 0
 
     cdef int _rekey(self, int32_t a) except -1:
-        """Put each of the account's positions back in the risk index. A position that is its
+        """Bring the account's positions up to date in the risk index. A position that is its
         scope's only one (isolated, or the cross account's single position) is keyed by the
-        mark at which its equity could meet 1.5x its maintenance requirement, solved with the
-        market's highest maintenance rate and widened by two ticks, so that the key is never
-        late: a long is looked at when the mark is at or below its key, a short at or above.
-        Positions of cross accounts with several positions are looked at on every pass.
-        O(positions of the account x log n)."""
-        cdef int32_t p, n_cross = 0, iso, m
+        mark at which its equity could meet 1.5x its maintenance requirement (see _risk_key); a
+        long is looked at when the mark is at or below its key, a short at or above. Positions
+        of cross accounts with several positions are looked at on every pass. A key that became
+        less urgent is left as it is (it only makes a position looked at too early, and that
+        look re-keys it exactly), so most re-keys are a few C operations. O(positions of the
+        account), plus O(log n) for each key that moves."""
+        cdef int32_t p, n_cross = 0
         cdef PosC* q
-        cdef MarketC* mk
-        cdef int64_t eq
+        cdef int want
         p = self.ac[a].positions
         while p >= 0:
-            q = &self.pos[p]
-            old = self.risk_key.pop(p, None)
-            if old is not None:
-                old[0].discard(old[1])
-            self.risk_multi[q.market].discard(p)
-            if q.size and not q.isolated:
+            if self.pos[p].size and not self.pos[p].isolated:
                 n_cross += 1
-            p = q.next
-        if a == self.insurance:
-            return 0
+            p = self.pos[p].next
         p = self.ac[a].positions
         while p >= 0:
             q = &self.pos[p]
-            m = q.market
-            if q.size and not (not q.isolated and n_cross > 1):
-                mk = &self.mk[m]
-                iso = p if q.isolated else -1
-                eq = self._equity(a, iso)
-                n = int(iabs(q.size)) * mk.multiplier
-                if q.size > 0:       # E + n (M - M0) = 1.5 n M r  ->  M = 2 (n M0 - E) / (n (2 - 3r))
-                    den = n * (2 * PPM - 3 * mk.mmf_max)
-                    num = 2 * PPM * (n * mk.mark - eq)
-                    key = (2**62 if den <= 0 else (-1 if num <= 0 else -(-num // den) + 2))
-                    lst = self.risk_long[m]
-                else:                # E - n (M - M0) = 1.5 n M r  ->  M = 2 (E + n M0) / (n (2 + 3r))
-                    num = 2 * PPM * (eq + n * mk.mark)
-                    den = n * (2 * PPM + 3 * mk.mmf_max)
-                    key = -1 if num <= 0 else num // den - 2
-                    lst = self.risk_short[m]
-                lst.add((key, p))
-                self.risk_key[p] = (lst, (key, p))
-            elif q.size:
-                self.risk_multi[m].add(p)
+            if q.size == 0 or a == self.insurance:
+                want = 0
+            elif not q.isolated and n_cross > 1:
+                want = 3
+            else:
+                want = 1 if q.size > 0 else 2
+            self._index_position(p, want, self._risk_key(p) if want == 1 or want == 2 else 0,
+                                 False)
             p = q.next
         return 0
+
+    cdef int _index_position(self, int32_t p, int want, int64_t key, bint exact) except -1:
+        cdef PosC* q = &self.pos[p]
+        cdef int32_t m = q.market
+        if q.rlist == want:
+            if want == 0 or want == 3:
+                return 0
+            if not exact and ((want == 1 and key <= q.rkey) or (want == 2 and key >= q.rkey)):
+                return 0                      # less urgent: the old key is still safe
+            if key == q.rkey:
+                return 0
+        if q.rlist == 1:
+            (<object>self.risk_long[m]).discard((q.rkey, p))
+        elif q.rlist == 2:
+            (<object>self.risk_short[m]).discard((q.rkey, p))
+        elif q.rlist == 3:
+            (<object>self.risk_multi[m]).discard(p)
+        q.rlist = want
+        q.rkey = key
+        if want == 1:
+            (<object>self.risk_long[m]).add((key, p))
+        elif want == 2:
+            (<object>self.risk_short[m]).add((key, p))
+        elif want == 3:
+            (<object>self.risk_multi[m]).add(p)
+        return 0
+
+    cdef int64_t _risk_key(self, int32_t p):
+        """The mark at which a single-position scope's equity could meet 1.5x its maintenance,
+        solved with the market's highest maintenance rate r and widened by two ticks:
+        a long, E + n (M - M0) = 1.5 n M r  ->  M = 2 (n M0 - E) / (n (2 - 3r));
+        a short, E - n (M - M0) = 1.5 n M r  ->  M = 2 (E + n M0) / (n (2 + 3r)),
+        with n = |size| x multiplier and E the equity at the mark M0."""
+        cdef PosC* q = &self.pos[p]
+        cdef MarketC* mk = &self.mk[q.market]
+        cdef int128 n = <int128>iabs(q.size) * mk.multiplier
+        cdef int128 eq = self._equity(q.account, p if q.isolated else -1)
+        cdef int128 num, den
+        if q.size > 0:
+            den = n * (2 * PPM - 3 * mk.mmf_max)
+            num = 2 * PPM * (n * mk.mark - eq)
+            if den <= 0:
+                return 1 << 62                # always at risk
+            if num <= 0:
+                return -1                     # no positive mark reaches it
+            num = ceil_div(num, den) + 2
+        else:
+            num = 2 * PPM * (eq + n * mk.mark)
+            den = n * (2 * PPM + 3 * mk.mmf_max)
+            if num <= 0:
+                return -1                     # always at risk
+            num = floor_div(num, den) - 2
+        return <int64_t>(num if num < (1 << 62) else (1 << 62))
 
     cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1:
         """Cancel the scope's open orders (reason liquidation); while it is still liquidatable,

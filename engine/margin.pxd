@@ -69,6 +69,8 @@ ctypedef struct PosC:
     int64_t iso_margin          # quote units held by an isolated position
     int64_t realised            # PnL realised by this position so far (fees and funding apart)
     int128 funding_last         # the market's cum_funding when this position last settled
+    int64_t rkey                # its key in the risk index (see Engine._rekey)
+    uint8_t rlist               # where it is indexed: 0 nowhere, 1 longs, 2 shorts, 3 multi
 
 ctypedef struct AccountC:
     int64_t collateral          # quote units of cash

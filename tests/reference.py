@@ -89,6 +89,7 @@ class ReferenceEngine:
         self.orders: dict[tuple, Order] = {}          # (account, cid) -> open order
         self.by_account: dict = {}                    # account -> {cid: order}, acceptance order
         self.counts: dict[tuple, int] = {}            # (account, market) -> open orders
+        self.armed: dict = {}                         # oid -> trigger order waiting for its mark
         self.positions: dict[tuple, list] = {}        # (account, market) -> [size, cost, realised]
         self.collateral: dict = {}                    # account -> cash
         self.deposits = self.fees = 0
@@ -243,6 +244,7 @@ class ReferenceEngine:
                    reduce_only=o.reduce_only)
         if trigger:
             o.armed = True
+            self.armed[o.oid] = o
             return
         if tif == "fok" and not self._fok_fillable(mk, o, limit):
             self._cancel(o, "fok_unfilled")
@@ -251,11 +253,12 @@ class ReferenceEngine:
 
     def _fire(self, mk, name):
         mark = mk.mark
-        fired = sorted((o for o in self.orders.values() if o.market == name and o.armed and (
+        fired = sorted((o for o in self.armed.values() if o.market == name and (
             o.trigger_price <= mark if o.fires_up() else o.trigger_price >= mark)),
             key=lambda o: o.oid)
         for o in fired:
             o.armed = False
+            del self.armed[o.oid]
             self._emit("order_triggered", account=o.account, market=name, cid=o.cid, oid=o.oid,
                        trigger_price=o.trigger_price, mark=mark)
             self._enter(mk, o)
@@ -434,6 +437,7 @@ class ReferenceEngine:
             o.resting = False
         # Orders are keyed by (account, cid); dict order is acceptance order, as in the core.
         del self.orders[(o.account, o.cid)]
+        self.armed.pop(o.oid, None)
         del self.by_account[o.account][o.cid]
         self.counts[(o.account, o.market)] -= 1
 
@@ -525,8 +529,8 @@ class ReferenceEngine:
                 sides.append(orders)
             armed = [[o.oid, o.account, o.cid, o.kind, o.side, o.trigger_price, o.price, o.qty,
                       o.tif, o.stp, o.reduce_only]
-                     for o in sorted(self.orders.values(), key=lambda o: o.oid)
-                     if o.market == name and o.armed]
+                     for o in sorted(self.armed.values(), key=lambda o: o.oid)
+                     if o.market == name]
             markets.append([mk.spec.hash_record(), mk.index, mk.mark, mk.last_oracle_ts,
                             sides[0], sides[1],
                             [mk.next_funding, mk.premium_sum, mk.premium_n, 0], armed])
