@@ -107,6 +107,7 @@ cdef class Engine:
     cdef int _oracle(self, object cmd) except -1
     cdef int _new_order(self, object cmd) except -1
     cdef int _place(self, OrderCmd* c) except -1
+    cdef int32_t _open(self, OrderCmd* c, int32_t p) except -1
     cdef int _enter(self, int32_t i) except -1
     cdef int _arm(self, int32_t i) except -1
     cdef int _disarm(self, int32_t i) except -1

@@ -178,6 +178,21 @@ cdef str _band_violation_at(int64_t ref, str what, int64_t band, int side, int64
     return None
 
 
+cdef inline void _order_cmd(OrderCmd* c, int32_t a, int32_t m, int side, int kind, int tif,
+                            int stp, bint ro, int64_t qty, int64_t price,
+                            int64_t trigger) noexcept:
+    c.account = a
+    c.market = m
+    c.side = side
+    c.kind = kind
+    c.tif = tif
+    c.stp = stp
+    c.reduce_only = ro
+    c.qty = qty
+    c.price = price
+    c.trigger_price = trigger
+
+
 cdef inline int64_t _positive(object v, int64_t limit):
     """`v` as a positive integer no larger than `limit`, or 0 when it is not one (not an int,
     a bool, <= 0, or too large)."""
@@ -850,16 +865,7 @@ cdef class Engine:
             if kind == MARKET:
                 tif = IOC
                 price = 0
-            oc.account = a
-            oc.market = m
-            oc.side = side
-            oc.kind = kind
-            oc.tif = tif
-            oc.stp = stp
-            oc.reduce_only = ro
-            oc.qty = qty
-            oc.price = price
-            oc.trigger_price = 0
+            _order_cmd(&oc, a, m, side, kind, tif, stp, ro, qty, price, 0)
             oc.cid.is_str = cid_str
             oc.cid.i = 0 if cid_str else cid_i
             oc.cid.text = <const char*>cid_s if cid_str else NULL
@@ -1256,15 +1262,7 @@ cdef class Engine:
                 tif = IOC
         a = self._account(account)
         keep = self._cid_key(cid, a, &oc.cid)
-        oc.account = a
-        oc.market = m
-        oc.side = side
-        oc.kind = kind
-        oc.tif = tif
-        oc.stp = stp
-        oc.reduce_only = ro
-        oc.qty = qty
-        oc.price = price
+        _order_cmd(&oc, a, m, side, kind, tif, stp, ro, qty, price, oc.trigger_price)
         return self._place(&oc)
 
     cdef int _place(self, OrderCmd* c) except -1:
@@ -1339,29 +1337,7 @@ cdef class Engine:
                                           f"against the best {'ask' if side == BID else 'bid'}")
 
         # ---- accepted: from here on the order exists ----
-        i = self.pool.alloc()
-        o = &self.pool.o[i]
-        o.oid = self.next_oid
-        self.next_oid += 1
-        o.price = price
-        o.qty = qty
-        o.account = a
-        o.market = m
-        o.side = side
-        o.kind = c.kind
-        o.tif = tif
-        o.stp = c.stp
-        o.reduce_only = ro
-        o.trigger_price = c.trigger_price
-        o.cid_is_str = k.is_str
-        o.cid_int = k.i
-        o.cid_hash = k.h
-        o.cid_len = <uint8_t>k.n
-        if k.is_str:
-            memcpy(self.pool.cid_text + <size_t>i * CID_BYTES, k.text, k.n)
-        self.pool.cid_insert(i)
-        self.pool.account_link(i)
-        self.pos[p].n_orders += 1
+        i = self._open(c, p)
         self._ev_accepted(i, qty)
         if trigger:
             return self._arm(i)
@@ -1454,6 +1430,35 @@ cdef class Engine:
         if o.tif == FOK and not self._fok_fillable(i, limit):
             return self._cancel_order(i, V_FOK_UNFILLED)
         return self._finish_taker(i, self._match(i, limit))
+
+    cdef int32_t _open(self, OrderCmd* c, int32_t p) except -1:
+        """A new open order from `c`: the next oid, a pool slot, the cid index, the account's
+        list and the position's order count. O(1)."""
+        cdef int32_t i = self.pool.alloc()
+        cdef Order* o = &self.pool.o[i]
+        cdef CidKey* k = &c.cid
+        o.oid = self.next_oid
+        self.next_oid += 1
+        o.price = c.price
+        o.qty = c.qty
+        o.account = c.account
+        o.market = c.market
+        o.side = c.side
+        o.kind = c.kind
+        o.tif = c.tif
+        o.stp = c.stp
+        o.reduce_only = c.reduce_only
+        o.trigger_price = c.trigger_price
+        o.cid_is_str = k.is_str
+        o.cid_int = k.i
+        o.cid_hash = k.h
+        o.cid_len = <uint8_t>k.n
+        if k.is_str:
+            memcpy(self.pool.cid_text + <size_t>i * CID_BYTES, k.text, k.n)
+        self.pool.cid_insert(i)
+        self.pool.account_link(i)
+        self.pos[p].n_orders += 1
+        return i
 
     cdef object _cid_of(self, CidKey* k):
         if k.is_str:
@@ -2256,32 +2261,25 @@ cdef class Engine:
         """An IOC reduce-only order for the account, no worse than `limit`; its fills say
         `liquidation: true`. The order is the engine's: it gets an oid and the cid
         "liquidation:<oid>", and no order_accepted or order_cancelled. Returns the qty filled."""
-        cdef int32_t i, m = self.pos[p].market
-        cdef Order* o
-        cdef CidKey k
-        i = self.pool.alloc()
-        o = &self.pool.o[i]
-        o.oid = self.next_oid
-        self.next_oid += 1
-        o.price = limit
-        o.qty = qty
-        o.account = a
-        o.market = m
-        o.side = side
-        o.kind = MARKET
-        o.tif = IOC
-        o.stp = CANCEL_TAKER
-        o.reduce_only = 1
-        o.trigger_price = 0
-        cid = f"liquidation:{o.oid}".encode()
-        o.cid_is_str = 1
-        o.cid_int = 0
-        o.cid_len = <uint8_t>len(cid)
-        memcpy(self.pool.cid_text + <size_t>i * CID_BYTES, <const char*>cid, len(cid))
-        o.cid_hash = cid_hash_str(a, <const char*>cid, len(cid))
-        self.pool.cid_insert(i)
-        self.pool.account_link(i)
-        self.pos[p].n_orders += 1
+        cdef int32_t i
+        cdef OrderCmd c
+        cid = f"liquidation:{self.next_oid}".encode()
+        c.account = a
+        c.market = self.pos[p].market
+        c.side = side
+        c.kind = MARKET
+        c.tif = IOC
+        c.stp = CANCEL_TAKER
+        c.reduce_only = 1
+        c.qty = qty
+        c.price = limit
+        c.trigger_price = 0
+        c.cid.is_str = True
+        c.cid.i = 0
+        c.cid.text = cid
+        c.cid.n = len(cid)
+        c.cid.h = cid_hash_str(a, c.cid.text, c.cid.n)
+        i = self._open(&c, p)
         self.liquidating = True
         self.liq_qty = 0
         self.liq_notional = 0
