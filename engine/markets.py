@@ -63,9 +63,11 @@ class MarketSpec:
         ]
 
 
-def _decimal(field: str, value: str | int) -> Decimal:
+def _decimal(field: str, value: str | int | float) -> Decimal:
+    """A decimal string, as the contract says; a JSON number is read by its shortest repr
+    (0.1 -> Decimal("0.1")), never through binary floating point arithmetic."""
     try:
-        d = Decimal(str(value))
+        d = Decimal(repr(value) if type(value) is float else str(value))
     except InvalidOperation:
         raise MarketConfigError(f"{field} must be a decimal string such as \"0.1\", got {value!r}")
     if not d.is_finite() or d <= 0:

@@ -62,8 +62,8 @@ class Tier(Struct, forbid_unknown_fields=True, frozen=True):
 
 class CreateMarket(Command, tag="create_market"):
     market: MarketName
-    tick_size: Union[str, int]
-    lot_size: Union[str, int]
+    tick_size: Union[str, int, float]   # a decimal string; a JSON number is read by its repr
+    lot_size: Union[str, int, float]
     min_qty: Int64
     imf_ppm: Int64
     mmf_ppm: Int64

@@ -62,3 +62,7 @@ def test_a_bad_market_is_rejected_invalid_market_and_the_engine_goes_on():
 def test_a_second_market_of_the_same_name_is_rejected_market_exists():
     x = Exchange()
     assert reason(x.run(M.CreateMarket(market="BTC-PERP", **MARKET_FIELDS))) == "market_exists"
+
+
+def test_a_tick_size_given_as_a_json_number_is_read_by_its_decimal_repr():
+    assert spec(tick_size=0.1, lot_size=0.001).multiplier == 100
