@@ -140,6 +140,7 @@ cdef class Engine:
     cdef int _touch(self, int32_t a) except -1
     cdef int _rekey_dirty(self) except -1
     cdef int _rekey(self, int32_t a) except -1
+    cdef int _mark_called(self, int32_t a, int32_t iso) except -1
     cdef int _index_position(self, int32_t p, int want, int64_t key, bint exact) except -1
     cdef int64_t _risk_key(self, int32_t p)
     cdef int _liquidate_scope(self, int32_t a, int32_t iso) except -1

@@ -1990,7 +1990,7 @@ cdef class Engine:
                 else:
                     self.ac[a].margin_call = below
                 if below:
-                    self.risk_called[m].add(p)
+                    self._mark_called(a, iso)
                 else:
                     self.risk_called[m].discard(p)
             if eq < mm:
@@ -2005,6 +2005,13 @@ cdef class Engine:
                 break
             self._liquidate_scope(a, iso)
             k += 1
+            # The warning now describes the scope as the liquidation left it (no new event).
+            below = (2 * <int128>self._equity(a, iso)
+                     < 3 * <int128>self._maintenance_margin(a, iso))
+            if iso >= 0:
+                self.pos[iso].margin_call = below
+            else:
+                self.ac[a].margin_call = below
         return 0
 
     # ---- the risk index ------------------------------------------------------------------------
@@ -2022,6 +2029,20 @@ cdef class Engine:
             self.ac[a].dirty = 0
             self._rekey(a)
         self.dirty.clear()
+        return 0
+
+    cdef int _mark_called(self, int32_t a, int32_t iso) except -1:
+        """A warned scope is looked at by every pass of each market it holds, until its warning
+        clears (a pass that finds it recovered drops it from that market's set)."""
+        cdef int32_t p
+        if iso >= 0:
+            self.risk_called[self.pos[iso].market].add(iso)
+            return 0
+        p = self.ac[a].positions
+        while p >= 0:
+            if self.pos[p].size and not self.pos[p].isolated:
+                self.risk_called[self.pos[p].market].add(p)
+            p = self.pos[p].next
         return 0
 
     cdef int _rekey(self, int32_t a) except -1:
@@ -2052,6 +2073,8 @@ cdef class Engine:
                 want = 1 if q.size > 0 else 2
             self._index_position(p, want, self._risk_key(p) if want == 1 or want == 2 else 0,
                                  False)
+            if want and (q.margin_call if q.isolated else self.ac[a].margin_call):
+                self.risk_called[q.market].add(p)      # its warning is still to be cleared
             p = q.next
         return 0
 
