@@ -392,7 +392,6 @@ class Reason:
     MARGIN_MODE_LOCKED = "margin_mode_locked"
     NOT_ISOLATED = "not_isolated"
     MARKET_EXISTS = "market_exists"
-    UNSUPPORTED = "unsupported"
 
 
 class CancelReason:

@@ -106,13 +106,12 @@ class ReferenceEngine:
             self.clock = cmd.ts
         tag = type(cmd).__struct_config__.tag
         handler = getattr(self, "_cancel_cmd" if tag == "cancel" else "_" + tag, None)
-        if handler is None:
-            self._reject(cmd, tag, "unsupported")
-        else:
-            try:
-                handler(cmd)
-            except Rejection as r:
-                self._reject(cmd, tag, r.reason)
+        if handler is None:       # margin commands: the reference models matching and money
+            raise NotImplementedError(f"the reference engine does not model {tag}")
+        try:
+            handler(cmd)
+        except Rejection as r:
+            self._reject(cmd, tag, r.reason)
         return self.out
 
     def _emit(self, type_, **fields):
