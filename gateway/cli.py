@@ -24,6 +24,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("demo", help="run the demo on the embedded default configuration")
 
+    sv = sub.add_parser("serve", help="serve the engine over ZeroMQ (CURVE)",
+                        description="Serve the engine: a ROUTER for requests and a PUB for public "
+                        "events. Without --config, the embedded default: BTC-PERP, ETH-PERP and "
+                        "funded demo accounts whose keys are written to the data folder.")
+    sv.add_argument("--config", help="a TOML configuration (see gateway/config.py)")
+    sv.add_argument("--data", help="the data folder for keys (overrides the config)")
+    sv.add_argument("--router", help="request endpoint (overrides the config)")
+    sv.add_argument("--pub", help="public events endpoint (overrides the config)")
+
     args = parser.parse_args(argv)
     if args.cmd == "replay":
         from gateway.replay import replay_file
@@ -40,6 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "demo":
         from gateway.demo import run
         return run()
+    if args.cmd == "serve":
+        from pathlib import Path
+
+        from gateway.config import ConfigError, default_config, load_config
+        from gateway.server import run as serve
+        try:
+            cfg = load_config(args.config) if args.config else default_config()
+        except ConfigError as e:
+            print(f"perpdex: {e}", file=sys.stderr)
+            return 2
+        if args.data:
+            cfg.data_dir = Path(args.data)
+        cfg.router = args.router or cfg.router
+        cfg.pub = args.pub or cfg.pub
+        return serve(cfg)
     return 2
 
 

@@ -1,0 +1,105 @@
+"""`perpdex serve` as market makers meet it: a real process, real CURVE sockets on loopback."""
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+import zmq.auth
+
+from gateway.client import Client, Timeout
+
+PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("perpdex-data")
+    router = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router,
+                             "--pub", f"tcp://127.0.0.1:{free_port()}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (data / "keys" / "admin.key_secret").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        yield data, router
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def client(server, name, timeout_ms=3000):
+    data, router = server
+    return Client(router, str(data / "keys" / "server.key"),
+                  str(data / "keys" / f"{name}.key_secret"), timeout_ms=timeout_ms)
+
+
+def events_of(reply, type_):
+    return [e for e in reply["events"] if e["type"] == type_]
+
+
+def test_a_trader_places_an_order_and_gets_its_events_under_its_own_account(server):
+    oracle = client(server, "oracle")
+    assert oracle.request("oracle", market="BTC-PERP", price=650_000)["ok"]
+    mm = client(server, "mm-1")
+    reply = mm.request("new_order", market="BTC-PERP", cid=1, side="buy", kind="limit",
+                       qty=10, price=649_000)
+    assert reply["ok"] and reply["req_id"] == 1
+    (acc,) = events_of(reply, "order_accepted")
+    assert acc["account"] == "mm-1" and acc["cid"] == 1
+
+
+def test_one_account_cannot_cancel_another_accounts_order(server):
+    client(server, "oracle").request("oracle", market="ETH-PERP", price=300_000)
+    client(server, "mm-1").request("new_order", market="ETH-PERP", cid=7, side="buy",
+                                   kind="limit", qty=10, price=299_000)
+    reply = client(server, "mm-2").request("cancel", market="ETH-PERP", cid=7)
+    (rej,) = events_of(reply, "rejected")
+    assert rej["reason"] == "unknown_order" and rej["account"] == "mm-2"
+    mine = client(server, "mm-1").request("query_account")
+    assert any(o["cid"] == 7 for o in mine["events"][0]["open_orders"])
+
+
+def test_the_account_comes_from_the_key_not_the_message(server):
+    reply = client(server, "mm-2").request("cancel_all", account="mm-1")
+    assert not reply["ok"] and "from your key" in reply["detail"]
+
+
+def test_a_trader_may_not_move_the_oracle(server):
+    reply = client(server, "taker-1").request("oracle", market="BTC-PERP", price=1)
+    assert (reply["ok"], reply["reason"]) == (False, "forbidden")
+
+
+def test_an_unknown_key_is_refused_at_the_handshake(server, tmp_path):
+    data, router = server
+    zmq.auth.create_certificates(str(tmp_path), "stranger")
+    stranger = Client(router, str(data / "keys" / "server.key"),
+                      str(tmp_path / "stranger.key_secret"), timeout_ms=700)
+    with pytest.raises(Timeout):
+        stranger.request("query_account")
+
+
+def test_garbage_gets_an_error_and_the_server_keeps_serving(server):
+    mm = client(server, "mm-1")
+    assert mm.send_raw(b"\xc1\xc1 not msgpack")["reason"] == "invalid_command"
+    assert mm.send_raw(msgspec.msgpack.encode([1, 2]))["reason"] == "invalid_command"
+    bad = mm.request("new_order", market="BTC-PERP", cid="x", side="up", kind="limit", qty=1)
+    assert bad["reason"] == "invalid_command" and "side" in bad["detail"]
+    assert mm.request("query_account")["ok"]
