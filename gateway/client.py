@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import msgspec
 import zmq
@@ -30,7 +31,9 @@ class Client:
         self.sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
         self.sock.connect(endpoint)
         self.timeout_ms = timeout_ms
-        self._ids = itertools.count(1)
+        # req_ids must not repeat within the server's retry window for the account (a repeat is
+        # a retry and gets the first reply): number from the moment this client was made.
+        self._ids = itertools.count(time.time_ns())
 
     def send_raw(self, data: bytes) -> dict:
         self.sock.send(data)

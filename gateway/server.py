@@ -30,6 +30,13 @@ from .config import Config
 
 MAX_MESSAGE = 64 * 1024                 # bytes; a larger request is refused
 DRAIN = 1024                            # requests taken per loop turn at most
+RETRY_WINDOW = 4096                     # an account's last requests whose replies are kept
+MAX_BATCH = 256                         # items in one batch request
+# Token buckets per account (requests per second, burst): cancels have their own, so a flood of
+# new orders never starves them.
+ORDER_RATE = (500.0, 1000.0)
+CANCEL_RATE = (2000.0, 4000.0)
+CANCELS = {"cancel", "cancel_all"}
 
 # What each role may send. The account of trader commands comes from the key.
 TRADER = {"new_order", "cancel", "cancel_all", "amend", "query_account", "set_leverage",
@@ -67,6 +74,24 @@ def ensure_keys(cfg: Config) -> dict[str, Path]:
     return paths
 
 
+class Bucket:
+    """A token bucket: `rate` tokens a second up to `burst`; time from the gateway's clock."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst, self.tokens, self.at = rate, burst, burst, now
+
+    def take(self, n: int, now: float) -> float:
+        """Take `n` tokens; 0.0 if granted, else the seconds until they would be."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
 class Server:
     def __init__(self, cfg: Config, engine: Engine | None = None):
         self.cfg = cfg
@@ -85,6 +110,8 @@ class Server:
         self.pub = self._socket(zmq.PUB, pub, sec)
         self.pub.bind(cfg.pub)
         self.running = True
+        self.replies: dict[str, dict] = {}          # account -> {req_id: reply}, oldest first
+        self.buckets: dict[tuple, Bucket] = {}
         self._boot()
 
     def _socket(self, kind, pub, sec):
@@ -148,29 +175,104 @@ class Server:
         req_id = msg.pop("req_id", None)
         if acct is None:
             return identity, _error(req_id, "forbidden", "this key belongs to no account"), []
+        seen = self.replies.setdefault(acct.name, {})
+        if req_id is not None:
+            try:
+                if req_id in seen:                  # a retry: the original reply, nothing redone
+                    return identity, seen[req_id], []
+            except TypeError:
+                return identity, _error(None, "invalid_command",
+                                        "req_id must be a number or a string"), []
+        if msg.get("type") == "batch":
+            reply, public = self._batch(acct, req_id, msg)
+        else:
+            reply, public = self._one(acct, req_id, msg)
+        if req_id is not None and reply.get("reason") != "rate_limited":
+            seen[req_id] = reply
+            if len(seen) > RETRY_WINDOW:
+                del seen[next(iter(seen))]
+        return identity, reply, public
+
+    def _limited(self, acct, cancels: int, others: int, req_id):
+        """None, or the `rate_limited` reply saying when to retry."""
+        now = time.monotonic()
+        waits = []
+        for kind, n, (rate, burst) in (("cancel", cancels, CANCEL_RATE),
+                                       ("order", others, ORDER_RATE)):
+            if n:
+                b = self.buckets.get((acct.name, kind))
+                if b is None:
+                    b = self.buckets[(acct.name, kind)] = Bucket(rate, burst, now)
+                waits.append(b.take(n, now))
+        wait = max(waits, default=0.0)
+        if wait <= 0:
+            return None
+        reply = _error(req_id, "rate_limited",
+                       f"over the request rate; retry in {wait * 1000:.0f} ms")
+        reply["retry_after_ms"] = int(wait * 1000) + 1
+        return reply
+
+    def _command(self, acct, msg):
+        """The command of one request item, or the reason and detail it cannot be one."""
+        if not isinstance(msg, dict):
+            return None, ("invalid_command", "a command is a msgpack map")
         kind = msg.get("type")
         if kind not in ALLOWED[acct.role]:
-            return identity, _error(req_id, "forbidden",
-                                    f"a {acct.role} may not send {kind!r}; it may send "
-                                    f"{', '.join(sorted(ALLOWED[acct.role]))}"), []
+            return None, ("forbidden", f"a {acct.role} may not send {kind!r}; it may send "
+                                       f"{', '.join(sorted(ALLOWED[acct.role]))}")
         if acct.role == "trader":
             if "account" in msg:
-                return identity, _error(req_id, "invalid_command",
-                                        "`account` comes from your key; leave it out"), []
+                return None, ("invalid_command", "`account` comes from your key; leave it out")
             msg["account"] = acct.name
         msg["ts"] = time.time_ns()
         try:
-            cmd = msgspec.convert(msg, M.AnyCommand)
+            return msgspec.convert(msg, M.AnyCommand), None
         except msgspec.ValidationError as e:
-            return identity, _error(req_id, "invalid_command", str(e)), []
+            return None, ("invalid_command", str(e))
+
+    def _one(self, acct, req_id, msg):
+        limited = self._limited(acct, msg.get("type") in CANCELS,
+                                msg.get("type") not in CANCELS, req_id)
+        if limited:
+            return limited, []
+        cmd, why = self._command(acct, msg)
+        if cmd is None:
+            return _error(req_id, *why), []
         events = self.engine.execute(cmd)
-        public = [(ev.market.encode(), ev) for ev in events
-                  if ev.__struct_config__.tag in PUBLIC]
-        return identity, {"req_id": req_id, "ok": True, "events": events}, public
+        return {"req_id": req_id, "ok": True, "events": events}, _public(events)
+
+    def _batch(self, acct, req_id, msg):
+        """Several commands in one request: cancels run first, then the rest, each in request
+        order; one status per item, in request order."""
+        items = msg.get("items")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+            return _error(req_id, "invalid_command",
+                          f"a batch has `items`: a list of 1 to {MAX_BATCH} commands"), []
+        cancels = [i for i, it in enumerate(items)
+                   if isinstance(it, dict) and it.get("type") in CANCELS]
+        limited = self._limited(acct, len(cancels), len(items) - len(cancels), req_id)
+        if limited:
+            return limited, []
+        first = set(cancels)
+        results: list = [None] * len(items)
+        public = []
+        for i in cancels + [i for i in range(len(items)) if i not in first]:
+            cmd, why = self._command(acct, items[i])
+            if cmd is None:
+                results[i] = {"ok": False, "reason": why[0], "detail": why[1]}
+                continue
+            events = self.engine.execute(cmd)
+            results[i] = {"ok": True, "events": events}
+            public.extend(_public(events))
+        return {"req_id": req_id, "ok": True, "results": results}, public
 
     def close(self):
         self.auth.stop()
         self.ctx.destroy(linger=0)
+
+
+def _public(events):
+    return [(ev.market.encode(), ev) for ev in events if ev.__struct_config__.tag in PUBLIC]
 
 
 def _error(req_id, reason, detail):

@@ -61,7 +61,7 @@ def test_a_trader_places_an_order_and_gets_its_events_under_its_own_account(serv
     mm = client(server, "mm-1")
     reply = mm.request("new_order", market="BTC-PERP", cid=1, side="buy", kind="limit",
                        qty=10, price=649_000)
-    assert reply["ok"] and reply["req_id"] == 1
+    assert reply["ok"] and isinstance(reply["req_id"], int)
     (acc,) = events_of(reply, "order_accepted")
     assert acc["account"] == "mm-1" and acc["cid"] == 1
 
@@ -103,3 +103,49 @@ def test_garbage_gets_an_error_and_the_server_keeps_serving(server):
     bad = mm.request("new_order", market="BTC-PERP", cid="x", side="up", kind="limit", qty=1)
     assert bad["reason"] == "invalid_command" and "side" in bad["detail"]
     assert mm.request("query_account")["ok"]
+
+
+def test_a_retried_request_gets_the_original_reply_and_places_nothing_twice(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    mm = client(server, "mm-2")
+    req = {"req_id": "retry-1", "type": "new_order", "market": "BTC-PERP", "cid": 42,
+           "side": "sell", "kind": "limit", "qty": 5, "price": 651_000}
+    first = mm.send_raw(msgspec.msgpack.encode(req))
+    again = mm.send_raw(msgspec.msgpack.encode(req))
+    assert first == again and first["ok"]
+    orders = mm.request("query_account")["events"][0]["open_orders"]
+    assert [o["cid"] for o in orders].count(42) == 1
+
+
+def test_a_batch_runs_its_cancels_first_and_answers_each_item_in_order(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    mm = client(server, "taker-2")
+    mm.request("new_order", market="BTC-PERP", cid="old", side="buy", kind="limit", qty=2,
+               price=640_000)
+    reply = mm.request("batch", items=[
+        {"type": "new_order", "market": "BTC-PERP", "cid": "old", "side": "buy",
+         "kind": "limit", "qty": 3, "price": 641_000},        # its cid is free once cancelled
+        {"type": "cancel", "market": "BTC-PERP", "cid": "old"},
+        {"type": "oracle", "market": "BTC-PERP", "price": 1},  # not a trader's
+    ])
+    new, cancel, oracle = reply["results"]
+    assert cancel["ok"] and cancel["events"][0]["type"] == "order_cancelled"
+    assert new["ok"] and new["events"][0]["type"] == "order_accepted"
+    assert (oracle["ok"], oracle["reason"]) == (False, "forbidden")
+    assert new["events"][0]["seq"] > cancel["events"][0]["seq"]
+
+
+def test_a_flood_of_orders_is_rate_limited_and_told_when_to_retry(server):
+    flooder = client(server, "lev-1")
+    item = {"type": "new_order", "market": "BTC-PERP", "side": "buy", "kind": "limit",
+            "qty": 1, "price": 1}
+    limited = None
+    for k in range(8):
+        reply = flooder.request("batch", items=[dict(item, cid=f"{k}-{i}") for i in range(256)])
+        if not reply["ok"]:
+            limited = reply
+            break
+    assert limited is not None and limited["reason"] == "rate_limited"
+    assert limited["retry_after_ms"] > 0
+    # cancels have their own budget: they still go through
+    assert flooder.request("cancel_all")["ok"]
