@@ -34,10 +34,25 @@ class Client:
         # req_ids must not repeat within the server's retry window for the account (a repeat is
         # a retry and gets the first reply): number from the moment this client was made.
         self._ids = itertools.count(time.time_ns())
+        self.pushed: list[dict] = []        # private-stream items that arrived between replies
 
     def send_raw(self, data: bytes) -> dict:
         self.sock.send(data)
         return self._receive()
+
+    def subscribe(self, resume_from: int | None = None) -> dict:
+        """Join this account's private stream (every connection of the account gets it)."""
+        fields = {} if resume_from is None else {"resume_from": resume_from}
+        return self.request("subscribe", **fields)
+
+    def stream(self, n: int, timeout_ms: int | None = None) -> list[dict]:
+        """The next `n` private-stream items, in order."""
+        while len(self.pushed) < n:
+            if not self.sock.poll(timeout_ms or self.timeout_ms):
+                raise Timeout(f"{len(self.pushed)} of {n} stream items arrived")
+            self.pushed.append(msgspec.msgpack.decode(self.sock.recv()))
+        out, self.pushed = self.pushed[:n], self.pushed[n:]
+        return out
 
     def request(self, type: str, **fields) -> dict:
         """Send one request; return its reply (`ok`, and `events` or `reason` and `detail`)."""
@@ -49,9 +64,14 @@ class Client:
         return reply
 
     def _receive(self) -> dict:
-        if not self.sock.poll(self.timeout_ms):
-            raise Timeout(f"no reply within {self.timeout_ms} ms")
-        return msgspec.msgpack.decode(self.sock.recv())
+        while True:
+            if not self.sock.poll(self.timeout_ms):
+                raise Timeout(f"no reply within {self.timeout_ms} ms")
+            msg = msgspec.msgpack.decode(self.sock.recv())
+            if isinstance(msg, dict) and msg.get("stream") == "private":
+                self.pushed.append(msg)         # kept for stream(), in order
+                continue
+            return msg
 
     def close(self):
         self.sock.close(linger=0)

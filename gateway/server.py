@@ -24,6 +24,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from collections import deque
+
 from engine import Engine, messages as M
 
 from .config import Config
@@ -31,6 +33,7 @@ from .config import Config
 MAX_MESSAGE = 64 * 1024                 # bytes; a larger request is refused
 DRAIN = 1024                            # requests taken per loop turn at most
 RETRY_WINDOW = 4096                     # an account's last requests whose replies are kept
+STREAM_BUFFER = 10_000                  # an account's last private events kept for resume
 MAX_BATCH = 256                         # items in one batch request
 # Token buckets per account (requests per second, burst): cancels have their own, so a flood of
 # new orders never starves them.
@@ -92,6 +95,29 @@ class Bucket:
         return (n - self.tokens) / self.rate
 
 
+class Stream:
+    """An account's private stream: its events numbered 1, 2, 3, ... (`pseq`), the last
+    STREAM_BUFFER of them kept for clients that resume, and the connections subscribed."""
+
+    __slots__ = ("pseq", "buffer", "subscribers")
+
+    def __init__(self):
+        self.pseq = 0
+        self.buffer: deque = deque(maxlen=STREAM_BUFFER)
+        self.subscribers: set[bytes] = set()
+
+
+def _accounts_of(ev) -> tuple:
+    """The accounts an event belongs to (a fill to both sides, once each)."""
+    tag = ev.__struct_config__.tag
+    if tag == "fill":
+        if ev.taker_account == ev.maker_account:
+            return (ev.taker_account,)
+        return (ev.taker_account, ev.maker_account)
+    account = getattr(ev, "account", None)
+    return () if account is None else (account,)
+
+
 class Server:
     def __init__(self, cfg: Config, engine: Engine | None = None):
         self.cfg = cfg
@@ -112,6 +138,8 @@ class Server:
         self.running = True
         self.replies: dict[str, dict] = {}          # account -> {req_id: reply}, oldest first
         self.buckets: dict[tuple, Bucket] = {}
+        self.streams: dict[str, Stream] = {}        # account -> its private stream
+        self.outbox: list = []                      # this batch's events, for the streams
         self._boot()
 
     def _socket(self, kind, pub, sec):
@@ -148,12 +176,52 @@ class Server:
                 batch.append(self._handle(frames))
             self._make_durable(batch)
             for identity, reply, public in batch:
-                try:
-                    self.router.send_multipart([identity, _encode.encode(reply)])
-                except zmq.ZMQError:        # the peer left: its reply has nowhere to go
-                    pass
+                self._send(identity, reply)
                 for topic, ev in public:
                     self.pub.send_multipart([topic, _encode.encode(ev)])
+            self._stream_out()
+
+    def _send(self, identity: bytes, message) -> bool:
+        try:
+            self.router.send_multipart([identity, _encode.encode(message)])
+            return True
+        except zmq.ZMQError:            # the peer left (ROUTER_MANDATORY says so)
+            return False
+
+    def _stream_out(self):
+        """Number this batch's events per account and push them to its subscribed connections."""
+        for ev in self.outbox:
+            for account in _accounts_of(ev):
+                st = self.streams.get(account)
+                if st is None:
+                    if account not in self.cfg.accounts:
+                        continue
+                    st = self.streams[account] = Stream()
+                st.pseq += 1
+                item = {"stream": "private", "pseq": st.pseq, "event": ev}
+                st.buffer.append(item)
+                for identity in list(st.subscribers):
+                    if not self._send(identity, item):
+                        st.subscribers.discard(identity)
+        self.outbox.clear()
+
+    def _subscribe(self, acct, identity, req_id, msg):
+        """Join the account's private stream; with `resume_from`, first get what came after it."""
+        st = self.streams.setdefault(acct.name, Stream())
+        since = msg.get("resume_from")
+        missed = []
+        if since is not None:
+            if not isinstance(since, int) or since < 0 or since > st.pseq:
+                return _error(req_id, "invalid_command",
+                              f"resume_from must be an integer from 0 to {st.pseq}")
+            oldest = st.buffer[0]["pseq"] if st.buffer else st.pseq + 1
+            if since + 1 < oldest and since < st.pseq:
+                return _error(req_id, "resume_gap",
+                              f"events after {since} are no longer kept (the oldest kept is "
+                              f"{oldest}); subscribe afresh and ask query_account")
+            missed = [item for item in st.buffer if item["pseq"] > since]
+        st.subscribers.add(identity)
+        return {"req_id": req_id, "ok": True, "pseq": st.pseq, "missed": missed}
 
     def _make_durable(self, batch):
         """The journal goes here (the durability issue): the batch's commands are written and
@@ -183,6 +251,8 @@ class Server:
             except TypeError:
                 return identity, _error(None, "invalid_command",
                                         "req_id must be a number or a string"), []
+        if msg.get("type") == "subscribe":
+            return identity, self._subscribe(acct, identity, req_id, msg), []
         if msg.get("type") == "batch":
             reply, public = self._batch(acct, req_id, msg)
         else:
@@ -239,6 +309,7 @@ class Server:
         if cmd is None:
             return _error(req_id, *why), []
         events = self.engine.execute(cmd)
+        self.outbox.extend(events)
         return {"req_id": req_id, "ok": True, "events": events}, _public(events)
 
     def _batch(self, acct, req_id, msg):
@@ -262,6 +333,7 @@ class Server:
                 results[i] = {"ok": False, "reason": why[0], "detail": why[1]}
                 continue
             events = self.engine.execute(cmd)
+            self.outbox.extend(events)
             results[i] = {"ok": True, "events": events}
             public.extend(_public(events))
         return {"req_id": req_id, "ok": True, "results": results}, public

@@ -149,3 +149,42 @@ def test_a_flood_of_orders_is_rate_limited_and_told_when_to_retry(server):
     assert limited["retry_after_ms"] > 0
     # cancels have their own budget: they still go through
     assert flooder.request("cancel_all")["ok"]
+
+
+def test_fills_reach_both_sides_once_in_order_with_no_gaps(server):
+    client(server, "oracle").request("oracle", market="ETH-PERP", price=300_000)
+    maker, taker = client(server, "mm-1"), client(server, "taker-1")
+    m0 = maker.subscribe()["pseq"]
+    t0 = taker.subscribe()["pseq"]
+    maker.request("new_order", market="ETH-PERP", cid="s1", side="sell", kind="limit",
+                  qty=3, price=300_100)
+    maker.request("new_order", market="ETH-PERP", cid="s2", side="sell", kind="limit",
+                  qty=3, price=300_200)
+    taker.request("new_order", market="ETH-PERP", cid="t", side="buy", kind="limit", qty=6,
+                  price=300_200, tif="ioc")
+    mine = maker.stream(4)          # two accepted, two fills
+    assert [i["pseq"] for i in mine] == list(range(m0 + 1, m0 + 5))
+    fills = [i["event"] for i in mine if i["event"]["type"] == "fill"]
+    assert [f["maker_cid"] for f in fills] == ["s1", "s2"]
+    theirs = taker.stream(3)        # accepted, two fills
+    assert [i["pseq"] for i in theirs] == list(range(t0 + 1, t0 + 4))
+    assert [i["event"]["seq"] for i in theirs if i["event"]["type"] == "fill"] == \
+        [f["seq"] for f in fills]
+
+
+def test_a_reconnecting_client_resumes_from_its_last_pseq(server):
+    first = client(server, "mm-2")
+    start = first.subscribe()["pseq"]
+    first.request("new_order", market="BTC-PERP", cid="r1", side="buy", kind="limit", qty=1,
+                  price=600_000)
+    first.request("cancel", market="BTC-PERP", cid="r1")
+    first.close()
+    again = client(server, "mm-2")
+    reply = again.subscribe(resume_from=start)
+    assert [i["event"]["type"] for i in reply["missed"]] == ["order_accepted", "order_cancelled"]
+    assert reply["pseq"] == start + 2
+
+
+def test_resuming_from_beyond_the_stream_is_a_clear_error(server):
+    reply = client(server, "mm-2").subscribe(resume_from=10**9)
+    assert (reply["ok"], reply["reason"]) == (False, "invalid_command")
