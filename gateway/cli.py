@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--data", help="the data folder for keys (overrides the config)")
     sv.add_argument("--router", help="request endpoint (overrides the config)")
     sv.add_argument("--pub", help="public events endpoint (overrides the config)")
+    sv.add_argument("--session-timeout-ms", type=int,
+                    help="a session with no word for this long is gone (overrides the config)")
 
     args = parser.parse_args(argv)
     if args.cmd == "replay":
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data_dir = Path(args.data)
         cfg.router = args.router or cfg.router
         cfg.pub = args.pub or cfg.pub
+        cfg.session_timeout_ms = args.session_timeout_ms or cfg.session_timeout_ms
         return serve(cfg)
     return 2
 

@@ -45,6 +45,8 @@ class Config:
     router: str = "tcp://127.0.0.1:7701"
     pub: str = "tcp://127.0.0.1:7702"
     data_dir: Path = Path("perpdex-data")
+    heartbeat_ms: int = 1000            # clients send a heartbeat (or any request) this often
+    session_timeout_ms: int = 5000      # ... and a session with no word for this long is gone
     markets: list[M.CreateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
@@ -85,6 +87,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: unknown section(s): {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
     for key, value in server.items():
+        if key in ("heartbeat_ms", "session_timeout_ms"):
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{path}: server.{key}: expected a positive number of ms")
+            continue
         if key not in ("router", "pub", "data_dir"):
             raise ConfigError(f"{path}: server.{key}: unknown key")
         if not isinstance(value, str):
@@ -92,6 +98,8 @@ def load_config(path: str | Path) -> Config:
     cfg.router = server.get("router", cfg.router)
     cfg.pub = server.get("pub", cfg.pub)
     cfg.data_dir = Path(server.get("data_dir", str(cfg.data_dir)))
+    cfg.heartbeat_ms = server.get("heartbeat_ms", cfg.heartbeat_ms)
+    cfg.session_timeout_ms = server.get("session_timeout_ms", cfg.session_timeout_ms)
     for i, mk in enumerate(raw.get("markets", [])):
         try:
             cfg.markets.append(msgspec.convert({**mk, "type": "create_market"}, M.CreateMarket))

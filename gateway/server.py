@@ -107,6 +107,18 @@ class Stream:
         self.subscribers: set[bytes] = set()
 
 
+class Session:
+    """What the server knows of one connection: whose it is, when it last spoke, and whether its
+    account's orders go when it falls silent."""
+
+    __slots__ = ("account", "last_seen", "cancel_on_disconnect")
+
+    def __init__(self, account: str, now: int):
+        self.account = account
+        self.last_seen = now
+        self.cancel_on_disconnect = False
+
+
 def _accounts_of(ev) -> tuple:
     """The accounts an event belongs to (a fill to both sides, once each)."""
     tag = ev.__struct_config__.tag
@@ -139,6 +151,8 @@ class Server:
         self.replies: dict[str, dict] = {}          # account -> {req_id: reply}, oldest first
         self.buckets: dict[tuple, Bucket] = {}
         self.streams: dict[str, Stream] = {}        # account -> its private stream
+        self.sessions: dict[bytes, Session] = {}    # connection -> its session
+        self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
         self.outbox: list = []                      # this batch's events, for the streams
         self._boot()
 
@@ -164,8 +178,10 @@ class Server:
     def serve_forever(self):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        tick = max(10, min(200, self.cfg.session_timeout_ms // 4))
         while self.running:
-            if not poller.poll(200):
+            if not poller.poll(tick):
+                self._timers()
                 continue
             batch = []
             for _ in range(DRAIN):
@@ -179,6 +195,30 @@ class Server:
                 self._send(identity, reply)
                 for topic, ev in public:
                     self.pub.send_multipart([topic, _encode.encode(ev)])
+            self._stream_out()
+            self._timers()
+
+    def _timers(self):
+        """Sessions that fell silent, and dead-man's switches that ran out: cancel_all, as
+        sequenced commands of the server's own."""
+        now = time.time_ns()
+        timeout = self.cfg.session_timeout_ms * 1_000_000
+        gone = []
+        for identity, sess in list(self.sessions.items()):
+            if now - sess.last_seen > timeout:
+                del self.sessions[identity]
+                for st in self.streams.values():
+                    st.subscribers.discard(identity)
+                if sess.cancel_on_disconnect:
+                    gone.append(sess.account)
+        due = [a for a, t in self.deadlines.items() if now >= t]
+        for account in due:
+            del self.deadlines[account]
+        for account in sorted(set(gone) | set(due)):
+            events = self.engine.execute(M.CancelAll(account=account, ts=now))
+            self.outbox.extend(events)
+        if self.outbox:
+            self._make_durable([])
             self._stream_out()
 
     def _send(self, identity: bytes, message) -> bool:
@@ -251,7 +291,35 @@ class Server:
             except TypeError:
                 return identity, _error(None, "invalid_command",
                                         "req_id must be a number or a string"), []
-        if msg.get("type") == "subscribe":
+        now = time.time_ns()
+        sess = self.sessions.get(identity)
+        if sess is None:
+            sess = self.sessions[identity] = Session(acct.name, now)
+        sess.last_seen = now
+        kind = msg.get("type")
+        if kind == "heartbeat":
+            return identity, {"req_id": req_id, "ok": True, "ts": now}, []
+        if kind == "session":
+            cod = msg.get("cancel_on_disconnect")
+            if not isinstance(cod, bool):
+                return identity, _error(req_id, "invalid_command",
+                                        "cancel_on_disconnect must be true or false"), []
+            sess.cancel_on_disconnect = cod
+            return identity, {"req_id": req_id, "ok": True,
+                              "heartbeat_ms": self.cfg.heartbeat_ms,
+                              "session_timeout_ms": self.cfg.session_timeout_ms}, []
+        if kind == "schedule_cancel":
+            after = msg.get("after_ms")
+            if after is None:
+                self.deadlines.pop(acct.name, None)
+                return identity, {"req_id": req_id, "ok": True, "at": None}, []
+            if not isinstance(after, int) or not 0 < after <= 86_400_000:
+                return identity, _error(req_id, "invalid_command",
+                                        "after_ms must be 1 to 86400000 (or null to disarm)"), []
+            self.deadlines[acct.name] = now + after * 1_000_000
+            return identity, {"req_id": req_id, "ok": True,
+                              "at": self.deadlines[acct.name]}, []
+        if kind == "subscribe":
             return identity, self._subscribe(acct, identity, req_id, msg), []
         if msg.get("type") == "batch":
             reply, public = self._batch(acct, req_id, msg)

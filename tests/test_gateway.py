@@ -27,7 +27,8 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("perpdex-data")
     router = f"tcp://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router,
-                             "--pub", f"tcp://127.0.0.1:{free_port()}"],
+                             "--pub", f"tcp://127.0.0.1:{free_port()}",
+                             "--session-timeout-ms", "800"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -188,3 +189,62 @@ def test_a_reconnecting_client_resumes_from_its_last_pseq(server):
 def test_resuming_from_beyond_the_stream_is_a_clear_error(server):
     reply = client(server, "mm-2").subscribe(resume_from=10**9)
     assert (reply["ok"], reply["reason"]) == (False, "invalid_command")
+
+
+def test_a_dead_mans_switch_cancels_the_orders_unless_renewed(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    c = client(server, "taker-2")
+    c.request("cancel_all")
+    accepted = c.request("new_order", market="BTC-PERP", cid="dms", side="buy", kind="limit",
+                         qty=1, price=600_000)
+    assert accepted["events"][0]["type"] == "order_accepted"
+    assert c.request("schedule_cancel", after_ms=300)["ok"]
+    c.subscribe()
+    ev = c.stream(1, timeout_ms=3000)[0]["event"]
+    assert (ev["type"], ev["cid"], ev["reason"]) == ("order_cancelled", "dms", "user")
+
+
+def test_a_disarmed_switch_cancels_nothing(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    c = client(server, "mm-1")
+    placed = c.request("new_order", market="BTC-PERP", cid="keep", side="buy", kind="limit",
+                       qty=1, price=600_000)
+    assert placed["events"][0]["type"] == "order_accepted"
+    c.request("schedule_cancel", after_ms=200)
+    c.request("schedule_cancel", after_ms=None)
+    time.sleep(0.5)
+    orders = c.request("query_account")["events"][0]["open_orders"]
+    assert "keep" in [o["cid"] for o in orders]
+
+
+def test_cancel_on_disconnect_cancels_when_the_session_times_out(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    c = client(server, "lev-1")
+    reply = c.request("session", cancel_on_disconnect=True)
+    assert reply["session_timeout_ms"] == 800
+    placed = c.request("new_order", market="BTC-PERP", cid="cod", side="buy", kind="limit",
+                       qty=1, price=600_000)
+    assert placed["events"][0]["type"] == "order_accepted"
+    c.close()                                      # silence: no heartbeat any more
+    watcher = client(server, "lev-1")
+    for _ in range(40):
+        time.sleep(0.1)
+        orders = watcher.request("query_account")["events"][0]["open_orders"]
+        if "cod" not in [o["cid"] for o in orders]:
+            break
+    assert "cod" not in [o["cid"] for o in orders]
+
+
+def test_heartbeats_keep_a_session_alive(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    c = client(server, "mm-2")
+    c.request("session", cancel_on_disconnect=True)
+    placed = c.request("new_order", market="BTC-PERP", cid="hb", side="buy", kind="limit",
+                       qty=1, price=600_000)
+    assert placed["events"][0]["type"] == "order_accepted"
+    for _ in range(12):                            # 1.2 s, beyond the 0.8 s timeout
+        assert c.request("heartbeat")["ok"]
+        time.sleep(0.1)
+    orders = c.request("query_account")["events"][0]["open_orders"]
+    assert "hb" in [o["cid"] for o in orders]
+    c.request("session", cancel_on_disconnect=False)
