@@ -30,7 +30,8 @@ from engine import Engine, messages as M
 
 from .config import Config
 
-MAX_MESSAGE = 64 * 1024                 # bytes; a larger request is refused
+MAX_MESSAGE = 64 * 1024                 # bytes; a larger request is answered with an error
+HARD_LIMIT = 1024 * 1024                # bytes; ZeroMQ drops a connection sending more
 DRAIN = 1024                            # requests taken per loop turn at most
 RETRY_WINDOW = 4096                     # an account's last requests whose replies are kept
 STREAM_BUFFER = 10_000                  # an account's last private events kept for resume
@@ -143,7 +144,7 @@ class Server:
         pub, sec = zmq.auth.load_certificate(str(cfg.data_dir / "keys" / "server.key_secret"))
         self.router = self._socket(zmq.ROUTER, pub, sec)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.router.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT)
         self.router.bind(cfg.router)
         self.pub = self._socket(zmq.PUB, pub, sec)
         self.pub.bind(cfg.pub)
@@ -274,6 +275,12 @@ class Server:
         user = body.get("User-Id")
         acct = self.by_key.get(user.encode() if isinstance(user, str) else user)
         req_id = None
+        if len(frames) != 2:
+            return identity, _error(None, "invalid_command",
+                                    f"a request is one frame, got {len(frames) - 1}"), []
+        if len(body) > MAX_MESSAGE:
+            return identity, _error(None, "too_large",
+                                    f"a request is at most {MAX_MESSAGE} bytes, got {len(body)}"), []
         try:
             msg = _decode_any.decode(body.bytes)
         except (msgspec.DecodeError, ValueError) as e:

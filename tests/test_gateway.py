@@ -248,3 +248,34 @@ def test_heartbeats_keep_a_session_alive(server):
     orders = c.request("query_account")["events"][0]["open_orders"]
     assert "hb" in [o["cid"] for o in orders]
     c.request("session", cancel_on_disconnect=False)
+
+
+def test_an_oversized_request_gets_an_error_and_the_session_goes_on(server):
+    c = client(server, "mm-1")
+    reply = c.send_raw(msgspec.msgpack.encode({"type": "query_account", "pad": "x" * 70_000}))
+    assert reply["reason"] == "too_large"
+    assert c.request("query_account")["ok"]
+
+
+def test_random_and_malformed_frames_leave_the_server_answering_and_the_audit_balanced(server):
+    import random
+    r = random.Random(7)
+    c = client(server, "mm-2")
+    for _ in range(300):
+        kind = r.random()
+        if kind < 0.3:
+            data = bytes(r.randrange(256) for _ in range(r.randrange(1, 40)))
+        elif kind < 0.6:
+            data = msgspec.msgpack.encode({"type": r.choice(["new_order", "cancel", "amend",
+                                                              "batch", "oracle", "zzz"]),
+                                           "qty": r.choice([1, -1, "x", None]),
+                                           "items": r.choice([[], [1], None])})
+        else:
+            data = msgspec.msgpack.encode(r.choice([1, "s", [1, {}], None, {"req_id": [1]}]))
+        reply = c.send_raw(data)
+        assert isinstance(reply, dict) and "ok" in reply
+    c.sock.send_multipart([b"two", b"frames"])
+    assert c._receive()["reason"] == "invalid_command"
+    audit = client(server, "admin").request("audit")["events"][0]
+    assert audit["deposits"] - audit["withdrawals"] == (
+        audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"])
