@@ -1,4 +1,5 @@
-"""A synchronous client for `perpdex serve` (docs/protocol.md).
+"""Clients for `perpdex serve` (docs/protocol.md): `Client` (synchronous) and `AsyncClient`
+(asyncio), and `Units`, which turns Decimal prices and sizes into exact ticks and lots and back.
 
     c = Client("tcp://127.0.0.1:7701", server_key="perpdex-data/keys/server.key",
                secret_key="perpdex-data/keys/mm-1.key_secret")
@@ -7,11 +8,14 @@
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
+from decimal import Decimal
 
 import msgspec
 import zmq
+import zmq.asyncio
 import zmq.auth
 
 
@@ -74,4 +78,87 @@ class Client:
             return msg
 
     def close(self):
+        self.sock.close(linger=0)
+
+
+class Units:
+    """A market's decimal units. Conversions are exact: a price that is not a whole number of
+    ticks (or a size not a whole number of lots) is a ValueError, never rounded in silence."""
+
+    def __init__(self, spec: dict):
+        self.market = spec["market"]
+        self.tick = Decimal(spec["tick_size"])
+        self.lot = Decimal(spec["lot_size"])
+
+    def ticks(self, price: Decimal | str) -> int:
+        return self._whole(Decimal(price) / self.tick, f"price {price}", self.tick)
+
+    def lots(self, size: Decimal | str) -> int:
+        return self._whole(Decimal(size) / self.lot, f"size {size}", self.lot)
+
+    def price(self, ticks: int) -> Decimal:
+        return ticks * self.tick
+
+    def size(self, lots: int) -> Decimal:
+        return lots * self.lot
+
+    def _whole(self, x: Decimal, what: str, step: Decimal) -> int:
+        if x != x.to_integral_value():
+            raise ValueError(f"{self.market}: {what} is not a multiple of {step}")
+        return int(x)
+
+
+def units(reply: dict) -> dict[str, Units]:
+    """The markets of a `markets` reply, by name."""
+    return {m["market"]: Units(m) for m in reply["markets"]}
+
+
+class AsyncClient:
+    """The asyncio client: `await request(...)`, and `stream()` yielding private-stream items.
+
+    One reader task routes what arrives: replies to their waiting request (by req_id), stream
+    items to a queue, in order."""
+
+    def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout: float = 2.0):
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        pub, sec = zmq.auth.load_certificate(secret_key)
+        self.sock.curve_publickey = pub
+        self.sock.curve_secretkey = sec
+        self.sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
+        self.sock.connect(endpoint)
+        self.timeout = timeout
+        self._ids = itertools.count(time.time_ns())
+        self._waiting: dict = {}
+        self.items: asyncio.Queue = asyncio.Queue()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self):
+        while True:
+            msg = msgspec.msgpack.decode(await self.sock.recv())
+            if isinstance(msg, dict) and msg.get("stream") == "private":
+                await self.items.put(msg)
+                continue
+            fut = self._waiting.pop(msg.get("req_id") if isinstance(msg, dict) else None, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    async def request(self, type: str, **fields) -> dict:
+        req_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[req_id] = fut
+        await self.sock.send(msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields}))
+        try:
+            return await asyncio.wait_for(fut, self.timeout)
+        except asyncio.TimeoutError:
+            self._waiting.pop(req_id, None)
+            raise Timeout(f"no reply within {self.timeout} s")
+
+    async def stream(self):
+        while True:
+            yield await self.items.get()
+
+    def close(self):
+        self._reader.cancel()
         self.sock.close(linger=0)

@@ -328,6 +328,11 @@ class Server:
                               "at": self.deadlines[acct.name]}, []
         if kind == "subscribe":
             return identity, self._subscribe(acct, identity, req_id, msg), []
+        if kind == "markets":
+            return identity, {"req_id": req_id, "ok": True, "markets": [
+                {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),
+                 "min_qty": sp.min_qty, "multiplier": sp.multiplier}
+                for sp in self.engine.specs]}, []
         if msg.get("type") == "batch":
             reply, public = self._batch(acct, req_id, msg)
         else:

@@ -279,3 +279,41 @@ def test_random_and_malformed_frames_leave_the_server_answering_and_the_audit_ba
     audit = client(server, "admin").request("audit")["events"][0]
     assert audit["deposits"] - audit["withdrawals"] == (
         audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"])
+
+
+def test_the_sdk_converts_decimals_exactly_and_refuses_what_is_not_a_tick():
+    from decimal import Decimal
+
+    from gateway.client import Units
+    btc = Units({"market": "BTC-PERP", "tick_size": "0.1", "lot_size": "0.001"})
+    assert btc.ticks(Decimal("65000.1")) == 650_001 and btc.lots("1.5") == 1_500
+    assert btc.price(650_001) == Decimal("65000.1") and btc.size(1) == Decimal("0.001")
+    with pytest.raises(ValueError, match="not a multiple of 0.1"):
+        btc.ticks("65000.05")
+
+
+def test_the_async_client_trades_and_streams(server):
+    import asyncio
+
+    from gateway.client import AsyncClient, units
+
+    data, router = server
+
+    async def session():
+        c = AsyncClient(router, str(data / "keys" / "server.key"),
+                        str(data / "keys" / "taker-1.key_secret"))
+        try:
+            btc = units(await c.request("markets"))["BTC-PERP"]
+            await c.request("subscribe")
+            reply = await c.request("new_order", market="BTC-PERP", cid="async-1", side="buy",
+                                    kind="limit", qty=btc.lots("0.002"),
+                                    price=btc.ticks("60000.0"))
+            item = await asyncio.wait_for(c.items.get(), 2)
+            return reply, item
+        finally:
+            c.close()
+
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=650_000)
+    reply, item = asyncio.run(session())
+    assert reply["events"][0]["qty"] == 2 and reply["events"][0]["price"] == 600_000
+    assert item["event"]["cid"] == "async-1"
