@@ -49,6 +49,13 @@ class Client:
         fields = {} if resume_from is None else {"resume_from": resume_from}
         return self.request("subscribe", **fields)
 
+    def drain(self) -> list[dict]:
+        """Every private-stream item that has arrived (without waiting), in order."""
+        while self.sock.poll(0):
+            self.pushed.append(msgspec.msgpack.decode(self.sock.recv()))
+        out, self.pushed = self.pushed, []
+        return out
+
     def stream(self, n: int, timeout_ms: int | None = None) -> list[dict]:
         """The next `n` private-stream items, in order."""
         while len(self.pushed) < n:

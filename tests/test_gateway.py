@@ -22,12 +22,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PUB = {}          # router endpoint -> the same server's PUB endpoint
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("perpdex-data")
     router = f"tcp://127.0.0.1:{free_port()}"
+    PUB[router] = f"tcp://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router,
-                             "--pub", f"tcp://127.0.0.1:{free_port()}",
+                             "--pub", PUB[router],
                              "--session-timeout-ms", "800"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -317,3 +321,34 @@ def test_the_async_client_trades_and_streams(server):
     reply, item = asyncio.run(session())
     assert reply["events"][0]["qty"] == 2 and reply["events"][0]["price"] == 600_000
     assert item["event"]["cid"] == "async-1"
+
+
+def test_the_example_market_maker_quotes_both_sides_and_requotes_on_fills(server):
+    data, router = server
+    client(server, "oracle").request("oracle", market="ETH-PERP", price=300_000)
+    root = Path(__file__).resolve().parent.parent
+    mm = subprocess.Popen([sys.executable, str(root / "examples" / "market_maker.py"),
+                           "--data", str(data), "--router", router, "--pub", PUB[router],
+                           "--account", "mm-2", "--market", "ETH-PERP", "--size", "0.1",
+                           "--seconds", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        oracle = client(server, "oracle")
+        taker = client(server, "taker-1")
+        quotes = []
+        for k in range(25):
+            oracle.request("oracle", market="ETH-PERP", price=300_000 + k)
+            time.sleep(0.08)
+            book = client(server, "mm-2").request("query_account")["events"][0]["open_orders"]
+            quotes = [o for o in book if o["market"] == "ETH-PERP"]
+            if len(quotes) >= 6:
+                break
+        assert {o["side"] for o in quotes} == {"buy", "sell"}
+        hit = taker.request("new_order", market="ETH-PERP", cid="hit", side="buy",
+                            kind="market", qty=5)
+        assert any(e["type"] == "fill" for e in hit["events"])
+        out, err = mm.communicate(timeout=20)
+        assert mm.returncode == 0, err.decode()
+        assert b"fills" in out and not out.startswith(b"mm-2: quoted ETH-PERP for 3 s, 0 fills")
+    finally:
+        if mm.poll() is None:
+            mm.kill()
