@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(VENV)/bin/perpdex demo
+	$(VENV)/bin/perpdex demo --seconds 45
 
 bench: install
 	$(PY) -m bench.run --json bench/results/latest.json

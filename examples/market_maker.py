@@ -1,7 +1,8 @@
 """A small but real market maker for `perpdex serve`.
 
-It follows the mark on the public stream, quotes `--levels` post-only orders a side around it,
-and re-quotes when the mark moves or one of its orders fills (its private stream says so). Each
+It follows the oracle index on the public stream (each `mark` event carries it), quotes
+`--levels` post-only orders a side around it, and re-quotes when it moves or one of its orders
+fills (its private stream says so). Each
 re-quote is one batch: cancel_all first, then the new quotes.
 
     python examples/market_maker.py --data perpdex-data --account mm-1 --market BTC-PERP \\
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
             topic, body = sub.recv_multipart()
             ev = msgspec.msgpack.decode(body)
             if ev["type"] == "mark":
-                mark = ev["mark"]
+                mark = ev["index"]          # quote around the oracle's fair price
         stream_fills = [i for i in c.drain() if i["event"]["type"] == "fill"]
         fills += len(stream_fills)
         if mark is not None and (mark != quoted_at or stream_fills):

@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out-format", choices=FORMATS, help="override the output format")
     rp.add_argument("--quiet", "-q", action="store_true", help="no summary line")
 
-    sub.add_parser("demo", help="run the demo on the embedded default configuration")
+    dm = sub.add_parser("demo", help="run the exchange demo on the embedded default configuration",
+                        description="Start the server and market makers, takers and a leveraged "
+                        "trader as client processes, crash the oracle, show it live, end with the "
+                        "audit.")
+    dm.add_argument("--seconds", type=float, default=45.0, help="how long the market runs")
+    dm.add_argument("--in-process", action="store_true",
+                    help="the engine alone, in this process, through its per-command API")
 
     sv = sub.add_parser("serve", help="serve the engine over ZeroMQ (CURVE)",
                         description="Serve the engine: a ROUTER for requests and a PUB for public "
@@ -49,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             print(summary.line(), file=sys.stderr)
         return 0
     if args.cmd == "demo":
-        from gateway.demo import run
-        return run()
+        if args.in_process:
+            from gateway.demo import run
+            return run()
+        from gateway.exchange_demo import run as live
+        return live(seconds=args.seconds)
     if args.cmd == "serve":
         from pathlib import Path
 
