@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--data", help="the data folder for keys (overrides the config)")
     sv.add_argument("--router", help="request endpoint (overrides the config)")
     sv.add_argument("--pub", help="public events endpoint (overrides the config)")
+    sv.add_argument("--plaintext-loopback", action="store_true",
+                    help="no CURVE: loopback and ipc endpoints only, accounts log in by name "
+                    "(for local testing; never for real money)")
+    sv.add_argument("--oracle-sim", choices=("on", "off"),
+                    help="a simulated oracle feed (default: on with the embedded default "
+                    "configuration, off with --config)")
     sv.add_argument("--session-timeout-ms", type=int,
                     help="a session with no word for this long is gone (overrides the config)")
 
@@ -75,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.router = args.router or cfg.router
         cfg.pub = args.pub or cfg.pub
         cfg.session_timeout_ms = args.session_timeout_ms or cfg.session_timeout_ms
-        return serve(cfg)
+        sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
+        try:
+            return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)
+        except ValueError as e:
+            print(f"perpdex: {e}", file=sys.stderr)
+            return 2
     return 2
 
 

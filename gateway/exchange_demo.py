@@ -40,7 +40,8 @@ def run(seconds: float = 40.0, out=sys.stdout) -> int:
         procs.append(subprocess.Popen([py, *args], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, cwd=ROOT))
 
-    spawn("-m", "gateway.cli", "serve", "--data", str(data), "--router", router, "--pub", pub)
+    spawn("-m", "gateway.cli", "serve", "--data", str(data), "--router", router, "--pub", pub,
+          "--oracle-sim", "off")
     try:
         deadline = time.monotonic() + 20
         while not (data / "keys" / "admin.key_secret").exists():

@@ -13,6 +13,7 @@ is sequenced.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import sys
@@ -35,6 +36,7 @@ HARD_LIMIT = 1024 * 1024                # bytes; ZeroMQ drops a connection sendi
 DRAIN = 1024                            # requests taken per loop turn at most
 RETRY_WINDOW = 4096                     # an account's last requests whose replies are kept
 STREAM_BUFFER = 10_000                  # an account's last private events kept for resume
+SIM_START = {"BTC-PERP": 650_000, "ETH-PERP": 300_000}    # the simulated oracle's first prices
 MAX_BATCH = 256                         # items in one batch request
 # Token buckets per account (requests per second, burst): cancels have their own, so a flood of
 # new orders never starves them.
@@ -132,16 +134,34 @@ def _accounts_of(ev) -> tuple:
 
 
 class Server:
-    def __init__(self, cfg: Config, engine: Engine | None = None):
+    def __init__(self, cfg: Config, engine: Engine | None = None, plaintext_loopback=False,
+                 oracle_sim=False):
         self.cfg = cfg
         self.engine = engine if engine is not None else Engine()
-        self.key_paths = ensure_keys(cfg)
-        self.by_key = {a.public_key.encode(): a for a in cfg.accounts.values()}
+        self.plaintext = plaintext_loopback
+        if self.plaintext:
+            for ep in (cfg.router, cfg.pub):
+                if not ep.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]:", "ipc://")):
+                    raise ValueError(f"plain-text mode serves only loopback and ipc endpoints, "
+                                     f"not {ep}")
+            self.key_paths = {}
+            self.by_key = {}
+        else:
+            self.key_paths = ensure_keys(cfg)
+            self.by_key = {a.public_key.encode(): a for a in cfg.accounts.values()}
+        self.logins: dict[bytes, object] = {}       # plain-text mode: connection -> account
+        self.sim = random.Random(1) if oracle_sim else None
+        self.sim_index: dict[str, int] = {}
+        self.sim_next = 0
         self.ctx = zmq.Context()
-        self.auth = ThreadAuthenticator(self.ctx)
-        self.auth.start()
-        self.auth.configure_curve(domain="*", location=str((cfg.data_dir / "authorized").resolve()))
-        pub, sec = zmq.auth.load_certificate(str(cfg.data_dir / "keys" / "server.key_secret"))
+        self.auth = None
+        pub = sec = None
+        if not self.plaintext:
+            self.auth = ThreadAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.configure_curve(domain="*",
+                                      location=str((cfg.data_dir / "authorized").resolve()))
+            pub, sec = zmq.auth.load_certificate(str(cfg.data_dir / "keys" / "server.key_secret"))
         self.router = self._socket(zmq.ROUTER, pub, sec)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT)
@@ -159,9 +179,10 @@ class Server:
 
     def _socket(self, kind, pub, sec):
         s = self.ctx.socket(kind)
-        s.curve_publickey = pub
-        s.curve_secretkey = sec
-        s.curve_server = True
+        if pub is not None:
+            s.curve_publickey = pub
+            s.curve_secretkey = sec
+            s.curve_server = True
         s.linger = 0
         return s
 
@@ -212,6 +233,14 @@ class Server:
                     st.subscribers.discard(identity)
                 if sess.cancel_on_disconnect:
                     gone.append(sess.account)
+        if self.sim is not None and now >= self.sim_next:
+            self.sim_next = now + 250_000_000           # a simulated oracle, 4 updates a second
+            for spec in self.engine.specs:
+                idx = self.sim_index.get(spec.name) or SIM_START.get(spec.name, 100_000)
+                idx = max(1, round(idx * (1 + self.sim.gauss(0, 0.0005))))
+                self.sim_index[spec.name] = idx
+                self.outbox.extend(self.engine.execute(
+                    M.Oracle(market=spec.name, price=idx, ts=now)))
         due = [a for a, t in self.deadlines.items() if now >= t]
         for account in due:
             del self.deadlines[account]
@@ -220,6 +249,8 @@ class Server:
             self.outbox.extend(events)
         if self.outbox:
             self._make_durable([])
+            for topic, ev in _public(self.outbox):
+                self.pub.send_multipart([topic, _encode.encode(ev)])
             self._stream_out()
 
     def _send(self, identity: bytes, message) -> bool:
@@ -272,8 +303,11 @@ class Server:
     def _handle(self, frames):
         identity = frames[0].bytes
         body = frames[-1]
-        user = body.get("User-Id")
-        acct = self.by_key.get(user.encode() if isinstance(user, str) else user)
+        if self.plaintext:
+            acct = self.logins.get(identity)
+        else:
+            user = body.get("User-Id")
+            acct = self.by_key.get(user.encode() if isinstance(user, str) else user)
         req_id = None
         if len(frames) != 2:
             return identity, _error(None, "invalid_command",
@@ -288,8 +322,16 @@ class Server:
         if not isinstance(msg, dict):
             return identity, _error(None, "invalid_command", "a request is a msgpack map"), []
         req_id = msg.pop("req_id", None)
+        if self.plaintext and msg.get("type") == "login":
+            acct = self.cfg.accounts.get(msg.get("account"))
+            if acct is None:
+                return identity, _error(req_id, "forbidden", "no such account"), []
+            self.logins[identity] = acct
+            return identity, {"req_id": req_id, "ok": True, "account": acct.name}, []
         if acct is None:
-            return identity, _error(req_id, "forbidden", "this key belongs to no account"), []
+            return identity, _error(req_id, "forbidden",
+                                    "log in first (plain-text mode)" if self.plaintext
+                                    else "this key belongs to no account"), []
         seen = self.replies.setdefault(acct.name, {})
         if req_id is not None:
             try:
@@ -419,7 +461,8 @@ class Server:
         return {"req_id": req_id, "ok": True, "results": results}, public
 
     def close(self):
-        self.auth.stop()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.destroy(linger=0)
 
 
@@ -431,8 +474,8 @@ def _error(req_id, reason, detail):
     return {"req_id": req_id, "ok": False, "reason": reason, "detail": detail}
 
 
-def run(cfg: Config, out=sys.stdout) -> int:
-    server = Server(cfg)
+def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False) -> int:
+    server = Server(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim)
 
     def stop(*_):
         server.running = False
@@ -440,7 +483,12 @@ def run(cfg: Config, out=sys.stdout) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     out.write(f"perpdex serving: requests {cfg.router}, public events {cfg.pub}\n")
-    out.write(f"server public key: {server.key_paths['server']}\n")
+    if plaintext_loopback:
+        out.write("PLAIN-TEXT mode (loopback only): no encryption, accounts log in by name\n")
+    else:
+        out.write(f"server public key: {server.key_paths['server']}\n")
+    if oracle_sim:
+        out.write("simulated oracle: a random walk, 4 updates a second\n")
     for name, path in server.key_paths.items():
         if name != "server":
             out.write(f"  {name} ({cfg.accounts[name].role}): {path}\n")

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     PUB[router] = f"tcp://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router,
                              "--pub", PUB[router],
-                             "--session-timeout-ms", "800"],
+                             "--session-timeout-ms", "800", "--oracle-sim", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -352,3 +352,37 @@ def test_the_example_market_maker_quotes_both_sides_and_requotes_on_fills(server
     finally:
         if mm.poll() is None:
             mm.kill()
+
+
+def test_plain_text_mode_serves_loopback_only_and_accounts_log_in_by_name(tmp_path):
+    router = f"tcp://127.0.0.1:{free_port()}"
+    refused = subprocess.run([PERPDEX, "serve", "--plaintext-loopback", "--data", str(tmp_path),
+                              "--router", "tcp://0.0.0.0:1", "--pub", "tcp://0.0.0.0:2"],
+                             capture_output=True, timeout=20)
+    assert refused.returncode == 2 and b"loopback" in refused.stderr
+    proc = subprocess.Popen([PERPDEX, "serve", "--plaintext-loopback", "--data", str(tmp_path),
+                             "--router", router, "--pub", f"tcp://127.0.0.1:{free_port()}",
+                             "--oracle-sim", "on"], stdout=subprocess.PIPE)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(router)
+    try:
+        assert b"PLAIN-TEXT" in proc.stdout.readline() + proc.stdout.readline()
+
+        def ask(**msg):
+            sock.send(msgspec.msgpack.encode(msg))
+            assert sock.poll(5000)
+            return msgspec.msgpack.decode(sock.recv())
+
+        assert ask(type="query_account")["reason"] == "forbidden"
+        assert ask(type="login", account="mm-1")["ok"]
+        time.sleep(0.5)                        # the simulated oracle has priced the markets
+        reply = ask(type="new_order", market="BTC-PERP", cid=1, side="buy", kind="limit",
+                    qty=1, price=600_000)
+        assert reply["events"][0]["type"] == "order_accepted"
+        assert reply["events"][0]["account"] == "mm-1"
+    finally:
+        sock.close()
+        proc.terminate()
+        proc.wait(timeout=10)
