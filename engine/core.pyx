@@ -583,6 +583,23 @@ cdef class Engine:
                         o.qty, _TIF_NAMES[o.tif], _STP_NAMES[o.stp], bool(o.reduce_only)])
         return out
 
+    def market_names(self):
+        return list(self.market_ids)
+
+    def book(self, str market, int depth=5):
+        """The best `depth` levels a side: {"bids": [[price, qty], ...], "asks": [...]}, best
+        first. O(depth)."""
+        cdef int32_t m = self.market_ids[market], j, k, lvl
+        cdef Book b = self.books[m]
+        out = {}
+        for k, name in ((BID, "bids"), (ASK, "asks")):
+            levels = []
+            for j in range(b.n[k] - 1, max(-1, b.n[k] - 1 - depth), -1):
+                lvl = b.slots[k][j]
+                levels.append([b.lv[lvl].price, b.lv[lvl].qty])
+            out[name] = levels
+        return out
+
     def position(self, account, str market):
         """(size in lots, cost in quote units) of an account in a market; (0, 0) if none."""
         cdef int32_t a = self.account_ids.get(account, -1)

@@ -84,8 +84,8 @@ def run(seconds: float = 40.0, out=sys.stdout) -> int:
 
         w(f"perpdex exchange demo: server and 5 client processes over ZeroMQ (CURVE), "
           f"{seconds:.0f} s, the oracle crashes at one third\n\n")
-        w(f"{'t':>4}  {'BTC mark':>10} {'ETH mark':>9} {'fills':>6} {'liquidations':>13} "
-          f"{'insurance USD':>14}\n")
+        w(f"{'t':>4}  {'BTC bid':>9} {'BTC ask':>9} {'BTC mark':>10} {'ETH mark':>9} "
+          f"{'fills':>6} {'liquidations':>13} {'insurance USD':>14}\n")
         rng = random.Random(7)
         counts: Counter = Counter()
         marks = {}
@@ -113,8 +113,11 @@ def run(seconds: float = 40.0, out=sys.stdout) -> int:
             if now - last_print >= 1.0:
                 last_print = now
                 fund = admin.request("audit")["events"][0]["insurance_fund"]
+                book = admin.request("book", market="BTC-PERP", depth=1)
+                bid = book["bids"][0][0] / 10 if book["bids"] else 0
+                ask = book["asks"][0][0] / 10 if book["asks"] else 0
                 tag = "  <- crash" if crash else ""
-                w(f"{now:>4.0f}  {marks.get('BTC-PERP', 0) / 10:>10,.1f} "
+                w(f"{now:>4.0f}  {bid:>9,.1f} {ask:>9,.1f} {marks.get('BTC-PERP', 0) / 10:>10,.1f} "
                   f"{marks.get('ETH-PERP', 0) / 100:>9,.2f} {counts['fill']:>6} "
                   f"{counts['liquidation']:>13} {fund / USD:>14,.2f}{tag}\n")
                 out.flush()

@@ -370,6 +370,14 @@ class Server:
                               "at": self.deadlines[acct.name]}, []
         if kind == "subscribe":
             return identity, self._subscribe(acct, identity, req_id, msg), []
+        if kind == "book":
+            market, depth = msg.get("market"), msg.get("depth", 5)
+            if market not in self.engine.market_names() or not isinstance(depth, int) \
+                    or not 1 <= depth <= 100:
+                return identity, _error(req_id, "invalid_command",
+                                        "book takes a known `market` and a `depth` of 1 to 100"), []
+            return identity, {"req_id": req_id, "ok": True, "market": market,
+                              **self.engine.book(market, depth)}, []
         if kind == "markets":
             return identity, {"req_id": req_id, "ok": True, "markets": [
                 {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),

@@ -386,3 +386,14 @@ def test_plain_text_mode_serves_loopback_only_and_accounts_log_in_by_name(tmp_pa
         sock.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_book_request_gives_the_best_levels(server):
+    client(server, "oracle").request("oracle", market="ETH-PERP", price=300_000)
+    c = client(server, "mm-1")
+    c.request("new_order", market="ETH-PERP", cid="bk", side="sell", kind="limit", qty=4,
+              price=305_000)
+    book = c.request("book", market="ETH-PERP", depth=50)
+    assert [305_000, 4] in book["asks"] or any(p == 305_000 for p, _ in book["asks"])
+    assert book["asks"] == sorted(book["asks"])
+    assert c.request("book", market="NOPE")["reason"] == "invalid_command"
