@@ -397,3 +397,35 @@ def test_the_book_request_gives_the_best_levels(server):
     assert [305_000, 4] in book["asks"] or any(p == 305_000 for p, _ in book["asks"])
     assert book["asks"] == sorted(book["asks"])
     assert c.request("book", market="NOPE")["reason"] == "invalid_command"
+
+
+def test_ipc_endpoints_work_and_resuming_beyond_the_buffer_is_a_clear_error(tmp_path, monkeypatch):
+    import threading
+
+    import gateway.server as gs
+    from gateway.config import default_config
+
+    monkeypatch.setattr(gs, "STREAM_BUFFER", 3)
+    cfg = default_config(tmp_path / "data")
+    cfg.router, cfg.pub = f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/pub"
+    srv = gs.Server(cfg)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        keys = tmp_path / "data" / "keys"
+        c = Client(cfg.router, str(keys / "server.key"), str(keys / "mm-1.key_secret"))
+        c.subscribe()
+        Client(cfg.router, str(keys / "server.key"),
+               str(keys / "oracle.key_secret")).request("oracle", market="BTC-PERP",
+                                                         price=650_000)
+        for k in range(5):
+            c.request("new_order", market="BTC-PERP", cid=k, side="buy", kind="limit", qty=1,
+                      price=600_000)
+        reply = c.subscribe(resume_from=0)
+        assert (reply["ok"], reply["reason"]) == (False, "resume_gap")
+        assert "query_account" in reply["detail"]
+        assert [i["pseq"] for i in c.subscribe(resume_from=3)["missed"]] == [4, 5]
+    finally:
+        srv.running = False
+        t.join(timeout=5)
+        srv.close()
