@@ -18,11 +18,10 @@ from pathlib import Path
 
 import msgspec
 import zmq
-import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.client import Client, units  # noqa: E402
+from gateway.client import Client, curve_socket, units  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,11 +44,8 @@ def main(argv=None) -> int:
     c.request("session", cancel_on_disconnect=True)       # if we die, our quotes go with us
     c.subscribe()
 
-    sub = c.ctx.socket(zmq.SUB)
-    pub, sec = zmq.auth.load_certificate(str(keys / f"{a.account}.key_secret"))
-    sub.curve_publickey, sub.curve_secretkey = pub, sec
-    sub.curve_serverkey = zmq.auth.load_certificate(str(keys / "server.key"))[0]
-    sub.linger = 0
+    sub = curve_socket(c.ctx, zmq.SUB, str(keys / "server.key"),
+                       str(keys / f"{a.account}.key_secret"))
     sub.setsockopt(zmq.SUBSCRIBE, a.market.encode())
     sub.connect(a.pub)
 

@@ -19,6 +19,17 @@ import zmq.asyncio
 import zmq.auth
 
 
+def curve_socket(ctx, kind: int, server_key: str, secret_key: str):
+    """A socket of `kind` that speaks CURVE to the server, with this account's key pair."""
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    pub, sec = zmq.auth.load_certificate(secret_key)
+    sock.curve_publickey = pub
+    sock.curve_secretkey = sec
+    sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
+    return sock
+
+
 class Timeout(RuntimeError):
     """No reply in time (the server is down, or refused the key at the CURVE handshake)."""
 
@@ -27,12 +38,7 @@ class Client:
     def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout_ms: int = 2000,
                  context: zmq.Context | None = None):
         self.ctx = context or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        pub, sec = zmq.auth.load_certificate(secret_key)
-        self.sock.curve_publickey = pub
-        self.sock.curve_secretkey = sec
-        self.sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
+        self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
         self.sock.connect(endpoint)
         self.timeout_ms = timeout_ms
         # req_ids must not repeat within the server's retry window for the account (a repeat is
@@ -128,12 +134,7 @@ class AsyncClient:
 
     def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout: float = 2.0):
         self.ctx = zmq.asyncio.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        pub, sec = zmq.auth.load_certificate(secret_key)
-        self.sock.curve_publickey = pub
-        self.sock.curve_secretkey = sec
-        self.sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
+        self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
         self.sock.connect(endpoint)
         self.timeout = timeout
         self._ids = itertools.count(time.time_ns())

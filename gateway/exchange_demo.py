@@ -15,9 +15,8 @@ from pathlib import Path
 
 import msgspec
 import zmq
-import zmq.auth
 
-from gateway.client import Client
+from gateway.client import Client, curve_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 USD = 1_000_000
@@ -61,11 +60,8 @@ def run(seconds: float = 40.0, out=sys.stdout) -> int:
         for m, p in index.items():
             oracle.request("oracle", market=m, price=p)
 
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sp, ss = zmq.auth.load_certificate(str(keys / "admin.key_secret"))
-        sub.curve_publickey, sub.curve_secretkey = sp, ss
-        sub.curve_serverkey = zmq.auth.load_certificate(str(keys / "server.key"))[0]
-        sub.linger = 0
+        sub = curve_socket(zmq.Context.instance(), zmq.SUB, str(keys / "server.key"),
+                           str(keys / "admin.key_secret"))
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(pub)
 
