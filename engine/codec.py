@@ -219,10 +219,5 @@ class MsgpackFramer:
                           f"a msgpack object ({len(tail)} bytes)")]
 
 
-def decode_events_msgpack(data: bytes) -> list:
-    """Events written by the core as one msgpack array (the per-command API)."""
-    return _mp_events.decode(data)
-
-
 def decode_event_json(line: bytes):
     return _json_events.decode(line)

@@ -178,6 +178,13 @@ cdef str _band_violation_at(int64_t ref, str what, int64_t band, int side, int64
     return None
 
 
+cdef object _py128(int128 x):
+    """An int128 as a Python int, exactly (Cython sees the type as long long and would
+    truncate above 2**63)."""
+    return (<object><int64_t>(x >> 64)) * 18446744073709551616 + <object><uint64_t>(
+        x & <int128>0xFFFFFFFFFFFFFFFF)
+
+
 cdef inline void _order_cmd(OrderCmd* c, int32_t a, int32_t m, int side, int kind, int tif,
                             int stp, bint ro, int64_t qty, int64_t price,
                             int64_t trigger) noexcept:
@@ -550,7 +557,7 @@ cdef class Engine:
                             mk.index if mk.has_mark else None,
                             mk.mark if mk.has_mark else None,
                             mk.last_oracle_ts, sides[0], sides[1],
-                            [mk.next_funding, mk.premium_sum, mk.premium_n, int(mk.cum_funding)],
+                            [mk.next_funding, mk.premium_sum, mk.premium_n, _py128(mk.cum_funding)],
                             self._armed_orders(m)])
         positions = []
         accounts = []
@@ -565,7 +572,7 @@ cdef class Engine:
                     if (p.size or p.cost or p.leverage or p.isolated or p.iso_margin
                             or p.realised):
                         positions.append([key, name, p.size, p.cost, p.leverage,
-                                          bool(p.isolated), p.iso_margin, int(p.funding_last),
+                                          bool(p.isolated), p.iso_margin, _py128(p.funding_last),
                                           bool(p.margin_call), p.realised])
         return {"clock": self.clock, "next_oid": self.next_oid, "markets": markets,
                 "accounts": accounts, "positions": positions,
@@ -689,10 +696,6 @@ cdef class Engine:
                 out.append((self.account_keys[a], self.specs[self.pos[p].market].name,
                             "margin_call flag", eq, mm))
         return out
-
-    @property
-    def events_written(self):
-        return self.seq
 
 
     # ---- the msgpack fast path -----------------------------------------------------------
@@ -2264,7 +2267,7 @@ cdef class Engine:
             eq = self._equity(q.account, iso)
             notional = int(iabs(q.size)) * mk.mark * mk.multiplier
             # PnL ratio times effective leverage; an account with no equity left ranks first
-            score = (Fraction(int(pnl) * notional, iabs(q.cost) * eq) if eq > 0 and q.cost
+            score = (Fraction(_py128(pnl) * notional, iabs(q.cost) * eq) if eq > 0 and q.cost
                      else Fraction(10**30))
             ranked.append((-score, _account_order(self.account_keys[q.account]), c))
         ranked.sort()
