@@ -164,7 +164,7 @@ cdef class Engine:
     # matching
     cdef int _match(self, int32_t t, int64_t limit) except -1
     cdef bint _fok_fillable(self, int32_t t, int64_t limit)
-    cdef int _fill(self, int32_t t, int32_t m, int64_t q) except -1
+    cdef int _fill(self, int32_t t, int32_t m, int64_t q, int64_t tfee, int64_t mfee) except -1
     cdef int _finish_taker(self, int32_t t, int stop) except -1
     cdef int _rest(self, int32_t i) except -1
     cdef int _cancel_order(self, int32_t i, int reason) except -1

@@ -1571,7 +1571,7 @@ cdef class Engine:
         cdef int side = pool.o[t].side
         cdef int opp = 1 - side
         cdef int32_t lvl, mi, acct = pool.o[t].account, m = pool.o[t].market
-        cdef int64_t q, lp, cap
+        cdef int64_t q, lp, cap, mfee, tfee
         cdef Order* mo
         cdef MarketC* mk
         while pool.o[t].qty > 0:
@@ -1604,16 +1604,16 @@ cdef class Engine:
                     continue
                 if cap < q:
                     q = cap
+            mk = &self.mk[m]
+            mfee = fee(lp, q, mk.multiplier, mk.maker_fee_ppm)
+            tfee = fee(lp, q, mk.multiplier, mk.taker_fee_ppm)
             if self.margin:                             # the pre-fill check, maker first
-                mk = &self.mk[m]
-                if not self._fill_allowed(mo.account, m, opp, q, lp,
-                                          fee(lp, q, mk.multiplier, mk.maker_fee_ppm), True):
+                if not self._fill_allowed(mo.account, m, opp, q, lp, mfee, True):
                     self._cancel_order(mi, V_MARGIN)
                     continue
-                if not self._fill_allowed(acct, m, side, q, lp,
-                                          fee(lp, q, mk.multiplier, mk.taker_fee_ppm), False):
+                if not self._fill_allowed(acct, m, side, q, lp, tfee, False):
                     return STOP_MARGIN
-            self._fill(t, mi, q)
+            self._fill(t, mi, q, tfee, mfee)
         return STOP_NONE
 
     cdef bint _fok_fillable(self, int32_t t, int64_t limit):
@@ -1675,8 +1675,10 @@ cdef class Engine:
                 mi = mo.next
         return False
 
-    cdef int _fill(self, int32_t t, int32_t mi, int64_t q) except -1:
-        """One trade at the maker's price: quantities, positions, fees, the `fill` event."""
+    cdef int _fill(self, int32_t t, int32_t mi, int64_t q, int64_t tfee,
+                   int64_t mfee) except -1:
+        """One trade at the maker's price: quantities, positions, the fees `_match` computed,
+        the `fill` event."""
         cdef OrderPool pool = self.pool
         cdef Order* to = &pool.o[t]
         cdef Order* mo = &pool.o[mi]
@@ -1684,8 +1686,6 @@ cdef class Engine:
         cdef MarketC* mk = &self.mk[m]
         cdef Book b = self.books[m]
         cdef int64_t price = mo.price
-        cdef int64_t tfee = fee(price, q, mk.multiplier, mk.taker_fee_ppm)
-        cdef int64_t mfee = fee(price, q, mk.multiplier, mk.maker_fee_ppm)
         cdef PosC* tp = &self.pos[self.pos_of[m][to.account]]
         cdef PosC* mp = &self.pos[self.pos_of[m][mo.account]]
         cdef int64_t t_before = tp.size, m_before = mp.size
