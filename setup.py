@@ -31,7 +31,13 @@ DIRECTIVES = {
 MACROS = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2"]
 
-MODULES = ["engine.book", "engine.wire", "engine.core"]
+# The rooms, leaves first (engine/core.pxd says what each is).
+MODULES = [
+    "engine.book", "engine.wire", "engine.state", "engine.events", "engine.margin",
+    "engine.ledger", "engine.triggers", "engine.matching", "engine.entry", "engine.risk",
+    "engine.funding", "engine.liquidation", "engine.accounts", "engine.reports",
+    "engine.fastpath", "engine.core",
+]
 
 extensions = [
     Extension(

@@ -39,7 +39,7 @@ from bench.workload import generate, kind_of  # noqa: E402
 from engine import Engine  # noqa: E402
 from gateway.replay import replay_stream  # noqa: E402
 from engine.messages import AnyCommand  # noqa: E402
-from tests.reference import ReferenceEngine  # noqa: E402
+from bench.reference import ReferenceEngine  # noqa: E402
 
 
 

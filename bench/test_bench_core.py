@@ -10,7 +10,7 @@ import pytest
 
 from bench.workload import MARKET, generate
 from engine import Engine, messages as M
-from tests.reference import ReferenceEngine
+from bench.reference import ReferenceEngine
 
 WL = generate(seed=1, n=8192, depth=20_000)
 FLOW_MP = [msgspec.msgpack.encode(c) for c in WL.flow]

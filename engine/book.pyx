@@ -4,6 +4,8 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memmove
 from libc.stdint cimport int64_t, uint64_t, int32_t
 
+from engine.units cimport fnv1a
+
 
 cdef inline uint64_t _mix(uint64_t x) nogil:
     # splitmix64 finaliser: deterministic (unlike Python's salted str hash) and well spread.
@@ -20,12 +22,7 @@ cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil:
 
 
 cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = <uint64_t>0xcbf29ce484222325       # FNV-1a
-    cdef Py_ssize_t i
-    for i in range(n):
-        h ^= <unsigned char>s[i]
-        h *= <uint64_t>0x100000001b3
-    return _mix(h ^ (<uint64_t>account << 40))
+    return _mix(fnv1a(<const unsigned char*>s, n) ^ (<uint64_t>account << 40))
 
 
 cdef class OrderPool:

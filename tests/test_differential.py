@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 
 from engine import Engine
 from tests.flows import flows, random_flow
-from tests.reference import ReferenceEngine
+from bench.reference import ReferenceEngine
 
 
 def _comparable(ev: dict) -> dict:

@@ -1,0 +1,142 @@
+# cython: language_level=3
+"""Account commands (see accounts.pxd)."""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.state cimport State, PosC, account, position, touch, scope_of
+from engine.margin cimport equity, initial_margin
+from engine cimport events
+
+from engine.details import no_market
+from engine.messages import Reason
+
+
+cdef int deposit(State s, object cmd) except -1:
+    cdef int32_t a
+    if cmd.amount <= 0:
+        return events.reject(s, "deposit", Reason.INVALID_AMOUNT,
+                             f"amount must be a positive number of quote units, got {cmd.amount}",
+                             cmd.account)
+    a = account(s, cmd.account)
+    s.ac[a].collateral += cmd.amount
+    s.deposits += cmd.amount
+    touch(s, a)
+    return events.balance(s, a, "deposit")
+
+
+cdef int withdraw(State s, object cmd) except -1:
+    cdef int32_t a = s.account_ids.get(cmd.account, -1)
+    cdef int64_t amount = cmd.amount, im, eq
+    if amount <= 0:
+        return events.reject(s, "withdraw", Reason.INVALID_AMOUNT,
+                             f"amount must be a positive number of quote units, got {amount}",
+                             cmd.account)
+    if a < 0 or a == s.insurance:
+        return events.reject(s, "withdraw", Reason.INSUFFICIENT_COLLATERAL,
+                             "no collateral to withdraw" if a < 0 else
+                             "the insurance fund cannot be withdrawn", cmd.account)
+    im = initial_margin(s, a, -1, -1, 0, 0, 0)
+    eq = equity(s, a, -1)
+    if amount > s.ac[a].collateral or eq - amount < im:
+        return events.reject(s, "withdraw", Reason.INSUFFICIENT_COLLATERAL,
+                             f"withdrawing {amount} would leave equity {eq - amount} against an "
+                             f"initial margin of {im} (collateral {s.ac[a].collateral})",
+                             cmd.account)
+    s.ac[a].collateral -= amount
+    s.withdrawals += amount
+    touch(s, a)
+    return events.balance(s, a, "withdraw")
+
+
+cdef int set_leverage(State s, object cmd) except -1:
+    cdef int32_t m = s.market_ids.get(cmd.market, -1), a, p, iso
+    cdef int32_t old
+    cdef int64_t im
+    if m < 0:
+        return events.reject(s, "set_leverage", Reason.UNKNOWN_MARKET, no_market(cmd.market),
+                             cmd.account, cmd.market)
+    if not 1 <= cmd.leverage <= s.mk[m].max_leverage:
+        return events.reject(s, "set_leverage", Reason.INVALID_LEVERAGE,
+                             f"leverage must be between 1 and {s.mk[m].max_leverage} in "
+                             f"{cmd.market}, got {cmd.leverage}", cmd.account, cmd.market)
+    a = account(s, cmd.account)
+    p = position(s, m, a)
+    old = s.pos[p].leverage
+    s.pos[p].leverage = cmd.leverage
+    if s.margin and s.mk[m].has_mark:
+        iso = scope_of(s, p)
+        im = initial_margin(s, a, iso, -1, 0, 0, 0)
+        if cmd.leverage < old or old == 0:
+            if im > equity(s, a, iso) and (s.pos[p].size or s.pos[p].open_buy
+                                           or s.pos[p].open_sell):
+                s.pos[p].leverage = old
+                return events.reject(s, "set_leverage", Reason.INSUFFICIENT_MARGIN,
+                                     f"at {cmd.leverage}x the initial margin would be {im}, "
+                                     f"above the equity of {equity(s, a, iso)}",
+                                     cmd.account, cmd.market)
+    return 0
+
+
+cdef int set_margin_mode(State s, object cmd) except -1:
+    cdef int32_t m = s.market_ids.get(cmd.market, -1), a, p
+    cdef bint want = cmd.mode == "isolated"
+    cdef PosC* q
+    if m < 0:
+        return events.reject(s, "set_margin_mode", Reason.UNKNOWN_MARKET, no_market(cmd.market),
+                             cmd.account, cmd.market)
+    a = account(s, cmd.account)
+    p = position(s, m, a)
+    q = &s.pos[p]
+    if q.isolated == want:
+        return 0
+    if q.size or q.n_orders:
+        return events.reject(s, "set_margin_mode", Reason.MARGIN_MODE_LOCKED,
+                             f"the margin mode of {cmd.market} can change only with no position "
+                             f"and no open orders there (position {q.size} lots, "
+                             f"{q.n_orders} open orders)", cmd.account, cmd.market)
+    q.isolated = want
+    touch(s, a)
+    if not want and q.iso_margin:        # back to cross: the position's margin comes home
+        s.ac[a].collateral += q.iso_margin
+        q.iso_margin = 0
+        return events.balance(s, a, "transfer_margin")
+    return 0
+
+
+cdef int transfer_margin(State s, object cmd) except -1:
+    cdef int32_t m = s.market_ids.get(cmd.market, -1), a, p
+    cdef int64_t amount = cmd.amount, eq, im
+    cdef PosC* q
+    if m < 0:
+        return events.reject(s, "transfer_margin", Reason.UNKNOWN_MARKET, no_market(cmd.market),
+                             cmd.account, cmd.market)
+    a = s.account_ids.get(cmd.account, -1)
+    p = s.pos_of[m][a] if a >= 0 else -1
+    if p < 0 or not s.pos[p].isolated:
+        return events.reject(s, "transfer_margin", Reason.NOT_ISOLATED,
+                             f"{cmd.market} is not in isolated mode for this account "
+                             f"(set_margin_mode first)", cmd.account, cmd.market)
+    if amount == 0:
+        return events.reject(s, "transfer_margin", Reason.INVALID_AMOUNT,
+                             "amount must not be 0 (positive moves collateral in, negative out)",
+                             cmd.account, cmd.market)
+    q = &s.pos[p]
+    if amount > 0:
+        eq = equity(s, a, -1)
+        im = initial_margin(s, a, -1, -1, 0, 0, 0)
+        if amount > s.ac[a].collateral or eq - amount < im:
+            return events.reject(s, "transfer_margin", Reason.INSUFFICIENT_COLLATERAL,
+                                 f"moving {amount} in would leave the cross equity {eq - amount} "
+                                 f"against an initial margin of {im} (collateral "
+                                 f"{s.ac[a].collateral})", cmd.account, cmd.market)
+    else:
+        eq = equity(s, a, p)
+        im = initial_margin(s, a, p, -1, 0, 0, 0)
+        if -amount > q.iso_margin or eq + amount < im:
+            return events.reject(s, "transfer_margin", Reason.INSUFFICIENT_COLLATERAL,
+                                 f"moving {-amount} out would leave the position's equity "
+                                 f"{eq + amount} against an initial margin of {im} (isolated "
+                                 f"margin {q.iso_margin})", cmd.account, cmd.market)
+    s.ac[a].collateral -= amount
+    q.iso_margin += amount
+    touch(s, a)
+    return events.balance(s, a, "transfer_margin")

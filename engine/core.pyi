@@ -1,0 +1,53 @@
+"""What Python can call on the engine (engine/core.pyx). See docs/engine-api.md."""
+from typing import Any, Literal, Sequence
+
+from engine.markets import MarketSpec
+from engine.messages import Command, Event
+
+Format = Literal["msgpack", "jsonl"]
+
+class Engine:
+    def __init__(self, margin: bool = True) -> None: ...
+    # ---- commands in, events out ------------------------------------------------------------
+    def execute(self, cmd: Command) -> list[Event]:
+        """One command Struct -> its events as Structs. O(1) + O(fills) for an order."""
+    def execute_batch(self, data: bytes | bytearray | memoryview, fmt: Format = "msgpack",
+                      out: Format | None = None) -> bytes:
+        """Encoded commands -> encoded events (what cannot be decoded: invalid_command)."""
+    def execute_many(self, items: Sequence[Any], fmt: Format = "msgpack") -> bytes:
+        """Decoded commands (and engine.codec.Malformed items) -> encoded events."""
+    def execute_msgpack(self, data: bytes | bytearray | memoryview, first: int = 1,
+                        offset: int = 0, out: Format = "msgpack") -> bytes:
+        """Complete msgpack commands (as MsgpackFramer.split gives them) -> encoded events."""
+    # ---- views (change nothing) -------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The canonical state whose digest is the state hash. O(orders + positions)."""
+    def book(self, market: str, depth: int = 5) -> dict[str, list[list[int]]]:
+        """{"bids": [[price, qty], ...], "asks": [...]}, best first. O(depth)."""
+    def position(self, account: int | str, market: str) -> tuple[int, int]:
+        """(size in lots, cost in quote units); (0, 0) if none."""
+    def check_integrity(self) -> None:
+        """Raise AssertionError if any index disagrees with the books. O(orders)."""
+    def risk_violations(self, market: str) -> list[tuple[Any, ...]]:
+        """Scopes left liquidatable or wrongly warned (for tests). O(positions)."""
+    def market_names(self) -> list[str]: ...
+    @property
+    def specs(self) -> list[MarketSpec]: ...
+    @property
+    def clock(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def next_oid(self) -> int: ...
+    @property
+    def n_commands(self) -> int: ...
+    @property
+    def n_fills(self) -> int: ...
+    @property
+    def margin(self) -> bool: ...
+    @property
+    def deposits(self) -> int: ...
+    @property
+    def withdrawals(self) -> int: ...
+    @property
+    def fees(self) -> int: ...

@@ -1,0 +1,532 @@
+# cython: language_level=3
+"""Order entry (see entry.pxd)."""
+from libc.string cimport memcpy
+from libc.stdint cimport int64_t, int32_t, uint8_t
+
+from engine.units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive
+from engine.book cimport (
+    Book, Order, CID_BYTES, cid_hash_str, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
+    TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_TAKER,
+)
+from engine.state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
+                           cid_of, reducible)
+from engine.wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
+                          V_POST_ONLY_WOULD_CROSS)
+from engine.margin cimport order_fits
+from engine.matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
+from engine.triggers cimport arm, due
+from engine cimport events
+
+from engine.details import show, no_market, bad_qty, bad_price, below_min, no_order
+from engine.markets import MAX_PRICE, MAX_QTY
+from engine.messages import Reason
+from engine.state import SIDES, KINDS, TIFS, STPS, SIDE_NAMES
+
+cdef dict _SIDES = SIDES
+cdef dict _KINDS = KINDS
+cdef dict _TIFS = TIFS
+cdef dict _STPS = STPS
+cdef tuple _SIDE_NAMES = SIDE_NAMES
+cdef int64_t C_MAX_PRICE = MAX_PRICE
+cdef int64_t C_MAX_QTY = MAX_QTY
+
+
+# ---- the price band ------------------------------------------------------------------------
+
+cdef inline int64_t band_high(int64_t ref, int64_t band) noexcept nogil:
+    """The highest price a buy may have: floor(ref * (1e6 + band) / 1e6)."""
+    return <int64_t>floor_div(<int128>ref * (PPM + band), PPM)
+
+
+cdef inline int64_t band_low(int64_t ref, int64_t band) noexcept nogil:
+    """The lowest price a sell may have: ceil(ref * (1e6 - band) / 1e6)."""
+    return <int64_t>ceil_div(<int128>ref * (PPM - band), PPM)
+
+
+cdef inline bint outside_band(int64_t ref, int64_t band, int side, int64_t price) noexcept nogil:
+    return ((side == BID and price > band_high(ref, band))
+            or (side == ASK and price < band_low(ref, band)))
+
+
+cdef str band_sentence(int64_t ref, str what, int64_t band, int side, int64_t price):
+    if side == BID:
+        return (f"buy price {price} is above the band limit {band_high(ref, band)} "
+                f"({what} {ref})")
+    return f"sell price {price} is below the band limit {band_low(ref, band)} ({what} {ref})"
+
+
+cdef inline int64_t sweep_limit(MarketC* mk, int side) noexcept nogil:
+    """How far a market order may sweep: the band's edge around the mark."""
+    return band_high(mk.mark, mk.band_ppm) if side == BID else band_low(mk.mark, mk.band_ppm)
+
+
+# ---- admission: the state checks, in the contract's order ------------------------------------
+
+cdef enum:
+    C_DUPLICATE = 1
+    C_MARK = 2
+    C_BAND = 4
+    C_REDUCE_ONLY = 8
+    C_STALE = 16
+    C_COUNT = 32
+    C_MARGIN = 64
+    C_POST_ONLY = 128
+
+# An order as admission looks at it: as it would be once admitted.
+ctypedef struct Ticket:
+    CidKey* cid                 # checked for a duplicate (new orders)
+    int32_t account
+    int32_t market
+    int32_t pos
+    int side
+    int tif
+    bint reduce_only
+    int64_t price
+    int64_t band_ref            # the band is taken around it: the mark, or a trigger price
+    bint band_at_trigger
+    int64_t buys                # the position's open quantities with the order in
+    int64_t sells
+    int64_t after               # set by a failed margin check, for its sentence
+    int64_t equity
+
+
+cdef inline bint _crosses(Book b, int side, int64_t price) noexcept:
+    if not b.n[1 - side]:
+        return False
+    if side == BID:
+        return price >= b.lv[b.best(ASK)].price
+    return price <= b.lv[b.best(BID)].price
+
+
+cdef inline bint _stale(State s, MarketC* mk) noexcept:
+    return mk.oracle_max_age_ns and s.clock - mk.last_oracle_ts > mk.oracle_max_age_ns
+
+
+cdef int admit(State s, Ticket* t, int checks) except -1:
+    """The first check of `checks` that the order fails (one of C_*), or 0. O(1) but for the
+    margin check, O(positions of the account)."""
+    cdef MarketC* mk = &s.mk[t.market]
+    cdef CidKey* k = t.cid
+    if checks & C_DUPLICATE and s.pool.cid_find(t.account, k.is_str, k.i, k.text, k.n, k.h) >= 0:
+        return C_DUPLICATE
+    if checks & C_MARK and not mk.has_mark:
+        return C_MARK
+    if checks & C_BAND and outside_band(t.band_ref, mk.band_ppm, t.side, t.price):
+        return C_BAND
+    if checks & C_REDUCE_ONLY and t.reduce_only and reducible(s, t.account, t.market, t.side) == 0:
+        return C_REDUCE_ONLY
+    if checks & C_STALE and _stale(s, mk):
+        return C_STALE
+    if checks & C_COUNT and s.pos[t.pos].n_orders >= mk.max_orders:
+        return C_COUNT
+    if checks & C_MARGIN and s.margin and not order_fits(s, t.pos, t.buys, t.sells, &t.after,
+                                                         &t.equity):
+        return C_MARGIN
+    if checks & C_POST_ONLY and t.tif == ALO and _crosses(s.books[t.market], t.side, t.price):
+        return C_POST_ONLY
+    return 0
+
+
+cdef tuple refusal(State s, Ticket* t, int failed, bint amending):
+    """(reason, detail) of a failed admission. Rare: Python strings."""
+    cdef MarketC* mk = &s.mk[t.market]
+    name = s.specs[t.market].name
+    if failed == C_DUPLICATE:
+        return (Reason.DUPLICATE_CID, f"cid {show(cid_of(t.cid))} is already used by an open "
+                                      f"order of this account")
+    if failed == C_MARK:
+        return (Reason.NO_MARK_PRICE, f"{name} has no oracle price yet")
+    if failed == C_BAND:
+        return (Reason.PRICE_OUT_OF_BAND,
+                band_sentence(t.band_ref, "trigger price" if t.band_at_trigger else "mark",
+                              mk.band_ppm, t.side, t.price))
+    if failed == C_REDUCE_ONLY:
+        return (Reason.REDUCE_ONLY_WOULD_INCREASE,
+                f"reduce-only {_SIDE_NAMES[t.side]} with a position of {s.pos[t.pos].size} "
+                f"lots would not reduce it")
+    if failed == C_STALE:
+        return (Reason.ORACLE_STALE,
+                f"the last {name} oracle price is {(s.clock - mk.last_oracle_ts) // NS} s old "
+                f"(limit {mk.oracle_max_age_ns // NS} s); "
+                + ("an amend may not raise qty" if amending else "only reducing orders are taken"))
+    if failed == C_COUNT:
+        return (Reason.TOO_MANY_ORDERS,
+                f"the account already has {s.pos[t.pos].n_orders} open orders in {name} "
+                f"(limit {mk.max_orders})")
+    if failed == C_MARGIN:
+        return (Reason.INSUFFICIENT_MARGIN,
+                f"the order would raise the initial margin to {t.after} quote units, above the "
+                f"equity of {t.equity}")
+    other = "ask" if t.side == BID else "bid"
+    if amending:
+        return (Reason.POST_ONLY_WOULD_CROSS,
+                f"post-only order at {t.price} would trade against the best {other}")
+    return (Reason.POST_ONLY_WOULD_CROSS,
+            f"post-only {_SIDE_NAMES[t.side]} at {t.price} would trade against the best {other}")
+
+
+cdef inline void _with_order(Ticket* t, PosC* p, int side, int64_t qty) noexcept:
+    """The position's open quantities with `qty` more on `side`."""
+    t.buys = p.open_buy + (qty if side == BID else 0)
+    t.sells = p.open_sell + (qty if side == ASK else 0)
+
+
+# ---- new orders ----------------------------------------------------------------------------
+
+cdef int new_order(State s, object cmd) except -1:
+    """The Struct path: field checks with the Python values at hand, then `place`."""
+    cdef int32_t m, a, kind, side, tif, stp
+    cdef int64_t qty, price
+    cdef bint ro
+    cdef MarketC* mk
+    cdef OrderCmd oc
+    cdef object keep
+    acct = cmd.account
+    market = cmd.market
+    cid = cmd.cid
+    m = s.market_ids.get(market, -1)
+    if m < 0:
+        return events.reject(s, "new_order", Reason.UNKNOWN_MARKET, no_market(market), acct,
+                             market, cid)
+    mk = &s.mk[m]
+    side = _SIDES[cmd.side]
+    kind = _KINDS[cmd.kind]
+    tif = _TIFS[cmd.tif]
+    stp = _STPS[cmd.stp]
+    ro = cmd.reduce_only
+    qty = positive(cmd.qty, C_MAX_QTY)
+    if qty == 0:
+        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(cmd.qty), acct,
+                             market, cid)
+    if qty < mk.min_qty:
+        return events.reject(s, "new_order", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
+                             acct, market, cid)
+    price = 0
+    if kind == MARKET:
+        tif = IOC           # a market order's `price`, if sent, is ignored
+    elif kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
+        price = positive(cmd.price, C_MAX_PRICE)
+        if price == 0:
+            return events.reject(s, "new_order", Reason.INVALID_PRICE,
+                                 bad_price("price", cmd.price), acct, market, cid)
+    oc.trigger_price = 0
+    if kind != LIMIT and kind != MARKET:
+        oc.trigger_price = positive(cmd.trigger_price, C_MAX_PRICE)
+        if oc.trigger_price == 0:
+            return events.reject(s, "new_order", Reason.INVALID_PRICE,
+                                 bad_price("trigger_price", cmd.trigger_price), acct, market, cid)
+        if kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET:
+            tif = IOC
+    a = account(s, acct)
+    keep = cid_key(cid, a, &oc.cid)
+    order_cmd(&oc, a, m, side, kind, tif, stp, ro, qty, price, oc.trigger_price)
+    return place(s, &oc)
+
+
+cdef int place(State s, OrderCmd* c) except -1:
+    """An order whose fields are valid: admission, then acceptance and the matching walk. The
+    Struct path and the msgpack fast path both end here."""
+    cdef int32_t m = c.market, p, i
+    cdef MarketC* mk = &s.mk[m]
+    cdef bint trigger = c.kind != LIMIT and c.kind != MARKET
+    cdef int64_t size, limit = c.price
+    cdef int checks = C_DUPLICATE | C_MARK | C_REDUCE_ONLY | C_POST_ONLY
+    cdef int failed
+    cdef Ticket t
+    t.cid = &c.cid
+    t.account = c.account
+    t.market = m
+    t.side = c.side
+    t.tif = c.tif
+    t.reduce_only = c.reduce_only
+    t.price = c.price
+    t.band_at_trigger = False
+    if c.kind == MARKET:
+        limit = sweep_limit(mk, c.side)
+    elif c.kind == LIMIT:
+        checks |= C_BAND
+        t.band_ref = mk.mark
+    elif c.kind == STOP_LIMIT or c.kind == TAKE_PROFIT_LIMIT:
+        checks |= C_BAND       # it will enter when the mark is at its trigger: the band is there
+        t.band_ref = c.trigger_price
+        t.band_at_trigger = True
+    if trigger:
+        checks &= ~C_POST_ONLY                  # a trigger order is looked at when it enters
+    elif s.margin:
+        checks |= C_MARGIN
+    # The checks that need no position first: a refused order makes none.
+    failed = admit(s, &t, checks & (C_DUPLICATE | C_MARK | C_BAND))
+    if not failed:
+        p = position(s, m, c.account)
+        t.pos = p
+        size = s.pos[p].size
+        if not c.reduce_only and (size == 0 or (size > 0) == (c.side == BID)
+                                  or c.qty > iabs(size)):
+            checks |= C_STALE                   # it may grow the position
+        if c.tif == GTC or c.tif == ALO or trigger:
+            checks |= C_COUNT
+        _with_order(&t, &s.pos[p], c.side, c.qty)
+        failed = admit(s, &t, checks & ~(C_DUPLICATE | C_MARK | C_BAND))
+    if failed:
+        reason, detail = refusal(s, &t, failed, False)
+        return events.reject_order(s, c, reason, detail)
+    # ---- accepted: from here on the order exists ----
+    i = _open(s, c, p)
+    events.accepted(s, i, c.qty)
+    if trigger:
+        return arm(s, i)
+    if c.tif == FOK and walk(s, i, limit, True) != STOP_NONE:
+        return cancel_order(s, i, V_FOK_UNFILLED)
+    return finish_taker(s, i, walk(s, i, limit, False))
+
+
+cdef int32_t _open(State s, OrderCmd* c, int32_t p) except -1:
+    """A new open order from `c`: the next oid, a pool slot, the cid index, the account's
+    list and the position's order count. O(1)."""
+    cdef int32_t i = s.pool.alloc()
+    cdef Order* o = &s.pool.o[i]
+    cdef CidKey* k = &c.cid
+    o.oid = s.next_oid
+    s.next_oid += 1
+    o.price = c.price
+    o.qty = c.qty
+    o.account = c.account
+    o.market = c.market
+    o.side = c.side
+    o.kind = c.kind
+    o.tif = c.tif
+    o.stp = c.stp
+    o.reduce_only = c.reduce_only
+    o.trigger_price = c.trigger_price
+    o.cid_is_str = k.is_str
+    o.cid_int = k.i
+    o.cid_hash = k.h
+    o.cid_len = <uint8_t>k.n
+    if k.is_str:
+        memcpy(s.pool.cid_text + <size_t>i * CID_BYTES, k.text, k.n)
+    s.pool.cid_insert(i)
+    s.pool.account_link(i)
+    s.pos[p].n_orders += 1
+    return i
+
+
+# ---- trigger orders entering -----------------------------------------------------------------
+
+cdef int fire_triggers(State s, int32_t m) except -1:
+    """Fire every trigger order the mark has reached, in placement order: each gives
+    `order_triggered` and enters the book. O(fired * log n)."""
+    cdef int64_t mark = s.mk[m].mark
+    cdef int32_t i
+    cdef Order* o
+    for key in due(s, m):
+        i = key[2]
+        o = &s.pool.o[i]
+        if not o.live or o.oid != key[1]:
+            continue
+        o.armed = 0
+        events.triggered(s, i, mark)
+        _enter(s, i)
+    return 0
+
+
+cdef int _enter(State s, int32_t i) except -1:
+    """A triggered order enters the book: admitted as a new order would be at this mark (one
+    that cannot enter is cancelled with the reason), then matched and rested."""
+    cdef Order* o = &s.pool.o[i]
+    cdef int32_t m = o.market
+    cdef MarketC* mk = &s.mk[m]
+    cdef int64_t limit = o.price
+    cdef int checks = C_REDUCE_ONLY | C_POST_ONLY | C_MARGIN
+    cdef int failed
+    cdef Ticket t
+    t.account = o.account
+    t.market = m
+    t.pos = s.pos_of[m][o.account]
+    t.side = o.side
+    t.tif = o.tif
+    t.reduce_only = o.reduce_only
+    t.price = o.price
+    t.band_ref = mk.mark
+    t.band_at_trigger = False
+    if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+        limit = sweep_limit(mk, o.side)
+        checks &= ~C_POST_ONLY
+    else:
+        checks |= C_BAND
+    _with_order(&t, &s.pos[t.pos], o.side, o.qty)
+    failed = admit(s, &t, checks)
+    if failed == C_BAND:
+        return cancel_order(s, i, V_PRICE_OUT_OF_BAND)
+    if failed == C_REDUCE_ONLY:
+        return cancel_order(s, i, V_REDUCE_ONLY)
+    if failed == C_MARGIN:
+        return cancel_order(s, i, V_MARGIN)
+    if failed == C_POST_ONLY:
+        return cancel_order(s, i, V_POST_ONLY_WOULD_CROSS)
+    if o.tif == FOK and walk(s, i, limit, True) != STOP_NONE:
+        return cancel_order(s, i, V_FOK_UNFILLED)
+    return finish_taker(s, i, walk(s, i, limit, False))
+
+
+# ---- the liquidation's orders ----------------------------------------------------------------
+
+cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t qty,
+                               int64_t limit) except -1:
+    """An IOC reduce-only order for the account, no worse than `limit`; its fills say
+    `liquidation: true`. The order is the engine's: it gets an oid and the cid
+    "liquidation:<oid>", is not admitted (the engine may always reduce a position it
+    liquidates), and gives no order_accepted or order_cancelled. Returns the qty filled."""
+    cdef int32_t i
+    cdef OrderCmd c
+    cid = f"liquidation:{s.next_oid}".encode()
+    order_cmd(&c, a, s.pos[p].market, side, MARKET, IOC, CANCEL_TAKER, True, qty, limit, 0)
+    c.cid.is_str = True
+    c.cid.i = 0
+    c.cid.text = cid
+    c.cid.n = len(cid)
+    c.cid.h = cid_hash_str(a, c.cid.text, c.cid.n)
+    i = _open(s, &c, p)
+    s.liquidating = True
+    s.liq_qty = 0
+    s.liq_notional = 0
+    try:
+        walk(s, i, limit, False)
+    finally:
+        s.liquidating = False
+    drop(s, i)
+    return s.liq_qty
+
+
+# ---- cancel and amend ------------------------------------------------------------------------
+
+cdef int32_t _open_order(State s, object acct, object cid, int32_t m) except -2:
+    """The slot of the account's order `cid` open in market `m` (resting or armed), or -1.
+    O(1)."""
+    cdef int32_t a = s.account_ids.get(acct, -1), i
+    cdef CidKey k
+    cdef object keep
+    if a < 0:
+        return -1
+    keep = cid_key(cid, a, &k)
+    i = s.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
+    if i < 0 or s.pool.o[i].market != m or (s.pool.o[i].level < 0 and not s.pool.o[i].armed):
+        return -1
+    return i
+
+
+cdef int cancel(State s, object cmd) except -1:
+    cdef int32_t m = s.market_ids.get(cmd.market, -1)
+    cdef int32_t i
+    if m < 0:
+        return events.reject(s, "cancel", Reason.UNKNOWN_MARKET, no_market(cmd.market),
+                             cmd.account, cmd.market, cmd.cid)
+    i = _open_order(s, cmd.account, cmd.cid, m)
+    if i < 0:
+        return events.reject(s, "cancel", Reason.UNKNOWN_ORDER, no_order(cmd.cid, cmd.market),
+                             cmd.account, cmd.market, cmd.cid)
+    return cancel_order(s, i, V_USER)
+
+
+cdef int cancel_all(State s, object cmd) except -1:
+    cdef int32_t m = -1, a
+    if cmd.market is not None:
+        m = s.market_ids.get(cmd.market, -1)
+        if m < 0:
+            return events.reject(s, "cancel_all", Reason.UNKNOWN_MARKET, no_market(cmd.market),
+                                 cmd.account, cmd.market)
+    a = s.account_ids.get(cmd.account, -1)
+    if a < 0:
+        return 0
+    return cancel_orders(s, a, m, V_USER)
+
+
+cdef int amend(State s, object cmd) except -1:
+    """A new price and/or remaining qty for an open order, admitted like a new order; a smaller
+    or equal qty at the same price keeps the order's place, anything else re-enters it at the
+    back (it may trade). A failed amend leaves the order as it was."""
+    cdef int32_t m = s.market_ids.get(cmd.market, -1)
+    cdef int32_t i
+    cdef int64_t qty, price
+    cdef int checks = C_POST_ONLY
+    cdef int failed
+    cdef MarketC* mk
+    cdef Order* o
+    cdef Book b
+    cdef PosC* p
+    cdef Ticket t
+    acct = cmd.account
+    market = cmd.market
+    cid = cmd.cid
+    if m < 0:
+        return events.reject(s, "amend", Reason.UNKNOWN_MARKET, no_market(market), acct, market,
+                             cid)
+    mk = &s.mk[m]
+    i = _open_order(s, acct, cid, m)
+    if i < 0:
+        return events.reject(s, "amend", Reason.UNKNOWN_ORDER, no_order(cid, market), acct,
+                             market, cid)
+    o = &s.pool.o[i]
+    if cmd.qty is None:
+        qty = o.qty
+    else:
+        qty = positive(cmd.qty, C_MAX_QTY)
+        if qty == 0:
+            return events.reject(s, "amend", Reason.INVALID_QTY, bad_qty(cmd.qty), acct, market,
+                                 cid)
+        if qty < mk.min_qty:
+            return events.reject(s, "amend", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
+                                 acct, market, cid)
+    if cmd.price is None or o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+        price = o.price                  # a stop or take-profit market order has no price
+    else:
+        price = positive(cmd.price, C_MAX_PRICE)
+        if price == 0:
+            return events.reject(s, "amend", Reason.INVALID_PRICE, bad_price("price", cmd.price),
+                                 acct, market, cid)
+    t.account = o.account
+    t.market = m
+    t.pos = s.pos_of[m][o.account]
+    t.side = o.side
+    t.tif = o.tif
+    t.reduce_only = o.reduce_only
+    t.price = price
+    t.band_ref = o.trigger_price if o.armed else mk.mark
+    t.band_at_trigger = o.armed
+    if price != o.price:
+        checks |= C_BAND
+    if o.armed:                          # off-book: no queue, no band until it enters
+        failed = admit(s, &t, checks & C_BAND)
+        if failed:
+            reason, detail = refusal(s, &t, failed, True)
+            return events.reject(s, "amend", reason, detail, acct, market, cid)
+        o.price = price
+        o.qty = qty
+        return events.amended(s, i, True)
+    if not o.reduce_only and qty > o.qty:
+        checks |= C_STALE
+    p = &s.pos[t.pos]
+    failed = admit(s, &t, checks)
+    if failed:
+        reason, detail = refusal(s, &t, failed, True)
+        return events.reject(s, "amend", reason, detail, acct, market, cid)
+    b = s.books[m]
+    if price == o.price and qty <= o.qty:           # keeps its place in the queue
+        b.lv[o.level].qty -= o.qty - qty
+        if o.side == BID:
+            p.open_buy -= o.qty - qty
+        else:
+            p.open_sell -= o.qty - qty
+        o.qty = qty
+        return events.amended(s, i, True)
+    # Out and in again at the back: it may trade on re-entry.
+    b.unlink(s.pool, i)
+    if o.side == BID:
+        p.open_buy -= o.qty
+    else:
+        p.open_sell -= o.qty
+    if o.reduce_only:
+        p.n_ro -= 1
+    o.price = price
+    o.qty = qty
+    events.amended(s, i, False)
+    return finish_taker(s, i, walk(s, i, price, False))

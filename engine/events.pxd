@@ -1,0 +1,38 @@
+# cython: language_level=3
+"""Events: the only owner of `seq` and of the event buffer (contract: "Events").
+
+Every event the engine emits is written here, numbered by `_next` (the one place `seq` moves),
+stamped with the engine clock, and encoded by engine.wire's writer straight from C fields to
+msgpack or JSON Lines. The rare events (account, audit, balance, funding, ...) are msgspec Structs
+encoded whole; `core` decodes the bytes back into Structs for `Engine.execute`.
+"""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.state cimport State, OrderCmd
+
+# ---- the output buffer ----------------------------------------------------------------------
+cdef int begin_output(State s, int fmt, bint counted) except -1   # counted: a msgpack array
+cdef bytes take_output(State s, int64_t first_seq, bint counted)
+
+# ---- order lifecycle (O(1), no Python object) -------------------------------------------------
+cdef int accepted(State s, int32_t i, int64_t qty) except -1
+cdef int cancelled(State s, int32_t i, int reason) except -1
+cdef int amended(State s, int32_t i, bint kept) except -1
+cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t tfee,
+              int64_t mfee) except -1
+cdef int mark(State s, int32_t m) except -1
+
+# ---- rejections ------------------------------------------------------------------------------
+cdef int reject(State s, str command, str reason, str detail, object account=*,
+                object market=*, object cid=*) except -1
+cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1
+
+# ---- the rare events, as Structs -------------------------------------------------------------
+cdef int triggered(State s, int32_t i, int64_t mark) except -1
+cdef int funding(State s, int32_t m, int64_t rate) except -1
+cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
+                     str kind, int64_t fee) except -1
+cdef int margin_call(State s, int32_t a, int64_t equity, int64_t mm) except -1
+cdef int balance(State s, int32_t a, str reason) except -1
+cdef int state_hash(State s, str digest) except -1
+cdef int report(State s, object cls, dict fields) except -1

@@ -1,0 +1,241 @@
+# cython: language_level=3
+"""Events (see events.pxd): the one owner of `seq`, writing every event the engine emits."""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
+from engine.state cimport State, OrderCmd, cid_obj
+from engine.wire cimport (
+    EventWriter, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
+    T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
+    K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
+    K_TAKER_REMAINING, K_MAKER_ACCOUNT, K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE,
+    K_MAKER_FEE, K_LIQUIDATION, K_REMAINING, K_REASON, K_PRIORITY_KEPT, K_INDEX, K_MARK, K_HASH,
+    K_COMMAND, K_DETAIL, V_BUY, V_LIMIT, V_GTC,
+)
+
+from engine import messages as M
+from engine.state import SIDE_NAMES
+
+cdef tuple _SIDE_NAMES = SIDE_NAMES
+
+
+cdef inline int64_t _next(State s) noexcept:
+    """The next event's sequence number: the only place `seq` moves."""
+    s.seq += 1
+    return s.seq
+
+
+# ---- the output buffer ----------------------------------------------------------------------
+
+cdef int begin_output(State s, int fmt, bint counted) except -1:
+    """Start the events of a call in format `fmt`; `counted`: as one msgpack array whose
+    length is patched in by take_output (Engine.execute decodes it in one call)."""
+    if s.w.fmt != fmt:
+        s.w.set_format(fmt)
+    s.w.clear()
+    if counted:
+        s.w.array_header(0)
+    return 0
+
+
+cdef bytes take_output(State s, int64_t first_seq, bint counted):
+    """The events written since begin_output, as bytes."""
+    cdef int64_t n = s.seq - first_seq
+    if counted:
+        s.w.buf[1] = <char>((n >> 24) & 0xff)
+        s.w.buf[2] = <char>((n >> 16) & 0xff)
+        s.w.buf[3] = <char>((n >> 8) & 0xff)
+        s.w.buf[4] = <char>(n & 0xff)
+    return s.w.take()
+
+
+# ---- order lifecycle -------------------------------------------------------------------------
+
+cdef int _cid(State s, int32_t i) except -1:
+    cdef Order* o = &s.pool.o[i]
+    if o.cid_is_str:
+        return s.w.utf8(s.pool.cid_text + <size_t>i * CID_BYTES, o.cid_len)
+    return s.w.int64(o.cid_int)
+
+
+cdef int _order_head(State s, int32_t i, int etype, int nfields) except -1:
+    """Open an order event: type, seq, ts, then account, market, cid, oid."""
+    cdef Order* o = &s.pool.o[i]
+    cdef EventWriter w = s.w
+    w.begin(etype, nfields, _next(s), s.clock)
+    w.key(K_ACCOUNT); w.name(s.ac[o.account].name_tok)
+    w.key(K_MARKET); w.name(s.mk[o.market].name_tok)
+    w.key(K_CID); _cid(s, i)
+    w.key(K_OID); w.int64(o.oid)
+    return 0
+
+
+cdef inline bint _priceless(int kind) noexcept:
+    return kind == MARKET or kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET
+
+
+cdef int accepted(State s, int32_t i, int64_t qty) except -1:
+    cdef Order* o = &s.pool.o[i]
+    cdef EventWriter w = s.w
+    _order_head(s, i, T_ORDER_ACCEPTED, 10)
+    w.key(K_SIDE); w.tok(V_BUY + o.side)
+    w.key(K_KIND); w.tok(V_LIMIT + o.kind)
+    w.key(K_PRICE)
+    if _priceless(o.kind):
+        w.null()
+    else:
+        w.int64(o.price)
+    w.key(K_QTY); w.int64(qty)
+    w.key(K_TIF); w.tok(V_GTC + o.tif)
+    w.key(K_REDUCE_ONLY); w.boolean(o.reduce_only)
+    return w.end()
+
+
+cdef int cancelled(State s, int32_t i, int reason) except -1:
+    cdef Order* o = &s.pool.o[i]
+    cdef EventWriter w = s.w
+    _order_head(s, i, T_ORDER_CANCELLED, 6)
+    w.key(K_REMAINING); w.int64(o.qty)
+    w.key(K_REASON); w.tok(reason)
+    return w.end()
+
+
+cdef int amended(State s, int32_t i, bint kept) except -1:
+    cdef Order* o = &s.pool.o[i]
+    cdef EventWriter w = s.w
+    _order_head(s, i, T_ORDER_AMENDED, 7)
+    w.key(K_PRICE)
+    if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+        w.null()
+    else:
+        w.int64(o.price)
+    w.key(K_QTY); w.int64(o.qty)
+    w.key(K_PRIORITY_KEPT); w.boolean(kept)
+    return w.end()
+
+
+cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t tfee,
+              int64_t mfee) except -1:
+    """A trade of `q` at `price` between taker `t` and maker `mi` (their quantities already
+    reduced by it)."""
+    cdef Order* to = &s.pool.o[t]
+    cdef Order* mo = &s.pool.o[mi]
+    cdef EventWriter w = s.w
+    w.begin(T_FILL, 15, _next(s), s.clock)
+    w.key(K_MARKET); w.name(s.mk[to.market].name_tok)
+    w.key(K_PRICE); w.int64(price)
+    w.key(K_QTY); w.int64(q)
+    w.key(K_TAKER_SIDE); w.tok(V_BUY + to.side)
+    w.key(K_TAKER_ACCOUNT); w.name(s.ac[to.account].name_tok)
+    w.key(K_TAKER_CID); _cid(s, t)
+    w.key(K_TAKER_OID); w.int64(to.oid)
+    w.key(K_TAKER_REMAINING); w.int64(to.qty)
+    w.key(K_MAKER_ACCOUNT); w.name(s.ac[mo.account].name_tok)
+    w.key(K_MAKER_CID); _cid(s, mi)
+    w.key(K_MAKER_OID); w.int64(mo.oid)
+    w.key(K_MAKER_REMAINING); w.int64(mo.qty)
+    w.key(K_TAKER_FEE); w.int64(tfee)
+    w.key(K_MAKER_FEE); w.int64(mfee)
+    w.key(K_LIQUIDATION); w.boolean(s.liquidating)
+    return w.end()
+
+
+cdef int mark(State s, int32_t m) except -1:
+    cdef EventWriter w = s.w
+    w.begin(T_MARK, 3, _next(s), s.clock)
+    w.key(K_MARKET); w.name(s.mk[m].name_tok)
+    w.key(K_INDEX); w.int64(s.mk[m].index)
+    w.key(K_MARK); w.int64(s.mk[m].mark)
+    return w.end()
+
+
+# ---- rejections ------------------------------------------------------------------------------
+
+cdef int reject(State s, str command, str reason, str detail, object account=None,
+                object market=None, object cid=None) except -1:
+    cdef EventWriter w = s.w
+    cdef int n = 3 + (account is not None) + (market is not None) + (cid is not None)
+    w.begin(T_REJECTED, n, _next(s), s.clock)
+    w.key(K_COMMAND)
+    w.pyobj(command)
+    if account is not None:
+        w.key(K_ACCOUNT)
+        w.pyobj(account)
+    if market is not None:
+        w.key(K_MARKET)
+        w.pyobj(market)
+    if cid is not None:
+        w.key(K_CID)
+        w.pyobj(cid)
+    w.key(K_REASON)
+    w.pystr(reason)
+    w.key(K_DETAIL)
+    w.pystr(detail)
+    return w.end()
+
+
+cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
+    """`rejected` for a new_order already resolved to ids: the same bytes as `reject`."""
+    cdef EventWriter w = s.w
+    w.begin(T_REJECTED, 6, _next(s), s.clock)
+    w.key(K_COMMAND)
+    w.pystr("new_order")
+    w.key(K_ACCOUNT)
+    w.name(s.ac[c.account].name_tok)
+    w.key(K_MARKET)
+    w.name(s.mk[c.market].name_tok)
+    w.key(K_CID)
+    if c.cid.is_str:
+        w.utf8(c.cid.text, c.cid.n)
+    else:
+        w.int64(c.cid.i)
+    w.key(K_REASON)
+    w.pystr(reason)
+    w.key(K_DETAIL)
+    w.pystr(detail)
+    return w.end()
+
+
+# ---- the rare events, as Structs -------------------------------------------------------------
+
+cdef int triggered(State s, int32_t i, int64_t mark) except -1:
+    cdef Order* o = &s.pool.o[i]
+    return s.w.struct_event(M.OrderTriggered(
+        seq=_next(s), ts=s.clock, account=s.account_keys[o.account],
+        market=s.specs[o.market].name, cid=cid_obj(s, i), oid=o.oid,
+        trigger_price=o.trigger_price, mark=mark))
+
+
+cdef int funding(State s, int32_t m, int64_t rate) except -1:
+    return s.w.struct_event(M.FundingEvent(
+        seq=_next(s), ts=s.clock, market=s.specs[m].name, rate_ppm=rate,
+        index_price=s.mk[m].index))
+
+
+cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
+                     str kind, int64_t fee) except -1:
+    return s.w.struct_event(M.LiquidationEvent(
+        seq=_next(s), ts=s.clock, account=s.account_keys[a], market=s.specs[m].name,
+        side=_SIDE_NAMES[side], qty=qty, price=price, mark=s.mk[m].mark, kind=kind, fee=fee))
+
+
+cdef int margin_call(State s, int32_t a, int64_t equity, int64_t mm) except -1:
+    return s.w.struct_event(M.MarginCall(seq=_next(s), ts=s.clock, account=s.account_keys[a],
+                                         equity=equity, maintenance_margin=mm))
+
+
+cdef int balance(State s, int32_t a, str reason) except -1:
+    return s.w.struct_event(M.Balance(seq=_next(s), ts=s.clock, account=s.account_keys[a],
+                                      collateral=s.ac[a].collateral, reason=reason))
+
+
+cdef int state_hash(State s, str digest) except -1:
+    s.w.begin(T_STATE_HASH, 1, _next(s), s.clock)
+    s.w.key(K_HASH)
+    s.w.pystr(digest)
+    return s.w.end()
+
+
+cdef int report(State s, object cls, dict fields) except -1:
+    """A report event (account, audit) built from `fields`, numbered and stamped here."""
+    return s.w.struct_event(cls(seq=_next(s), ts=s.clock, **fields))

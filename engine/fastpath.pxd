@@ -1,0 +1,19 @@
+# cython: language_level=3
+"""The msgpack fast path: plain new_order and cancel commands read from their bytes (see
+fastpath.pyx)."""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.state cimport State, OrderCmd
+
+cdef enum:
+    FAST_NONE = 0           # not a plain command: decode it with msgspec
+    FAST_NEW_ORDER          # out.order is ready for engine.entry.place
+    FAST_CANCEL             # out.slot is the open order to cancel (its oid in out.oid)
+
+ctypedef struct FastCmd:
+    OrderCmd order
+    int32_t slot
+    int64_t oid
+    int64_t ts
+
+cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) except -1   # O(n)

@@ -1,0 +1,13 @@
+# cython: language_level=3
+"""Funding (contract: "Funding"): premium samples of the impact mid on every oracle, the clamped
+rate at each interval boundary, and the market's cumulative index that positions settle against
+lazily (engine.ledger.settle).
+"""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.state cimport State
+
+cdef int start(State s, int32_t m) except -1               # from the first oracle
+cdef int sample_premium(State s, int32_t m) except -1      # O(levels within the impact notional)
+cdef bint due(State s, int32_t m) noexcept                 # has the clock passed a boundary?
+cdef int apply_boundary(State s, int32_t m) except -1      # the oldest boundary passed

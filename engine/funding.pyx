@@ -1,0 +1,89 @@
+# cython: language_level=3
+"""Funding (see funding.pxd)."""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.units cimport int128, PPM, floor_div
+from engine.book cimport Book, BID, ASK
+from engine.state cimport State, MarketC, touch
+from engine cimport events
+
+# The notional (quote units) whose average fill price is the impact bid / ask of funding's
+# premium: 10,000 USD, as dYdX and Binance size theirs for a retail-scale order.
+cdef int64_t IMPACT_NOTIONAL = 10_000_000_000
+
+
+cdef int start(State s, int32_t m) except -1:
+    """Funding runs from the first oracle, on multiples of the interval."""
+    cdef MarketC* mk = &s.mk[m]
+    if mk.next_funding == 0:
+        mk.next_funding = (s.clock // mk.funding_interval_ns + 1) * mk.funding_interval_ns
+    return 0
+
+
+cdef int sample_premium(State s, int32_t m) except -1:
+    """premium = (impact mid - index) / index, in ppm (toward zero), where the impact bid and
+    ask are the average prices of selling and buying IMPACT_NOTIONAL (a missing or too thin
+    side counts as the index)."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef int128 bid = _impact_price(s, m, BID), ask = _impact_price(s, m, ASK)
+    cdef int128 mid2 = bid + ask                      # twice the impact mid
+    cdef int128 num = (mid2 - 2 * <int128>mk.index) * PPM
+    cdef int128 den = 2 * <int128>mk.index
+    mk.premium_sum += <int64_t>(floor_div(num, den) if num >= 0 else -floor_div(-num, den))
+    mk.premium_n += 1
+    return 0
+
+
+cdef int64_t _impact_price(State s, int32_t m, int side):
+    """The average price (ticks, floor) at which IMPACT_NOTIONAL trades against `side`."""
+    cdef Book b = s.books[m]
+    cdef MarketC* mk = &s.mk[m]
+    cdef int32_t j, lvl
+    cdef int128 want = IMPACT_NOTIONAL, notional = 0, lots = 0, take, lvl_notional
+    cdef int64_t price
+    for j in range(b.n[side] - 1, -1, -1):
+        lvl = b.slots[side][j]
+        price = b.lv[lvl].price
+        lvl_notional = <int128>b.lv[lvl].qty * price * mk.multiplier
+        if notional + lvl_notional >= want:
+            take = floor_div(want - notional, <int128>price * mk.multiplier)
+            lots += take
+            notional += take * price * mk.multiplier
+            if lots == 0:
+                return price
+            return <int64_t>floor_div(notional, lots * mk.multiplier)
+        notional += lvl_notional
+        lots += b.lv[lvl].qty
+    return mk.index
+
+
+cdef bint due(State s, int32_t m) noexcept:
+    return s.mk[m].next_funding and s.clock >= s.mk[m].next_funding
+
+
+cdef int apply_boundary(State s, int32_t m) except -1:
+    """The oldest boundary the clock has passed: rate = clamp(mean premium + clamp(interest -
+    mean, -500, 500), -cap, cap); the cumulative index moves by index * multiplier * rate, and
+    every position of the market owes its share (settled lazily). O(positions)."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef int64_t mean, rate, adj
+    cdef int32_t p
+    mean = mk.premium_sum // mk.premium_n if mk.premium_n else 0
+    if mean < 0 and mk.premium_n and mk.premium_sum % mk.premium_n:
+        mean += 1                                 # toward zero
+    adj = mk.interest_ppm - mean
+    adj = 500 if adj > 500 else (-500 if adj < -500 else adj)
+    rate = mean + adj
+    rate = (mk.funding_cap_ppm if rate > mk.funding_cap_ppm else
+            (-mk.funding_cap_ppm if rate < -mk.funding_cap_ppm else rate))
+    mk.cum_funding += <int128>mk.index * mk.multiplier * rate
+    mk.premium_sum = 0
+    mk.premium_n = 0
+    events.funding(s, m, rate)
+    mk.next_funding += mk.funding_interval_ns
+    if s.margin:
+        # funding moved the equity of every position here: their risk keys are stale
+        for p in range(s.n_pos):
+            if s.pos[p].market == m and s.pos[p].size:
+                touch(s, s.pos[p].account)
+    return 0

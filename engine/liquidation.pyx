@@ -1,0 +1,223 @@
+# cython: language_level=3
+"""Liquidation (see liquidation.pxd)."""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.units cimport int128, PPM, ceil_div, floor_div, iabs, py128
+from engine.book cimport BID, ASK
+from engine.state cimport State, PosC, MarketC, position, insurance_fund, scope_of
+from engine.wire cimport V_LIQUIDATION
+from engine.margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
+                            below_call)
+from engine.ledger cimport book_trade, pay_fund
+from engine.matching cimport cancel_orders
+from engine.entry cimport liquidation_order
+from engine.risk cimport rekey_dirty, candidates, mark_called, rekey_exact
+from engine cimport events
+
+from fractions import Fraction
+
+from engine.state import account_order
+
+
+cdef int run(State s, int32_t m, bint calls) except -1:
+    """After a mark update (`calls`: with margin calls) or funding in market `m`: look at the
+    scopes the risk index says may be below 1.5x maintenance, warn those that first fell
+    below it, and liquidate those below maintenance, most under-margined first (equity /
+    maintenance; ties by account), at most `max_liquidations_per_update` of them; the rest
+    wait for the next mark update or clock tick.
+
+    Cost: O(accounts changed since the last pass x log n) to re-key them, plus O(log n + k)
+    for the k scopes near their line, plus the cross accounts holding several positions;
+    not the accounts that exist."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef int32_t p, a, iso, k = 0
+    cdef int64_t eq, mm
+    cdef bint below
+    cdef PosC* q
+    rekey_dirty(s)
+    found = []
+    seen = set()
+    for p in candidates(s, m):
+        q = &s.pos[p]
+        if q.size == 0 or q.account == s.insurance:
+            s.risk_called[m].discard(p)
+            continue
+        a = q.account
+        iso = scope_of(s, p)
+        if (a, iso) in seen:
+            continue
+        seen.add((a, iso))
+        eq = equity(s, a, iso)
+        mm = maintenance_margin(s, a, iso)
+        if calls:
+            below = below_call(eq, mm)
+            if below and not (q.margin_call if iso >= 0 else s.ac[a].margin_call):
+                events.margin_call(s, a, eq, mm)
+            if iso >= 0:
+                q.margin_call = below
+            else:
+                s.ac[a].margin_call = below
+            if below:
+                mark_called(s, a, iso)
+            else:
+                s.risk_called[m].discard(p)
+        if eq < mm:
+            found.append((Fraction(eq, mm), account_order(s.account_keys[a]), a, iso))
+        elif (q.rlist == 1 or q.rlist == 2) and not below_call(eq, mm):
+            rekey_exact(s, p)                                   # it was looked at early
+    found.sort()
+    mk.liq_pending = 0
+    for _, _, a, iso in found:
+        if k == mk.max_liquidations:
+            mk.liq_pending = 1
+            break
+        _liquidate_scope(s, a, iso)
+        k += 1
+        # The warning now describes the scope as the liquidation left it (no new event).
+        below = below_call(equity(s, a, iso), maintenance_margin(s, a, iso))
+        if iso >= 0:
+            s.pos[iso].margin_call = below
+        else:
+            s.ac[a].margin_call = below
+    return 0
+
+
+cdef int _liquidate_scope(State s, int32_t a, int32_t iso) except -1:
+    """Cancel the scope's open orders (reason liquidation); while it is still liquidatable,
+    close its positions, the largest maintenance requirement first."""
+    cdef int32_t p, best
+    cdef int64_t req, best_req
+    cdef int guard = 0
+    cdef int32_t m_iso = s.pos[iso].market if iso >= 0 else -1
+    cancel_orders(s, a, m_iso, V_LIQUIDATION)
+    while equity(s, a, iso) < maintenance_margin(s, a, iso) and guard < 64:
+        guard += 1
+        if iso >= 0:
+            best = iso if s.pos[iso].size else -1
+        else:
+            best = -1
+            best_req = -1
+            p = s.ac[a].positions
+            while p >= 0:
+                if s.pos[p].size and not s.pos[p].isolated:
+                    req = <int64_t>maintenance_requirement(&s.mk[s.pos[p].market],
+                                                           s.pos[p].size)
+                    if req > best_req:
+                        best, best_req = p, req
+                p = s.pos[p].next
+        if best < 0:
+            break
+        _liquidate_position(s, a, iso, best)
+    return 0
+
+
+cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except -1:
+    """Reduce position `p` with an IOC into the book, no worse than the bankruptcy price,
+    only as much as should restore maintenance margin with a 10 % buffer; what the book
+    cannot take at that price, the insurance fund takes over at it."""
+    cdef PosC* q = &s.pos[p]
+    cdef int32_t m = q.market, fund, fp
+    cdef MarketC* mk = &s.mk[m]
+    cdef int64_t size = q.size, n = iabs(size), eq, mm, bp, qty, filled, fee, per_lot, deficit
+    cdef int side = ASK if size > 0 else BID          # the closing trade
+    cdef int128 num, takeover
+    eq = equity(s, a, iso)
+    mm = maintenance_margin(s, a, iso)
+    bp = _bankruptcy_price(s, a, iso, p)
+    # Sizing: each lot closed near the mark frees its maintenance and costs its fee.
+    per_lot = <int64_t>floor_div(
+        maintenance_requirement(mk, size)
+        - ceil_div(<int128>n * mk.mark * mk.multiplier * mk.liq_fee_ppm, PPM), n)
+    deficit = mm + mm // 10 - eq
+    if per_lot <= 0:
+        qty = n
+    else:
+        qty = <int64_t>ceil_div(deficit, per_lot)
+        qty = n if qty > n or qty <= 0 else qty
+    filled = liquidation_order(s, a, p, side, qty, bp)
+    if filled:
+        num = s.liq_notional
+        fee = <int64_t>ceil_div(num * mk.liq_fee_ppm, PPM)
+        eq = equity(s, a, iso)
+        if fee > eq:
+            fee = eq if eq > 0 else 0
+        if fee:
+            pay_fund(s, a, iso, fee)
+        events.liquidation(s, a, m, side, filled,
+                           <int64_t>floor_div(num, <int128>filled * mk.multiplier), "book", fee)
+    q = &s.pos[p]
+    if filled < qty and q.size and equity(s, a, iso) < maintenance_margin(s, a, iso):
+        # The book is exhausted down to the bankruptcy price: the fund takes the rest there.
+        bp = _bankruptcy_price(s, a, iso, p)
+        n = iabs(q.size)
+        fund = insurance_fund(s)
+        # The fund takes it over at the bankruptcy price if its equity stays >= 0 after;
+        # else the profitable opposite positions are deleveraged at that price.
+        takeover = <int128>(1 if side == ASK else -1) * n * (mk.mark - bp) * mk.multiplier
+        if equity(s, fund, -1) + takeover < 0:
+            n = _deleverage(s, a, p, side, n, bp)
+        if n:
+            fp = position(s, m, fund)
+            q = &s.pos[p]
+            book_trade(s, q, side, n, bp, 0)
+            book_trade(s, &s.pos[fp], 1 - side, n, bp, 0)
+            events.liquidation(s, a, m, side, n, bp, "backstop", 0)
+    return 0
+
+
+cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
+                         int64_t bp) except -1:
+    """Auto-deleverage: close `n` of position `p` against the profitable positions on the
+    other side, at the bankruptcy price `bp`, highest (PnL / |cost|) x (notional / equity)
+    first (ties by account). Each match gives a `liquidation` event (kind adl) to both
+    accounts. Returns what no one could take (the fund takes it)."""
+    cdef int32_t m = s.pos[p].market, c, ca, iso
+    cdef MarketC* mk = &s.mk[m]
+    cdef PosC* q
+    cdef int64_t take, eq
+    cdef int128 pnl
+    ranked = []
+    for c in range(s.n_pos):
+        q = &s.pos[c]
+        if (q.market != m or q.size == 0 or q.account == a or q.account == s.insurance
+                or (q.size > 0) == (side == ASK)):
+            continue                                  # must point against the bankrupt one
+        pnl = unrealised(mk, q.size, q.cost)
+        if pnl <= 0:
+            continue
+        iso = scope_of(s, c)
+        eq = equity(s, q.account, iso)
+        notional = int(iabs(q.size)) * mk.mark * mk.multiplier
+        # PnL ratio times effective leverage; an account with no equity left ranks first
+        score = (Fraction(py128(pnl) * notional, iabs(q.cost) * eq) if eq > 0 and q.cost
+                 else Fraction(10**30))
+        ranked.append((-score, account_order(s.account_keys[q.account]), c))
+    ranked.sort()
+    for _, _, c in ranked:
+        if n == 0:
+            break
+        q = &s.pos[c]
+        ca = q.account
+        take = n if n < iabs(q.size) else iabs(q.size)
+        book_trade(s, &s.pos[p], side, take, bp, 0)
+        book_trade(s, q, 1 - side, take, bp, 0)
+        events.liquidation(s, a, m, side, take, bp, "adl", 0)
+        events.liquidation(s, ca, m, 1 - side, take, bp, "adl", 0)
+        n -= take
+    return n
+
+
+cdef int64_t _bankruptcy_price(State s, int32_t a, int32_t iso, int32_t p) except -1:
+    """The price at which closing all of `p` leaves the scope's equity at zero, the other
+    marks held: mark - equity / (size * multiplier), rounded so the closing trade is never
+    worse for the account (up for a long's sale, down for a short's purchase); at least 1."""
+    cdef PosC* q = &s.pos[p]
+    cdef MarketC* mk = &s.mk[q.market]
+    cdef int128 num = <int128>mk.mark * q.size * mk.multiplier - equity(s, a, iso)
+    cdef int128 den = <int128>q.size * mk.multiplier
+    cdef int128 bp
+    if den > 0:
+        bp = ceil_div(num, den)
+    else:
+        bp = floor_div(-num, -den)
+    return <int64_t>(bp if bp > 0 else 1)

@@ -1,0 +1,109 @@
+# cython: language_level=3
+"""Margin (see margin.pxd): the equity and requirements of a scope, the placement check and the
+pre-fill check."""
+from libc.stdint cimport int64_t, int32_t
+
+from engine.book cimport BID
+from engine.state cimport State, PosC, scope_of
+
+
+cdef int64_t equity(State s, int32_t a, int32_t iso):
+    """Equity of a margin scope: the account's cross pool (iso = -1: collateral plus the
+    cross positions' unrealised PnL) or one isolated position (its margin plus its PnL);
+    unsettled funding counts. O(positions of the account)."""
+    cdef int128 e
+    cdef int32_t p
+    cdef PosC* q
+    if iso >= 0:
+        q = &s.pos[iso]
+        return <int64_t>(q.iso_margin + unrealised(&s.mk[q.market], q.size, q.cost)
+                         - unsettled_funding(&s.mk[q.market], q.size, q.funding_last))
+    e = s.ac[a].collateral
+    p = s.ac[a].positions
+    while p >= 0:
+        q = &s.pos[p]
+        if q.size and not q.isolated:
+            e += unrealised(&s.mk[q.market], q.size, q.cost)
+            e -= unsettled_funding(&s.mk[q.market], q.size, q.funding_last)
+        p = q.next
+    return <int64_t>e
+
+
+cdef int64_t initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
+                            int64_t buys, int64_t sells):
+    """A scope's initial requirement, market `m` taken as (size, buys, sells) (m = -1: every
+    market as it is). O(positions of the account)."""
+    cdef int128 r = 0
+    cdef int32_t p
+    cdef PosC* q
+    if iso >= 0:
+        q = &s.pos[iso]
+        if q.market == m:
+            return <int64_t>initial_requirement(&s.mk[m], size, buys, sells, q.leverage)
+        return <int64_t>initial_requirement(&s.mk[q.market], q.size, q.open_buy,
+                                            q.open_sell, q.leverage)
+    p = s.ac[a].positions
+    while p >= 0:
+        q = &s.pos[p]
+        if q.isolated:
+            pass
+        elif q.market == m:
+            r += initial_requirement(&s.mk[m], size, buys, sells, q.leverage)
+        elif q.size or q.open_buy or q.open_sell:
+            r += initial_requirement(&s.mk[q.market], q.size, q.open_buy, q.open_sell,
+                                     q.leverage)
+        p = q.next
+    return <int64_t>r
+
+
+cdef int64_t maintenance_margin(State s, int32_t a, int32_t iso):
+    """A scope's maintenance requirement. O(positions of the account)."""
+    cdef int128 r = 0
+    cdef int32_t p
+    if iso >= 0:
+        return <int64_t>maintenance_requirement(&s.mk[s.pos[iso].market], s.pos[iso].size)
+    p = s.ac[a].positions
+    while p >= 0:
+        if s.pos[p].size and not s.pos[p].isolated:
+            r += maintenance_requirement(&s.mk[s.pos[p].market], s.pos[p].size)
+        p = s.pos[p].next
+    return <int64_t>r
+
+
+cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int64_t* after,
+                     int64_t* eq):
+    """The placement check: may position `p`'s open quantities become (buys, sells)? An order
+    that raises its scope's initial requirement above its equity may not. `after` and `eq` are
+    set for the rejection's sentence. O(positions of the account)."""
+    cdef PosC* q = &s.pos[p]
+    cdef int32_t a = q.account, m = q.market, iso = scope_of(s, p)
+    cdef int64_t before = initial_margin(s, a, iso, m, q.size, q.open_buy, q.open_sell)
+    after[0] = initial_margin(s, a, iso, m, q.size, buys, sells)
+    if after[0] <= before:
+        return True
+    eq[0] = equity(s, a, iso)
+    return after[0] <= eq[0]
+
+
+cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
+                        int64_t pnl, int64_t fees, bint maker):
+    """The pre-fill check for a fill of `q` after `before` lots already traded in this walk,
+    `pnl` (at the mark) and `fees` being the walk's so far, this fill included. A fill that
+    only shrinks the position always passes; one that grows it must leave the scope's equity
+    >= its initial requirement, looked at as the fill would leave it (a maker's order no
+    longer open for what it traded)."""
+    cdef int32_t pi = s.pos_of[m][a]
+    cdef PosC* p = &s.pos[pi]
+    cdef int32_t iso = pi if p.isolated else -1
+    cdef int64_t d = 1 if side == BID else -1
+    cdef int64_t s1 = p.size + d * before, s2 = s1 + d * q
+    cdef int64_t buys = p.open_buy, sells = p.open_sell
+    if iabs(s2) <= iabs(s1):
+        return True
+    if maker:
+        if side == BID:
+            buys -= before + q
+        else:
+            sells -= before + q
+    return (<int128>equity(s, a, iso) - fees + pnl
+            >= initial_margin(s, a, iso, m, s2, buys, sells))

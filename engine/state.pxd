@@ -1,0 +1,187 @@
+# cython: language_level=3
+"""The engine's state: the C arrays every room works on, and the few functions that grow them.
+
+One `State` per engine, shared by pointer with every room (rooms are modules of `cdef` functions
+taking it first). Markets, accounts and positions are C structs in growable arrays addressed by
+id; orders live in engine.book's pool. Python objects here are the edge's: names, specs, and the
+sorted indexes of trigger orders and of positions at risk.
+
+Ownership: `seq` and the event writer `w` are written only by engine.events; `clock` only by
+engine.core (time moves only through commands).
+"""
+cimport cython
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
+
+from engine.units cimport int128
+from engine.book cimport Book, OrderPool, BID
+from engine.wire cimport EventWriter
+
+
+# ---- C-level state ---------------------------------------------------------------------------
+
+ctypedef struct TierC:
+    int64_t max_notional        # quote units
+    int64_t imf_ppm
+    int64_t mmf_ppm
+    int64_t imf_deduction       # quote units, so that requirements are continuous
+    int64_t mmf_deduction
+
+ctypedef struct MarketC:
+    int64_t multiplier          # quote units per tick per lot
+    int64_t min_qty
+    int64_t maker_fee_ppm
+    int64_t taker_fee_ppm
+    int64_t band_ppm
+    int64_t max_orders          # open orders per account
+    int64_t oracle_max_age_ns   # 0: no limit
+    int64_t index               # last oracle price (ticks)
+    int64_t mark
+    int64_t last_oracle_ts
+    int64_t max_leverage        # floor(1e6 / the first tier's imf)
+    int64_t liq_fee_ppm
+    int64_t max_liquidations    # scopes liquidated per mark update
+    int64_t mmf_max             # the highest maintenance rate of any tier (the risk index)
+    uint8_t liq_pending         # the bound was hit: more to do at the next tick
+    int64_t funding_interval_ns
+    int64_t funding_cap_ppm
+    int64_t interest_ppm
+    int64_t next_funding        # the next interval boundary (ns); 0 until the first oracle
+    int64_t premium_sum         # premium samples (ppm) since the last boundary
+    int64_t premium_n
+    int128 cum_funding          # cumulative funding per lot, in 1e-6 quote units
+    TierC* tiers                # at least one (the market's own imf/mmf when it has no tiers)
+    int32_t n_tiers
+    int32_t name_tok            # the market's name, pre-encoded in the writer
+    uint8_t has_mark
+
+ctypedef struct PosC:
+    int64_t size                # signed lots: long > 0
+    int64_t cost                # signed quote units paid for the open size (exact, never rounded)
+    int64_t open_buy            # resting buy qty
+    int64_t open_sell           # resting sell qty
+    int32_t n_orders            # open orders in this market
+    int32_t n_ro                # resting reduce-only orders in this market
+    int32_t account
+    int32_t market
+    int32_t next                # the account's next position (list head: AccountC.positions)
+    int32_t leverage            # 0: none set
+    uint8_t isolated
+    uint8_t margin_call         # an isolated position's warning state
+    int64_t iso_margin          # quote units held by an isolated position
+    int64_t realised            # PnL realised by this position so far (fees and funding apart)
+    int128 funding_last         # the market's cum_funding when this position last settled
+    int64_t rkey                # its key in the risk index (see engine.risk)
+    uint8_t rlist               # where it is indexed: 0 nowhere, 1 longs, 2 shorts, 3 multi
+
+ctypedef struct AccountC:
+    int64_t collateral          # quote units of cash
+    int32_t name_tok            # the account's key, pre-encoded in the writer
+    int32_t positions           # first position slot, -1 if none
+    uint8_t margin_call         # equity < 1.5 x maintenance when last looked at
+    uint8_t dirty               # its money or positions changed since the risk index saw it
+
+ctypedef struct CidKey:
+    uint64_t h
+    int64_t i
+    const char* text
+    Py_ssize_t n
+    bint is_str
+
+# A new order whose fields are valid and resolved to ids (the input of engine.entry.place).
+ctypedef struct OrderCmd:
+    int64_t qty
+    int64_t price               # 0 for a market order
+    int64_t trigger_price       # stop / take-profit kinds
+    CidKey cid
+    int32_t account
+    int32_t market
+    uint8_t side
+    uint8_t kind
+    uint8_t tif
+    uint8_t stp
+    uint8_t reduce_only
+
+
+@cython.final
+cdef class State:
+    # ---- orders and books -----------------------------------------------------------------
+    cdef OrderPool pool
+    cdef list books                 # Book per market id
+    cdef list trig_up               # per market: SortedList of (trigger, oid, slot) firing at mark >= trigger
+    cdef list trig_down             # ... and firing at mark <= trigger
+    # ---- the risk index (engine.risk), per market -----------------------------------------
+    cdef list risk_long             # SortedList of (key, slot): looked at when mark <= key
+    cdef list risk_short            # ... when mark >= key
+    cdef list risk_multi            # set of slots of cross accounts with several positions
+    cdef list risk_called           # set of slots of scopes currently warned
+    cdef list dirty                 # accounts whose money or positions changed
+    # ---- markets -----------------------------------------------------------------------------
+    cdef list specs                 # MarketSpec per market id
+    cdef dict market_ids            # name -> id
+    cdef list market_utf8           # each market's name, UTF-8
+    cdef MarketC* mk
+    cdef int32_t n_markets
+    cdef int32_t mk_cap
+    # ---- accounts and positions --------------------------------------------------------------
+    cdef dict account_ids           # key -> id
+    cdef list account_keys
+    cdef list acct_mp               # canonical msgpack bytes of each account key
+    cdef int32_t* akey              # open-addressing index over acct_mp (the fast path)
+    cdef uint64_t akey_mask
+    cdef AccountC* ac
+    cdef int32_t n_accounts
+    cdef int32_t acct_cap
+    cdef PosC* pos
+    cdef int32_t n_pos
+    cdef int32_t pos_cap
+    cdef int32_t** pos_of           # [market][account] -> position slot, -1 if none
+    cdef int32_t insurance          # the account named "insurance" (the fund), -1 until seen
+    # ---- events, time, counters --------------------------------------------------------------
+    cdef EventWriter w              # written by engine.events only
+    cdef int64_t seq                # written by engine.events only
+    cdef int64_t clock              # written by engine.core only
+    cdef int64_t next_oid
+    cdef int64_t n_commands
+    cdef int64_t n_fills
+    cdef bint margin                # False: no margin checks (pure matching, benchmarks)
+    cdef bint liquidating           # the walk is a liquidation's: fills say so
+    cdef int64_t liq_qty            # what the liquidation walk filled, and its notional
+    cdef int128 liq_notional
+    # ---- totals of the audit -----------------------------------------------------------------
+    cdef int64_t deposits
+    cdef int64_t withdrawals
+    cdef int64_t fees               # the venue's net fee income
+
+
+# ---- growth and lookup (engine/state.pyx) ----------------------------------------------------
+cdef int32_t account(State s, object key) except -1                 # O(1), made on first sight
+cdef int32_t position(State s, int32_t m, int32_t a) except -1      # O(1), made on first use
+cdef int32_t add_market(State s, object spec) except -1
+cdef int32_t insurance_fund(State s) except -1
+cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n)
+cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)
+cdef object cid_key(object cid, int32_t a, CidKey* k)
+cdef object cid_obj(State s, int32_t i)
+cdef object cid_of(CidKey* k)
+
+
+cdef inline int touch(State s, int32_t a) except -1:
+    """Note that account `a`'s money or positions changed: its risk-index keys are stale. O(1)."""
+    if s.margin and not s.ac[a].dirty:
+        s.ac[a].dirty = 1
+        s.dirty.append(a)
+    return 0
+
+
+cdef inline int64_t reducible(State s, int32_t a, int32_t m, int side) noexcept:
+    """How much an order on `side` may still trade and only shrink the position."""
+    cdef int32_t p = s.pos_of[m][a]
+    cdef int64_t size = s.pos[p].size if p >= 0 else 0
+    if side == BID:
+        return -size if size < 0 else 0
+    return size if size > 0 else 0
+
+
+cdef inline int32_t scope_of(State s, int32_t p) noexcept:
+    """The margin scope of position `p`: itself when isolated, else -1 (the account's cross)."""
+    return p if s.pos[p].isolated else -1

@@ -1,0 +1,355 @@
+# cython: language_level=3
+"""The engine's state (see state.pxd): construction, and the growth of markets, accounts and
+positions. Every growth keeps the old array until the new one is known good."""
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcmp
+from libc.stdint cimport int64_t, int32_t, uint64_t
+
+from engine.units cimport PPM, NS, fnv1a
+from engine.book cimport Book, OrderPool, Order, CID_BYTES, cid_hash_int, cid_hash_str, BID, ASK
+from engine.book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
+                          TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
+                          CANCEL_BOTH)
+from engine.wire cimport EventWriter
+
+import msgspec
+from sortedcontainers import SortedList
+
+from engine.markets import TierSpec
+
+_mp_encode = msgspec.msgpack.encode
+
+# The account whose cash is the insurance fund (seeded by a deposit to it).
+INSURANCE = "insurance"
+
+# The contract's enum strings and the core's small integers (engine.book's enums).
+SIDES = {"buy": BID, "sell": ASK}
+KINDS = {"limit": LIMIT, "market": MARKET, "stop_market": STOP_MARKET, "stop_limit": STOP_LIMIT,
+         "take_profit_market": TAKE_PROFIT_MARKET, "take_profit_limit": TAKE_PROFIT_LIMIT}
+TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO}
+STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER, "cancel_both": CANCEL_BOTH}
+SIDE_NAMES = tuple(SIDES)
+KIND_NAMES = tuple(KINDS)
+TIF_NAMES = tuple(TIFS)
+STP_NAMES = tuple(STPS)
+
+
+def account_order(key):
+    """Accounts sort integers first, then strings: a total order for mixed keys."""
+    return (1, key) if type(key) is str else (0, key)
+
+
+cdef class State:
+
+    def __cinit__(self, bint margin=True):
+        self.margin = margin
+        self.insurance = -1
+        self.w = EventWriter()
+        self.pool = OrderPool(4096)
+        self.books = []
+        self.trig_up = []
+        self.trig_down = []
+        self.risk_long = []
+        self.risk_short = []
+        self.risk_multi = []
+        self.risk_called = []
+        self.dirty = []
+        self.specs = []
+        self.market_ids = {}
+        self.market_utf8 = []
+        self.mk_cap = 8
+        self.mk = <MarketC*>malloc(self.mk_cap * sizeof(MarketC))
+        self.pos_of = <int32_t**>malloc(self.mk_cap * sizeof(int32_t*))
+        self.account_ids = {}
+        self.account_keys = []
+        self.acct_mp = []
+        self.akey = NULL
+        self.akey_mask = 0
+        self.acct_cap = 0
+        self.ac = NULL
+        self.pos_cap = 1024
+        self.pos = <PosC*>malloc(self.pos_cap * sizeof(PosC))
+        if self.mk == NULL or self.pos == NULL or self.pos_of == NULL:
+            raise MemoryError()
+        self.n_markets = 0
+        self.n_accounts = 0
+        self.n_pos = 0
+        self.clock = 0
+        self.seq = 0
+        self.next_oid = 1
+
+    def __dealloc__(self):
+        cdef int32_t m
+        if self.pos_of != NULL:
+            for m in range(self.n_markets):
+                free(self.pos_of[m])
+                free(self.mk[m].tiers)
+        free(self.pos_of)
+        free(self.mk)
+        free(self.pos)
+        free(self.ac)
+        free(self.akey)
+
+
+# ---- accounts ------------------------------------------------------------------------------
+
+cdef int _index_account_key(State s, int32_t a, bytes key) except -1:
+    """Index an account by the canonical msgpack bytes of its key (open addressing)."""
+    cdef uint64_t j
+    cdef int32_t* nt
+    cdef int32_t i, b
+    cdef bytes kb
+    s.acct_mp.append(key)
+    if 2 * (a + 1) > <int32_t>(s.akey_mask + 1):
+        b = 2 * <int32_t>(s.akey_mask + 1) if s.akey_mask else 1024
+        while 2 * (a + 1) > b:
+            b *= 2
+        nt = <int32_t*>malloc(b * sizeof(int32_t))
+        if nt == NULL:
+            s.acct_mp.pop()
+            raise MemoryError()
+        for i in range(b):
+            nt[i] = -1
+        free(s.akey)
+        s.akey = nt
+        s.akey_mask = b - 1
+        for i in range(a):
+            kb = s.acct_mp[i]
+            j = fnv1a(kb, len(kb)) & s.akey_mask
+            while s.akey[j] >= 0:
+                j = (j + 1) & s.akey_mask
+            s.akey[j] = i
+    j = fnv1a(key, len(key)) & s.akey_mask
+    while s.akey[j] >= 0:
+        j = (j + 1) & s.akey_mask
+    s.akey[j] = a
+    return 0
+
+
+cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n):
+    """The account whose key's canonical msgpack bytes are k[0:n], or -1. O(1) expected."""
+    cdef uint64_t j
+    cdef int32_t a
+    cdef bytes kb
+    if s.akey_mask == 0:
+        return -1
+    j = fnv1a(k, n) & s.akey_mask
+    while True:
+        a = s.akey[j]
+        if a < 0:
+            return -1
+        kb = s.acct_mp[a]
+        if len(kb) == n and memcmp(<const char*>kb, k, n) == 0:
+            return a
+        j = (j + 1) & s.akey_mask
+
+
+cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n):
+    """The market named by the UTF-8 bytes name[0:n], or -1. O(markets)."""
+    cdef int32_t m
+    cdef bytes b
+    for m in range(s.n_markets):
+        b = s.market_utf8[m]
+        if len(b) == n and memcmp(<const char*>b, name, n) == 0:
+            return m
+    return -1
+
+
+cdef int _grow_accounts(State s) except -1:
+    """Double the account arrays (and each market's position map); nothing is lost on failure."""
+    cdef int32_t c = 1024 if s.acct_cap == 0 else 2 * s.acct_cap
+    cdef int32_t m, i
+    cdef AccountC* na
+    cdef int32_t* np
+    s.pool.ensure_accounts(c)
+    na = <AccountC*>realloc(s.ac, c * sizeof(AccountC))
+    if na == NULL:
+        raise MemoryError()
+    s.ac = na
+    for m in range(s.n_markets):
+        np = <int32_t*>realloc(s.pos_of[m], c * sizeof(int32_t))
+        if np == NULL:
+            raise MemoryError()
+        s.pos_of[m] = np
+        for i in range(s.acct_cap, c):
+            np[i] = -1
+    # only now is every array at least c long
+    s.acct_cap = c
+    return 0
+
+
+cdef int32_t account(State s, object key) except -1:
+    """The account's id, made on first sight. O(1)."""
+    cdef int32_t a = s.account_ids.get(key, -1)
+    if a >= 0:
+        return a
+    a = s.n_accounts
+    if a == s.acct_cap:
+        _grow_accounts(s)
+    s.ac[a].name_tok = s.w.register_name(key)
+    s.ac[a].collateral = 0
+    s.ac[a].positions = -1
+    s.ac[a].margin_call = 0
+    s.ac[a].dirty = 0
+    if key == INSURANCE and type(key) is str:
+        s.insurance = a
+    _index_account_key(s, a, _mp_encode(key))
+    s.account_ids[key] = a
+    s.account_keys.append(key)
+    s.n_accounts += 1
+    return a
+
+
+cdef int32_t insurance_fund(State s) except -1:
+    if s.insurance < 0:
+        account(s, INSURANCE)
+    return s.insurance
+
+
+cdef int32_t position(State s, int32_t m, int32_t a) except -1:
+    """The position slot of account `a` in market `m`, made on first use. O(1)."""
+    cdef int32_t p = s.pos_of[m][a]
+    cdef PosC* np
+    if p >= 0:
+        return p
+    if s.n_pos == s.pos_cap:
+        np = <PosC*>realloc(s.pos, 2 * <size_t>s.pos_cap * sizeof(PosC))
+        if np == NULL:
+            raise MemoryError()
+        s.pos = np
+        s.pos_cap *= 2
+    p = s.n_pos
+    s.n_pos += 1
+    s.pos[p].size = 0
+    s.pos[p].cost = 0
+    s.pos[p].open_buy = 0
+    s.pos[p].open_sell = 0
+    s.pos[p].n_orders = 0
+    s.pos[p].n_ro = 0
+    s.pos[p].account = a
+    s.pos[p].market = m
+    s.pos[p].leverage = 0
+    s.pos[p].isolated = 0
+    s.pos[p].margin_call = 0
+    s.pos[p].iso_margin = 0
+    s.pos[p].realised = 0
+    s.pos[p].rkey = 0
+    s.pos[p].rlist = 0
+    s.pos[p].funding_last = s.mk[m].cum_funding
+    s.pos[p].next = s.ac[a].positions
+    s.ac[a].positions = p
+    s.pos_of[m][a] = p
+    return p
+
+
+# ---- markets -------------------------------------------------------------------------------
+
+cdef int32_t add_market(State s, object spec) except -1:
+    """A new market from a validated MarketSpec (engine.markets); its id."""
+    cdef MarketC* mk
+    cdef MarketC* nm
+    cdef int32_t** npo
+    cdef int32_t* row
+    cdef TierC* tiers_c
+    cdef int32_t m, i
+    if s.n_markets == s.mk_cap:
+        nm = <MarketC*>realloc(s.mk, 2 * s.mk_cap * sizeof(MarketC))
+        if nm == NULL:
+            raise MemoryError()
+        s.mk = nm
+        npo = <int32_t**>realloc(s.pos_of, 2 * s.mk_cap * sizeof(int32_t*))
+        if npo == NULL:
+            raise MemoryError()
+        s.pos_of = npo
+        s.mk_cap *= 2
+    tiers = spec.tiers or (TierSpec(2**63 - 1, spec.imf_ppm, spec.mmf_ppm, 0, 0),)
+    row = <int32_t*>malloc((s.acct_cap if s.acct_cap else 1) * sizeof(int32_t))
+    tiers_c = <TierC*>malloc(len(tiers) * sizeof(TierC))
+    if row == NULL or tiers_c == NULL:
+        free(row)
+        free(tiers_c)
+        raise MemoryError()
+    m = s.n_markets
+    s.pos_of[m] = row
+    for i in range(s.acct_cap):
+        row[i] = -1
+    mk = &s.mk[m]
+    mk.multiplier = spec.multiplier
+    mk.min_qty = spec.min_qty
+    mk.maker_fee_ppm = spec.maker_fee_ppm
+    mk.taker_fee_ppm = spec.taker_fee_ppm
+    mk.band_ppm = spec.price_band_ppm
+    mk.max_orders = spec.max_orders_per_account
+    mk.oracle_max_age_ns = spec.oracle_max_age_s * NS
+    mk.index = 0
+    mk.mark = 0
+    mk.last_oracle_ts = 0
+    mk.has_mark = 0
+    mk.tiers = tiers_c
+    for i, t in enumerate(tiers):
+        mk.tiers[i].max_notional = t.max_notional
+        mk.tiers[i].imf_ppm = t.imf_ppm
+        mk.tiers[i].mmf_ppm = t.mmf_ppm
+        mk.tiers[i].imf_deduction = t.imf_deduction
+        mk.tiers[i].mmf_deduction = t.mmf_deduction
+    mk.n_tiers = len(tiers)
+    mk.liq_fee_ppm = spec.liquidation_fee_ppm
+    mk.max_liquidations = spec.max_liquidations_per_update
+    mk.mmf_max = max(t.mmf_ppm for t in tiers)
+    mk.liq_pending = 0
+    mk.funding_interval_ns = spec.funding_interval_s * NS
+    mk.funding_cap_ppm = spec.funding_cap_ppm
+    mk.interest_ppm = spec.interest_ppm
+    mk.next_funding = 0
+    mk.premium_sum = 0
+    mk.premium_n = 0
+    mk.cum_funding = 0
+    mk.max_leverage = PPM // tiers[0].imf_ppm
+    mk.name_tok = s.w.register_name(spec.name)
+    s.books.append(Book())
+    s.trig_up.append(SortedList())
+    s.trig_down.append(SortedList())
+    s.risk_long.append(SortedList())
+    s.risk_short.append(SortedList())
+    s.risk_multi.append(set())
+    s.risk_called.append(set())
+    s.specs.append(spec)
+    s.market_utf8.append(spec.name.encode("utf-8"))
+    s.market_ids[spec.name] = m
+    s.n_markets += 1
+    return m
+
+
+# ---- cids ----------------------------------------------------------------------------------
+
+cdef object cid_key(object cid, int32_t a, CidKey* k):
+    """Fill `k` for a lookup; returns the bytes that `k.text` points into (keep it alive)."""
+    cdef bytes b
+    if type(cid) is str:
+        b = (<str>cid).encode("utf-8")
+        k.is_str = True
+        k.text = b
+        k.n = len(b)
+        k.i = 0
+        k.h = cid_hash_str(a, k.text, k.n)
+        return b
+    k.is_str = False
+    k.i = cid
+    k.text = NULL
+    k.n = 0
+    k.h = cid_hash_int(a, k.i)
+    return None
+
+
+cdef object cid_obj(State s, int32_t i):
+    """The cid of the order in slot `i`, as the client gave it."""
+    cdef Order* o = &s.pool.o[i]
+    if o.cid_is_str:
+        return (s.pool.cid_text + <size_t>i * CID_BYTES)[:o.cid_len].decode("utf-8")
+    return o.cid_int
+
+
+cdef object cid_of(CidKey* k):
+    if k.is_str:
+        return k.text[:k.n].decode("utf-8")
+    return k.i

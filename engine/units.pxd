@@ -1,0 +1,70 @@
+# cython: language_level=3
+"""Integer types, units and exact division: the leaf every room of the engine cimports.
+
+Units (the contract's "Units"): prices in ticks, quantities in lots, money in quote units
+(1 = 0.000001 USD), rates in ppm, time in nanoseconds. Products of two or three of them are taken
+in 128 bits (`int128`); C division truncates toward zero, so rounding goes through `ceil_div` and
+`floor_div`, whose direction the contract fixes case by case.
+"""
+cimport cython
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.stdint cimport int64_t, uint64_t
+
+cdef extern from *:
+    ctypedef long long int128 "__int128"
+
+cdef enum:
+    PPM = 1000000               # parts per million
+    NS = 1000000000             # nanoseconds per second
+
+
+@cython.cdivision(True)
+cdef inline int128 ceil_div(int128 a, int128 b) noexcept nogil:
+    """ceil(a / b) for b > 0 (C division truncates toward zero)."""
+    cdef int128 q = a / b
+    if a % b != 0 and a > 0:
+        q += 1
+    return q
+
+
+@cython.cdivision(True)
+cdef inline int128 floor_div(int128 a, int128 b) noexcept nogil:
+    """floor(a / b) for b > 0."""
+    cdef int128 q = a / b
+    if a % b != 0 and a < 0:
+        q -= 1
+    return q
+
+
+cdef inline int64_t iabs(int64_t x) noexcept nogil:
+    return -x if x < 0 else x
+
+
+cdef inline uint64_t fnv1a(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """FNV-1a over n bytes: deterministic (unlike Python's salted str hash)."""
+    cdef uint64_t h = <uint64_t>0xcbf29ce484222325
+    cdef Py_ssize_t j
+    for j in range(n):
+        h ^= s[j]
+        h *= <uint64_t>0x100000001b3
+    return h
+
+
+cdef inline int64_t positive(object v, int64_t limit):
+    """`v` as a positive integer no larger than `limit`, or 0 when it is not one (not an int,
+    a bool, <= 0, or too large). Checking at the edge: what passes fits its bound."""
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is not int:
+        return 0
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow or x <= 0 or x > limit:
+        return 0
+    return x
+
+
+cdef inline object py128(int128 x):
+    """An int128 as a Python int, exactly (Cython sees the type as long long and would
+    truncate above 2**63)."""
+    return (<object><int64_t>(x >> 64)) * 18446744073709551616 + <object><uint64_t>(
+        x & <int128>0xFFFFFFFFFFFFFFFF)

@@ -1,0 +1,78 @@
+"""The house's rules, checked: the engine's rooms depend only on rooms below them, the engine
+reads no clock, socket, file, environment or randomness, one room owns `seq`, and bench/ and the
+gateway stay on their side of the engine's public face."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / "engine"
+
+# Leaves first: a room may use only the rooms before it (engine/core.pxd describes each).
+ROOMS = ["messages", "markets", "details", "statehash", "units", "book", "wire", "codec",
+         "state", "events", "margin", "ledger", "triggers", "matching", "entry", "risk",
+         "funding", "liquidation", "accounts", "reports", "fastpath", "core"]
+
+_FROM_ROOM = re.compile(r"^\s*from\s+(?:engine\.(\w+)|\.(\w+))\s+c?import\b", re.M)
+_FROM_ENGINE = re.compile(r"^\s*from\s+engine\s+c?import\s+(\([^)]*\)|[^\n]*)", re.M)
+_FORBIDDEN = re.compile(r"^\s*(?:import|from)\s+(time|random|os|socket|zmq|datetime|secrets|"
+                        r"threading|asyncio|subprocess|pathlib)\b", re.M)
+
+
+def _sources(room):
+    return [p for p in (ENGINE / f"{room}.pyx", ENGINE / f"{room}.pxd", ENGINE / f"{room}.py")
+            if p.exists()]
+
+
+def _uses(path):
+    """The rooms a source file imports or cimports."""
+    text = path.read_text()
+    found = {a or b for a, b in _FROM_ROOM.findall(text)}
+    for names in _FROM_ENGINE.findall(text):
+        found.update(n.split(" as ")[0].strip() for n in names.strip("()").split(",")
+                     if n.strip())
+    return found
+
+
+def test_every_engine_module_is_a_room_of_the_layout():
+    names = {p.stem for p in ENGINE.iterdir() if p.suffix in (".py", ".pyx", ".pxd")}
+    assert names - {"__init__"} == set(ROOMS)
+
+
+def test_rooms_depend_only_on_rooms_below_them():
+    wrong = []
+    for k, room in enumerate(ROOMS):
+        for path in _sources(room):
+            for used in _uses(path) - {room, "messages"}:
+                if used not in ROOMS[:k]:
+                    wrong.append(f"{path.name} uses {used}")
+    assert not wrong, wrong
+
+
+def test_the_engine_reads_no_clock_socket_file_environment_or_randomness():
+    found = [f"{p.name}: {m.group(0).strip()}" for room in ROOMS for p in _sources(room)
+             for m in _FORBIDDEN.finditer(p.read_text())]
+    assert not found, found
+
+
+def test_only_the_events_room_moves_seq_and_only_core_moves_the_clock():
+    seq = re.compile(r"\.seq\s*(\+=|-=|=(?!=))")
+    clock = re.compile(r"\.clock\s*(\+=|-=|=(?!=))")
+    for room in ROOMS:
+        for p in _sources(room):
+            text = p.read_text()
+            if room not in ("events", "state"):
+                assert not seq.search(text), f"{p.name} writes seq"
+            if room not in ("core", "state"):
+                assert not clock.search(text), f"{p.name} writes the clock"
+
+
+def test_bench_imports_nothing_from_tests():
+    for p in (ROOT / "bench").glob("*.py"):
+        assert not re.search(r"^\s*(from|import)\s+tests\b", p.read_text(), re.M), p.name
+
+
+def test_the_gateway_uses_only_the_engines_public_face():
+    public = {"messages", "codec", "markets"}
+    for p in (ROOT / "gateway").glob("*.py"):
+        for m in re.finditer(r"^\s*from\s+engine\.(\w+)\s+import", p.read_text(), re.M):
+            assert m.group(1) in public, f"{p.name} imports engine.{m.group(1)}"
