@@ -2,20 +2,31 @@
 """Account commands (see accounts.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
+from engine.units cimport int128, py128
 from engine.state cimport State, PosC, account, position, touch, scope_of
 from engine.margin cimport equity, initial_margin
 from engine cimport events
 
 from engine.details import no_market
+from engine.markets import MAX_MONEY
 from engine.messages import Reason
+
+cdef int64_t C_MAX_MONEY = MAX_MONEY
 
 
 cdef int deposit(State s, object cmd) except -1:
-    cdef int32_t a
-    if cmd.amount <= 0:
+    cdef int32_t a = s.account_ids.get(cmd.account, -1)
+    if not 0 < cmd.amount <= C_MAX_MONEY:
         return events.reject(s, "deposit", Reason.INVALID_AMOUNT,
-                             f"amount must be a positive number of quote units, got {cmd.amount}",
-                             cmd.account)
+                             f"amount must be a positive number of quote units up to "
+                             f"{C_MAX_MONEY}, got {cmd.amount}", cmd.account)
+    if s.deposits + cmd.amount > C_MAX_MONEY or (a >= 0 and
+                                                 s.ac[a].collateral + cmd.amount > C_MAX_MONEY):
+        return events.reject(s, "deposit", Reason.INVALID_AMOUNT,
+                             f"a deposit of {cmd.amount} would take "
+                             + ("the venue's total deposits" if s.deposits + cmd.amount
+                                > C_MAX_MONEY else "the account's balance")
+                             + f" past the largest amount, {C_MAX_MONEY} quote units", cmd.account)
     a = account(s, cmd.account)
     s.ac[a].collateral += cmd.amount
     s.deposits += cmd.amount
@@ -25,11 +36,13 @@ cdef int deposit(State s, object cmd) except -1:
 
 cdef int withdraw(State s, object cmd) except -1:
     cdef int32_t a = s.account_ids.get(cmd.account, -1)
-    cdef int64_t amount = cmd.amount, im, eq
-    if amount <= 0:
+    cdef int64_t amount
+    cdef int128 im, eq
+    if not 0 < cmd.amount <= C_MAX_MONEY:
         return events.reject(s, "withdraw", Reason.INVALID_AMOUNT,
-                             f"amount must be a positive number of quote units, got {amount}",
-                             cmd.account)
+                             f"amount must be a positive number of quote units up to "
+                             f"{C_MAX_MONEY}, got {cmd.amount}", cmd.account)
+    amount = cmd.amount
     if a < 0 or a == s.insurance:
         return events.reject(s, "withdraw", Reason.INSUFFICIENT_COLLATERAL,
                              "no collateral to withdraw" if a < 0 else
@@ -38,8 +51,9 @@ cdef int withdraw(State s, object cmd) except -1:
     eq = equity(s, a, -1)
     if amount > s.ac[a].collateral or eq - amount < im:
         return events.reject(s, "withdraw", Reason.INSUFFICIENT_COLLATERAL,
-                             f"withdrawing {amount} would leave equity {eq - amount} against an "
-                             f"initial margin of {im} (collateral {s.ac[a].collateral})",
+                             f"withdrawing {amount} would leave equity {py128(eq - amount)} "
+                             f"against an initial margin of {py128(im)} (collateral "
+                             f"{s.ac[a].collateral})",
                              cmd.account)
     s.ac[a].collateral -= amount
     s.withdrawals += amount
@@ -50,7 +64,7 @@ cdef int withdraw(State s, object cmd) except -1:
 cdef int set_leverage(State s, object cmd) except -1:
     cdef int32_t m = s.market_ids.get(cmd.market, -1), a, p, iso
     cdef int32_t old
-    cdef int64_t im
+    cdef int128 im
     if m < 0:
         return events.reject(s, "set_leverage", Reason.UNKNOWN_MARKET, no_market(cmd.market),
                              cmd.account, cmd.market)
@@ -70,8 +84,9 @@ cdef int set_leverage(State s, object cmd) except -1:
                                            or s.pos[p].open_sell):
                 s.pos[p].leverage = old
                 return events.reject(s, "set_leverage", Reason.INSUFFICIENT_MARGIN,
-                                     f"at {cmd.leverage}x the initial margin would be {im}, "
-                                     f"above the equity of {equity(s, a, iso)}",
+                                     f"at {cmd.leverage}x the initial margin would be "
+                                     f"{py128(im)}, above the equity of "
+                                     f"{py128(equity(s, a, iso))}",
                                      cmd.account, cmd.market)
     return 0
 
@@ -104,7 +119,8 @@ cdef int set_margin_mode(State s, object cmd) except -1:
 
 cdef int transfer_margin(State s, object cmd) except -1:
     cdef int32_t m = s.market_ids.get(cmd.market, -1), a, p
-    cdef int64_t amount = cmd.amount, eq, im
+    cdef int64_t amount
+    cdef int128 eq, im
     cdef PosC* q
     if m < 0:
         return events.reject(s, "transfer_margin", Reason.UNKNOWN_MARKET, no_market(cmd.market),
@@ -115,18 +131,21 @@ cdef int transfer_margin(State s, object cmd) except -1:
         return events.reject(s, "transfer_margin", Reason.NOT_ISOLATED,
                              f"{cmd.market} is not in isolated mode for this account "
                              f"(set_margin_mode first)", cmd.account, cmd.market)
-    if amount == 0:
+    if cmd.amount == 0 or not -C_MAX_MONEY <= cmd.amount <= C_MAX_MONEY:
         return events.reject(s, "transfer_margin", Reason.INVALID_AMOUNT,
-                             "amount must not be 0 (positive moves collateral in, negative out)",
-                             cmd.account, cmd.market)
+                             f"amount must be a non-zero number of quote units between "
+                             f"-{C_MAX_MONEY} and {C_MAX_MONEY} (positive moves collateral in, "
+                             f"negative out), got {cmd.amount}", cmd.account, cmd.market)
+    amount = cmd.amount
     q = &s.pos[p]
     if amount > 0:
         eq = equity(s, a, -1)
         im = initial_margin(s, a, -1, -1, 0, 0, 0)
         if amount > s.ac[a].collateral or eq - amount < im:
             return events.reject(s, "transfer_margin", Reason.INSUFFICIENT_COLLATERAL,
-                                 f"moving {amount} in would leave the cross equity {eq - amount} "
-                                 f"against an initial margin of {im} (collateral "
+                                 f"moving {amount} in would leave the cross equity "
+                                 f"{py128(eq - amount)} against an initial margin of {py128(im)} "
+                                 f"(collateral "
                                  f"{s.ac[a].collateral})", cmd.account, cmd.market)
     else:
         eq = equity(s, a, p)
@@ -134,7 +153,8 @@ cdef int transfer_margin(State s, object cmd) except -1:
         if -amount > q.iso_margin or eq + amount < im:
             return events.reject(s, "transfer_margin", Reason.INSUFFICIENT_COLLATERAL,
                                  f"moving {-amount} out would leave the position's equity "
-                                 f"{eq + amount} against an initial margin of {im} (isolated "
+                                 f"{py128(eq + amount)} against an initial margin of {py128(im)} "
+                                 f"(isolated "
                                  f"margin {q.iso_margin})", cmd.account, cmd.market)
     s.ac[a].collateral -= amount
     q.iso_margin += amount

@@ -35,6 +35,7 @@ cdef class Engine:
 
     # ---- cdef internals --------------------------------------------------------------------
     cdef int _dispatch(self, object cmd) except -1
+    cdef int _failed(self, object cmd) except -1
     cdef int _apply(self, object cmd) except -1
     cdef int _advance(self, int64_t ts) except -1
     cdef int _create_market(self, object cmd) except -1

@@ -18,12 +18,11 @@ import msgspec
 from engine import messages as M
 from engine.codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
 from engine.details import show, no_market, bad_price
-from engine.markets import MarketConfigError, market_spec, MAX_PRICE
-from engine.messages import Reason
+from engine.markets import MarketConfigError, market_spec
+from engine.messages import MAX_TS, Reason
 from engine import reports as _reports
 
 cdef object _decode_events = _mp_events.decode
-cdef int64_t C_MAX_PRICE = MAX_PRICE
 
 cdef object _Command = M.Command
 cdef object NewOrder = M.NewOrder
@@ -235,7 +234,16 @@ cdef class Engine:
                 tag = getattr(getattr(type(cmd), "__struct_config__", None), "tag", None)
                 return events.reject(self.s, tag if type(tag) is str else None,
                                      Reason.INVALID_COMMAND, str(e))
-            raise
+            return self._failed(cmd)
+        except (RecursionError, MemoryError, ArithmeticError, IndexError):
+            return self._failed(cmd)
+
+    cdef int _failed(self, object cmd) except -1:
+        """The last guard: a command that raised is answered, never thrown out of the engine.
+        Every command validates before it changes anything, so reaching here is a bug; say so
+        plainly rather than stop a replay."""
+        return events.reject(self.s, None, Reason.INVALID_COMMAND,
+                             f"the engine could not apply this {type(cmd).__name__}")
 
     cdef int _apply(self, object cmd) except -1:
         cdef object t = type(cmd)
@@ -246,6 +254,9 @@ cdef class Engine:
         if not isinstance(cmd, _Command):
             return events.reject(s, None, Reason.INVALID_COMMAND,
                                  f"expected a command, got {type(cmd).__name__}")
+        if cmd.ts > MAX_TS:        # a Struct built by hand skips msgspec's bound
+            return events.reject(s, None, Reason.INVALID_COMMAND,
+                                 f"ts must be at most {MAX_TS} ns, got {cmd.ts}")
         self._advance(cmd.ts)
         if t is NewOrder:
             return entry.new_order(s, cmd)
@@ -325,11 +336,11 @@ cdef class Engine:
         if m < 0:
             return events.reject(s, "oracle", Reason.UNKNOWN_MARKET, no_market(cmd.market), None,
                                  cmd.market)
-        idx = positive(cmd.price, C_MAX_PRICE)
-        if idx == 0:
-            return events.reject(s, "oracle", Reason.INVALID_PRICE, bad_price("price", cmd.price),
-                                 None, cmd.market)
         mk = &s.mk[m]
+        idx = positive(cmd.price, mk.max_price)
+        if idx == 0:
+            return events.reject(s, "oracle", Reason.INVALID_PRICE,
+                                 bad_price("price", cmd.price, mk.max_price), None, cmd.market)
         b = s.books[m]
         bid = b.lv[b.best(BID)].price if b.n[BID] else idx
         ask = b.lv[b.best(ASK)].price if b.n[ASK] else idx

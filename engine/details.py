@@ -5,8 +5,6 @@ client wrote them (JSON), so a detail can be matched against the request that ca
 """
 import msgspec
 
-from engine.markets import MAX_PRICE, MAX_QTY
-
 _json_encode = msgspec.json.encode
 
 
@@ -24,12 +22,12 @@ def no_market(name):
     return f"no market named {show(name)}"
 
 
-def bad_qty(v):
-    return f"qty must be a positive whole number of lots up to {MAX_QTY}, got {show(v)}"
+def bad_qty(v, limit):
+    return f"qty must be a positive whole number of lots up to {limit}, got {show(v)}"
 
 
-def bad_price(field, v):
-    return f"{field} must be a positive whole number of ticks up to {MAX_PRICE}, got {show(v)}"
+def bad_price(field, v, limit):
+    return f"{field} must be a positive whole number of ticks up to {limit}, got {show(v)}"
 
 
 def below_min(qty, min_qty):

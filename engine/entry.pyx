@@ -3,7 +3,7 @@
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint8_t
 
-from engine.units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive
+from engine.units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive, py128
 from engine.book cimport (
     Book, Order, CID_BYTES, cid_hash_str, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
     TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_TAKER,
@@ -18,7 +18,6 @@ from engine.triggers cimport arm, due
 from engine cimport events
 
 from engine.details import show, no_market, bad_qty, bad_price, below_min, no_order
-from engine.markets import MAX_PRICE, MAX_QTY
 from engine.messages import Reason
 from engine.state import SIDES, KINDS, TIFS, STPS, SIDE_NAMES
 
@@ -27,8 +26,6 @@ cdef dict _KINDS = KINDS
 cdef dict _TIFS = TIFS
 cdef dict _STPS = STPS
 cdef tuple _SIDE_NAMES = SIDE_NAMES
-cdef int64_t C_MAX_PRICE = MAX_PRICE
-cdef int64_t C_MAX_QTY = MAX_QTY
 
 
 # ---- the price band ------------------------------------------------------------------------
@@ -86,8 +83,8 @@ ctypedef struct Ticket:
     bint band_at_trigger
     int64_t buys                # the position's open quantities with the order in
     int64_t sells
-    int64_t after               # set by a failed margin check, for its sentence
-    int64_t equity
+    int128 after                # set by a failed margin check, for its sentence
+    int128 equity
 
 
 cdef inline bint _crosses(Book b, int side, int64_t price) noexcept:
@@ -155,8 +152,8 @@ cdef tuple refusal(State s, Ticket* t, int failed, bint amending):
                 f"(limit {mk.max_orders})")
     if failed == C_MARGIN:
         return (Reason.INSUFFICIENT_MARGIN,
-                f"the order would raise the initial margin to {t.after} quote units, above the "
-                f"equity of {t.equity}")
+                f"the order would raise the initial margin to {py128(t.after)} quote units, "
+                f"above the equity of {py128(t.equity)}")
     other = "ask" if t.side == BID else "bid"
     if amending:
         return (Reason.POST_ONLY_WOULD_CROSS,
@@ -194,10 +191,10 @@ cdef int new_order(State s, object cmd) except -1:
     tif = _TIFS[cmd.tif]
     stp = _STPS[cmd.stp]
     ro = cmd.reduce_only
-    qty = positive(cmd.qty, C_MAX_QTY)
+    qty = positive(cmd.qty, mk.max_qty)
     if qty == 0:
-        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(cmd.qty), acct,
-                             market, cid)
+        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(cmd.qty, mk.max_qty),
+                             acct, market, cid)
     if qty < mk.min_qty:
         return events.reject(s, "new_order", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
                              acct, market, cid)
@@ -205,16 +202,17 @@ cdef int new_order(State s, object cmd) except -1:
     if kind == MARKET:
         tif = IOC           # a market order's `price`, if sent, is ignored
     elif kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
-        price = positive(cmd.price, C_MAX_PRICE)
+        price = positive(cmd.price, mk.max_price)
         if price == 0:
             return events.reject(s, "new_order", Reason.INVALID_PRICE,
-                                 bad_price("price", cmd.price), acct, market, cid)
+                                 bad_price("price", cmd.price, mk.max_price), acct, market, cid)
     oc.trigger_price = 0
     if kind != LIMIT and kind != MARKET:
-        oc.trigger_price = positive(cmd.trigger_price, C_MAX_PRICE)
+        oc.trigger_price = positive(cmd.trigger_price, mk.max_price)
         if oc.trigger_price == 0:
             return events.reject(s, "new_order", Reason.INVALID_PRICE,
-                                 bad_price("trigger_price", cmd.trigger_price), acct, market, cid)
+                                 bad_price("trigger_price", cmd.trigger_price, mk.max_price), acct,
+                                 market, cid)
         if kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET:
             tif = IOC
     a = account(s, acct)
@@ -469,20 +467,20 @@ cdef int amend(State s, object cmd) except -1:
     if cmd.qty is None:
         qty = o.qty
     else:
-        qty = positive(cmd.qty, C_MAX_QTY)
+        qty = positive(cmd.qty, mk.max_qty)
         if qty == 0:
-            return events.reject(s, "amend", Reason.INVALID_QTY, bad_qty(cmd.qty), acct, market,
-                                 cid)
+            return events.reject(s, "amend", Reason.INVALID_QTY, bad_qty(cmd.qty, mk.max_qty),
+                                 acct, market, cid)
         if qty < mk.min_qty:
             return events.reject(s, "amend", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
                                  acct, market, cid)
     if cmd.price is None or o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
         price = o.price                  # a stop or take-profit market order has no price
     else:
-        price = positive(cmd.price, C_MAX_PRICE)
+        price = positive(cmd.price, mk.max_price)
         if price == 0:
-            return events.reject(s, "amend", Reason.INVALID_PRICE, bad_price("price", cmd.price),
-                                 acct, market, cid)
+            return events.reject(s, "amend", Reason.INVALID_PRICE,
+                                 bad_price("price", cmd.price, mk.max_price), acct, market, cid)
     t.account = o.account
     t.market = m
     t.pos = s.pos_of[m][o.account]
@@ -505,6 +503,9 @@ cdef int amend(State s, object cmd) except -1:
     if not o.reduce_only and qty > o.qty:
         checks |= C_STALE
     p = &s.pos[t.pos]
+    # Margin as for a new order: the position's open quantities with the order at its new qty.
+    checks |= C_MARGIN
+    _with_order(&t, p, o.side, qty - o.qty)
     failed = admit(s, &t, checks)
     if failed:
         reason, detail = refusal(s, &t, failed, True)

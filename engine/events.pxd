@@ -8,6 +8,7 @@ encoded whole; `core` decodes the bytes back into Structs for `Engine.execute`.
 """
 from libc.stdint cimport int64_t, int32_t
 
+from engine.units cimport int128
 from engine.state cimport State, OrderCmd
 
 # ---- the output buffer ----------------------------------------------------------------------
@@ -32,7 +33,7 @@ cdef int triggered(State s, int32_t i, int64_t mark) except -1
 cdef int funding(State s, int32_t m, int64_t rate) except -1
 cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
                      str kind, int64_t fee) except -1
-cdef int margin_call(State s, int32_t a, int64_t equity, int64_t mm) except -1
+cdef int margin_call(State s, int32_t a, int128 equity, int128 mm) except -1
 cdef int balance(State s, int32_t a, str reason) except -1
 cdef int state_hash(State s, str digest) except -1
 cdef int report(State s, object cls, dict fields) except -1

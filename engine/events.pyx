@@ -2,6 +2,7 @@
 """Events (see events.pxd): the one owner of `seq`, writing every event the engine emits."""
 from libc.stdint cimport int64_t, int32_t
 
+from engine.units cimport int128, py128
 from engine.book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
 from engine.state cimport State, OrderCmd, cid_obj
 from engine.wire cimport (
@@ -219,9 +220,9 @@ cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64
         side=_SIDE_NAMES[side], qty=qty, price=price, mark=s.mk[m].mark, kind=kind, fee=fee))
 
 
-cdef int margin_call(State s, int32_t a, int64_t equity, int64_t mm) except -1:
+cdef int margin_call(State s, int32_t a, int128 equity, int128 mm) except -1:
     return s.w.struct_event(M.MarginCall(seq=_next(s), ts=s.clock, account=s.account_keys[a],
-                                         equity=equity, maintenance_margin=mm))
+                                         equity=py128(equity), maintenance_margin=py128(mm)))
 
 
 cdef int balance(State s, int32_t a, str reason) except -1:

@@ -317,7 +317,8 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
                 (F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY):
             return FAST_NONE
         mk = &s.mk[m]
-        if qty < mk.min_qty or (kind == LIMIT and price == 0):
+        if (qty < mk.min_qty or qty > mk.max_qty or price > mk.max_price
+                or (kind == LIMIT and price == 0)):
             return FAST_NONE
         if kind == MARKET:
             tif = IOC

@@ -64,7 +64,7 @@ cdef bint due(State s, int32_t m) noexcept:
 cdef int apply_boundary(State s, int32_t m) except -1:
     """The oldest boundary the clock has passed: rate = clamp(mean premium + clamp(interest -
     mean, -500, 500), -cap, cap); the cumulative index moves by index * multiplier * rate, and
-    every position of the market owes its share (settled lazily). O(positions)."""
+    every position of the market owes its share (settled lazily). O(positions of the market)."""
     cdef MarketC* mk = &s.mk[m]
     cdef int64_t mean, rate, adj
     cdef int32_t p
@@ -83,7 +83,7 @@ cdef int apply_boundary(State s, int32_t m) except -1:
     mk.next_funding += mk.funding_interval_ns
     if s.margin:
         # funding moved the equity of every position here: their risk keys are stale
-        for p in range(s.n_pos):
-            if s.pos[p].market == m and s.pos[p].size:
+        for p in s.market_pos[m]:
+            if s.pos[p].size:
                 touch(s, s.pos[p].account)
     return 0

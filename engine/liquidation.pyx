@@ -31,7 +31,7 @@ cdef int run(State s, int32_t m, bint calls) except -1:
     not the accounts that exist."""
     cdef MarketC* mk = &s.mk[m]
     cdef int32_t p, a, iso, k = 0
-    cdef int64_t eq, mm
+    cdef int128 eq, mm
     cdef bint below
     cdef PosC* q
     rekey_dirty(s)
@@ -62,7 +62,7 @@ cdef int run(State s, int32_t m, bint calls) except -1:
             else:
                 s.risk_called[m].discard(p)
         if eq < mm:
-            found.append((Fraction(eq, mm), account_order(s.account_keys[a]), a, iso))
+            found.append((Fraction(py128(eq), py128(mm)), account_order(s.account_keys[a]), a, iso))
         elif (q.rlist == 1 or q.rlist == 2) and not below_call(eq, mm):
             rekey_exact(s, p)                                   # it was looked at early
     found.sort()
@@ -108,7 +108,30 @@ cdef int _liquidate_scope(State s, int32_t a, int32_t iso) except -1:
         if best < 0:
             break
         _liquidate_position(s, a, iso, best)
+    _cover_deficit(s, a, iso)
     return 0
+
+
+cdef int _cover_deficit(State s, int32_t a, int32_t iso) except -1:
+    """No account is left with negative equity that nobody pays for: a scope left with no
+    position and equity below zero is made whole by the insurance fund (a `balance` event,
+    reason `insurance`, an extension)."""
+    cdef int32_t p
+    cdef int128 eq
+    if iso >= 0:
+        if s.pos[iso].size:
+            return 0
+    else:
+        p = s.ac[a].positions
+        while p >= 0:
+            if s.pos[p].size and not s.pos[p].isolated:
+                return 0
+            p = s.pos[p].next
+    eq = equity(s, a, iso)
+    if eq >= 0:
+        return 0
+    pay_fund(s, a, iso, <int64_t>eq)          # a negative payment: from the fund; |eq| < 2^61
+    return events.balance(s, a, "insurance")
 
 
 cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except -1:
@@ -118,9 +141,9 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
     cdef PosC* q = &s.pos[p]
     cdef int32_t m = q.market, fund, fp
     cdef MarketC* mk = &s.mk[m]
-    cdef int64_t size = q.size, n = iabs(size), eq, mm, bp, qty, filled, fee, per_lot, deficit
+    cdef int64_t size = q.size, n = iabs(size), bp, qty, filled, fee, per_lot
     cdef int side = ASK if size > 0 else BID          # the closing trade
-    cdef int128 num, takeover
+    cdef int128 num, takeover, eq, mm, deficit
     eq = equity(s, a, iso)
     mm = maintenance_margin(s, a, iso)
     bp = _bankruptcy_price(s, a, iso, p)
@@ -128,7 +151,7 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
     per_lot = <int64_t>floor_div(
         maintenance_requirement(mk, size)
         - ceil_div(<int128>n * mk.mark * mk.multiplier * mk.liq_fee_ppm, PPM), n)
-    deficit = mm + mm // 10 - eq
+    deficit = mm + floor_div(mm, 10) - eq
     if per_lot <= 0:
         qty = n
     else:
@@ -140,7 +163,7 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
         fee = <int64_t>ceil_div(num * mk.liq_fee_ppm, PPM)
         eq = equity(s, a, iso)
         if fee > eq:
-            fee = eq if eq > 0 else 0
+            fee = <int64_t>eq if eq > 0 else 0      # eq < fee: it fits
         if fee:
             pay_fund(s, a, iso, fee)
         events.liquidation(s, a, m, side, filled,
@@ -154,7 +177,9 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
         # The fund takes it over at the bankruptcy price if its equity stays >= 0 after;
         # else the profitable opposite positions are deleveraged at that price.
         takeover = <int128>(1 if side == ASK else -1) * n * (mk.mark - bp) * mk.multiplier
-        if equity(s, fund, -1) + takeover < 0:
+        fp = position(s, m, fund)
+        if (equity(s, fund, -1) + takeover < 0
+                or iabs(s.pos[fp].size + (n if side == ASK else -n)) > mk.max_qty):
             n = _deleverage(s, a, p, side, n, bp)
         if n:
             fp = position(s, m, fund)
@@ -174,12 +199,12 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
     cdef int32_t m = s.pos[p].market, c, ca, iso
     cdef MarketC* mk = &s.mk[m]
     cdef PosC* q
-    cdef int64_t take, eq
-    cdef int128 pnl
+    cdef int64_t take
+    cdef int128 pnl, eq
     ranked = []
-    for c in range(s.n_pos):
+    for c in s.market_pos[m]:
         q = &s.pos[c]
-        if (q.market != m or q.size == 0 or q.account == a or q.account == s.insurance
+        if (q.size == 0 or q.account == a or q.account == s.insurance
                 or (q.size > 0) == (side == ASK)):
             continue                                  # must point against the bankrupt one
         pnl = unrealised(mk, q.size, q.cost)
@@ -189,8 +214,8 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
         eq = equity(s, q.account, iso)
         notional = int(iabs(q.size)) * mk.mark * mk.multiplier
         # PnL ratio times effective leverage; an account with no equity left ranks first
-        score = (Fraction(py128(pnl) * notional, iabs(q.cost) * eq) if eq > 0 and q.cost
-                 else Fraction(10**30))
+        score = (Fraction(py128(pnl) * notional, int(iabs(q.cost)) * py128(eq))
+                 if eq > 0 and q.cost else Fraction(10**30))
         ranked.append((-score, account_order(s.account_keys[q.account]), c))
     ranked.sort()
     for _, _, c in ranked:

@@ -68,13 +68,14 @@ cdef inline bint below_call(int128 equity, int128 maintenance) noexcept nogil:
 
 # ---- scopes: an account's cross pool (iso = -1) or one isolated position (iso = its slot) ----
 
-cdef int64_t equity(State s, int32_t a, int32_t iso)
-cdef int64_t initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
-                            int64_t buys, int64_t sells)
-cdef int64_t maintenance_margin(State s, int32_t a, int32_t iso)
+# In 128 bits: each term fits int64 (docs/contract.md, "Limits"), their sums need not.
+cdef int128 equity(State s, int32_t a, int32_t iso)
+cdef int128 initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
+                           int64_t buys, int64_t sells)
+cdef int128 maintenance_margin(State s, int32_t a, int32_t iso)
 
 # ---- the checks ------------------------------------------------------------------------------
-cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int64_t* after,
-                     int64_t* eq)
+cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* after,
+                     int128* eq)
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
                         int64_t pnl, int64_t fees, bint maker)

@@ -7,7 +7,7 @@ from engine.book cimport BID
 from engine.state cimport State, PosC, scope_of
 
 
-cdef int64_t equity(State s, int32_t a, int32_t iso):
+cdef int128 equity(State s, int32_t a, int32_t iso):
     """Equity of a margin scope: the account's cross pool (iso = -1: collateral plus the
     cross positions' unrealised PnL) or one isolated position (its margin plus its PnL);
     unsettled funding counts. O(positions of the account)."""
@@ -16,8 +16,8 @@ cdef int64_t equity(State s, int32_t a, int32_t iso):
     cdef PosC* q
     if iso >= 0:
         q = &s.pos[iso]
-        return <int64_t>(q.iso_margin + unrealised(&s.mk[q.market], q.size, q.cost)
-                         - unsettled_funding(&s.mk[q.market], q.size, q.funding_last))
+        return (q.iso_margin + unrealised(&s.mk[q.market], q.size, q.cost)
+                - unsettled_funding(&s.mk[q.market], q.size, q.funding_last))
     e = s.ac[a].collateral
     p = s.ac[a].positions
     while p >= 0:
@@ -26,11 +26,11 @@ cdef int64_t equity(State s, int32_t a, int32_t iso):
             e += unrealised(&s.mk[q.market], q.size, q.cost)
             e -= unsettled_funding(&s.mk[q.market], q.size, q.funding_last)
         p = q.next
-    return <int64_t>e
+    return e
 
 
-cdef int64_t initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
-                            int64_t buys, int64_t sells):
+cdef int128 initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
+                           int64_t buys, int64_t sells):
     """A scope's initial requirement, market `m` taken as (size, buys, sells) (m = -1: every
     market as it is). O(positions of the account)."""
     cdef int128 r = 0
@@ -39,9 +39,8 @@ cdef int64_t initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t 
     if iso >= 0:
         q = &s.pos[iso]
         if q.market == m:
-            return <int64_t>initial_requirement(&s.mk[m], size, buys, sells, q.leverage)
-        return <int64_t>initial_requirement(&s.mk[q.market], q.size, q.open_buy,
-                                            q.open_sell, q.leverage)
+            return initial_requirement(&s.mk[m], size, buys, sells, q.leverage)
+        return initial_requirement(&s.mk[q.market], q.size, q.open_buy, q.open_sell, q.leverage)
     p = s.ac[a].positions
     while p >= 0:
         q = &s.pos[p]
@@ -53,31 +52,31 @@ cdef int64_t initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t 
             r += initial_requirement(&s.mk[q.market], q.size, q.open_buy, q.open_sell,
                                      q.leverage)
         p = q.next
-    return <int64_t>r
+    return r
 
 
-cdef int64_t maintenance_margin(State s, int32_t a, int32_t iso):
+cdef int128 maintenance_margin(State s, int32_t a, int32_t iso):
     """A scope's maintenance requirement. O(positions of the account)."""
     cdef int128 r = 0
     cdef int32_t p
     if iso >= 0:
-        return <int64_t>maintenance_requirement(&s.mk[s.pos[iso].market], s.pos[iso].size)
+        return maintenance_requirement(&s.mk[s.pos[iso].market], s.pos[iso].size)
     p = s.ac[a].positions
     while p >= 0:
         if s.pos[p].size and not s.pos[p].isolated:
             r += maintenance_requirement(&s.mk[s.pos[p].market], s.pos[p].size)
         p = s.pos[p].next
-    return <int64_t>r
+    return r
 
 
-cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int64_t* after,
-                     int64_t* eq):
+cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* after,
+                     int128* eq):
     """The placement check: may position `p`'s open quantities become (buys, sells)? An order
     that raises its scope's initial requirement above its equity may not. `after` and `eq` are
     set for the rejection's sentence. O(positions of the account)."""
     cdef PosC* q = &s.pos[p]
     cdef int32_t a = q.account, m = q.market, iso = scope_of(s, p)
-    cdef int64_t before = initial_margin(s, a, iso, m, q.size, q.open_buy, q.open_sell)
+    cdef int128 before = initial_margin(s, a, iso, m, q.size, q.open_buy, q.open_sell)
     after[0] = initial_margin(s, a, iso, m, q.size, buys, sells)
     if after[0] <= before:
         return True
@@ -105,5 +104,5 @@ cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before,
             buys -= before + q
         else:
             sells -= before + q
-    return (<int128>equity(s, a, iso) - fees + pnl
+    return (equity(s, a, iso) - fees + pnl
             >= initial_margin(s, a, iso, m, s2, buys, sells))

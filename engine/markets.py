@@ -8,13 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from math import isqrt
 
-from .messages import CreateMarket
+from .messages import MAX_TS, CreateMarket  # noqa: F401 (MAX_TS: a limit of the engine)
 
 QUOTE_UNIT = Decimal("0.000001")
 PPM = 1_000_000
-MAX_PRICE = 2**40      # ticks: bounds keep every product of the core inside int64 / int128
-MAX_QTY = 2**40        # lots
+MAX_PRICE = 2**40      # ticks: no market's max_price is larger
+MAX_QTY = 2**40        # lots: no market's max_qty is larger
+
+# ---- the magnitudes (docs/contract.md, "Limits") ---------------------------------------------
+# Chosen so that every product and sum the engine computes fits its type by construction:
+# a market's max_price * max_qty * multiplier is at most NOTIONAL_LIMIT, so any position's
+# notional at any accepted mark, its cost basis, a fill's notional, fee and realised PnL, and
+# every requirement are at most 2^61 in magnitude (an unrealised PnL at most 2^61 too: both
+# terms have the same sign), and sums of them are taken in 128 bits.
+NOTIONAL_LIMIT = 2**61        # quote units (about 2.3 trillion USD)
+MAX_MONEY = 2**61             # quote units: one deposit, one balance, the venue's total deposits
+MAX_MULTIPLIER = 10**12
+MAX_INTERVAL_S = 366 * 86400  # funding_interval_s and oracle_max_age_s: at most a year
 
 
 class MarketConfigError(ValueError):
@@ -49,6 +61,9 @@ class MarketSpec:
     oracle_max_age_s: int
     max_orders_per_account: int
     max_liquidations_per_update: int
+    max_price: int              # ticks: the largest price of an order or an oracle
+    max_qty: int                # lots: the largest order, and the largest position
+    limits_set: bool            # max_price / max_qty were configured (they enter the hash)
     tiers: tuple[TierSpec, ...]
 
     def hash_record(self) -> list:
@@ -60,7 +75,7 @@ class MarketSpec:
             self.funding_cap_ppm, self.interest_ppm, self.oracle_max_age_s,
             self.max_orders_per_account, self.max_liquidations_per_update,
             [[t.max_notional, t.imf_ppm, t.mmf_ppm] for t in self.tiers],
-        ]
+        ] + ([self.max_price, self.max_qty] if self.limits_set else [])
 
 
 def _decimal(field: str, value: str | int | float) -> Decimal:
@@ -68,7 +83,9 @@ def _decimal(field: str, value: str | int | float) -> Decimal:
     (0.1 -> Decimal("0.1")), never through binary floating point arithmetic."""
     try:
         d = Decimal(repr(value) if type(value) is float else str(value))
-    except InvalidOperation:
+        if d.is_finite() and not -30 <= d.adjusted() <= 30:
+            raise MarketConfigError(f"{field} must be between 1e-30 and 1e30, got {value!r}")
+    except (InvalidOperation, ArithmeticError):
         raise MarketConfigError(f"{field} must be a decimal string such as \"0.1\", got {value!r}")
     if not d.is_finite() or d <= 0:
         raise MarketConfigError(f"{field} must be a positive decimal, got {value!r}")
@@ -123,10 +140,12 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
         raise MarketConfigError(
             f"tick_size * lot_size / 0.000001 must be a positive whole number (the multiplier), "
             f"got {tick} * {lot} / 0.000001 = {mult.normalize()}")
-    if mult > 10**12:
+    if mult > MAX_MULTIPLIER:
         raise MarketConfigError(f"multiplier {int(mult)} is too large (at most 10^12)")
-    if not 1 <= cmd.min_qty <= MAX_QTY:
-        raise MarketConfigError(f"min_qty must be a positive number of lots, got {cmd.min_qty}")
+    max_price, max_qty = _limits(cmd, int(mult))
+    if not 1 <= cmd.min_qty <= max_qty:
+        raise MarketConfigError(
+            f"min_qty must be a positive number of lots up to max_qty {max_qty}, got {cmd.min_qty}")
     imf = _ppm("imf_ppm", cmd.imf_ppm, 1, PPM)
     mmf = _ppm("mmf_ppm", cmd.mmf_ppm, 1, PPM)
     if mmf > imf:
@@ -139,12 +158,14 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
             f"money it did not receive")
     liq = _ppm("liquidation_fee_ppm", cmd.liquidation_fee_ppm, 0, PPM)
     band = _ppm("price_band_ppm", cmd.price_band_ppm, 1, PPM)
-    if cmd.funding_interval_s <= 0:
-        raise MarketConfigError(f"funding_interval_s must be positive, got {cmd.funding_interval_s}")
+    if not 0 < cmd.funding_interval_s <= MAX_INTERVAL_S:
+        raise MarketConfigError(f"funding_interval_s must be between 1 and {MAX_INTERVAL_S} (a "
+                                f"year), got {cmd.funding_interval_s}")
     cap = _ppm("funding_cap_ppm", cmd.funding_cap_ppm, 0, PPM)
     interest = _ppm("interest_ppm", cmd.interest_ppm, -PPM, PPM)
-    if cmd.oracle_max_age_s < 0:
-        raise MarketConfigError(f"oracle_max_age_s must be 0 (no limit) or positive, got {cmd.oracle_max_age_s}")
+    if not 0 <= cmd.oracle_max_age_s <= MAX_INTERVAL_S:
+        raise MarketConfigError(f"oracle_max_age_s must be 0 (no limit) or up to {MAX_INTERVAL_S} "
+                                f"(a year), got {cmd.oracle_max_age_s}")
     if not 1 <= cmd.max_orders_per_account <= 1_000_000:
         raise MarketConfigError(
             f"max_orders_per_account must be between 1 and 1000000, got {cmd.max_orders_per_account}")
@@ -158,4 +179,23 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
         funding_cap_ppm=cap, interest_ppm=interest, oracle_max_age_s=cmd.oracle_max_age_s,
         max_orders_per_account=cmd.max_orders_per_account,
         max_liquidations_per_update=cmd.max_liquidations_per_update, tiers=_tiers(cmd),
+        max_price=max_price, max_qty=max_qty, limits_set=bool(cmd.max_price or cmd.max_qty),
     )
+
+
+def _limits(cmd: CreateMarket, mult: int) -> tuple[int, int]:
+    """The market's largest price and quantity: as configured, or by default the geometric
+    split of NOTIONAL_LIMIT (max_price = max_qty = sqrt(NOTIONAL_LIMIT / multiplier), within
+    MAX_PRICE and MAX_QTY). Their product times the multiplier must stay within NOTIONAL_LIMIT."""
+    split = min(isqrt(NOTIONAL_LIMIT // mult), MAX_PRICE)
+    price = cmd.max_price or split
+    if not 1 <= price <= MAX_PRICE:
+        raise MarketConfigError(f"max_price must be between 1 and {MAX_PRICE} ticks, got {price}")
+    qty = cmd.max_qty or min(MAX_QTY, NOTIONAL_LIMIT // (price * mult))
+    if not 1 <= qty <= MAX_QTY:
+        raise MarketConfigError(f"max_qty must be between 1 and {MAX_QTY} lots, got {qty}")
+    if price * qty * mult > NOTIONAL_LIMIT:
+        raise MarketConfigError(
+            f"max_price {price} x max_qty {qty} x multiplier {mult} is above the notional limit "
+            f"{NOTIONAL_LIMIT} quote units")
+    return price, qty

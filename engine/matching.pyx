@@ -2,7 +2,7 @@
 """Matching (see matching.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128
+from engine.units cimport int128, iabs
 from engine.book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, CANCEL_TAKER, CANCEL_BOTH)
 from engine.state cimport State, MarketC, PosC, reducible
 from engine.wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
@@ -10,6 +10,15 @@ from engine.ledger cimport fee, book_trade
 from engine.margin cimport allowed_after
 from engine.triggers cimport disarm
 from engine cimport events
+
+
+cdef inline bint _within(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
+                         int64_t limit) noexcept:
+    """Would a fill of `q` (after `before` already traded in this walk) leave the position within
+    `limit` lots, or at least not larger? All terms are at most 2^40: the sums fit."""
+    cdef int64_t d = 1 if side == BID else -1
+    cdef int64_t s1 = s.pos[s.pos_of[m][a]].size + d * before, s2 = s1 + d * q
+    return iabs(s2) <= iabs(s1) or iabs(s2) <= limit
 
 
 cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
@@ -83,8 +92,19 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
                 continue
             if cap < q:
                 q = cap
+        # The largest position (docs/contract.md, "Limits") is checked like margin is.
+        if not _within(s, mo.account, m, opp, used.get(mo.account, 0) if dry else 0, q,
+                       mk.max_qty):
+            if not dry:
+                cancel_order(s, mi, V_MARGIN)
+            mi = nxt
+            continue
+        if not _within(s, acct, m, side, start - need if dry else 0, q, mk.max_qty):
+            return STOP_MARGIN
         mfee = fee(lp, q, mk.multiplier, mk.maker_fee_ppm)
-        tfee = fee(lp, q, mk.multiplier, mk.taker_fee_ppm)
+        # A liquidation's own fills pay the liquidation fee only (engine.liquidation), so that
+        # closing at the bankruptcy price leaves the account at zero, not below it.
+        tfee = 0 if s.liquidating else fee(lp, q, mk.multiplier, mk.taker_fee_ppm)
         if s.margin:                                    # the pre-fill check, maker first
             if dry:
                 m_before, m_pnl, m_fees = walked.get(mo.account, (0, 0, 0))

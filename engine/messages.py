@@ -19,6 +19,8 @@ from msgspec import Meta, Struct
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# The latest `ts` (ns since the epoch, the year 2116): a later one is refused (docs/contract.md).
+MAX_TS = 2**62
 
 Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
 NonNegInt64 = Annotated[int, Meta(ge=0, le=INT64_MAX)]
@@ -51,7 +53,7 @@ class Command(Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
     Commands hold numbers, strings and (create_market) a list of tiers: no cycles, so gc=False.
     """
 
-    ts: NonNegInt64 = 0
+    ts: Annotated[int, Meta(ge=0, le=MAX_TS)] = 0
 
 
 class Tier(Struct, forbid_unknown_fields=True, frozen=True):
@@ -81,6 +83,10 @@ class CreateMarket(Command, tag="create_market"):
     # Extension: the most accounts (or isolated positions) liquidated per mark update; the rest
     # carry over to the next mark update or clock tick.
     max_liquidations_per_update: Int64 = 100
+    # Extension: the largest price (ticks) and quantity (lots, of an order and of a position);
+    # 0 derives them from the multiplier (engine.markets, "Limits" in docs/contract.md).
+    max_price: Int64 = 0
+    max_qty: Int64 = 0
 
 
 class Deposit(Command, tag="deposit"):
@@ -272,7 +278,8 @@ class StateHashEvent(Event, tag="state_hash"):
 
 class Balance(Event, tag="balance"):
     """An account's cash changed outside a trade: `reason` is deposit, withdraw,
-    transfer_margin or funding. `collateral` is the new cash."""
+    transfer_margin or funding, or (an extension) insurance: the insurance fund made good a
+    liquidated account's negative equity. `collateral` is the new cash."""
 
     account: AccountId
     collateral: int

@@ -197,7 +197,7 @@ def risk_violations(State st, str market):
     update of that market that hit no bound, this must be empty). O(positions)."""
     cdef int32_t p, a, iso
     cdef int32_t m = st.market_ids[market]
-    cdef int64_t eq, mm
+    cdef int128 eq, mm
     out = []
     if not st.margin:
         return out
@@ -214,10 +214,10 @@ def risk_violations(State st, str market):
         flag = st.pos[p].margin_call if iso >= 0 else st.ac[a].margin_call
         if eq < mm:
             out.append((st.account_keys[a], st.specs[st.pos[p].market].name,
-                        "liquidatable", eq, mm))
+                        "liquidatable", py128(eq), py128(mm)))
         if bool(flag) != below_call(eq, mm):
             out.append((st.account_keys[a], st.specs[st.pos[p].market].name,
-                        "margin_call flag", eq, mm))
+                        "margin_call flag", py128(eq), py128(mm)))
     return out
 
 
@@ -259,8 +259,9 @@ cdef dict _account_report(State st, int32_t a, object key):
         i = o.anext
     return dict(
         account=key, collateral=st.ac[a].collateral,
-        equity=equity(st, a, -1), initial_margin=initial_margin(st, a, -1, -1, 0, 0, 0),
-        maintenance_margin=maintenance_margin(st, a, -1), positions=positions,
+        equity=py128(equity(st, a, -1)),
+        initial_margin=py128(initial_margin(st, a, -1, -1, 0, 0, 0)),
+        maintenance_margin=py128(maintenance_margin(st, a, -1)), positions=positions,
         open_orders=orders)
 
 
@@ -278,8 +279,8 @@ cdef object _liquidation_price(State st, int32_t a, int32_t p):
     iso = p if q.isolated else -1
     if s == 0:
         return None
-    rest = equity(st, a, iso) - s * mk.mark * mult
-    others = maintenance_margin(st, a, iso) - <int64_t>maintenance_requirement(mk, s)
+    rest = py128(equity(st, a, iso)) - s * mk.mark * mult
+    others = py128(maintenance_margin(st, a, iso)) - py128(maintenance_requirement(mk, s))
     lo = 0
     for k in range(mk.n_tiers):
         t = mk.tiers[k]

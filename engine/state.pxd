@@ -29,6 +29,8 @@ ctypedef struct TierC:
 ctypedef struct MarketC:
     int64_t multiplier          # quote units per tick per lot
     int64_t min_qty
+    int64_t max_price           # ticks: orders and oracles above it are refused
+    int64_t max_qty             # lots: the largest order and the largest position
     int64_t maker_fee_ppm
     int64_t taker_fee_ppm
     int64_t band_ppm
@@ -117,6 +119,7 @@ cdef class State:
     cdef list dirty                 # accounts whose money or positions changed
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id
+    cdef list market_pos            # per market: its position slots, in slot order
     cdef dict market_ids            # name -> id
     cdef list market_utf8           # each market's name, UTF-8
     cdef MarketC* mk

@@ -55,6 +55,7 @@ cdef class State:
         self.risk_called = []
         self.dirty = []
         self.specs = []
+        self.market_pos = []
         self.market_ids = {}
         self.market_utf8 = []
         self.mk_cap = 8
@@ -239,6 +240,7 @@ cdef int32_t position(State s, int32_t m, int32_t a) except -1:
     s.pos[p].next = s.ac[a].positions
     s.ac[a].positions = p
     s.pos_of[m][a] = p
+    s.market_pos[m].append(p)
     return p
 
 
@@ -276,6 +278,8 @@ cdef int32_t add_market(State s, object spec) except -1:
     mk = &s.mk[m]
     mk.multiplier = spec.multiplier
     mk.min_qty = spec.min_qty
+    mk.max_price = spec.max_price
+    mk.max_qty = spec.max_qty
     mk.maker_fee_ppm = spec.maker_fee_ppm
     mk.taker_fee_ppm = spec.taker_fee_ppm
     mk.band_ppm = spec.price_band_ppm
@@ -314,6 +318,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     s.risk_multi.append(set())
     s.risk_called.append(set())
     s.specs.append(spec)
+    s.market_pos.append([])
     s.market_utf8.append(spec.name.encode("utf-8"))
     s.market_ids[spec.name] = m
     s.n_markets += 1

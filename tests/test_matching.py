@@ -304,7 +304,7 @@ def test_duplicate_cid_comes_before_no_mark_price():
 
 def test_no_mark_price_comes_before_price_out_of_band():
     x = Exchange()
-    assert reason(x.order("a", 1, "buy", 2, 10**9)) == "no_mark_price"
+    assert reason(x.order("a", 1, "buy", 2, 10**8)) == "no_mark_price"
 
 
 def test_price_out_of_band_comes_before_reduce_only_would_increase(ex):

@@ -38,16 +38,21 @@ def test_strings_that_need_escaping_survive_both_formats():
     assert evs[0].cid == cid
 
 
-def test_large_and_negative_integers_round_trip():
+def test_the_largest_integers_round_trip_and_nothing_wraps():
+    """Account keys and cids at the ends of int64, price and qty at the market's limits: the
+    fill's fees and the position's cost are exact (they used to wrap past 2^63)."""
     eng = Engine(margin=False)
     for c in create_markets(["BTC-PERP"], maker_fee_ppm=-150):
         eng.execute(c)
-    eng.execute(M.Oracle(market="BTC-PERP", price=2**40))
+    spec = eng.specs[0]
+    price, qty = spec.max_price, spec.max_qty
+    eng.execute(M.Oracle(market="BTC-PERP", price=price))
     eng.execute(M.NewOrder(account=-(2**63), market="BTC-PERP", cid=2**63 - 1, side="sell",
-                           kind="limit", qty=2**20, price=2**40))
+                           kind="limit", qty=qty, price=price))
     evs = eng.execute(M.NewOrder(account=2**62, market="BTC-PERP", cid=-(2**63), side="buy",
-                                 kind="limit", qty=2**20, price=2**40))
+                                 kind="limit", qty=qty, price=price))
     fill = evs[1]
     assert fill.maker_account == -(2**63) and fill.maker_cid == 2**63 - 1
     assert fill.taker_cid == -(2**63) and fill.maker_fee < 0
-    assert fill.taker_fee == -(-(2**40 * 2**20 * 100 * 450) // 10**6)
+    assert fill.taker_fee == -(-(price * qty * 100 * 450) // 10**6)
+    assert eng.position(2**62, "BTC-PERP") == (qty, price * qty * 100)
