@@ -44,7 +44,7 @@ def _recover(raw_decoder, raw: bytes, detail: str) -> Malformed:
     """Keep what can be read of a bad command, so the rejection names it."""
     try:
         obj = raw_decoder.decode(raw)
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return Malformed(detail)
     if not isinstance(obj, dict):
         return Malformed(detail)
@@ -79,12 +79,23 @@ def _sentence(e: Exception) -> str:
     return text
 
 
+TOO_DEEP = "the command is nested too deeply to be read"
+# The longest JSON line read (a longer one is answered invalid_command and skipped to its end).
+MAX_LINE = 1 << 20
+
+
+def _too_long() -> str:
+    return f"the line is longer than {MAX_LINE} bytes and is skipped"
+
+
 def decode_json(line: bytes, where: str = "") -> Item:
     """One JSON command; never raises."""
     try:
         return _json_cmd.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         return _recover(_json_any, line, f"{where}{_sentence(e)}")
+    except RecursionError:
+        return Malformed(f"{where}{TOO_DEEP}")
 
 
 def decode_msgpack(obj: bytes, where: str = "") -> Item:
@@ -93,6 +104,8 @@ def decode_msgpack(obj: bytes, where: str = "") -> Item:
         return _mp_cmd.decode(obj)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         return _recover(_mp_any, obj, f"{where}{_sentence(e)}")
+    except RecursionError:
+        return Malformed(f"{where}{TOO_DEEP}")
 
 
 class CommandReader:
@@ -108,22 +121,25 @@ class CommandReader:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
         self.fmt = fmt
-        self._tail = b""
-        self._count = 0          # lines read so far (jsonl)
+        self._parts: list[bytes] = []   # the line being read (jsonl), in pieces: linear time
+        self._size = 0                  # its length so far
+        self._count = 0                 # lines read so far (jsonl)
         self._framer = MsgpackFramer()
 
     def feed(self, data: bytes) -> list[Item]:
         if self.fmt == "msgpack":
             return self._feed_msgpack(data)
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
-        return self._feed_jsonl(data)
+        return self._feed_jsonl(bytes(data))
 
     def close(self) -> list[Item]:
         if self.fmt == "msgpack":
             return self._framer.close()
-        tail, self._tail = self._tail, b""
+        if self._size > MAX_LINE:
+            self._parts, self._size = [], 0
+            self._count += 1
+            return [Malformed(f"line {self._count}: {_too_long()}")]
+        tail = b"".join(self._parts)
+        self._parts, self._size = [], 0
         if not tail.strip():
             return []
         self._count += 1
@@ -134,19 +150,50 @@ class CommandReader:
     def _feed_jsonl(self, data: bytes) -> list[Item]:
         cut = data.rfind(b"\n")
         if cut < 0:
-            self._tail = data
+            self._keep(data)
             return []
-        self._tail = data[cut + 1:]
-        body = data[: cut + 1]
+        first_nl = data.find(b"\n")
+        head: list[Item] = []
+        if self._parts or self._size:
+            # the line carried over from earlier chunks ends at the first newline here
+            self._keep(data[:first_nl])
+            self._count += 1
+            if self._size > MAX_LINE:
+                head = [Malformed(f"line {self._count}: {_too_long()}")]
+            else:
+                line = b"".join(self._parts)
+                if line.strip():
+                    head = [decode_json(line, f"line {self._count}: ")]
+            self._parts, self._size = [], 0
+            data = data[first_nl + 1:]
+            cut -= first_nl + 1
+        self._keep(data[cut + 1:])
+        if cut < 0:
+            return head
+        return head + self._lines(data[: cut + 1])
+
+    def _keep(self, piece: bytes) -> None:
+        """Hold a piece of the unfinished line; past MAX_LINE only its length is kept."""
+        self._size += len(piece)
+        if self._size <= MAX_LINE:
+            if piece:
+                self._parts.append(piece)
+        else:
+            self._parts = []
+
+    def _lines(self, body: bytes) -> list[Item]:
         first = self._count
         self._count += body.count(b"\n")
-        try:
-            return _json_cmd.decode_lines(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
+        if len(body) <= MAX_LINE or max(map(len, body.split(b"\n"))) <= MAX_LINE:
+            try:
+                return _json_cmd.decode_lines(body)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                pass
         out: list[Item] = []
         for n, line in enumerate(body.split(b"\n")[:-1], start=first + 1):
-            if line.strip():
+            if len(line) > MAX_LINE:
+                out.append(Malformed(f"line {n}: {_too_long()}"))
+            elif line.strip():
                 out.append(decode_json(line, f"line {n}: "))
         return out
 
@@ -160,7 +207,7 @@ class CommandReader:
             try:
                 # Fast path: frame the clean run as one msgpack array, decode it in one call.
                 out = _mp_cmds.decode(b"\xdd" + len(ends).to_bytes(4, "big") + frames)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 out = []
                 start = 0
                 for k, end in enumerate(ends, start=first):

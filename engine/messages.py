@@ -31,7 +31,7 @@ AccountId = Union[Int64, Annotated[str, Meta(min_length=1, max_length=64)]]
 Cid = Union[Int64, Annotated[str, Meta(min_length=1, max_length=36)]]
 MarketName = Annotated[str, Meta(min_length=1, max_length=32)]
 # Values the engine itself judges, so that it can answer with the contract's reason code.
-LooseNumber = Union[int, float, str, None]
+LooseNumber = Union[bool, int, float, str, None]   # bool too: true is `invalid_qty`, not unreadable
 
 Side = Literal["buy", "sell"]
 OrderKind = Literal[

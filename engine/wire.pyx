@@ -336,68 +336,70 @@ cdef class EventWriter:
 cdef Py_ssize_t skip_object(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) except -2:
     """Index just past the msgpack object at `i`; -1 if the data ends inside it.
 
-    Raises ValueError for a byte that starts no msgpack object (0xc1) or nesting beyond 64.
+    Raises ValueError for a byte that starts no msgpack object (0xc1). Iterative, with a count of
+    the elements still to skip, so any nesting costs O(bytes) and no recursion (`depth` is
+    unused: decoding, not framing, bounds nesting).
     """
     cdef unsigned char c
-    cdef uint64_t length = 0, count = 0, k
-    cdef int w = 0
-    if depth > 64:
-        raise ValueError("msgpack nesting deeper than 64")
-    if i >= n:
-        return -1
-    c = p[i]
-    i += 1
-    if c <= 0x7f or c >= 0xe0 or c == 0xc0 or c == 0xc2 or c == 0xc3:
-        return i
-    if 0xa0 <= c <= 0xbf:
-        length = c & 0x1f
-    elif 0x90 <= c <= 0x9f:
-        count = c & 0x0f
-    elif 0x80 <= c <= 0x8f:
-        count = 2 * (c & 0x0f)
-    elif c in (0xcc, 0xd0):
-        length = 1
-    elif c in (0xcd, 0xd1):
-        length = 2
-    elif c in (0xca, 0xce, 0xd2):
-        length = 4
-    elif c in (0xcb, 0xcf, 0xd3):
-        length = 8
-    elif c in (0xd4, 0xd5, 0xd6, 0xd7, 0xd8):           # fixext 1, 2, 4, 8, 16 (+ type byte)
-        length = 1 + (1 << (c - 0xd4))
-    elif c in (0xc4, 0xd9):
-        w = 1
-    elif c in (0xc5, 0xda):
-        w = 2
-    elif c in (0xc6, 0xdb):
-        w = 4
-    elif c in (0xc7, 0xc8, 0xc9):                       # ext 8, 16, 32 (+ type byte)
-        w = 1 << (c - 0xc7)
-    elif c in (0xdc, 0xde):
-        w = -2
-    elif c in (0xdd, 0xdf):
-        w = -4
-    else:
-        raise ValueError(f"byte 0x{c:02x} starts no msgpack object")
-    if w > 0 or w < 0:
-        if i + (w if w > 0 else -w) > n:
+    cdef uint64_t length, count, k, pending = 1
+    cdef int w
+    while pending:
+        if i >= n:
             return -1
-        for k in range(w if w > 0 else -w):
-            length = (length << 8) | p[i + k]
-        i += (w if w > 0 else -w)
-        if w < 0:
-            count = length * (2 if c in (0xde, 0xdf) else 1)
-            length = 0
-        elif c in (0xc7, 0xc8, 0xc9):
-            length += 1
-    if length:
-        if <uint64_t>(n - i) < length:
-            return -1
-        return i + <Py_ssize_t>length
-    for k in range(count):
-        i = skip_object(p, i, n, depth + 1)
-        if i < 0:
-            return -1
+        pending -= 1
+        c = p[i]
+        i += 1
+        length = 0
+        count = 0
+        w = 0
+        if c <= 0x7f or c >= 0xe0 or c == 0xc0 or c == 0xc2 or c == 0xc3:
+            continue
+        if 0xa0 <= c <= 0xbf:
+            length = c & 0x1f
+        elif 0x90 <= c <= 0x9f:
+            count = c & 0x0f
+        elif 0x80 <= c <= 0x8f:
+            count = 2 * (c & 0x0f)
+        elif c in (0xcc, 0xd0):
+            length = 1
+        elif c in (0xcd, 0xd1):
+            length = 2
+        elif c in (0xca, 0xce, 0xd2):
+            length = 4
+        elif c in (0xcb, 0xcf, 0xd3):
+            length = 8
+        elif c in (0xd4, 0xd5, 0xd6, 0xd7, 0xd8):           # fixext 1, 2, 4, 8, 16 (+ type byte)
+            length = 1 + (1 << (c - 0xd4))
+        elif c in (0xc4, 0xd9):
+            w = 1
+        elif c in (0xc5, 0xda):
+            w = 2
+        elif c in (0xc6, 0xdb):
+            w = 4
+        elif c in (0xc7, 0xc8, 0xc9):                       # ext 8, 16, 32 (+ type byte)
+            w = 1 << (c - 0xc7)
+        elif c in (0xdc, 0xde):
+            w = -2
+        elif c in (0xdd, 0xdf):
+            w = -4
+        else:
+            raise ValueError(f"byte 0x{c:02x} starts no msgpack object")
+        if w != 0:
+            if i + (w if w > 0 else -w) > n:
+                return -1
+            for k in range(w if w > 0 else -w):
+                length = (length << 8) | p[i + k]
+            i += (w if w > 0 else -w)
+            if w < 0:
+                count = length * (2 if c in (0xde, 0xdf) else 1)
+                length = 0
+            elif c in (0xc7, 0xc8, 0xc9):
+                length += 1
+        if length:
+            if <uint64_t>(n - i) < length:
+                return -1
+            i += <Py_ssize_t>length
+        pending += count
     return i
 
 

@@ -189,3 +189,45 @@ def test_hand_built_commands_with_wrong_values_never_raise():
                            qty=True, price=10**30)):
         evs = run(eng, cmd)
         assert [e["type"] for e in evs] == ["rejected"]
+
+
+# ---- the codec: bounded nesting and line length, the stream going on -------------------------
+
+def _decode_stream(data: bytes) -> list[dict]:
+    return list(msgspec.msgpack.Decoder().decode(b"\xdd" + data.count(b"\xa4type").to_bytes(4, "big")
+                                                 + data)) if data else []
+
+
+def test_a_msgpack_object_nested_too_deep_is_rejected_and_the_next_command_runs():
+    eng = Engine()
+    out = eng.execute_batch(b"\x91" * 5000 + b"\x00" + msgspec.msgpack.encode(M.StateHash()))
+    evs = _decode_stream(out)
+    assert [e["type"] for e in evs] == ["rejected", "state_hash"]
+    assert evs[0]["reason"] == "invalid_command"
+
+
+def test_a_json_line_nested_too_deep_is_rejected_and_the_next_line_runs():
+    eng = Engine()
+    data = b'{"type":' + b"[" * 5000 + b"]" * 5000 + b'}\n{"type":"state_hash"}\n'
+    lines = [msgspec.json.decode(x) for x in eng.execute_batch(data, "jsonl").splitlines()]
+    assert [e["type"] for e in lines] == ["rejected", "state_hash"]
+    assert "nested too deeply" in lines[0]["detail"]
+
+
+def test_a_json_line_longer_than_the_limit_is_skipped_in_linear_time():
+    from engine.codec import MAX_LINE, CommandReader
+    reader = CommandReader("jsonl")
+    big = b'{"type":"state_hash","x":"' + b"a" * (4 * MAX_LINE) + b'"}\n{"type":"state_hash"}\n'
+    items = []
+    for i in range(0, len(big), 4096):          # quadratic before: each chunk copied the tail
+        items += reader.feed(big[i:i + 4096])
+    items += reader.close()
+    assert "longer than" in items[0].detail and isinstance(items[1], M.StateHash)
+
+
+def test_a_bool_qty_is_invalid_qty():
+    eng = btc()
+    line = (b'{"type":"new_order","account":"a","market":"BTC-PERP","cid":1,"side":"buy",'
+            b'"kind":"limit","qty":true,"price":650000}\n')
+    ev = msgspec.json.decode(eng.execute_batch(line, "jsonl"))
+    assert ev["reason"] == "invalid_qty"
