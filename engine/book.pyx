@@ -99,17 +99,23 @@ cdef class OrderPool:
         self.n_live -= 1
 
     cdef int ensure_accounts(self, int32_t n) except -1:
+        """Room for `n` accounts' order lists; on failure nothing is lost (the old arrays stay)."""
         cdef int32_t i, c = self.acct_cap
+        cdef int32_t* nh
         if n <= c:
             return 0
         if c == 0:
             c = 256
         while c < n:
             c *= 2
-        self.acct_head = <int32_t*>realloc(self.acct_head, c * sizeof(int32_t))
-        self.acct_tail = <int32_t*>realloc(self.acct_tail, c * sizeof(int32_t))
-        if self.acct_head == NULL or self.acct_tail == NULL:
+        nh = <int32_t*>realloc(self.acct_head, c * sizeof(int32_t))
+        if nh == NULL:
             raise MemoryError()
+        self.acct_head = nh
+        nh = <int32_t*>realloc(self.acct_tail, c * sizeof(int32_t))
+        if nh == NULL:
+            raise MemoryError()
+        self.acct_tail = nh
         for i in range(self.acct_cap, c):
             self.acct_head[i] = -1
             self.acct_tail[i] = -1
@@ -263,6 +269,8 @@ cdef class Book:
         cdef int32_t slot, i, lo, n = self.n[side]
         cdef int64_t* k
         cdef Level* nl
+        cdef int32_t* ns
+        cdef int64_t* nk
         if self.lv_free < 0:
             nl = <Level*>realloc(self.lv, 2 * <size_t>self.lv_cap * sizeof(Level))
             if nl == NULL:
@@ -281,11 +289,15 @@ cdef class Book:
         self.lv[slot].tail = -1
         self.lv[slot].count = 0
         if n == self.side_cap[side]:
-            self.side_cap[side] *= 2
-            self.slots[side] = <int32_t*>realloc(self.slots[side], self.side_cap[side] * sizeof(int32_t))
-            self.keys[side] = <int64_t*>realloc(self.keys[side], self.side_cap[side] * sizeof(int64_t))
-            if self.slots[side] == NULL or self.keys[side] == NULL:
+            ns = <int32_t*>realloc(self.slots[side], 2 * <size_t>n * sizeof(int32_t))
+            if ns == NULL:
                 raise MemoryError()
+            self.slots[side] = ns
+            nk = <int64_t*>realloc(self.keys[side], 2 * <size_t>n * sizeof(int64_t))
+            if nk == NULL:
+                raise MemoryError()
+            self.keys[side] = nk
+            self.side_cap[side] = 2 * n
         k = self.keys[side]
         lo = self._lower_bound(side, key)
         if lo < n:     # orders arrive near the best, at the end: the move is short

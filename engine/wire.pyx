@@ -98,12 +98,18 @@ cdef class EventWriter:
     cpdef int register_name(self, object name) except -1:
         """Encode an account or market name once, in both formats; returns its id."""
         cdef bytes b
-        if self.n_names == self.names_cap:
-            self.names_cap *= 2
-            self.name_ptr = <const char**>realloc(self.name_ptr, self.names_cap * sizeof(char*))
-            self.name_len = <Py_ssize_t*>realloc(self.name_len, self.names_cap * sizeof(Py_ssize_t))
-            if self.name_ptr == NULL or self.name_len == NULL:
+        cdef const char** np
+        cdef Py_ssize_t* nl
+        if self.n_names == self.names_cap:        # the old arrays stay until both have grown
+            np = <const char**>realloc(self.name_ptr, 2 * self.names_cap * sizeof(char*))
+            if np == NULL:
                 raise MemoryError()
+            self.name_ptr = np
+            nl = <Py_ssize_t*>realloc(self.name_len, 2 * self.names_cap * sizeof(Py_ssize_t))
+            if nl == NULL:
+                raise MemoryError()
+            self.name_len = nl
+            self.names_cap *= 2
         pair = (_mp_encode(name), _json_encode(name))
         self._names.append(pair)
         b = pair[self.fmt]
@@ -127,16 +133,17 @@ cdef class EventWriter:
     # ---- low level -------------------------------------------------------------------------
 
     cdef int reserve(self, Py_ssize_t n) except -1:
-        cdef Py_ssize_t want = self.length + n
+        cdef Py_ssize_t want = self.length + n, cap = self.cap
         cdef char* nb
-        if want <= self.cap:
+        if want <= cap:
             return 0
-        while self.cap < want:
-            self.cap *= 2
-        nb = <char*>realloc(self.buf, self.cap)
+        while cap < want:
+            cap *= 2
+        nb = <char*>realloc(self.buf, cap)
         if nb == NULL:
             raise MemoryError()
         self.buf = nb
+        self.cap = cap
         return 0
 
     cdef void _raw(self, const char* p, Py_ssize_t n) noexcept:
