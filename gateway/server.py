@@ -123,6 +123,25 @@ class Bucket:
         return (n - self.tokens) / self.rate
 
 
+class Retries:
+    """An account's last `keep` replies by req_id, encoded (bytes: nothing for the garbage
+    collector to walk), the oldest forgotten first. O(1) a lookup, an insert, an eviction."""
+
+    __slots__ = ("keep", "replies", "order")
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.replies: dict = {}
+        self.order: deque = deque()
+
+    def add(self, req_id, reply: bytes):
+        if req_id not in self.replies:
+            self.order.append(req_id)
+            if len(self.order) > self.keep:
+                del self.replies[self.order.popleft()]
+        self.replies[req_id] = reply
+
+
 class Stream:
     """An account's private stream: its events numbered 1, 2, 3, ... (`pseq`), the last
     `stream_buffer` of them kept, encoded, for clients that resume (bytes: nothing for the
@@ -169,6 +188,7 @@ def _accounts_of(ev) -> tuple:
 _ITEM_HEAD = b"\x83\xa6stream\xa7private\xa4pseq"
 _ITEM_EVENT = b"\xa5event"
 OK, FULL, GONE = 0, 1, 2
+_MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
 class Server:
@@ -200,7 +220,7 @@ class Server:
         self.sim_index: dict[str, int] = {}
         self.sim_next = 0
         self.running = True
-        self.replies: dict[str, dict] = {}          # account -> {req_id: reply bytes}, oldest first
+        self.replies: dict[str, Retries] = {}       # account -> its kept replies
         self.buckets: dict[str, dict] = {"request": {}, "order": {}, "cancel": {}}
         self.streams: dict[str, Stream] = {}        # account -> its private stream
         self.sessions: dict[bytes, Session] = {}    # connection -> its session
@@ -335,8 +355,9 @@ class Server:
             self._tell_suspended()
 
     def _send(self, identity: bytes, data: bytes) -> int:
-        try:
-            self.router.send_multipart([identity, data], zmq.NOBLOCK)
+        try:                            # two frames; ROUTER decides on the first (the identity)
+            self.router.send(identity, _MORE)
+            self.router.send(data, zmq.NOBLOCK)
             return OK
         except zmq.Again:               # its pipe is full: it is slow, and nobody waits for it
             self.stats["dropped"] += 1
@@ -450,7 +471,7 @@ class Server:
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
             rid = P.peek_req_id(data)
             if acct is not None:
-                limited = self._limited(acct.name, rid, request=1)
+                limited = self._limited(acct.name, rid, self.seq.now(), request=1)
                 if limited:
                     self._reply(identity, limited)
                     return
@@ -465,11 +486,16 @@ class Server:
             self._reply(identity, P.error(rid, "forbidden", "log in first (plain-text mode)"
                                           if self.plaintext else "this key belongs to no account"))
             return
-        limited = self._limited(acct.name, rid, request=P.weight(req))
+        now = self.seq.now()
+        if cls.command is not None:     # a command: its request token and its order or cancel
+            is_cancel = cls.tag in P.CANCELS
+            limited = self._limited(acct.name, rid, now, request=1, cancels=int(is_cancel),
+                                    others=int(not is_cancel))
+        else:
+            limited = self._limited(acct.name, rid, now, request=P.weight(req))
         if limited:
             self._reply(identity, limited)
             return
-        now = self.seq.now()
         sess = self.sessions.get(identity)
         if sess is None:
             sess = self.sessions[identity] = Session(acct.name, now)
@@ -480,23 +506,22 @@ class Server:
             return
         seen = self.replies.get(acct.name)
         if seen is None:
-            seen = self.replies[acct.name] = {}
+            seen = self.replies[acct.name] = Retries(self.limits.retry_window)
         if rid is not None:
-            kept = seen.get(rid)
+            kept = seen.replies.get(rid)
             if kept is not None:        # a retry: the original reply, nothing redone
                 self._reply(identity, kept)
                 return
         reply = self._batch(acct, sess, req) if cls is P.Batch else self._one(acct, sess, req)
         data = self._reply(identity, reply)
         if rid is not None and reply.get("reason") != "rate_limited":
-            seen[rid] = data
-            if len(seen) > self.limits.retry_window:
-                del seen[next(iter(seen))]
+            seen.add(rid, data)
 
-    def _limited(self, account: str, rid, request: int = 0, cancels: int = 0, others: int = 0):
+    def _limited(self, account: str, rid, now_ns: int, request: int = 0, cancels: int = 0,
+                 others: int = 0):
         """None, or the `rate_limited` reply saying when to retry. Tokens are taken only when
         every bucket asked has them. O(1)."""
-        now = self.seq.now() / 1e9
+        now = now_ns / 1e9
         lim = self.limits
         wait = 0.0
         taken = []
@@ -516,7 +541,8 @@ class Server:
             return None
         for b, n in taken:
             b.tokens += n
-        reply = P.error(rid, "rate_limited", f"over the request rate; retry in {wait * 1000:.0f} ms")
+        reply = P.error(rid, "rate_limited",
+                        f"over the request rate; retry in {wait * 1000:.0f} ms")
         reply["retry_after_ms"] = int(wait * 1000) + 1
         return reply
 
@@ -643,11 +669,7 @@ class Server:
             sess.orders.pop(oid, None)
 
     def _one(self, acct, sess, req):
-        is_cancel = req.tag in P.CANCELS
-        limited = self._limited(acct.name, req.req_id, cancels=int(is_cancel),
-                                others=int(not is_cancel))
-        if limited:
-            return limited
+        """One command (its budget was taken in `_handle`)."""
         cmd, why = self._command(acct, req)
         if cmd is None:
             return P.error(req.req_id, *why)
@@ -675,7 +697,8 @@ class Server:
                               "detail": "a batch item has no req_id of its own"}
                 continue
             (cancels if it.tag in P.CANCELS else rest).append(i)
-        limited = self._limited(acct.name, req.req_id, cancels=len(cancels), others=len(rest))
+        limited = self._limited(acct.name, req.req_id, self.seq.now(), cancels=len(cancels),
+                                others=len(rest))
         if limited:
             return limited
         for i in cancels + rest:

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+import zmq.auth
 
 from gateway.client import Client, Timeout
 from tests.test_gateway import PERPDEX, free_port
@@ -231,7 +232,6 @@ def fill_the_book(s: Served, market="BTC-PERP", levels=100):
 
 
 def test_a_client_that_never_reads_holds_up_nobody_and_nothing_after_it_leaves(srv):
-    import zmq.auth  # noqa: F401
     fill_the_book(srv)
     slow = slow_socket(srv, "taker-1")
     for k in range(20_000):          # 20,000 requests for big replies, none of them read
@@ -431,7 +431,6 @@ VALID = [
 
 
 def mutations(r):
-    import random  # noqa: F401
     deep = lambda n: json.loads("[" * n + "]" * n)  # noqa: E731
     return [None, True, False, 0, -1, 2**63, -(2**63), 2**64 - 1, 1.5, float("nan"),
             "", "x" * r.choice([1, 37, 65, 5000]), b"\x00\xff", [], [1, "a"], {}, {"a": [1]},
