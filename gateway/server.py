@@ -305,8 +305,13 @@ class Server:
             now = self.seq.now()
             if now >= next_timers:
                 next_timers = now + tick_ns
-                self._timers(now)
-            self._flush()
+                try:
+                    self._timers(now)
+                except Exception:       # noqa: BLE001 - the guard of the server's own work
+                    self.stats["internal_errors"] += 1
+                    log.exception("the server's own commands failed; serving on")
+            self._flush()               # a failing Durability.sync() stops the server: nothing
+                                        # may leave that is not durable
         self._flush()
 
     def _guarded(self, frames):

@@ -330,6 +330,33 @@ def test_connections_that_never_finish_the_handshake_do_not_lock_clients_out(tmp
         s.stop()
 
 
+def test_a_thousand_connections_at_once_are_all_served(srv):
+    from gateway.client import curve_socket
+    ctx = zmq.Context()
+    keys = srv.data / "keys"
+    names = ["mm-1", "mm-2", "taker-1", "taker-2", "lev-1"]
+    socks = [curve_socket(ctx, zmq.DEALER, str(keys / "server.key"),
+                          str(keys / f"{names[i % 5]}.key_secret")) for i in range(1000)]
+    try:
+        poller = zmq.Poller()
+        for i, sk in enumerate(socks):
+            sk.connect(srv.router)
+            sk.send(enc({"req_id": i, "type": "heartbeat"}))
+            poller.register(sk, zmq.POLLIN)
+        answered: set = set()
+        deadline = time.monotonic() + 60
+        while len(answered) < len(socks) and time.monotonic() < deadline:
+            for sk, _ in poller.poll(1000):
+                reply = dec(sk.recv())
+                assert reply["ok"], reply
+                answered.add(reply["req_id"])
+                poller.unregister(sk)
+        assert len(answered) == 1000, f"{1000 - len(answered)} connections starved"
+    finally:
+        ctx.destroy(linger=0)
+    alive(srv)
+
+
 def test_beyond_max_connections_handshakes_are_refused_and_room_comes_back(tmp_path):
     s = serve(tmp_path, limits={"max_connections": 2})
     try:
