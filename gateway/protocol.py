@@ -107,7 +107,7 @@ for _cls in GATEWAY:
     _cls.command = None
 
 # Weights in the account's request budget (Limits.request_rate): what a request costs the server.
-WEIGHTS = {"markets": 2, "login": 5}
+WEIGHTS = {"markets": 2, "subscribe": 5}
 
 
 def weight(req) -> int:

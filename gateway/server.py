@@ -765,8 +765,10 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         server.serve_forever()
     finally:
         server.close()
+    st = server.stats
     out.write(f"perpdex stopped ({', '.join(signals) or 'asked'}): "
               f"{server.seq.n_commands} commands sequenced, the last batch made durable, "
-              f"sockets closed\n")
+              f"sockets closed; {st['internal_errors']} internal errors, {st['dropped']} "
+              f"messages dropped for slow connections, {st['suspended']} streams suspended\n")
     out.flush()
     return 0
