@@ -1,5 +1,6 @@
-"""The durability seam (gateway/durability.py): what a journal will see. A server in a thread of
-this process (so the test can hold its `sync`), real CURVE sockets on ipc endpoints."""
+"""The durability seam (gateway/durability.py): what a journal will see; and what the server keeps
+in memory. A server in a thread of this process (so the test can hold its `sync` and count its
+objects), real CURVE sockets on ipc endpoints."""
 import threading
 import time
 
@@ -93,3 +94,27 @@ def test_the_seam_gets_every_command_the_servers_own_included_and_they_replay_ex
     for cmd in gate.commands:
         replay.execute(msgspec.msgpack.decode(msgspec.msgpack.encode(cmd), type=M.AnyCommand))
     assert replay.execute(M.StateHash())[0].hash == srv.engine.execute(M.StateHash())[0].hash
+
+
+def test_what_the_server_keeps_per_request_is_nothing_the_garbage_collector_walks(venue):
+    import gc
+    srv, gate, client = venue
+    c = client("mm-2")
+    c.subscribe()
+    time.sleep(0.3)
+    for k in range(50):                              # sessions, streams, buckets made once
+        c.request("new_order", market="BTC-PERP", cid=f"warm-{k}", side="buy", kind="limit",
+                  qty=1, price=600_000)
+    c.request("cancel_all")
+    c.drain()
+    gc.collect()
+    before = len(gc.get_objects())
+    for k in range(400):                             # 800 replies and 800 stream items kept
+        c.request("new_order", market="BTC-PERP", cid=f"gc-{k}", side="buy", kind="limit",
+                  qty=1, price=600_000)
+        c.request("cancel", market="BTC-PERP", cid=f"gc-{k}")
+    c.drain()
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert len(srv.replies["mm-2"].replies) >= 800 and len(srv.streams["mm-2"].buffer) >= 800
+    assert grown < 100, f"{grown} more objects for the garbage collector to walk"
