@@ -55,6 +55,15 @@ class Client:
         fields = {} if resume_from is None else {"resume_from": resume_from}
         return self.request("subscribe", **fields)
 
+    def resume(self, item: dict) -> list[dict]:
+        """After a `suspended` notice (this connection fell behind and left the stream; see
+        docs/protocol.md, "Slow connections"): subscribe again from the notice's pseq and
+        return what was missed, in order. A `resume_gap` reply raises RuntimeError."""
+        reply = self.subscribe(resume_from=item["pseq"])
+        if not reply["ok"]:
+            raise RuntimeError(f"{reply['reason']}: {reply['detail']}")
+        return reply["missed"]
+
     def drain(self) -> list[dict]:
         """Every private-stream item that has arrived (without waiting), in order."""
         while self.sock.poll(0):

@@ -5,79 +5,104 @@ events, both CURVE servers. A ZAP authenticator (pyzmq's, in its own thread) adm
 keys of the configured accounts; the account of a request is the one whose key authenticated the
 connection (the frame's User-Id), never a field of the message.
 
-The loop drains what has arrived, runs it through the engine as one batch, makes the batch
-durable (`_make_durable`: the one place the journal will go) and only then sends the replies and
-publishes the events. The wall clock is read here, and only here: each command is stamped as it
-is sequenced.
+One loop turn: drain what has arrived (at most `Limits.drain` requests), decode each straight
+into its typed request (gateway/protocol.py), run its commands through the `Sequencer` (which
+stamps them with the one clock), then `Sequencer.commit()` hands the turn's commands to the
+durability seam, and only then do the replies, the private-stream items and the public events
+leave the process. Nothing waits for a peer: every send is non-blocking, and a connection whose
+pipe is full loses that message and its stream (it is told, and resumes: docs/protocol.md,
+"Slow connections"). One guard answers any failure of a request with `internal_error`, logs it
+and goes on.
 """
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import random
+import resource
 import shutil
 import signal
 import sys
-import time
+from collections import deque
 from pathlib import Path
 
 import msgspec
 import zmq
 import zmq.auth
+from msgspec import Raw
 from zmq.auth.thread import ThreadAuthenticator
-
-from collections import deque
 
 from engine import Engine, messages as M
 
+from . import protocol as P
 from .config import Config
+from .durability import Durability, Sequencer
+from .limits import Limits
 
-MAX_MESSAGE = 64 * 1024                 # bytes; a larger request is answered with an error
-HARD_LIMIT = 1024 * 1024                # bytes; ZeroMQ drops a connection sending more
-DRAIN = 1024                            # requests taken per loop turn at most
-RETRY_WINDOW = 4096                     # an account's last requests whose replies are kept
-STREAM_BUFFER = 10_000                  # an account's last private events kept for resume
+log = logging.getLogger("perpdex.gateway")
+
 SIM_START = {"BTC-PERP": 650_000, "ETH-PERP": 300_000}    # the simulated oracle's first prices
-MAX_BATCH = 256                         # items in one batch request
-# Token buckets per account (requests per second, burst): cancels have their own, so a flood of
-# new orders never starves them.
-ORDER_RATE = (500.0, 1000.0)
-CANCEL_RATE = (2000.0, 4000.0)
-CANCELS = {"cancel", "cancel_all"}
+SIM_EVERY = 250_000_000                                   # ns between simulated oracle prices
+PUBLIC = frozenset({"mark", "fill", "funding", "liquidation", "order_triggered"})
+FD_SPARE = 256                          # descriptors kept beyond max_connections
 
-# What each role may send. The account of trader commands comes from the key.
-TRADER = {"new_order", "cancel", "cancel_all", "amend", "query_account", "set_leverage",
-          "set_margin_mode", "transfer_margin", "withdraw"}
-ORACLE = {"oracle"}
-ADMIN = {"create_market", "deposit", "audit", "state_hash", "clock"}
-ALLOWED = {"trader": TRADER, "oracle": ORACLE, "admin": ADMIN}
-PUBLIC = {"mark", "fill", "funding", "liquidation", "order_triggered"}
 
-_decode_any = msgspec.msgpack.Decoder()
-_encode = msgspec.msgpack.Encoder()
+class BootError(ValueError):
+    """The configuration names something the engine refuses; the message gives its reason."""
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def ensure_keys(cfg: Config) -> dict[str, Path]:
     """Make the server key pair and any missing account key pairs in data_dir/keys, and the
-    directory of authorised public keys. Returns the secret-key path of each generated key."""
+    directory of authorised public keys. The data folder and both directories are 0700 and
+    every key file is 0600 (made so, never briefly readable: the umask is 077 meanwhile).
+    Returns the secret-key path of each generated key."""
     keys = cfg.data_dir / "keys"
     allowed = cfg.data_dir / "authorized"
-    keys.mkdir(parents=True, exist_ok=True)
-    if allowed.exists():
-        shutil.rmtree(allowed)
-    allowed.mkdir()
-    paths = {}
-    if not (keys / "server.key_secret").exists():
-        zmq.auth.create_certificates(str(keys), "server")
-    paths["server"] = keys / "server.key"
-    for name, acct in cfg.accounts.items():
-        if acct.public_key is None:
-            if not (keys / f"{name}.key_secret").exists():
-                zmq.auth.create_certificates(str(keys), name)
-            acct.public_key = zmq.auth.load_certificate(str(keys / f"{name}.key"))[0].decode()
-            paths[name] = keys / f"{name}.key_secret"
-        (allowed / f"{name}.key").write_text(
-            f'metadata\ncurve\n    public-key = "{acct.public_key}"\n')
+    old = os.umask(0o077)
+    try:
+        _private_dir(cfg.data_dir)
+        _private_dir(keys)
+        if allowed.exists():
+            shutil.rmtree(allowed)
+        _private_dir(allowed)
+        paths = {}
+        if not (keys / "server.key_secret").exists():
+            zmq.auth.create_certificates(str(keys), "server")
+        paths["server"] = keys / "server.key"
+        for name, acct in cfg.accounts.items():
+            if acct.public_key is None:
+                if not (keys / f"{name}.key_secret").exists():
+                    zmq.auth.create_certificates(str(keys), name)
+                acct.public_key = zmq.auth.load_certificate(str(keys / f"{name}.key"))[0].decode()
+                paths[name] = keys / f"{name}.key_secret"
+            (allowed / f"{name}.key").write_text(
+                f'metadata\ncurve\n    public-key = "{acct.public_key}"\n')
+        for d in (keys, allowed):
+            for f in d.iterdir():
+                os.chmod(f, 0o600)
+    finally:
+        os.umask(old)
     return paths
+
+
+class GatedAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP authenticator, refusing every handshake while the server holds
+    `Limits.max_connections` connections (ZAP status 400, "too many connections")."""
+
+    def __init__(self, ctx, full):
+        super().__init__(ctx)
+        self.full = full
+
+    async def _authenticate_curve(self, domain, client_key):
+        if self.full():
+            return False, b"too many connections"
+        return await super()._authenticate_curve(domain, client_key)
 
 
 class Bucket:
@@ -89,7 +114,7 @@ class Bucket:
         self.rate, self.burst, self.tokens, self.at = rate, burst, burst, now
 
     def take(self, n: int, now: float) -> float:
-        """Take `n` tokens; 0.0 if granted, else the seconds until they would be."""
+        """Take `n` tokens; 0.0 if granted, else the seconds until they would be. O(1)."""
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
         if self.tokens >= n:
@@ -98,34 +123,59 @@ class Bucket:
         return (n - self.tokens) / self.rate
 
 
+class Retries:
+    """An account's last `keep` replies by req_id, encoded (bytes: nothing for the garbage
+    collector to walk), the oldest forgotten first. O(1) a lookup, an insert, an eviction."""
+
+    __slots__ = ("keep", "replies", "order")
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.replies: dict = {}
+        self.order: deque = deque()
+
+    def add(self, req_id, reply: bytes):
+        if req_id not in self.replies:
+            self.order.append(req_id)
+            if len(self.order) > self.keep:
+                del self.replies[self.order.popleft()]
+        self.replies[req_id] = reply
+
+
 class Stream:
     """An account's private stream: its events numbered 1, 2, 3, ... (`pseq`), the last
-    STREAM_BUFFER of them kept for clients that resume, and the connections subscribed."""
+    `stream_buffer` of them kept, encoded, for clients that resume (bytes: nothing for the
+    garbage collector to walk), and the connections subscribed. buffer[i] has pseq
+    `pseq - len(buffer) + 1 + i`."""
 
     __slots__ = ("pseq", "buffer", "subscribers")
 
-    def __init__(self):
+    def __init__(self, keep: int):
         self.pseq = 0
-        self.buffer: deque = deque(maxlen=STREAM_BUFFER)
+        self.buffer: deque[bytes] = deque(maxlen=keep)
         self.subscribers: set[bytes] = set()
 
 
 class Session:
-    """What the server knows of one connection: whose it is, when it last spoke, and whether its
-    account's orders go when it falls silent."""
+    """What the server knows of one connection: whose it is, when it last spoke, whether the
+    orders it placed go when it falls silent (`orders`: oid -> (market, cid), those still open),
+    the last stream item it was sent, and whether its stream is suspended."""
 
-    __slots__ = ("account", "last_seen", "cancel_on_disconnect")
+    __slots__ = ("account", "last_seen", "cancel_on_disconnect", "orders", "delivered",
+                 "suspended")
 
     def __init__(self, account: str, now: int):
         self.account = account
         self.last_seen = now
         self.cancel_on_disconnect = False
+        self.orders: dict[int, tuple] = {}
+        self.delivered = 0
+        self.suspended = False
 
 
 def _accounts_of(ev) -> tuple:
     """The accounts an event belongs to (a fill to both sides, once each)."""
-    tag = ev.__struct_config__.tag
-    if tag == "fill":
+    if type(ev) is M.Fill:
         if ev.taker_account == ev.maker_account:
             return (ev.taker_account,)
         return (ev.taker_account, ev.maker_account)
@@ -133,49 +183,80 @@ def _accounts_of(ev) -> tuple:
     return () if account is None else (account,)
 
 
+# A private-stream item, {"stream": "private", "pseq": n, "event": {...}}, built from the
+# event's bytes (encoded once for every destination) without decoding them again.
+_ITEM_HEAD = b"\x83\xa6stream\xa7private\xa4pseq"
+_ITEM_EVENT = b"\xa5event"
+OK, FULL, GONE = 0, 1, 2
+_MORE = zmq.NOBLOCK | zmq.SNDMORE
+
+
 class Server:
     def __init__(self, cfg: Config, engine: Engine | None = None, plaintext_loopback=False,
-                 oracle_sim=False):
+                 oracle_sim=False, limits: Limits | None = None,
+                 durability: Durability | None = None):
         self.cfg = cfg
+        self.limits = lim = limits if limits is not None else Limits()
         self.engine = engine if engine is not None else Engine()
+        self.codec = P.Codec(lim.max_deposit)
+        self.encode = self.codec.encode
+        self.seq = Sequencer(self.engine, durability)
         self.plaintext = plaintext_loopback
         if self.plaintext:
             for ep in (cfg.router, cfg.pub):
                 if not ep.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]:", "ipc://")):
                     raise ValueError(f"plain-text mode serves only loopback and ipc endpoints, "
                                      f"not {ep}")
+        self._boot()
+        if self.plaintext:
             self.key_paths = {}
             self.by_key = {}
         else:
             self.key_paths = ensure_keys(cfg)
             self.by_key = {a.public_key.encode(): a for a in cfg.accounts.values()}
+        self.max_connections = _raise_fd_limit(lim.max_connections)
         self.logins: dict[bytes, object] = {}       # plain-text mode: connection -> account
         self.sim = random.Random(1) if oracle_sim else None
         self.sim_index: dict[str, int] = {}
         self.sim_next = 0
+        self.running = True
+        self.replies: dict[str, Retries] = {}       # account -> its kept replies
+        self.buckets: dict[str, dict] = {"request": {}, "order": {}, "cancel": {}}
+        self.streams: dict[str, Stream] = {}        # account -> its private stream
+        self.sessions: dict[bytes, Session] = {}    # connection -> its session
+        self.owners: dict[int, Session] = {}        # open oid -> the session that placed it
+        self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
+        self.out: list = []                         # (connection, reply bytes), this turn
+        self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
+        self.pub_out: list = []                     # (topic, event bytes), this turn
+        self.notices: set[bytes] = set()            # suspended connections not yet told
+        self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0}
+        self.handlers = {P.Heartbeat: self._heartbeat, P.Session: self._session,
+                         P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
+                         P.Book: self._book, P.Markets: self._markets}
         self.ctx = zmq.Context()
         self.auth = None
         pub = sec = None
         if not self.plaintext:
-            self.auth = ThreadAuthenticator(self.ctx)
+            self.auth = GatedAuthenticator(self.ctx, self._full)
             self.auth.start()
             self.auth.configure_curve(domain="*",
                                       location=str((cfg.data_dir / "authorized").resolve()))
             pub, sec = zmq.auth.load_certificate(str(cfg.data_dir / "keys" / "server.key_secret"))
         self.router = self._socket(zmq.ROUTER, pub, sec)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT)
+        self.router.setsockopt(zmq.MAXMSGSIZE, lim.hard_limit)
+        self.router.setsockopt(zmq.SNDHWM, lim.send_hwm)
+        self.router.setsockopt(zmq.HANDSHAKE_IVL, lim.handshake_ms)
+        if lim.sndbuf:
+            self.router.setsockopt(zmq.SNDBUF, lim.sndbuf)
+        self.connected: set[int] = set()            # fds of open connections (handshaking too)
+        self.monitor = self.router.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.router.bind(cfg.router)
         self.pub = self._socket(zmq.PUB, pub, sec)
         self.pub.bind(cfg.pub)
-        self.running = True
-        self.replies: dict[str, dict] = {}          # account -> {req_id: reply}, oldest first
-        self.buckets: dict[tuple, Bucket] = {}
-        self.streams: dict[str, Stream] = {}        # account -> its private stream
-        self.sessions: dict[bytes, Session] = {}    # connection -> its session
-        self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
-        self.outbox: list = []                      # this batch's events, for the streams
-        self._boot()
+        gc.freeze()             # what boot made (engine, config, decoders) is never collected
 
     def _socket(self, kind, pub, sec):
         s = self.ctx.socket(kind)
@@ -187,305 +268,484 @@ class Server:
         return s
 
     def _boot(self):
-        """The configured markets and opening deposits, as sequenced commands."""
-        for mk in self.cfg.markets:
-            self.engine.execute(msgspec.structs.replace(mk, ts=time.time_ns()))
-        for acct in self.cfg.accounts.values():
-            if acct.deposit:
-                self.engine.execute(M.Deposit(account=acct.name, amount=acct.deposit,
-                                              ts=time.time_ns()))
+        """The configured markets and opening deposits, as sequenced commands. A market or a
+        deposit that the engine refuses stops the boot with the engine's reason."""
+        cmds = list(self.cfg.markets) + [M.Deposit(account=a.name, amount=a.deposit)
+                                         for a in self.cfg.accounts.values() if a.deposit]
+        for cmd in cmds:
+            for ev in self.seq.run(self.seq.stamp(cmd)):
+                if type(ev) is M.Rejected:
+                    what = (f"market {ev.market}" if type(cmd) is M.CreateMarket
+                            else f"the deposit of account {ev.account}")
+                    raise BootError(f"{what}: the engine refuses it: {ev.reason}: {ev.detail}")
+        self.seq.commit()
 
     # ---- the loop ----------------------------------------------------------------------------
 
     def serve_forever(self):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         tick = max(10, min(200, self.cfg.session_timeout_ms // 4))
+        tick_ns = tick * 1_000_000
+        next_timers = 0
+        drain = self.limits.drain
+        recv = self.router.recv_multipart
         while self.running:
-            if not poller.poll(tick):
-                self._timers()
-                continue
-            batch = []
-            for _ in range(DRAIN):
+            ready = dict(poller.poll(tick))
+            if self.router in ready:
+                for _ in range(drain):
+                    try:
+                        frames = recv(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._guarded(frames)
+            if self.monitor in ready:
+                self._connections()
+            now = self.seq.now()
+            if now >= next_timers:
+                next_timers = now + tick_ns
                 try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                batch.append(self._handle(frames))
-            self._make_durable(batch)
-            for identity, reply, public in batch:
-                self._send(identity, reply)
-                for topic, ev in public:
-                    self.pub.send_multipart([topic, _encode.encode(ev)])
-            self._stream_out()
-            self._timers()
+                    self._timers(now)
+                except Exception:       # noqa: BLE001 - the guard of the server's own work
+                    self.stats["internal_errors"] += 1
+                    log.exception("the server's own commands failed; serving on")
+            self._flush()               # a failing Durability.sync() stops the server: nothing
+                                        # may leave that is not durable
+        self._flush()
 
-    def _timers(self):
-        """Sessions that fell silent, and dead-man's switches that ran out: cancel_all, as
-        sequenced commands of the server's own."""
-        now = time.time_ns()
+    def _guarded(self, frames):
+        """The one guard: a request that fails in any unforeseen way is answered
+        `internal_error`, logged with its traceback, and the loop goes on."""
+        identity = frames[0].bytes
+        try:
+            self._handle(identity, frames)
+        except Exception as e:          # noqa: BLE001 - this is the guard
+            self.stats["internal_errors"] += 1
+            log.exception("request from connection %s failed", identity.hex())
+            rid = P.peek_req_id(frames[-1].bytes) if len(frames[-1]) <= self.limits.max_message \
+                else None
+            self._reply(identity, P.error(
+                rid if isinstance(rid, (int, str)) else None, "internal_error",
+                f"the server failed on this request ({type(e).__name__}) and logged it; what "
+                f"it did before is in your private stream, and query_account tells your state"))
+
+    def _reply(self, identity: bytes, message) -> bytes:
+        data = message if type(message) is bytes else self.encode(message)
+        self.out.append((identity, data))
+        return data
+
+    def _flush(self):
+        """Durable first (the seam), then everything of this turn leaves, none of it waiting."""
+        self.seq.commit()
+        send = self._send
+        for identity, data in self.out:
+            send(identity, data)
+        sessions = self.sessions
+        for identity, data, pseq in self.stream_out:
+            sess = sessions.get(identity)
+            if sess is None or sess.suspended:
+                continue
+            if send(identity, data) == OK:
+                sess.delivered = pseq
+        for topic, data in self.pub_out:
+            try:
+                self.pub.send_multipart([topic, data], zmq.NOBLOCK)
+            except zmq.Again:           # PUB drops at its bound; subscribers see the seq gap
+                self.stats["dropped"] += 1
+        self.out.clear()
+        self.stream_out.clear()
+        self.pub_out.clear()
+        if self.notices:
+            self._tell_suspended()
+
+    def _send(self, identity: bytes, data: bytes) -> int:
+        try:                            # two frames; ROUTER decides on the first (the identity)
+            self.router.send(identity, _MORE)
+            self.router.send(data, zmq.NOBLOCK)
+            return OK
+        except zmq.Again:               # its pipe is full: it is slow, and nobody waits for it
+            self.stats["dropped"] += 1
+            self._suspend(identity)
+            return FULL
+        except zmq.ZMQError:            # the peer left (ROUTER_MANDATORY says so)
+            for st in self.streams.values():
+                st.subscribers.discard(identity)
+            self.notices.discard(identity)
+            return GONE
+
+    def _suspend(self, identity: bytes):
+        """A connection that cannot keep up leaves its stream; it is told (`suspended`, with the
+        last pseq it was sent) as soon as its pipe has room, and resumes with `subscribe`."""
+        sess = self.sessions.get(identity)
+        if sess is None or sess.suspended:
+            return
+        st = self.streams.get(sess.account)
+        if st is None or identity not in st.subscribers:
+            return
+        st.subscribers.discard(identity)
+        sess.suspended = True
+        self.notices.add(identity)
+        self.stats["suspended"] += 1
+
+    def _tell_suspended(self):
+        for identity in list(self.notices):
+            sess = self.sessions.get(identity)
+            if sess is None:
+                self.notices.discard(identity)
+                continue
+            notice = self.encode({
+                "stream": "private", "suspended": True, "pseq": sess.delivered,
+                "detail": "this connection fell behind and left the private stream after "
+                          f"pseq {sess.delivered}; subscribe with resume_from to go on"})
+            try:
+                self.router.send_multipart([identity, notice], zmq.NOBLOCK)
+            except zmq.Again:
+                continue                # still full: try again next turn
+            except zmq.ZMQError:
+                pass
+            self.notices.discard(identity)
+
+    def _connections(self):
+        """Count connections from the router's monitor (the ZAP gate reads the count). O(events)."""
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            event = int.from_bytes(frames[0][:2], "little")
+            fd = int.from_bytes(frames[0][2:6], "little")
+            if event == zmq.EVENT_ACCEPTED:
+                self.connected.add(fd)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connected.discard(fd)
+
+    def _full(self) -> bool:
+        """Whether the connection handshaking now is one too many (asked by the ZAP thread;
+        it is counted already)."""
+        return len(self.connected) > self.max_connections
+
+    def _timers(self, now: int):
+        """Sessions that fell silent (the orders they placed go, if they asked), the simulated
+        oracle, and dead-man's switches that ran out: commands of the server's own."""
         timeout = self.cfg.session_timeout_ms * 1_000_000
-        gone = []
         for identity, sess in list(self.sessions.items()):
-            if now - sess.last_seen > timeout:
-                del self.sessions[identity]
-                for st in self.streams.values():
-                    st.subscribers.discard(identity)
+            if now - sess.last_seen <= timeout:
+                continue
+            del self.sessions[identity]
+            self.notices.discard(identity)
+            st = self.streams.get(sess.account)
+            if st is not None:
+                st.subscribers.discard(identity)
+            for oid, (market, cid) in list(sess.orders.items()):
+                self.owners.pop(oid, None)
                 if sess.cancel_on_disconnect:
-                    gone.append(sess.account)
+                    self._run(M.Cancel(account=sess.account, market=market, cid=cid, ts=now))
         if self.sim is not None and now >= self.sim_next:
-            self.sim_next = now + 250_000_000           # a simulated oracle, 4 updates a second
+            self.sim_next = now + SIM_EVERY
             for spec in self.engine.specs:
                 idx = self.sim_index.get(spec.name) or SIM_START.get(spec.name, 100_000)
                 idx = max(1, round(idx * (1 + self.sim.gauss(0, 0.0005))))
                 self.sim_index[spec.name] = idx
-                self.outbox.extend(self.engine.execute(
-                    M.Oracle(market=spec.name, price=idx, ts=now)))
-        due = [a for a, t in self.deadlines.items() if now >= t]
-        for account in due:
+                self._run(M.Oracle(market=spec.name, price=idx, ts=now))
+        for account in sorted(a for a, t in self.deadlines.items() if now >= t):
             del self.deadlines[account]
-        for account in sorted(set(gone) | set(due)):
-            events = self.engine.execute(M.CancelAll(account=account, ts=now))
-            self.outbox.extend(events)
-        if self.outbox:
-            self._make_durable([])
-            for topic, ev in _public(self.outbox):
-                self.pub.send_multipart([topic, _encode.encode(ev)])
-            self._stream_out()
+            self._run(M.CancelAll(account=account, ts=now))
 
-    def _send(self, identity: bytes, message) -> bool:
-        try:
-            self.router.send_multipart([identity, _encode.encode(message)])
-            return True
-        except zmq.ZMQError:            # the peer left (ROUTER_MANDATORY says so)
-            return False
+    # ---- one request -------------------------------------------------------------------------
 
-    def _stream_out(self):
-        """Number this batch's events per account and push them to its subscribed connections."""
-        for ev in self.outbox:
-            for account in _accounts_of(ev):
-                st = self.streams.get(account)
-                if st is None:
-                    if account not in self.cfg.accounts:
-                        continue
-                    st = self.streams[account] = Stream()
-                st.pseq += 1
-                item = {"stream": "private", "pseq": st.pseq, "event": ev}
-                st.buffer.append(item)
-                for identity in list(st.subscribers):
-                    if not self._send(identity, item):
-                        st.subscribers.discard(identity)
-        self.outbox.clear()
-
-    def _subscribe(self, acct, identity, req_id, msg):
-        """Join the account's private stream; with `resume_from`, first get what came after it."""
-        st = self.streams.setdefault(acct.name, Stream())
-        since = msg.get("resume_from")
-        missed = []
-        if since is not None:
-            if not isinstance(since, int) or since < 0 or since > st.pseq:
-                return _error(req_id, "invalid_command",
-                              f"resume_from must be an integer from 0 to {st.pseq}")
-            oldest = st.buffer[0]["pseq"] if st.buffer else st.pseq + 1
-            if since + 1 < oldest and since < st.pseq:
-                return _error(req_id, "resume_gap",
-                              f"events after {since} are no longer kept (the oldest kept is "
-                              f"{oldest}); subscribe afresh and ask query_account")
-            missed = [item for item in st.buffer if item["pseq"] > since]
-        st.subscribers.add(identity)
-        return {"req_id": req_id, "ok": True, "pseq": st.pseq, "missed": missed}
-
-    def _make_durable(self, batch):
-        """The journal goes here (the durability issue): the batch's commands are written and
-        synced before any of its replies or events leave the process. Nothing is journaled yet,
-        so nothing is durable yet; the order of the loop is already the one it needs."""
-
-    def _handle(self, frames):
-        identity = frames[0].bytes
+    def _handle(self, identity: bytes, frames):
         body = frames[-1]
         if self.plaintext:
             acct = self.logins.get(identity)
         else:
             user = body.get("User-Id")
             acct = self.by_key.get(user.encode() if isinstance(user, str) else user)
-        req_id = None
         if len(frames) != 2:
-            return identity, _error(None, "invalid_command",
-                                    f"a request is one frame, got {len(frames) - 1}"), []
-        if len(body) > MAX_MESSAGE:
-            return identity, _error(None, "too_large",
-                                    f"a request is at most {MAX_MESSAGE} bytes, got {len(body)}"), []
+            self._reply(identity, P.error(None, "invalid_command",
+                                          f"a request is one frame, got {len(frames) - 1}"))
+            return
+        if len(body) > self.limits.max_message:
+            self._reply(identity, P.error(
+                None, "too_large",
+                f"a request is at most {self.limits.max_message} bytes, got {len(body)}"))
+            return
+        data = body.bytes
         try:
-            msg = _decode_any.decode(body.bytes)
-        except (msgspec.DecodeError, ValueError) as e:
-            return identity, _error(None, "invalid_command", f"not msgpack: {e}"), []
-        if not isinstance(msg, dict):
-            return identity, _error(None, "invalid_command", "a request is a msgpack map"), []
-        req_id = msg.pop("req_id", None)
-        if self.plaintext and msg.get("type") == "login":
-            acct = self.cfg.accounts.get(msg.get("account"))
-            if acct is None:
-                return identity, _error(req_id, "forbidden", "no such account"), []
-            self.logins[identity] = acct
-            return identity, {"req_id": req_id, "ok": True, "account": acct.name}, []
+            req = self.codec.request.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
+            rid = P.peek_req_id(data)
+            if acct is not None:
+                limited = self._limited(acct.name, rid, self.seq.now(), request=1)
+                if limited:
+                    self._reply(identity, limited)
+                    return
+            self._reply(identity, P.error(rid, "invalid_command", P.invalid_detail(e)))
+            return
+        rid = req.req_id
+        cls = type(req)
+        if cls is P.Login:
+            self._reply(identity, self._login(identity, req))
+            return
         if acct is None:
-            return identity, _error(req_id, "forbidden",
-                                    "log in first (plain-text mode)" if self.plaintext
-                                    else "this key belongs to no account"), []
-        seen = self.replies.setdefault(acct.name, {})
-        if req_id is not None:
-            try:
-                if req_id in seen:                  # a retry: the original reply, nothing redone
-                    return identity, seen[req_id], []
-            except TypeError:
-                return identity, _error(None, "invalid_command",
-                                        "req_id must be a number or a string"), []
-        now = time.time_ns()
+            self._reply(identity, P.error(rid, "forbidden", "log in first (plain-text mode)"
+                                          if self.plaintext else "this key belongs to no account"))
+            return
+        now = self.seq.now()
+        if cls.command is not None:     # a command: its request token and its order or cancel
+            is_cancel = cls.tag in P.CANCELS
+            limited = self._limited(acct.name, rid, now, request=1, cancels=int(is_cancel),
+                                    others=int(not is_cancel))
+        else:
+            limited = self._limited(acct.name, rid, now, request=P.weight(req))
+        if limited:
+            self._reply(identity, limited)
+            return
         sess = self.sessions.get(identity)
         if sess is None:
             sess = self.sessions[identity] = Session(acct.name, now)
         sess.last_seen = now
-        kind = msg.get("type")
-        if kind == "heartbeat":
-            return identity, {"req_id": req_id, "ok": True, "ts": now}, []
-        if kind == "session":
-            cod = msg.get("cancel_on_disconnect")
-            if not isinstance(cod, bool):
-                return identity, _error(req_id, "invalid_command",
-                                        "cancel_on_disconnect must be true or false"), []
-            sess.cancel_on_disconnect = cod
-            return identity, {"req_id": req_id, "ok": True,
-                              "heartbeat_ms": self.cfg.heartbeat_ms,
-                              "session_timeout_ms": self.cfg.session_timeout_ms}, []
-        if kind == "schedule_cancel":
-            after = msg.get("after_ms")
-            if after is None:
-                self.deadlines.pop(acct.name, None)
-                return identity, {"req_id": req_id, "ok": True, "at": None}, []
-            if not isinstance(after, int) or not 0 < after <= 86_400_000:
-                return identity, _error(req_id, "invalid_command",
-                                        "after_ms must be 1 to 86400000 (or null to disarm)"), []
-            self.deadlines[acct.name] = now + after * 1_000_000
-            return identity, {"req_id": req_id, "ok": True,
-                              "at": self.deadlines[acct.name]}, []
-        if kind == "subscribe":
-            return identity, self._subscribe(acct, identity, req_id, msg), []
-        if kind == "book":
-            market, depth = msg.get("market"), msg.get("depth", 5)
-            if market not in self.engine.market_names() or not isinstance(depth, int) \
-                    or not 1 <= depth <= 100:
-                return identity, _error(req_id, "invalid_command",
-                                        "book takes a known `market` and a `depth` of 1 to 100"), []
-            return identity, {"req_id": req_id, "ok": True, "market": market,
-                              **self.engine.book(market, depth)}, []
-        if kind == "markets":
-            return identity, {"req_id": req_id, "ok": True, "markets": [
-                {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),
-                 "min_qty": sp.min_qty, "multiplier": sp.multiplier}
-                for sp in self.engine.specs]}, []
-        if msg.get("type") == "batch":
-            reply, public = self._batch(acct, req_id, msg)
-        else:
-            reply, public = self._one(acct, req_id, msg)
-        if req_id is not None and reply.get("reason") != "rate_limited":
-            seen[req_id] = reply
-            if len(seen) > RETRY_WINDOW:
-                del seen[next(iter(seen))]
-        return identity, reply, public
+        handler = self.handlers.get(cls)
+        if handler is not None:
+            self._reply(identity, handler(acct, sess, identity, req, now))
+            return
+        seen = self.replies.get(acct.name)
+        if seen is None:
+            seen = self.replies[acct.name] = Retries(self.limits.retry_window)
+        if rid is not None:
+            kept = seen.replies.get(rid)
+            if kept is not None:        # a retry: the original reply, nothing redone
+                self._reply(identity, kept)
+                return
+        reply = self._batch(acct, sess, req) if cls is P.Batch else self._one(acct, sess, req)
+        data = self._reply(identity, reply)
+        if rid is not None and reply.get("reason") != "rate_limited":
+            seen.add(rid, data)
 
-    def _limited(self, acct, cancels: int, others: int, req_id):
-        """None, or the `rate_limited` reply saying when to retry."""
-        now = time.monotonic()
-        waits = []
-        for kind, n, (rate, burst) in (("cancel", cancels, CANCEL_RATE),
-                                       ("order", others, ORDER_RATE)):
+    def _limited(self, account: str, rid, now_ns: int, request: int = 0, cancels: int = 0,
+                 others: int = 0):
+        """None, or the `rate_limited` reply saying when to retry. Tokens are taken only when
+        every bucket asked has them. O(1)."""
+        now = now_ns / 1e9
+        lim = self.limits
+        wait = 0.0
+        taken = []
+        for kind, n, (rate, burst) in (("request", request, lim.request_rate),
+                                       ("cancel", cancels, lim.cancel_rate),
+                                       ("order", others, lim.order_rate)):
             if n:
-                b = self.buckets.get((acct.name, kind))
+                b = self.buckets[kind].get(account)
                 if b is None:
-                    b = self.buckets[(acct.name, kind)] = Bucket(rate, burst, now)
-                waits.append(b.take(n, now))
-        wait = max(waits, default=0.0)
+                    b = self.buckets[kind][account] = Bucket(rate, burst, now)
+                w = b.take(n, now)
+                if w:
+                    wait = max(wait, w)
+                else:
+                    taken.append((b, n))
         if wait <= 0:
             return None
-        reply = _error(req_id, "rate_limited",
-                       f"over the request rate; retry in {wait * 1000:.0f} ms")
+        for b, n in taken:
+            b.tokens += n
+        reply = P.error(rid, "rate_limited",
+                        f"over the request rate; retry in {wait * 1000:.0f} ms")
         reply["retry_after_ms"] = int(wait * 1000) + 1
         return reply
 
-    def _command(self, acct, msg):
-        """The command of one request item, or the reason and detail it cannot be one."""
-        if not isinstance(msg, dict):
-            return None, ("invalid_command", "a command is a msgpack map")
-        kind = msg.get("type")
-        if kind not in ALLOWED[acct.role]:
-            return None, ("forbidden", f"a {acct.role} may not send {kind!r}; it may send "
-                                       f"{', '.join(sorted(ALLOWED[acct.role]))}")
-        if acct.role == "trader":
-            if "account" in msg:
-                return None, ("invalid_command", "`account` comes from your key; leave it out")
-            msg["account"] = acct.name
-        msg["ts"] = time.time_ns()
-        try:
-            return msgspec.convert(msg, M.AnyCommand), None
-        except msgspec.ValidationError as e:
-            return None, ("invalid_command", str(e))
+    def _login(self, identity, req):
+        if not self.plaintext:
+            return P.error(req.req_id, "invalid_command",
+                           "login exists only in plain-text mode; your key names your account")
+        acct = self.cfg.accounts.get(req.account)
+        if acct is None:
+            return P.error(req.req_id, "forbidden", "no such account")
+        self.logins[identity] = acct
+        return {"req_id": req.req_id, "ok": True, "account": acct.name}
 
-    def _one(self, acct, req_id, msg):
-        limited = self._limited(acct, msg.get("type") in CANCELS,
-                                msg.get("type") not in CANCELS, req_id)
-        if limited:
-            return limited, []
-        cmd, why = self._command(acct, msg)
+    def _heartbeat(self, acct, sess, identity, req, now):
+        return {"req_id": req.req_id, "ok": True, "ts": now}
+
+    def _session(self, acct, sess, identity, req, now):
+        sess.cancel_on_disconnect = req.cancel_on_disconnect
+        return {"req_id": req.req_id, "ok": True, "heartbeat_ms": self.cfg.heartbeat_ms,
+                "session_timeout_ms": self.cfg.session_timeout_ms}
+
+    def _schedule_cancel(self, acct, sess, identity, req, now):
+        if req.after_ms is None:
+            self.deadlines.pop(acct.name, None)
+            return {"req_id": req.req_id, "ok": True, "at": None}
+        self.deadlines[acct.name] = now + req.after_ms * 1_000_000
+        return {"req_id": req.req_id, "ok": True, "at": self.deadlines[acct.name]}
+
+    def _stream(self, account: str) -> Stream:
+        st = self.streams.get(account)
+        if st is None:
+            st = self.streams[account] = Stream(self.limits.stream_buffer)
+        return st
+
+    def _subscribe(self, acct, sess, identity, req, now):
+        """Join the account's private stream; with `resume_from`, first get what came after it."""
+        st = self._stream(acct.name)
+        since = req.resume_from
+        missed = []
+        if since is not None:
+            if since > st.pseq:
+                return P.error(req.req_id, "invalid_command",
+                               f"resume_from must be an integer from 0 to {st.pseq}")
+            oldest = st.pseq - len(st.buffer) + 1
+            if since + 1 < oldest:
+                return P.error(req.req_id, "resume_gap",
+                               f"events after {since} are no longer kept (the oldest kept is "
+                               f"{oldest}); subscribe afresh and ask query_account")
+            n = st.pseq - since
+            missed = [Raw(item) for item in list(st.buffer)[len(st.buffer) - n:]] if n else []
+        st.subscribers.add(identity)
+        sess.suspended = False
+        sess.delivered = st.pseq
+        self.notices.discard(identity)
+        return {"req_id": req.req_id, "ok": True, "pseq": st.pseq, "missed": missed}
+
+    def _book(self, acct, sess, identity, req, now):
+        if req.market not in self.engine.market_names():
+            return P.error(req.req_id, "invalid_command",
+                           f"book takes a known `market`, not {req.market!r}")
+        return {"req_id": req.req_id, "ok": True, "market": req.market,
+                **self.engine.book(req.market, req.depth)}
+
+    def _markets(self, acct, sess, identity, req, now):
+        return {"req_id": req.req_id, "ok": True, "markets": [
+            {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),
+             "min_qty": sp.min_qty, "multiplier": sp.multiplier} for sp in self.engine.specs]}
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def _command(self, acct, req):
+        """The engine command of one request (stamped now), or the reason and detail it is not
+        one. O(fields)."""
+        cls = type(req)
+        if cls.command is None or cls.tag not in P.ROLES[acct.role]:
+            allowed = P.ROLES[acct.role]
+            return None, ("forbidden", f"a {acct.role} may not send {cls.tag!r}; it may send "
+                                       f"{', '.join(sorted(allowed))}")
+        fields = msgspec.structs.astuple(req)[:-1]              # less req_id, the last
+        if cls.trader:
+            return cls.command(acct.name, *fields, ts=self.seq.now()), None
+        return cls.command(*fields, ts=self.seq.now()), None
+
+    def _run(self, cmd, sess: Session | None = None) -> list:
+        """Sequence one command and route its events, each encoded once: to the reply (the
+        returned Raw list), to the private streams of its accounts and to the PUB. Tracks the
+        orders a session placed, for cancel-on-disconnect. O(events * subscribers)."""
+        events = self.seq.run(cmd)
+        encode = self.encode
+        raws = []
+        for ev in events:
+            data = encode(ev)
+            raws.append(Raw(data))
+            t = type(ev)
+            if t is M.OrderAccepted:
+                if sess is not None and ev.account == sess.account:
+                    sess.orders[ev.oid] = (ev.market, ev.cid)
+                    self.owners[ev.oid] = sess
+            elif t is M.OrderCancelled:
+                self._closed(ev.oid)
+            elif t is M.Fill:
+                if ev.taker_remaining == 0:
+                    self._closed(ev.taker_oid)
+                if ev.maker_remaining == 0:
+                    self._closed(ev.maker_oid)
+            if ev.__struct_config__.tag in PUBLIC:
+                self.pub_out.append((ev.market.encode(), data))
+            for account in _accounts_of(ev):
+                st = self.streams.get(account)
+                if st is None:
+                    if account not in self.cfg.accounts:
+                        continue
+                    st = self._stream(account)
+                st.pseq += 1
+                item = b"".join((_ITEM_HEAD, encode(st.pseq), _ITEM_EVENT, data))
+                st.buffer.append(item)
+                for identity in st.subscribers:
+                    self.stream_out.append((identity, item, st.pseq))
+        return raws
+
+    def _closed(self, oid: int):
+        sess = self.owners.pop(oid, None)
+        if sess is not None:
+            sess.orders.pop(oid, None)
+
+    def _one(self, acct, sess, req):
+        """One command (its budget was taken in `_handle`)."""
+        cmd, why = self._command(acct, req)
         if cmd is None:
-            return _error(req_id, *why), []
-        events = self.engine.execute(cmd)
-        self.outbox.extend(events)
-        return {"req_id": req_id, "ok": True, "events": events}, _public(events)
+            return P.error(req.req_id, *why)
+        return {"req_id": req.req_id, "ok": True, "events": self._run(cmd, sess)}
 
-    def _batch(self, acct, req_id, msg):
+    def _batch(self, acct, sess, req):
         """Several commands in one request: cancels run first, then the rest, each in request
-        order; one status per item, in request order."""
-        items = msg.get("items")
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-            return _error(req_id, "invalid_command",
-                          f"a batch has `items`: a list of 1 to {MAX_BATCH} commands"), []
-        cancels = [i for i, it in enumerate(items)
-                   if isinstance(it, dict) and it.get("type") in CANCELS]
-        limited = self._limited(acct, len(cancels), len(items) - len(cancels), req_id)
+        order; one status per item, in request order. O(items)."""
+        n = len(req.items)
+        if not 0 < n <= self.limits.max_batch:
+            return P.error(req.req_id, "invalid_command",
+                           f"a batch has `items`: a list of 1 to {self.limits.max_batch} commands")
+        decoded: list = [None] * n
+        results: list = [None] * n
+        cancels, rest = [], []
+        for i, item in enumerate(req.items):
+            try:
+                it = decoded[i] = self.codec.item.decode(item)
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
+                results[i] = {"ok": False, "reason": "invalid_command",
+                              "detail": P.invalid_detail(e)}
+                continue
+            if it.req_id is not None:
+                results[i] = {"ok": False, "reason": "invalid_command",
+                              "detail": "a batch item has no req_id of its own"}
+                continue
+            (cancels if it.tag in P.CANCELS else rest).append(i)
+        limited = self._limited(acct.name, req.req_id, self.seq.now(), cancels=len(cancels),
+                                others=len(rest))
         if limited:
-            return limited, []
-        first = set(cancels)
-        results: list = [None] * len(items)
-        public = []
-        for i in cancels + [i for i in range(len(items)) if i not in first]:
-            cmd, why = self._command(acct, items[i])
+            return limited
+        for i in cancels + rest:
+            cmd, why = self._command(acct, decoded[i])
             if cmd is None:
                 results[i] = {"ok": False, "reason": why[0], "detail": why[1]}
                 continue
-            events = self.engine.execute(cmd)
-            self.outbox.extend(events)
-            results[i] = {"ok": True, "events": events}
-            public.extend(_public(events))
-        return {"req_id": req_id, "ok": True, "results": results}, public
+            results[i] = {"ok": True, "events": self._run(cmd, sess)}
+        return {"req_id": req.req_id, "ok": True, "results": results}
 
     def close(self):
+        self.seq.commit()
         if self.auth is not None:
             self.auth.stop()
         self.ctx.destroy(linger=0)
 
 
-def _public(events):
-    return [(ev.market.encode(), ev) for ev in events if ev.__struct_config__.tag in PUBLIC]
+def _raise_fd_limit(max_connections: int) -> int:
+    """Raise the soft limit on open files to what `max_connections` needs (within the hard
+    limit); returns the number of connections the process can really hold."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FD_SPARE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft != resource.RLIM_INFINITY and soft - FD_SPARE < max_connections:
+        log.warning("open-file limit %d: at most %d connections", soft, soft - FD_SPARE)
+        return max(1, soft - FD_SPARE)
+    return max_connections
 
 
-def _error(req_id, reason, detail):
-    return {"req_id": req_id, "ok": False, "reason": reason, "detail": detail}
+def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
+        limits: Limits | None = None, durability: Durability | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = Server(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
+                    limits=limits, durability=durability)
+    signals = []
 
-
-def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False) -> int:
-    server = Server(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim)
-
-    def stop(*_):
+    def stop(signum, _frame):
+        signals.append(signal.Signals(signum).name)
         server.running = False
 
     signal.signal(signal.SIGTERM, stop)
@@ -505,4 +765,10 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False)
         server.serve_forever()
     finally:
         server.close()
+    st = server.stats
+    out.write(f"perpdex stopped ({', '.join(signals) or 'asked'}): "
+              f"{server.seq.n_commands} commands sequenced, the last batch made durable, "
+              f"sockets closed; {st['internal_errors']} internal errors, {st['dropped']} "
+              f"messages dropped for slow connections, {st['suspended']} streams suspended\n")
+    out.flush()
     return 0

@@ -399,16 +399,16 @@ def test_the_book_request_gives_the_best_levels(server):
     assert c.request("book", market="NOPE")["reason"] == "invalid_command"
 
 
-def test_ipc_endpoints_work_and_resuming_beyond_the_buffer_is_a_clear_error(tmp_path, monkeypatch):
+def test_ipc_endpoints_work_and_resuming_beyond_the_buffer_is_a_clear_error(tmp_path):
     import threading
 
     import gateway.server as gs
     from gateway.config import default_config
+    from gateway.limits import Limits
 
-    monkeypatch.setattr(gs, "STREAM_BUFFER", 3)
     cfg = default_config(tmp_path / "data")
     cfg.router, cfg.pub = f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/pub"
-    srv = gs.Server(cfg)
+    srv = gs.Server(cfg, limits=Limits(stream_buffer=3))
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:

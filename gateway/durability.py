@@ -1,0 +1,82 @@
+"""The one clock and the durability seam of the gateway.
+
+`Sequencer` is where the wall clock is read, once per command, as the gateway stamps it: the
+stamp never runs backwards, so the engine clock (`max(clock, ts)`) and the journal agree.
+Every command the engine runs goes through `Sequencer.run`: the clients' and the server's own
+(the configured markets and deposits at boot, the simulated oracle, cancel-on-disconnect, the
+dead-man's switch), in the order they run.
+
+`Durability` is what a journal implements (the durability issue). The server calls
+`append(commands)` with the commands sequenced since the last call, in order, then `sync()`,
+and only after `sync()` returns does any reply or event for them leave the process. Replaying
+every appended command, in order, through a fresh `Engine` gives the same events, byte for byte
+(the `ts` of each command is in it). `NoDurability`, the default, keeps nothing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import msgspec
+
+from engine import Engine, messages as M
+
+
+class Durability(Protocol):
+    def append(self, commands: list[M.Command]) -> None:
+        """Take the commands sequenced since the last call (cost: the journal's)."""
+
+    def sync(self) -> None:
+        """Return once everything appended is durable."""
+
+
+class NoDurability:
+    """Nothing is journaled: the seam with no journal behind it."""
+
+    def append(self, commands: list[M.Command]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+class Sequencer:
+    """Stamps commands with the gateway's clock and runs them through the engine, keeping the
+    sequenced ones for `Durability`.
+
+    `now()` is the only place the gateway reads the wall clock: ns since the epoch, never less
+    than the last stamp given (a wall clock stepped back does not move time backwards)."""
+
+    __slots__ = ("engine", "durability", "pending", "last", "n_commands")
+
+    def __init__(self, engine: Engine, durability: Durability | None = None):
+        self.engine = engine
+        self.durability = durability if durability is not None else NoDurability()
+        self.pending: list = []
+        self.last = 0
+        self.n_commands = 0
+
+    def now(self) -> int:
+        t = time.time_ns()
+        if t < self.last:
+            t = self.last
+        self.last = t
+        return t
+
+    def run(self, cmd: M.Command) -> list:
+        """Execute `cmd` (stamped already, see `stamp`) and keep it for `commit`. O(engine)."""
+        events = self.engine.execute(cmd)
+        self.pending.append(cmd)
+        return events
+
+    def stamp(self, cmd: M.Command) -> M.Command:
+        """`cmd` with the current time as its `ts` (for commands built without one)."""
+        return msgspec.structs.replace(cmd, ts=self.now())
+
+    def commit(self) -> None:
+        """Hand what was sequenced to `Durability` and wait for it to be durable."""
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.n_commands += len(batch)
+            self.durability.append(batch)
+            self.durability.sync()
