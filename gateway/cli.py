@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     dm.add_argument("--seconds", type=float, default=45.0, help="how long the market runs")
     dm.add_argument("--in-process", action="store_true",
                     help="the engine alone, in this process, through its per-command API")
+    dm.add_argument("--router", help="the server's request endpoint (default: a free loopback "
+                    "port)")
+    dm.add_argument("--pub", help="the server's public events endpoint (default: a free "
+                    "loopback port)")
 
     sv = sub.add_parser("serve", help="serve the engine over ZeroMQ (CURVE)",
                         description="Serve the engine: a ROUTER for requests and a PUB for public "
@@ -99,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "demo":
         if args.in_process:
             from gateway.demo import run
-            return run()
+            try:
+                return run()
+            except KeyboardInterrupt:
+                print("\nperpdex demo: interrupted", file=sys.stderr)
+                return 130
         from gateway.exchange_demo import run as live
-        return live(seconds=args.seconds)
+        return live(seconds=args.seconds, router=args.router, pub=args.pub)
     if args.cmd == "serve":
         from pathlib import Path
 
@@ -118,10 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.pub = args.pub or cfg.pub
         cfg.session_timeout_ms = args.session_timeout_ms or cfg.session_timeout_ms
         sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
+        import zmq
         try:
             return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)
         except ValueError as e:
             print(f"perpdex: {e}", file=sys.stderr)
+            return 2
+        except zmq.ZMQError as e:        # an endpoint that cannot be bound: taken, or malformed
+            print(f"perpdex: cannot serve: {e}", file=sys.stderr)
             return 2
     return 2
 

@@ -1,6 +1,7 @@
 """The `perpdex` command introduces itself: a version, and every subcommand's --help names the
 pages that explain it, each of which exists in the repository."""
 import re
+import socket
 import shutil
 import subprocess
 import sys
@@ -42,3 +43,16 @@ def test_help_points_at_documentation_that_exists(args):
 def test_no_help_points_at_source_code_for_what_a_page_explains():
     for c in SUBCOMMANDS:
         assert "see gateway/" not in perpdex(c, "--help").stdout
+
+
+def test_serve_on_a_port_already_taken_says_so_in_a_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([PERPDEX, "serve", "--data", str(tmp_path / "data"), "--router",
+                            f"tcp://127.0.0.1:{port}", "--pub", "tcp://127.0.0.1:0"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"perpdex: cannot serve: Address already in use (addr='tcp://127.0.0.1:{port}')"]
