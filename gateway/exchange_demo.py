@@ -193,15 +193,15 @@ class View:
         notional = qty * ev["price"] * self.mult[m]
         text = (f"      LIQUIDATION ({ev['kind']}): {ev['account']} {ev['side']}s "
                 f"{self.size(m, qty)} at {self.price(m, ev['price'])} USD "
-                f"({self.usd(notional)}), mark {self.price(m, ev['mark'])} USD")
+                f"({self.usd(notional)}, mark {self.price(m, ev['mark'])})")
         if ev["kind"] == "book":
             taker = self.liq_taker_fees.pop((ev["account"], m), 0)
-            text += (f"; liquidation fee {self.usd(ev['fee'])} to the insurance fund, taker fee "
-                     f"{self.usd(taker)}")
+            text += (f"; fees {self.usd(ev['fee'])} to the insurance fund, {self.usd(taker)} "
+                     f"taker")
         elif ev["kind"] == "backstop":
-            text += ": the insurance fund takes it over at the bankruptcy price"
+            text += ": the insurance fund takes it over"
         else:
-            text += ": auto-deleveraged at the bankruptcy price"
+            text += ": auto-deleveraged"
         self.later(ev["seq"], text)
 
     def private(self, account: str, ev: dict) -> None:
@@ -241,6 +241,10 @@ def run(seconds: float = 45.0, out=sys.stdout, router: str | None = None,
         status = 128 + e.signum
         _quiet(previous)
         w(f"\nperpdex demo: stopped by {e}; ")
+    except BrokenPipeError:             # the reader went away (`| head`): stop quietly
+        _quiet(previous)
+        status = 128 + signal.SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())   # what is left goes nowhere
     except ServerFailed as e:
         _quiet(previous)
         w(f"perpdex demo: the server did not start: {e}\n--- its output ---\n"
@@ -322,8 +326,9 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
     w(f"perpdex exchange demo: the server and {len(children.procs) - 1} client processes over "
       f"ZeroMQ (CURVE), {seconds:.0f} s\n"
       f"server: requests {router}, public events {pub}; keys in {tmp} (removed at the end)\n"
-      f"the story: 10x longs are built; ETH gaps down {ETH_GAP:.0%} (backstop, then ADL); "
-      f"BTC slides {BTC_SLIDE:.0%} (margin call, liquidation into the book)\n\n")
+      f"the story: 10x longs are built; ETH gaps down {ETH_GAP:.0%} (a backstop, then ADL);\n"
+      f"BTC slides {BTC_SLIDE:.0%} (a margin call, liquidations into the book). Prices and "
+      f"amounts in USD.\n\n")
     w(f"{'t':>4}  {'BTC index':>10} {'bid':>9} {'ask':>9} {'mark':>9}   "
       f"{'ETH index':>9} {'mark':>8}  {'fills':>6} {'liq.':>5} {'insurance fund':>18}\n")
 
