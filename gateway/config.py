@@ -29,7 +29,8 @@ DEFAULT_TOML = Path(__file__).with_name("default.toml")
 
 PositiveMs = Annotated[int, Meta(gt=0, le=86_400_000)]
 QuoteUnits = Annotated[int, Meta(ge=0, le=M.INT64_MAX)]
-Z85Key = Annotated[str, Meta(min_length=40, max_length=40, pattern=r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")]
+Z85Key = Annotated[str, Meta(min_length=40, max_length=40,
+                             pattern=r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")]
 Endpoint = Annotated[str, Meta(min_length=1)]
 
 

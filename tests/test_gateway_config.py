@@ -92,7 +92,8 @@ def test_writing_the_default_keeps_an_existing_file_unless_forced(tmp_path):
 
 
 def test_a_bad_key_is_named_with_its_line(tmp_path):
-    text = DEFAULT_TOML.read_text().replace("[accounts.lev-1]\n", "[accounts.lev-1]\nlevrage = 10\n")
+    text = DEFAULT_TOML.read_text().replace("[accounts.lev-1]\n",
+                                            "[accounts.lev-1]\nlevrage = 10\n")
     line = text.splitlines().index("levrage = 10") + 1
     p = write(tmp_path, text)
     with pytest.raises(ConfigError, match=rf":{line}: accounts\.lev-1\.levrage: unknown key"):
