@@ -47,7 +47,10 @@ def alive(pid: int) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on it: a new server could bind it. (SO_REUSEADDR, as ZeroMQ binds: the
+    closed connections of the old server may linger in TIME_WAIT, which is not a leak.)"""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
