@@ -250,6 +250,14 @@ def run(seconds: float = 45.0, out=sys.stdout, router: str | None = None,
         w(f"perpdex demo: the server did not start: {e}\n--- its output ---\n"
           f"{children.output('server').rstrip() or '(none)'}\n---\n")
         status = 1
+    except Timeout as e:                # the server stopped answering: say what it said
+        _quiet(previous)
+        server = children.procs[0][1]
+        how = (f"it exited with status {server.returncode}" if server.poll() is not None
+               else "it is still running")
+        w(f"\nperpdex demo: the server stopped answering ({e}; {how})\n--- its output ---\n"
+          f"{children.output('server').rstrip() or '(none)'}\n---\n")
+        status = 1
     finally:
         _quiet(previous)
         ctx.destroy(linger=0)

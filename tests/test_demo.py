@@ -163,3 +163,16 @@ def test_a_server_that_fails_to_start_shows_its_own_output():
     assert "the server did not start" in r.stdout and "--- its output ---" in r.stdout
     assert "Address already in use" in r.stdout, r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_a_server_that_dies_midway_ends_the_demo_with_its_output_and_no_process_left():
+    p, _ = start_demo()
+    kids = children_of(p.pid)
+    server = next(k for k in kids if b"serve" in Path(f"/proc/{k}/cmdline").read_bytes())
+    os.kill(server, signal.SIGKILL)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 1, out[-2000:] + err
+    assert "perpdex demo: the server stopped answering" in out and "exited with status -9" in out
+    assert "--- its output ---\nperpdex serving" in out
+    assert "Traceback" not in err
+    assert not [k for k in kids if alive(k)]
