@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 print("\nperpdex demo: interrupted", file=sys.stderr)
                 return 130
+            except BrokenPipeError:      # `| head`: the reader has gone, so has the demo
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 141
         from gateway.exchange_demo import run as live
         return live(seconds=args.seconds, router=args.router, pub=args.pub)
     if args.cmd == "serve":

@@ -176,3 +176,12 @@ def test_a_server_that_dies_midway_ends_the_demo_with_its_output_and_no_process_
     assert "--- its output ---\nperpdex serving" in out
     assert "Traceback" not in err
     assert not [k for k in kids if alive(k)]
+
+
+@pytest.mark.parametrize("args", [["--in-process"], ["--seconds", "30"]],
+                         ids=["in-process", "exchange"])
+def test_a_demo_piped_into_head_ends_without_a_traceback(args):
+    r = subprocess.run(f"{PERPDEX} demo {' '.join(args)} | head -n 2", shell=True,
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert len(r.stdout.splitlines()) == 2
+    assert "Traceback" not in r.stderr and "Exception" not in r.stderr, r.stderr
