@@ -8,15 +8,18 @@ SOURCES := $(wildcard engine/*.pyx engine/*.pxd) setup.py pyproject.toml
 
 .PHONY: install build test demo bench clean
 
-install: $(STAMP) build
+# The editable install builds the extensions in place (setuptools' editable mode), so it stamps
+# engine/.built too; `build` runs in a second make, which sees that stamp, so a fresh install
+# compiles once. After that, `build` recompiles only when a .pyx, .pxd or setup.py changes.
+install: $(STAMP)
+	@$(MAKE) --no-print-directory build
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0.10"
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
-	touch $@
+	touch engine/.built $@
 
-# Rebuild the extensions in place whenever a .pyx or .pxd changes.
 build: $(STAMP) engine/.built
 engine/.built: $(SOURCES) | $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace

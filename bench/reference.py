@@ -1,6 +1,6 @@
 """A plain pure-Python reference of the matching rules, for differential tests and benchmarks.
 
-Written for clarity, straight from ../shared/spec/orderflow.md: a SortedDict of price levels per
+Written for clarity, straight from the contract, docs/contract.md: a SortedDict of price levels per
 side, each a deque of orders, and a dict of orders. It knows nothing of the Cython core and shares
 only the contract (engine.messages), the market config conversion and the state digest, so that
 the core's `state_hash` can be checked against it. Events are plain dicts, keyed as the contract.

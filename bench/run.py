@@ -1,5 +1,5 @@
 """The matching benchmark: throughput and per-command latency, core paths side by side with the
-plain pure-Python engine of tests/reference.py, in one run on one machine (ratios are what count).
+plain pure-Python engine of bench/reference.py, in one run on one machine (ratios are what count).
 
     python -m bench.run [--commands 200000] [--depth 20000] [--seed 1] [--json FILE]
 

@@ -1,4 +1,4 @@
-"""Every command and event of the contract (../shared/spec/orderflow.md) as a msgspec Struct.
+"""Every command and event of the contract (docs/contract.md) as a msgspec Struct.
 
 Commands are imperative (`NewOrder`, `Cancel`), events past tense (`OrderAccepted`, `Fill`).
 Both are tagged unions on the field `type`. Field names and their order follow the contract;

@@ -348,8 +348,8 @@ cdef Py_ssize_t skip_object(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, 
     unused: decoding, not framing, bounds nesting).
     """
     cdef unsigned char c
-    cdef uint64_t length, count, k, pending = 1
-    cdef int w
+    cdef uint64_t length, count, pending = 1
+    cdef int w, j
     while pending:
         if i >= n:
             return -1
@@ -394,8 +394,8 @@ cdef Py_ssize_t skip_object(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, 
         if w != 0:
             if i + (w if w > 0 else -w) > n:
                 return -1
-            for k in range(w if w > 0 else -w):
-                length = (length << 8) | p[i + k]
+            for j in range(w if w > 0 else -w):
+                length = (length << 8) | p[i + j]
             i += (w if w > 0 else -w)
             if w < 0:
                 count = length * (2 if c in (0xde, 0xdf) else 1)

@@ -1,7 +1,7 @@
 """Client processes for the exchange demo: takers and leveraged traders, over ZeroMQ.
 
     python -m gateway.bots taker --data DIR --account taker-1 --seconds 30
-    python -m gateway.bots leveraged --data DIR --account lev-1 --leverage 10 --seconds 30
+    python -m gateway.bots leveraged --data DIR --account lev-1 --market BTC-PERP --clip 0.5
 
 (Market makers are examples/market_maker.py.) Each is seeded, so a run can be repeated.
 """
@@ -45,31 +45,31 @@ def taker(a) -> int:
 
 
 def leveraged(a) -> int:
-    """Goes long BTC at the given leverage with most of its equity, then holds."""
+    """Goes long `--market` at the given leverage with most of its equity, `--clip` at a time as
+    the market makers re-quote, then holds."""
     c = connect(a)
-    u = units(c.request("markets"))["BTC-PERP"]
-    c.request("set_leverage", market="BTC-PERP", leverage=a.leverage)
+    reply = c.request("markets")
+    u = units(reply)[a.market]
+    mult = next(m["multiplier"] for m in reply["markets"] if m["market"] == a.market)
+    c.request("set_leverage", market=a.market, leverage=a.leverage)
     equity = c.request("query_account")["events"][0]["equity"]
-    mark = None
-    while mark is None:
-        reply = c.request("new_order", market="BTC-PERP", cid="probe", side="buy", kind="limit",
-                          qty=1, price=1, tif="ioc")
-        rej = [e for e in reply["events"] if e["type"] == "rejected"]
-        if not rej or rej[0]["reason"] != "no_mark_price":
-            break
-        time.sleep(0.1)
-    # Buy until the position is worth 90 % of what the leverage allows, a clip at a time as the
-    # market makers re-quote (about 65,000 USD a coin).
-    target = int(equity * a.leverage * 9 // 10 // (650_000 * 100))
+    ask = None
+    while ask is None:                      # wait for the market makers' first quotes
+        book = c.request("book", market=a.market, depth=1)
+        ask = book["asks"][0][0] if book["asks"] else None
+        if ask is None:
+            time.sleep(0.1)
+    # Buy until the position is worth 90 % of what the leverage allows.
+    target = equity * a.leverage * 9 // 10 // (ask * mult)
     filled, k = 0, 0
-    stop = time.monotonic() + a.seconds / 4
+    stop = time.monotonic() + a.seconds / 2
     while filled < target and time.monotonic() < stop:
-        reply = c.request("new_order", market="BTC-PERP", cid=f"long-{k}", side="buy",
-                          kind="market", qty=min(target - filled, u.lots("0.5")))
-        filled += sum(e["qty"] for e in reply["events"] if e["type"] == "fill")
+        reply = c.request("new_order", market=a.market, cid=f"long-{k}", side="buy",
+                          kind="market", qty=min(target - filled, u.lots(a.clip)))
+        filled += sum(e["qty"] for e in reply.get("events", []) if e["type"] == "fill")
         k += 1
         time.sleep(0.2)
-    print(f"{a.account}: long {u.size(filled)} BTC at up to {a.leverage}x")
+    print(f"{a.account}: long {u.size(filled)} {a.market} at up to {a.leverage}x")
     end = time.monotonic() + a.seconds
     while time.monotonic() < end:
         time.sleep(0.5)
@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sell-bias", type=float, default=0.5)
     ap.add_argument("--leverage", type=int, default=10)
+    ap.add_argument("--market", default="BTC-PERP", help="leveraged: the market to go long in")
+    ap.add_argument("--clip", default="0.5", help="leveraged: the size of each market order, "
+                    "in the base currency")
     a = ap.parse_args(argv)
     return taker(a) if a.role == "taker" else leveraged(a)
 

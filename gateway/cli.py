@@ -2,20 +2,41 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from engine.codec import FORMATS
 
 
+def _version() -> str:
+    try:
+        return version("perpdex")
+    except PackageNotFoundError:      # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _docs(*pages: str) -> str:
+    """An epilog naming the pages (paths in the repository) that explain a subcommand; a test
+    checks that each exists."""
+    return "documentation: " + ", ".join(pages) + " (in the repository)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="perpdex", description="perpdex: a deterministic perpetual-futures matching engine")
+        prog="perpdex", description="perpdex: a deterministic perpetual-futures matching engine",
+        epilog=_docs("README.md", "docs/contract.md", "docs/engine-api.md",
+                     "docs/protocol.md", "docs/config.md"))
+    parser.add_argument("--version", action="version", version=f"perpdex {_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     rp = sub.add_parser("replay", help="replay a command file through a fresh engine",
                         description="Replay commands (JSON Lines or msgpack, by extension; - for "
                         "stdin) and write the events (- for stdout). The same input always gives "
-                        "byte-identical output.")
+                        "byte-identical output.",
+                        epilog=_docs("README.md#replay", "docs/contract.md#encoding",
+                                     "docs/engine-api.md"))
     rp.add_argument("input", help="commands: FILE.jsonl, FILE.msgpack or - (stdin, JSON Lines)")
     rp.add_argument("--out", "-o", default="-", help="events: FILE.jsonl, FILE.msgpack or - (stdout)")
     rp.add_argument("--in-format", choices=FORMATS, help="override the input format")
@@ -25,16 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     dm = sub.add_parser("demo", help="run the exchange demo on the embedded default configuration",
                         description="Start the server and market makers, takers and a leveraged "
                         "trader as client processes, crash the oracle, show it live, end with the "
-                        "audit.")
+                        "audit.",
+                        epilog=_docs("README.md#the-demo", "docs/contract.md#liquidation"))
     dm.add_argument("--seconds", type=float, default=45.0, help="how long the market runs")
     dm.add_argument("--in-process", action="store_true",
                     help="the engine alone, in this process, through its per-command API")
+    dm.add_argument("--router", help="the server's request endpoint (default: a free loopback "
+                    "port)")
+    dm.add_argument("--pub", help="the server's public events endpoint (default: a free "
+                    "loopback port)")
 
     sv = sub.add_parser("serve", help="serve the engine over ZeroMQ (CURVE)",
                         description="Serve the engine: a ROUTER for requests and a PUB for public "
                         "events. Without --config, the embedded default: BTC-PERP, ETH-PERP and "
-                        "funded demo accounts whose keys are written to the data folder.")
-    sv.add_argument("--config", help="a TOML configuration (see gateway/config.py)")
+                        "funded demo accounts whose keys are written to the data folder.",
+                        epilog=_docs("docs/config.md", "docs/protocol.md"))
+    sv.add_argument("--config", help="a TOML configuration (docs/config.md; `perpdex config "
+                    "--write-default FILE` writes one to start from)")
     sv.add_argument("--data", help="the data folder for keys (overrides the config)")
     sv.add_argument("--router", help="request endpoint (overrides the config)")
     sv.add_argument("--pub", help="public events endpoint (overrides the config)")
@@ -47,7 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--session-timeout-ms", type=int,
                     help="a session with no word for this long is gone (overrides the config)")
 
+    cf = sub.add_parser("config", help="write the default configuration, or check one",
+                        description="Write the embedded default configuration as a TOML file to "
+                        "start from, or check a configuration file and say what is wrong with it.",
+                        epilog=_docs("docs/config.md"))
+    what = cf.add_mutually_exclusive_group(required=True)
+    what.add_argument("--write-default", metavar="FILE",
+                      help="write the embedded default (- for stdout); an existing FILE is kept "
+                      "unless --force")
+    what.add_argument("--check", metavar="FILE", help="load FILE as `perpdex serve` would")
+    cf.add_argument("--force", action="store_true", help="overwrite FILE")
+
     args = parser.parse_args(argv)
+    if args.cmd == "config":
+        return _config(args)
     if args.cmd == "replay":
         from gateway.replay import replay_file
         try:
@@ -63,9 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "demo":
         if args.in_process:
             from gateway.demo import run
-            return run()
+            try:
+                return run()
+            except KeyboardInterrupt:
+                print("\nperpdex demo: interrupted", file=sys.stderr)
+                return 130
+            except BrokenPipeError:      # `| head`: the reader has gone, so has the demo
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 141
         from gateway.exchange_demo import run as live
-        return live(seconds=args.seconds)
+        return live(seconds=args.seconds, router=args.router, pub=args.pub)
     if args.cmd == "serve":
         from pathlib import Path
 
@@ -82,12 +130,46 @@ def main(argv: list[str] | None = None) -> int:
         cfg.pub = args.pub or cfg.pub
         cfg.session_timeout_ms = args.session_timeout_ms or cfg.session_timeout_ms
         sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
+        import zmq
         try:
             return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)
         except ValueError as e:
             print(f"perpdex: {e}", file=sys.stderr)
             return 2
+        except zmq.ZMQError as e:        # an endpoint that cannot be bound: taken, or malformed
+            print(f"perpdex: cannot serve: {e}", file=sys.stderr)
+            return 2
     return 2
+
+
+def _config(args) -> int:
+    from gateway.config import DEFAULT_TOML, ConfigError, load_config
+    if args.check:
+        try:
+            cfg = load_config(args.check)
+        except ConfigError as e:
+            print(f"perpdex: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.check}: ok: {len(cfg.markets)} markets "
+              f"({', '.join(m.market for m in cfg.markets) or 'none'}), "
+              f"{len(cfg.accounts)} accounts, requests {cfg.router}, public events {cfg.pub}")
+        return 0
+    text = DEFAULT_TOML.read_text()
+    if args.write_default == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.write_default)
+    if out.exists() and not args.force:
+        print(f"perpdex: {out}: exists; not overwritten (--force to replace it)", file=sys.stderr)
+        return 2
+    try:
+        out.write_text(text)
+    except OSError as e:
+        print(f"perpdex: {out}: cannot be written: {e.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote the default configuration to {out}; run it with "
+          f"`perpdex serve --config {out}`", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,127 +1,216 @@
-"""Server configuration: TOML, validated with errors that name the bad key; or the embedded default.
+"""Server configuration: a TOML file read into msgspec Structs, the schema below; or the embedded
+default (gateway/default.toml, which `perpdex config --write-default FILE` writes out to start
+from). docs/config.md lists every key with its default.
 
-    [server]
-    router = "tcp://127.0.0.1:7701"      # requests (clients use DEALER)
-    pub = "tcp://127.0.0.1:7702"         # public events
-    data_dir = "perpdex-data"            # CURVE keys live here
+    [server]           ServerSection: endpoints, the data folder, session timing
+    [[markets]]        the contract's create_market, one table per market
+    [accounts.NAME]    AccountSection: role, optional CURVE public key, opening deposit
 
-    [[markets]]                          # create_market fields of the contract
-    market = "BTC-PERP"
-    tick_size = "0.1"
-    ...
-
-    [accounts.mm-1]
-    role = "trader"                      # trader | oracle | admin
-    public_key = "z85 public key"        # omitted: a key pair is made in data_dir/keys
-    deposit = 1000000000000              # quote units credited at start (optional)
+An error names the file, the line where it can be found, and the key (`accounts.mm-1.role`).
+Markets are also checked the way the engine checks create_market, so a market that could not be
+created stops the server before it starts rather than as a `rejected` event at boot.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
 import msgspec
+from msgspec import Meta, Struct
 
 from engine import messages as M
+from engine.markets import MarketConfigError, market_spec
 
 ROLES = ("trader", "oracle", "admin")
+DEFAULT_TOML = Path(__file__).with_name("default.toml")
+
+PositiveMs = Annotated[int, Meta(gt=0, le=86_400_000)]
+QuoteUnits = Annotated[int, Meta(ge=0, le=M.INT64_MAX)]
+Z85Key = Annotated[str, Meta(min_length=40, max_length=40,
+                             pattern=r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")]
+Endpoint = Annotated[str, Meta(min_length=1)]
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key."""
+    """A configuration that cannot run; the message names the file, the line and the key."""
 
+
+# ---- the schema of the file ------------------------------------------------------------------
+
+class ServerSection(Struct, forbid_unknown_fields=True, kw_only=True):
+    router: Endpoint = "tcp://127.0.0.1:7701"
+    pub: Endpoint = "tcp://127.0.0.1:7702"
+    data_dir: Annotated[str, Meta(min_length=1)] = "perpdex-data"
+    heartbeat_ms: PositiveMs = 1000
+    session_timeout_ms: PositiveMs = 5000
+
+
+class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
+    role: Literal["trader", "oracle", "admin"]
+    public_key: Union[Z85Key, None] = None
+    deposit: QuoteUnits = 0
+
+
+class ConfigFile(Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    markets: list[M.CreateMarket] = msgspec.field(default_factory=list)
+    accounts: dict[str, AccountSection] = msgspec.field(default_factory=dict)
+
+
+# ---- what the server reads -------------------------------------------------------------------
 
 @dataclass
 class AccountConfig:
     name: str
     role: str
-    public_key: str | None = None
+    public_key: str | None = None      # filled in by the server when it makes the key pair
     deposit: int = 0
+
+
+_SERVER = ServerSection()
 
 
 @dataclass
 class Config:
-    router: str = "tcp://127.0.0.1:7701"
-    pub: str = "tcp://127.0.0.1:7702"
-    data_dir: Path = Path("perpdex-data")
-    heartbeat_ms: int = 1000            # clients send a heartbeat (or any request) this often
-    session_timeout_ms: int = 5000      # ... and a session with no word for this long is gone
+    router: str = _SERVER.router
+    pub: str = _SERVER.pub
+    data_dir: Path = Path(_SERVER.data_dir)
+    heartbeat_ms: int = _SERVER.heartbeat_ms
+    session_timeout_ms: int = _SERVER.session_timeout_ms
     markets: list[M.CreateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
 
-def _market(name: str, **kw) -> M.CreateMarket:
-    return M.CreateMarket(market=name, **kw)
-
-
-def default_config(data_dir: str | Path = "perpdex-data") -> Config:
-    """BTC-PERP and ETH-PERP, an admin, an oracle feeder and five funded demo traders."""
-    common = dict(min_qty=1, imf_ppm=100_000, mmf_ppm=50_000, maker_fee_ppm=-100,
-                  taker_fee_ppm=500, liquidation_fee_ppm=10_000, price_band_ppm=50_000,
-                  funding_interval_s=3600, funding_cap_ppm=7500, interest_ppm=100)
-    usd = 1_000_000
-    accounts = {"admin": AccountConfig("admin", "admin"),
-                "oracle": AccountConfig("oracle", "oracle")}
-    for name, dep in (("mm-1", 20_000_000), ("mm-2", 20_000_000), ("taker-1", 500_000),
-                      ("taker-2", 500_000), ("lev-1", 20_000)):
-        accounts[name] = AccountConfig(name, "trader", deposit=dep * usd)
-    return Config(
-        data_dir=Path(data_dir),
-        markets=[_market("BTC-PERP", tick_size="0.1", lot_size="0.001", **common),
-                 _market("ETH-PERP", tick_size="0.01", lot_size="0.01", **common)],
-        accounts=accounts,
-    )
+def default_config(data_dir: str | Path | None = None) -> Config:
+    """The embedded default: BTC-PERP and ETH-PERP, an admin, an oracle feeder and five funded
+    demo traders (gateway/default.toml)."""
+    cfg = parse_config(DEFAULT_TOML.read_text(), str(DEFAULT_TOML))
+    if data_dir is not None:
+        cfg.data_dir = Path(data_dir)
+    return cfg
 
 
 def load_config(path: str | Path) -> Config:
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file")
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file: {e}")
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}")
-    cfg = Config()
-    unknown = set(raw) - {"server", "markets", "accounts"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s): {', '.join(sorted(unknown))}")
-    server = raw.get("server", {})
-    for key, value in server.items():
-        if key in ("heartbeat_ms", "session_timeout_ms"):
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{path}: server.{key}: expected a positive number of ms")
-            continue
-        if key not in ("router", "pub", "data_dir"):
-            raise ConfigError(f"{path}: server.{key}: unknown key")
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: server.{key}: expected a string, got {value!r}")
-    cfg.router = server.get("router", cfg.router)
-    cfg.pub = server.get("pub", cfg.pub)
-    cfg.data_dir = Path(server.get("data_dir", str(cfg.data_dir)))
-    cfg.heartbeat_ms = server.get("heartbeat_ms", cfg.heartbeat_ms)
-    cfg.session_timeout_ms = server.get("session_timeout_ms", cfg.session_timeout_ms)
-    for i, mk in enumerate(raw.get("markets", [])):
+        raise ConfigError(f"{source}: not valid TOML: {e}")
+    accounts = raw.pop("accounts", {})
+    try:
+        parsed = msgspec.convert(raw, ConfigFile)
+    except msgspec.ValidationError as e:
+        raise _error(source, text, [], e)
+    if not isinstance(accounts, dict):
+        raise ConfigError(f"{source}{_at(text, ['accounts'])}: accounts: expected tables "
+                          f"[accounts.NAME], got {type(accounts).__name__}")
+    for name, acct in accounts.items():
         try:
-            cfg.markets.append(msgspec.convert({**mk, "type": "create_market"}, M.CreateMarket))
+            parsed.accounts[name] = msgspec.convert(acct, AccountSection)
         except msgspec.ValidationError as e:
-            raise ConfigError(f"{path}: markets[{i}]: {e}")
-    for name, acct in raw.get("accounts", {}).items():
-        where = f"{path}: accounts.{name}"
-        if not isinstance(acct, dict):
-            raise ConfigError(f"{where}: expected a table")
-        extra = set(acct) - {"role", "public_key", "deposit"}
-        if extra:
-            raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown key")
-        role = acct.get("role")
-        if role not in ROLES:
-            raise ConfigError(f"{where}.role: expected one of {', '.join(ROLES)}, got {role!r}")
-        key = acct.get("public_key")
-        if key is not None and (not isinstance(key, str) or len(key) != 40):
-            raise ConfigError(f"{where}.public_key: expected a 40-character z85 CURVE key")
-        deposit = acct.get("deposit", 0)
-        if not isinstance(deposit, int) or deposit < 0:
-            raise ConfigError(f"{where}.deposit: expected a non-negative integer of quote units")
-        cfg.accounts[name] = AccountConfig(name, role, key, deposit)
-    if not cfg.accounts:
-        raise ConfigError(f"{path}: accounts: at least one account is needed")
-    return cfg
+            raise _error(source, text, ["accounts", name], e)
+    for i, mk in enumerate(parsed.markets):
+        where = ["markets", i]
+        if "ts" in raw["markets"][i] or "type" in raw["markets"][i]:
+            bad = "ts" if "ts" in raw["markets"][i] else "type"
+            raise ConfigError(f"{source}{_at(text, where + [bad])}: markets[{i}].{bad}: unknown "
+                              f"key (a market table holds the fields of create_market)")
+        try:
+            market_spec(mk)
+        except MarketConfigError as e:
+            raise ConfigError(f"{source}{_at(text, where)}: markets[{i}] ({mk.market}): the engine "
+                              f"refuses it: invalid_market: {e}")
+    names = [mk.market for mk in parsed.markets]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{source}{_at(text, ['markets', i])}: markets[{i}].market: "
+                              f"{name!r} is configured twice")
+    if not parsed.accounts:
+        raise ConfigError(f"{source}: accounts: at least one account is needed")
+    s = parsed.server
+    return Config(router=s.router, pub=s.pub, data_dir=Path(s.data_dir),
+                  heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
+                  markets=parsed.markets,
+                  accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
+                            for n, a in parsed.accounts.items()})
+
+
+# ---- errors that say where -------------------------------------------------------------------
+
+_SUFFIX = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
+_MISSING = re.compile(r"Object missing required field `([^`]*)`")
+
+
+def _error(source: str, text: str, prefix: list, e: msgspec.ValidationError) -> ConfigError:
+    """A msgspec ValidationError as `FILE:LINE: key.path: what is wrong`."""
+    message, path = _SUFFIX.match(str(e)).groups()
+    keys = list(prefix)
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path or ""):
+        keys.append(int(index) if index else name)
+    line_keys = keys
+    if m := _UNKNOWN.match(message):
+        keys.append(m.group(1))
+        line_keys = keys
+        message = "unknown key"
+    elif m := _MISSING.match(message):
+        keys.append(m.group(1))
+        message = "missing (it has no default)"
+    elif message.startswith("Invalid enum value") and keys and keys[-1] == "role":
+        message += f": expected one of {', '.join(ROLES)}"
+    elif keys and keys[-1] == "public_key":
+        message += " (a public_key is a 40-character z85 CURVE key)"
+    return ConfigError(f"{source}{_at(text, line_keys)}: {_dotted(keys)}: {message}")
+
+
+def _dotted(keys: list) -> str:
+    out = ""
+    for k in keys:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def _split(dotted: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", dotted)]
+
+
+def _at(text: str, keys: list) -> str:
+    """`:LINE` of the key in the TOML text (or of the table that should hold it), best effort:
+    tables, arrays of tables and `key = value` lines; "" when it cannot be found."""
+    want = [str(k) for k in keys]
+    table: list[str] = []
+    counts: dict[tuple, int] = {}
+    best = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := _HEADER.match(line):
+            table = _split(m.group(2))
+            if m.group(1) == "[[":
+                i = counts.get(tuple(table), 0)
+                counts[tuple(table)] = i + 1
+                table = table + [str(i)]
+            here = table
+        elif m := _KEY.match(line):
+            here = table + _split(m.group(1))
+        else:
+            continue
+        if here == want:
+            return f":{n}"
+        if here == want[:len(here)] and len(here) < len(want) and not best:
+            best = f":{n}"      # the table that holds (or should hold) the key
+    return best

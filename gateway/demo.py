@@ -1,11 +1,11 @@
-"""`perpdex demo`: the main job on the embedded default configuration.
+"""`perpdex demo --in-process`: the engine alone, in this process, through its per-command API.
 
-At the engine-core stage it runs in-process: two markets (BTC-PERP, ETH-PERP), two market makers
-that keep three post-only levels a side around the oracle price and re-quote every step from what
-their events tell them (fills, cancels), takers crossing the spread with market and IOC orders,
-and an oracle crash of about 12 % that the makers chase down. It prints the tape as it goes and a
-summary at the end. Later stages run the same story over ZeroMQ with real client processes,
-margin and liquidations.
+Two markets (BTC-PERP, ETH-PERP), two market makers that keep three post-only levels a side
+around the oracle price and re-quote every step from what their events tell them (fills,
+cancels), takers crossing the spread with market and IOC orders, two leveraged longs (one with a
+stop-loss) and an oracle crash of about 12 % that the makers chase down. It prints the tape as it
+goes and a summary at the end. `perpdex demo` (gateway/exchange_demo.py) runs the exchange
+itself: the server and its clients as processes over ZeroMQ.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 
 from engine import Engine, messages as M
 
@@ -81,12 +82,16 @@ class Demo:
                                f"{ev.maintenance_margin / 1e6:,.0f} USD\n")
             elif t is M.LiquidationEvent:
                 self.counts["liquidation:" + ev.kind] += 1
+                tick, lot, _ = (Decimal(x) for x in MARKETS[ev.market])
+                notional = ev.qty * lot * ev.price * tick
                 self.out.write(f"        LIQUIDATED ({ev.kind}): {ev.account} {ev.side}s "
-                               f"{ev.qty / 1000:,.3f} {ev.market[:3]} at {ev.price / 10:,.1f} "
-                               f"(mark {ev.mark / 10:,.1f}, fee {ev.fee / 1e6:,.2f} USD)\n")
+                               f"{ev.qty * lot:f} {ev.market[:3]} at {ev.price * tick:,f} USD "
+                               f"({notional:,.2f} USD; mark {ev.mark * tick:,f} USD), "
+                               f"liquidation fee {ev.fee / 1e6:,.2f} USD\n")
             elif t is M.OrderTriggered:
+                tick = Decimal(MARKETS[ev.market][0])
                 self.out.write(f"        {ev.account}'s stop-loss fired at mark "
-                               f"{ev.mark / 10:,.1f} (trigger {ev.trigger_price / 10:,.1f})\n")
+                               f"{ev.mark * tick:,f} USD (trigger {ev.trigger_price * tick:,f})\n")
         return events
 
     def next_cid(self) -> int:
@@ -147,8 +152,8 @@ class Demo:
         w = self.out.write
         w("perpdex demo: 2 perpetual markets, 2 market makers, 3 takers, 2 leveraged longs, "
           "an oracle crash\n")
-        w("(in-process, through the engine's per-command API; the ZeroMQ exchange with real "
-          "client processes comes with issue 5)\n\n")
+        w("(in-process, through the engine's per-command API; `perpdex demo` runs the exchange "
+          "with its client processes over ZeroMQ)\n\n")
         t0 = time.perf_counter()
         for cmd in create_markets():
             self.send(cmd)

@@ -118,3 +118,29 @@ def test_what_the_server_keeps_per_request_is_nothing_the_garbage_collector_walk
     grown = len(gc.get_objects()) - before
     assert len(srv.replies["mm-2"].replies) >= 800 and len(srv.streams["mm-2"].buffer) >= 800
     assert grown < 100, f"{grown} more objects for the garbage collector to walk"
+
+
+class Faulty:
+    """The engine, but a deposit to "boom" raises: a fault no input can cause any more, injected
+    so that the one guard can be seen to work."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def execute(self, cmd):
+        if type(cmd) is M.Deposit and cmd.account == "boom":
+            raise OverflowError("injected")
+        return self.engine.execute(cmd)
+
+
+def test_an_unforeseen_failure_is_answered_internal_error_and_the_server_goes_on(venue):
+    srv, gate, client = venue
+    srv.seq.engine = Faulty(srv.engine)
+    admin = client("admin")
+    reply = admin.request("deposit", account="boom", amount=1)
+    assert (reply["ok"], reply["reason"]) == (False, "internal_error")
+    assert srv.stats["internal_errors"] == 1
+    assert admin.request("deposit", account="fine", amount=1)["ok"]

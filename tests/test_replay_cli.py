@@ -70,19 +70,3 @@ def test_an_unknown_extension_asks_for_a_format(tmp_path):
     (tmp_path / "flow.txt").write_text("")
     r = perpdex("replay", str(tmp_path / "flow.txt"))
     assert r.returncode != 0 and b"--in-format" in r.stderr
-
-
-def test_the_in_process_demo_runs_and_shows_the_markets():
-    r = perpdex("demo", "--in-process")
-    assert r.returncode == 0, r.stderr
-    text = r.stdout.decode()
-    assert "BTC-PERP" in text and "ETH-PERP" in text and "state hash" in text
-    assert "balanced" in text
-
-
-def test_the_exchange_demo_runs_its_processes_and_ends_with_a_balanced_audit():
-    r = perpdex("demo", "--seconds", "10")
-    assert r.returncode == 0, r.stdout.decode()[-2000:]
-    text = r.stdout.decode()
-    assert "client processes over ZeroMQ" in text and "fills" in text
-    assert ": balanced" in text

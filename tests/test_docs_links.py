@@ -1,0 +1,68 @@
+"""Every link in the README and docs/ resolves inside the repository: a clone is enough to read
+the rules the engine follows. Relative links must name a file that exists; an anchor
+(`file.md#section`, or `#section` on the same page) must name a heading of that page, slugged the
+way GitHub slugs headings."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, markup and punctuation dropped, spaces to -."""
+    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub("", page.read_text()).splitlines():
+        m = re.match(r"#{1,6}\s+(.*)", line)
+        if m:
+            s = slug(m.group(1))
+            n = seen.get(s, 0)
+            seen[s] = n + 1
+            out.add(s if n == 0 else f"{s}-{n}")
+    return out
+
+
+def links(page: Path) -> list[str]:
+    return LINK.findall(FENCE.sub("", page.read_text()))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_and_anchor_resolves_inside_the_repository(page):
+    broken = []
+    for target in links(page):
+        if re.match(r"[a-z]+:", target):          # http:, https:, mailto: are not ours to check
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.is_relative_to(ROOT):
+            broken.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target}: no heading #{anchor} in {dest.relative_to(ROOT)}")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_no_page_points_outside_the_repository_in_plain_text():
+    """`../shared/...` in prose is a link a clone cannot follow, even when not written as one."""
+    offenders = [p.relative_to(ROOT).as_posix() for p in PAGES if "../shared" in p.read_text()]
+    assert not offenders
+
+
+def test_the_anchor_slug_follows_github():
+    assert slug("The mark price") == "the-mark-price"
+    assert slug("`too_many_orders` and *amend*") == "too_many_orders-and-amend"
+    assert slug("Accounts and money: A/B") == "accounts-and-money-ab"
