@@ -19,6 +19,12 @@ class Engine:
     def execute_msgpack(self, data: bytes | bytearray | memoryview, first: int = 1,
                         offset: int = 0, out: Format = "msgpack") -> bytes:
         """Complete msgpack commands (as MsgpackFramer.split gives them) -> encoded events."""
+    # ---- snapshots ----------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (same build only). O(orders + positions + accounts)."""
+    @staticmethod
+    def from_snapshot(data: bytes) -> "Engine":
+        """An engine in that state; ValueError for bytes that are no snapshot of this build."""
     # ---- views (change nothing) -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The canonical state whose digest is the state hash. O(orders + positions)."""

@@ -10,7 +10,8 @@ from engine.state cimport State, MarketC, add_market
 from engine.wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from engine.matching cimport cancel_order
 from engine.wire cimport V_USER
-from engine cimport (events, entry, funding, liquidation, accounts, reports, fastpath)
+from engine cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
+                     fastpath)
 from engine.fastpath cimport FastCmd, FAST_NEW_ORDER, FAST_CANCEL
 
 import msgspec
@@ -150,6 +151,26 @@ cdef class Engine:
             k += 1
             i = j
         return events.take_output(s, 0, False)
+
+    # ---- snapshots (engine.snapshot) --------------------------------------------------------
+
+    def snapshot(self):
+        """The whole state as bytes, for `Engine.from_snapshot` of the same build.
+        O(orders + positions + accounts)."""
+        return snapshot.dump(self.s)
+
+    @staticmethod
+    def from_snapshot(data):
+        """An engine in the state `snapshot()` wrote: the same state hash, seq, clock, next oid
+        and counters. Raises ValueError for bytes that are no snapshot of this build."""
+        cdef Engine eng
+        try:
+            margin = msgspec.msgpack.decode(data)["margin"]
+        except (msgspec.DecodeError, TypeError, KeyError, IndexError) as e:
+            raise ValueError(f"snapshot: not a perpdex snapshot ({e})") from None
+        eng = Engine(bool(margin))
+        snapshot.load(eng.s, bytes(data))
+        return eng
 
     # ---- views (engine.reports) ------------------------------------------------------------
 
