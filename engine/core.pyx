@@ -15,7 +15,7 @@ from engine.matching cimport cancel_order
 from engine.wire cimport V_USER
 from engine cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
                      fastpath)
-from engine.fastpath cimport FastCmd, FAST_NEW_ORDER, FAST_CANCEL
+from engine.fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL
 
 import msgspec
 
@@ -143,13 +143,16 @@ cdef class Engine:
             return events.take_output(s, 0, False)
         p = &view[0]
         while i < n:
-            try:
-                j = skip_object(p, i, n, 0)
-            except ValueError:
-                j = -1
-            if j < 0:
-                break
-            kind = fastpath.read(s, p + i, j - i, &fc)
+            kind = fastpath.read(s, p + i, n - i, &fc)
+            if kind != FAST_NONE:
+                j = i + fc.end                    # the fast path framed it as it read it
+            else:
+                try:
+                    j = skip_object(p, i, n, 0)
+                except ValueError:
+                    j = -1
+                if j < 0:
+                    break
             if kind == FAST_NEW_ORDER:
                 s.n_commands += 1
                 self._advance(fc.ts)
