@@ -30,7 +30,7 @@ cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1
 
 # ---- the rare events, as Structs -------------------------------------------------------------
 cdef int triggered(State s, int32_t i, int64_t mark) except -1
-cdef int funding(State s, int32_t m, int64_t rate) except -1
+cdef int funding(State s, int32_t m, int64_t rate, int64_t intervals) except -1
 cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
                      str kind, int64_t fee) except -1
 cdef int margin_call(State s, int32_t a, int128 equity, int128 mm) except -1

@@ -207,10 +207,10 @@ cdef int triggered(State s, int32_t i, int64_t mark) except -1:
         trigger_price=o.trigger_price, mark=mark))
 
 
-cdef int funding(State s, int32_t m, int64_t rate) except -1:
+cdef int funding(State s, int32_t m, int64_t rate, int64_t intervals) except -1:
     return s.w.struct_event(M.FundingEvent(
         seq=_next(s), ts=s.clock, market=s.specs[m].name, rate_ppm=rate,
-        index_price=s.mk[m].index))
+        index_price=s.mk[m].index, intervals=intervals))
 
 
 cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64_t price,

@@ -64,10 +64,18 @@ cdef bint due(State s, int32_t m) noexcept:
 cdef int apply_boundary(State s, int32_t m) except -1:
     """The oldest boundary the clock has passed: rate = clamp(mean premium + clamp(interest -
     mean, -500, 500), -cap, cap); the cumulative index moves by index * multiplier * rate, and
-    every position of the market owes its share (settled lazily). O(positions of the market)."""
+    every position of the market owes its share (settled lazily). O(positions of the market).
+
+    Boundaries with no premium sample since the last one all have the same rate (a mean of 0)
+    and the same index: the clock jumping over k of them applies them at once, k x the move,
+    in one `funding` event with `intervals: k` (an extension), so a long jump is O(positions)
+    too, not O(k x positions). Sizes: index x multiplier <= 2^61 and k <= 2^62 / 1e9, so the
+    move is below 2^114 and fits the int128 index."""
     cdef MarketC* mk = &s.mk[m]
-    cdef int64_t mean, rate, adj
+    cdef int64_t mean, rate, adj, k = 1
     cdef int32_t p
+    if mk.premium_n == 0:
+        k = (s.clock - mk.next_funding) // mk.funding_interval_ns + 1
     mean = mk.premium_sum // mk.premium_n if mk.premium_n else 0
     if mean < 0 and mk.premium_n and mk.premium_sum % mk.premium_n:
         mean += 1                                 # toward zero
@@ -76,11 +84,11 @@ cdef int apply_boundary(State s, int32_t m) except -1:
     rate = mean + adj
     rate = (mk.funding_cap_ppm if rate > mk.funding_cap_ppm else
             (-mk.funding_cap_ppm if rate < -mk.funding_cap_ppm else rate))
-    mk.cum_funding += <int128>mk.index * mk.multiplier * rate
+    mk.cum_funding += <int128>k * mk.index * mk.multiplier * rate
     mk.premium_sum = 0
     mk.premium_n = 0
-    events.funding(s, m, rate)
-    mk.next_funding += mk.funding_interval_ns
+    events.funding(s, m, rate, k)
+    mk.next_funding += k * mk.funding_interval_ns
     if s.margin:
         # funding moved the equity of every position here: their risk keys are stale
         for p in s.market_pos[m]:

@@ -306,10 +306,13 @@ class MarginCall(Event, tag="margin_call"):
     maintenance_margin: int
 
 
-class FundingEvent(Event, tag="funding"):
+class FundingEvent(Event, tag="funding", omit_defaults=True):
     market: str
     rate_ppm: int
     index_price: int
+    # Extension: boundaries with no premium sample between them (a long clock jump) are applied
+    # as one, at one rate; `intervals` says how many (absent: 1).
+    intervals: int = 1
 
 
 class PositionInfo(Struct, frozen=True, gc=False):

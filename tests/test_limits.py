@@ -231,3 +231,35 @@ def test_a_bool_qty_is_invalid_qty():
             b'"kind":"limit","qty":true,"price":650000}\n')
     ev = msgspec.json.decode(eng.execute_batch(line, "jsonl"))
     assert ev["reason"] == "invalid_qty"
+
+
+def _funded_pair(interval_s):
+    eng = btc(funding_interval_s=interval_s)
+    run(eng, M.Clock(ts=interval_s * 10**9))                 # the first boundary after the oracle
+    for acct in ("a", "b"):
+        run(eng, M.Deposit(account=acct, amount=10**6 * USD))
+    run(eng, M.NewOrder(account="a", market="BTC-PERP", cid=1, side="sell", kind="limit",
+                        qty=100, price=650_000))
+    run(eng, M.NewOrder(account="b", market="BTC-PERP", cid=1, side="buy", kind="limit",
+                        qty=100, price=650_000))
+    return eng
+
+
+def test_a_long_clock_jump_applies_its_empty_funding_intervals_at_once():
+    """A year at a 60 s interval used to be 525,600 boundaries, each looping over positions."""
+    eng = _funded_pair(60)
+    year = 365 * 86400 * 10**9
+    evs = [e for e in run(eng, M.Clock(ts=year)) if e["type"] == "funding"]
+    assert len(evs) == 1 and evs[0]["intervals"] == (year - 60 * 10**9) // (60 * 10**9)
+    assert balanced(eng)
+
+
+def test_intervals_applied_at_once_move_money_as_one_by_one():
+    at_once, one_by_one = _funded_pair(60), _funded_pair(60)
+    run(at_once, M.Clock(ts=11 * 60 * 10**9))
+    for k in range(2, 12):
+        run(one_by_one, M.Clock(ts=k * 60 * 10**9))
+    for acct in ("a", "b"):
+        x = run(at_once, M.QueryAccount(account=acct))[0]
+        y = run(one_by_one, M.QueryAccount(account=acct))[0]
+        assert x["equity"] == y["equity"] and x["positions"] == y["positions"]
