@@ -37,12 +37,15 @@ def topic(kind: str, market: str) -> bytes:
     return f"{kind}.{market}".encode()
 
 
-def checksum_text(bids, asks, levels: int = CHECKSUM_LEVELS) -> str:
-    """The checksummed string: the best `levels` bids (best first), `|`, the best `levels` asks
-    (best first); each level `price:qty` in decimal integers (ticks, lots), levels joined by
-    `,`. An empty book is "|"."""
-    return (",".join(f"{p}:{q}" for p, q in bids[:levels]) + "|"
-            + ",".join(f"{p}:{q}" for p, q in asks[:levels]))
+def _side_text(levels) -> str:
+    return ",".join([f"{p}:{q}" for p, q in levels[:CHECKSUM_LEVELS]])
+
+
+def checksum_text(bids, asks) -> str:
+    """The checksummed string: the best 25 bids (best first), `|`, the best 25 asks (best
+    first); each level `price:qty` in decimal integers (ticks, lots), levels joined by `,`.
+    An empty book is "|"."""
+    return f"{_side_text(bids)}|{_side_text(asks)}"
 
 
 def checksum(bids, asks) -> int:
@@ -55,7 +58,7 @@ class _Market:
     """The levels of one book as published so far, what this turn touched, and the number of
     each topic."""
 
-    __slots__ = ("bids", "asks", "seqs", "topics", "touched", "full")
+    __slots__ = ("bids", "asks", "seqs", "topics", "touched", "full", "text")
 
     def __init__(self, market: str):
         self.bids = SortedDict()            # -price -> total qty, as the last delta left it
@@ -64,6 +67,7 @@ class _Market:
         self.seqs = dict.fromkeys(KINDS, 0)
         self.touched = (set(), set())       # prices this turn may have changed: bids, asks
         self.full = False                   # this turn needs a read of every level
+        self.text = ["", ""]                # each side's part of the checksummed string
 
 
 class Feed:
@@ -88,6 +92,7 @@ class Feed:
             now = engine.book(market, ALL)
             _all_changes(mk.bids, now["bids"], -1)
             _all_changes(mk.asks, now["asks"], 1)
+            mk.text = [_side_text(now["bids"]), _side_text(now["asks"])]
 
     def _market(self, market: str) -> _Market:
         mk = self.markets.get(market)
@@ -207,7 +212,9 @@ class Feed:
         if mk.full:
             bids = _all_changes(mk.bids, now["bids"], -1)
             asks = _all_changes(mk.asks, now["asks"], 1)
+            dirty = (True, True)
         else:
+            dirty = (_in_top(mk.bids, tb, -1), _in_top(mk.asks, ta, 1))
             bids = _changes(mk.bids, now["bids"], tb, -1)
             asks = _changes(mk.asks, now["asks"], ta, 1)
         tb.clear()
@@ -219,9 +226,14 @@ class Feed:
         self.stats["levels"] += len(bids) + len(asks)
         bids.sort(key=_price, reverse=True)
         asks.sort(key=_price)
+        text = mk.text
+        if dirty[0]:
+            text[0] = _side_text(now["bids"])
+        if dirty[1]:
+            text[1] = _side_text(now["asks"])
         self._publish(mk, "book", {
             "type": "book", "market": market, "seq": 0, "ts": ts, "bids": bids, "asks": asks,
-            "checksum": checksum(now["bids"], now["asks"])})
+            "checksum": zlib.crc32(f"{text[0]}|{text[1]}".encode())})
 
     def heartbeat(self, ts: int) -> None:
         """One `heartbeat` message: the last seq of every topic, so that a subscriber learns of a
@@ -253,6 +265,17 @@ class Feed:
 
 def _price(level):
     return level[0]
+
+
+def _in_top(published: SortedDict, touched: set, sign: int) -> bool:
+    """Whether a touched price may change the side's top 25 levels: the side had fewer, or
+    the price is at or above its 25th level (a change below it leaves the top 25 as they
+    were). Called before `published` is updated. O(log levels)."""
+    if not touched:
+        return False
+    if len(published) < CHECKSUM_LEVELS:
+        return True
+    return min(sign * p for p in touched) <= published.peekitem(CHECKSUM_LEVELS - 1)[0]
 
 
 def _changes(published: SortedDict, levels: list, touched: set, sign: int) -> list:

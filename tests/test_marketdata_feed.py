@@ -119,8 +119,8 @@ def test_the_deltas_of_leveraged_flows_with_liquidations_rebuild_the_books(cmds)
 
 def test_a_feed_started_on_an_engine_with_books_publishes_from_them():
     engine = Engine(margin=False)
-    cmds = random_flow(9, 800)
-    for cmd in cmds[:400]:
+    cmds = deep_flow(9, 1600)
+    for cmd in cmds[:800]:
         engine.execute(cmd)
     feed = Feed(engine, msgspec.msgpack.Encoder().encode)
     before = {m: feed.snapshot(m, None) for m in engine.market_names()}
@@ -128,3 +128,11 @@ def test_a_feed_started_on_an_engine_with_books_publishes_from_them():
         want = engine.book(m, ALL)
         assert (snap["bids"], snap["asks"]) == (want["bids"], want["asks"])
         assert snap["checksum"] == crc(want["bids"], want["asks"])
+    for cmd in cmds[800:]:                  # and its deltas carry the right checksums
+        for ev in engine.execute(cmd):
+            feed.event(ev)
+        for topic, body in feed.flush():
+            msg = dec(body)
+            if msg["type"] == "book":
+                want = engine.book(msg["market"], ALL)
+                assert msg["checksum"] == crc(want["bids"], want["asks"])
