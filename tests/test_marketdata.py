@@ -200,6 +200,53 @@ def test_a_deliberately_dropped_delta_is_detected_and_repaired(srv):
         md.close()
 
 
+def test_a_lost_last_delta_is_found_by_the_heartbeat_and_repaired(srv):
+    seen = []
+    md = srv.client("mm-2").market_data(srv.pub, ["ETH-PERP"], on_update=seen.append)
+    try:
+        handle = md.state.handle
+        md.state.handle = lambda topic, msg: ([], set()) if msg.get("type") == "book" \
+            else handle(topic, msg)         # every delta from now on is lost ...
+        assert srv.client("mm-1").request("new_order", market="ETH-PERP", cid="hb-1",
+                                          side="buy", kind="limit", qty=2,
+                                          price=INDEX["ETH-PERP"] - 900)["ok"]
+        md.poll(300)
+        md.state.handle = handle            # ... and then none: only a heartbeat can tell
+        deadline = time.monotonic() + 5
+        while not any(u["type"] == "book" and u["delta"] is None for u in seen[1:]):
+            assert time.monotonic() < deadline, "no heartbeat revealed the lost delta"
+            md.poll(100)
+        assert [INDEX["ETH-PERP"] - 900, 2] in md.books["ETH-PERP"].levels("bids")
+    finally:
+        md.close()
+        srv.client("mm-1").request("cancel", market="ETH-PERP", cid="hb-1")
+
+
+def test_a_lost_trade_is_reported_as_a_gap_in_the_trade_stream(srv):
+    seen = []
+    md = srv.client("mm-2").market_data(srv.pub, ["BTC-PERP"], on_update=seen.append)
+    try:
+        handle = md.state.handle
+        lost = []
+
+        def lossy(topic, msg):
+            if msg.get("type") == "trade" and len([u for u in seen if u["type"] == "trade"]) \
+                    == 1 and not lost:
+                lost.append(msg["seq"])
+                return [], set()
+            return handle(topic, msg)
+
+        md.state.handle = lossy
+        Flow(srv, seed=11, tag="gap").run(300)
+        caught_up(md, srv, ["BTC-PERP"])
+        md.poll(200)
+        gaps = [u for u in seen if u["type"] == "gap"]
+        assert lost and gaps and gaps[0] == {"type": "gap", "topic": "trade.BTC-PERP",
+                                             "after": lost[0] - 1, "lost": 1}
+    finally:
+        md.close()
+
+
 def test_a_mirror_that_disagrees_with_a_checksum_resyncs(srv):
     seen = []
     Flow(srv, seed=30, tag="crc0").run(100)                 # a book with both sides
