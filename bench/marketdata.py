@@ -82,8 +82,8 @@ def sender_main(router: str, keys: str, rate: float, seconds: float, out: str):
     while got < n:
         now = mono()
         if k < n and now >= next_send:
+            sent[k] = mono()                # before the send: the delta may come first
             s.send(msgs[k], copy=True)
-            sent[k] = mono()
             k += 1
             next_send += period
             continue
