@@ -1,9 +1,11 @@
 """A small but real market maker for `perpdex serve`.
 
-It follows the oracle index on the public stream (each `mark` event carries it), quotes
-`--levels` post-only orders a side around it, and re-quotes when it moves or one of its orders
-fills (its private stream says so). Each
-re-quote is one batch: cancel_all first, then the new quotes.
+It keeps a mirror of the book from the public feed (gateway/mirror.py: a snapshot, then the
+numbered deltas, checksum-verified, repaired by itself on a gap), follows the oracle index (each
+public `mark` message carries it), and quotes `--levels` post-only orders a side around it, never
+through the best price that others show on the other side of the mirror. It re-quotes when the
+index moves, when the others' best price moves into its quotes, or when one of its orders fills
+(its private stream says so). Each re-quote is one batch: cancel_all first, then the new quotes.
 
     python examples/market_maker.py --data perpdex-data --account mm-1 --market BTC-PERP \\
         --size 0.05 --spread-bps 5 --seconds 60
@@ -16,12 +18,31 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import msgspec
-import zmq
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.client import Client, curve_socket, units  # noqa: E402
+from gateway.client import Client, units  # noqa: E402
+
+
+def others(book, side: str, mine: set):
+    """The best price of `side` in the mirror that is not one of our own quote prices."""
+    for price, _qty in book.levels(side, len(mine) + 1):
+        if price not in mine:
+            return price
+    return None
+
+
+def quotes(index: int, step: int, levels: int, best_bid, best_ask) -> list[tuple[str, int]]:
+    """(side, price) of each quote: around the index, a tick inside the others' best price at
+    the most, so that no post-only quote would cross."""
+    out = []
+    for level in range(1, levels + 1):
+        bid, ask = index - step * level, index + step * level
+        if best_ask is not None:
+            bid = min(bid, best_ask - level)
+        if best_bid is not None:
+            ask = max(ask, best_bid + level)
+        out += [("buy", bid), ("sell", ask)]
+    return out
 
 
 def main(argv=None) -> int:
@@ -43,41 +64,40 @@ def main(argv=None) -> int:
     size = u.lots(Decimal(a.size))
     c.request("session", cancel_on_disconnect=True)       # if we die, our quotes go with us
     c.subscribe()
+    md = c.market_data(a.pub, [a.market], kinds=("book", "mark"))
+    book = md.books[a.market]
 
-    sub = curve_socket(c.ctx, zmq.SUB, str(keys / "server.key"),
-                       str(keys / f"{a.account}.key_secret"))
-    sub.setsockopt(zmq.SUBSCRIBE, a.market.encode())
-    sub.connect(a.pub)
-
-    mark = None
-    quoted_at = None
+    quoted: tuple | None = None         # (index, others' best bid, others' best ask) quoted at
+    mine: set[int] = set()              # the prices of our quotes
     fills = 0
     end = time.monotonic() + a.seconds
     last_beat = 0.0
     while time.monotonic() < end:
-        if sub.poll(100):
-            topic, body = sub.recv_multipart()
-            ev = msgspec.msgpack.decode(body)
-            if ev["type"] == "mark":
-                mark = ev["index"]          # quote around the oracle's fair price
-        stream_fills = [i for i in c.drain() if i["event"]["type"] == "fill"]
+        md.poll(100)
+        stream_fills = [i for i in c.drain() if i.get("event", {}).get("type") == "fill"]
         fills += len(stream_fills)
-        if mark is not None and (mark != quoted_at or stream_fills):
-            step = max(1, mark * a.spread_bps // 10_000)
-            items = [{"type": "cancel_all", "market": a.market}]
-            for level in range(1, a.levels + 1):
-                for side, sign in (("buy", -1), ("sell", 1)):
+        mark = md.marks.get(a.market)
+        if mark is not None:
+            index = mark["index"]       # quote around the oracle's fair price
+            state = (index, others(book, "bids", mine), others(book, "asks", mine))
+            if state != quoted or stream_fills:
+                step = max(1, index * a.spread_bps // 10_000)
+                items = [{"type": "cancel_all", "market": a.market}]
+                prices = quotes(index, step, a.levels, state[1], state[2])
+                for k, (side, price) in enumerate(prices):
                     items.append({"type": "new_order", "market": a.market,
-                                  "cid": f"{side[0]}{level}-{time.monotonic_ns()}", "side": side,
-                                  "kind": "limit", "tif": "alo", "qty": size,
-                                  "price": mark + sign * step * level})
-            c.request("batch", items=items)
-            quoted_at = mark
+                                  "cid": f"{side[0]}{k}-{time.monotonic_ns()}", "side": side,
+                                  "kind": "limit", "tif": "alo", "qty": size, "price": price})
+                c.request("batch", items=items)
+                mine = {p for _, p in prices}
+                quoted = state
         if time.monotonic() - last_beat > 0.5:
             c.request("heartbeat")
             last_beat = time.monotonic()
     c.request("cancel_all")
-    print(f"{a.account}: quoted {a.market} for {a.seconds:.0f} s, {fills} fills")
+    md.close()
+    print(f"{a.account}: quoted {a.market} for {a.seconds:.0f} s, {fills} fills, "
+          f"{book.resyncs} book resyncs")
     return 0
 
 

@@ -40,6 +40,7 @@ class Client:
         self.ctx = context or zmq.Context.instance()
         self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
         self.sock.connect(endpoint)
+        self.keys = (server_key, secret_key)
         self.timeout_ms = timeout_ms
         # req_ids must not repeat within the server's retry window for the account (a repeat is
         # a retry and gets the first reply): number from the moment this client was made.
@@ -99,6 +100,12 @@ class Client:
                 continue
             return msg
 
+    def market_data(self, pub: str, markets, **kw):
+        """A gateway.mirror.MarketData on the public feed at `pub`, with this client's keys and
+        a book mirror of each of `markets` (snapshots through this client)."""
+        from .mirror import MarketData
+        return MarketData(self, pub, markets, *self.keys, **kw)
+
     def close(self):
         self.sock.close(linger=0)
 
@@ -145,6 +152,7 @@ class AsyncClient:
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
         self.sock.connect(endpoint)
+        self.keys = (server_key, secret_key)
         self.timeout = timeout
         self._ids = itertools.count(time.time_ns())
         self._waiting: dict = {}
@@ -175,6 +183,11 @@ class AsyncClient:
     async def stream(self):
         while True:
             yield await self.items.get()
+
+    def market_data(self, pub: str, markets, **kw):
+        """A gateway.mirror.AsyncMarketData on the public feed at `pub` (await its start())."""
+        from .mirror import AsyncMarketData
+        return AsyncMarketData(self, pub, markets, *self.keys, **kw)
 
     def close(self):
         self._reader.cancel()

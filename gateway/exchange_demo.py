@@ -113,32 +113,22 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
 
 
 class Feeder:
-    """The oracle's connection. `snapshot` sends the book request and the oracle update together,
-    without waiting in between, so the book it shows is the one the new mark was computed from
-    (the server answers one connection's requests in order)."""
+    """The oracle's connection: one oracle update a market each refresh."""
 
     def __init__(self, ctx, router: str, server_key: str, secret_key: str):
         self.sock = curve_socket(ctx, zmq.DEALER, server_key, secret_key)
         self.sock.connect(router)
         self.ids = itertools.count(time.time_ns())
 
-    def snapshot(self, market: str, price: int) -> dict:
-        book_id, oracle_id = next(self.ids), next(self.ids)
-        self.sock.send(msgspec.msgpack.encode({"req_id": book_id, "type": "book",
-                                               "market": market, "depth": 1}))
+    def update(self, market: str, price: int) -> None:
+        oracle_id = next(self.ids)
         self.sock.send(msgspec.msgpack.encode({"req_id": oracle_id, "type": "oracle",
                                                "market": market, "price": price}))
-        replies = {}
-        while len(replies) < 2:
+        while True:
             if not self.sock.poll(5000):
                 raise Timeout("the server did not answer the oracle feed within 5 s")
-            r = msgspec.msgpack.decode(self.sock.recv())
-            replies[r.get("req_id")] = r
-        book, oracle = replies[book_id], replies[oracle_id]
-        mark = next((e for e in oracle.get("events", []) if e["type"] == "mark"), None)
-        return {"bid": book["bids"][0][0] if book.get("bids") else None,
-                "ask": book["asks"][0][0] if book.get("asks") else None,
-                "index": price, "mark": mark["mark"] if mark else None}
+            if msgspec.msgpack.decode(self.sock.recv()).get("req_id") == oracle_id:
+                return
 
     def close(self):
         self.sock.close(linger=0)
@@ -154,8 +144,10 @@ class View:
         self.counts: Counter = Counter()
         self.liq_taker_fees: Counter = Counter()    # (account, market) -> taker fees of its
         #                                             liquidation fills not yet reported
-        self.pending: list[tuple[int, str]] = []    # (seq, line): the public and the private
-        #                                             streams interleave by seq when flushed
+        self.pending: list[tuple[int, str]] = []    # (seq, line): the private streams
+        #                                             interleave by seq when flushed
+        self.books: dict = {}                       # market -> its BookMirror
+        self.quote: dict = {}                       # market -> index, mark, bid, ask at a mark
 
     def usd(self, quote_units: int) -> str:
         return f"{quote_units / USD:,.2f} USD"
@@ -179,14 +171,19 @@ class View:
             self.line(text)
         self.pending.clear()
 
-    def public(self, ev: dict) -> None:
-        kind = ev["type"]
+    def public(self, u: dict) -> None:
+        """An update of the public feed (gateway/mirror.py). At each `mark` the book mirror is
+        read: the mark next to the best bid and ask it was computed from (the feed sends a
+        turn's marks before that turn's book delta)."""
+        kind = u["type"]
         self.counts[kind] += 1
-        if kind == "fill" and ev["liquidation"]:
-            self.liq_taker_fees[(ev["taker_account"], ev["market"])] += ev["taker_fee"]
+        if kind == "mark":
+            book = self.books[u["market"]]
+            bid, ask = book.best_bid(), book.best_ask()
+            self.quote[u["market"]] = {"index": u["index"], "mark": u["mark"],
+                                       "bid": bid and bid[0], "ask": ask and ask[0]}
         elif kind == "liquidation":
-            self.counts[f"liquidation:{ev['kind']}"] += 1
-            self.liquidation(ev)
+            self.counts[f"liquidation:{u['kind']}"] += 1
 
     def liquidation(self, ev: dict) -> None:
         m, qty = ev["market"], ev["qty"]
@@ -205,10 +202,17 @@ class View:
         self.later(ev["seq"], text)
 
     def private(self, account: str, ev: dict) -> None:
-        if ev["type"] == "margin_call":
+        """An event of a watched account's private stream (what names an account is there
+        only)."""
+        kind = ev["type"]
+        if kind == "margin_call":
             self.counts["margin_call"] += 1
             self.later(ev["seq"], f"      MARGIN CALL: {account} equity {self.usd(ev['equity'])} "
                        f"against maintenance {self.usd(ev['maintenance_margin'])}")
+        elif kind == "fill" and ev["liquidation"] and ev["taker_account"] == account:
+            self.liq_taker_fees[(account, ev["market"])] += ev["taker_fee"]
+        elif kind == "liquidation" and ev["account"] == account:
+            self.liquidation(ev)
 
 
 def _config_text() -> str:
@@ -306,11 +310,10 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
     admin.request("deposit", account="insurance", amount=INSURANCE_SEED * USD)
     feeder = Feeder(ctx, router, server_key, str(keys / "oracle.key_secret"))
     index = dict(START)
-    snap = {m: feeder.snapshot(m, p) for m, p in index.items()}
-
-    sub = curve_socket(ctx, zmq.SUB, server_key, str(keys / "admin.key_secret"))
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(pub)
+    md = admin.market_data(pub, list(index), on_update=view.public)     # the book mirrors
+    view.books = md.books
+    for m, p in index.items():
+        feeder.update(m, p)
     watched = {name: client(name) for name in ("lev-1", *EXTRA_ACCOUNTS)}
     for c in watched.values():
         c.subscribe()
@@ -338,7 +341,7 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
       f"BTC slides {BTC_SLIDE:.0%} (a margin call, liquidations into the book). Prices and "
       f"amounts in USD.\n\n")
     w(f"{'t':>4}  {'BTC index':>10} {'bid':>9} {'ask':>9} {'mark':>9}   "
-      f"{'ETH index':>9} {'mark':>8}  {'fills':>6} {'liq.':>5} {'insurance fund':>18}\n")
+      f"{'ETH index':>9} {'mark':>8}  {'trades':>6} {'liq.':>5} {'insurance fund':>18}\n")
 
     rng = random.Random(7)
     t0 = time.monotonic()
@@ -368,12 +371,10 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
             else:
                 drift = rng.gauss(0, 0.0005)
             index[m] = max(1, round(index[m] * (1 + drift)))
-            snap[m] = feeder.snapshot(m, index[m])
+            feeder.update(m, index[m])
         stop = time.monotonic() + 0.2
         while time.monotonic() < stop:
-            if sub.poll(20):
-                _topic, body = sub.recv_multipart()
-                view.public(msgspec.msgpack.decode(body))
+            md.poll(20)
             for name, c in watched.items():
                 for item in c.drain():
                     view.private(name, item["event"])
@@ -385,13 +386,15 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
         if now >= next_print:
             next_print += 1.0
             fund = admin.request("audit")["events"][0]["insurance_fund"]
-            b, e = snap["BTC-PERP"], snap["ETH-PERP"]
+            md.poll(0)
+            none = {"index": None, "mark": None, "bid": None, "ask": None}
+            b, e = view.quote.get("BTC-PERP", none), view.quote.get("ETH-PERP", none)
             tag = "  <- BTC slides" if sliding else ("  <- ETH gap" if gap_at is not None
                                                       and now - gap_at < 1.5 else "")
             w(f"{now:>4.0f}  {view.price('BTC-PERP', b['index']):>10} "
               f"{view.price('BTC-PERP', b['bid']):>9} {view.price('BTC-PERP', b['ask']):>9} "
               f"{view.price('BTC-PERP', b['mark']):>9}   {view.price('ETH-PERP', e['index']):>9} "
-              f"{view.price('ETH-PERP', e['mark']):>8}  {view.counts['fill']:>6} "
+              f"{view.price('ETH-PERP', e['mark']):>8}  {view.counts['trade']:>6} "
               f"{view.counts['liquidation']:>5} {view.usd(fund):>18}{tag}\n")
             out.flush()
     return _summary(out, view, admin)
@@ -414,7 +417,7 @@ def _summary(out, view: View, admin: Client) -> int:
     lhs = audit["deposits"] - audit["withdrawals"]
     rhs = audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"]
     c = view.counts
-    w(f"\n{c['fill']} fills; liquidations: {c['liquidation:book']} into the book, "
+    w(f"\n{c['trade']} trades; liquidations: {c['liquidation:book']} into the book, "
       f"{c['liquidation:backstop']} backstop, {c['liquidation:adl']} ADL; "
       f"{c['margin_call']} margin calls; {c['funding']} funding events\n")
     w(f"audit: deposits - withdrawals = {view.usd(lhs)} = collateral "

@@ -31,6 +31,7 @@ class Limits:
     sndbuf: int = 0                     # kernel send buffer per connection (0: the OS's)
     handshake_ms: int = 2000            # a connection must finish the CURVE handshake in this
     max_connections: int = 4096         # established connections; then handshakes are refused
+    pub_hwm: int = 10_000               # public messages queued per subscriber; then dropped
 
     def __post_init__(self):
         for name in ("request_rate", "order_rate", "cancel_rate"):
@@ -39,6 +40,7 @@ class Limits:
                 raise ValueError(f"limits.{name}: a positive rate and a burst of at least 1")
             object.__setattr__(self, name, (float(rate), float(burst)))
         for name in ("max_message", "drain", "max_batch", "max_deposit", "retry_window",
-                     "stream_buffer", "send_hwm", "handshake_ms", "max_connections"):
+                     "stream_buffer", "send_hwm", "handshake_ms", "max_connections",
+                     "pub_hwm"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"limits.{name}: a positive integer")

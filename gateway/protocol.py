@@ -93,6 +93,13 @@ class Markets(Request, tag="markets"):
     pass
 
 
+class Snapshot(Request, tag="snapshot"):
+    """The public book as the last `book` delta left it (gateway/feed.py): all levels, or the
+    best `depth` a side."""
+    market: M.MarketName
+    depth: Union[Annotated[int, Meta(ge=1, le=M.INT64_MAX)], None] = None
+
+
 class Login(Request, tag="login"):
     account: Annotated[str, Meta(min_length=1, max_length=64)]
 
@@ -101,7 +108,7 @@ class Batch(Request, tag="batch"):
     items: list[Raw]                     # each decoded on its own: one status per item
 
 
-GATEWAY = (Heartbeat, Session, ScheduleCancel, Subscribe, Book, Markets, Login, Batch)
+GATEWAY = (Heartbeat, Session, ScheduleCancel, Subscribe, Book, Markets, Snapshot, Login, Batch)
 for _cls in GATEWAY:
     _cls.tag = _cls.__struct_config__.tag
     _cls.command = None
@@ -110,10 +117,17 @@ for _cls in GATEWAY:
 WEIGHTS = {"markets": 2, "subscribe": 5}
 
 
+SNAPSHOT_FULL = 20                       # the weight of a snapshot of every level
+
+
 def weight(req) -> int:
-    """Tokens a request takes from the request budget: 1, a `book` 1 per 10 levels more."""
-    if type(req) is Book:
+    """Tokens a request takes from the request budget: 1, a `book` 1 per 10 levels more, a
+    `snapshot` likewise up to SNAPSHOT_FULL (that of the whole book)."""
+    cls = type(req)
+    if cls is Book:
         return 1 + req.depth // 10
+    if cls is Snapshot:
+        return SNAPSHOT_FULL if req.depth is None else min(SNAPSHOT_FULL, 1 + req.depth // 10)
     return WEIGHTS.get(req.tag, 1)
 
 

@@ -38,14 +38,15 @@ from engine import Engine, messages as M
 from . import protocol as P
 from .config import Config
 from .durability import Durability, Sequencer
+from .feed import Feed
 from .limits import Limits
 
 log = logging.getLogger("perpdex.gateway")
 
 SIM_START = {"BTC-PERP": 650_000, "ETH-PERP": 300_000}    # the simulated oracle's first prices
 SIM_EVERY = 250_000_000                                   # ns between simulated oracle prices
-PUBLIC = frozenset({"mark", "fill", "funding", "liquidation", "order_triggered"})
 FD_SPARE = 256                          # descriptors kept beyond max_connections
+FEED_HEARTBEAT = 1_000_000_000          # ns between the public feed's heartbeats
 
 
 class BootError(ValueError):
@@ -228,12 +229,15 @@ class Server:
         self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
         self.out: list = []                         # (connection, reply bytes), this turn
         self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
-        self.pub_out: list = []                     # (topic, event bytes), this turn
+        self.pub_out: list = []                     # (topic, message bytes), this turn
+        self.feed = Feed(self.engine, self.encode)  # the public feed (gateway/feed.py)
+        self.feed_beat = 0                          # when the feed's next heartbeat is due (ns)
         self.notices: set[bytes] = set()            # suspended connections not yet told
         self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0}
         self.handlers = {P.Heartbeat: self._heartbeat, P.Session: self._session,
                          P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
-                         P.Book: self._book, P.Markets: self._markets}
+                         P.Book: self._book, P.Markets: self._markets,
+                         P.Snapshot: self._snapshot}
         self.ctx = zmq.Context()
         self.auth = None
         pub = sec = None
@@ -255,6 +259,9 @@ class Server:
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.router.bind(cfg.router)
         self.pub = self._socket(zmq.PUB, pub, sec)
+        self.pub.setsockopt(zmq.SNDHWM, lim.pub_hwm)
+        if lim.sndbuf:
+            self.pub.setsockopt(zmq.SNDBUF, lim.sndbuf)
         self.pub.bind(cfg.pub)
         gc.freeze()             # what boot made (engine, config, decoders) is never collected
 
@@ -341,6 +348,7 @@ class Server:
         send = self._send
         for identity, data in self.out:
             send(identity, data)
+        self._feed_turn()
         sessions = self.sessions
         for identity, data, pseq in self.stream_out:
             sess = sessions.get(identity)
@@ -612,9 +620,25 @@ class Server:
                 **self.engine.book(req.market, req.depth)}
 
     def _markets(self, acct, sess, identity, req, now):
-        return {"req_id": req.req_id, "ok": True, "markets": [
-            {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),
-             "min_qty": sp.min_qty, "multiplier": sp.multiplier} for sp in self.engine.specs]}
+        return {"req_id": req.req_id, "ok": True,
+                "markets": [market_info(sp) for sp in self.engine.specs]}
+
+    # ---- the public feed (gateway/feed.py) ----------------------------------------------------
+
+    def _snapshot(self, acct, sess, identity, req, now):
+        """The book as the last published `book` delta left it, with that delta's seq."""
+        if req.market not in self.engine.market_names():
+            return P.error(req.req_id, "invalid_command",
+                           f"snapshot takes a known `market`, not {req.market!r}")
+        return {"req_id": req.req_id, "ok": True, **self.feed.snapshot(req.market, req.depth)}
+
+    def _feed_turn(self):
+        """The turn's public messages (and, once a second, the feed's heartbeat) join pub_out."""
+        now = self.seq.now()
+        if now >= self.feed_beat:
+            self.feed_beat = now + FEED_HEARTBEAT
+            self.feed.heartbeat(now)
+        self.pub_out.extend(self.feed.flush())
 
     # ---- commands ------------------------------------------------------------------------
 
@@ -637,6 +661,7 @@ class Server:
         orders a session placed, for cancel-on-disconnect. O(events * subscribers)."""
         events = self.seq.run(cmd)
         encode = self.encode
+        feed = self.feed.event
         raws = []
         for ev in events:
             data = encode(ev)
@@ -653,8 +678,7 @@ class Server:
                     self._closed(ev.taker_oid)
                 if ev.maker_remaining == 0:
                     self._closed(ev.maker_oid)
-            if ev.__struct_config__.tag in PUBLIC:
-                self.pub_out.append((ev.market.encode(), data))
+            feed(ev)
             for account in _accounts_of(ev):
                 st = self.streams.get(account)
                 if st is None:
@@ -719,6 +743,24 @@ class Server:
         if self.auth is not None:
             self.auth.stop()
         self.ctx.destroy(linger=0)
+
+
+def market_info(sp) -> dict:
+    """What a client needs to trade in a market and to compute its own margin (the `markets`
+    reply; docs/protocol.md)."""
+    tiers = [{"max_notional": t.max_notional, "imf_ppm": t.imf_ppm, "mmf_ppm": t.mmf_ppm,
+              "imf_deduction": t.imf_deduction, "mmf_deduction": t.mmf_deduction}
+             for t in sp.tiers]
+    return {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),
+            "min_qty": sp.min_qty, "max_price": sp.max_price, "max_qty": sp.max_qty,
+            "multiplier": sp.multiplier, "maker_fee_ppm": sp.maker_fee_ppm,
+            "taker_fee_ppm": sp.taker_fee_ppm, "liquidation_fee_ppm": sp.liquidation_fee_ppm,
+            "imf_ppm": sp.imf_ppm, "mmf_ppm": sp.mmf_ppm, "tiers": tiers,
+            "max_leverage": 1_000_000 // (sp.tiers[0].imf_ppm if sp.tiers else sp.imf_ppm),
+            "price_band_ppm": sp.price_band_ppm, "funding_interval_s": sp.funding_interval_s,
+            "funding_cap_ppm": sp.funding_cap_ppm, "interest_ppm": sp.interest_ppm,
+            "oracle_max_age_s": sp.oracle_max_age_s,
+            "max_orders_per_account": sp.max_orders_per_account}
 
 
 def _raise_fd_limit(max_connections: int) -> int:

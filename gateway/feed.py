@@ -1,0 +1,309 @@
+"""The public market-data feed (docs/protocol.md, "Market data"): anonymous messages on per-market
+topics, each topic numbered 1, 2, 3, ... with no gaps, L2 book deltas with a CRC32 of the top
+levels, and the snapshots that line up with them (the zguide's Clone pattern).
+
+The server hands every event of a loop turn to `Feed.event` and, once the turn is durable, asks
+`Feed.flush` for the turn's messages. What the engine writes about an account (cids, oids,
+accounts, remaining sizes, fees, a stop's trigger) never reaches a public message: a trade is
+built field by field from the fill, and a liquidation likewise.
+
+Book deltas are derived here, not in the engine. The order events of a turn name the price
+levels they touch (an accepted order its price, a fill the maker's level, a cancel or an amend
+the level of the order it names, which the feed remembers by oid), and at the end of the turn
+each touched book is read back with `Engine.book(market, depth)` just deep enough to hold every
+touched level (`_delta`), and compared with the levels published so far; the changed levels
+(0: removed) go out as one `book` message per market per turn. A cancel far down a deep book
+costs a read that deep: an engine call that gives the total of given price levels (or lists the
+levels changed since the last call) would make it O(changed levels). An event the feed cannot
+place (a liquidation, an oid it never saw) reads the whole book back.
+"""
+from __future__ import annotations
+
+import zlib
+from itertools import islice
+
+from sortedcontainers import SortedDict
+
+from engine import messages as M
+
+CHECKSUM_LEVELS = 25                # levels a side in the checksum
+ALL = 2**31 - 1                     # "every level" for Engine.book
+KINDS = ("book", "trade", "mark", "funding", "liquidation")
+HEARTBEAT = b"heartbeat"            # the topic of the feed's heartbeat (every topic's last seq)
+
+
+def topic(kind: str, market: str) -> bytes:
+    """The topic frame of a public message: `<kind>.<market>`, e.g. b"book.BTC-PERP"."""
+    return f"{kind}.{market}".encode()
+
+
+def _side_text(levels) -> str:
+    return ",".join([f"{p}:{q}" for p, q in levels[:CHECKSUM_LEVELS]])
+
+
+def checksum_text(bids, asks) -> str:
+    """The checksummed string: the best 25 bids (best first), `|`, the best 25 asks (best
+    first); each level `price:qty` in decimal integers (ticks, lots), levels joined by `,`.
+    An empty book is "|"."""
+    return f"{_side_text(bids)}|{_side_text(asks)}"
+
+
+def checksum(bids, asks) -> int:
+    """CRC32 (IEEE 802.3, as zlib.crc32) of `checksum_text` in ASCII: an unsigned 32-bit integer.
+    O(CHECKSUM_LEVELS)."""
+    return zlib.crc32(checksum_text(bids, asks).encode())
+
+
+class _Market:
+    """The levels of one book as published so far, what this turn touched, and the number of
+    each topic."""
+
+    __slots__ = ("bids", "asks", "seqs", "topics", "touched", "full", "text")
+
+    def __init__(self, market: str):
+        self.bids = SortedDict()            # -price -> total qty, as the last delta left it
+        self.asks = SortedDict()            # price -> total qty
+        self.topics = {k: topic(k, market) for k in KINDS}
+        self.seqs = dict.fromkeys(KINDS, 0)
+        self.touched = (set(), set())       # prices this turn may have changed: bids, asks
+        self.full = False                   # this turn needs a read of every level
+        self.text = ["", ""]                # each side's part of the checksummed string
+
+
+class Feed:
+    """The publisher's side of the feed: what each topic has published, the resting orders'
+    levels (oid -> market, side, price: to know which level a cancel or an amend touches), and
+    this turn's messages. Not thread-safe; the server's loop owns it."""
+
+    def __init__(self, engine, encode):
+        self.engine = engine
+        self.encode = encode
+        self.markets: dict[str, _Market] = {}
+        self.orders: dict[int, tuple] = {}  # oid -> (_Market, side 0 bid / 1 ask, price)
+        self.touched: set[str] = set()      # markets whose book may have changed this turn
+        self.out: list = []                 # (topic, bytes), this turn
+        self.handlers = {M.OrderAccepted: self._accepted, M.OrderCancelled: self._cancelled,
+                         M.OrderAmended: self._amended, M.OrderTriggered: self._triggered,
+                         M.Fill: self._fill, M.Mark: self._mark, M.FundingEvent: self._funding,
+                         M.LiquidationEvent: self._liquidation}
+        self.stats = {"book": 0, "levels": 0, "full_reads": 0, "reads": 0}
+        for market in engine.market_names():    # an engine that has books already (a replay)
+            mk = self._market(market)
+            now = engine.book(market, ALL)
+            _all_changes(mk.bids, now["bids"], -1)
+            _all_changes(mk.asks, now["asks"], 1)
+            mk.text = [_side_text(now["bids"]), _side_text(now["asks"])]
+
+    def _market(self, market: str) -> _Market:
+        mk = self.markets.get(market)
+        if mk is None:
+            mk = self.markets[market] = _Market(market)
+        return mk
+
+    def _publish(self, mk: _Market, kind: str, msg: dict) -> None:
+        n = mk.seqs[kind] = mk.seqs[kind] + 1
+        msg["seq"] = n
+        self.out.append((mk.topics[kind], self.encode(msg)))
+
+    # ---- events in (O(1) each) -------------------------------------------------------------
+
+    def event(self, ev) -> None:
+        h = self.handlers.get(type(ev))
+        if h is not None:
+            h(ev)
+
+    def _touch(self, mk: _Market, market: str, side: int, price) -> None:
+        if price is not None:
+            mk.touched[side].add(price)
+        self.touched.add(market)
+
+    def _full(self, market: str) -> None:
+        self._market(market).full = True
+        self.touched.add(market)
+
+    def _accepted(self, ev) -> None:
+        mk = self._market(ev.market)
+        side = 0 if ev.side == "buy" else 1
+        self.orders[ev.oid] = (mk, side, ev.price)
+        self._touch(mk, ev.market, side, ev.price)
+
+    def _cancelled(self, ev) -> None:
+        info = self.orders.pop(ev.oid, None)
+        if info is None:
+            self._full(ev.market)
+        else:
+            self._touch(info[0], ev.market, info[1], info[2])
+
+    def _amended(self, ev) -> None:
+        info = self.orders.get(ev.oid)
+        if info is None:
+            self._full(ev.market)
+            return
+        mk, side, old = info
+        self._touch(mk, ev.market, side, old)
+        self._touch(mk, ev.market, side, ev.price)
+        self.orders[ev.oid] = (mk, side, ev.price if ev.price is not None else old)
+
+    def _triggered(self, ev) -> None:
+        info = self.orders.get(ev.oid)
+        if info is None:
+            self._full(ev.market)
+        else:
+            self._touch(info[0], ev.market, info[1], info[2])
+
+    def _fill(self, ev) -> None:
+        mk = self._market(ev.market)
+        self._touch(mk, ev.market, 1 if ev.taker_side == "buy" else 0, ev.price)
+        if ev.maker_remaining == 0:
+            self.orders.pop(ev.maker_oid, None)
+        if ev.taker_remaining == 0:
+            self.orders.pop(ev.taker_oid, None)
+        self._publish(mk, "trade", {
+            "type": "trade", "market": ev.market, "seq": 0, "ts": ev.ts, "trade_id": ev.seq,
+            "price": ev.price, "qty": ev.qty, "taker_side": ev.taker_side,
+            "liquidation": ev.liquidation})
+
+    def _mark(self, ev) -> None:
+        self._publish(self._market(ev.market), "mark", {
+            "type": "mark", "market": ev.market, "seq": 0, "ts": ev.ts, "index": ev.index,
+            "mark": ev.mark})
+
+    def _funding(self, ev) -> None:
+        self._publish(self._market(ev.market), "funding", {
+            "type": "funding", "market": ev.market, "seq": 0, "ts": ev.ts,
+            "rate_ppm": ev.rate_ppm, "index_price": ev.index_price})
+
+    def _liquidation(self, ev) -> None:
+        self._full(ev.market)               # rare: read the whole book back
+        self._publish(self._market(ev.market), "liquidation", {
+            "type": "liquidation", "market": ev.market, "seq": 0, "ts": ev.ts,
+            "side": ev.side, "qty": ev.qty, "price": ev.price, "kind": ev.kind})
+
+    # ---- the end of a turn -----------------------------------------------------------------
+
+    def flush(self) -> list:
+        """This turn's messages, in order: the trades, marks, funding and liquidations as they
+        happened, then one `book` delta per market whose levels changed. O(events + the depth
+        of the worst touched level of each touched book)."""
+        if self.touched:
+            ts = self.engine.clock
+            for market in sorted(self.touched):
+                self._delta(market, ts)
+            self.touched.clear()
+        out, self.out = self.out, []
+        return out
+
+    def _delta(self, market: str, ts: int) -> None:
+        """Read back the touched levels and publish what changed. Every level that exists now
+        at or above the worst touched price was published before or was touched (a new level
+        comes from an order at that price), so the best `published there + touched` levels
+        hold every touched price. O(that depth + touched * log levels)."""
+        mk = self._market(market)
+        tb, ta = mk.touched
+        if mk.full:
+            depth = ALL
+            self.stats["full_reads"] += 1
+        else:
+            db = mk.bids.bisect_right(-min(tb)) + len(tb) if tb else 0
+            da = mk.asks.bisect_right(max(ta)) + len(ta) if ta else 0
+            depth = max(db, da, CHECKSUM_LEVELS)
+        self.stats["reads"] += 1
+        now = self.engine.book(market, depth)
+        if mk.full:
+            bids = _all_changes(mk.bids, now["bids"], -1)
+            asks = _all_changes(mk.asks, now["asks"], 1)
+            dirty = (True, True)
+        else:
+            dirty = (_in_top(mk.bids, tb, -1), _in_top(mk.asks, ta, 1))
+            bids = _changes(mk.bids, now["bids"], tb, -1)
+            asks = _changes(mk.asks, now["asks"], ta, 1)
+        tb.clear()
+        ta.clear()
+        mk.full = False
+        if not bids and not asks:
+            return
+        self.stats["book"] += 1
+        self.stats["levels"] += len(bids) + len(asks)
+        bids.sort(key=_price, reverse=True)
+        asks.sort(key=_price)
+        text = mk.text
+        if dirty[0]:
+            text[0] = _side_text(now["bids"])
+        if dirty[1]:
+            text[1] = _side_text(now["asks"])
+        self._publish(mk, "book", {
+            "type": "book", "market": market, "seq": 0, "ts": ts, "bids": bids, "asks": asks,
+            "checksum": zlib.crc32(f"{text[0]}|{text[1]}".encode())})
+
+    def heartbeat(self, ts: int) -> None:
+        """One `heartbeat` message: the last seq of every topic, so that a subscriber learns of a
+        lost last message on a quiet topic. Not numbered itself."""
+        seqs = {}
+        for market in self.engine.market_names():
+            mk = self._market(market)
+            for kind in KINDS:
+                seqs[mk.topics[kind].decode()] = mk.seqs[kind]
+        self.out.append((HEARTBEAT, self.encode({"type": "heartbeat", "ts": ts,
+                                                 "seqs": seqs})))
+
+    # ---- snapshots -------------------------------------------------------------------------
+
+    def snapshot(self, market: str, depth: int | None) -> dict:
+        """The book as the last published delta left it: `seq` (that delta's number), `bids`,
+        `asks` (best first, `depth` levels a side, or all), and the checksum of its top levels.
+        O(depth + 25)."""
+        mk = self._market(market)
+        n = max(depth or 0, CHECKSUM_LEVELS) if depth is not None else None
+        bids = [[-p, q] for p, q in islice(mk.bids.items(), n)]
+        asks = [[p, q] for p, q in islice(mk.asks.items(), n)]
+        crc = checksum(bids, asks)
+        if depth is not None:
+            bids, asks = bids[:depth], asks[:depth]
+        return {"market": market, "seq": mk.seqs["book"], "bids": bids, "asks": asks,
+                "checksum": crc}
+
+
+def _price(level):
+    return level[0]
+
+
+def _in_top(published: SortedDict, touched: set, sign: int) -> bool:
+    """Whether a touched price may change the side's top 25 levels: the side had fewer, or
+    the price is at or above its 25th level (a change below it leaves the top 25 as they
+    were). Called before `published` is updated. O(log levels)."""
+    if not touched:
+        return False
+    if len(published) < CHECKSUM_LEVELS:
+        return True
+    return min(sign * p for p in touched) <= published.peekitem(CHECKSUM_LEVELS - 1)[0]
+
+
+def _changes(published: SortedDict, levels: list, touched: set, sign: int) -> list:
+    """The touched prices whose total differs between `published` (keys `sign * price`) and
+    the engine's best `levels` (which hold every touched price that has a level), as
+    [price, new qty] (0: gone); `published` is brought up to date. O(levels + touched)."""
+    if not touched:
+        return []
+    now = dict(map(tuple, levels))
+    changed = []
+    for p in touched:
+        q = now.get(p, 0)
+        key = sign * p
+        if published.get(key, 0) != q:
+            changed.append([p, q])
+            if q:
+                published[key] = q
+            else:
+                del published[key]
+    return changed
+
+
+def _all_changes(published: SortedDict, levels: list, sign: int) -> list:
+    """Every level that differs between `published` and all the engine's `levels`, as
+    [price, new qty] (0: gone); `published` is replaced. O(levels log levels)."""
+    now = {p: q for p, q in levels}
+    changed = [[p, q] for p, q in now.items() if published.get(sign * p) != q]
+    changed += [[sign * k, 0] for k in published if sign * k not in now]
+    published.clear()
+    published.update({sign * p: q for p, q in now.items()})
+    return changed

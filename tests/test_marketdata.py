@@ -1,0 +1,506 @@
+"""The public market-data feed (issue 10) as subscribers meet it: real server processes, real
+CURVE sockets on loopback, random ports, linger 0 and timeouts, so nothing here can hang.
+
+The checksum is recomputed here by an implementation of the test's own, written from
+docs/protocol.md (binascii, bytes, no shared code with gateway/feed.py or gateway/mirror.py)."""
+import binascii
+import random
+import re
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from gateway.client import curve_socket
+from tests.test_gateway_hardening import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+dec = msgspec.msgpack.decode
+MARKETS = ("BTC-PERP", "ETH-PERP")
+INDEX = {"BTC-PERP": 650_000, "ETH-PERP": 300_000}
+TRADERS = ("mm-1", "mm-2", "taker-1", "taker-2")
+FAST = {"request_rate": [100_000, 100_000], "order_rate": [100_000, 100_000],
+        "cancel_rate": [100_000, 100_000]}
+# What each public message may carry, and nothing else.
+FIELDS = {
+    "book": {"type", "market", "seq", "ts", "bids", "asks", "checksum"},
+    "trade": {"type", "market", "seq", "ts", "trade_id", "price", "qty", "taker_side",
+              "liquidation"},
+    "mark": {"type", "market", "seq", "ts", "index", "mark"},
+    "funding": {"type", "market", "seq", "ts", "rate_ppm", "index_price"},
+    "liquidation": {"type", "market", "seq", "ts", "side", "qty", "price", "kind"},
+    "heartbeat": {"type", "ts", "seqs"},
+}
+
+
+def independent_checksum(bids, asks) -> int:
+    """docs/protocol.md, "The checksum", done again: bytes, binascii."""
+    def side(levels):
+        return b",".join(b"%d:%d" % (p, q) for p, q in levels[:25])
+    return binascii.crc32(side(bids) + b"|" + side(asks)) & 0xFFFFFFFF
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = serve(tmp_path_factory.mktemp("md"), limits=FAST, session_timeout_ms=60_000)
+    oracle = s.client("oracle")
+    for m, p in INDEX.items():
+        assert oracle.request("oracle", market=m, price=p)["ok"]
+    yield s
+    s.stop()
+
+
+def raw_sub(s, prefixes=(b"",), name="taker-2", rcvhwm=1_000_000):
+    sock = curve_socket(zmq.Context.instance(), zmq.SUB, str(s.data / "keys" / "server.key"),
+                        str(s.data / "keys" / f"{name}.key_secret"))
+    sock.rcvhwm = rcvhwm
+    for p in prefixes:
+        sock.setsockopt(zmq.SUBSCRIBE, p)
+    sock.connect(s.pub)
+    time.sleep(0.3)                     # the subscription reaches the PUB
+    return sock
+
+
+def read_all(sock, quiet_ms=300, at_most_s=20.0) -> list[tuple[bytes, bytes]]:
+    """What arrives until `quiet_ms` pass with nothing (the feed's heartbeat comes every
+    second), or `at_most_s`."""
+    out = []
+    deadline = time.monotonic() + at_most_s
+    while sock.poll(quiet_ms) and time.monotonic() < deadline:
+        out.append(tuple(sock.recv_multipart()))
+    return out
+
+
+class Flow:
+    """A seeded random order flow from the four traders over both markets, in batches: limits
+    on both sides (some crossing), cancels, amends, market orders, IOCs."""
+
+    def __init__(self, s, seed: int, tag: str):
+        self.rng = random.Random(seed)
+        self.clients = {n: s.client(n) for n in TRADERS}
+        self.open: dict[str, list] = {n: [] for n in TRADERS}
+        self.tag, self.n = tag, 0
+        self.sent = 0
+
+    def item(self, name: str) -> dict:
+        r, m = self.rng, self.rng.choice(MARKETS)
+        self.n += 1
+        mine = self.open[name]
+        roll = r.random()
+        if roll < 0.2 and mine:
+            market, cid = mine.pop(r.randrange(len(mine)))
+            return {"type": "cancel", "market": market, "cid": cid}
+        if roll < 0.3 and mine:
+            market, cid = r.choice(mine)
+            return {"type": "amend", "market": market, "cid": cid, "qty": r.randint(1, 30)}
+        if roll < 0.37:
+            return {"type": "new_order", "market": m, "cid": f"{self.tag}-{self.n}",
+                    "side": r.choice(("buy", "sell")), "kind": "market", "qty": r.randint(1, 40)}
+        side = r.choice(("buy", "sell"))
+        sign = -1 if side == "buy" else 1
+        price = INDEX[m] + sign * r.randint(-3, 60)         # a few cross
+        cid = f"{self.tag}-{self.n}"
+        tif = "ioc" if r.random() < 0.05 else "gtc"
+        if tif == "gtc":
+            mine.append((m, cid))
+        return {"type": "new_order", "market": m, "cid": cid, "side": side, "kind": "limit",
+                "qty": r.randint(1, 30), "price": price, "tif": tif}
+
+    def run(self, orders: int, batch: int = 20, between=None):
+        while orders > 0:
+            name = self.rng.choice(TRADERS)
+            k = min(batch, orders)
+            reply = self.clients[name].request("batch", items=[self.item(name)
+                                                               for _ in range(k)])
+            assert reply["ok"], reply
+            orders -= k
+            self.sent += k
+            if between is not None:
+                between()
+        for name in TRADERS:                # cap the books: cancel what piled up, now and then
+            if len(self.open[name]) > 400:
+                assert self.clients[name].request("cancel_all")["ok"]
+                self.open[name].clear()
+
+
+def engine_book(s, market):
+    """The engine's book now, every level, through a snapshot (what was last published) and
+    the `book` request (the engine itself, at most 100 levels a side)."""
+    c = s.client("admin")
+    live = c.request("book", market=market, depth=100)
+    snap = c.request("snapshot", market=market)
+    assert live["bids"] == snap["bids"][:100] and live["asks"] == snap["asks"][:100]
+    return snap
+
+
+def caught_up(md, s, markets=MARKETS, timeout=10.0):
+    """Poll the mirror until each of its books has the last published seq."""
+    want = {m: s.client("admin").request("snapshot", market=m)["seq"] for m in markets}
+    deadline = time.monotonic() + timeout
+    while any(md.books[m].seq != want[m] for m in markets):
+        assert time.monotonic() < deadline, {m: (md.books[m].seq, want[m]) for m in markets}
+        md.poll(20)
+
+
+# ---- the mirror follows the engine ----------------------------------------------------------
+
+def test_after_a_long_random_flow_every_subscribers_mirror_equals_the_engines_book(srv):
+    updates = {n: [] for n in ("mm-1", "taker-1", "admin")}
+    mds = {n: srv.client(n).market_data(srv.pub, MARKETS, on_update=updates[n].append)
+           for n in updates}
+    flow = Flow(srv, seed=1, tag="long")
+    try:
+        for checkpoint in range(6):
+            flow.run(500, between=lambda: [md.poll(0) for md in mds.values()])
+            for name, md in mds.items():
+                caught_up(md, srv)
+            for m in MARKETS:
+                book = engine_book(srv, m)
+                assert book["seq"] > 0
+                for name, md in mds.items():
+                    mirror = md.books[m]
+                    assert (mirror.levels("bids"), mirror.levels("asks")) == \
+                        (book["bids"], book["asks"]), (name, m, checkpoint)
+        assert len(book["bids"]) > 25 and len(book["asks"]) > 25    # deeper than the checksum
+        trades = [u for u in updates["admin"] if u["type"] == "trade"]
+        assert len(trades) > 300
+        for name, md in mds.items():           # and never by a resync: every delta was right
+            assert [u for u in updates[name] if u["type"] in ("resync", "gap")] == []
+            assert all(b.resyncs == 0 for b in md.books.values())
+    finally:
+        for md in mds.values():
+            md.close()
+
+
+def test_a_deliberately_dropped_delta_is_detected_and_repaired(srv):
+    seen = []
+    md = srv.client("mm-2").market_data(srv.pub, ["BTC-PERP"], on_update=seen.append)
+    try:
+        handle = md.state.handle
+        dropped = []
+
+        def lossy(topic, msg):
+            if msg.get("type") == "book" and not dropped:
+                dropped.append(msg["seq"])
+                return [], set()            # this delta never arrived
+            return handle(topic, msg)
+
+        md.state.handle = lossy
+        Flow(srv, seed=2, tag="drop").run(200)
+        caught_up(md, srv, ["BTC-PERP"])
+        assert dropped
+        assert [u for u in seen if u["type"] == "resync"], "the gap went unnoticed"
+        assert md.books["BTC-PERP"].resyncs >= 1
+        book = engine_book(srv, "BTC-PERP")
+        mirror = md.books["BTC-PERP"]
+        assert (mirror.levels("bids"), mirror.levels("asks")) == (book["bids"], book["asks"])
+    finally:
+        md.close()
+
+
+def test_a_lost_last_delta_is_found_by_the_heartbeat_and_repaired(srv):
+    seen = []
+    md = srv.client("mm-2").market_data(srv.pub, ["ETH-PERP"], on_update=seen.append)
+    try:
+        handle = md.state.handle
+        md.state.handle = lambda topic, msg: ([], set()) if msg.get("type") == "book" \
+            else handle(topic, msg)         # every delta from now on is lost ...
+        assert srv.client("mm-1").request("new_order", market="ETH-PERP", cid="hb-1",
+                                          side="buy", kind="limit", qty=2,
+                                          price=INDEX["ETH-PERP"] - 900)["ok"]
+        md.poll(300)
+        md.state.handle = handle            # ... and then none: only a heartbeat can tell
+        deadline = time.monotonic() + 5
+        while not any(u["type"] == "book" and u["delta"] is None for u in seen[1:]):
+            assert time.monotonic() < deadline, "no heartbeat revealed the lost delta"
+            md.poll(100)
+        assert [INDEX["ETH-PERP"] - 900, 2] in md.books["ETH-PERP"].levels("bids")
+    finally:
+        md.close()
+        srv.client("mm-1").request("cancel", market="ETH-PERP", cid="hb-1")
+
+
+def test_a_lost_trade_is_reported_as_a_gap_in_the_trade_stream(srv):
+    seen = []
+    md = srv.client("mm-2").market_data(srv.pub, ["BTC-PERP"], on_update=seen.append)
+    try:
+        handle = md.state.handle
+        lost = []
+
+        def lossy(topic, msg):
+            if msg.get("type") == "trade" and len([u for u in seen if u["type"] == "trade"]) \
+                    == 1 and not lost:
+                lost.append(msg["seq"])
+                return [], set()
+            return handle(topic, msg)
+
+        md.state.handle = lossy
+        Flow(srv, seed=11, tag="gap").run(300)
+        caught_up(md, srv, ["BTC-PERP"])
+        md.poll(200)
+        gaps = [u for u in seen if u["type"] == "gap"]
+        assert lost and gaps and gaps[0] == {"type": "gap", "topic": "trade.BTC-PERP",
+                                             "after": lost[0] - 1, "lost": 1}
+    finally:
+        md.close()
+
+
+def test_a_mirror_that_disagrees_with_a_checksum_resyncs(srv):
+    seen = []
+    Flow(srv, seed=30, tag="crc0").run(100)                 # a book with both sides
+    md = srv.client("mm-2").market_data(srv.pub, ["ETH-PERP"], on_update=seen.append)
+    try:
+        mirror = md.books["ETH-PERP"]
+        for side in (mirror.bids, mirror.asks):             # the best levels, drifted
+            key, qty = side.peekitem(0)
+            side[key] = qty + 1
+        Flow(srv, seed=3, tag="crc").run(100)
+        caught_up(md, srv, ["ETH-PERP"])
+        assert any(u["type"] == "resync" and "checksum" in u["detail"] for u in seen)
+        book = engine_book(srv, "ETH-PERP")
+        assert (mirror.levels("bids"), mirror.levels("asks")) == (book["bids"], book["asks"])
+    finally:
+        md.close()
+
+
+def test_the_async_mirror_yields_updates_and_follows_the_book(srv):
+    import asyncio
+
+    from gateway.client import AsyncClient
+
+    async def session():
+        c = AsyncClient(srv.router, str(srv.data / "keys" / "server.key"),
+                        str(srv.data / "keys" / "taker-1.key_secret"))
+        md = c.market_data(srv.pub, ["BTC-PERP"])
+        try:
+            await md.start()
+            await asyncio.to_thread(Flow(srv, seed=4, tag="async").run, 200)
+            want = (await c.request("snapshot", market="BTC-PERP"))["seq"]
+            kinds = set()
+            async for u in md.updates():
+                kinds.add(u["type"])
+                if md.books["BTC-PERP"].seq == want:
+                    break
+            return md.books["BTC-PERP"], kinds
+        finally:
+            md.close()
+            c.close()
+
+    mirror, kinds = asyncio.run(asyncio.wait_for(session(), 30))
+    book = engine_book(srv, "BTC-PERP")
+    assert (mirror.levels("bids"), mirror.levels("asks")) == (book["bids"], book["asks"])
+    assert {"book", "trade"} <= kinds and "resync" not in kinds
+
+
+# ---- what the feed says -----------------------------------------------------------------------
+
+def test_checksums_match_an_independent_implementation(srv):
+    sub = raw_sub(srv, [b"book."])
+    books = {m: ({}, {}) for m in MARKETS}
+    snaps = {m: srv.client("admin").request("snapshot", market=m) for m in MARKETS}
+    for m, snap in snaps.items():
+        books[m][0].update(dict(snap["bids"]))
+        books[m][1].update(dict(snap["asks"]))
+    Flow(srv, seed=5, tag="ind").run(600, batch=5)
+    n = 0
+    for topic, body in read_all(sub):
+        msg = dec(body)
+        m = msg["market"]
+        if msg["seq"] <= snaps[m]["seq"]:
+            continue
+        bids, asks = books[m]
+        for side, levels in ((bids, msg["bids"]), (asks, msg["asks"])):
+            for p, q in levels:
+                if q == 0:
+                    del side[p]             # a level removed was there
+                else:
+                    side[p] = q
+        best_bids = sorted(bids.items(), reverse=True)
+        best_asks = sorted(asks.items())
+        assert independent_checksum(best_bids, best_asks) == msg["checksum"], (m, msg["seq"])
+        n += 1
+    assert n > 100
+    for m in MARKETS:
+        book = engine_book(srv, m)
+        assert sorted(books[m][0].items(), reverse=True) == [tuple(x) for x in book["bids"]]
+
+
+def test_the_worked_checksum_example_of_the_protocol_doc_is_right():
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    example = re.search(r"bids `(\[\[.*?\]\])`, asks `(\[\[.*?\]\])`.*?`\"(.*?)\"`.*?"
+                        r"CRC32 (\d+)", doc, re.S)
+    assert example, "docs/protocol.md has a worked checksum example"
+    bids, asks = msgspec.json.decode(example.group(1)), msgspec.json.decode(example.group(2))
+    text, crc = example.group(3), int(example.group(4))
+    assert text == ",".join(f"{p}:{q}" for p, q in bids) + "|" + \
+        ",".join(f"{p}:{q}" for p, q in asks)
+    assert independent_checksum(bids, asks) == crc
+    from gateway.feed import checksum
+    assert checksum(bids, asks) == crc
+
+
+def test_no_public_message_of_a_long_flow_names_an_account_a_cid_or_an_oid(srv):
+    sub = raw_sub(srv)
+    flow = Flow(srv, seed=6, tag="secretcid")
+    flow.run(1500, batch=5)
+    srv.client("oracle").request("oracle", market="BTC-PERP", price=INDEX["BTC-PERP"] + 5)
+    oids = set()
+    for c in flow.clients.values():
+        for o in c.request("query_account")["events"][0]["open_orders"]:
+            oids.add(o["oid"])
+    msgs = read_all(sub)
+    kinds = set()
+    assert len(msgs) > 500
+    for topic, body in msgs:
+        assert b"secretcid" not in body
+        for name in TRADERS + ("admin", "oracle"):
+            assert name.encode() not in body
+        msg = dec(body)
+        kinds.add(msg["type"])
+        assert set(msg) <= FIELDS[msg["type"]], msg
+    assert {"book", "trade", "mark"} <= kinds
+    assert not {"fill", "order_triggered", "order_accepted"} & kinds
+
+
+def test_a_fill_goes_to_the_private_stream_and_only_an_anonymous_trade_to_the_feed(srv):
+    for name in TRADERS:                    # an empty book: the one trade is ours
+        assert srv.client(name).request("cancel_all")["ok"]
+    sub = raw_sub(srv, [b"trade.ETH-PERP", b"fill", b"ETH-PERP"])
+    mm, taker = srv.client("mm-1"), srv.client("taker-1")
+    mm.subscribe()
+    assert mm.request("new_order", market="ETH-PERP", cid="p-1", side="sell", kind="limit",
+                      qty=3, price=INDEX["ETH-PERP"] + 1)["ok"]
+    hit = taker.request("new_order", market="ETH-PERP", cid="p-2", side="buy", kind="limit",
+                        qty=3, price=INDEX["ETH-PERP"] + 1)
+    fill = [e for e in hit["events"] if e["type"] == "fill"][0]
+    private = [i["event"] for i in mm.stream(2) if i["event"]["type"] == "fill"]
+    assert private and private[0]["maker_cid"] == "p-1"
+    (topic, body), = read_all(sub)
+    trade = dec(body)
+    assert topic == b"trade.ETH-PERP"
+    assert trade == {"type": "trade", "market": "ETH-PERP", "seq": trade["seq"],
+                     "ts": fill["ts"], "trade_id": fill["seq"], "price": fill["price"],
+                     "qty": 3, "taker_side": "buy", "liquidation": False}
+
+
+def test_each_topic_numbers_its_messages_one_by_one_from_one(tmp_path):
+    s = serve(tmp_path, limits=FAST, session_timeout_ms=60_000)
+    try:
+        sub = raw_sub(s)
+        oracle = s.client("oracle")
+        for m, p in INDEX.items():
+            oracle.request("oracle", market=m, price=p)
+        Flow(s, seed=7, tag="num").run(800)
+        oracle.request("oracle", market="ETH-PERP", price=INDEX["ETH-PERP"] + 3)
+        seqs: dict[bytes, list] = {}
+        for topic, body in read_all(sub):
+            msg = dec(body)
+            if topic == b"heartbeat":
+                continue
+            seqs.setdefault(topic, []).append(msg["seq"])
+        assert {b"book.BTC-PERP", b"trade.ETH-PERP", b"mark.ETH-PERP"} <= set(seqs)
+        for topic, got in seqs.items():
+            assert got == list(range(1, len(got) + 1)), topic
+    finally:
+        s.stop()
+
+
+def test_one_book_message_per_market_per_loop_turn_with_every_changed_level(srv):
+    sub = raw_sub(srv, [b"book.BTC-PERP"])
+    items = [{"type": "new_order", "market": "BTC-PERP", "cid": f"turn-{k}", "side": "buy",
+              "kind": "limit", "qty": 2, "price": INDEX["BTC-PERP"] - 500 - k} for k in range(10)]
+    assert srv.client("mm-1").request("batch", items=items)["ok"]
+    (topic, body), = read_all(sub)
+    delta = dec(body)
+    assert delta["asks"] == []
+    assert delta["bids"] == [[INDEX["BTC-PERP"] - 500 - k, 2] for k in range(10)]
+    srv.client("mm-1").request("batch", items=[{"type": "cancel", "market": "BTC-PERP",
+                                                "cid": f"turn-{k}"} for k in range(10)])
+    (topic, body), = read_all(sub)
+    assert dec(body)["bids"] == [[INDEX["BTC-PERP"] - 500 - k, 0] for k in range(10)]
+
+
+def test_a_heartbeat_names_the_last_seq_of_every_topic(srv):
+    sub = raw_sub(srv, [b"heartbeat"])
+    assert sub.poll(3000)
+    topic, body = sub.recv_multipart()
+    hb = dec(body)
+    snap = srv.client("admin").request("snapshot", market="BTC-PERP")
+    assert topic == b"heartbeat" and hb["type"] == "heartbeat"
+    assert {f"{k}.{m}" for k in FIELDS if k != "heartbeat" for m in MARKETS} <= set(hb["seqs"])
+    assert hb["seqs"]["book.BTC-PERP"] <= snap["seq"]
+
+
+# ---- snapshots ---------------------------------------------------------------------------
+
+def test_a_snapshot_gives_the_top_n_levels_with_the_seq_it_corresponds_to(srv):
+    c = srv.client("taker-1")
+    full = c.request("snapshot", market="BTC-PERP")
+    top = c.request("snapshot", market="BTC-PERP", depth=3)
+    assert top["seq"] == full["seq"] and top["checksum"] == full["checksum"]
+    assert top["bids"] == full["bids"][:3] and top["asks"] == full["asks"][:3]
+    assert full["checksum"] == independent_checksum(full["bids"], full["asks"])
+
+
+@pytest.mark.parametrize("fields, words", [({"market": "NOPE-PERP"}, "known `market`"),
+                                           ({"market": "BTC-PERP", "depth": 0}, "$.depth"),
+                                           ({}, "market")])
+def test_a_bad_snapshot_request_is_invalid_command_with_a_reason(srv, fields, words):
+    reply = srv.client("taker-1").request("snapshot", **fields)
+    assert (reply["ok"], reply["reason"]) == (False, "invalid_command")
+    assert words in reply["detail"]
+
+
+def test_markets_answers_every_parameter_a_client_needs_to_trade_and_to_margin(srv):
+    m = {x["market"]: x for x in srv.client("taker-1").request("markets")["markets"]}
+    btc = m["BTC-PERP"]
+    assert (btc["tick_size"], btc["lot_size"], btc["min_qty"]) == ("0.1", "0.001", 1)
+    assert btc["max_price"] > 0 and btc["max_qty"] > 0 and btc["multiplier"] > 0
+    assert (btc["maker_fee_ppm"], btc["taker_fee_ppm"], btc["liquidation_fee_ppm"]) == \
+        (-100, 500, 10_000)
+    assert (btc["imf_ppm"], btc["mmf_ppm"], btc["max_leverage"]) == (100_000, 50_000, 10)
+    assert btc["tiers"] == []           # none configured: imf_ppm and mmf_ppm at every size
+    assert (btc["price_band_ppm"], btc["funding_interval_s"], btc["funding_cap_ppm"]) == \
+        (50_000, 3600, 7500)
+    assert btc["oracle_max_age_s"] == 0 and btc["interest_ppm"] == 100
+
+
+# ---- never wait for a subscriber ----------------------------------------------------------
+
+def test_a_subscriber_that_sleeps_through_thousands_of_deltas_recovers_and_slows_nobody(
+        tmp_path):
+    # (a PUB never blocks and never says that it dropped: the gap is the sleeper's to see)
+    s = serve(tmp_path, limits=dict(FAST, pub_hwm=50, sndbuf=4096), session_timeout_ms=60_000)
+    try:
+        oracle = s.client("oracle")
+        for m, p in INDEX.items():
+            oracle.request("oracle", market=m, price=p)
+        seen = []
+        sleeper = s.client("taker-2").market_data(s.pub, MARKETS, on_update=seen.append,
+                                                  hwm=50)
+        sleeper.sock.rcvbuf = 4096
+        watcher = raw_sub(s, [b"book."], name="mm-2")       # a subscriber that keeps up
+        flow = Flow(s, seed=8, tag="sleep")
+        t0 = time.monotonic()
+        got = []
+        flow.run(4000, batch=1, between=lambda: got.extend(read_all(watcher, quiet_ms=0)))
+        took = time.monotonic() - t0
+        got.extend(read_all(watcher))
+        assert len(got) > 2000, "thousands of deltas passed"
+        assert took < 60
+        sleeper.poll(100)                   # wakes up: the gap is seen, the mirror repaired
+        caught_up(sleeper, s)
+        assert any(u["type"] == "resync" and "lost" in u["detail"] for u in seen)
+        for m in MARKETS:                   # the one that kept up lost nothing
+            seqs = [dec(b)["seq"] for t, b in got if t == f"book.{m}".encode()]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        for m in MARKETS:
+            book = engine_book(s, m)
+            mirror = sleeper.books[m]
+            assert (mirror.levels("bids"), mirror.levels("asks")) == (book["bids"],
+                                                                      book["asks"])
+        sleeper.close()
+    finally:
+        s.stop()
