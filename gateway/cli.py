@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--oracle-sim", choices=("on", "off"),
                     help="a simulated oracle feed (default: on with the embedded default "
                     "configuration, off with --config)")
+    sv.add_argument("--metrics", metavar="HOST:PORT",
+                    help="serve Prometheus metrics there (docs/observability.md)")
+    sv.add_argument("--log-format", choices=("text", "json"),
+                    help="log lines as text or as JSON objects (docs/observability.md)")
     sv.add_argument("--session-timeout-ms", type=int,
                     help="a session with no word for this long is gone (overrides the config)")
 
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.router = args.router or cfg.router
         cfg.pub = args.pub or cfg.pub
         cfg.session_timeout_ms = args.session_timeout_ms or cfg.session_timeout_ms
+        cfg.metrics = args.metrics or cfg.metrics
+        cfg.log_format = args.log_format or cfg.log_format
         sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
         import zmq
         try:

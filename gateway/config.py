@@ -46,6 +46,8 @@ class ServerSection(Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: Annotated[str, Meta(min_length=1)] = "perpdex-data"
     heartbeat_ms: PositiveMs = 1000
     session_timeout_ms: PositiveMs = 5000
+    metrics: Annotated[str, Meta(pattern=r"^$|^[^\s:]*:[0-9]{1,5}$")] = ""
+    log_format: Literal["text", "json"] = "text"
 
 
 class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -80,6 +82,8 @@ class Config:
     data_dir: Path = Path(_SERVER.data_dir)
     heartbeat_ms: int = _SERVER.heartbeat_ms
     session_timeout_ms: int = _SERVER.session_timeout_ms
+    metrics: str = _SERVER.metrics
+    log_format: str = _SERVER.log_format
     markets: list[M.CreateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
@@ -142,7 +146,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     s = parsed.server
     return Config(router=s.router, pub=s.pub, data_dir=Path(s.data_dir),
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
-                  markets=parsed.markets,
+                  metrics=s.metrics, log_format=s.log_format, markets=parsed.markets,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
                             for n, a in parsed.accounts.items()})
 

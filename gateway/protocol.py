@@ -100,6 +100,10 @@ class Snapshot(Request, tag="snapshot"):
     depth: Union[Annotated[int, Meta(ge=1, le=M.INT64_MAX)], None] = None
 
 
+class Health(Request, tag="health"):
+    """Is the server up, and how far along: seq, clock, connections (docs/observability.md)."""
+
+
 class Login(Request, tag="login"):
     account: Annotated[str, Meta(min_length=1, max_length=64)]
 
@@ -108,7 +112,8 @@ class Batch(Request, tag="batch"):
     items: list[Raw]                     # each decoded on its own: one status per item
 
 
-GATEWAY = (Heartbeat, Session, ScheduleCancel, Subscribe, Book, Markets, Snapshot, Login, Batch)
+GATEWAY = (Heartbeat, Session, ScheduleCancel, Subscribe, Book, Markets, Snapshot, Health, Login,
+           Batch)
 for _cls in GATEWAY:
     _cls.tag = _cls.__struct_config__.tag
     _cls.command = None

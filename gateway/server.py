@@ -24,6 +24,7 @@ import resource
 import shutil
 import signal
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .config import Config
 from .durability import Durability, Sequencer
 from .feed import Feed
 from .limits import Limits
+from .observability import Metrics, configure_logging
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -102,8 +104,14 @@ class GatedAuthenticator(ThreadAuthenticator):
 
     async def _authenticate_curve(self, domain, client_key):
         if self.full():
+            log.warning("handshake refused: too many connections",
+                        extra={"event": "auth_refused", "why": "too many connections"})
             return False, b"too many connections"
-        return await super()._authenticate_curve(domain, client_key)
+        ok, why = await super()._authenticate_curve(domain, client_key)
+        if not ok:
+            log.warning("handshake refused: %s", why.decode(errors="replace"),
+                        extra={"event": "auth_failed", "why": why.decode(errors="replace")})
+        return ok, why
 
 
 class Bucket:
@@ -234,10 +242,13 @@ class Server:
         self.feed_beat = 0                          # when the feed's next heartbeat is due (ns)
         self.notices: set[bytes] = set()            # suspended connections not yet told
         self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0}
+        self.started = time.monotonic()
+        self.tag = "unreadable"                     # the type of the request being handled
+        self.metrics = None                         # gateway/observability.py, when configured
         self.handlers = {P.Heartbeat: self._heartbeat, P.Session: self._session,
                          P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
                          P.Book: self._book, P.Markets: self._markets,
-                         P.Snapshot: self._snapshot}
+                         P.Snapshot: self._snapshot, P.Health: self._health}
         self.ctx = zmq.Context()
         self.auth = None
         pub = sec = None
@@ -325,8 +336,13 @@ class Server:
         """The one guard: a request that fails in any unforeseen way is answered
         `internal_error`, logged with its traceback, and the loop goes on."""
         identity = frames[0].bytes
+        started = time.perf_counter()
+        self.tag = "unreadable"
         try:
             self._handle(identity, frames)
+            if self.metrics is not None:
+                self.metrics.requests.labels(self.tag).inc()
+                self.metrics.latency.labels(self.tag).observe(time.perf_counter() - started)
         except Exception as e:          # noqa: BLE001 - this is the guard
             self.stats["internal_errors"] += 1
             log.exception("request from connection %s failed", identity.hex())
@@ -338,13 +354,20 @@ class Server:
                 f"it did before is in your private stream, and query_account tells your state"))
 
     def _reply(self, identity: bytes, message) -> bytes:
+        if (self.metrics is not None and type(message) is dict
+                and message.get("ok") is False):
+            self.metrics.errors.labels(str(message.get("reason"))).inc()
         data = message if type(message) is bytes else self.encode(message)
         self.out.append((identity, data))
         return data
 
     def _flush(self):
         """Durable first (the seam), then everything of this turn leaves, none of it waiting."""
-        self.seq.commit()
+        if self.metrics is not None:
+            with self.metrics.commit.time():
+                self.seq.commit()
+        else:
+            self.seq.commit()
         send = self._send
         for identity, data in self.out:
             send(identity, data)
@@ -395,6 +418,8 @@ class Server:
         sess.suspended = True
         self.notices.add(identity)
         self.stats["suspended"] += 1
+        log.warning("slow consumer: %s's private stream suspended", sess.account,
+                    extra={"event": "slow_consumer", "account": sess.account})
 
     def _tell_suspended(self):
         for identity in list(self.notices):
@@ -427,6 +452,7 @@ class Server:
                 self.connected.add(fd)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.connected.discard(fd)
+                log.info("a connection closed", extra={"event": "disconnect"})
 
     def _full(self) -> bool:
         """Whether the connection handshaking now is one too many (asked by the ZAP thread;
@@ -492,6 +518,7 @@ class Server:
             return
         rid = req.req_id
         cls = type(req)
+        self.tag = cls.tag
         if cls is P.Login:
             self._reply(identity, self._login(identity, req))
             return
@@ -619,6 +646,18 @@ class Server:
         return {"req_id": req.req_id, "ok": True, "market": req.market,
                 **self.engine.book(req.market, req.depth)}
 
+    def health_facts(self) -> dict:
+        """What `health` answers and the metrics' gauges read. O(markets)."""
+        return {"seq": self.engine.seq, "clock": self.engine.clock,
+                "commands": self.engine.n_commands,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "connections": len(self.connected), "sessions": len(self.sessions),
+                "markets": self.engine.market_names(), "internal_errors":
+                    self.stats["internal_errors"]}
+
+    def _health(self, acct, sess, identity, req, now):
+        return {"req_id": req.req_id, "ok": True, **self.health_facts()}
+
     def _markets(self, acct, sess, identity, req, now):
         return {"req_id": req.req_id, "ok": True,
                 "markets": [market_info(sp) for sp in self.engine.specs]}
@@ -660,6 +699,8 @@ class Server:
         returned Raw list), to the private streams of its accounts and to the PUB. Tracks the
         orders a session placed, for cancel-on-disconnect. O(events * subscribers)."""
         events = self.seq.run(cmd)
+        if self.metrics is not None:
+            self.metrics.events(events)
         encode = self.encode
         feed = self.feed.event
         raws = []
@@ -673,6 +714,12 @@ class Server:
                     self.owners[ev.oid] = sess
             elif t is M.OrderCancelled:
                 self._closed(ev.oid)
+            elif t is M.LiquidationEvent:
+                log.info("liquidation: %s %s %s %d at %d (%s)", ev.account, ev.market, ev.side,
+                         ev.qty, ev.price, ev.kind,
+                         extra={"event": "liquidation", "account": ev.account,
+                                "market": ev.market, "side": ev.side, "qty": ev.qty,
+                                "price": ev.price, "kind": ev.kind, "fee": ev.fee})
             elif t is M.Fill:
                 if ev.taker_remaining == 0:
                     self._closed(ev.taker_oid)
@@ -780,10 +827,12 @@ def _raise_fd_limit(max_connections: int) -> int:
 
 def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         limits: Limits | None = None, durability: Durability | None = None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(cfg.log_format, sys.stderr)
     server = Server(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
                     limits=limits, durability=durability)
+    if cfg.metrics:
+        server.metrics = Metrics(server)
+        server.metrics.serve(cfg.metrics)
     signals = []
 
     def stop(signum, _frame):
@@ -802,7 +851,12 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
     for name, path in server.key_paths.items():
         if name != "server":
             out.write(f"  {name} ({cfg.accounts[name].role}): {path}\n")
+    if cfg.metrics:
+        out.write(f"metrics: http://{cfg.metrics}/metrics\n")
     out.flush()
+    log.info("started", extra={"event": "start", "router": cfg.router, "pub": cfg.pub,
+                               "markets": server.engine.market_names(),
+                               "accounts": len(cfg.accounts), "metrics": cfg.metrics or None})
     try:
         server.serve_forever()
     finally:

@@ -1,0 +1,120 @@
+"""What an operator watches (docs/observability.md): Prometheus metrics, JSON log lines, and the
+facts the `health` request answers.
+
+Metrics live in the server's own registry (prometheus-client) and are served over HTTP by
+`Metrics.serve(address)`. Counters are bumped as the loop works (a few dict lookups a request);
+gauges (connections, sessions, queues, the engine's seq) are read from the server only when
+Prometheus scrapes, so they cost the loop nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+# Request latencies, inside the server: 20 us to 1 s.
+BUCKETS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 0.1, 1.0)
+
+
+class Metrics:
+    """The server's metrics. Names and labels are documented in docs/observability.md."""
+
+    def __init__(self, server):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("perpdex_requests", "Requests handled, by type", ["type"],
+                                registry=r)
+        self.latency = Histogram("perpdex_request_seconds",
+                                 "Time from reading a request to queueing its reply", ["type"],
+                                 buckets=BUCKETS, registry=r)
+        self.errors = Counter("perpdex_errors", "Requests answered with an error, by reason",
+                              ["reason"], registry=r)
+        self.rejections = Counter("perpdex_rejections",
+                                  "Commands the engine answered `rejected`, by reason",
+                                  ["reason"], registry=r)
+        self.orders = Counter("perpdex_orders", "Orders accepted, by market", ["market"],
+                              registry=r)
+        self.fills = Counter("perpdex_fills", "Fills, by market", ["market"], registry=r)
+        self.liquidations = Counter("perpdex_liquidations", "Liquidation events, by kind",
+                                    ["kind"], registry=r)
+        self.commit = Histogram("perpdex_commit_seconds",
+                                "Time to make a loop turn's commands durable (the journal lag "
+                                "a reply waits for)", buckets=BUCKETS, registry=r)
+        r.register(_Gauges(server))
+        self.http = None
+
+    def serve(self, address: str):
+        """Serve /metrics on `host:port` (in a thread of the server process)."""
+        host, _, port = address.rpartition(":")
+        self.http = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        return self.http
+
+    def events(self, events) -> None:
+        """Count what a command did. O(events)."""
+        for ev in events:
+            tag = ev.__struct_config__.tag
+            if tag == "order_accepted":
+                self.orders.labels(ev.market).inc()
+            elif tag == "fill":
+                self.fills.labels(ev.market).inc()
+            elif tag == "rejected":
+                self.rejections.labels(ev.reason).inc()
+            elif tag == "liquidation":
+                self.liquidations.labels(ev.kind).inc()
+
+
+class _Gauges:
+    """Gauges read from the server when Prometheus scrapes."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def collect(self):
+        s = self.server
+        for name, doc, value in (
+                ("perpdex_connections", "Connections that finished the handshake",
+                 s.health_facts()["connections"]),
+                ("perpdex_sessions", "Sessions (connections that sent a request)", len(s.sessions)),
+                ("perpdex_queue_replies", "Replies queued this loop turn", len(s.out)),
+                ("perpdex_queue_stream_items", "Private-stream items queued this loop turn",
+                 len(s.stream_out)),
+                ("perpdex_engine_seq", "Events the engine has written", s.engine.seq),
+                ("perpdex_engine_commands", "Commands the engine has applied", s.engine.n_commands),
+                ("perpdex_dropped", "Messages dropped for connections that could not keep up",
+                 s.stats["dropped"]),
+                ("perpdex_suspended", "Private streams suspended for slow connections",
+                 s.stats["suspended"]),
+                ("perpdex_internal_errors", "Requests that failed in an unforeseen way",
+                 s.stats["internal_errors"])):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line: `ts` (ISO 8601, UTC), `level`, `logger`, `msg`, and the fields a
+    call passes in `extra={"event": ..., ...}` (docs/observability.md lists the events)."""
+
+    SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record):
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+               + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        out.update({k: v for k, v in vars(record).items() if k not in self.SKIP})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(fmt: str, stream) -> None:
+    """`text` (a line a record) or `json` (JsonLines) on `stream`."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)

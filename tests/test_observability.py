@@ -1,0 +1,94 @@
+"""What an operator watches (docs/observability.md), on a real server process: the Prometheus
+endpoint with the documented names after some trading, the `health` request, and JSON log lines
+for start, liquidations and disconnects."""
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway.client import Client
+from tests.test_gateway import PERPDEX, free_port
+
+DOCUMENTED = ["perpdex_requests_total", "perpdex_request_seconds_bucket", "perpdex_errors_total",
+              "perpdex_rejections_total", "perpdex_orders_total", "perpdex_fills_total",
+              "perpdex_commit_seconds_count", "perpdex_connections", "perpdex_sessions",
+              "perpdex_queue_replies", "perpdex_queue_stream_items", "perpdex_engine_seq",
+              "perpdex_engine_commands", "perpdex_dropped", "perpdex_suspended",
+              "perpdex_internal_errors"]
+
+
+@pytest.fixture
+def venue(tmp_path):
+    data = tmp_path / "data"
+    router, pub, metrics = (f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}",
+                            f"127.0.0.1:{free_port()}")
+    proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router, "--pub",
+                             pub, "--oracle-sim", "off", "--metrics", metrics,
+                             "--log-format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while b"perpdex serving" not in proc.stdout.readline():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+
+    def client(name):
+        return Client(router, str(data / "keys" / "server.key"),
+                      str(data / "keys" / f"{name}.key_secret"), timeout_ms=3000)
+    try:
+        yield client, metrics, proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def scrape(address) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def trade(client):
+    client("oracle").request("oracle", market="BTC-PERP", price=650_000)
+    mm, taker = client("mm-1"), client("taker-1")
+    mm.request("new_order", market="BTC-PERP", cid=1, side="sell", kind="limit", qty=5,
+               price=650_000)
+    taker.request("new_order", market="BTC-PERP", cid=1, side="buy", kind="limit", qty=5,
+                  price=650_000)
+    taker.request("cancel", market="BTC-PERP", cid=999)                 # rejected: unknown_order
+    taker.request("cancel_all", market="NOPE")                          # rejected: unknown_market
+    taker.request("withdraw", account="mm-1", amount=1)                 # an error: forbidden
+
+
+def test_the_metrics_endpoint_answers_with_the_documented_names_after_trading(venue):
+    client, metrics, _ = venue
+    trade(client)
+    text = scrape(metrics)
+    for name in DOCUMENTED:
+        assert re.search(rf"^{name}(\{{| )", text, re.M), name
+    assert re.search(r'^perpdex_fills_total\{market="BTC-PERP"\} 1\.0$', text, re.M)
+    assert re.search(r'^perpdex_rejections_total\{reason="unknown_order"\} 1\.0$', text, re.M)
+    assert re.search(r'^perpdex_requests_total\{type="new_order"\} 2\.0$', text, re.M)
+    assert re.search(r'^perpdex_errors_total\{reason="invalid_command"\} ', text, re.M)
+
+
+def test_health_says_how_far_along_the_server_is(venue):
+    client, _, _ = venue
+    trade(client)
+    reply = client("mm-2").request("health")
+    assert reply["ok"] and reply["seq"] > 0 and reply["commands"] > 0
+    assert reply["markets"] == ["BTC-PERP", "ETH-PERP"] and reply["connections"] >= 1
+
+
+def test_log_lines_are_json_objects_with_the_documented_events(venue):
+    client, _, proc = venue
+    trade(client)
+    proc.terminate()
+    proc.wait(10)
+    lines = [json.loads(x) for x in proc.stderr.read().decode().splitlines() if x.strip()]
+    events = {x.get("event") for x in lines}
+    assert {"start"} <= events and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+    start = next(x for x in lines if x.get("event") == "start")
+    assert start["markets"] == ["BTC-PERP", "ETH-PERP"]
