@@ -452,7 +452,6 @@ class Server:
                 self.connected.add(fd)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.connected.discard(fd)
-                log.info("a connection closed", extra={"event": "disconnect"})
 
     def _full(self) -> bool:
         """Whether the connection handshaking now is one too many (asked by the ZAP thread;
@@ -467,6 +466,12 @@ class Server:
             if now - sess.last_seen <= timeout:
                 continue
             del self.sessions[identity]
+            log.info("%s's session ended: no word for %d ms%s", sess.account,
+                     self.cfg.session_timeout_ms,
+                     " (its orders are cancelled)" if sess.cancel_on_disconnect else "",
+                     extra={"event": "disconnect", "account": sess.account,
+                            "cancel_on_disconnect": sess.cancel_on_disconnect,
+                            "orders": len(sess.orders)})
             self.notices.discard(identity)
             st = self.streams.get(sess.account)
             if st is not None:
