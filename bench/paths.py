@@ -36,6 +36,8 @@ class Path:
     single: Callable
     notes: dict = field(default_factory=dict)  # workload or kind -> what the path cannot do
     baseline: bool = False
+    kinds: Callable | None = None             # wl -> the kind of each latency item, if not
+                                              # the workload's own
 
 
 # ---- decoding perpdex's output (not timed) ---------------------------------------------------
@@ -96,11 +98,11 @@ PLAIN = Path("plain book", "bench/plain_book.py: SortedDict of price -> deque, d
 
 # ---- perpdex ---------------------------------------------------------------------------------
 
-def _execute_build(wl, margin=True):
+def _execute_build(wl, margin=True, cmds=None):
     from engine import messages as M
     Fill = M.Fill
     eng = wl.fresh_engine(margin)
-    cmds = wl.commands()
+    cmds = wl.commands() if cmds is None else cmds
     fills = []
 
     def run():
@@ -124,6 +126,15 @@ def _execute_single(wl):
             if type(ev) is Fill:
                 keep((ev.price, ev.qty, ev.maker_cid, ev.taker_cid))
     return step, wl.commands()
+
+
+def _marks_build(wl):
+    return _execute_build(wl, cmds=wl.commands_with_marks()[0])
+
+
+def _marks_single(wl):
+    step, _ = _execute_single(wl)
+    return step, wl.commands_with_marks()[0]
 
 
 def _many_build(wl):
@@ -187,6 +198,10 @@ def _replay_build(wl, fmt):
 
 EXECUTE = Path("perpdex execute", "Engine.execute(Struct) per command, margin on; a list of "
                "event Structs back, fills read from it", _execute_build, _execute_single)
+MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle` (mark update: "
+             "risk pass, premium sample, triggers) every 500 operations, in its time; perpdex "
+             "only: the plain book has no marks", _marks_build, _marks_single,
+             kinds=lambda wl: wl.commands_with_marks()[1])
 MANY = Path("perpdex execute_many", f"Engine.execute_many(list of {CHUNK:,} Structs), margin on; "
             "msgpack event bytes back (one command alone for latency)", _many_build, _many_single)
 BATCH = Path("perpdex execute_batch", f"Engine.execute_batch(msgpack chunk of {CHUNK:,} "
@@ -235,5 +250,5 @@ REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (ac
                  "events as dicts) in Python; not the baseline", _reference_build,
                  _reference_single)
 
-CORE = [PLAIN, EXECUTE, MANY, BATCH, BATCH_NO_MARGIN, REFERENCE]
+CORE = [PLAIN, EXECUTE, MARKS, MANY, BATCH, BATCH_NO_MARGIN, REFERENCE]
 REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]

@@ -189,7 +189,7 @@ def measure(wl, paths, rounds: int, log, lat: bool = True) -> dict:
         }
         if lat and p.single is not None:
             step, items = p.single(wl)
-            res["latency"] = latency(step, items, kinds)
+            res["latency"] = latency(step, items, p.kinds(wl) if p.kinds else kinds)
             del step, items
         out[p.name] = res
         log(f"  {wl.name:5} {p.name:36} {res['ops_per_s']:>12,.0f} ops/s  "
@@ -218,7 +218,7 @@ def core_suite(quick=False, rounds=3, seed=1, peers=True, log=print) -> dict:
         t0 = time.perf_counter()
         wl = _workload(name, quick, seed)
         desc = wl.describe()
-        log(f"workload {name}: {desc['setup_ops']:,} resting orders built, {len(wl.ops):,} "
+        log(f"workload {name}: {desc['resting']:,} resting orders built, {len(wl.ops):,} "
             f"operations {desc['mix']} (generated in {time.perf_counter() - t0:.1f} s)")
         out["workloads"][name] = {"workload": desc,
                                   "paths": measure(wl, P.CORE + extra, rounds, log)}
@@ -256,7 +256,7 @@ def gateway_suite(quick=False, log=print) -> dict:
 
 
 def run(suites=("core",), quick=False, rounds=None, seed=1, peers=True, log=print) -> dict:
-    rounds = rounds or (1 if quick else 3)
+    rounds = rounds or 3
     rep = {"meta": machine(), "method": __doc__.split("Method.")[1].strip(),
            "options": {"suites": list(suites), "quick": quick, "rounds": rounds, "seed": seed},
            "suites": {}}
@@ -298,8 +298,12 @@ def goals(rep) -> list:
         r = rp["msgpack_over_jsonl"]
         out.append(["JSON Lines replay within 2x of msgpack replay", "msgpack / jsonl <= 2",
                     f"{r:.2f}", r <= 2])
-    out.append(["oracle p99 within 5x of a passive order's p99 (200 accounts)", "<= 5x",
-                "not measured by this suite yet (see docs/performance.md)", None])
+    mk = (core or {}).get("perpdex execute, with marks", {}).get("latency", {})
+    if "oracle" in mk and "passive" in mk:
+        a, b = mk["oracle"]["p99_ns"], mk["passive"]["p99_ns"]
+        out.append(["oracle p99 within 5x of a passive order's p99 (200 accounts, deep, "
+                    "execute)", "<= 5x", f"{a / 1000:.1f} us vs {b / 1000:.2f} us ({a / b:.1f}x)",
+                    a / b <= 5])
     out.append(["a million resting orders: < 100 bytes each, mixed loop >= 0.8x of 20k book",
                 "", "not measured by this suite yet (see docs/performance.md)", None])
     return out
@@ -309,6 +313,30 @@ def goals(rep) -> list:
 
 def _us(ns):
     return f"{ns / 1000:.2f}"
+
+
+def summary(rep, out=sys.stdout):
+    """The headline table: every core path's ratio to the plain book on each workload."""
+    core = rep["suites"].get("core", {}).get("workloads")
+    if not core:
+        return
+    names = list(core)
+    w = out.write
+    w("\n### summary: operations per second as a ratio to the plain book, same run\n\n| path | "
+      + " | ".join(f"{n} x plain" for n in names) + f" | {names[0]} ops/s | {names[0]} p50 / "
+      "p99 / p99.9 us | fills |\n|---|" + "---:|" * (len(names) + 1) + "---|---|\n")
+    first = core[names[0]]["paths"]
+    for path, r in first.items():
+        cells = [f"{core[n]['paths'][path]['x_plain']:.2f}" if path in core[n]["paths"] else ""
+                 for n in names]
+        lat = r.get("latency", {}).get("all")
+        fills = sorted({core[n]["paths"][path]["fills"] for n in names
+                        if path in core[n]["paths"]})
+        w(f"| {path} | " + " | ".join(cells) + f" | {r['ops_per_s']:,.0f} | "
+          + (f"{_us(lat['p50_ns'])} / {_us(lat['p99_ns'])} / {_us(lat['p99.9_ns'])}" if lat
+             else "") + " | " + ", ".join(
+              f"{f} ({', '.join(n for n in names if core[n]['paths'][path]['fills'] == f)})"
+              if len(fills) > 1 else f for f in fills) + " |\n")
 
 
 def print_report(rep, out=sys.stdout):
@@ -322,13 +350,14 @@ def print_report(rep, out=sys.stdout):
       + (" (DEBUG BUILD)" if m["engine_debug_build"] else "") + "\n")
     o = rep["options"]
     w(f"options: {o}\n")
+    summary(rep, out)
     for sname in ("core", "replay"):
         s = rep["suites"].get(sname)
         if not s:
             continue
         for wname, wres in s["workloads"].items():
             d = wres["workload"]
-            w(f"\n### {sname}: {wname} ({d['setup_ops']:,} resting first, {d['ops']:,} operations: "
+            w(f"\n### {sname}: {wname} ({d['resting']:,} resting first, {d['ops']:,} operations: "
               + ", ".join(f"{k} {v:,}" for k, v in d["mix"].items()) + f"; seed {d['seed']}, "
               f"sha256 {d['sha256'][:12]})\n\n")
             w("| path | ops/s | x plain | fills | p50 us | p90 us | p99 us | p99.9 us | max us |\n"
@@ -339,7 +368,8 @@ def print_report(rep, out=sys.stdout):
                                                   "max_ns")] if lat else [""] * 5)
                 w(f"| {name} | {r['ops_per_s']:,.0f} | {r['x_plain']:.2f} | {r['fills']} | "
                   + " | ".join(cells) + " |\n")
-            kinds = list(d["mix"])
+            kinds = list(d["mix"]) + (["oracle"] if any("oracle" in r.get("latency", {})
+                                                        for r in wres["paths"].values()) else [])
             lat_paths = [(n, r) for n, r in wres["paths"].items() if "latency" in r]
             w("\nlatency by kind, us p50 / p99 / p99.9:\n\n| path | " + " | ".join(kinds)
               + " |\n|---|" + "---|" * len(kinds) + "\n")
@@ -488,13 +518,13 @@ def main(argv=None) -> int:
         "Python book, in one process, on seeded workloads.",
         epilog="documentation: docs/performance.md (in the repository)")
     ap.add_argument("--suite", choices=(*SUITES, "all"), default="core")
-    ap.add_argument("--quick", action="store_true", help="small workloads, one round (seconds)")
+    ap.add_argument("--quick", action="store_true", help="small workloads (seconds)")
     ap.add_argument("--json", metavar="FILE", help="write the report here")
     ap.add_argument("--compare", metavar="OLD.json", help="print ratios to an earlier report")
     ap.add_argument("--threshold", type=float, default=0.15,
                     help="worse by more than this (a fraction) is a regression (default 0.15)")
     ap.add_argument("--plot", metavar="DIR", help="write PNG plots here (needs matplotlib)")
-    ap.add_argument("--rounds", type=int, help="throughput rounds (default 3, 1 with --quick)")
+    ap.add_argument("--rounds", type=int, help="throughput rounds (default 3)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-peers", action="store_true", help="leave out the PyPI peers")
     a = ap.parse_args(argv)

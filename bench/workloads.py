@@ -65,6 +65,7 @@ class Workload:
     params: dict
     setup: list                       # operations applied before timing
     ops: list                         # the measured operations
+    marks: list = field(default_factory=list)   # (index in ops, mid): the walk, for oracles
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- descriptions ----------------------------------------------------------------------
@@ -85,6 +86,7 @@ class Workload:
 
     def describe(self) -> dict:
         return {"name": self.name, "seed": self.seed, **self.params, "setup_ops": len(self.setup),
+                "resting": len(self.fresh_plain().orders),
                 "ops": len(self.ops), "mix": self.mix(), "sha256": self.digest()}
 
     # ---- the plain book --------------------------------------------------------------------
@@ -136,6 +138,20 @@ class Workload:
             enc = msgspec.json.encode
             self._cache["js"] = [enc(c) + b"\n" for c in self.commands()]
         return self._cache["js"]
+
+    def commands_with_marks(self) -> tuple[list, list]:
+        """The commands with an `oracle` at the walked mid after every 500th operation (the
+        mark moves, nothing else: no fill changes), and the kind of each."""
+        from engine import messages as M
+        cmds, kinds = [], []
+        marks = dict(self.marks)
+        for i, (c, k) in enumerate(zip(self.commands(), self.kinds()), 1):
+            cmds.append(c)
+            kinds.append(k)
+            if i in marks:
+                cmds.append(M.Oracle(market=MARKET, price=marks[i], ts=c.ts))
+                kinds.append("oracle")
+        return cmds, kinds
 
     def fresh_engine(self, margin: bool = True):
         """An Engine with the market, the deposits and the book of `setup` (not timed)."""
@@ -190,6 +206,7 @@ class _Gen:
         self.where: dict[int, int] = {}       # oid -> index in live
         self.account: dict[int, int] = {}     # oid -> account
         self.n = 0
+        self.marks: list[tuple[int, int]] = []
 
     def _drop(self, oid):
         i = self.where.pop(oid, None)
@@ -226,6 +243,7 @@ class _Gen:
         self.n += 1
         if self.n % 500 == 0:                 # the mid's random walk
             self.mid += self.r.choice((-2, -1, 0, 1, 2))
+            self.marks.append((self.n, self.mid))
         return op
 
     def new(self, kind, buy, price, qty):
@@ -274,6 +292,7 @@ def _start(seed, depth, lo=1, hi=50):
     while len(g.live) < depth:
         setup.append(g.passive(lo, hi))
     g.n = 0
+    g.marks.clear()
     return g, setup, [], g.r
 
 
@@ -289,7 +308,7 @@ def deep(seed: int = 1, n: int = 200_000, depth: int = 20_000) -> Workload:
             ops.append(g.through("cross", 0, 5, 1, 300))
         else:
             ops.append(g.market())
-    return Workload("deep", seed, {"n": n, "depth": depth}, setup, ops)
+    return Workload("deep", seed, {"n": n, "depth": depth}, setup, ops, g.marks)
 
 
 def thin(seed: int = 1, n: int = 100_000, low: int = 50, high: int = 300) -> Workload:
@@ -307,7 +326,7 @@ def thin(seed: int = 1, n: int = 100_000, low: int = 50, high: int = 300) -> Wor
             ops.append(g.through("cross", 0, 10, 20, 300))
         else:
             ops.append(g.market(20, 300))
-    return Workload("thin", seed, {"n": n, "low": low, "high": high}, setup, ops)
+    return Workload("thin", seed, {"n": n, "low": low, "high": high}, setup, ops, g.marks)
 
 
 def mm(seed: int = 1, n: int = 200_000, depth: int = 2_000) -> Workload:
@@ -324,7 +343,7 @@ def mm(seed: int = 1, n: int = 200_000, depth: int = 2_000) -> Workload:
             ops.append(g.through("cross", 0, 5, 1, 300))
         else:
             ops.append(g.market())
-    return Workload("mm", seed, {"n": n, "depth": depth}, setup, ops)
+    return Workload("mm", seed, {"n": n, "depth": depth}, setup, ops, g.marks)
 
 
 GENERATORS = {"deep": deep, "thin": thin, "mm": mm}
