@@ -17,7 +17,8 @@ from bench.paths import Path, Prepared
 def available() -> dict:
     """name -> Path for every peer that imports here; name -> reason for the others."""
     out = {}
-    for name, make in (("liquibook", _liquibook), ("limit-order-book", _lob)):
+    for name, make in (("liquibook", _liquibook), ("limit-order-book", _lob),
+                       ("nautilus-trader", _nautilus)):
         try:
             out[name] = make()
         except ImportError as e:
@@ -195,3 +196,93 @@ def _lob() -> Path:
                     "cross": "no IOC: a limit, then a cancel of what rests",
                     "cancel": "checks `has` first: a cancel of an unknown id aborts the process",
                     "amend": "no amend: a cancel and a new limit (a shrink loses its place)"})
+
+
+# ---- nautilus-trader -------------------------------------------------------------------------
+
+def _nautilus() -> Path:
+    from importlib.metadata import version
+
+    from nautilus_trader.core import nautilus_pyo3 as N
+
+    BUY, SELL = N.OrderSide.BUY, N.OrderSide.SELL
+    Price, Quantity, BookOrder = N.Price, N.Quantity, N.BookOrder
+    ZERO = Quantity(0, 0)
+    instrument = N.InstrumentId.from_str("BTC-PERP.BENCH")
+
+    class Book:
+        """The plain book's interface on nautilus's Rust L3 book (the pyo3 OrderBook); prices
+        and sizes are integers (precision 0). `open` keeps oid -> [side, Price, qty] for
+        cancels, amends and fills (so sizes are not read back from the book)."""
+
+        def __init__(self):
+            self.book = N.OrderBook(instrument, N.BookType.L3_MBO)
+            self.open = {}
+            self.fills = []
+
+        def limit(self, oid, buy, price, qty, ioc=False):
+            qty = self._take(oid, buy, price, qty)
+            if qty and not ioc:
+                side, px = (BUY if buy else SELL), Price(price, 0)
+                self.book.add(BookOrder(side, px, Quantity(qty, 0), oid), 0, 0, 0)
+                self.open[oid] = [side, px, qty]
+
+        def market(self, oid, buy, qty):
+            self._take(oid, buy, None, qty)
+
+        def cancel(self, oid):
+            o = self.open.pop(oid, None)
+            if o is not None:
+                self.book.delete(BookOrder(o[0], o[1], ZERO, oid), 0, 0, 0)
+
+        def amend(self, oid, price, qty):
+            o = self.open.get(oid)
+            if o is None:
+                return
+            if price == int(o[1]) and qty <= o[2]:         # nautilus's update keeps the place
+                self.book.update(BookOrder(o[0], o[1], Quantity(qty, 0), oid), 0, 0, 0)
+                o[2] = qty
+                return
+            self.cancel(oid)
+            self.limit(oid, o[0] == BUY, price, qty)
+
+        def _take(self, oid, buy, limit, qty):
+            """The matching walk, in Python: the best level (asks(1) / bids(1)), its orders in
+            time order, `update` or `delete` for each maker."""
+            book, open_, keep = self.book, self.open, self.fills.append
+            top = book.asks if buy else book.bids
+            while qty:
+                levels = top(1)
+                if not levels:
+                    break
+                level = levels[0]
+                price = int(level.price)
+                if limit is not None and (price > limit if buy else price < limit):
+                    break
+                for m in level.get_orders():
+                    mid = m.order_id
+                    mo = open_[mid]
+                    q = qty if qty < mo[2] else mo[2]
+                    keep((price, q, mid, oid))
+                    qty -= q
+                    mo[2] -= q
+                    if mo[2]:
+                        book.update(BookOrder(mo[0], mo[1], Quantity(mo[2], 0), mid), 0, 0, 0)
+                    else:
+                        book.delete(m, 0, 0, 0)
+                        del open_[mid]
+                    if not qty:
+                        break
+            return qty
+
+    def build_book(wl):
+        b = Book()
+        for f, a in wl.plain_calls(b, "setup"):
+            f(*a)
+        b.fills.clear()
+        return b
+
+    build, single = _harness(build_book, lambda wl, b: wl.plain_calls(b), lambda b: list(b.fills))
+    v = version("nautilus-trader")
+    return Path(f"nautilus-trader {v}", "its Rust L3 OrderBook (pyo3) + the matching walk in "
+                "Python (bench/peers.py)", build, single)

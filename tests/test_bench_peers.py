@@ -1,7 +1,9 @@
 """The peers from PyPI (the optional extra `peers`, bench/peers.py) agree with the plain book,
-and so with perpdex, where they can express the orders: liquibook on the fills of the deep and
-thin workloads; limit-order-book, which reports no fills, on the book it leaves there. Neither
-runs mm here: their amends are a cancel and a new limit, so a shrunk order loses its place. Skipped when not installed."""
+and so with perpdex, where they can express the orders: nautilus-trader's book (with the
+adapter's Python matching walk) on the fills of all three workloads; liquibook on the fills of
+the deep and thin ones; limit-order-book, which reports no fills, on the book it leaves there.
+liquibook and limit-order-book do not run mm here: their amends are a cancel and a new limit, so
+a shrunk order loses its place. Skipped when not installed."""
 import pytest
 
 from bench import paths as P
@@ -24,15 +26,24 @@ def small(name):
                                             {"n": 2500, "depth": 600}))
 
 
+def fills(path, wl):
+    run = path.build(wl)
+    run.run()
+    return run.fills()
+
+
 @pytest.mark.parametrize("name", ["deep", "thin"])
 def test_liquibook_makes_the_plain_books_fills(name):
-    lq = peer("liquibook")
     wl = small(name)
-    plain = P.PLAIN.build(wl)
-    plain.run()
-    run = lq.build(wl)
-    run.run()
-    assert plain.fills() and run.fills() == plain.fills(), f"{name}, seed {SEED}"
+    plain = fills(P.PLAIN, wl)
+    assert plain and fills(peer("liquibook"), wl) == plain, f"{name}, seed {SEED}"
+
+
+@pytest.mark.parametrize("name", ["deep", "thin", "mm"])
+def test_nautilus_trader_with_a_python_matching_walk_makes_the_plain_books_fills(name):
+    wl = small(name)
+    plain = fills(P.PLAIN, wl)
+    assert plain and fills(peer("nautilus-trader"), wl) == plain, f"{name}, seed {SEED}"
 
 
 @pytest.mark.parametrize("name", ["deep", "thin"])

@@ -59,8 +59,8 @@ def test_the_report_says_which_peers_ran_and_which_were_skipped(quick):
     rep, _, _ = quick
     core = rep["suites"]["core"]
     ran = [n for n in core["workloads"]["deep"]["paths"] if n.split()[0] in
-           ("liquibook", "limit-order-book")]
-    assert len(ran) + len(core["peers_skipped"]) == 2
+           ("liquibook", "limit-order-book", "nautilus-trader")]
+    assert len(ran) + len(core["peers_skipped"]) == 3
 
 
 def test_plots_are_written_or_the_report_says_why_not(quick):
