@@ -222,7 +222,28 @@ def core_suite(quick=False, rounds=3, seed=1, peers=True, log=print) -> dict:
             f"operations {desc['mix']} (generated in {time.perf_counter() - t0:.1f} s)")
         out["workloads"][name] = {"workload": desc,
                                   "paths": measure(wl, P.CORE + extra, rounds, log)}
+        del wl
+    out["scale"] = scale_part(quick, seed, out["workloads"]["deep"], log)
     return out
+
+
+def scale_part(quick, seed, deep, log) -> dict:
+    """bench/scale.py: bytes per resting order, and the deep mix over a much deeper book (one
+    round, no latency pass), as a ratio to its speed over the standard book in this run."""
+    from bench import scale
+    n = 20_000 if quick else 1_000_000
+    mem = scale.memory(n)
+    log(f"  scale: {n:,} resting orders: perpdex {mem['perpdex_int_cids']:.0f} bytes each "
+        f"(integer cids), {mem['perpdex_string_cids']:.0f} (string cids); plain book "
+        f"{mem['plain_book']:.0f}")
+    wl = W.deep(seed=seed, n=SIZES["deep"][1 if quick else 0]["n"], depth=n)
+    res = measure(wl, [P.PLAIN, P.EXECUTE, P.BATCH], 1, log, lat=False)
+    speed = {name: {"ops_per_s": r["ops_per_s"], "x_plain": r["x_plain"],
+                    "fills": r["fills"],
+                    "x_standard_book": r["ops_per_s"] / deep["paths"][name]["ops_per_s"]}
+             for name, r in res.items()}
+    return {"memory": mem, "depth": n, "standard_depth": deep["workload"]["resting"],
+            "speed": speed}
 
 
 def replay_suite(quick=False, rounds=3, seed=1, log=print) -> dict:
@@ -304,8 +325,17 @@ def goals(rep) -> list:
         out.append(["oracle p99 within 5x of a passive order's p99 (200 accounts, deep, "
                     "execute)", "<= 5x", f"{a / 1000:.1f} us vs {b / 1000:.2f} us ({a / b:.1f}x)",
                     a / b <= 5])
-    out.append(["a million resting orders: < 100 bytes each, mixed loop >= 0.8x of 20k book",
-                "", "not measured by this suite yet (see docs/performance.md)", None])
+    sc = rep["suites"].get("core", {}).get("scale")
+    if sc:
+        n = f"{sc['depth']:,}"
+        b = sc["memory"]["perpdex_int_cids"]
+        out.append([f"{n} resting orders: bytes each, integer cids", "< 100", f"{b:.0f} "
+                    f"(string cids {sc['memory']['perpdex_string_cids']:.0f}; plain book "
+                    f"{sc['memory']['plain_book']:.0f})", b < 100])
+        for path in ("perpdex execute_batch", "perpdex execute"):
+            x = sc["speed"][path]["x_standard_book"]
+            out.append([f"deep mix over {n} resting vs over {sc['standard_depth']:,}, {path}",
+                        ">= 0.8x", f"{x:.2f}x", x >= 0.8])
     return out
 
 
@@ -350,6 +380,9 @@ def print_report(rep, out=sys.stdout):
       + (" (DEBUG BUILD)" if m["engine_debug_build"] else "") + "\n")
     o = rep["options"]
     w(f"options: {o}\n")
+    if o["quick"]:
+        w("QUICK RUN: small workloads, for checking that the suite works; its ratios are not "
+          "measurements (run without --quick for those)\n")
     summary(rep, out)
     for sname in ("core", "replay"):
         s = rep["suites"].get(sname)
@@ -390,6 +423,17 @@ def print_report(rep, out=sys.stdout):
                 w(f"- peer {name}: skipped, {why}\n")
         if sname == "replay":
             w(f"\nmsgpack replay / JSON Lines replay: {s['msgpack_over_jsonl']:.2f}x\n")
+    sc = rep["suites"].get("core", {}).get("scale")
+    if sc:
+        m = sc["memory"]
+        w(f"\n### scale: {sc['depth']:,} resting orders\n\nmemory per resting order "
+          f"(growth of a child process's resident set): perpdex {m['perpdex_int_cids']:.0f} "
+          f"bytes with integer cids, {m['perpdex_string_cids']:.0f} with string cids; the plain "
+          f"book {m['plain_book']:.0f}\n\n| path | ops/s | x plain | fills | x its speed over "
+          f"{sc['standard_depth']:,} |\n|---|---:|---:|---|---:|\n")
+        for name, r in sc["speed"].items():
+            w(f"| {name} | {r['ops_per_s']:,.0f} | {r['x_plain']:.2f} | {r['fills']} | "
+              f"{r['x_standard_book']:.2f} |\n")
     lq = rep["suites"].get("liquidation")
     if lq:
         w("\n### liquidation\n\n| accounts with positions | quiet mark update p50 / p99 (us) | "

@@ -55,6 +55,16 @@ def test_every_workload_has_every_path_with_its_ratio_and_the_same_fills(quick):
         assert {"p50_ns", "p90_ns", "p99_ns", "p99.9_ns", "max_ns"} <= set(lat["all"])
 
 
+def test_the_scale_part_measures_memory_per_order_and_speed_over_a_deeper_book(quick):
+    rep, _, _ = quick
+    sc = rep["suites"]["core"]["scale"]
+    assert set(sc["memory"]) == {"orders", "perpdex_int_cids", "perpdex_string_cids",
+                                 "plain_book"}
+    assert all(r["fills"] == "same" and r["x_standard_book"] > 0 for r in sc["speed"].values())
+    goals = [g[0] for g in rep["goals"]]
+    assert any("bytes each" in g for g in goals)
+
+
 def test_the_report_says_which_peers_ran_and_which_were_skipped(quick):
     rep, _, _ = quick
     core = rep["suites"]["core"]
