@@ -74,9 +74,10 @@ def _git() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                               capture_output=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "engine", "gateway", "bench", ":!bench/results", "setup.py"],
                                cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
-        return head + (" (with uncommitted changes)" if dirty.strip() else "")
+        return head + (" (with uncommitted changes to the code)" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
