@@ -150,6 +150,30 @@ def _many_build(wl):
     return Prepared(run, lambda: fills_of_msgpack(outs))
 
 
+def _many_read_build(wl):
+    """execute_many, and the fills read from the returned bytes into tuples, in the timed loop:
+    what a Python caller of the batch path pays to see its fills. The events of a chunk are
+    framed (engine.wire.msgpack_frames) and decoded as one msgpack array of event Structs."""
+    from engine import messages as M
+    from engine.wire import msgpack_frames
+    Fill = M.Fill
+    dec = msgspec.msgpack.Decoder(list[M.AnyEvent])
+    eng = wl.fresh_engine()
+    cmds = wl.commands()
+    chunks = [cmds[i:i + CHUNK] for i in range(0, len(cmds), CHUNK)]
+    fills = []
+
+    def run():
+        em, keep = eng.execute_many, fills.append
+        for chunk in chunks:
+            out = em(chunk, "msgpack")
+            n = len(msgpack_frames(out)[0])
+            for ev in dec.decode(b"\xdd" + n.to_bytes(4, "big") + out):
+                if type(ev) is Fill:
+                    keep((ev.price, ev.qty, ev.maker_cid, ev.taker_cid))
+    return Prepared(run, lambda: fills)
+
+
 def _many_single(wl):
     em = wl.fresh_engine().execute_many
     return (lambda c: em([c], "msgpack")), wl.commands()
@@ -204,6 +228,9 @@ MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle
              kinds=lambda wl: wl.commands_with_marks()[1])
 MANY = Path("perpdex execute_many", f"Engine.execute_many(list of {CHUNK:,} Structs), margin on; "
             "msgpack event bytes back (one command alone for latency)", _many_build, _many_single)
+MANY_READ = Path("perpdex execute_many, fills read", "as perpdex execute_many, and in its time "
+                 "the events decoded from the bytes (as Structs) and the fills read from them",
+                 _many_read_build, None)
 BATCH = Path("perpdex execute_batch", f"Engine.execute_batch(msgpack chunk of {CHUNK:,} "
              "commands), margin on; msgpack event bytes back (one command alone for latency)",
              _batch_build, _batch_single)
@@ -250,5 +277,5 @@ REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (ac
                  "events as dicts) in Python; not the baseline", _reference_build,
                  _reference_single)
 
-CORE = [PLAIN, EXECUTE, MARKS, MANY, BATCH, BATCH_NO_MARGIN, REFERENCE]
+CORE = [PLAIN, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
 REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]

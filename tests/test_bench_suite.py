@@ -46,7 +46,8 @@ def test_every_workload_has_every_path_with_its_ratio_and_the_same_fills(quick):
         assert w["workload"]["sha256"] and w["workload"]["mix"]
         paths = w["paths"]
         assert list(paths)[0] == "plain book" and paths["plain book"]["x_plain"] == 1
-        for p in ("perpdex execute", "perpdex execute_many", "perpdex execute_batch",
+        for p in ("perpdex execute", "perpdex execute_many", "perpdex execute_many, fills read",
+                  "perpdex execute_batch",
                   "perpdex execute_batch, margin off", "reference engine"):
             assert paths[p]["fills"] == "same", (name, p)
             assert paths[p]["ops_per_s"] > 0 and paths[p]["x_plain"] > 0, (name, p)
