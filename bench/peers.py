@@ -23,6 +23,8 @@ def available() -> dict:
             out[name] = make()
         except ImportError as e:
             out[name] = f"not installed ({e.name or e})"
+        except Exception as e:            # installed, but not the API the adapter knows
+            out[name] = f"unusable here: {type(e).__name__}: {e}"
     return out
 
 
