@@ -31,10 +31,10 @@ test: install
 demo: install
 	$(VENV)/bin/perpdex demo --seconds 45
 
+# The whole suite against the plain Python book (docs/performance.md), then the microbenchmarks.
 bench: install
-	$(PY) -m bench.run --json bench/results/latest.json
+	$(VENV)/bin/perpdex bench --suite all --json bench/results/latest.json --plot bench/results
 	$(PY) -m pytest bench/ --benchmark-only --benchmark-columns=median,iqr,ops -q
-	$(PY) -m bench.liquidation
 
 clean:
 	rm -rf build engine/*.c engine/*.so engine/*.html engine/.built *.egg-info

@@ -1,5 +1,10 @@
 """The matching benchmark: throughput and per-command latency, core paths side by side with the
-plain pure-Python engine of bench/reference.py, in one run on one machine (ratios are what count).
+pure-Python reference engine of bench/reference.py, in one run on one machine.
+
+Superseded by `perpdex bench` (bench/suite.py, docs/performance.md), whose baseline is the plain
+Python book (bench/plain_book.py). The "x python" column here is a ratio to the reference engine,
+the whole contract in Python (accounts, money, events as dicts): not a plain book, so not the
+ratio to quote against one.
 
     python -m bench.run [--commands 200000] [--depth 20000] [--seed 1] [--json FILE]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from bench.workloads import MARKET_FIELDS
 from engine import Engine, messages as M
 
 MARKET = "BTC-PERP"
@@ -18,12 +19,7 @@ MID = 650_000                 # ticks (65,000.0 USD at tick 0.1)
 ACCOUNTS = 200
 DEPOSIT = 10**13              # quote units (10 million USD) each: margin checks run, and pass
 
-MARKET_CMD = M.CreateMarket(
-    market=MARKET, tick_size="0.1", lot_size="0.001", min_qty=1, imf_ppm=50_000,
-    mmf_ppm=25_000, maker_fee_ppm=-100, taker_fee_ppm=400, liquidation_fee_ppm=10_000,
-    price_band_ppm=50_000, funding_interval_s=3600, funding_cap_ppm=7500, interest_ppm=100,
-    max_orders_per_account=100_000,
-)
+MARKET_CMD = M.CreateMarket(**MARKET_FIELDS)
 
 
 @dataclass

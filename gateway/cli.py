@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--check", metavar="FILE", help="load FILE as `perpdex serve` would")
     cf.add_argument("--force", action="store_true", help="overwrite FILE")
 
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
+                   "`perpdex bench --help`)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:        # its options are bench/suite.py's own
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     if args.cmd == "config":
         return _config(args)
@@ -146,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"perpdex: cannot serve: {e}", file=sys.stderr)
             return 2
     return 2
+
+
+def _bench(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "suite.py").is_file():
+        print("perpdex: the benchmark suite lives in a checkout's bench/ (docs/performance.md); "
+              "this install has none", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from bench.suite import main as bench
+    return bench(argv)
 
 
 def _config(args) -> int:

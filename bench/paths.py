@@ -1,0 +1,281 @@
+"""The paths the suite measures: the plain book, perpdex through each entry point, the reference
+engine, and (bench/peers.py) engines from PyPI. Each runs a Workload (bench/workloads.py) from
+the same starting book and reports the fills it made, so the suite can check, for every path,
+that it did the same matching work as the plain book.
+
+A path gives two things:
+  build(wl)   a fresh instance with the setup applied (not timed) -> Prepared(run, fills): `run()`
+              is the timed loop over every operation; `fills()` the fills it made, as
+              (price, qty, maker id, taker id) tuples in order (decoding, where needed, is not
+              timed)
+  single(wl)  for the latency pass: (step, items) on another fresh instance; `step(item)` does
+              one operation and is timed call by call
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Callable
+
+import msgspec
+
+CHUNK = 4096                                  # commands per execute_batch / execute_many call
+
+
+@dataclass
+class Prepared:
+    run: Callable[[], None]
+    fills: Callable[[], list]
+
+
+@dataclass
+class Path:
+    name: str
+    label: str                                # what it is, for the table's notes
+    build: Callable
+    single: Callable
+    notes: dict = field(default_factory=dict)  # workload or kind -> what the path cannot do
+    baseline: bool = False
+    kinds: Callable | None = None             # wl -> the kind of each latency item, if not
+                                              # the workload's own
+
+
+# ---- decoding perpdex's output (not timed) ---------------------------------------------------
+
+def fills_of_msgpack(chunks) -> list:
+    from engine.wire import msgpack_frames
+    out = []
+    dec = msgspec.msgpack.Decoder()
+    for data in chunks:
+        if not data:
+            continue
+        ends, error = msgpack_frames(data)
+        assert error is None, error
+        start = 0
+        for end in ends:
+            ev = dec.decode(data[start:end])
+            start = end
+            if ev["type"] == "fill":
+                out.append((ev["price"], ev["qty"], ev["maker_cid"], ev["taker_cid"]))
+    return out
+
+
+def fills_of_jsonl(chunks) -> list:
+    out = []
+    dec = msgspec.json.Decoder()
+    for data in chunks:
+        for line in data.splitlines():
+            if b'"fill"' in line:
+                ev = dec.decode(line)
+                if ev["type"] == "fill":
+                    out.append((ev["price"], ev["qty"], ev["maker_cid"], ev["taker_cid"]))
+    return out
+
+
+# ---- the plain book --------------------------------------------------------------------------
+
+def _plain_build(wl):
+    book = wl.fresh_plain()
+    calls = wl.plain_calls(book)
+
+    def run():
+        for f, a in calls:
+            f(*a)
+    return Prepared(run, lambda: list(book.fills))
+
+
+def _plain_single(wl):
+    book = wl.fresh_plain()
+
+    def step(fa):
+        fa[0](*fa[1])
+    return step, wl.plain_calls(book)
+
+
+PLAIN = Path("plain book", "bench/plain_book.py: SortedDict of price -> deque, dict id -> order, "
+             "fills as tuples; no events, no margin", _plain_build, _plain_single, baseline=True)
+
+
+# ---- perpdex ---------------------------------------------------------------------------------
+
+def _execute_build(wl, margin=True, cmds=None):
+    from engine import messages as M
+    Fill = M.Fill
+    eng = wl.fresh_engine(margin)
+    cmds = wl.commands() if cmds is None else cmds
+    fills = []
+
+    def run():
+        ex, keep = eng.execute, fills.append
+        for c in cmds:
+            for ev in ex(c):
+                if type(ev) is Fill:
+                    keep((ev.price, ev.qty, ev.maker_cid, ev.taker_cid))
+    return Prepared(run, lambda: fills)
+
+
+def _execute_single(wl):
+    from engine import messages as M
+    Fill = M.Fill
+    ex = wl.fresh_engine().execute
+    fills = []
+    keep = fills.append
+
+    def step(c):
+        for ev in ex(c):
+            if type(ev) is Fill:
+                keep((ev.price, ev.qty, ev.maker_cid, ev.taker_cid))
+    return step, wl.commands()
+
+
+def _marks_build(wl):
+    return _execute_build(wl, cmds=wl.commands_with_marks()[0])
+
+
+def _marks_single(wl):
+    step, _ = _execute_single(wl)
+    return step, wl.commands_with_marks()[0]
+
+
+def _many_build(wl):
+    eng = wl.fresh_engine()
+    cmds = wl.commands()
+    chunks = [cmds[i:i + CHUNK] for i in range(0, len(cmds), CHUNK)]
+    outs = []
+
+    def run():
+        em, keep = eng.execute_many, outs.append
+        for chunk in chunks:
+            keep(em(chunk, "msgpack"))
+    return Prepared(run, lambda: fills_of_msgpack(outs))
+
+
+def _many_read_build(wl):
+    """execute_many, and the fills read from the returned bytes into tuples, in the timed loop:
+    what a Python caller of the batch path pays to see its fills. The events of a chunk are
+    framed (engine.wire.msgpack_frames) and decoded as one msgpack array of event Structs."""
+    from engine import messages as M
+    from engine.wire import msgpack_frames
+    Fill = M.Fill
+    dec = msgspec.msgpack.Decoder(list[M.AnyEvent])
+    eng = wl.fresh_engine()
+    cmds = wl.commands()
+    chunks = [cmds[i:i + CHUNK] for i in range(0, len(cmds), CHUNK)]
+    fills = []
+
+    def run():
+        em, keep = eng.execute_many, fills.append
+        for chunk in chunks:
+            out = em(chunk, "msgpack")
+            n = len(msgpack_frames(out)[0])
+            for ev in dec.decode(b"\xdd" + n.to_bytes(4, "big") + out):
+                if type(ev) is Fill:
+                    keep((ev.price, ev.qty, ev.maker_cid, ev.taker_cid))
+    return Prepared(run, lambda: fills)
+
+
+def _many_single(wl):
+    em = wl.fresh_engine().execute_many
+    return (lambda c: em([c], "msgpack")), wl.commands()
+
+
+def _batch_build(wl, margin=True):
+    eng = wl.fresh_engine(margin)
+    mp = wl.msgpack()
+    chunks = [b"".join(mp[i:i + CHUNK]) for i in range(0, len(mp), CHUNK)]
+    outs = []
+
+    def run():
+        eb, keep = eng.execute_batch, outs.append
+        for chunk in chunks:
+            keep(eb(chunk, "msgpack"))
+    return Prepared(run, lambda: fills_of_msgpack(outs))
+
+
+def _batch_single(wl, fmt="msgpack"):
+    eb = wl.fresh_engine().execute_batch
+    return (lambda b: eb(b, fmt)), (wl.msgpack() if fmt == "msgpack" else wl.jsonl())
+
+
+class _Sink:
+    def __init__(self):
+        self.chunks = []
+
+    def write(self, b):
+        self.chunks.append(b)
+
+    def flush(self):
+        pass
+
+
+def _replay_build(wl, fmt):
+    from gateway.replay import replay_stream
+    eng = wl.fresh_engine()
+    data = b"".join(wl.msgpack() if fmt == "msgpack" else wl.jsonl())
+    sink = _Sink()
+
+    def run():
+        replay_stream(io.BytesIO(data), sink, fmt, fmt, engine=eng)
+    decode = fills_of_msgpack if fmt == "msgpack" else fills_of_jsonl
+    return Prepared(run, lambda: decode([b"".join(sink.chunks)]))
+
+
+EXECUTE = Path("perpdex execute", "Engine.execute(Struct) per command, margin on; a list of "
+               "event Structs back, fills read from it", _execute_build, _execute_single)
+MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle` (mark update: "
+             "risk pass, premium sample, triggers) every 500 operations, in its time; perpdex "
+             "only: the plain book has no marks", _marks_build, _marks_single,
+             kinds=lambda wl: wl.commands_with_marks()[1])
+MANY = Path("perpdex execute_many", f"Engine.execute_many(list of {CHUNK:,} Structs), margin on; "
+            "msgpack event bytes back (one command alone for latency)", _many_build, _many_single)
+MANY_READ = Path("perpdex execute_many, fills read", "as perpdex execute_many, and in its time "
+                 "the events decoded from the bytes (as Structs) and the fills read from them",
+                 _many_read_build, None)
+BATCH = Path("perpdex execute_batch", f"Engine.execute_batch(msgpack chunk of {CHUNK:,} "
+             "commands), margin on; msgpack event bytes back (one command alone for latency)",
+             _batch_build, _batch_single)
+BATCH_NO_MARGIN = Path("perpdex execute_batch, margin off", "the same on Engine(margin=False): "
+                       "what the margin checks cost", lambda wl: _batch_build(wl, False), None)
+REPLAY_MSGPACK = Path("replay msgpack", "as `perpdex replay`: msgpack bytes in 1 MiB chunks -> "
+                      "msgpack events (one command alone for latency)",
+                      lambda wl: _replay_build(wl, "msgpack"), _batch_single)
+REPLAY_JSONL = Path("replay jsonl", "as `perpdex replay`: JSON Lines in 1 MiB chunks -> JSON "
+                    "Lines events (one command alone for latency)",
+                    lambda wl: _replay_build(wl, "jsonl"), lambda wl: _batch_single(wl, "jsonl"))
+
+
+# ---- the reference engine --------------------------------------------------------------------
+
+def _reference(wl):
+    from bench.reference import ReferenceEngine
+    ref = ReferenceEngine()
+    for c in wl.setup_commands():
+        ref.execute(c)
+    return ref
+
+
+def _reference_build(wl):
+    ref = _reference(wl)
+    cmds = wl.commands()
+    fills = []
+
+    def run():
+        ex, keep = ref.execute, fills.append
+        for c in cmds:
+            for ev in ex(c):
+                if ev["type"] == "fill":
+                    keep((ev["price"], ev["qty"], ev["maker_cid"], ev["taker_cid"]))
+    return Prepared(run, lambda: fills)
+
+
+def _reference_single(wl):
+    ex = _reference(wl).execute
+    return ex, wl.commands()
+
+
+REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (accounts, money, "
+                 "events as dicts) in Python; not the baseline", _reference_build,
+                 _reference_single)
+
+CORE = [PLAIN, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
+REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]
