@@ -128,6 +128,71 @@ def _execute_single(wl):
     return step, wl.commands()
 
 
+def _api_calls(eng, cmds):
+    """The workload as calls of the per-command API, (is it new_order, the call, its args):
+    Engine.new_order / Engine.cancel, and an amend (which the API does not take) as
+    execute(Struct)."""
+    from engine import messages as M
+    calls = []
+    for c in cmds:
+        t = type(c)
+        if t is M.NewOrder:
+            calls.append((True, eng.new_order, (c.account, c.market, c.cid, c.side, c.qty,
+                                                c.price, c.kind, c.tif, c.ts)))
+        elif t is M.Cancel:
+            calls.append((False, eng.cancel, (c.account, c.market, c.cid, c.ts)))
+        else:
+            calls.append((False, eng.execute, (c,)))
+    return calls
+
+
+def _api_build(wl):
+    """The per-command API, each call's fills read (as lists) from Engine.fills; the oid each
+    order takes is noted, to name the fills by cid afterwards (not timed)."""
+    from engine import messages as M
+    eng = wl.fresh_engine()
+    calls = _api_calls(eng, wl.commands())
+    rows, placed = [], []
+
+    def run():
+        keep, note = rows.append, placed.append
+        for new, f, a in calls:
+            if new:
+                note((eng.next_oid, a[2]))
+                if f(*a):
+                    keep((True, eng.fills.tolist()))
+            else:
+                evs = f(*a)
+                if type(evs) is list:                       # an amend: execute's events
+                    keep((False, [(e.price, e.qty, e.taker_cid, e.maker_cid) for e in evs
+                                  if type(e) is M.Fill]))
+
+    def fills():
+        cid, oid = {}, 1
+        for c in wl.setup_commands():                       # the setup's orders took 1, 2, ...
+            if type(c) is M.NewOrder:
+                cid[oid] = c.cid
+                oid += 1
+        cid.update(placed)
+        out = []
+        for by_oid, group in rows:
+            for price, qty, taker, maker in group:
+                out.append((price, qty, cid[maker], cid[taker]) if by_oid
+                           else (price, qty, maker, taker))
+        return out
+    return Prepared(run, fills)
+
+
+def _api_single(wl):
+    eng = wl.fresh_engine()
+
+    def step(call):
+        new, f, a = call
+        if f(*a) and new:
+            eng.fills.tolist()
+    return step, _api_calls(eng, wl.commands())
+
+
 def _marks_build(wl):
     return _execute_build(wl, cmds=wl.commands_with_marks()[0])
 
@@ -222,6 +287,9 @@ def _replay_build(wl, fmt):
 
 EXECUTE = Path("perpdex execute", "Engine.execute(Struct) per command, margin on; a list of "
                "event Structs back, fills read from it", _execute_build, _execute_single)
+API = Path("perpdex new_order/cancel", "the per-command API: Engine.new_order / Engine.cancel "
+           "per command, margin on; each call's fills read from Engine.fills (an amend through "
+           "execute)", _api_build, _api_single)
 MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle` (mark update: "
              "risk pass, premium sample, triggers) every 500 operations, in its time; perpdex "
              "only: the plain book has no marks", _marks_build, _marks_single,
@@ -277,5 +345,5 @@ REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (ac
                  "events as dicts) in Python; not the baseline", _reference_build,
                  _reference_single)
 
-CORE = [PLAIN, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
+CORE = [PLAIN, API, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
 REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]
