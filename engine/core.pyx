@@ -6,8 +6,7 @@ from libc.stdint cimport int64_t, int32_t
 
 from engine.units cimport positive
 from engine.book cimport Book, BID, ASK
-from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.buffer cimport PyBUF_READ
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from engine.state cimport State, MarketC, FillC, add_market
 from engine.wire cimport FMT_MSGPACK, FMT_JSON, skip_object
@@ -228,13 +227,13 @@ cdef class Engine:
     @property
     def fills(self):
         """The fills of the last `new_order` call: a read-only memoryview of int64 rows
-        (price, qty, taker oid, maker oid), shape (n, 4). Valid until the next call."""
+        (price, qty, taker oid, maker oid), shape (n, 4). Its own copy: it outlives the call
+        and the engine. O(fills)."""
         cdef State s = self.s
         if s.n_logged == 0:
             return _NO_FILLS
-        raw = PyMemoryView_FromMemory(<char*>s.fill_log, s.n_logged * sizeof(FillC),
-                                      PyBUF_READ)
-        return raw.cast("B").cast("q", (s.n_logged, 4))
+        raw = PyBytes_FromStringAndSize(<char*>s.fill_log, s.n_logged * sizeof(FillC))
+        return memoryview(raw).cast("q", (s.n_logged, 4))
 
     def last_events(self):
         """The events of the last `new_order` or `cancel` call, as Structs (made on request)."""
@@ -364,7 +363,7 @@ cdef class Engine:
             return events.reject(s, None, Reason.INVALID_COMMAND,
                                  f"expected a command, got {type(cmd).__name__}")
         if cmd.ts > MAX_TS:        # a Struct built by hand skips msgspec's bound
-            return events.reject(s, None, Reason.INVALID_COMMAND,
+            return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
                                  f"ts must be at most {MAX_TS} ns, got {cmd.ts}")
         self._advance(cmd.ts)
         if t is NewOrder:
