@@ -1,7 +1,5 @@
-"""The benchmark harness runs end to end on a tiny workload (no timing is asserted)."""
-import io
-
-from bench import run as bench_run
+"""The standard workload generator and the liquidation benchmark, on tiny runs (no timing is
+asserted). The suite itself is tests/test_bench_suite.py."""
 from bench.workload import generate, kind_of
 
 
@@ -16,16 +14,6 @@ def test_the_workload_has_the_standard_mix_and_a_deep_book():
 
 def test_the_same_seed_gives_the_same_workload():
     assert generate(seed=5, n=500, depth=300).flow == generate(seed=5, n=500, depth=300).flow
-
-
-def test_the_benchmark_reports_every_path():
-    rep = bench_run.run(commands=1500, depth=500, seed=2, log=lambda *_: None)
-    assert set(rep["results"]) == {"core per-command", "core batch", "core batch, no margin",
-                                   "replay jsonl",
-                                   "replay msgpack", "python per-command", "python replay jsonl"}
-    out = io.StringIO()
-    bench_run.print_report(rep, out)
-    assert "| core batch |" in out.getvalue()
 
 
 def test_the_liquidation_benchmark_liquidates_exactly_the_ten_risky_accounts():
