@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
+from logging.handlers import QueueHandler, QueueListener
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -110,11 +112,44 @@ class JsonLines(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(fmt: str, stream) -> None:
-    """`text` (a line a record) or `json` (JsonLines) on `stream`."""
+class _Dropping(QueueHandler):
+    """Hands records to the writer thread and never waits: a full queue (a stderr nobody reads)
+    drops the record and counts it, so logging cannot hold the loop that serves everyone."""
+
+    def __init__(self, q):
+        super().__init__(q)
+        self.dropped = 0
+
+    def enqueue(self, record):
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+def configure_logging(fmt: str, stream, keep: int = 10_000) -> QueueListener:
+    """`text` (a line a record) or `json` (JsonLines) on `stream`, written by a thread of its
+    own from a queue of at most `keep` records (docs/observability.md). Returns the listener:
+    `stop()` it to write what is queued."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    q: queue.Queue = queue.Queue(maxsize=keep)
+    listener = QueueListener(q, handler, respect_handler_level=False)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Dropping(q)]
     root.setLevel(logging.INFO)
+    listener.start()
+    return listener
+
+
+def stop_logging(listener: QueueListener, seconds: float = 2.0) -> None:
+    """Write what is queued, waiting at most `seconds` (a stderr nobody reads must not keep the
+    server from stopping; the writer thread is a daemon)."""
+    try:
+        listener.queue.put_nowait(listener._sentinel)
+    except queue.Full:
+        return
+    if listener._thread is not None:
+        listener._thread.join(seconds)
+        listener._thread = None

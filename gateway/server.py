@@ -41,7 +41,7 @@ from .config import Config
 from .durability import Durability, Sequencer
 from .feed import Feed
 from .limits import Limits
-from .observability import Metrics, configure_logging
+from .observability import Metrics, configure_logging, stop_logging
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -832,7 +832,7 @@ def _raise_fd_limit(max_connections: int) -> int:
 
 def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         limits: Limits | None = None, durability: Durability | None = None) -> int:
-    configure_logging(cfg.log_format, sys.stderr)
+    logs = configure_logging(cfg.log_format, sys.stderr)
     server = Server(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
                     limits=limits, durability=durability)
     if cfg.metrics:
@@ -866,6 +866,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         server.serve_forever()
     finally:
         server.close()
+        stop_logging(logs)               # what is queued is written (for 2 s at most)
     st = server.stats
     out.write(f"perpdex stopped ({', '.join(signals) or 'asked'}): "
               f"{server.seq.n_commands} commands sequenced, the last batch made durable, "
