@@ -37,7 +37,8 @@ from engine import Engine, messages as M
 
 from . import protocol as P
 from .config import Config
-from .durability import Durability, Sequencer
+from . import journal
+from .durability import Deadline, Durability, Reply, Sequencer
 from .limits import Limits
 
 log = logging.getLogger("perpdex.gateway")
@@ -148,10 +149,11 @@ class Stream:
     garbage collector to walk), and the connections subscribed. buffer[i] has pseq
     `pseq - len(buffer) + 1 + i`."""
 
-    __slots__ = ("pseq", "buffer", "subscribers")
+    __slots__ = ("pseq", "buffer", "subscribers", "head")
 
     def __init__(self, keep: int):
         self.pseq = 0
+        self.head = CHAIN_START           # the hash chain's head at pseq (docs/protocol.md)
         self.buffer: deque[bytes] = deque(maxlen=keep)
         self.subscribers: set[bytes] = set()
 
@@ -188,6 +190,7 @@ def _accounts_of(ev) -> tuple:
 _ITEM_HEAD = b"\x83\xa6stream\xa7private\xa4pseq"
 _ITEM_EVENT = b"\xa5event"
 OK, FULL, GONE = 0, 1, 2
+CHAIN_START = bytes(16)                 # the head of a hash chain before its first event
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
@@ -207,7 +210,6 @@ class Server:
                 if not ep.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]:", "ipc://")):
                     raise ValueError(f"plain-text mode serves only loopback and ipc endpoints, "
                                      f"not {ep}")
-        self._boot()
         if self.plaintext:
             self.key_paths = {}
             self.by_key = {}
@@ -226,6 +228,7 @@ class Server:
         self.sessions: dict[bytes, Session] = {}    # connection -> its session
         self.owners: dict[int, Session] = {}        # open oid -> the session that placed it
         self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
+        self.chains: dict[str, bytes] = {}          # market -> its public hash chain's head
         self.out: list = []                         # (connection, reply bytes), this turn
         self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
         self.pub_out: list = []                     # (topic, event bytes), this turn
@@ -234,6 +237,8 @@ class Server:
         self.handlers = {P.Heartbeat: self._heartbeat, P.Session: self._session,
                          P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
                          P.Book: self._book, P.Markets: self._markets}
+        self.recovered = self._start(durability is None)
+        self.snapshot_asked = False
         self.ctx = zmq.Context()
         self.auth = None
         pub = sec = None
@@ -280,6 +285,22 @@ class Server:
                     raise BootError(f"{what}: the engine refuses it: {ev.reason}: {ev.detail}")
         self.seq.commit()
 
+    def _start(self, journaled: bool) -> str | None:
+        """With the journal (`[journal] enabled`, and no Durability given): recover the data
+        folder, or boot it when it is new; returns what was recovered (gateway/journal.py).
+        Otherwise boot."""
+        if journaled and self.cfg.journal.enabled:
+            return journal.recover(self)
+        self._boot()
+        return None
+
+    def _maybe_snapshot(self):
+        """Between turns: a snapshot every `snapshot_every` commands, or when asked (SIGUSR1)."""
+        j = self.seq.durability
+        if type(j) is journal.Journal and (self.snapshot_asked or journal.snapshot_due(self)):
+            self.snapshot_asked = False
+            journal.take_snapshot(self)
+
     # ---- the loop ----------------------------------------------------------------------------
 
     def serve_forever(self):
@@ -312,6 +333,7 @@ class Server:
                     log.exception("the server's own commands failed; serving on")
             self._flush()               # a failing Durability.sync() stops the server: nothing
                                         # may leave that is not durable
+            self._maybe_snapshot()
         self._flush()
 
     def _guarded(self, frames):
@@ -450,6 +472,7 @@ class Server:
                 self._run(M.Oracle(market=spec.name, price=idx, ts=now))
         for account in sorted(a for a, t in self.deadlines.items() if now >= t):
             del self.deadlines[account]
+            self.seq.note(Deadline(account, None))
             self._run(M.CancelAll(account=account, ts=now))
 
     # ---- one request -------------------------------------------------------------------------
@@ -521,6 +544,7 @@ class Server:
         data = self._reply(identity, reply)
         if rid is not None and reply.get("reason") != "rate_limited":
             seen.add(rid, data)
+            self.seq.note(Reply(acct.name, rid, data))
 
     def _limited(self, account: str, rid, now_ns: int, request: int = 0, cancels: int = 0,
                  others: int = 0):
@@ -571,9 +595,11 @@ class Server:
 
     def _schedule_cancel(self, acct, sess, identity, req, now):
         if req.after_ms is None:
-            self.deadlines.pop(acct.name, None)
+            if self.deadlines.pop(acct.name, None) is not None:
+                self.seq.note(Deadline(acct.name, None))
             return {"req_id": req.req_id, "ok": True, "at": None}
         self.deadlines[acct.name] = now + req.after_ms * 1_000_000
+        self.seq.note(Deadline(acct.name, self.deadlines[acct.name]))
         return {"req_id": req.req_id, "ok": True, "at": self.deadlines[acct.name]}
 
     def _stream(self, account: str) -> Stream:
@@ -635,7 +661,11 @@ class Server:
         """Sequence one command and route its events, each encoded once: to the reply (the
         returned Raw list), to the private streams of its accounts and to the PUB. Tracks the
         orders a session placed, for cancel-on-disconnect. O(events * subscribers)."""
-        events = self.seq.run(cmd)
+        return self._route(self.seq.run(cmd), sess)
+
+    def _route(self, events, sess: Session | None) -> list:
+        """`_run` after the engine: the events to the reply, the streams and the PUB (recovery
+        replays the journal through this too)."""
         encode = self.encode
         raws = []
         for ev in events:
@@ -716,6 +746,8 @@ class Server:
 
     def close(self):
         self.seq.commit()
+        if hasattr(self.seq.durability, "close"):
+            self.seq.durability.close()
         if self.auth is not None:
             self.auth.stop()
         self.ctx.destroy(linger=0)
@@ -750,6 +782,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(server, "snapshot_asked", True))
     out.write(f"perpdex serving: requests {cfg.router}, public events {cfg.pub}\n")
     if plaintext_loopback:
         out.write("PLAIN-TEXT mode (loopback only): no encryption, accounts log in by name\n")
@@ -760,6 +793,8 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
     for name, path in server.key_paths.items():
         if name != "server":
             out.write(f"  {name} ({cfg.accounts[name].role}): {path}\n")
+    if server.recovered:
+        out.write(server.recovered + "\n")
     out.flush()
     try:
         server.serve_forever()
