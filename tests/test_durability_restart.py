@@ -19,6 +19,8 @@ from gateway.config import DEFAULT_TOML
 from tests.test_gateway import PERPDEX, free_port
 from tests.test_gateway_hardening import Served
 
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
 enc = msgspec.msgpack.encode
 
 
