@@ -36,7 +36,7 @@ MODULES = [
     "engine.book", "engine.wire", "engine.state", "engine.events", "engine.margin",
     "engine.ledger", "engine.triggers", "engine.matching", "engine.entry", "engine.risk",
     "engine.funding", "engine.liquidation", "engine.accounts", "engine.reports",
-    "engine.fastpath", "engine.core",
+    "engine.snapshot", "engine.fastpath", "engine.core",
 ]
 
 extensions = [

@@ -225,10 +225,11 @@ class MsgpackFramer:
     tail. O(n) in the bytes.
     """
 
-    def __init__(self):
+    def __init__(self, count: int = 0, offset: int = 0):
+        """`count` objects and `offset` bytes of the stream came before (for the numbering)."""
         self._tail = b""
-        self._count = 0
-        self._offset = 0
+        self._count = count
+        self._offset = offset
         self._broken = False
         self.last_ends: list[int] = []
 

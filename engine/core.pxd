@@ -29,6 +29,7 @@ from engine.state cimport State
 @cython.final
 cdef class Engine:
     cdef State s
+    cdef int64_t _first              # seq before the last per-command call
 
     # ---- cpdef API -------------------------------------------------------------------------
     cpdef list execute(self, object cmd)
@@ -36,6 +37,8 @@ cdef class Engine:
     # ---- cdef internals --------------------------------------------------------------------
     cdef int _dispatch(self, object cmd) except -1
     cdef int _failed(self, object cmd) except -1
+    cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,
+                            Py_ssize_t* used, int64_t* count)
     cdef int _apply(self, object cmd) except -1
     cdef int _advance(self, int64_t ts) except -1
     cdef int _create_market(self, object cmd) except -1

@@ -19,6 +19,25 @@ class Engine:
     def execute_msgpack(self, data: bytes | bytearray | memoryview, first: int = 1,
                         offset: int = 0, out: Format = "msgpack") -> bytes:
         """Complete msgpack commands (as MsgpackFramer.split gives them) -> encoded events."""
+    # ---- the per-command API ------------------------------------------------------------------
+    def new_order(self, account: int | str, market: str, cid: int | str, side: str, qty: Any,
+                  price: Any = None, kind: str = "limit", tif: str = "gtc", ts: int = 0,
+                  reduce_only: bool = False, stp: str = "cancel_maker",
+                  trigger_price: Any = None) -> int:
+        """As the new_order command; the number of fills (rows of `fills`)."""
+    def cancel(self, account: int | str, market: str, cid: int | str, ts: int = 0) -> bool:
+        """As the cancel command; True when the order was cancelled."""
+    @property
+    def fills(self) -> memoryview:
+        """The last new_order's fills: int64 rows (price, qty, taker_oid, maker_oid)."""
+    def last_events(self) -> list[Event]:
+        """The last per-command call's events, as Structs."""
+    # ---- snapshots ----------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (same build only). O(orders + positions + accounts)."""
+    @staticmethod
+    def from_snapshot(data: bytes) -> "Engine":
+        """An engine in that state; ValueError for bytes that are no snapshot of this build."""
     # ---- views (change nothing) -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The canonical state whose digest is the state hash. O(orders + positions)."""

@@ -6,12 +6,16 @@ from libc.stdint cimport int64_t, int32_t
 
 from engine.units cimport positive
 from engine.book cimport Book, BID, ASK
-from engine.state cimport State, MarketC, add_market
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+
+from engine.state cimport State, MarketC, FillC, add_market
 from engine.wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from engine.matching cimport cancel_order
 from engine.wire cimport V_USER
-from engine cimport (events, entry, funding, liquidation, accounts, reports, fastpath)
-from engine.fastpath cimport FastCmd, FAST_NEW_ORDER, FAST_CANCEL
+from engine cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
+                     fastpath)
+from engine.fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL
 
 import msgspec
 
@@ -23,6 +27,7 @@ from engine.messages import MAX_TS, Reason
 from engine import reports as _reports
 
 cdef object _decode_events = _mp_events.decode
+cdef object _NO_FILLS = memoryview(b"").cast("q")      # `fills` after a call that made none
 
 cdef object _Command = M.Command
 cdef object NewOrder = M.NewOrder
@@ -42,19 +47,12 @@ cdef object TransferMargin = M.TransferMargin
 cdef object Audit = M.Audit
 
 
-cdef bint _complete_objects(const unsigned char[::1] data) except -1:
-    """Is `data` a run of complete msgpack objects (nothing truncated, no stray byte)?"""
-    cdef Py_ssize_t n = data.shape[0], i = 0
-    if n == 0:
-        return True
-    try:
-        while i < n:
-            i = skip_object(&data[0], i, n, 0)
-            if i < 0:
-                return False
-    except ValueError:
-        return False
-    return True
+cdef inline bint _key(object v, Py_ssize_t longest):
+    """An account key or cid as the contract allows it: an int64, or a non-empty string of at
+    most `longest` characters (the Struct path has msgspec check the same)."""
+    if type(v) is int:
+        return -9223372036854775808 <= v <= 9223372036854775807
+    return type(v) is str and 0 < len(<str>v) <= longest
 
 
 cdef class Engine:
@@ -86,13 +84,19 @@ cdef class Engine:
         format (default: the same). What cannot be decoded is answered with `invalid_command`.
         msgpack takes the fast path (no Python object per plain order or cancel).
         """
+        cdef Py_ssize_t used = 0
+        cdef int64_t count = 0
         if fmt == "msgpack":
-            if _complete_objects(data):       # one request's worth: no framing state needed
-                return self.execute_msgpack(data, 1, 0, out or fmt)
-            framer = MsgpackFramer()
-            frames, first, offset, bad = framer.split(data)
+            # One pass: the complete objects are applied as they are framed; from the first that
+            # is truncated or starts with a bad byte, the framer says what is wrong.
+            head = self._run_msgpack(data, 1, 0, out or fmt, &used, &count)
+            if used == len(data):
+                return head
+            framer = MsgpackFramer(count, used)
+            frames, first, offset, bad = framer.split(memoryview(data)[used:].tobytes())
             bad.extend(framer.close())
-            head = self.execute_msgpack(frames, first, offset, out or fmt)
+            if frames:
+                head += self.execute_msgpack(frames, first, offset, out or fmt)
             return head + self.execute_many(bad, out or fmt) if bad else head
         reader = CommandReader(fmt)
         items = reader.feed(data)
@@ -116,6 +120,17 @@ cdef class Engine:
     def execute_msgpack(self, data, int first=1, Py_ssize_t offset=0, str out="msgpack"):
         """Apply a buffer of complete msgpack commands (as MsgpackFramer.split gives them);
         return the encoded events. `first` and `offset` number the objects in rejections."""
+        cdef Py_ssize_t used = 0
+        cdef int64_t count = 0
+        result = self._run_msgpack(data, first, offset, out, &used, &count)
+        if used != len(data):
+            raise ValueError("execute_msgpack takes complete objects (see MsgpackFramer)")
+        return result
+
+    cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,
+                            Py_ssize_t* used, int64_t* count):
+        """Apply the msgpack commands of `data` up to the first object that is truncated or
+        starts with a bad byte; `used` is where it stopped, `count` the objects applied. O(n)."""
         cdef const unsigned char[::1] view = data
         cdef Py_ssize_t n = view.shape[0], i = 0, j
         cdef const unsigned char* p
@@ -128,10 +143,16 @@ cdef class Engine:
             return events.take_output(s, 0, False)
         p = &view[0]
         while i < n:
-            j = skip_object(p, i, n, 0)
-            if j < 0:
-                raise ValueError("execute_msgpack takes complete objects (see MsgpackFramer)")
-            kind = fastpath.read(s, p + i, j - i, &fc)
+            kind = fastpath.read(s, p + i, n - i, &fc)
+            if kind != FAST_NONE:
+                j = i + fc.end                    # the fast path framed it as it read it
+            else:
+                try:
+                    j = skip_object(p, i, n, 0)
+                except ValueError:
+                    j = -1
+                if j < 0:
+                    break
             if kind == FAST_NEW_ORDER:
                 s.n_commands += 1
                 self._advance(fc.ts)
@@ -149,7 +170,95 @@ cdef class Engine:
                                               f"object {k} at byte {offset + i}: "))
             k += 1
             i = j
+        used[0] = i
+        count[0] = k - 1
         return events.take_output(s, 0, False)
+
+    # ---- the per-command API: one call per order or cancel, no Python object per event ------
+
+    def new_order(self, account, str market, cid, str side, qty, price=None, str kind="limit",
+                  str tif="gtc", int64_t ts=0, bint reduce_only=False, str stp="cancel_maker",
+                  trigger_price=None):
+        """Place one order, as the `new_order` command with these fields would; return the
+        number of fills it made. Each fill is in `fills` (price, qty, taker oid, maker oid) until
+        the next call, and every event of the call in `last_events()`. A field the contract
+        refuses is answered in the events (`rejected`), as for the command. O(1) + O(fills)."""
+        cdef State s = self.s
+        events.begin_output(s, FMT_MSGPACK, True)
+        self._first = s.seq
+        s.n_logged = 0
+        s.n_commands += 1
+        s.log_fills = True
+        try:
+            if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
+                events.reject(s, "new_order", Reason.INVALID_COMMAND,
+                              f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
+                              f"1 to 64 characters, cid an int64 or a string of 1 to 36")
+                return 0
+            self._advance(ts)
+            entry.order_fields(s, account, market, cid, side, kind, qty, price, trigger_price,
+                               tif, reduce_only, stp)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            events.reject(s, "new_order", Reason.INVALID_COMMAND,
+                          "side, kind, tif or stp is not one of the contract's names, or the "
+                          "account or cid is not an integer or a string")
+        finally:
+            s.log_fills = False
+        return s.n_logged
+
+    def cancel(self, account, str market, cid, int64_t ts=0):
+        """Cancel one open order, as the `cancel` command would; return True when it was
+        cancelled (False: rejected, see `last_events()`). O(1)."""
+        cdef State s = self.s
+        cdef int64_t before
+        events.begin_output(s, FMT_MSGPACK, True)
+        self._first = s.seq
+        s.n_logged = 0
+        s.n_commands += 1
+        if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
+            events.reject(s, "cancel", Reason.INVALID_COMMAND,
+                          f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of 1 to 64 "
+                          f"characters, cid an int64 or a string of 1 to 36")
+            return False
+        self._advance(ts)
+        before = s.pool.n_live
+        entry.cancel_fields(s, account, market, cid)
+        return s.pool.n_live < before
+
+    @property
+    def fills(self):
+        """The fills of the last `new_order` call: a read-only memoryview of int64 rows
+        (price, qty, taker oid, maker oid), shape (n, 4). Valid until the next call."""
+        cdef State s = self.s
+        if s.n_logged == 0:
+            return _NO_FILLS
+        raw = PyMemoryView_FromMemory(<char*>s.fill_log, s.n_logged * sizeof(FillC),
+                                      PyBUF_READ)
+        return raw.cast("B").cast("q", (s.n_logged, 4))
+
+    def last_events(self):
+        """The events of the last `new_order` or `cancel` call, as Structs (made on request)."""
+        return _decode_events(events.take_output(self.s, self._first, True))
+
+    # ---- snapshots (engine.snapshot) --------------------------------------------------------
+
+    def snapshot(self):
+        """The whole state as bytes, for `Engine.from_snapshot` of the same build.
+        O(orders + positions + accounts)."""
+        return snapshot.dump(self.s)
+
+    @staticmethod
+    def from_snapshot(data):
+        """An engine in the state `snapshot()` wrote: the same state hash, seq, clock, next oid
+        and counters. Raises ValueError for bytes that are no snapshot of this build."""
+        cdef Engine eng
+        try:
+            margin = msgspec.msgpack.decode(data)["margin"]
+        except (msgspec.DecodeError, TypeError, KeyError, IndexError) as e:
+            raise ValueError(f"snapshot: not a perpdex snapshot ({e})") from None
+        eng = Engine(bool(margin))
+        snapshot.load(eng.s, bytes(data))
+        return eng
 
     # ---- views (engine.reports) ------------------------------------------------------------
 

@@ -13,10 +13,14 @@ from libc.stdint cimport int64_t, int32_t, uint8_t
 from engine.state cimport State, OrderCmd, CidKey
 
 cdef int new_order(State s, object cmd) except -1
+cdef int order_fields(State s, object acct, object market, object cid, object side_name,
+                      object kind_name, object qty_v, object price_v, object trigger_v,
+                      object tif_name, bint ro, object stp_name) except -1
 cdef int place(State s, OrderCmd* c) except -1
 cdef int fire_triggers(State s, int32_t m) except -1
 cdef int amend(State s, object cmd) except -1
 cdef int cancel(State s, object cmd) except -1
+cdef int cancel_fields(State s, object acct, object market, object cid) except -1
 cdef int cancel_all(State s, object cmd) except -1
 cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t qty,
                                int64_t limit) except -1

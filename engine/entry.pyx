@@ -171,29 +171,34 @@ cdef inline void _with_order(Ticket* t, PosC* p, int side, int64_t qty) noexcept
 # ---- new orders ----------------------------------------------------------------------------
 
 cdef int new_order(State s, object cmd) except -1:
-    """The Struct path: field checks with the Python values at hand, then `place`."""
+    """The Struct path: its fields, checked by `order_fields`."""
+    return order_fields(s, cmd.account, cmd.market, cmd.cid, cmd.side, cmd.kind, cmd.qty,
+                        cmd.price, cmd.trigger_price, cmd.tif, cmd.reduce_only, cmd.stp)
+
+
+cdef int order_fields(State s, object acct, object market, object cid, object side_name,
+                      object kind_name, object qty_v, object price_v, object trigger_v,
+                      object tif_name, bint ro, object stp_name) except -1:
+    """A new order's fields as Python values (a Struct's, or the per-command API's): the field
+    checks in the contract's order, then `place`. A name that is not one of the contract's
+    raises KeyError (the dispatch answers it as invalid_command)."""
     cdef int32_t m, a, kind, side, tif, stp
     cdef int64_t qty, price
-    cdef bint ro
     cdef MarketC* mk
     cdef OrderCmd oc
     cdef object keep
-    acct = cmd.account
-    market = cmd.market
-    cid = cmd.cid
     m = s.market_ids.get(market, -1)
     if m < 0:
         return events.reject(s, "new_order", Reason.UNKNOWN_MARKET, no_market(market), acct,
                              market, cid)
     mk = &s.mk[m]
-    side = _SIDES[cmd.side]
-    kind = _KINDS[cmd.kind]
-    tif = _TIFS[cmd.tif]
-    stp = _STPS[cmd.stp]
-    ro = cmd.reduce_only
-    qty = positive(cmd.qty, mk.max_qty)
+    side = _SIDES[side_name]
+    kind = _KINDS[kind_name]
+    tif = _TIFS[tif_name]
+    stp = _STPS[stp_name]
+    qty = positive(qty_v, mk.max_qty)
     if qty == 0:
-        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(cmd.qty, mk.max_qty),
+        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(qty_v, mk.max_qty),
                              acct, market, cid)
     if qty < mk.min_qty:
         return events.reject(s, "new_order", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
@@ -202,16 +207,16 @@ cdef int new_order(State s, object cmd) except -1:
     if kind == MARKET:
         tif = IOC           # a market order's `price`, if sent, is ignored
     elif kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
-        price = positive(cmd.price, mk.max_price)
+        price = positive(price_v, mk.max_price)
         if price == 0:
             return events.reject(s, "new_order", Reason.INVALID_PRICE,
-                                 bad_price("price", cmd.price, mk.max_price), acct, market, cid)
+                                 bad_price("price", price_v, mk.max_price), acct, market, cid)
     oc.trigger_price = 0
     if kind != LIMIT and kind != MARKET:
-        oc.trigger_price = positive(cmd.trigger_price, mk.max_price)
+        oc.trigger_price = positive(trigger_v, mk.max_price)
         if oc.trigger_price == 0:
             return events.reject(s, "new_order", Reason.INVALID_PRICE,
-                                 bad_price("trigger_price", cmd.trigger_price, mk.max_price), acct,
+                                 bad_price("trigger_price", trigger_v, mk.max_price), acct,
                                  market, cid)
         if kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET:
             tif = IOC
@@ -413,15 +418,20 @@ cdef int32_t _open_order(State s, object acct, object cid, int32_t m) except -2:
 
 
 cdef int cancel(State s, object cmd) except -1:
-    cdef int32_t m = s.market_ids.get(cmd.market, -1)
+    return cancel_fields(s, cmd.account, cmd.market, cmd.cid)
+
+
+cdef int cancel_fields(State s, object acct, object market, object cid) except -1:
+    """A cancel's fields as Python values (a Struct's, or the per-command API's)."""
+    cdef int32_t m = s.market_ids.get(market, -1)
     cdef int32_t i
     if m < 0:
-        return events.reject(s, "cancel", Reason.UNKNOWN_MARKET, no_market(cmd.market),
-                             cmd.account, cmd.market, cmd.cid)
-    i = _open_order(s, cmd.account, cmd.cid, m)
+        return events.reject(s, "cancel", Reason.UNKNOWN_MARKET, no_market(market), acct,
+                             market, cid)
+    i = _open_order(s, acct, cid, m)
     if i < 0:
-        return events.reject(s, "cancel", Reason.UNKNOWN_ORDER, no_order(cmd.cid, cmd.market),
-                             cmd.account, cmd.market, cmd.cid)
+        return events.reject(s, "cancel", Reason.UNKNOWN_ORDER, no_order(cid, market), acct,
+                             market, cid)
     return cancel_order(s, i, V_USER)
 
 

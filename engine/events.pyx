@@ -6,7 +6,7 @@ from engine.units cimport int128, py128
 from engine.book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
 from engine.state cimport State, OrderCmd, cid_obj
 from engine.wire cimport (
-    EventWriter, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
+    EventWriter, w_key, w_name, w_int64, w_bool, w_end, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
     K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
     K_TAKER_REMAINING, K_MAKER_ACCOUNT, K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE,
@@ -56,7 +56,7 @@ cdef int _cid(State s, int32_t i) except -1:
     cdef Order* o = &s.pool.o[i]
     if o.cid_is_str:
         return s.w.utf8(s.pool.cid_text + <size_t>i * CID_BYTES, o.cid_len)
-    return s.w.int64(o.cid_int)
+    return w_int64(s.w, o.cid_int)
 
 
 cdef int _order_head(State s, int32_t i, int etype, int nfields) except -1:
@@ -64,10 +64,10 @@ cdef int _order_head(State s, int32_t i, int etype, int nfields) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     w.begin(etype, nfields, _next(s), s.clock)
-    w.key(K_ACCOUNT); w.name(s.ac[o.account].name_tok)
-    w.key(K_MARKET); w.name(s.mk[o.market].name_tok)
-    w.key(K_CID); _cid(s, i)
-    w.key(K_OID); w.int64(o.oid)
+    w_key(w, K_ACCOUNT); w_name(w, s.ac[o.account].name_tok)
+    w_key(w, K_MARKET); w_name(w, s.mk[o.market].name_tok)
+    w_key(w, K_CID); _cid(s, i)
+    w_key(w, K_OID); w_int64(w, o.oid)
     return 0
 
 
@@ -79,40 +79,40 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_ACCEPTED, 10)
-    w.key(K_SIDE); w.tok(V_BUY + o.side)
-    w.key(K_KIND); w.tok(V_LIMIT + o.kind)
-    w.key(K_PRICE)
+    w_key(w, K_SIDE); w_key(w, V_BUY + o.side)
+    w_key(w, K_KIND); w_key(w, V_LIMIT + o.kind)
+    w_key(w, K_PRICE)
     if _priceless(o.kind):
         w.null()
     else:
-        w.int64(o.price)
-    w.key(K_QTY); w.int64(qty)
-    w.key(K_TIF); w.tok(V_GTC + o.tif)
-    w.key(K_REDUCE_ONLY); w.boolean(o.reduce_only)
-    return w.end()
+        w_int64(w, o.price)
+    w_key(w, K_QTY); w_int64(w, qty)
+    w_key(w, K_TIF); w_key(w, V_GTC + o.tif)
+    w_key(w, K_REDUCE_ONLY); w_bool(w, o.reduce_only)
+    return w_end(w)
 
 
 cdef int cancelled(State s, int32_t i, int reason) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_CANCELLED, 6)
-    w.key(K_REMAINING); w.int64(o.qty)
-    w.key(K_REASON); w.tok(reason)
-    return w.end()
+    w_key(w, K_REMAINING); w_int64(w, o.qty)
+    w_key(w, K_REASON); w_key(w, reason)
+    return w_end(w)
 
 
 cdef int amended(State s, int32_t i, bint kept) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_AMENDED, 7)
-    w.key(K_PRICE)
+    w_key(w, K_PRICE)
     if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
         w.null()
     else:
-        w.int64(o.price)
-    w.key(K_QTY); w.int64(o.qty)
-    w.key(K_PRIORITY_KEPT); w.boolean(kept)
-    return w.end()
+        w_int64(w, o.price)
+    w_key(w, K_QTY); w_int64(w, o.qty)
+    w_key(w, K_PRIORITY_KEPT); w_bool(w, kept)
+    return w_end(w)
 
 
 cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t tfee,
@@ -123,31 +123,31 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
     cdef Order* mo = &s.pool.o[mi]
     cdef EventWriter w = s.w
     w.begin(T_FILL, 15, _next(s), s.clock)
-    w.key(K_MARKET); w.name(s.mk[to.market].name_tok)
-    w.key(K_PRICE); w.int64(price)
-    w.key(K_QTY); w.int64(q)
-    w.key(K_TAKER_SIDE); w.tok(V_BUY + to.side)
-    w.key(K_TAKER_ACCOUNT); w.name(s.ac[to.account].name_tok)
-    w.key(K_TAKER_CID); _cid(s, t)
-    w.key(K_TAKER_OID); w.int64(to.oid)
-    w.key(K_TAKER_REMAINING); w.int64(to.qty)
-    w.key(K_MAKER_ACCOUNT); w.name(s.ac[mo.account].name_tok)
-    w.key(K_MAKER_CID); _cid(s, mi)
-    w.key(K_MAKER_OID); w.int64(mo.oid)
-    w.key(K_MAKER_REMAINING); w.int64(mo.qty)
-    w.key(K_TAKER_FEE); w.int64(tfee)
-    w.key(K_MAKER_FEE); w.int64(mfee)
-    w.key(K_LIQUIDATION); w.boolean(s.liquidating)
-    return w.end()
+    w_key(w, K_MARKET); w_name(w, s.mk[to.market].name_tok)
+    w_key(w, K_PRICE); w_int64(w, price)
+    w_key(w, K_QTY); w_int64(w, q)
+    w_key(w, K_TAKER_SIDE); w_key(w, V_BUY + to.side)
+    w_key(w, K_TAKER_ACCOUNT); w_name(w, s.ac[to.account].name_tok)
+    w_key(w, K_TAKER_CID); _cid(s, t)
+    w_key(w, K_TAKER_OID); w_int64(w, to.oid)
+    w_key(w, K_TAKER_REMAINING); w_int64(w, to.qty)
+    w_key(w, K_MAKER_ACCOUNT); w_name(w, s.ac[mo.account].name_tok)
+    w_key(w, K_MAKER_CID); _cid(s, mi)
+    w_key(w, K_MAKER_OID); w_int64(w, mo.oid)
+    w_key(w, K_MAKER_REMAINING); w_int64(w, mo.qty)
+    w_key(w, K_TAKER_FEE); w_int64(w, tfee)
+    w_key(w, K_MAKER_FEE); w_int64(w, mfee)
+    w_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
+    return w_end(w)
 
 
 cdef int mark(State s, int32_t m) except -1:
     cdef EventWriter w = s.w
     w.begin(T_MARK, 3, _next(s), s.clock)
-    w.key(K_MARKET); w.name(s.mk[m].name_tok)
-    w.key(K_INDEX); w.int64(s.mk[m].index)
-    w.key(K_MARK); w.int64(s.mk[m].mark)
-    return w.end()
+    w_key(w, K_MARKET); w_name(w, s.mk[m].name_tok)
+    w_key(w, K_INDEX); w_int64(w, s.mk[m].index)
+    w_key(w, K_MARK); w_int64(w, s.mk[m].mark)
+    return w_end(w)
 
 
 # ---- rejections ------------------------------------------------------------------------------
@@ -157,44 +157,44 @@ cdef int reject(State s, str command, str reason, str detail, object account=Non
     cdef EventWriter w = s.w
     cdef int n = 3 + (account is not None) + (market is not None) + (cid is not None)
     w.begin(T_REJECTED, n, _next(s), s.clock)
-    w.key(K_COMMAND)
+    w_key(w, K_COMMAND)
     w.pyobj(command)
     if account is not None:
-        w.key(K_ACCOUNT)
+        w_key(w, K_ACCOUNT)
         w.pyobj(account)
     if market is not None:
-        w.key(K_MARKET)
+        w_key(w, K_MARKET)
         w.pyobj(market)
     if cid is not None:
-        w.key(K_CID)
+        w_key(w, K_CID)
         w.pyobj(cid)
-    w.key(K_REASON)
+    w_key(w, K_REASON)
     w.pystr(reason)
-    w.key(K_DETAIL)
+    w_key(w, K_DETAIL)
     w.pystr(detail)
-    return w.end()
+    return w_end(w)
 
 
 cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
     """`rejected` for a new_order already resolved to ids: the same bytes as `reject`."""
     cdef EventWriter w = s.w
     w.begin(T_REJECTED, 6, _next(s), s.clock)
-    w.key(K_COMMAND)
+    w_key(w, K_COMMAND)
     w.pystr("new_order")
-    w.key(K_ACCOUNT)
-    w.name(s.ac[c.account].name_tok)
-    w.key(K_MARKET)
-    w.name(s.mk[c.market].name_tok)
-    w.key(K_CID)
+    w_key(w, K_ACCOUNT)
+    w_name(w, s.ac[c.account].name_tok)
+    w_key(w, K_MARKET)
+    w_name(w, s.mk[c.market].name_tok)
+    w_key(w, K_CID)
     if c.cid.is_str:
         w.utf8(c.cid.text, c.cid.n)
     else:
-        w.int64(c.cid.i)
-    w.key(K_REASON)
+        w_int64(w, c.cid.i)
+    w_key(w, K_REASON)
     w.pystr(reason)
-    w.key(K_DETAIL)
+    w_key(w, K_DETAIL)
     w.pystr(detail)
-    return w.end()
+    return w_end(w)
 
 
 # ---- the rare events, as Structs -------------------------------------------------------------
@@ -232,9 +232,9 @@ cdef int balance(State s, int32_t a, str reason) except -1:
 
 cdef int state_hash(State s, str digest) except -1:
     s.w.begin(T_STATE_HASH, 1, _next(s), s.clock)
-    s.w.key(K_HASH)
+    w_key(s.w, K_HASH)
     s.w.pystr(digest)
-    return s.w.end()
+    return w_end(s.w)
 
 
 cdef int report(State s, object cls, dict fields) except -1:

@@ -11,9 +11,11 @@ cdef enum:
     FAST_CANCEL             # out.slot is the open order to cancel (its oid in out.oid)
 
 ctypedef struct FastCmd:
+    Py_ssize_t end              # where the command's object ends in the bytes read
     OrderCmd order
     int32_t slot
     int64_t oid
     int64_t ts
 
+# p[0:n] starts with the command (more may follow it: out.end says where it ends).
 cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) except -1   # O(n)

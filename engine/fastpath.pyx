@@ -63,7 +63,7 @@ cdef Py_ssize_t _rd_choice(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
     if i < 0:
         return -1
     while names[k] != NULL:
-        if _eq(s, ln, names[k], strlen(names[k])):
+        if names[k][0] == s[0] and _eq(s, ln, names[k], strlen(names[k])):
             out[0] = k
             return i
         k += 1
@@ -228,15 +228,15 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
         if i < 0:
             return FAST_NONE
         bit = 0
-        if kl == 4 and memcmp(ks, b"type", 4) == 0:
+        if kl == 4 and ks[0] == 116 and memcmp(ks, b"type", 4) == 0:
             bit = F_TYPE
             i = _rd_str(p, i, n, &ty, &ty_n)
-        elif kl == 2 and memcmp(ks, b"ts", 2) == 0:
+        elif kl == 2 and ks[0] == 116 and memcmp(ks, b"ts", 2) == 0:
             bit = F_TS
             i = _rd_int(p, i, n, &ts)
             if ts < 0:
                 return FAST_NONE
-        elif kl == 7 and memcmp(ks, b"account", 7) == 0:
+        elif kl == 7 and ks[0] == 97 and memcmp(ks, b"account", 7) == 0:
             bit = F_ACCOUNT
             if i < n and (p[i] <= 0x7f or p[i] >= 0xe0 or 0xcc <= p[i] <= 0xd3):
                 i = _rd_int(p, i, n, &v)
@@ -250,7 +250,7 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
                 a = find_account_bytes(s, keybuf, _canonical_key(1, 0, sv, sl, keybuf))
             if a < 0:
                 return FAST_NONE
-        elif kl == 6 and memcmp(ks, b"market", 6) == 0:
+        elif kl == 6 and ks[0] == 109 and memcmp(ks, b"market", 6) == 0:
             bit = F_MARKET
             i = _rd_str(p, i, n, &sv, &sl)
             if i < 0:
@@ -258,7 +258,7 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
             m = find_market_bytes(s, sv, sl)
             if m < 0:
                 return FAST_NONE
-        elif kl == 3 and memcmp(ks, b"cid", 3) == 0:
+        elif kl == 3 and ks[0] == 99 and memcmp(ks, b"cid", 3) == 0:
             bit = F_CID
             if i < n and (p[i] <= 0x7f or p[i] >= 0xe0 or 0xcc <= p[i] <= 0xd3):
                 i = _rd_int(p, i, n, &cid_i)
@@ -268,18 +268,18 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
                 if i < 0 or cid_n < 1 or cid_n > 36 or not _ascii(cid_s, cid_n):
                     return FAST_NONE
                 cid_str = True
-        elif kl == 4 and memcmp(ks, b"side", 4) == 0:
+        elif kl == 4 and ks[0] == 115 and memcmp(ks, b"side", 4) == 0:
             bit = F_SIDE
             i = _rd_choice(p, i, n, _FAST_SIDES, &side)
-        elif kl == 4 and memcmp(ks, b"kind", 4) == 0:
+        elif kl == 4 and ks[0] == 107 and memcmp(ks, b"kind", 4) == 0:
             bit = F_KIND
             i = _rd_choice(p, i, n, _FAST_KINDS, &kind)
-        elif kl == 3 and memcmp(ks, b"qty", 3) == 0:
+        elif kl == 3 and ks[0] == 113 and memcmp(ks, b"qty", 3) == 0:
             bit = F_QTY
             i = _rd_int(p, i, n, &qty)
             if qty <= 0 or qty > C_MAX_QTY:
                 return FAST_NONE
-        elif kl == 5 and memcmp(ks, b"price", 5) == 0:
+        elif kl == 5 and ks[0] == 112 and memcmp(ks, b"price", 5) == 0:
             bit = F_PRICE
             if i < n and p[i] == 0xc0:
                 price = 0
@@ -288,21 +288,21 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
                 i = _rd_int(p, i, n, &price)
                 if price <= 0 or price > C_MAX_PRICE:
                     return FAST_NONE
-        elif kl == 13 and memcmp(ks, b"trigger_price", 13) == 0:
+        elif kl == 13 and ks[0] == 116 and memcmp(ks, b"trigger_price", 13) == 0:
             bit = F_TRIGGER
             if i >= n or p[i] != 0xc0:
                 return FAST_NONE
             i += 1
-        elif kl == 3 and memcmp(ks, b"tif", 3) == 0:
+        elif kl == 3 and ks[0] == 116 and memcmp(ks, b"tif", 3) == 0:
             bit = F_TIF
             i = _rd_choice(p, i, n, _FAST_TIFS, &tif)
-        elif kl == 11 and memcmp(ks, b"reduce_only", 11) == 0:
+        elif kl == 11 and ks[0] == 114 and memcmp(ks, b"reduce_only", 11) == 0:
             bit = F_RO
             if i >= n or (p[i] != 0xc2 and p[i] != 0xc3):
                 return FAST_NONE
             ro = p[i] == 0xc3
             i += 1
-        elif kl == 3 and memcmp(ks, b"stp", 3) == 0:
+        elif kl == 3 and ks[0] == 115 and memcmp(ks, b"stp", 3) == 0:
             bit = F_STP
             i = _rd_choice(p, i, n, _FAST_STPS, &stp)
         else:
@@ -310,8 +310,9 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
         if i < 0 or seen & bit:
             return FAST_NONE
         seen |= bit
-    if i != n or not (seen & F_TYPE):
+    if not (seen & F_TYPE):
         return FAST_NONE
+    out.end = i                                   # the object ends here (n: the data's end)
     if _eq(ty, ty_n, b"new_order", 9):
         if (seen & (F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY)) != \
                 (F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY):

@@ -4,7 +4,9 @@ from libc.stdint cimport int64_t, int32_t
 
 from engine.units cimport int128, iabs
 from engine.book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, CANCEL_TAKER, CANCEL_BOTH)
-from engine.state cimport State, MarketC, PosC, reducible
+from libc.stdlib cimport realloc
+
+from engine.state cimport State, MarketC, PosC, FillC, reducible
 from engine.wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
 from engine.ledger cimport fee, book_trade
 from engine.margin cimport allowed_after
@@ -161,6 +163,8 @@ cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t 
     book_trade(s, tp, to.side, q, price, tfee)
     book_trade(s, mp, mo.side, q, price, mfee)
     s.n_fills += 1
+    if s.log_fills:
+        _log_fill(s, price, q, to.oid, mo.oid)
     if s.liquidating:
         s.liq_qty += q
         s.liq_notional += <int128>price * q * mk.multiplier
@@ -171,6 +175,25 @@ cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t 
         _sweep_reduce_only(s, m_acct, m)
     if tp.n_ro and (tp.size == 0 or (tp.size > 0) != (t_before > 0)):
         _sweep_reduce_only(s, t_acct, m)
+    return 0
+
+
+cdef int _log_fill(State s, int64_t price, int64_t q, int64_t taker, int64_t maker) except -1:
+    """Keep a fill for the per-command API (Engine.fills). O(1) amortised."""
+    cdef FillC* grown
+    cdef FillC* f
+    if s.n_logged == s.log_cap:
+        grown = <FillC*>realloc(s.fill_log, 2 * <size_t>s.log_cap * sizeof(FillC))
+        if grown == NULL:
+            raise MemoryError()
+        s.fill_log = grown
+        s.log_cap *= 2
+    f = &s.fill_log[s.n_logged]
+    f.price = price
+    f.qty = q
+    f.taker_oid = taker
+    f.maker_oid = maker
+    s.n_logged += 1
     return 0
 
 

@@ -89,6 +89,13 @@ ctypedef struct CidKey:
     Py_ssize_t n
     bint is_str
 
+# One fill as the per-command API reports it (Engine.fills): no Python object per fill.
+ctypedef struct FillC:
+    int64_t price
+    int64_t qty
+    int64_t taker_oid
+    int64_t maker_oid
+
 # A new order whose fields are valid and resolved to ids (the input of engine.entry.place).
 ctypedef struct OrderCmd:
     int64_t qty
@@ -150,6 +157,11 @@ cdef class State:
     cdef bint liquidating           # the walk is a liquidation's: fills say so
     cdef int64_t liq_qty            # what the liquidation walk filled, and its notional
     cdef int128 liq_notional
+    # ---- the fills of the current per-command call (Engine.new_order / Engine.cancel) --------
+    cdef bint log_fills              # record fills below (only during those calls)
+    cdef FillC* fill_log
+    cdef int32_t n_logged
+    cdef int32_t log_cap
     # ---- totals of the audit -----------------------------------------------------------------
     cdef int64_t deposits
     cdef int64_t withdrawals

@@ -78,6 +78,12 @@ cdef class State:
         self.clock = 0
         self.seq = 0
         self.next_oid = 1
+        self.log_fills = False
+        self.log_cap = 64
+        self.n_logged = 0
+        self.fill_log = <FillC*>malloc(self.log_cap * sizeof(FillC))
+        if self.fill_log == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         cdef int32_t m
@@ -90,6 +96,7 @@ cdef class State:
         free(self.pos)
         free(self.ac)
         free(self.akey)
+        free(self.fill_log)
 
 
 # ---- accounts ------------------------------------------------------------------------------

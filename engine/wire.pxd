@@ -6,6 +6,7 @@ Every string the writer can emit is a token encoded once, at start-up, in both f
 """
 cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 # ---- output formats -----------------------------------------------------------------------
 cdef enum Fmt:
@@ -121,6 +122,49 @@ cdef class EventWriter:
     cdef void _raw(self, const char* p, Py_ssize_t n) noexcept
     cdef void _byte(self, char c) noexcept
     cdef void _be(self, uint64_t v, int nbytes) noexcept
+
+
+# ---- the hot writes, inline in the rooms that call them: a bounds check and a copy ------------
+
+cdef inline int w_raw(EventWriter w, const char* p, Py_ssize_t n) except -1:
+    if w.length + n > w.cap:
+        w.reserve(n)
+    memcpy(w.buf + w.length, p, n)
+    w.length += n
+    return 0
+
+
+cdef inline int w_key(EventWriter w, int k) except -1:
+    """A key token (or any token: a type, a side, a reason)."""
+    return w_raw(w, w.tok_ptr[k], w.tok_len[k])
+
+
+cdef inline int w_name(EventWriter w, int32_t name_id) except -1:
+    return w_raw(w, w.name_ptr[name_id], w.name_len[name_id])
+
+
+cdef inline int w_int64(EventWriter w, int64_t v) except -1:
+    """An integer: a positive fixint inline, anything else through EventWriter.int64."""
+    if w.fmt == FMT_MSGPACK and 0 <= v < 128 and w.length < w.cap:
+        w.buf[w.length] = <char>v
+        w.length += 1
+        return 0
+    return w.int64(v)
+
+
+cdef inline int w_end(EventWriter w) except -1:
+    """Close an event (a newline in JSON Lines; nothing to do in msgpack)."""
+    if w.fmt == FMT_JSON:
+        return w.end()
+    return 0
+
+
+cdef inline int w_bool(EventWriter w, bint v) except -1:
+    if w.fmt == FMT_MSGPACK and w.length < w.cap:
+        w.buf[w.length] = <char>(0xc3 if v else 0xc2)
+        w.length += 1
+        return 0
+    return w.boolean(v)
 
 
 # Index just past the msgpack object at `i` in p[0:n]; -1 if the data ends inside it; raises

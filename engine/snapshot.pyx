@@ -1,0 +1,192 @@
+# cython: language_level=3
+"""Snapshots (see snapshot.pxd). O(orders + positions + accounts) both ways, mostly memcpy."""
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from libc.stdint cimport int64_t, int32_t, uint64_t
+
+from engine.book cimport Book, OrderPool, Order, Level, CID_BYTES
+from engine.state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
+from engine.triggers cimport arm
+
+from decimal import Decimal
+
+import msgspec
+
+from engine.markets import MarketSpec, TierSpec
+
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.decode
+
+# What the raw parts depend on: a snapshot is read back only by a build with the same layout.
+VERSION = 1
+
+
+cdef list _layout():
+    return [VERSION, sizeof(MarketC), sizeof(PosC), sizeof(AccountC), sizeof(Order),
+            sizeof(Level), CID_BYTES]
+
+
+cdef inline bytes _raw(const void* p, size_t n):
+    return PyBytes_FromStringAndSize(<const char*>p, n)
+
+
+cdef int _copy(bytes b, void* dst, size_t n, str what) except -1:
+    if <size_t>PyBytes_GET_SIZE(b) != n:
+        raise ValueError(f"snapshot: {what} has {PyBytes_GET_SIZE(b)} bytes, expected {n}")
+    memcpy(dst, PyBytes_AS_STRING(b), n)
+    return 0
+
+
+cdef void* _grow(void* p, size_t n) except NULL:
+    cdef void* q = realloc(p, n if n else 1)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
+def _spec_record(spec):
+    return {"name": spec.name, "tick_size": str(spec.tick_size), "lot_size": str(spec.lot_size),
+            **{k: getattr(spec, k) for k in spec.__dataclass_fields__
+               if k not in ("name", "tick_size", "lot_size", "tiers")},
+            "tiers": [[t.max_notional, t.imf_ppm, t.mmf_ppm, t.imf_deduction, t.mmf_deduction]
+                      for t in spec.tiers]}
+
+
+def _spec(rec):
+    rec = dict(rec)
+    rec["tick_size"] = Decimal(rec["tick_size"])
+    rec["lot_size"] = Decimal(rec["lot_size"])
+    rec["tiers"] = tuple(TierSpec(*t) for t in rec["tiers"])
+    return MarketSpec(**rec)
+
+
+cdef bytes dump(State s):
+    """The state as one msgpack document (see snapshot.pxd)."""
+    cdef int32_t m
+    cdef Book b
+    cdef OrderPool pool = s.pool
+    books = []
+    for m in range(s.n_markets):
+        b = s.books[m]
+        books.append([b.lv_cap, b.lv_free, _raw(b.lv, b.lv_cap * sizeof(Level)),
+                      [b.n[0], b.n[1]], [b.side_cap[0], b.side_cap[1]],
+                      [_raw(b.slots[0], b.side_cap[0] * sizeof(int32_t)),
+                       _raw(b.slots[1], b.side_cap[1] * sizeof(int32_t))],
+                      [_raw(b.keys[0], b.side_cap[0] * sizeof(int64_t)),
+                       _raw(b.keys[1], b.side_cap[1] * sizeof(int64_t))]])
+    doc = {
+        "layout": _layout(),
+        "margin": s.margin,
+        "scalars": [s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits,
+                    s.withdrawals, s.fees],
+        "markets": [_spec_record(spec) for spec in s.specs],
+        "market_c": _raw(s.mk, s.n_markets * sizeof(MarketC)),
+        "accounts": list(s.account_keys),
+        "account_c": _raw(s.ac, s.n_accounts * sizeof(AccountC)),
+        "positions": _raw(s.pos, s.n_pos * sizeof(PosC)),
+        "pool": [pool.cap, pool.free_head, pool.n_live, <uint64_t>pool.mask,
+                 _raw(pool.o, pool.cap * sizeof(Order)), _raw(pool.cid_text, pool.cap * CID_BYTES),
+                 _raw(pool.buckets, (pool.mask + 1) * sizeof(int32_t)), pool.acct_cap,
+                 _raw(pool.acct_head, pool.acct_cap * sizeof(int32_t)),
+                 _raw(pool.acct_tail, pool.acct_cap * sizeof(int32_t))],
+        "books": books,
+        "risk_called": [sorted(x) for x in s.risk_called],
+        "dirty": list(s.dirty),
+    }
+    return _encode(doc)
+
+
+cdef int load(State s, bytes data) except -1:
+    """Fill a new State from `dump`'s bytes. Raises ValueError for data of another layout."""
+    cdef int32_t m, a, p, i, k, side, tok
+    cdef TierC* tiers
+    cdef Book b
+    cdef OrderPool pool = s.pool
+    cdef PosC* q
+    try:
+        doc = _decode(data)
+        layout = doc["layout"]
+    except (msgspec.DecodeError, TypeError, KeyError) as e:
+        raise ValueError(f"snapshot: not a perpdex snapshot ({e})") from None
+    if layout != _layout():
+        raise ValueError(f"snapshot: written by a build of another layout ({layout}, this "
+                         f"build {_layout()}); rebuild the state from the journal")
+    if s.n_markets or s.n_accounts or bool(doc["margin"]) != s.margin:
+        raise ValueError("snapshot: load into a new engine with the same margin setting")
+    for rec in doc["markets"]:
+        add_market(s, _spec(rec))
+    for key in doc["accounts"]:
+        account(s, key)
+    # markets: the C fields as written, but the tiers and the name token of this build
+    for m in range(s.n_markets):
+        tiers = s.mk[m].tiers
+        tok = s.mk[m].name_tok
+        memcpy(&s.mk[m], PyBytes_AS_STRING(doc["market_c"]) + m * sizeof(MarketC),
+               sizeof(MarketC))
+        s.mk[m].tiers = tiers
+        s.mk[m].name_tok = tok
+    if <size_t>len(doc["market_c"]) != s.n_markets * sizeof(MarketC):
+        raise ValueError("snapshot: the markets' part has the wrong size")
+    for a in range(s.n_accounts):
+        tok = s.ac[a].name_tok
+        memcpy(&s.ac[a], PyBytes_AS_STRING(doc["account_c"]) + a * sizeof(AccountC),
+               sizeof(AccountC))
+        s.ac[a].name_tok = tok
+    # positions, and the maps derived from them
+    n_pos = len(doc["positions"]) // sizeof(PosC)
+    if n_pos > s.pos_cap:
+        s.pos = <PosC*>_grow(s.pos, n_pos * sizeof(PosC))
+        s.pos_cap = n_pos
+    _copy(doc["positions"], s.pos, n_pos * sizeof(PosC), "positions")
+    s.n_pos = n_pos
+    for p in range(s.n_pos):
+        q = &s.pos[p]
+        s.pos_of[q.market][q.account] = p
+        s.market_pos[q.market].append(p)
+        if q.rlist == 1:
+            s.risk_long[q.market].add((q.rkey, p))
+        elif q.rlist == 2:
+            s.risk_short[q.market].add((q.rkey, p))
+        elif q.rlist == 3:
+            s.risk_multi[q.market].add(p)
+    # the order pool
+    cap, free_head, n_live, mask, o, text, buckets, acct_cap, heads, tails = doc["pool"]
+    pool.o = <Order*>_grow(pool.o, cap * sizeof(Order))
+    pool.cid_text = <char*>_grow(pool.cid_text, cap * CID_BYTES)
+    pool.cap = cap
+    _copy(o, pool.o, cap * sizeof(Order), "orders")
+    _copy(text, pool.cid_text, cap * CID_BYTES, "cids")
+    pool.buckets = <int32_t*>_grow(pool.buckets, (mask + 1) * sizeof(int32_t))
+    pool.mask = mask
+    _copy(buckets, pool.buckets, (mask + 1) * sizeof(int32_t), "the cid index")
+    pool.ensure_accounts(acct_cap)
+    _copy(heads, pool.acct_head, acct_cap * sizeof(int32_t), "account order lists")
+    _copy(tails, pool.acct_tail, acct_cap * sizeof(int32_t), "account order lists")
+    pool.free_head = free_head
+    pool.n_live = n_live
+    # the books
+    for m, rec in enumerate(doc["books"]):
+        b = s.books[m]
+        lv_cap, lv_free, lv, n, side_cap, slots, keys = rec
+        b.lv = <Level*>_grow(b.lv, lv_cap * sizeof(Level))
+        b.lv_cap = lv_cap
+        _copy(lv, b.lv, lv_cap * sizeof(Level), "levels")
+        b.lv_free = lv_free
+        for side in range(2):
+            b.slots[side] = <int32_t*>_grow(b.slots[side], side_cap[side] * sizeof(int32_t))
+            b.keys[side] = <int64_t*>_grow(b.keys[side], side_cap[side] * sizeof(int64_t))
+            b.side_cap[side] = side_cap[side]
+            _copy(slots[side], b.slots[side], side_cap[side] * sizeof(int32_t), "level slots")
+            _copy(keys[side], b.keys[side], side_cap[side] * sizeof(int64_t), "level keys")
+            b.n[side] = n[side]
+    # trigger orders waiting for their mark: the sorted lists are derived from the pool
+    for i in range(pool.cap):
+        if pool.o[i].live and pool.o[i].armed:
+            arm(s, i)
+    for m, called in enumerate(doc["risk_called"]):
+        s.risk_called[m].update(called)
+    s.dirty.extend(doc["dirty"])
+    (s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits, s.withdrawals,
+     s.fees) = doc["scalars"]
+    return 0

@@ -1,0 +1,67 @@
+"""The per-command API (docs/engine-api.md): Engine.new_order and Engine.cancel do what the
+new_order and cancel commands do, event for event, and report fills without an object per fill."""
+import msgspec
+import pytest
+
+from engine import Engine, messages as M
+from tests import flows as F
+
+enc = msgspec.msgpack.encode
+
+
+def test_the_per_command_api_gives_the_events_and_state_of_the_commands():
+    flow = F.random_flow(11, 1500)
+    by_api, by_cmd = Engine(), Engine()
+    for cmd in flow:
+        want = by_cmd.execute(cmd)
+        if type(cmd) is M.NewOrder:
+            n = by_api.new_order(cmd.account, cmd.market, cmd.cid, cmd.side, cmd.qty, cmd.price,
+                                 cmd.kind, cmd.tif, cmd.ts, cmd.reduce_only, cmd.stp,
+                                 cmd.trigger_price)
+            got = by_api.last_events()
+            assert n == sum(1 for e in got if type(e) is M.Fill)
+        elif type(cmd) is M.Cancel:
+            done = by_api.cancel(cmd.account, cmd.market, cmd.cid, cmd.ts)
+            got = by_api.last_events()
+            assert done == any(type(e) is M.OrderCancelled for e in got)
+        else:
+            got = by_api.execute(cmd)
+        assert got == want, cmd
+    assert by_api.state() == by_cmd.state()
+
+
+def test_fills_are_rows_of_price_qty_and_both_order_ids():
+    eng = Engine(margin=False)
+    for c in F.create_markets(["BTC-PERP"]):
+        eng.execute(c)
+    eng.execute(M.Oracle(market="BTC-PERP", price=10_000))
+    eng.new_order("m", "BTC-PERP", 1, "sell", 5, 10_000)
+    eng.new_order("m", "BTC-PERP", 2, "sell", 5, 10_001)
+    assert eng.new_order("t", "BTC-PERP", 7, "buy", 8, 10_001) == 2
+    assert eng.fills.tolist() == [[10_000, 5, 3, 1], [10_001, 3, 3, 2]]
+    assert eng.new_order("t", "BTC-PERP", 8, "buy", 2, 9_000) == 0
+    assert eng.fills.tolist() == []
+
+
+@pytest.mark.parametrize("args", [("a", "BTC-PERP", 1, "up", 5, 10_000),
+                                  ("a", "BTC-PERP", [1], "buy", 5, 10_000),
+                                  (1.5, "BTC-PERP", 1, "buy", 5, 10_000),
+                                  ("a", "BTC-PERP", 1, "buy", 5, 10_000, "limit", "forever")])
+def test_a_bad_field_is_rejected_as_the_command_would_be(args):
+    eng = Engine()
+    for c in F.create_markets(["BTC-PERP"]):
+        eng.execute(c)
+    eng.execute(M.Oracle(market="BTC-PERP", price=10_000))
+    before = eng.state()
+    assert eng.new_order(*args) == 0
+    (ev,) = eng.last_events()
+    assert ev.reason == "invalid_command" and eng.state() == before
+
+
+def test_a_cancel_of_an_unknown_order_is_false_with_its_rejection():
+    eng = Engine()
+    for c in F.create_markets(["BTC-PERP"]):
+        eng.execute(c)
+    assert eng.cancel("a", "BTC-PERP", 1) is False
+    assert eng.last_events()[0].reason == "unknown_order"
+    assert eng.cancel("a", "BTC-PERP", {"x": 1}) is False
