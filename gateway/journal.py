@@ -347,37 +347,18 @@ def cut_tail(scan: Scan) -> None:
 # ---- snapshots -----------------------------------------------------------------------------
 
 class Snapshot(msgspec.Struct, kw_only=True):
-    """A snapshot file's body (msgpack). `engine` is `Engine.snapshot()`, or None where the
-    engine cannot make one yet: then recovery rebuilds the engine by replaying the journal up
-    to `seq` (the stand-in; the segments are then always kept)."""
+    """A snapshot file's body (msgpack). `engine` is `Engine.snapshot()`."""
     seq: int                        # the last journal record it covers (a turn marker)
     commands: int                   # commands the engine had run
     state_hash: str                 # the engine's state hash at `seq`
-    engine: bytes | None
+    engine: bytes
     gateway: dict                   # the gateway's own state (gateway/server.py durable_state)
     written_ns: int = 0
 
 
-def engine_snapshot(engine) -> bytes | None:
-    make = getattr(engine, "snapshot", None)
-    return make() if make is not None else None
-
-
-def engine_from_snapshot(data: bytes | None, folder: Path, seq: int) -> Engine:
-    """The engine a snapshot holds; None: the stand-in, replaying the journal up to `seq`."""
-    if data is not None:
-        return Engine.from_snapshot(data)
-    eng = Engine()
-    recs, scan = read_all(folder)
-    if scan.first != 1:
-        raise JournalError(f"{folder}: the snapshot at {seq} holds no engine state and the "
-                           f"journal does not start at 1 (it starts at {scan.first})")
-    for s, kind, payload in recs:
-        if s > seq:
-            break
-        if kind == COMMAND:
-            eng.execute(_command.decode(payload))
-    return eng
+def engine_from_snapshot(data: bytes) -> Engine:
+    """The engine a snapshot holds (ValueError: bytes that are no snapshot of this build)."""
+    return Engine.from_snapshot(data)
 
 
 def write_snapshot(folder: Path, snap: Snapshot) -> Path:
@@ -494,7 +475,7 @@ def _load_newest_snapshot(server, jdir: Path, sdir: Path):
     for path in reversed(snapshots(sdir)):
         try:
             snap = read_snapshot(path)
-            engine = engine_from_snapshot(snap.engine, jdir, snap.seq)
+            engine = engine_from_snapshot(snap.engine)
         except (JournalError, ValueError, OSError) as e:
             log.error("snapshot %s cannot be used (%s); trying the one before", path, e)
             continue
@@ -533,8 +514,6 @@ def recover(server) -> str:
             continue
         commands += kind == COMMAND
         apply(server, seq, kind, payload, route=not (after == 0 and first_turn))
-    if snap is not None and scan.last == 0 and scan.first == 0:
-        pass                        # only the snapshot (the journal after it is empty)
     cut_tail(scan)
     last = max(after, scan.last)
     server.pub_out.clear()
@@ -576,17 +555,14 @@ def take_snapshot(server) -> Path:
     sdir = cfg.data_dir / "snapshots"
     eng = server.engine
     t0 = time.perf_counter()
-    data = engine_snapshot(eng)
+    data = eng.snapshot()
     snap = Snapshot(seq=jr.seq, commands=eng.n_commands, state_hash=state_hash(eng),
                     engine=data, gateway=gateway_state(server), written_ns=time.time_ns())
     path = write_snapshot(sdir, snap)
     server.snapshot_at = eng.n_commands
-    log.info("snapshot %s: seq %d, %d commands, %d bytes in %.3f s%s", path.name, snap.seq,
-             snap.commands, path.stat().st_size, time.perf_counter() - t0,
-             "" if data is not None else " (no engine image yet: the journal is replayed on "
-                                         "restore, and every segment is kept)")
-    prune(cfg.data_dir, cfg.journal.keep_snapshots,
-          cfg.journal.covered_segments if data is not None else "keep", jr)
+    log.info("snapshot %s: seq %d, %d commands, %d bytes in %.3f s", path.name, snap.seq,
+             snap.commands, path.stat().st_size, time.perf_counter() - t0)
+    prune(cfg.data_dir, cfg.journal.keep_snapshots, cfg.journal.covered_segments, jr)
     return path
 
 
