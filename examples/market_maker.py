@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     last_beat = 0.0
     while time.monotonic() < end:
         if sub.poll(100):
-            topic, body = sub.recv_multipart()
+            topic, body = sub.recv_multipart()[:2]
             ev = msgspec.msgpack.decode(body)
             if ev["type"] == "mark":
                 mark = ev["index"]          # quote around the oracle's fair price

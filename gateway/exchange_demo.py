@@ -372,7 +372,7 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
         stop = time.monotonic() + 0.2
         while time.monotonic() < stop:
             if sub.poll(20):
-                _topic, body = sub.recv_multipart()
+                _topic, body = sub.recv_multipart()[:2]
                 view.public(msgspec.msgpack.decode(body))
             for name, c in watched.items():
                 for item in c.drain():

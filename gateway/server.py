@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 from collections import deque
+from hashlib import blake2b
 from pathlib import Path
 
 import msgspec
@@ -185,12 +186,20 @@ def _accounts_of(ev) -> tuple:
     return () if account is None else (account,)
 
 
-# A private-stream item, {"stream": "private", "pseq": n, "event": {...}}, built from the
-# event's bytes (encoded once for every destination) without decoding them again.
-_ITEM_HEAD = b"\x83\xa6stream\xa7private\xa4pseq"
+# A private-stream item, {"stream": "private", "pseq": n, "hash": h, "event": {...}}, built from
+# the event's bytes (encoded once for every destination) without decoding them again; `hash` is
+# the stream's hash chain at pseq n (docs/protocol.md, "Hash chains").
+_ITEM_HEAD = b"\x84\xa6stream\xa7private\xa4pseq"
+_ITEM_HASH = b"\xa4hash\xc4\x10"          # 16 bytes of binary follow
 _ITEM_EVENT = b"\xa5event"
 OK, FULL, GONE = 0, 1, 2
 CHAIN_START = bytes(16)                 # the head of a hash chain before its first event
+
+
+def _chain(head: bytes, data: bytes) -> bytes:
+    """The next head of a hash chain: blake2b-128 over the previous head and the event's bytes.
+    O(len(data))."""
+    return blake2b(head + data, digest_size=16).digest()
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
@@ -231,7 +240,7 @@ class Server:
         self.chains: dict[str, bytes] = {}          # market -> its public hash chain's head
         self.out: list = []                         # (connection, reply bytes), this turn
         self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
-        self.pub_out: list = []                     # (topic, event bytes), this turn
+        self.pub_out: list = []                     # (topic, event bytes, chain), this turn
         self.notices: set[bytes] = set()            # suspended connections not yet told
         self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0}
         self.handlers = {P.Heartbeat: self._heartbeat, P.Session: self._session,
@@ -370,9 +379,9 @@ class Server:
                 continue
             if send(identity, data) == OK:
                 sess.delivered = pseq
-        for topic, data in self.pub_out:
+        for topic, data, head in self.pub_out:
             try:
-                self.pub.send_multipart([topic, data], zmq.NOBLOCK)
+                self.pub.send_multipart([topic, data, head], zmq.NOBLOCK)
             except zmq.Again:           # PUB drops at its bound; subscribers see the seq gap
                 self.stats["dropped"] += 1
         self.out.clear()
@@ -628,7 +637,8 @@ class Server:
         sess.suspended = False
         sess.delivered = st.pseq
         self.notices.discard(identity)
-        return {"req_id": req.req_id, "ok": True, "pseq": st.pseq, "missed": missed}
+        return {"req_id": req.req_id, "ok": True, "pseq": st.pseq, "hash": st.head,
+                "missed": missed}
 
     def _book(self, acct, sess, identity, req, now):
         if req.market not in self.engine.market_names():
@@ -684,7 +694,9 @@ class Server:
                 if ev.maker_remaining == 0:
                     self._closed(ev.maker_oid)
             if ev.__struct_config__.tag in PUBLIC:
-                self.pub_out.append((ev.market.encode(), data))
+                head = self.chains[ev.market] = _chain(self.chains.get(ev.market, CHAIN_START),
+                                                       data)
+                self.pub_out.append((ev.market.encode(), data, head))
             for account in _accounts_of(ev):
                 st = self.streams.get(account)
                 if st is None:
@@ -692,7 +704,9 @@ class Server:
                         continue
                     st = self._stream(account)
                 st.pseq += 1
-                item = b"".join((_ITEM_HEAD, encode(st.pseq), _ITEM_EVENT, data))
+                st.head = _chain(st.head, data)
+                item = b"".join((_ITEM_HEAD, encode(st.pseq), _ITEM_HASH, st.head, _ITEM_EVENT,
+                                 data))
                 st.buffer.append(item)
                 for identity in st.subscribers:
                     self.stream_out.append((identity, item, st.pseq))
