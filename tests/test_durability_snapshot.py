@@ -114,3 +114,10 @@ def test_state_hash_is_a_view_that_numbers_no_event():
     seq = eng.seq
     J.state_hash(eng)
     assert eng.seq == seq
+
+
+def test_the_durability_benchmark_measures_a_small_big_state(tmp_path):
+    from bench.durability import big_state
+    res = big_state(2000, 200, tmp_path / "data", log=lambda *_: None)
+    assert res["snapshot_bytes"] > 0 and res["restart_from_journal_s"] >= 0
+    assert res["commands"] == 2000 + 200 + 3
