@@ -142,7 +142,10 @@ def read(folder: Path, after: int = 0, strict_start: bool = True) -> Iterator[tu
             if bad is not None:
                 torn = newest and (bad.endswith("cut short") or not any(data[off:]) or
                                    (bad.startswith("a record whose") and end == size))
-                if not torn:
+                later = _valid_record_after(data, off, expect or 1) if torn else None
+                if later is not None:
+                    bad += f", with a valid record after it at offset {later}"
+                if not torn or later is not None:
                     raise JournalError(f"{path}: offset {off}: {bad}; the journal is corrupt "
                                        f"here (recovery does not skip records: restore this "
                                        f"file from a copy, or see docs/operations.md)")
@@ -180,6 +183,23 @@ def read(folder: Path, after: int = 0, strict_start: bool = True) -> Iterator[tu
                 scan.cut.append((path, turn_start, size - turn_start))
                 pending = []
     return scan
+
+
+def _valid_record_after(data: bytes, off: int, expect: int) -> int | None:
+    """The offset of a record after `off` whose CRC32 holds and whose seq is plausible (from
+    `expect` on), or None: what tells a torn tail (nothing valid after it) from a record
+    damaged in the middle of the newest segment (say, a flipped length). Runs only on a bad
+    tail. O(tail bytes)."""
+    size = len(data)
+    for p in range(off + 1, size - HEADER.size + 1):
+        length, seq, kind, crc = HEADER.unpack_from(data, p)
+        if not expect <= seq < expect + (1 << 32) or kind not in KINDS:
+            continue
+        end = p + HEADER.size + length
+        if end <= size and zlib.crc32(data[p + HEADER.size:end],
+                                      zlib.crc32(HEAD.pack(length, seq, kind))) == crc:
+            return p
+    return None
 
 
 def read_all(folder: Path, after: int = 0):

@@ -160,3 +160,16 @@ def test_the_reference_page_lists_every_journal_key_with_its_default():
     for name, value in msgspec.structs.asdict(JournalSection()).items():
         row = re.search(rf"^\| `{name}` \|[^|]*\| `([^`]*)` \|", section, re.M)
         assert row and row.group(1) == msgspec.json.encode(value).decode(), name
+
+
+def test_a_flipped_length_in_the_newest_segment_with_records_after_it_is_not_a_torn_tail(
+        tmp_path):
+    seg = journal_of(tmp_path)
+    data = bytearray(seg.read_bytes())
+    length = J.HEADER.unpack_from(data)[0]
+    second = J.HEADER.size + length
+    data[second:second + 4] = (len(data) * 2).to_bytes(4, "little")   # runs past the end
+    seg.write_bytes(bytes(data))
+    with pytest.raises(J.JournalError, match=rf"offset {second}: a record cut short, with a "
+                                             r"valid record after it"):
+        J.read_all(tmp_path)
