@@ -100,6 +100,13 @@ class Sequencer:
         """`cmd` with the current time as its `ts` (for commands built without one)."""
         return msgspec.structs.replace(cmd, ts=self.now())
 
+    def write(self) -> None:
+        """Hand what was sequenced to a pipelined Durability without waiting (the server holds
+        the turn's messages until `durable(seq)`)."""
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.durability.append(batch)
+
     def commit(self) -> None:
         """Hand what was sequenced to `Durability` and wait for it to be durable."""
         if self.pending:

@@ -20,9 +20,11 @@ record 1, 2, 3, ... with no gaps across segments. Kinds:
     3 turn      the end of one loop turn (empty): what comes after the last one was never
                 acknowledged, and recovery cuts it off
 
-Group commit: one loop turn is one `os.write` of all its records, then at most one fsync
-(`fsync = "batch"`), before any reply or event of that turn leaves the process. A turn never
-spans two segments: a segment rolls over between turns, once it is `segment_bytes` or more.
+Group commit: one loop turn is one `os.write` of all its records; with `fsync = "batch"` a
+thread fdatasyncs what was written (one fsync for every turn written while the previous one
+ran), and no reply or event of a turn leaves the process before its records are on disk; the
+loop takes the next turn meanwhile. A turn never spans two segments: a segment rolls over
+between turns, once it is `segment_bytes` or more.
 """
 from __future__ import annotations
 
@@ -235,13 +237,17 @@ class Journal:
     """The Durability of `perpdex serve`: appends each loop turn's records to the newest segment
     with one write, and fsyncs by policy (docs/operations.md, "fsync policies"):
 
-    - "batch": fdatasync after every turn's write, before `sync()` returns;
+    - "batch": a thread fdatasyncs whatever was written since its last fsync, at once: one
+      fsync covers every turn written while the one before ran (group commit). The server holds
+      a turn's messages until `durable(seq)` and goes on with the next turn meanwhile
+      (`pipelined`); `sync()` waits for it;
     - "interval": a thread fdatasyncs every `interval_ms` when something was written;
     - "off": never (the operating system writes back when it will).
 
     `notes = True`: the Sequencer hands it the gateway's own records too (replies, deadlines)."""
 
     notes = True
+    pipelined = True
 
     def __init__(self, folder: Path, fsync: str = "batch", interval_ms: int = 10,
                  segment_bytes: int = 64 << 20, next_seq: int = 1):
@@ -253,12 +259,15 @@ class Journal:
         self.interval = interval_ms / 1000
         self.segment_bytes = segment_bytes
         self.seq = next_seq - 1             # the last record's seq
+        self.synced = self.seq              # the last record known durable ("batch")
         self.commands = 0                   # commands appended since this journal was opened
         self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.dirty = False
         self.fd = -1
         self.size = 0
         self.fsyncs = 0
+        self.error: BaseException | None = None
         segs = [p for p in segments(self.folder) if p.parent == self.folder]
         if segs and _seq_of(segs[-1]) <= next_seq:
             self._open(segs[-1])
@@ -266,9 +275,9 @@ class Journal:
             self._open(self.folder / f"{next_seq:020d}{SEGMENT}")
         self.closed = False
         self.thread = None
-        if fsync == "interval":
-            self.thread = threading.Thread(target=self._flusher, name="journal-fsync",
-                                           daemon=True)
+        target = {"batch": self._syncer, "interval": self._flusher}.get(fsync)
+        if target is not None:
+            self.thread = threading.Thread(target=target, name=f"journal-{fsync}", daemon=True)
             self.thread.start()
 
     def _open(self, path: Path) -> None:
@@ -280,7 +289,8 @@ class Journal:
             _fsync_dir(self.folder)
 
     def append(self, batch: list) -> None:
-        """Write one loop turn: its records and the turn marker, in one write. O(bytes)."""
+        """Write one loop turn: its records and the turn marker, in one write; roll the segment
+        over once it is full. O(bytes)."""
         parts = []
         seq = self.seq
         n = 0
@@ -297,33 +307,69 @@ class Journal:
         seq += 1
         parts.append(record(seq, TURN, b""))
         data = b"".join(parts)
-        with self.lock:
+        with self.cond:
             written = os.write(self.fd, data)
             while written < len(data):              # a short write (a full disk raises)
                 written += os.write(self.fd, data[written:])
             self.size += len(data)
             self.dirty = True
-        self.seq = seq
+            self.seq = seq
+            self.cond.notify_all()
         self.commands += n
-
-    def sync(self) -> None:
-        """"batch": fdatasync now. Then roll the segment over if it is full. O(one fsync)."""
-        if self.policy == "batch" and self.dirty:
-            os.fdatasync(self.fd)
-            self.fsyncs += 1
-            self.dirty = False
         if self.size >= self.segment_bytes:
             self.roll()
 
+    def durable(self, seq: int) -> bool:
+        """Whether every record up to `seq` is as durable as the policy makes it. O(1)."""
+        if self.error is not None:
+            raise OSError(f"the journal cannot be made durable: {self.error}")
+        return self.policy != "batch" or self.synced >= seq
+
+    def sync(self) -> None:
+        """Return once everything appended is as durable as the policy makes it ("batch": on
+        disk). O(one fsync)."""
+        if self.policy != "batch":
+            return
+        with self.cond:
+            while self.synced < self.seq and self.error is None:
+                self.cond.wait(1.0)
+        self.durable(self.seq)
+
     def roll(self) -> None:
         """Start a new segment at the next seq (the old one made durable first, unless "off")."""
-        with self.lock:
+        with self.cond:
             if self.policy != "off":
                 os.fdatasync(self.fd)
                 self.fsyncs += 1
+                self.synced = self.seq
             os.close(self.fd)
             self.dirty = False
             self._open(self.folder / f"{self.seq + 1:020d}{SEGMENT}")
+            self.cond.notify_all()
+
+    def _syncer(self) -> None:
+        """"batch": fsync whatever was written since the last fsync, as soon as there is any."""
+        while True:
+            with self.cond:
+                while self.synced >= self.seq and not self.closed:
+                    self.cond.wait()
+                if self.synced >= self.seq:
+                    return
+                target = self.seq
+                fd = os.dup(self.fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as e:            # the server stops: nothing more may leave
+                with self.cond:
+                    self.error = e
+                    self.cond.notify_all()
+                return
+            finally:
+                os.close(fd)
+            with self.cond:
+                self.fsyncs += 1
+                self.synced = max(self.synced, target)
+                self.cond.notify_all()
 
     def _flusher(self) -> None:
         while not self.closed:
@@ -343,14 +389,16 @@ class Journal:
         """Make everything durable (whatever the policy) and close the segment."""
         if self.closed:
             return
-        self.closed = True
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
         with self.lock:
             if self.fd >= 0:
                 os.fdatasync(self.fd)
                 os.close(self.fd)
                 self.fd = -1
-        if self.thread is not None:
-            self.thread.join(timeout=2)
 
 
 def cut_tail(scan: Scan) -> None:
@@ -571,6 +619,7 @@ def take_snapshot(server) -> Path:
     """A snapshot of the engine and the gateway, between turns (nothing pending), then the
     retention policy. Blocks the loop while it is written: O(state)."""
     jr = server.seq.durability
+    jr.sync()                       # never a snapshot ahead of the journal on disk
     cfg = server.cfg
     sdir = cfg.data_dir / "snapshots"
     eng = server.engine

@@ -239,6 +239,8 @@ class Server:
         self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
         self.chains: dict[str, bytes] = {}          # market -> its public hash chain's head
         self.out: list = []                         # (connection, reply bytes), this turn
+        self.held: deque = deque()                  # (seq, out, stream_out, pub_out): turns
+                                                    # written, not yet durable (pipelined)
         self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
         self.pub_out: list = []                     # (topic, event bytes, chain), this turn
         self.notices: set[bytes] = set()            # suspended connections not yet told
@@ -322,7 +324,7 @@ class Server:
         drain = self.limits.drain
         recv = self.router.recv_multipart
         while self.running:
-            ready = dict(poller.poll(tick))
+            ready = dict(poller.poll(1 if self.held else tick))   # held turns: check soon
             if self.router in ready:
                 for _ in range(drain):
                     try:
@@ -344,6 +346,8 @@ class Server:
                                         # may leave that is not durable
             self._maybe_snapshot()
         self._flush()
+        if self.held:
+            self._release(self.seq.durability, wait=True)
 
     def _guarded(self, frames):
         """The one guard: a request that fails in any unforeseen way is answered
@@ -367,28 +371,53 @@ class Server:
         return data
 
     def _flush(self):
-        """Durable first (the seam), then everything of this turn leaves, none of it waiting."""
-        self.seq.commit()
+        """Durable first (the seam), then everything of this turn leaves, none of it waiting.
+
+        A pipelined Durability (the journal with fsync = "batch") makes a turn durable in its
+        own thread: the turn's messages are held, with the journal seq they need, and the loop
+        takes the next turn meanwhile; held turns leave in order, each once its seq is durable
+        (`_release`). Nothing leaves before it is durable either way."""
+        d = self.seq.durability
+        if not getattr(d, "pipelined", False):
+            self.seq.commit()
+            self._send_turn(self.out, self.stream_out, self.pub_out)
+            self.out.clear()
+            self.stream_out.clear()
+            self.pub_out.clear()
+        else:
+            self.seq.write()
+            if self.out or self.stream_out or self.pub_out:
+                self.held.append((d.seq, self.out, self.stream_out, self.pub_out))
+                self.out, self.stream_out, self.pub_out = [], [], []
+            self._release(d)
+        if self.notices:
+            self._tell_suspended()
+
+    def _release(self, d, wait: bool = False):
+        """Send the held turns that are durable now (with `wait`, all of them, once durable)."""
+        held = self.held
+        if wait and held:
+            d.sync()
+        while held and d.durable(held[0][0]):
+            _, out, stream_out, pub_out = held.popleft()
+            self._send_turn(out, stream_out, pub_out)
+
+    def _send_turn(self, out, stream_out, pub_out):
         send = self._send
-        for identity, data in self.out:
+        for identity, data in out:
             send(identity, data)
         sessions = self.sessions
-        for identity, data, pseq in self.stream_out:
+        for identity, data, pseq in stream_out:
             sess = sessions.get(identity)
             if sess is None or sess.suspended:
                 continue
             if send(identity, data) == OK:
                 sess.delivered = pseq
-        for topic, data, head in self.pub_out:
+        for topic, data, head in pub_out:
             try:
                 self.pub.send_multipart([topic, data, head], zmq.NOBLOCK)
             except zmq.Again:           # PUB drops at its bound; subscribers see the seq gap
                 self.stats["dropped"] += 1
-        self.out.clear()
-        self.stream_out.clear()
-        self.pub_out.clear()
-        if self.notices:
-            self._tell_suspended()
 
     def _send(self, identity: bytes, data: bytes) -> int:
         try:                            # two frames; ROUTER decides on the first (the identity)
