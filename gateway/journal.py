@@ -28,6 +28,7 @@ between turns, once it is `segment_bytes` or more.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -268,6 +269,7 @@ class Journal:
         self.size = 0
         self.fsyncs = 0
         self.error: BaseException | None = None
+        self.lock_fd = -1                   # the data folder's lock (`lock`), when it holds it
         segs = [p for p in segments(self.folder) if p.parent == self.folder]
         if segs and _seq_of(segs[-1]) <= next_seq:
             self._open(segs[-1])
@@ -399,6 +401,9 @@ class Journal:
                 os.fdatasync(self.fd)
                 os.close(self.fd)
                 self.fd = -1
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
 
 def cut_tail(scan: Scan) -> None:
@@ -435,7 +440,7 @@ def write_snapshot(folder: Path, snap: Snapshot) -> Path:
     body = _encode(snap)
     final = folder / f"{snap.seq:020d}{SNAPSHOT}"
     tmp = folder / f".{final.name}.tmp"
-    with open(tmp, "wb") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)))
         f.write(body)
         f.flush()
@@ -553,6 +558,22 @@ def _load_newest_snapshot(server, jdir: Path, sdir: Path):
     return None, None
 
 
+def lock(data_dir: Path) -> int:
+    """Take the data folder for this process (an exclusive flock on journal/.lock, which the
+    kernel lets go when the process ends, SIGKILL too); JournalError if another server holds
+    it. Returns the descriptor, to be kept open."""
+    jdir = data_dir / "journal"
+    jdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(jdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(f"{data_dir}: in use by another perpdex serve (its journal is "
+                           f"locked); two servers on one data folder would corrupt it")
+    return fd
+
+
 def recover(server) -> str:
     """Recover `server` from its data folder: the newest valid snapshot, then the journal after
     it, replayed through the server's own code paths; a torn tail is cut. A new data folder is
@@ -561,6 +582,7 @@ def recover(server) -> str:
     cfg = server.cfg
     jdir, sdir = cfg.data_dir / "journal", cfg.data_dir / "snapshots"
     t0 = time.perf_counter()
+    held = lock(cfg.data_dir)
     snap, spath = _load_newest_snapshot(server, jdir, sdir)
     after = snap.seq if snap is not None else 0
     gen = read(jdir, after)
@@ -588,6 +610,7 @@ def recover(server) -> str:
     server.stream_out.clear()
     j = cfg.journal
     jr = Journal(jdir, j.fsync, j.fsync_interval_ms, j.segment_bytes, next_seq=last + 1)
+    jr.lock_fd = held               # let go when the journal closes
     server.seq.durability = jr
     server.seq.notes = True
     server.seq.last = max(server.seq.last, server.engine.clock)

@@ -266,3 +266,16 @@ def test_a_restart_from_a_snapshot_gives_the_state_hash_of_the_full_replay(venue
     venue.kill()
     assert "snapshot" in venue.start()
     assert state(venue) == before
+
+
+def test_a_second_server_on_a_data_folder_in_use_is_refused(venue):
+    venue.start()
+    first = venue.proc
+    (venue.tmp / "other").mkdir()
+    other = Venue(venue.tmp / "other")
+    other.data, other.conf = venue.data, venue.conf
+    rc, err = other.start(ok=False)
+    assert rc == 2 and "in use by another perpdex serve" in err
+    assert first.poll() is None
+    venue.proc = first
+    assert venue.client("mm-1").request("heartbeat")["ok"]
