@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import msgspec
+
 from engine import CommandReader, Engine
 from engine.codec import MsgpackFramer
 
@@ -205,13 +207,26 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
         w(f"  {label}: {'ok' if ok else 'MISMATCH'} (replay {want}, {got})\n"
           if not ok else f"  {label}: ok ({want})\n")
 
+    streams = Streams(_accounts(data_dir)) if start == 0 else None
+    boot = start == 0
     for seq, kind, payload in recs:
         if seq <= start:
             continue
         if kind == J.COMMAND:
-            eng.execute(decode(kind, payload))
-        elif kind == J.TURN and seq in at:
+            events = eng.execute(decode(kind, payload))
+            if streams is not None and not boot:
+                streams.route(events)
+        elif kind == J.TURN:
+            boot = False
+        if kind == J.TURN and seq in at:
             path, s = at[seq]
+            if streams is not None:
+                kept = {a: (v[0], v[2]) for a, v in s.gateway.get("streams", {}).items()}
+                mine = streams.heads()
+                for a in set(kept) - set(mine):     # a stream with no event yet
+                    mine[a] = (0, streams.start)
+                check(f"snapshot {path.name}, private streams' pseq and hash chains",
+                      _short(mine), _short(kept))
             h = J.state_hash(eng)
             check(f"snapshot {path.name} (seq {s.seq:,}, {s.commands:,} commands), stored hash",
                   h, s.state_hash)
@@ -245,3 +260,42 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     w(f"perpdex verify: {'ok' if not failures else f'FAILED ({failures} mismatches)'}: "
       f"state hash {final} at seq {scan.last:,}\n")
     return 1 if failures else 0
+
+
+class Streams:
+    """The private streams' pseq and hash-chain heads, from the events alone, as the server
+    routes them (gateway/server.py `_route`): each event to each of its accounts that the
+    configuration names, the events of the boot turn to none. O(events)."""
+
+    def __init__(self, accounts: set | None):
+        from .server import CHAIN_START, _accounts_of, _chain
+        self.accounts, self.of, self.chain = accounts, _accounts_of, _chain
+        self.start = CHAIN_START
+        self.state: dict = {}
+        self.encode = msgspec.msgpack.Encoder().encode
+
+    def route(self, events) -> None:
+        for ev in events:
+            data = None
+            for account in self.of(ev):
+                if self.accounts is not None and account not in self.accounts:
+                    continue
+                data = data or self.encode(ev)
+                pseq, head = self.state.get(account, (0, self.start))
+                self.state[account] = (pseq + 1, self.chain(head, data))
+
+    def heads(self) -> dict:
+        return dict(self.state)
+
+
+def _accounts(data_dir: Path) -> set | None:
+    """The accounts the server admits (data_dir/authorized/NAME.key), or None if unknown."""
+    d = data_dir / "authorized"
+    return {p.name[:-4] for p in d.glob("*.key")} if d.is_dir() else None
+
+
+def _short(heads: dict) -> str:
+    """A digest of {account: (pseq, head)} to print: equal heads give equal text."""
+    import hashlib
+    text = repr(sorted((str(a), p, bytes(h).hex()) for a, (p, h) in heads.items()))
+    return f"{len(heads)} streams, {hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}"

@@ -4,11 +4,13 @@ one request it had in flight (same req_id), and then: every acknowledged order i
 fate is, nothing unacknowledged happened twice (a retried market order fills once), positions
 are what the acknowledged replies say, the audit balances, and the state hash equals a
 from-scratch replay of the journal. A short run in `make test`; `pytest -m slow` runs the long
-loop. The seed is in every failure message."""
+loop, and `perpdex verify` checks the data folder at the end (engine state and private streams
+against every snapshot). The seed is in every failure message."""
 from __future__ import annotations
 
 import itertools
 import random
+import subprocess
 import threading
 import time
 
@@ -19,6 +21,7 @@ from engine import Engine
 from gateway import journal as J
 from gateway.client import Timeout
 from tests.test_durability_restart import Venue
+from tests.test_gateway import PERPDEX
 
 enc = msgspec.msgpack.encode
 ids = itertools.count(1)
@@ -146,6 +149,10 @@ def crash_loop(tmp_path, seed: int, cycles: int):
                 t.retry()
             check(v, traders, seed, cycle)
             traders = [_again(t) for t in traders]
+        v.kill()
+        r = subprocess.run([PERPDEX, "verify", str(v.data)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, f"seed {seed}: {r.stdout}"
     finally:
         v.stop()
 

@@ -89,3 +89,17 @@ def test_verify_help_points_at_the_operations_page():
     r = perpdex("verify", "--help")
     assert r.returncode == 0 and "docs/operations.md#perpdex-verify-data_dir" in r.stdout
     assert "perpdex-verify-data_dir" in anchors(ROOT_DIR / "docs" / "operations.md")
+
+
+def test_verify_holds_each_snapshots_private_streams_to_the_replay(used):
+    path = J.snapshots(used.data / "snapshots")[-1]
+    snap = J.read_snapshot(path)
+    streams = dict(snap.gateway["streams"])
+    account, (pseq, items, head) = next(iter(streams.items()))
+    streams[account] = [pseq + 1, items, head]
+    J.write_snapshot(path.parent, msgspec.structs.replace(
+        snap, gateway=dict(snap.gateway, streams=streams)))
+    r = perpdex("verify", str(used.data))
+    assert r.returncode == 1
+    assert any("private streams' pseq and hash chains: MISMATCH" in ln
+               for ln in r.stdout.splitlines())
