@@ -237,6 +237,23 @@ def _client(kind: str, *args) -> dict:
     return res
 
 
+def throughput(router: str, keys: str, clients: int, seconds: float, tmp: Path) -> dict:
+    """`clients` throughput processes (one account each) against `router`, together."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bench.gateway", "--throughput", json.dumps(
+            [router, keys, TRADERS[i], seconds, str(tmp / f"tp{i}.json")])],
+        cwd=ROOT) for i in range(clients)]
+    for p in procs:
+        p.wait(timeout=600)
+    tp = [json.loads((tmp / f"tp{i}.json").read_text()) for i in range(clients)]
+    items = sum(t["items"] for t in tp)
+    elapsed = max(t["seconds"] for t in tp)
+    return {"clients": clients, "items": items, "errors": sum(t["errors"] for t in tp),
+            "seconds": round(elapsed, 2), "commands_per_s": round(items / elapsed),
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
 def _ack_size(tmp: Path) -> int:
     """The size of the server's ack to a new_order, to give the echo's replies that size."""
     from engine import Engine, messages as M
@@ -271,21 +288,7 @@ def run(seconds: float, rate: float, clients: int, log=print) -> dict:
                 results["latency"][f"server {transport} {mode}"] = res
                 log(f"server {transport} {mode}: {res}")
                 if (transport, mode) == ("tcp", "curve"):
-                    t0 = time.perf_counter()
-                    procs = [subprocess.Popen(
-                        [sys.executable, "-m", "bench.gateway", "--throughput", json.dumps(
-                            [router, keys, TRADERS[i], seconds, str(tmp / f"tp{i}.json")])],
-                        cwd=ROOT) for i in range(clients)]
-                    for p in procs:
-                        p.wait(timeout=600)
-                    tp = [json.loads((tmp / f"tp{i}.json").read_text()) for i in range(clients)]
-                    items = sum(t["items"] for t in tp)
-                    elapsed = max(t["seconds"] for t in tp)
-                    results["throughput"] = {"clients": clients, "items": items,
-                                             "errors": sum(t["errors"] for t in tp),
-                                             "seconds": round(elapsed, 2),
-                                             "commands_per_s": round(items / elapsed),
-                                             "wall_s": round(time.perf_counter() - t0, 2)}
+                    results["throughput"] = throughput(router, keys, clients, seconds, tmp)
                     log(f"throughput: {results['throughput']}")
             finally:
                 _stop(srv)

@@ -37,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                         "byte-identical output.",
                         epilog=_docs("README.md#replay", "docs/contract.md#encoding",
                                      "docs/engine-api.md"))
-    rp.add_argument("input", help="commands: FILE.jsonl, FILE.msgpack or - (stdin, JSON Lines)")
+    rp.add_argument("input", help="commands: FILE.jsonl, FILE.msgpack, - (stdin, JSON Lines), "
+                    "or a journal folder (or the data folder holding it)")
     rp.add_argument("--out", "-o", default="-", help="events: FILE.jsonl, FILE.msgpack or - (stdout)")
     rp.add_argument("--in-format", choices=FORMATS, help="override the input format")
     rp.add_argument("--out-format", choices=FORMATS, help="override the output format")
     rp.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+
+    _verify_parser(sub)
 
     dm = sub.add_parser("demo", help="run the exchange demo on the embedded default configuration",
                         description="Start the server and market makers, takers and a leveraged "
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(summary.line(), file=sys.stderr)
         return 0
+    if args.cmd == "verify":
+        return _verify(args)
     if args.cmd == "demo":
         if args.in_process:
             from gateway.demo import run
@@ -162,6 +167,21 @@ def _bench(argv: list[str]) -> int:
     sys.path.insert(0, str(root))
     from bench.suite import main as bench
     return bench(argv)
+
+
+def _verify_parser(sub) -> None:
+    vf = sub.add_parser("verify", help="check a data folder: its journal, snapshots and state",
+                        description="Replay the journal of DATA_DIR from scratch and compare the "
+                        "state hash with every snapshot and with the state recovery gives; print "
+                        "a report. Exit 0 if everything matches, 1 on any mismatch or corruption, "
+                        "2 if DATA_DIR holds no journal. Changes nothing.",
+                        epilog=_docs("docs/operations.md#perpdex-verify-data_dir"))
+    vf.add_argument("data_dir", metavar="DATA_DIR", help="the server's data folder")
+
+
+def _verify(args) -> int:
+    from gateway.replay import verify
+    return verify(Path(args.data_dir))
 
 
 def _config(args) -> int:

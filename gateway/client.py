@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import time
 from decimal import Decimal
@@ -34,6 +35,45 @@ class Timeout(RuntimeError):
     """No reply in time (the server is down, or refused the key at the CURVE handshake)."""
 
 
+CHAIN_START = bytes(16)
+
+
+class ChainError(RuntimeError):
+    """An event whose hash does not follow from the ones before it: this is not the history the
+    engine produced (or an item is missing). docs/protocol.md, "Hash chains"."""
+
+
+class Chain:
+    """Checks one hash chain: each item's `hash` must be blake2b-128 over the previous hash and
+    the item's event bytes (msgpack, as sent). `head` is the hash after the last item checked;
+    None: trust the first item's hash (a public subscriber that joined midway)."""
+
+    def __init__(self, head: bytes | None = CHAIN_START, pseq: int | None = None):
+        self.head = head
+        self.pseq = pseq
+
+    @staticmethod
+    def next(head: bytes, event: bytes) -> bytes:
+        return hashlib.blake2b(head + event, digest_size=16).digest()
+
+    def check(self, event: bytes, claimed: bytes, pseq: int | None = None) -> None:
+        """Take one item (its event's bytes and the hash it carries); ChainError if it does not
+        follow. O(len(event))."""
+        if pseq is not None and self.pseq is not None and pseq != self.pseq + 1:
+            raise ChainError(f"pseq {pseq} after {self.pseq}: items are missing")
+        if self.head is not None and self.next(self.head, event) != claimed:
+            raise ChainError(f"the hash of the event at pseq {pseq} does not follow from the "
+                             f"one before: this is not the history the engine produced")
+        self.head = claimed
+        if pseq is not None:
+            self.pseq = pseq
+
+    def check_item(self, item: dict) -> None:
+        """A private-stream item as the Client decodes it (its event re-encoded: msgspec writes
+        the bytes the server sent). A `suspended` notice carries no event and is skipped."""
+        if "event" in item:
+            self.check(msgspec.msgpack.encode(item["event"]), item["hash"], item["pseq"])
+
 class Client:
     def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout_ms: int = 2000,
                  context: zmq.Context | None = None):
@@ -46,6 +86,7 @@ class Client:
         # a retry and gets the first reply): number from the moment this client was made.
         self._ids = itertools.count(time.time_ns())
         self.pushed: list[dict] = []        # private-stream items that arrived between replies
+        self.chain: Chain | None = None     # the private stream's, once subscribed
 
     def send_raw(self, data: bytes) -> dict:
         self.sock.send(data)
@@ -54,7 +95,27 @@ class Client:
     def subscribe(self, resume_from: int | None = None) -> dict:
         """Join this account's private stream (every connection of the account gets it)."""
         fields = {} if resume_from is None else {"resume_from": resume_from}
-        return self.request("subscribe", **fields)
+        reply = self.request("subscribe", **fields)
+        if not reply.get("ok"):
+            return reply
+        if resume_from is None:
+            self.chain = Chain(reply["hash"], reply["pseq"])
+            return reply
+        if self.chain is None or self.chain.pseq != resume_from:
+            self.chain = Chain(None, resume_from)   # no history held up to there: trust the first
+        for item in reply["missed"]:
+            self._item(item)
+        if self.chain.head is not None and self.chain.head != reply["hash"]:
+            raise ChainError(f"the stream's hash at pseq {reply['pseq']} is not the one its "
+                             f"items lead to")
+        self.chain.head, self.chain.pseq = reply["hash"], reply["pseq"]
+        return reply
+
+    def _item(self, item: dict) -> dict:
+        """Check a private-stream item against the chain (ChainError if it does not follow)."""
+        if self.chain is not None:
+            self.chain.check_item(item)
+        return item
 
     def resume(self, item: dict) -> list[dict]:
         """After a `suspended` notice (this connection fell behind and left the stream; see
@@ -68,7 +129,7 @@ class Client:
     def drain(self) -> list[dict]:
         """Every private-stream item that has arrived (without waiting), in order."""
         while self.sock.poll(0):
-            self.pushed.append(msgspec.msgpack.decode(self.sock.recv()))
+            self.pushed.append(self._item(msgspec.msgpack.decode(self.sock.recv())))
         out, self.pushed = self.pushed, []
         return out
 
@@ -77,7 +138,7 @@ class Client:
         while len(self.pushed) < n:
             if not self.sock.poll(timeout_ms or self.timeout_ms):
                 raise Timeout(f"{len(self.pushed)} of {n} stream items arrived")
-            self.pushed.append(msgspec.msgpack.decode(self.sock.recv()))
+            self.pushed.append(self._item(msgspec.msgpack.decode(self.sock.recv())))
         out, self.pushed = self.pushed[:n], self.pushed[n:]
         return out
 
@@ -96,7 +157,7 @@ class Client:
                 raise Timeout(f"no reply within {self.timeout_ms} ms")
             msg = msgspec.msgpack.decode(self.sock.recv())
             if isinstance(msg, dict) and msg.get("stream") == "private":
-                self.pushed.append(msg)         # kept for stream(), in order
+                self.pushed.append(self._item(msg))     # kept for stream(), in order
                 continue
             return msg
 

@@ -3,6 +3,7 @@ default (gateway/default.toml, which `perpdex config --write-default FILE` write
 from). docs/config.md lists every key with its default.
 
     [server]           ServerSection: endpoints, the data folder, session timing
+    [journal]          JournalSection: the command journal, fsync policy, snapshots
     [[markets]]        the contract's create_market, one table per market
     [accounts.NAME]    AccountSection: role, optional CURVE public key, opening deposit
 
@@ -50,6 +51,17 @@ class ServerSection(Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: Literal["text", "json"] = "text"
 
 
+class JournalSection(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The command journal and snapshots in the data folder (docs/operations.md)."""
+    enabled: bool = True
+    fsync: Literal["batch", "interval", "off"] = "batch"
+    fsync_interval_ms: PositiveMs = 10
+    segment_bytes: Annotated[int, Meta(ge=4096, le=2**40)] = 64 * 1024 * 1024
+    snapshot_every: Annotated[int, Meta(ge=0, le=2**40)] = 1_000_000
+    keep_snapshots: Annotated[int, Meta(ge=1, le=1000)] = 2
+    covered_segments: Literal["keep", "archive", "delete"] = "keep"
+
+
 class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
     role: Literal["trader", "oracle", "admin"]
     public_key: Union[Z85Key, None] = None
@@ -58,6 +70,7 @@ class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ConfigFile(Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
+    journal: JournalSection = msgspec.field(default_factory=JournalSection)
     markets: list[M.CreateMarket] = msgspec.field(default_factory=list)
     accounts: dict[str, AccountSection] = msgspec.field(default_factory=dict)
 
@@ -86,6 +99,7 @@ class Config:
     log_format: str = _SERVER.log_format
     markets: list[M.CreateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
+    journal: JournalSection = field(default_factory=JournalSection)
 
 
 def default_config(data_dir: str | Path | None = None) -> Config:
@@ -148,7 +162,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
                   metrics=s.metrics, log_format=s.log_format, markets=parsed.markets,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
-                            for n, a in parsed.accounts.items()})
+                            for n, a in parsed.accounts.items()},
+                  journal=parsed.journal)
 
 
 # ---- errors that say where -------------------------------------------------------------------

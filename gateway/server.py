@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from collections import deque
+from hashlib import blake2b
 from pathlib import Path
 
 import msgspec
@@ -38,7 +39,8 @@ from engine import Engine, messages as M
 
 from . import protocol as P
 from .config import Config
-from .durability import Durability, Sequencer
+from . import journal
+from .durability import Deadline, Durability, Reply, Sequencer
 from .feed import Feed
 from .limits import Limits
 from .observability import Metrics, configure_logging, stop_logging
@@ -157,10 +159,11 @@ class Stream:
     garbage collector to walk), and the connections subscribed. buffer[i] has pseq
     `pseq - len(buffer) + 1 + i`."""
 
-    __slots__ = ("pseq", "buffer", "subscribers")
+    __slots__ = ("pseq", "buffer", "subscribers", "head")
 
     def __init__(self, keep: int):
         self.pseq = 0
+        self.head = CHAIN_START           # the hash chain's head at pseq (docs/protocol.md)
         self.buffer: deque[bytes] = deque(maxlen=keep)
         self.subscribers: set[bytes] = set()
 
@@ -192,11 +195,20 @@ def _accounts_of(ev) -> tuple:
     return () if account is None else (account,)
 
 
-# A private-stream item, {"stream": "private", "pseq": n, "event": {...}}, built from the
-# event's bytes (encoded once for every destination) without decoding them again.
-_ITEM_HEAD = b"\x83\xa6stream\xa7private\xa4pseq"
+# A private-stream item, {"stream": "private", "pseq": n, "hash": h, "event": {...}}, built from
+# the event's bytes (encoded once for every destination) without decoding them again; `hash` is
+# the stream's hash chain at pseq n (docs/protocol.md, "Hash chains").
+_ITEM_HEAD = b"\x84\xa6stream\xa7private\xa4pseq"
+_ITEM_HASH = b"\xa4hash\xc4\x10"          # 16 bytes of binary follow
 _ITEM_EVENT = b"\xa5event"
 OK, FULL, GONE = 0, 1, 2
+CHAIN_START = bytes(16)                 # the head of a hash chain before its first event
+
+
+def _chain(head: bytes, data: bytes) -> bytes:
+    """The next head of a hash chain: blake2b-128 over the previous head and the event's bytes.
+    O(len(data))."""
+    return blake2b(head + data, digest_size=16).digest()
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
@@ -216,7 +228,6 @@ class Server:
                 if not ep.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]:", "ipc://")):
                     raise ValueError(f"plain-text mode serves only loopback and ipc endpoints, "
                                      f"not {ep}")
-        self._boot()
         if self.plaintext:
             self.key_paths = {}
             self.by_key = {}
@@ -236,9 +247,12 @@ class Server:
         self.owners: dict[int, Session] = {}        # open oid -> the session that placed it
         self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
         self.out: list = []                         # (connection, reply bytes), this turn
+        self.held: deque = deque()                  # (seq, out, stream_out, pub_out): turns
+                                                    # written, not yet durable (pipelined)
         self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
         self.pub_out: list = []                     # (topic, message bytes), this turn
-        self.feed = Feed(self.engine, self.encode)  # the public feed (gateway/feed.py)
+        self.feed = None                            # the public feed (gateway/feed.py), made
+                                                    # once the state is recovered
         self.feed_beat = 0                          # when the feed's next heartbeat is due (ns)
         self.notices: set[bytes] = set()            # suspended connections not yet told
         self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0}
@@ -249,6 +263,11 @@ class Server:
                          P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
                          P.Book: self._book, P.Markets: self._markets,
                          P.Snapshot: self._snapshot, P.Health: self._health}
+        self.recovered = self._start(durability is None)
+        self.snapshot_asked = False
+        # The feed starts from the books as recovered (its topics are numbered from 1 again
+        # after a restart: a mirror resyncs, docs/operations.md).
+        self.feed = Feed(self.engine, self.encode)
         self.ctx = zmq.Context()
         self.auth = None
         pub = sec = None
@@ -298,6 +317,22 @@ class Server:
                     raise BootError(f"{what}: the engine refuses it: {ev.reason}: {ev.detail}")
         self.seq.commit()
 
+    def _start(self, journaled: bool) -> str | None:
+        """With the journal (`[journal] enabled`, and no Durability given): recover the data
+        folder, or boot it when it is new; returns what was recovered (gateway/journal.py).
+        Otherwise boot."""
+        if journaled and self.cfg.journal.enabled:
+            return journal.recover(self)
+        self._boot()
+        return None
+
+    def _maybe_snapshot(self):
+        """Between turns: a snapshot every `snapshot_every` commands, or when asked (SIGUSR1)."""
+        j = self.seq.durability
+        if type(j) is journal.Journal and (self.snapshot_asked or journal.snapshot_due(self)):
+            self.snapshot_asked = False
+            journal.take_snapshot(self)
+
     # ---- the loop ----------------------------------------------------------------------------
 
     def serve_forever(self):
@@ -310,7 +345,7 @@ class Server:
         drain = self.limits.drain
         recv = self.router.recv_multipart
         while self.running:
-            ready = dict(poller.poll(tick))
+            ready = dict(poller.poll(1 if self.held else tick))   # held turns: check soon
             if self.router in ready:
                 for _ in range(drain):
                     try:
@@ -330,7 +365,10 @@ class Server:
                     log.exception("the server's own commands failed; serving on")
             self._flush()               # a failing Durability.sync() stops the server: nothing
                                         # may leave that is not durable
+            self._maybe_snapshot()
         self._flush()
+        if self.held:
+            self._release(self.seq.durability, wait=True)
 
     def _guarded(self, frames):
         """The one guard: a request that fails in any unforeseen way is answered
@@ -362,33 +400,58 @@ class Server:
         return data
 
     def _flush(self):
-        """Durable first (the seam), then everything of this turn leaves, none of it waiting."""
-        if self.metrics is not None:
-            with self.metrics.commit.time():
+        """Durable first (the seam), then everything of this turn leaves, none of it waiting.
+
+        A pipelined Durability (the journal with fsync = "batch") makes a turn durable in its
+        own thread: the turn's messages are held, with the journal seq they need, and the loop
+        takes the next turn meanwhile; held turns leave in order, each once its seq is durable
+        (`_release`). Nothing leaves before it is durable either way."""
+        d = self.seq.durability
+        self._feed_turn()               # the turn's public messages, before it is held
+        if not getattr(d, "pipelined", False):
+            if self.metrics is not None:
+                with self.metrics.commit.time():
+                    self.seq.commit()
+            else:
                 self.seq.commit()
+            self._send_turn(self.out, self.stream_out, self.pub_out)
+            self.out.clear()
+            self.stream_out.clear()
+            self.pub_out.clear()
         else:
-            self.seq.commit()
+            self.seq.write()
+            if self.out or self.stream_out or self.pub_out:
+                self.held.append((d.seq, self.out, self.stream_out, self.pub_out))
+                self.out, self.stream_out, self.pub_out = [], [], []
+            self._release(d)
+        if self.notices:
+            self._tell_suspended()
+
+    def _release(self, d, wait: bool = False):
+        """Send the held turns that are durable now (with `wait`, all of them, once durable)."""
+        held = self.held
+        if wait and held:
+            d.sync()
+        while held and d.durable(held[0][0]):
+            _, out, stream_out, pub_out = held.popleft()
+            self._send_turn(out, stream_out, pub_out)
+
+    def _send_turn(self, out, stream_out, pub_out):
         send = self._send
-        for identity, data in self.out:
+        for identity, data in out:
             send(identity, data)
-        self._feed_turn()
         sessions = self.sessions
-        for identity, data, pseq in self.stream_out:
+        for identity, data, pseq in stream_out:
             sess = sessions.get(identity)
             if sess is None or sess.suspended:
                 continue
             if send(identity, data) == OK:
                 sess.delivered = pseq
-        for topic, data in self.pub_out:
+        for topic, data in pub_out:
             try:
                 self.pub.send_multipart([topic, data], zmq.NOBLOCK)
             except zmq.Again:           # PUB drops at its bound; subscribers see the seq gap
                 self.stats["dropped"] += 1
-        self.out.clear()
-        self.stream_out.clear()
-        self.pub_out.clear()
-        if self.notices:
-            self._tell_suspended()
 
     def _send(self, identity: bytes, data: bytes) -> int:
         try:                            # two frames; ROUTER decides on the first (the identity)
@@ -489,6 +552,7 @@ class Server:
                 self._run(M.Oracle(market=spec.name, price=idx, ts=now))
         for account in sorted(a for a, t in self.deadlines.items() if now >= t):
             del self.deadlines[account]
+            self.seq.note(Deadline(account, None))
             self._run(M.CancelAll(account=account, ts=now))
 
     # ---- one request -------------------------------------------------------------------------
@@ -561,6 +625,7 @@ class Server:
         data = self._reply(identity, reply)
         if rid is not None and reply.get("reason") != "rate_limited":
             seen.add(rid, data)
+            self.seq.note(Reply(acct.name, rid, data))
 
     def _limited(self, account: str, rid, now_ns: int, request: int = 0, cancels: int = 0,
                  others: int = 0):
@@ -611,9 +676,11 @@ class Server:
 
     def _schedule_cancel(self, acct, sess, identity, req, now):
         if req.after_ms is None:
-            self.deadlines.pop(acct.name, None)
+            if self.deadlines.pop(acct.name, None) is not None:
+                self.seq.note(Deadline(acct.name, None))
             return {"req_id": req.req_id, "ok": True, "at": None}
         self.deadlines[acct.name] = now + req.after_ms * 1_000_000
+        self.seq.note(Deadline(acct.name, self.deadlines[acct.name]))
         return {"req_id": req.req_id, "ok": True, "at": self.deadlines[acct.name]}
 
     def _stream(self, account: str) -> Stream:
@@ -642,7 +709,8 @@ class Server:
         sess.suspended = False
         sess.delivered = st.pseq
         self.notices.discard(identity)
-        return {"req_id": req.req_id, "ok": True, "pseq": st.pseq, "missed": missed}
+        return {"req_id": req.req_id, "ok": True, "pseq": st.pseq, "hash": st.head,
+                "missed": missed}
 
     def _book(self, acct, sess, identity, req, now):
         if req.market not in self.engine.market_names():
@@ -706,8 +774,13 @@ class Server:
         events = self.seq.run(cmd)
         if self.metrics is not None:
             self.metrics.events(events)
+        return self._route(events, sess)
+
+    def _route(self, events, sess: Session | None) -> list:
+        """`_run` after the engine: the events to the reply, the streams and the PUB (recovery
+        replays the journal through this too, before the feed exists)."""
         encode = self.encode
-        feed = self.feed.event
+        feed = self.feed.event if self.feed is not None else None
         raws = []
         for ev in events:
             data = encode(ev)
@@ -730,7 +803,8 @@ class Server:
                     self._closed(ev.taker_oid)
                 if ev.maker_remaining == 0:
                     self._closed(ev.maker_oid)
-            feed(ev)
+            if feed is not None:
+                feed(ev)
             for account in _accounts_of(ev):
                 st = self.streams.get(account)
                 if st is None:
@@ -738,7 +812,9 @@ class Server:
                         continue
                     st = self._stream(account)
                 st.pseq += 1
-                item = b"".join((_ITEM_HEAD, encode(st.pseq), _ITEM_EVENT, data))
+                st.head = _chain(st.head, data)
+                item = b"".join((_ITEM_HEAD, encode(st.pseq), _ITEM_HASH, st.head, _ITEM_EVENT,
+                                 data))
                 st.buffer.append(item)
                 for identity in st.subscribers:
                     self.stream_out.append((identity, item, st.pseq))
@@ -792,6 +868,8 @@ class Server:
 
     def close(self):
         self.seq.commit()
+        if hasattr(self.seq.durability, "close"):
+            self.seq.durability.close()
         if self.auth is not None:
             self.auth.stop()
         self.ctx.destroy(linger=0)
@@ -846,6 +924,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(server, "snapshot_asked", True))
     out.write(f"perpdex serving: requests {cfg.router}, public events {cfg.pub}\n")
     if plaintext_loopback:
         out.write("PLAIN-TEXT mode (loopback only): no encryption, accounts log in by name\n")
@@ -858,6 +937,8 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
             out.write(f"  {name} ({cfg.accounts[name].role}): {path}\n")
     if cfg.metrics:
         out.write(f"metrics: http://{cfg.metrics}/metrics\n")
+    if server.recovered:
+        out.write(server.recovered + "\n")
     out.flush()
     log.info("started", extra={"event": "start", "router": cfg.router, "pub": cfg.pub,
                                "markets": server.engine.market_names(),

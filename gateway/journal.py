@@ -1,0 +1,679 @@
+"""The command journal, snapshots and recovery: what makes an acknowledged order outlive the
+process (docs/operations.md).
+
+The data folder:
+
+    journal/00000000000000000001.journal    segments, named by the seq of their first record
+    journal/archive/                        covered segments, when `covered_segments = "archive"`
+    snapshots/00000000000000004711.snapshot one per snapshot, named by the seq it covers
+
+A segment is a run of records, each
+
+    u32 length | u64 seq | u8 kind | u32 crc32 | payload (length bytes)
+
+little-endian; `crc32` covers the 13 header bytes before it and the payload. `seq` numbers every
+record 1, 2, 3, ... with no gaps across segments. Kinds:
+
+    0 command   the sequenced command, msgpack (the engine's Struct encoding, `ts` in it)
+    1 reply     a kept reply: [account, req_id, reply bytes] (the retry cache)
+    2 deadline  [account, at ns or null]: a dead-man's switch armed, renewed, disarmed or run out
+    3 turn      the end of one loop turn (empty): what comes after the last one was never
+                acknowledged, and recovery cuts it off
+
+Group commit: one loop turn is one `os.write` of all its records; with `fsync = "batch"` a
+thread fdatasyncs what was written (one fsync for every turn written while the previous one
+ran), and no reply or event of a turn leaves the process before its records are on disk; the
+loop takes the next turn meanwhile. A turn never spans two segments: a segment rolls over
+between turns, once it is `segment_bytes` or more.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import msgspec
+
+from engine import Engine, messages as M
+
+from .durability import Deadline, Reply
+
+log = logging.getLogger("perpdex.journal")
+
+HEADER = struct.Struct("<IQBI")             # length, seq, kind, crc32
+HEAD = struct.Struct("<IQB")                # the part the crc covers, with the payload
+COMMAND, REPLY, DEADLINE, TURN = 0, 1, 2, 3
+KINDS = {COMMAND: "command", REPLY: "reply", DEADLINE: "deadline", TURN: "turn"}
+MAX_RECORD = 64 * 1024 * 1024               # bytes; a longer length is corruption
+SEGMENT = ".journal"
+SNAPSHOT = ".snapshot"
+SNAP_MAGIC = b"PDXSNAP1"
+SNAP_HEAD = struct.Struct("<8sIQ")          # magic, crc32 of the body, body length
+POLICIES = ("batch", "interval", "off")
+
+_encode = msgspec.msgpack.encode
+_command = msgspec.msgpack.Decoder(M.AnyCommand)
+_reply = msgspec.msgpack.Decoder(Reply)
+_deadline = msgspec.msgpack.Decoder(Deadline)
+
+
+class JournalError(ValueError):
+    """A journal or a snapshot that recovery must not go past; the message names the file and
+    the offset."""
+
+
+def record(seq: int, kind: int, payload: bytes) -> bytes:
+    """One record's bytes. O(len(payload))."""
+    crc = zlib.crc32(payload, zlib.crc32(HEAD.pack(len(payload), seq, kind)))
+    return HEADER.pack(len(payload), seq, kind, crc) + payload
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _seq_of(path: Path) -> int:
+    return int(path.name.split(".")[0])
+
+
+def segments(folder: Path) -> list[Path]:
+    """The segments of a journal folder (archived ones first), oldest first."""
+    found = []
+    for d in (folder / "archive", folder):
+        if d.is_dir():
+            found += [p for p in d.iterdir() if p.name.endswith(SEGMENT) and p.name[0].isdigit()]
+    return sorted(found, key=_seq_of)
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+@dataclass
+class Scan:
+    """What a read of the journal found."""
+    records: int = 0
+    first: int = 0                  # seq of the first record read (0: none)
+    last: int = 0                   # seq of the last record of a complete turn
+    commands: int = 0
+    cut: list = field(default_factory=list)     # (file, offset, bytes): a torn tail or an
+                                                # unfinished turn after the last complete one
+
+
+def read(folder: Path, after: int = 0, strict_start: bool = True) -> Iterator[tuple]:
+    """Yield (seq, kind, payload) of every record of complete turns with seq > `after`, in
+    order; then return a `Scan` (as StopIteration's value; `read_all` gives it). A record cut
+    short or failing its CRC at the end of the newest segment is a torn tail: it and what follows
+    are reported in `Scan.cut` (nothing is changed here). Anything else wrong raises JournalError
+    with the file and offset. O(bytes)."""
+    scan = Scan()
+    segs = segments(folder)
+    expect = None
+    pending: list = []              # records of the turn being read
+    for n, path in enumerate(segs):
+        newest = n == len(segs) - 1
+        data = path.read_bytes()
+        size = len(data)
+        off = 0
+        turn_start = 0
+        while off < size:
+            bad = None
+            if size - off < HEADER.size:
+                bad = "a record header cut short"
+            else:
+                length, seq, kind, crc = HEADER.unpack_from(data, off)
+                end = off + HEADER.size + length
+                if length > MAX_RECORD:
+                    bad = f"a record length of {length} bytes"
+                elif end > size:
+                    bad = "a record cut short"
+                elif zlib.crc32(data[off + HEADER.size:end],
+                                zlib.crc32(HEAD.pack(length, seq, kind))) != crc:
+                    bad = "a record whose CRC32 does not match"
+                elif kind not in KINDS:
+                    bad = f"a record of unknown kind {kind}"
+            if bad is not None:
+                torn = newest and (bad.endswith("cut short") or not any(data[off:]) or
+                                   (bad.startswith("a record whose") and end == size))
+                later = _valid_record_after(data, off, expect or 1) if torn else None
+                if later is not None:
+                    bad += f", with a valid record after it at offset {later}"
+                if not torn or later is not None:
+                    raise JournalError(f"{path}: offset {off}: {bad}; the journal is corrupt "
+                                       f"here (recovery does not skip records: restore this "
+                                       f"file from a copy, or see docs/operations.md)")
+                scan.cut.append((path, turn_start, size - turn_start))
+                pending = []
+                break
+            if expect is not None and seq != expect:
+                raise JournalError(f"{path}: offset {off}: record seq {seq}, expected {expect}")
+            if expect is None and strict_start and seq != _seq_of(path):
+                raise JournalError(f"{path}: offset {off}: record seq {seq}, but the segment "
+                                   f"is named for {_seq_of(path)}")
+            expect = seq + 1
+            if scan.first == 0:
+                scan.first = seq
+            payload = data[off + HEADER.size:end]
+            off = end
+            if kind == TURN:
+                for rec in pending:
+                    if rec[0] > after:
+                        scan.records += 1
+                        scan.commands += rec[1] == COMMAND
+                        yield rec
+                if seq > after:
+                    yield (seq, TURN, b"")
+                scan.last = seq
+                pending = []
+                turn_start = off
+            else:
+                pending.append((seq, kind, payload))
+        else:
+            if pending:                 # a turn without its end: never acknowledged
+                if not newest:
+                    raise JournalError(f"{path}: offset {turn_start}: a turn without its end "
+                                       f"marker in a segment that is not the newest")
+                scan.cut.append((path, turn_start, size - turn_start))
+                pending = []
+    return scan
+
+
+def _valid_record_after(data: bytes, off: int, expect: int) -> int | None:
+    """The offset of a record after `off` whose CRC32 holds and whose seq is plausible (from
+    `expect` on), or None: what tells a torn tail (nothing valid after it) from a record
+    damaged in the middle of the newest segment (say, a flipped length). Runs only on a bad
+    tail. O(tail bytes)."""
+    size = len(data)
+    for p in range(off + 1, size - HEADER.size + 1):
+        length, seq, kind, crc = HEADER.unpack_from(data, p)
+        if not expect <= seq < expect + (1 << 32) or kind not in KINDS:
+            continue
+        end = p + HEADER.size + length
+        if end <= size and zlib.crc32(data[p + HEADER.size:end],
+                                      zlib.crc32(HEAD.pack(length, seq, kind))) == crc:
+            return p
+    return None
+
+
+def read_all(folder: Path, after: int = 0):
+    """(list of records, Scan) of `read`."""
+    out: list = []
+    gen = read(folder, after)
+    while True:
+        try:
+            out.append(next(gen))
+        except StopIteration as stop:
+            return out, stop.value
+
+
+def decode(kind: int, payload: bytes):
+    if kind == COMMAND:
+        return _command.decode(payload)
+    if kind == REPLY:
+        return _reply.decode(payload)
+    if kind == DEADLINE:
+        return _deadline.decode(payload)
+    return None
+
+
+def commands(folder: Path) -> bytes:
+    """The journal's commands as one msgpack stream (for `perpdex replay DIR`). O(bytes)."""
+    recs, _ = read_all(folder)
+    return b"".join(p for _, k, p in recs if k == COMMAND)
+
+
+# ---- writing -------------------------------------------------------------------------------
+
+class Journal:
+    """The Durability of `perpdex serve`: appends each loop turn's records to the newest segment
+    with one write, and fsyncs by policy (docs/operations.md, "fsync policies"):
+
+    - "batch": a thread fdatasyncs whatever was written since its last fsync, at once: one
+      fsync covers every turn written while the one before ran (group commit). The server holds
+      a turn's messages until `durable(seq)` and goes on with the next turn meanwhile
+      (`pipelined`); `sync()` waits for it;
+    - "interval": a thread fdatasyncs every `interval_ms` when something was written;
+    - "off": never (the operating system writes back when it will).
+
+    `notes = True`: the Sequencer hands it the gateway's own records too (replies, deadlines)."""
+
+    notes = True
+    pipelined = True
+
+    def __init__(self, folder: Path, fsync: str = "batch", interval_ms: int = 10,
+                 segment_bytes: int = 64 << 20, next_seq: int = 1):
+        if fsync not in POLICIES:
+            raise ValueError(f"journal.fsync: one of {', '.join(POLICIES)}, not {fsync!r}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.policy = fsync
+        self.interval = interval_ms / 1000
+        self.segment_bytes = segment_bytes
+        self.seq = next_seq - 1             # the last record's seq
+        self.synced = self.seq              # the last record known durable ("batch")
+        self.commands = 0                   # commands appended since this journal was opened
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.dirty = False
+        self.fd = -1
+        self.size = 0
+        self.fsyncs = 0
+        self.error: BaseException | None = None
+        self.lock_fd = -1                   # the data folder's lock (`lock`), when it holds it
+        segs = [p for p in segments(self.folder) if p.parent == self.folder]
+        if segs and _seq_of(segs[-1]) <= next_seq:
+            self._open(segs[-1])
+        else:
+            self._open(self.folder / f"{next_seq:020d}{SEGMENT}")
+        self.closed = False
+        self.thread = None
+        target = {"batch": self._syncer, "interval": self._flusher}.get(fsync)
+        if target is not None:
+            self.thread = threading.Thread(target=target, name=f"journal-{fsync}", daemon=True)
+            self.thread.start()
+
+    def _open(self, path: Path) -> None:
+        new = not path.exists()
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.path = path
+        self.size = os.fstat(self.fd).st_size
+        if new and self.policy != "off":
+            _fsync_dir(self.folder)
+
+    def append(self, batch: list) -> None:
+        """Write one loop turn: its records and the turn marker, in one write; roll the segment
+        over once it is full. O(bytes)."""
+        parts = []
+        seq = self.seq
+        n = 0
+        for item in batch:
+            seq += 1
+            t = type(item)
+            if t is Reply:
+                parts.append(record(seq, REPLY, _encode(item)))
+            elif t is Deadline:
+                parts.append(record(seq, DEADLINE, _encode(item)))
+            else:
+                parts.append(record(seq, COMMAND, _encode(item)))
+                n += 1
+        seq += 1
+        parts.append(record(seq, TURN, b""))
+        data = b"".join(parts)
+        with self.cond:
+            written = os.write(self.fd, data)
+            while written < len(data):              # a short write (a full disk raises)
+                written += os.write(self.fd, data[written:])
+            self.size += len(data)
+            self.dirty = True
+            self.seq = seq
+            self.cond.notify_all()
+        self.commands += n
+        if self.size >= self.segment_bytes:
+            self.roll()
+
+    def durable(self, seq: int) -> bool:
+        """Whether every record up to `seq` is as durable as the policy makes it. O(1)."""
+        if self.error is not None:
+            raise OSError(f"the journal cannot be made durable: {self.error}")
+        return self.policy != "batch" or self.synced >= seq
+
+    def sync(self) -> None:
+        """Return once everything appended is as durable as the policy makes it ("batch": on
+        disk). O(one fsync)."""
+        if self.policy != "batch":
+            return
+        with self.cond:
+            while self.synced < self.seq and self.error is None:
+                self.cond.wait(1.0)
+        self.durable(self.seq)
+
+    def roll(self) -> None:
+        """Start a new segment at the next seq (the old one made durable first, unless "off")."""
+        with self.cond:
+            if self.policy != "off":
+                os.fdatasync(self.fd)
+                self.fsyncs += 1
+                self.synced = self.seq
+            os.close(self.fd)
+            self.dirty = False
+            self._open(self.folder / f"{self.seq + 1:020d}{SEGMENT}")
+            self.cond.notify_all()
+
+    def _syncer(self) -> None:
+        """"batch": fsync whatever was written since the last fsync, as soon as there is any."""
+        while True:
+            with self.cond:
+                while self.synced >= self.seq and not self.closed:
+                    self.cond.wait()
+                if self.synced >= self.seq:
+                    return
+                target = self.seq
+                fd = os.dup(self.fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as e:            # the server stops: nothing more may leave
+                with self.cond:
+                    self.error = e
+                    self.cond.notify_all()
+                return
+            finally:
+                os.close(fd)
+            with self.cond:
+                self.fsyncs += 1
+                self.synced = max(self.synced, target)
+                self.cond.notify_all()
+
+    def _flusher(self) -> None:
+        while not self.closed:
+            time.sleep(self.interval)
+            with self.lock:
+                if not self.dirty or self.fd < 0:
+                    continue
+                fd = os.dup(self.fd)
+                self.dirty = False
+            try:
+                os.fdatasync(fd)
+                self.fsyncs += 1
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Make everything durable (whatever the policy) and close the segment."""
+        if self.closed:
+            return
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        with self.lock:
+            if self.fd >= 0:
+                os.fdatasync(self.fd)
+                os.close(self.fd)
+                self.fd = -1
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def cut_tail(scan: Scan) -> None:
+    """Cut off what `read` found after the last complete turn, with a log line saying how much."""
+    for path, offset, size in scan.cut:
+        log.warning("journal %s: cut %d bytes at offset %d after the last complete turn "
+                    "(a torn or unfinished write that was never acknowledged)", path, size, offset)
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ---- snapshots -----------------------------------------------------------------------------
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """A snapshot file's body (msgpack). `engine` is `Engine.snapshot()`."""
+    seq: int                        # the last journal record it covers (a turn marker)
+    commands: int                   # commands the engine had run
+    state_hash: str                 # the engine's state hash at `seq`
+    engine: bytes
+    gateway: dict                   # the gateway's own state (gateway/server.py durable_state)
+    written_ns: int = 0
+
+
+def engine_from_snapshot(data: bytes) -> Engine:
+    """The engine a snapshot holds (ValueError: bytes that are no snapshot of this build)."""
+    return Engine.from_snapshot(data)
+
+
+def write_snapshot(folder: Path, snap: Snapshot) -> Path:
+    """Write atomically: a temporary file, fsync, rename, fsync of the folder. O(bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    body = _encode(snap)
+    final = folder / f"{snap.seq:020d}{SNAPSHOT}"
+    tmp = folder / f".{final.name}.tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)))
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(folder)
+    return final
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """A snapshot file, checked (magic, length, CRC32); JournalError saying what is wrong."""
+    data = path.read_bytes()
+    if len(data) < SNAP_HEAD.size:
+        raise JournalError(f"{path}: {len(data)} bytes, shorter than a snapshot header")
+    magic, crc, length = SNAP_HEAD.unpack_from(data)
+    body = data[SNAP_HEAD.size:]
+    if magic != SNAP_MAGIC:
+        raise JournalError(f"{path}: not a perpdex snapshot (magic {magic!r})")
+    if len(body) != length:
+        raise JournalError(f"{path}: body of {len(body)} bytes, the header says {length}")
+    if zlib.crc32(body) != crc:
+        raise JournalError(f"{path}: the CRC32 of the body does not match")
+    try:
+        return msgspec.msgpack.decode(body, type=Snapshot)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise JournalError(f"{path}: unreadable snapshot body: {e}")
+
+
+def snapshots(folder: Path) -> list[Path]:
+    """Snapshot files, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.name.endswith(SNAPSHOT)
+                   and p.name[0].isdigit()), key=_seq_of)
+
+
+def state_hash(engine) -> str:
+    """The engine's state hash, read as a view (executing `state_hash` would number an event).
+    The digest of docs/state-hash.md. O(orders + positions)."""
+    return hashlib.blake2b(_encode(engine.state()), digest_size=16).hexdigest()
+
+
+# ---- the server's side: recovery, snapshots ------------------------------------------------
+
+def gateway_state(server) -> dict:
+    """What a restart needs of the gateway besides the engine: the kept replies (oldest first),
+    each private stream's pseq, resume buffer and chain head, the dead-man's switches, and the
+    simulated oracle's last prices and the public chain heads. O(kept items)."""
+    return {
+        "retries": {a: [[rid, r.replies[rid]] for rid in r.order]
+                    for a, r in server.replies.items()},
+        "streams": {a: [st.pseq, list(st.buffer), st.head] for a, st in server.streams.items()},
+        "deadlines": dict(server.deadlines),
+        "sim_index": dict(server.sim_index),
+    }
+
+
+def restore_gateway_state(server, g: dict) -> None:
+    from .server import Retries
+    server.replies.clear()
+    for account, kept in g.get("retries", {}).items():
+        r = server.replies[account] = Retries(server.limits.retry_window)
+        for rid, data in kept:
+            r.add(rid, data)
+    server.streams.clear()
+    for account, (pseq, items, head) in g.get("streams", {}).items():
+        st = server._stream(account)
+        st.pseq = pseq
+        st.buffer.extend(items)
+        st.head = head
+    server.deadlines.clear()
+    server.deadlines.update(g.get("deadlines", {}))
+    server.sim_index.update(g.get("sim_index", {}))
+
+
+def apply(server, seq: int, kind: int, payload: bytes, route: bool = True) -> None:
+    """One journal record, through the code paths that made it. O(the command)."""
+    if kind == COMMAND:
+        cmd = _command.decode(payload)
+        events = server.engine.execute(cmd)
+        if route:
+            server._route(events, None)
+        if type(cmd) is M.Oracle and server.sim is not None:
+            server.sim_index[cmd.market] = cmd.price
+    elif kind == REPLY:
+        from .server import Retries
+        rep = _reply.decode(payload)
+        seen = server.replies.get(rep.account)
+        if seen is None:
+            seen = server.replies[rep.account] = Retries(server.limits.retry_window)
+        seen.add(rep.req_id, rep.data)
+    elif kind == DEADLINE:
+        d = _deadline.decode(payload)
+        if d.at is None:
+            server.deadlines.pop(d.account, None)
+        else:
+            server.deadlines[d.account] = d.at
+
+
+def _load_newest_snapshot(server, jdir: Path, sdir: Path):
+    """The newest snapshot that reads and restores; a bad one is logged and the one before is
+    tried. Returns (Snapshot, path) or (None, None)."""
+    for path in reversed(snapshots(sdir)):
+        try:
+            snap = read_snapshot(path)
+            engine = engine_from_snapshot(snap.engine)
+        except (JournalError, ValueError, OSError) as e:
+            log.error("snapshot %s cannot be used (%s); trying the one before", path, e)
+            continue
+        server.engine = server.seq.engine = engine
+        restore_gateway_state(server, snap.gateway)
+        return snap, path
+    return None, None
+
+
+def lock(data_dir: Path) -> int:
+    """Take the data folder for this process (an exclusive flock on journal/.lock, which the
+    kernel lets go when the process ends, SIGKILL too); JournalError if another server holds
+    it. Returns the descriptor, to be kept open."""
+    jdir = data_dir / "journal"
+    jdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(jdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(f"{data_dir}: in use by another perpdex serve (its journal is "
+                           f"locked); two servers on one data folder would corrupt it")
+    return fd
+
+
+def recover(server) -> str:
+    """Recover `server` from its data folder: the newest valid snapshot, then the journal after
+    it, replayed through the server's own code paths; a torn tail is cut. A new data folder is
+    booted (the configured markets and deposits, once). Plugs the journal into the Sequencer.
+    Returns a line saying what was recovered. JournalError stops the start."""
+    cfg = server.cfg
+    jdir, sdir = cfg.data_dir / "journal", cfg.data_dir / "snapshots"
+    t0 = time.perf_counter()
+    held = lock(cfg.data_dir)
+    snap, spath = _load_newest_snapshot(server, jdir, sdir)
+    after = snap.seq if snap is not None else 0
+    gen = read(jdir, after)
+    n = commands = 0
+    first_turn = True
+    while True:
+        try:
+            seq, kind, payload = next(gen)
+        except StopIteration as stop:
+            scan = stop.value
+            break
+        if n == 0 and seq != after + 1:
+            raise JournalError(f"{jdir}: the journal goes on at seq {seq}, but "
+                               f"{'the snapshot ' + spath.name if snap else 'a new journal'} "
+                               f"needs seq {after + 1} next: segments are missing")
+        n += 1
+        if kind == TURN:
+            first_turn = False
+            continue
+        commands += kind == COMMAND
+        apply(server, seq, kind, payload, route=not (after == 0 and first_turn))
+    cut_tail(scan)
+    last = max(after, scan.last)
+    server.pub_out.clear()
+    server.stream_out.clear()
+    j = cfg.journal
+    jr = Journal(jdir, j.fsync, j.fsync_interval_ms, j.segment_bytes, next_seq=last + 1)
+    jr.lock_fd = held               # let go when the journal closes
+    server.seq.durability = jr
+    server.seq.notes = True
+    server.seq.last = max(server.seq.last, server.engine.clock)
+    server.snapshot_at = server.engine.n_commands
+    if last == 0:
+        server._boot()
+        if jr.seq == 0:             # nothing configured: the boot is still a turn of its own
+            jr.append([])
+            jr.sync()
+        return (f"perpdex: a new data folder {cfg.data_dir}: the journal starts "
+                f"(fsync {j.fsync}); {len(cfg.markets)} markets and "
+                f"{sum(1 for a in cfg.accounts.values() if a.deposit)} deposits booted")
+    cut = sum(c[2] for c in scan.cut)
+    return (f"perpdex: recovered {cfg.data_dir} in {time.perf_counter() - t0:.3f} s: "
+            + (f"snapshot {spath.name} (seq {snap.seq}, {snap.commands:,} commands), "
+               if snap else "no snapshot, ")
+            + f"then {n:,} journal records ({commands:,} commands) up to seq {last:,}"
+            + (f"; cut a torn tail of {cut} bytes" if cut else "")
+            + f"; engine: {server.engine.n_commands:,} commands, next oid "
+              f"{server.engine.next_oid}")
+
+
+def snapshot_due(server) -> bool:
+    every = server.cfg.journal.snapshot_every
+    return bool(every) and server.engine.n_commands - server.snapshot_at >= every
+
+
+def take_snapshot(server) -> Path:
+    """A snapshot of the engine and the gateway, between turns (nothing pending), then the
+    retention policy. Blocks the loop while it is written: O(state)."""
+    jr = server.seq.durability
+    jr.sync()                       # never a snapshot ahead of the journal on disk
+    cfg = server.cfg
+    sdir = cfg.data_dir / "snapshots"
+    eng = server.engine
+    t0 = time.perf_counter()
+    data = eng.snapshot()
+    snap = Snapshot(seq=jr.seq, commands=eng.n_commands, state_hash=state_hash(eng),
+                    engine=data, gateway=gateway_state(server), written_ns=time.time_ns())
+    path = write_snapshot(sdir, snap)
+    server.snapshot_at = eng.n_commands
+    log.info("snapshot %s: seq %d, %d commands, %d bytes in %.3f s", path.name, snap.seq,
+             snap.commands, path.stat().st_size, time.perf_counter() - t0)
+    prune(cfg.data_dir, cfg.journal.keep_snapshots, cfg.journal.covered_segments, jr)
+    return path
+
+
+def prune(data_dir: Path, keep: int, covered: str, jr: Journal | None = None) -> None:
+    """Keep the newest `keep` snapshots; the segments all of whose records the oldest kept
+    snapshot covers are kept, archived (journal/archive/) or deleted. The segment being written
+    is never touched."""
+    snaps = snapshots(data_dir / "snapshots")
+    for old in snaps[:-keep]:
+        old.unlink()
+    if covered == "keep" or not snaps:
+        return
+    oldest = _seq_of(snaps[-keep:][0])
+    jdir = data_dir / "journal"
+    segs = [p for p in segments(jdir) if p.parent == jdir]
+    for seg, nxt in zip(segs, segs[1:]):
+        if _seq_of(nxt) - 1 > oldest or (jr is not None and seg == jr.path):
+            break
+        if covered == "delete":
+            seg.unlink()
+        else:
+            (jdir / "archive").mkdir(exist_ok=True)
+            os.replace(seg, jdir / "archive" / seg.name)
+    _fsync_dir(jdir)
