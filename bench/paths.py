@@ -146,11 +146,18 @@ def _api_calls(eng, cmds):
     return calls
 
 
-def _api_build(wl):
-    """The per-command API, each call's fills read (as lists) from Engine.fills; the oid each
-    order takes is noted, to name the fills by cid afterwards (not timed)."""
-    from engine import messages as M
+def _api_engine(wl, record):
     eng = wl.fresh_engine()
+    eng.record_events = record
+    return eng
+
+
+def _api_build(wl, record=False):
+    """The per-command API, each call's fills read (as lists) from Engine.fills; the oid each
+    order takes is noted, to name the fills by cid afterwards (not timed). `record`: the
+    calls also encode their events (Engine.record_events), for last_events()."""
+    from engine import messages as M
+    eng = _api_engine(wl, record)
     calls = _api_calls(eng, wl.commands())
     rows, placed = [], []
 
@@ -183,8 +190,8 @@ def _api_build(wl):
     return Prepared(run, fills)
 
 
-def _api_single(wl):
-    eng = wl.fresh_engine()
+def _api_single(wl, record=False):
+    eng = _api_engine(wl, record)
 
     def step(call):
         new, f, a = call
@@ -288,8 +295,12 @@ def _replay_build(wl, fmt):
 EXECUTE = Path("perpdex execute", "Engine.execute(Struct) per command, margin on; a list of "
                "event Structs back, fills read from it", _execute_build, _execute_single)
 API = Path("perpdex new_order/cancel", "the per-command API: Engine.new_order / Engine.cancel "
-           "per command, margin on; each call's fills read from Engine.fills (an amend through "
-           "execute)", _api_build, _api_single)
+           "per command, margin on, record_events off (events numbered, not encoded); each "
+           "call's fills read from Engine.fills (an amend through execute)", _api_build,
+           _api_single)
+API_EVENTS = Path("perpdex new_order/cancel, events kept", "as perpdex new_order/cancel, with "
+                  "record_events on: every call also encodes its events for last_events()",
+                  lambda wl: _api_build(wl, True), lambda wl: _api_single(wl, True))
 MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle` (mark update: "
              "risk pass, premium sample, triggers) every 500 operations, in its time; perpdex "
              "only: the plain book has no marks", _marks_build, _marks_single,
@@ -345,5 +356,5 @@ REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (ac
                  "events as dicts) in Python; not the baseline", _reference_build,
                  _reference_single)
 
-CORE = [PLAIN, API, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
+CORE = [PLAIN, API, API_EVENTS, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
 REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]

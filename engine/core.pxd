@@ -30,11 +30,14 @@ from engine.state cimport State
 cdef class Engine:
     cdef State s
     cdef int64_t _first              # seq before the last per-command call
+    cdef public bint record_events   # per-command calls encode their events (last_events)
+    cdef bint _recorded              # ... and the last one did
 
     # ---- cpdef API -------------------------------------------------------------------------
     cpdef list execute(self, object cmd)
 
     # ---- cdef internals --------------------------------------------------------------------
+    cdef State _call(self)
     cdef int _dispatch(self, object cmd) except -1
     cdef int _failed(self, object cmd) except -1
     cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,

@@ -7,6 +7,7 @@ from libc.stdint cimport int64_t, int32_t
 from engine.units cimport positive
 from engine.book cimport Book, BID, ASK
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from engine.state cimport State, MarketC, FillC, add_market
 from engine.wire cimport FMT_MSGPACK, FMT_JSON, skip_object
@@ -49,8 +50,10 @@ cdef object Audit = M.Audit
 cdef inline bint _key(object v, Py_ssize_t longest):
     """An account key or cid as the contract allows it: an int64, or a non-empty string of at
     most `longest` characters (the Struct path has msgspec check the same)."""
+    cdef int overflow = 0
     if type(v) is int:
-        return -9223372036854775808 <= v <= 9223372036854775807
+        PyLong_AsLongLongAndOverflow(v, &overflow)
+        return overflow == 0
     return type(v) is str and 0 < len(<str>v) <= longest
 
 
@@ -66,6 +69,8 @@ cdef class Engine:
 
     def __cinit__(self, bint margin=True):
         self.s = State(margin)
+        self.record_events = True
+        self._recorded = True
 
     # ---- public API ------------------------------------------------------------------------
 
@@ -180,13 +185,10 @@ cdef class Engine:
                   trigger_price=None):
         """Place one order, as the `new_order` command with these fields would; return the
         number of fills it made. Each fill is in `fills` (price, qty, taker oid, maker oid) until
-        the next call, and every event of the call in `last_events()`. A field the contract
-        refuses is answered in the events (`rejected`), as for the command. O(1) + O(fills)."""
-        cdef State s = self.s
-        events.begin_output(s, FMT_MSGPACK, True)
-        self._first = s.seq
-        s.n_logged = 0
-        s.n_commands += 1
+        the next call; `last_reason` is the rejection's reason (None if accepted); with
+        `record_events` on, every event of the call is in `last_events()`. A field the contract
+        refuses is rejected, as for the command. O(1) + O(fills)."""
+        cdef State s = self._call()
         s.log_fills = True
         try:
             if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
@@ -203,26 +205,40 @@ cdef class Engine:
                           "account or cid is not an integer or a string")
         finally:
             s.log_fills = False
+            s.quiet = False
         return s.n_logged
 
     def cancel(self, account, str market, cid, int64_t ts=0):
         """Cancel one open order, as the `cancel` command would; return True when it was
-        cancelled (False: rejected, see `last_events()`). O(1)."""
-        cdef State s = self.s
+        cancelled (False: rejected, `last_reason` says why). O(1)."""
+        cdef State s = self._call()
         cdef int64_t before
-        events.begin_output(s, FMT_MSGPACK, True)
+        try:
+            if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
+                events.reject(s, "cancel", Reason.INVALID_COMMAND,
+                              f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
+                              f"1 to 64 characters, cid an int64 or a string of 1 to 36")
+                return False
+            self._advance(ts)
+            before = s.pool.n_live
+            entry.cancel_fields(s, account, market, cid)
+            return s.pool.n_live < before
+        finally:
+            s.quiet = False
+
+    cdef State _call(self):
+        """Open a per-command call: its events are numbered from here, and encoded only with
+        `record_events` on (quiet otherwise)."""
+        cdef State s = self.s
+        if self.record_events:
+            events.begin_output(s, FMT_MSGPACK, True)
         self._first = s.seq
+        self._recorded = self.record_events
+        s.quiet = not self.record_events
+        s.last_reason = None
         s.n_logged = 0
         s.n_commands += 1
-        if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
-            events.reject(s, "cancel", Reason.INVALID_COMMAND,
-                          f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of 1 to 64 "
-                          f"characters, cid an int64 or a string of 1 to 36")
-            return False
-        self._advance(ts)
-        before = s.pool.n_live
-        entry.cancel_fields(s, account, market, cid)
-        return s.pool.n_live < before
+        return s
 
     @property
     def fills(self):
@@ -235,8 +251,19 @@ cdef class Engine:
         raw = PyBytes_FromStringAndSize(<char*>s.fill_log, s.n_logged * sizeof(FillC))
         return memoryview(raw).cast("q", (s.n_logged, 4))
 
+    @property
+    def last_reason(self):
+        """The reason code of the last per-command call's rejection; None if it was accepted
+        (for `cancel`: if the order was cancelled)."""
+        return self.s.last_reason
+
     def last_events(self):
-        """The events of the last `new_order` or `cancel` call, as Structs (made on request)."""
+        """The events of the last `new_order` or `cancel` call, as Structs (made on request).
+        Needs `record_events` on during that call: the events of a quiet call were numbered,
+        not written."""
+        if not self._recorded:
+            raise ValueError("the last call ran with record_events off: its events were not "
+                             "written (set Engine.record_events = True to keep them)")
         return _decode_events(events.take_output(self.s, self._first, True))
 
     # ---- snapshots (engine.snapshot) --------------------------------------------------------

@@ -6,10 +6,10 @@ from libc.stdint cimport int64_t, int32_t, uint8_t
 from engine.units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive, py128
 from engine.book cimport (
     Book, Order, CID_BYTES, cid_hash_str, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
-    TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_TAKER,
+    TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
 )
 from engine.state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
-                           cid_of, reducible)
+                           cid_of, reducible, market_id)
 from engine.wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
                           V_POST_ONLY_WOULD_CROSS)
 from engine.margin cimport order_fits
@@ -26,6 +26,18 @@ cdef dict _KINDS = KINDS
 cdef dict _TIFS = TIFS
 cdef dict _STPS = STPS
 cdef tuple _SIDE_NAMES = SIDE_NAMES
+
+
+cdef inline int _code(object name, object a, int code_a, object b, int code_b,
+                      dict table) except -1:
+    """A contract name's code: the two common names `a` and `b` by identity (callers pass
+    interned literals), anything else through `table` (KeyError for a name the contract does
+    not have). O(1)."""
+    if name is a:
+        return code_a
+    if name is b:
+        return code_b
+    return table[name]
 
 
 # ---- the price band ------------------------------------------------------------------------
@@ -187,15 +199,15 @@ cdef int order_fields(State s, object acct, object market, object cid, object si
     cdef MarketC* mk
     cdef OrderCmd oc
     cdef object keep
-    m = s.market_ids.get(market, -1)
+    m = market_id(s, market)
     if m < 0:
         return events.reject(s, "new_order", Reason.UNKNOWN_MARKET, no_market(market), acct,
                              market, cid)
     mk = &s.mk[m]
-    side = _SIDES[side_name]
-    kind = _KINDS[kind_name]
-    tif = _TIFS[tif_name]
-    stp = _STPS[stp_name]
+    side = _code(side_name, "buy", BID, "sell", ASK, _SIDES)
+    kind = _code(kind_name, "limit", LIMIT, "market", MARKET, _KINDS)
+    tif = _code(tif_name, "gtc", GTC, "ioc", IOC, _TIFS)
+    stp = _code(stp_name, "cancel_maker", CANCEL_MAKER, "cancel_taker", CANCEL_TAKER, _STPS)
     qty = positive(qty_v, mk.max_qty)
     if qty == 0:
         return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(qty_v, mk.max_qty),
@@ -423,7 +435,7 @@ cdef int cancel(State s, object cmd) except -1:
 
 cdef int cancel_fields(State s, object acct, object market, object cid) except -1:
     """A cancel's fields as Python values (a Struct's, or the per-command API's)."""
-    cdef int32_t m = s.market_ids.get(market, -1)
+    cdef int32_t m = market_id(s, market)
     cdef int32_t i
     if m < 0:
         return events.reject(s, "cancel", Reason.UNKNOWN_MARKET, no_market(market), acct,

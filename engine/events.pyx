@@ -26,6 +26,15 @@ cdef inline int64_t _next(State s) noexcept:
     return s.seq
 
 
+cdef inline bint _unwritten(State s) noexcept:
+    """In a quiet call (Engine.record_events off) an event takes its number and is not
+    encoded: the state, `seq` included, is what it would have been. O(1)."""
+    if s.quiet:
+        _next(s)
+        return True
+    return False
+
+
 # ---- the output buffer ----------------------------------------------------------------------
 
 cdef int begin_output(State s, int fmt, bint counted) except -1:
@@ -76,6 +85,8 @@ cdef inline bint _priceless(int kind) noexcept:
 
 
 cdef int accepted(State s, int32_t i, int64_t qty) except -1:
+    if _unwritten(s):
+        return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_ACCEPTED, 10)
@@ -93,6 +104,8 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
 
 
 cdef int cancelled(State s, int32_t i, int reason) except -1:
+    if _unwritten(s):
+        return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_CANCELLED, 6)
@@ -102,6 +115,8 @@ cdef int cancelled(State s, int32_t i, int reason) except -1:
 
 
 cdef int amended(State s, int32_t i, bint kept) except -1:
+    if _unwritten(s):
+        return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_AMENDED, 7)
@@ -119,6 +134,8 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
               int64_t mfee) except -1:
     """A trade of `q` at `price` between taker `t` and maker `mi` (their quantities already
     reduced by it)."""
+    if _unwritten(s):
+        return 0
     cdef Order* to = &s.pool.o[t]
     cdef Order* mo = &s.pool.o[mi]
     cdef EventWriter w = s.w
@@ -142,6 +159,8 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
 
 
 cdef int mark(State s, int32_t m) except -1:
+    if _unwritten(s):
+        return 0
     cdef EventWriter w = s.w
     w.begin(T_MARK, 3, _next(s), s.clock)
     w_key(w, K_MARKET); w_name(w, s.mk[m].name_tok)
@@ -154,6 +173,9 @@ cdef int mark(State s, int32_t m) except -1:
 
 cdef int reject(State s, str command, str reason, str detail, object account=None,
                 object market=None, object cid=None) except -1:
+    s.last_reason = reason
+    if _unwritten(s):
+        return 0
     cdef EventWriter w = s.w
     cdef int n = 3 + (account is not None) + (market is not None) + (cid is not None)
     w.begin(T_REJECTED, n, _next(s), s.clock)
@@ -177,6 +199,9 @@ cdef int reject(State s, str command, str reason, str detail, object account=Non
 
 cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
     """`rejected` for a new_order already resolved to ids: the same bytes as `reject`."""
+    s.last_reason = reason
+    if _unwritten(s):
+        return 0
     cdef EventWriter w = s.w
     w.begin(T_REJECTED, 6, _next(s), s.clock)
     w_key(w, K_COMMAND)
@@ -200,6 +225,8 @@ cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
 # ---- the rare events, as Structs -------------------------------------------------------------
 
 cdef int triggered(State s, int32_t i, int64_t mark) except -1:
+    if _unwritten(s):
+        return 0
     cdef Order* o = &s.pool.o[i]
     return s.w.struct_event(M.OrderTriggered(
         seq=_next(s), ts=s.clock, account=s.account_keys[o.account],
@@ -208,6 +235,8 @@ cdef int triggered(State s, int32_t i, int64_t mark) except -1:
 
 
 cdef int funding(State s, int32_t m, int64_t rate, int64_t intervals) except -1:
+    if _unwritten(s):
+        return 0
     return s.w.struct_event(M.FundingEvent(
         seq=_next(s), ts=s.clock, market=s.specs[m].name, rate_ppm=rate,
         index_price=s.mk[m].index, intervals=intervals))
@@ -215,22 +244,30 @@ cdef int funding(State s, int32_t m, int64_t rate, int64_t intervals) except -1:
 
 cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64_t price,
                      str kind, int64_t fee) except -1:
+    if _unwritten(s):
+        return 0
     return s.w.struct_event(M.LiquidationEvent(
         seq=_next(s), ts=s.clock, account=s.account_keys[a], market=s.specs[m].name,
         side=_SIDE_NAMES[side], qty=qty, price=price, mark=s.mk[m].mark, kind=kind, fee=fee))
 
 
 cdef int margin_call(State s, int32_t a, int128 equity, int128 mm) except -1:
+    if _unwritten(s):
+        return 0
     return s.w.struct_event(M.MarginCall(seq=_next(s), ts=s.clock, account=s.account_keys[a],
                                          equity=py128(equity), maintenance_margin=py128(mm)))
 
 
 cdef int balance(State s, int32_t a, str reason) except -1:
+    if _unwritten(s):
+        return 0
     return s.w.struct_event(M.Balance(seq=_next(s), ts=s.clock, account=s.account_keys[a],
                                       collateral=s.ac[a].collateral, reason=reason))
 
 
 cdef int state_hash(State s, str digest) except -1:
+    if _unwritten(s):
+        return 0
     s.w.begin(T_STATE_HASH, 1, _next(s), s.clock)
     w_key(s.w, K_HASH)
     s.w.pystr(digest)
@@ -239,4 +276,6 @@ cdef int state_hash(State s, str digest) except -1:
 
 cdef int report(State s, object cls, dict fields) except -1:
     """A report event (account, audit) built from `fields`, numbered and stamped here."""
+    if _unwritten(s):
+        return 0
     return s.w.struct_event(cls(seq=_next(s), ts=s.clock, **fields))

@@ -72,14 +72,17 @@ cdef int128 maintenance_margin(State s, int32_t a, int32_t iso):
 cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* after,
                      int128* eq):
     """The placement check: may position `p`'s open quantities become (buys, sells)? An order
-    that raises its scope's initial requirement above its equity may not. `after` and `eq` are
-    set for the rejection's sentence. O(positions of the account)."""
+    that raises its scope's initial requirement above its equity may not. Only market `m`'s
+    term of the requirement changes, so it alone is compared first; the scope's whole
+    requirement and equity are summed only when it rises. `after` and `eq` are set for the
+    rejection's sentence. O(1), or O(positions of the account) when the requirement rises."""
     cdef PosC* q = &s.pos[p]
     cdef int32_t a = q.account, m = q.market, iso = scope_of(s, p)
-    cdef int128 before = initial_margin(s, a, iso, m, q.size, q.open_buy, q.open_sell)
-    after[0] = initial_margin(s, a, iso, m, q.size, buys, sells)
-    if after[0] <= before:
+    cdef MarketC* mk = &s.mk[m]
+    if (initial_requirement(mk, q.size, buys, sells, q.leverage)
+            <= initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage)):
         return True
+    after[0] = initial_margin(s, a, iso, m, q.size, buys, sells)
     eq[0] = equity(s, a, iso)
     return after[0] <= eq[0]
 

@@ -128,6 +128,8 @@ cdef class State:
     cdef list specs                 # MarketSpec per market id
     cdef list market_pos            # per market: its position slots, in slot order
     cdef dict market_ids            # name -> id
+    cdef object seen_market         # the name market_id looked up last, and its id
+    cdef int32_t seen_market_id
     cdef list market_utf8           # each market's name, UTF-8
     cdef MarketC* mk
     cdef int32_t n_markets
@@ -159,6 +161,9 @@ cdef class State:
     cdef int128 liq_notional
     # ---- the fills of the current per-command call (Engine.new_order / Engine.cancel) --------
     cdef bint log_fills              # record fills below (only during those calls)
+    cdef bint quiet                  # number events but encode none (per-command calls with
+                                     # Engine.record_events off; engine.events reads it)
+    cdef str last_reason             # the reason of the last `rejected` (engine.events)
     cdef FillC* fill_log
     cdef int32_t n_logged
     cdef int32_t log_cap
@@ -178,6 +183,19 @@ cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)
 cdef object cid_key(object cid, int32_t a, CidKey* k)
 cdef object cid_obj(State s, int32_t i)
 cdef object cid_of(CidKey* k)
+
+
+cdef inline int32_t market_id(State s, object name) except -2:
+    """The id of the market called `name`, -1 if none. O(1): the same name object as the last
+    look-up (a caller's interned literal) is answered without hashing; markets never go."""
+    cdef int32_t m
+    if name is s.seen_market:
+        return s.seen_market_id
+    m = s.market_ids.get(name, -1)
+    if m >= 0:
+        s.seen_market = name
+        s.seen_market_id = m
+    return m
 
 
 cdef inline int touch(State s, int32_t a) except -1:

@@ -79,6 +79,10 @@ cdef class State:
         self.seq = 0
         self.next_oid = 1
         self.log_fills = False
+        self.quiet = False
+        self.seen_market = None
+        self.seen_market_id = -1
+        self.last_reason = None
         self.log_cap = 64
         self.n_logged = 0
         self.fill_log = <FillC*>malloc(self.log_cap * sizeof(FillC))

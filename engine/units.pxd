@@ -18,22 +18,32 @@ cdef enum:
     NS = 1000000000             # nanoseconds per second
 
 
-@cython.cdivision(True)
-cdef inline int128 ceil_div(int128 a, int128 b) noexcept nogil:
-    """ceil(a / b) for b > 0 (C division truncates toward zero)."""
-    cdef int128 q = a / b
-    if a % b != 0 and a > 0:
-        q += 1
-    return q
+cdef inline bint _fits64(int128 a, int128 b) noexcept nogil:
+    return <int128><int64_t>a == a and 0 < b <= <int128>0x7FFFFFFFFFFFFFFF
 
 
 @cython.cdivision(True)
 cdef inline int128 floor_div(int128 a, int128 b) noexcept nogil:
-    """floor(a / b) for b > 0."""
-    cdef int128 q = a / b
+    """floor(a / b) for b > 0 (C division truncates toward zero). Operands that fit int64 (the
+    usual case) divide in 64 bits, by a multiply where `b` is a constant: the same result."""
+    cdef int64_t a64, b64, q64
+    cdef int128 q
+    if _fits64(a, b):
+        a64 = <int64_t>a
+        b64 = <int64_t>b
+        q64 = a64 / b64
+        if a64 % b64 != 0 and a64 < 0:
+            q64 -= 1
+        return q64
+    q = a / b
     if a % b != 0 and a < 0:
         q -= 1
     return q
+
+
+cdef inline int128 ceil_div(int128 a, int128 b) noexcept nogil:
+    """ceil(a / b) for b > 0: -floor(-a / b)."""
+    return -floor_div(-a, b)
 
 
 cdef inline int64_t iabs(int64_t x) noexcept nogil:

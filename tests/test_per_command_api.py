@@ -65,3 +65,48 @@ def test_a_cancel_of_an_unknown_order_is_false_with_its_rejection():
     assert eng.cancel("a", "BTC-PERP", 1) is False
     assert eng.last_events()[0].reason == "unknown_order"
     assert eng.cancel("a", "BTC-PERP", {"x": 1}) is False
+
+
+def test_with_record_events_off_the_calls_leave_the_state_and_seq_of_the_commands():
+    flow = F.random_flow(12, 1500)
+    quiet, by_cmd = Engine(), Engine()
+    quiet.record_events = False
+    for cmd in flow:
+        want = by_cmd.execute(cmd)
+        rejected = [e.reason for e in want if type(e) is M.Rejected]
+        if type(cmd) is M.NewOrder:
+            n = quiet.new_order(cmd.account, cmd.market, cmd.cid, cmd.side, cmd.qty, cmd.price,
+                                cmd.kind, cmd.tif, cmd.ts, cmd.reduce_only, cmd.stp,
+                                cmd.trigger_price)
+            assert n == sum(1 for e in want if type(e) is M.Fill)
+            assert quiet.last_reason == (rejected[0] if rejected else None)
+        elif type(cmd) is M.Cancel:
+            done = quiet.cancel(cmd.account, cmd.market, cmd.cid, cmd.ts)
+            assert done == (not rejected)
+            assert quiet.last_reason == (rejected[0] if rejected else None)
+        else:
+            quiet.execute(cmd)
+        assert quiet.seq == by_cmd.seq, cmd
+    assert quiet.state() == by_cmd.state()
+
+
+def test_last_events_of_a_quiet_call_is_an_error_that_says_why():
+    eng = Engine()
+    for c in F.create_markets(["BTC-PERP"]):
+        eng.execute(c)
+    eng.record_events = False
+    eng.new_order("a", "BTC-PERP", 1, "buy", 5, 10_000)
+    with pytest.raises(ValueError, match="record_events"):
+        eng.last_events()
+    assert eng.last_reason == "no_mark_price"
+
+
+def test_names_built_at_run_time_are_read_as_the_literals():
+    eng = Engine(margin=False)
+    for c in F.create_markets(["BTC-PERP"]):
+        eng.execute(c)
+    eng.execute(M.Oracle(market="BTC-PERP", price=10_000))
+    sell, market = "".join(["se", "ll"]), "".join(["BTC", "-PERP"])
+    eng.new_order("m", market, 1, sell, 5, 10_000, "".join(["lim", "it"]), "".join(["g", "tc"]))
+    assert eng.last_reason is None
+    assert eng.new_order("t", "BTC-PERP", 2, "buy", 5, 10_000, "limit", "ioc") == 1
