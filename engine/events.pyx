@@ -6,7 +6,7 @@ from engine.units cimport int128, py128
 from engine.book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
 from engine.state cimport State, OrderCmd, cid_obj
 from engine.wire cimport (
-    EventWriter, w_key, w_name, w_int64, w_bool, w_end, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
+    EventWriter, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
     K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
     K_TAKER_REMAINING, K_MAKER_ACCOUNT, K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE,
@@ -65,7 +65,7 @@ cdef int _cid(State s, int32_t i) except -1:
     cdef Order* o = &s.pool.o[i]
     if o.cid_is_str:
         return s.w.utf8(s.pool.cid_text + <size_t>i * CID_BYTES, o.cid_len)
-    return w_int64(s.w, o.cid_int)
+    return u_int64(s.w, o.cid_int)
 
 
 cdef int _order_head(State s, int32_t i, int etype, int nfields) except -1:
@@ -73,10 +73,10 @@ cdef int _order_head(State s, int32_t i, int etype, int nfields) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     w.begin(etype, nfields, _next(s), s.clock)
-    w_key(w, K_ACCOUNT); w_name(w, s.ac[o.account].name_tok)
-    w_key(w, K_MARKET); w_name(w, s.mk[o.market].name_tok)
-    w_key(w, K_CID); _cid(s, i)
-    w_key(w, K_OID); w_int64(w, o.oid)
+    u_key(w, K_ACCOUNT); u_name(w, s.ac[o.account].name_tok)
+    u_key(w, K_MARKET); u_name(w, s.mk[o.market].name_tok)
+    u_key(w, K_CID); _cid(s, i)
+    u_key(w, K_OID); u_int64(w, o.oid)
     return 0
 
 
@@ -90,16 +90,16 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_ACCEPTED, 10)
-    w_key(w, K_SIDE); w_key(w, V_BUY + o.side)
-    w_key(w, K_KIND); w_key(w, V_LIMIT + o.kind)
-    w_key(w, K_PRICE)
+    u_key(w, K_SIDE); u_key(w, V_BUY + o.side)
+    u_key(w, K_KIND); u_key(w, V_LIMIT + o.kind)
+    u_key(w, K_PRICE)
     if _priceless(o.kind):
         w.null()
     else:
-        w_int64(w, o.price)
-    w_key(w, K_QTY); w_int64(w, qty)
-    w_key(w, K_TIF); w_key(w, V_GTC + o.tif)
-    w_key(w, K_REDUCE_ONLY); w_bool(w, o.reduce_only)
+        u_int64(w, o.price)
+    u_key(w, K_QTY); u_int64(w, qty)
+    u_key(w, K_TIF); u_key(w, V_GTC + o.tif)
+    u_key(w, K_REDUCE_ONLY); w_bool(w, o.reduce_only)
     return w_end(w)
 
 
@@ -109,8 +109,8 @@ cdef int cancelled(State s, int32_t i, int reason) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_CANCELLED, 6)
-    w_key(w, K_REMAINING); w_int64(w, o.qty)
-    w_key(w, K_REASON); w_key(w, reason)
+    u_key(w, K_REMAINING); u_int64(w, o.qty)
+    u_key(w, K_REASON); u_key(w, reason)
     return w_end(w)
 
 
@@ -120,13 +120,13 @@ cdef int amended(State s, int32_t i, bint kept) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
     _order_head(s, i, T_ORDER_AMENDED, 7)
-    w_key(w, K_PRICE)
+    u_key(w, K_PRICE)
     if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
         w.null()
     else:
-        w_int64(w, o.price)
-    w_key(w, K_QTY); w_int64(w, o.qty)
-    w_key(w, K_PRIORITY_KEPT); w_bool(w, kept)
+        u_int64(w, o.price)
+    u_key(w, K_QTY); u_int64(w, o.qty)
+    u_key(w, K_PRIORITY_KEPT); w_bool(w, kept)
     return w_end(w)
 
 
@@ -140,21 +140,21 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
     cdef Order* mo = &s.pool.o[mi]
     cdef EventWriter w = s.w
     w.begin(T_FILL, 15, _next(s), s.clock)
-    w_key(w, K_MARKET); w_name(w, s.mk[to.market].name_tok)
-    w_key(w, K_PRICE); w_int64(w, price)
-    w_key(w, K_QTY); w_int64(w, q)
-    w_key(w, K_TAKER_SIDE); w_key(w, V_BUY + to.side)
-    w_key(w, K_TAKER_ACCOUNT); w_name(w, s.ac[to.account].name_tok)
-    w_key(w, K_TAKER_CID); _cid(s, t)
-    w_key(w, K_TAKER_OID); w_int64(w, to.oid)
-    w_key(w, K_TAKER_REMAINING); w_int64(w, to.qty)
-    w_key(w, K_MAKER_ACCOUNT); w_name(w, s.ac[mo.account].name_tok)
-    w_key(w, K_MAKER_CID); _cid(s, mi)
-    w_key(w, K_MAKER_OID); w_int64(w, mo.oid)
-    w_key(w, K_MAKER_REMAINING); w_int64(w, mo.qty)
-    w_key(w, K_TAKER_FEE); w_int64(w, tfee)
-    w_key(w, K_MAKER_FEE); w_int64(w, mfee)
-    w_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
+    u_key(w, K_MARKET); u_name(w, s.mk[to.market].name_tok)
+    u_key(w, K_PRICE); u_int64(w, price)
+    u_key(w, K_QTY); u_int64(w, q)
+    u_key(w, K_TAKER_SIDE); u_key(w, V_BUY + to.side)
+    u_key(w, K_TAKER_ACCOUNT); u_name(w, s.ac[to.account].name_tok)
+    u_key(w, K_TAKER_CID); _cid(s, t)
+    u_key(w, K_TAKER_OID); u_int64(w, to.oid)
+    u_key(w, K_TAKER_REMAINING); u_int64(w, to.qty)
+    u_key(w, K_MAKER_ACCOUNT); u_name(w, s.ac[mo.account].name_tok)
+    u_key(w, K_MAKER_CID); _cid(s, mi)
+    u_key(w, K_MAKER_OID); u_int64(w, mo.oid)
+    u_key(w, K_MAKER_REMAINING); u_int64(w, mo.qty)
+    u_key(w, K_TAKER_FEE); u_int64(w, tfee)
+    u_key(w, K_MAKER_FEE); u_int64(w, mfee)
+    u_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
     return w_end(w)
 
 
@@ -163,9 +163,9 @@ cdef int mark(State s, int32_t m) except -1:
         return 0
     cdef EventWriter w = s.w
     w.begin(T_MARK, 3, _next(s), s.clock)
-    w_key(w, K_MARKET); w_name(w, s.mk[m].name_tok)
-    w_key(w, K_INDEX); w_int64(w, s.mk[m].index)
-    w_key(w, K_MARK); w_int64(w, s.mk[m].mark)
+    u_key(w, K_MARKET); u_name(w, s.mk[m].name_tok)
+    u_key(w, K_INDEX); u_int64(w, s.mk[m].index)
+    u_key(w, K_MARK); u_int64(w, s.mk[m].mark)
     return w_end(w)
 
 

@@ -89,10 +89,11 @@ cdef class EventWriter:
     cdef Py_ssize_t length
     cdef Py_ssize_t cap
     cdef readonly int fmt
-    cdef const char* tok_ptr[N_TOKENS]
+    cdef const char* tok_ptr[N_TOKENS]    # each padded with zeros to a multiple of PAD bytes
     cdef Py_ssize_t tok_len[N_TOKENS]
-    cdef list _tok_bytes        # keeps the token bytes alive: [fmt][tok]
-    cdef list _names            # registered names: (msgpack bytes, json bytes)
+    cdef list _tok_bytes        # keeps the (padded) token bytes alive: [fmt][tok]
+    cdef list _tok_lens         # their lengths: [fmt][tok]
+    cdef list _names            # registered names: (msgpack, json (both padded), their lengths)
     cdef const char** name_ptr
     cdef Py_ssize_t* name_len
     cdef Py_ssize_t n_names
@@ -125,6 +126,71 @@ cdef class EventWriter:
 
 
 # ---- the hot writes, inline in the rooms that call them: a bounds check and a copy ------------
+
+cdef enum:
+    PAD = 32            # tokens and names are stored padded to a multiple of PAD bytes, so an
+                        # unchecked write copies whole PAD-byte blocks (fixed-size copies)
+    EVENT_ROOM = 4096   # begin() makes this much room: an order, fill or mark event, its names
+                        # included (accounts <= 64, markets <= 32 characters), needs < 2,100
+                        # bytes, and at least PAD more stay free for the block copies
+
+
+cdef inline void u_padded(EventWriter w, const char* p, Py_ssize_t n) noexcept:
+    """Unchecked: `n` bytes of a padded token or name, copied in whole PAD-byte blocks (the
+    room begin() made covers the overshoot)."""
+    cdef Py_ssize_t off = 0
+    cdef char* d = w.buf + w.length
+    while off < n:
+        memcpy(d + off, p + off, PAD)
+        off += PAD
+    w.length += n
+
+
+cdef inline void u_key(EventWriter w, int k) noexcept:
+    """Unchecked (inside an event opened by begin()): a key, type or value token."""
+    u_padded(w, w.tok_ptr[k], w.tok_len[k])
+
+
+cdef inline void u_name(EventWriter w, int32_t name_id) noexcept:
+    """Unchecked (inside an event opened by begin()): a registered account or market name."""
+    u_padded(w, w.name_ptr[name_id], w.name_len[name_id])
+
+
+cdef inline void u_be(char* d, uint64_t v, int nbytes) noexcept:
+    cdef int i
+    for i in range(nbytes - 1, -1, -1):
+        d[i] = <char>(v & 0xff)
+        v >>= 8
+
+
+cdef inline int u_int64(EventWriter w, int64_t v) except -1:
+    """Inside an event opened by begin(): an integer; msgpack's non-negative ones inline."""
+    cdef char* d
+    if w.fmt != FMT_MSGPACK or v < 0:
+        return w.int64(v)
+    d = w.buf + w.length
+    if v < 128:
+        d[0] = <char>v
+        w.length += 1
+    elif v < 0x10000:
+        if v < 0x100:
+            d[0] = <char>0xcc
+            d[1] = <char>v
+            w.length += 2
+        else:
+            d[0] = <char>0xcd
+            u_be(d + 1, v, 2)
+            w.length += 3
+    elif v < 0x100000000:
+        d[0] = <char>0xce
+        u_be(d + 1, v, 4)
+        w.length += 5
+    else:
+        d[0] = <char>0xcf
+        u_be(d + 1, v, 8)
+        w.length += 9
+    return 0
+
 
 cdef inline int w_raw(EventWriter w, const char* p, Py_ssize_t n) except -1:
     if w.length + n > w.cap:

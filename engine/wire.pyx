@@ -40,6 +40,11 @@ cdef Py_ssize_t _FIRST_VALUE = V_BUY
 cdef const char* _HEX = b"0123456789abcdef"
 
 
+def _padded(b):
+    """`b` and zeros up to a multiple of PAD bytes (what the unchecked writes copy)."""
+    return b + bytes(-len(b) % PAD)
+
+
 def _encode_tokens():
     """[fmt][tok] -> bytes. A JSON key carries its separators: `,"market":`."""
     mp, js = [], []
@@ -74,7 +79,9 @@ cdef class EventWriter:
         self.name_len = <Py_ssize_t*>malloc(self.names_cap * sizeof(Py_ssize_t))
         if self.name_ptr == NULL or self.name_len == NULL:
             raise MemoryError()
-        self._tok_bytes = _encode_tokens()
+        tokens = _encode_tokens()
+        self._tok_lens = [[len(b) for b in f] for f in tokens]
+        self._tok_bytes = [[_padded(b) for b in f] for f in tokens]   # padded: see u_padded
         self.set_format(FMT_MSGPACK)
 
     def __dealloc__(self):
@@ -89,11 +96,11 @@ cdef class EventWriter:
         for i in range(N_TOKENS):
             b = self._tok_bytes[fmt][i]
             self.tok_ptr[i] = b
-            self.tok_len[i] = len(b)
+            self.tok_len[i] = self._tok_lens[fmt][i]
         for i in range(self.n_names):
             b = self._names[i][fmt]
             self.name_ptr[i] = b
-            self.name_len[i] = len(b)
+            self.name_len[i] = self._names[i][2 + fmt]
 
     cpdef int register_name(self, object name) except -1:
         """Encode an account or market name once, in both formats; returns its id."""
@@ -110,11 +117,12 @@ cdef class EventWriter:
                 raise MemoryError()
             self.name_len = nl
             self.names_cap *= 2
-        pair = (_mp_encode(name), _json_encode(name))
-        self._names.append(pair)
-        b = pair[self.fmt]
+        mp, js = _mp_encode(name), _json_encode(name)
+        entry = (_padded(mp), _padded(js), len(mp), len(js))
+        self._names.append(entry)
+        b = entry[self.fmt]
         self.name_ptr[self.n_names] = b
-        self.name_len[self.n_names] = len(b)
+        self.name_len[self.n_names] = entry[2 + self.fmt]
         self.n_names += 1
         return <int>(self.n_names - 1)
 
@@ -166,7 +174,7 @@ cdef class EventWriter:
     cdef int begin(self, int etype, int nfields, int64_t seq, int64_t ts) except -1:
         """Open an event of `nfields` fields besides type, seq and ts."""
         cdef int n = nfields + 3
-        self.reserve(64)
+        self.reserve(EVENT_ROOM)
         if self.fmt == FMT_MSGPACK:
             if n < 16:
                 self._byte(<char>(0x80 | n))
@@ -174,11 +182,11 @@ cdef class EventWriter:
                 self._byte(<char>0xde)
                 self._be(n, 2)
             self._raw(b"\xa4type", 5)
-            self._raw(self.tok_ptr[etype], self.tok_len[etype])
+            u_key(self, etype)
             self._raw(b"\xa3seq", 4)
-            self.int64(seq)
+            u_int64(self, seq)
             self._raw(b"\xa2ts", 3)
-            self.int64(ts)
+            u_int64(self, ts)
         else:
             self._raw(self.tok_ptr[etype], self.tok_len[etype])
             self._raw(b',"seq":', 7)
