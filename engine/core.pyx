@@ -26,6 +26,7 @@ from engine.markets import MarketConfigError, market_spec
 from engine.messages import MAX_TS, Reason
 from engine import reports as _reports
 
+cdef int64_t C_MAX_TS = MAX_TS                          # the latest ts a command may carry
 cdef object _decode_events = _mp_events.decode
 cdef object _NO_FILLS = memoryview(b"").cast("q")      # `fills` after a call that made none
 
@@ -191,7 +192,7 @@ cdef class Engine:
         cdef State s = self._call()
         s.log_fills = True
         try:
-            if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
+            if ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
                 events.reject(s, "new_order", Reason.INVALID_COMMAND,
                               f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
                               f"1 to 64 characters, cid an int64 or a string of 1 to 36")
@@ -214,7 +215,7 @@ cdef class Engine:
         cdef State s = self._call()
         cdef int64_t before
         try:
-            if ts > MAX_TS or not _key(account, 64) or not _key(cid, 36):
+            if ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
                 events.reject(s, "cancel", Reason.INVALID_COMMAND,
                               f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
                               f"1 to 64 characters, cid an int64 or a string of 1 to 36")
