@@ -27,11 +27,18 @@ class Engine:
         """As the new_order command; the number of fills (rows of `fills`)."""
     def cancel(self, account: int | str, market: str, cid: int | str, ts: int = 0) -> bool:
         """As the cancel command; True when the order was cancelled."""
+    record_events: bool
+    """Whether new_order / cancel encode their events for last_events() (default True; off,
+    the events are numbered, not encoded)."""
+    @property
+    def last_reason(self) -> str | None:
+        """The last per-command call's rejection reason; None if it was accepted."""
     @property
     def fills(self) -> memoryview:
         """The last new_order's fills: int64 rows (price, qty, taker_oid, maker_oid)."""
     def last_events(self) -> list[Event]:
-        """The last per-command call's events, as Structs."""
+        """The last per-command call's events, as Structs (ValueError if record_events was
+        off during it)."""
     # ---- snapshots ----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """The whole state as bytes (same build only). O(orders + positions + accounts)."""
