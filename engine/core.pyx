@@ -58,6 +58,28 @@ cdef inline bint _key(object v, Py_ssize_t longest):
     return type(v) is str and 0 < len(<str>v) <= longest
 
 
+cdef inline bint _fields_in_bounds(object cmd):
+    """The bounds msgspec's decoder checks that applying a command would not trip over: `ts`,
+    and the account, cid and market names (a Struct built by hand skips the decoder). O(1)."""
+    cdef object v
+    cdef int64_t ts
+    cdef int overflow = 0
+    v = cmd.ts
+    if type(v) is not int:
+        return False
+    ts = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow or ts < 0 or ts > C_MAX_TS:
+        return False
+    v = getattr(cmd, "account", None)
+    if v is not None and not _key(v, 64):
+        return False
+    v = getattr(cmd, "cid", None)
+    if v is not None and not _key(v, 36):
+        return False
+    v = getattr(cmd, "market", None)
+    return v is None or (type(v) is str and 0 < len(<str>v) <= 32)
+
+
 cdef class Engine:
     """The deterministic state machine. One command in, its events out, in `seq` order.
 
@@ -192,7 +214,7 @@ cdef class Engine:
         cdef State s = self._call()
         s.log_fills = True
         try:
-            if ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
+            if ts < 0 or ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
                 events.reject(s, "new_order", Reason.INVALID_COMMAND,
                               f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
                               f"1 to 64 characters, cid an int64 or a string of 1 to 36")
@@ -215,7 +237,7 @@ cdef class Engine:
         cdef State s = self._call()
         cdef int64_t before
         try:
-            if ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
+            if ts < 0 or ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
                 events.reject(s, "cancel", Reason.INVALID_COMMAND,
                               f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
                               f"1 to 64 characters, cid an int64 or a string of 1 to 36")
@@ -390,9 +412,13 @@ cdef class Engine:
         if not isinstance(cmd, _Command):
             return events.reject(s, None, Reason.INVALID_COMMAND,
                                  f"expected a command, got {type(cmd).__name__}")
-        if cmd.ts > MAX_TS:        # a Struct built by hand skips msgspec's bound
-            return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
-                                 f"ts must be at most {MAX_TS} ns, got {cmd.ts}")
+        if not _fields_in_bounds(cmd):
+            # A Struct built by hand skips msgspec's validation: say what the decoder would.
+            try:
+                msgspec.convert(msgspec.to_builtins(cmd), t)
+            except (msgspec.ValidationError, TypeError) as e:
+                return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
+                                     str(e))
         self._advance(cmd.ts)
         if t is NewOrder:
             return entry.new_order(s, cmd)

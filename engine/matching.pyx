@@ -13,6 +13,8 @@ from engine.margin cimport allowed_after
 from engine.triggers cimport disarm
 from engine cimport events
 
+from engine.markets import MAX_MONEY
+
 
 cdef inline bint _within(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
                          int64_t limit) noexcept:
@@ -21,6 +23,20 @@ cdef inline bint _within(State s, int32_t a, int32_t m, int side, int64_t before
     cdef int64_t d = 1 if side == BID else -1
     cdef int64_t s1 = s.pos[s.pos_of[m][a]].size + d * before, s2 = s1 + d * q
     return iabs(s2) <= iabs(s1) or iabs(s2) <= limit
+
+
+cdef int64_t CASH_LIMIT = MAX_MONEY     # 2^61 quote units (docs/limits.md)
+
+
+cdef inline bint _cash_bounded(State s, int32_t a, int32_t m) noexcept:
+    """Is the cash of the scope a fill in market `m` would book into (the isolated margin, or
+    the account's collateral) at most 2^61 in magnitude? A fill moves cash by its realised PnL
+    and fee, each under 2^61 (docs/limits.md), so from there the cash stays inside int64. Margin
+    checks keep every scope far inside this; without them (Engine(margin=False)) this is what
+    stops a balance from wrapping."""
+    cdef int32_t p = s.pos_of[m][a]
+    cdef int64_t cash = s.pos[p].iso_margin if p >= 0 and s.pos[p].isolated else s.ac[a].collateral
+    return -CASH_LIMIT <= cash <= CASH_LIMIT
 
 
 cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
@@ -102,6 +118,14 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
             mi = nxt
             continue
         if not _within(s, acct, m, side, start - need if dry else 0, q, mk.max_qty):
+            return STOP_MARGIN
+        # So is the largest balance (a scope past it trades no more, like a failed check).
+        if not _cash_bounded(s, mo.account, m):
+            if not dry:
+                cancel_order(s, mi, V_MARGIN)
+            mi = nxt
+            continue
+        if not _cash_bounded(s, acct, m):
             return STOP_MARGIN
         mfee = fee(lp, q, mk.multiplier, mk.maker_fee_ppm)
         # A liquidation's own fills pay the liquidation fee only (engine.liquidation), so that

@@ -111,3 +111,20 @@ def test_a_struct_built_by_hand_with_a_bad_value_is_rejected_not_raised():
 def test_an_unknown_format_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown format 'xml'"):
         CommandReader("xml")
+
+
+@pytest.mark.parametrize("cmd", [M.Deposit(account="a" * 65, amount=5),
+                                 M.Deposit(account="a", amount=5, ts=-7),
+                                 M.QueryAccount(account=""),
+                                 M.Cancel(account="a", market="M" * 33, cid=1),
+                                 M.Cancel(account="a", market="BTC-PERP", cid="c" * 37)],
+                         ids=["account-65-chars", "negative-ts", "empty-account",
+                              "market-33-chars", "cid-37-chars"])
+def test_a_hand_built_command_out_of_bounds_is_rejected_as_its_bytes_are(cmd):
+    eng = Engine()
+    (ev,) = eng.execute(cmd)
+    encoded = Engine().execute_batch(msgspec.msgpack.encode(cmd))
+    (want,) = msgspec.msgpack.decode(b"\x91" + encoded)
+    assert ev.reason == want["reason"] == "invalid_command"
+    assert ev.command == want["command"] and want["detail"].endswith(ev.detail)
+    assert eng.seq == 1 and eng.deposits == 0

@@ -263,3 +263,23 @@ def test_intervals_applied_at_once_move_money_as_one_by_one():
         x = run(at_once, M.QueryAccount(account=acct))[0]
         y = run(one_by_one, M.QueryAccount(account=acct))[0]
         assert x["equity"] == y["equity"] and x["positions"] == y["positions"]
+
+
+def test_without_margin_checks_a_balance_stops_trading_before_it_could_wrap():
+    eng = Engine(margin=False)
+    spec = dict(BTC, tick_size="0.001", lot_size="0.001")            # multiplier 1
+    eng.execute(M.CreateMarket(market="X", **spec))
+    top, qty = eng.specs[0].max_price, eng.specs[0].max_qty
+    for k in range(6):                       # each round trip moves about 2^61 from a to b
+        for price, seller, buyer in ((top, "b", "a"), (1, "a", "b")):
+            eng.execute(M.Oracle(market="X", price=price, ts=2 * k + (price == 1)))
+            eng.execute(M.NewOrder(account=seller, market="X", cid=f"s{k}{price}",
+                                   side="sell", kind="limit", qty=qty, price=price))
+            eng.execute(M.NewOrder(account=buyer, market="X", cid=f"b{k}{price}",
+                                   side="buy", kind="limit", qty=qty, price=price))
+    for acct in ("a", "b"):
+        cash = eng.execute(M.QueryAccount(account=acct))[0].collateral
+        assert -2**62 < cash < 2**62
+    audit = eng.execute(M.Audit())[0]
+    assert audit.collateral == audit.deposits - audit.withdrawals - audit.unrealised_pnl \
+        - audit.insurance_fund - audit.fees
