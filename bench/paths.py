@@ -128,21 +128,25 @@ def _execute_single(wl):
     return step, wl.commands()
 
 
+NEW, AMEND, OTHER = 1, 2, 0          # what a per-command call is: it takes an oid, it may fill
+
+
 def _api_calls(eng, cmds):
-    """The workload as calls of the per-command API, (is it new_order, the call, its args):
-    Engine.new_order / Engine.cancel, and an amend (which the API does not take) as
-    execute(Struct)."""
+    """The workload as calls of the per-command API, (NEW, AMEND or OTHER, the call, its
+    args): Engine.new_order / Engine.amend / Engine.cancel (anything else as execute(Struct))."""
     from engine import messages as M
     calls = []
     for c in cmds:
         t = type(c)
         if t is M.NewOrder:
-            calls.append((True, eng.new_order, (c.account, c.market, c.cid, c.side, c.qty,
+            calls.append((NEW, eng.new_order, (c.account, c.market, c.cid, c.side, c.qty,
                                                 c.price, c.kind, c.tif, c.ts)))
         elif t is M.Cancel:
-            calls.append((False, eng.cancel, (c.account, c.market, c.cid, c.ts)))
+            calls.append((OTHER, eng.cancel, (c.account, c.market, c.cid, c.ts)))
+        elif t is M.Amend:
+            calls.append((AMEND, eng.amend, (c.account, c.market, c.cid, c.price, c.qty, c.ts)))
         else:
-            calls.append((False, eng.execute, (c,)))
+            calls.append((OTHER, eng.execute, (c,)))
     return calls
 
 
@@ -163,16 +167,11 @@ def _api_build(wl, record=False):
 
     def run():
         keep, note = rows.append, placed.append
-        for new, f, a in calls:
-            if new:
+        for what, f, a in calls:
+            if what == NEW:
                 note((eng.next_oid, a[2]))
-                if f(*a):
-                    keep((True, eng.fills.tolist()))
-            else:
-                evs = f(*a)
-                if type(evs) is list:                       # an amend: execute's events
-                    keep((False, [(e.price, e.qty, e.taker_cid, e.maker_cid) for e in evs
-                                  if type(e) is M.Fill]))
+            if f(*a) and what:
+                keep(eng.fills.tolist())
 
     def fills():
         cid, oid = {}, 1
@@ -181,12 +180,8 @@ def _api_build(wl, record=False):
                 cid[oid] = c.cid
                 oid += 1
         cid.update(placed)
-        out = []
-        for by_oid, group in rows:
-            for price, qty, taker, maker in group:
-                out.append((price, qty, cid[maker], cid[taker]) if by_oid
-                           else (price, qty, maker, taker))
-        return out
+        return [(price, qty, cid[maker], cid[taker])
+                for group in rows for price, qty, taker, maker in group]
     return Prepared(run, fills)
 
 
@@ -194,8 +189,8 @@ def _api_single(wl, record=False):
     eng = _api_engine(wl, record)
 
     def step(call):
-        new, f, a = call
-        if f(*a) and new:
+        what, f, a = call
+        if f(*a) and what:
             eng.fills.tolist()
     return step, _api_calls(eng, wl.commands())
 

@@ -27,6 +27,9 @@ class Engine:
         """As the new_order command; the number of fills (rows of `fills`)."""
     def cancel(self, account: int | str, market: str, cid: int | str, ts: int = 0) -> bool:
         """As the cancel command; True when the order was cancelled."""
+    def amend(self, account: int | str, market: str, cid: int | str, price: Any = None,
+              qty: Any = None, ts: int = 0) -> int:
+        """As the amend command (None: unchanged); the number of fills its re-entry made."""
     record_events: bool
     """Whether new_order / cancel encode their events for last_events() (default True; off,
     the events are numbered, not encoded)."""

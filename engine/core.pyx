@@ -249,6 +249,25 @@ cdef class Engine:
         finally:
             s.quiet = False
 
+    def amend(self, account, str market, cid, price=None, qty=None, int64_t ts=0):
+        """Amend one open order, as the `amend` command would (None: unchanged); return the
+        number of fills its re-entry made (`fills`), 0 when it kept its place or was rejected
+        (`last_reason`). O(1) + O(fills)."""
+        cdef State s = self._call()
+        s.log_fills = True
+        try:
+            if ts < 0 or ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
+                events.reject(s, "amend", Reason.INVALID_COMMAND,
+                              f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
+                              f"1 to 64 characters, cid an int64 or a string of 1 to 36")
+                return 0
+            self._advance(ts)
+            entry.amend_fields(s, account, market, cid, price, qty)
+        finally:
+            s.log_fills = False
+            s.quiet = False
+        return s.n_logged
+
     cdef State _call(self):
         """Open a per-command call: its events are numbered from here, and encoded only with
         `record_events` on (quiet otherwise)."""

@@ -19,6 +19,8 @@ cdef int order_fields(State s, object acct, object market, object cid, object si
 cdef int place(State s, OrderCmd* c) except -1
 cdef int fire_triggers(State s, int32_t m) except -1
 cdef int amend(State s, object cmd) except -1
+cdef int amend_fields(State s, object acct, object market, object cid, object price_v,
+                      object qty_v) except -1
 cdef int cancel(State s, object cmd) except -1
 cdef int cancel_fields(State s, object acct, object market, object cid) except -1
 cdef int cancel_all(State s, object cmd) except -1

@@ -461,10 +461,16 @@ cdef int cancel_all(State s, object cmd) except -1:
 
 
 cdef int amend(State s, object cmd) except -1:
-    """A new price and/or remaining qty for an open order, admitted like a new order; a smaller
-    or equal qty at the same price keeps the order's place, anything else re-enters it at the
-    back (it may trade). A failed amend leaves the order as it was."""
-    cdef int32_t m = s.market_ids.get(cmd.market, -1)
+    return amend_fields(s, cmd.account, cmd.market, cmd.cid, cmd.price, cmd.qty)
+
+
+cdef int amend_fields(State s, object acct, object market, object cid, object price_v,
+                      object qty_v) except -1:
+    """A new price and/or remaining qty (None: unchanged) for an open order, admitted like a
+    new order; a smaller or equal qty at the same price keeps the order's place, anything else
+    re-enters it at the back (it may trade). A failed amend leaves the order as it was. The
+    fields as Python values (a Struct's, or the per-command API's)."""
+    cdef int32_t m = market_id(s, market)
     cdef int32_t i
     cdef int64_t qty, price
     cdef int checks = C_POST_ONLY
@@ -474,9 +480,6 @@ cdef int amend(State s, object cmd) except -1:
     cdef Book b
     cdef PosC* p
     cdef Ticket t
-    acct = cmd.account
-    market = cmd.market
-    cid = cmd.cid
     if m < 0:
         return events.reject(s, "amend", Reason.UNKNOWN_MARKET, no_market(market), acct, market,
                              cid)
@@ -486,23 +489,23 @@ cdef int amend(State s, object cmd) except -1:
         return events.reject(s, "amend", Reason.UNKNOWN_ORDER, no_order(cid, market), acct,
                              market, cid)
     o = &s.pool.o[i]
-    if cmd.qty is None:
+    if qty_v is None:
         qty = o.qty
     else:
-        qty = positive(cmd.qty, mk.max_qty)
+        qty = positive(qty_v, mk.max_qty)
         if qty == 0:
-            return events.reject(s, "amend", Reason.INVALID_QTY, bad_qty(cmd.qty, mk.max_qty),
+            return events.reject(s, "amend", Reason.INVALID_QTY, bad_qty(qty_v, mk.max_qty),
                                  acct, market, cid)
         if qty < mk.min_qty:
             return events.reject(s, "amend", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
                                  acct, market, cid)
-    if cmd.price is None or o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+    if price_v is None or o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
         price = o.price                  # a stop or take-profit market order has no price
     else:
-        price = positive(cmd.price, mk.max_price)
+        price = positive(price_v, mk.max_price)
         if price == 0:
             return events.reject(s, "amend", Reason.INVALID_PRICE,
-                                 bad_price("price", cmd.price, mk.max_price), acct, market, cid)
+                                 bad_price("price", price_v, mk.max_price), acct, market, cid)
     t.account = o.account
     t.market = m
     t.pos = s.pos_of[m][o.account]

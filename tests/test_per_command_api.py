@@ -12,6 +12,7 @@ enc = msgspec.msgpack.encode
 def test_the_per_command_api_gives_the_events_and_state_of_the_commands():
     flow = F.random_flow(11, 1500)
     by_api, by_cmd = Engine(), Engine()
+    amends = 0
     for cmd in flow:
         want = by_cmd.execute(cmd)
         if type(cmd) is M.NewOrder:
@@ -24,10 +25,15 @@ def test_the_per_command_api_gives_the_events_and_state_of_the_commands():
             done = by_api.cancel(cmd.account, cmd.market, cmd.cid, cmd.ts)
             got = by_api.last_events()
             assert done == any(type(e) is M.OrderCancelled for e in got)
+        elif type(cmd) is M.Amend:
+            n = by_api.amend(cmd.account, cmd.market, cmd.cid, cmd.price, cmd.qty, cmd.ts)
+            got = by_api.last_events()
+            assert n == sum(1 for e in got if type(e) is M.Fill)
+            amends += 1
         else:
             got = by_api.execute(cmd)
         assert got == want, cmd
-    assert by_api.state() == by_cmd.state()
+    assert by_api.state() == by_cmd.state() and amends > 50
 
 
 def test_fills_are_rows_of_price_qty_and_both_order_ids():
@@ -83,6 +89,10 @@ def test_with_record_events_off_the_calls_leave_the_state_and_seq_of_the_command
         elif type(cmd) is M.Cancel:
             done = quiet.cancel(cmd.account, cmd.market, cmd.cid, cmd.ts)
             assert done == (not rejected)
+            assert quiet.last_reason == (rejected[0] if rejected else None)
+        elif type(cmd) is M.Amend:
+            n = quiet.amend(cmd.account, cmd.market, cmd.cid, cmd.price, cmd.qty, cmd.ts)
+            assert n == sum(1 for e in want if type(e) is M.Fill)
             assert quiet.last_reason == (rejected[0] if rejected else None)
         else:
             quiet.execute(cmd)
