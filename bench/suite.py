@@ -305,9 +305,13 @@ def goals(rep) -> list:
     out = []
     core = rep["suites"].get("core", {}).get("workloads", {}).get("deep", {}).get("paths")
     if core:
-        ex, bt, pl = core["perpdex execute"], core["perpdex execute_batch"], core["plain book"]
-        out.append(["per-command API (execute) vs plain book, deep", ">= 3x (moonshot 5x)",
-                    f"{ex['x_plain']:.2f}x", ex["x_plain"] >= 3])
+        # The per-command API is Engine.new_order / cancel / amend (docs/engine-api.md);
+        # execute(Struct) is reported beside it.
+        ex = core.get("perpdex new_order/cancel") or core["perpdex execute"]
+        st, bt, pl = core["perpdex execute"], core["perpdex execute_batch"], core["plain book"]
+        out.append(["per-command API (new_order / cancel / amend) vs plain book, deep",
+                    ">= 3x (moonshot 5x)", f"{ex['x_plain']:.2f}x (execute(Struct): "
+                    f"{st['x_plain']:.2f}x)", ex["x_plain"] >= 3])
         out.append(["batch entry point (execute_batch) vs plain book, deep", ">= 6x (moonshot 10x)",
                     f"{bt['x_plain']:.2f}x", bt["x_plain"] >= 6])
         if "latency" in ex and "latency" in pl:
