@@ -16,9 +16,11 @@ from engine.state cimport State, MarketC, OrderCmd, find_account_bytes, find_mar
 from engine.entry cimport order_cmd
 
 from engine.markets import MAX_PRICE, MAX_QTY
+from engine.messages import MAX_TS
 
 cdef int64_t C_MAX_PRICE = MAX_PRICE
 cdef int64_t C_MAX_QTY = MAX_QTY
+cdef int64_t C_MAX_TS = MAX_TS
 
 
 cdef enum:
@@ -234,7 +236,7 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
         elif kl == 2 and ks[0] == 116 and memcmp(ks, b"ts", 2) == 0:
             bit = F_TS
             i = _rd_int(p, i, n, &ts)
-            if ts < 0:
+            if ts < 0 or ts > C_MAX_TS:          # the msgspec path refuses it, saying why
                 return FAST_NONE
         elif kl == 7 and ks[0] == 97 and memcmp(ks, b"account", 7) == 0:
             bit = F_ACCOUNT
