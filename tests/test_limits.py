@@ -263,3 +263,24 @@ def test_intervals_applied_at_once_move_money_as_one_by_one():
         x = run(at_once, M.QueryAccount(account=acct))[0]
         y = run(one_by_one, M.QueryAccount(account=acct))[0]
         assert x["equity"] == y["equity"] and x["positions"] == y["positions"]
+
+
+def test_adl_ranks_a_3m_usd_position_by_its_exact_score():
+    """|cost| x equity of a 3M USD short passes 2^63: computed in int64 (as it was), both
+    products below wrapped negative and the small short (score 0.087) was deleveraged before
+    the big one (0.455)."""
+    eng = btc(taker_fee_ppm=0, maker_fee_ppm=0, price_band_ppm=200_000)
+    for acct, usd in (("big-short", 310_000), ("small-short", 65_000), ("bankrupt", 6_600),
+                      ("whale-long", 10_000_000)):
+        run(eng, M.Deposit(account=acct, amount=usd * USD))
+    for cid, (seller, buyer, qty) in enumerate((("big-short", "whale-long", 46_000),
+                                                ("small-short", "bankrupt", 1_000))):
+        run(eng, M.NewOrder(account=seller, market="BTC-PERP", cid=cid, side="sell",
+                            kind="limit", qty=qty, price=650_000))
+        evs = run(eng, M.NewOrder(account=buyer, market="BTC-PERP", cid=cid, side="buy",
+                                  kind="limit", qty=qty, price=650_000))
+        assert [e["type"] for e in evs].count("fill") == 1
+    evs = run(eng, M.Oracle(market="BTC-PERP", price=580_000))     # no book, no fund: ADL
+    adl = [(e["account"], e["qty"]) for e in evs if e["type"] == "liquidation"]
+    assert adl == [("bankrupt", 1_000), ("big-short", 1_000)]
+    assert balanced(eng)
