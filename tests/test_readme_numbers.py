@@ -36,3 +36,12 @@ def test_the_readme_gives_the_order_to_delta_latency_and_the_feeds_cost_a_turn()
     first = {r["orders_a_batch"]: r for r in md["publishing"] if r["levels_a_side"] == 25}
     assert (f"{first[1]['feed_us_median']:.1f} us for a turn of one order, "
             f"{first[10]['feed_us_median']:.1f} us for 10") in README
+
+
+def test_the_readme_gives_the_throughput_with_and_without_the_journal():
+    gw = results("durability")["gateway"]
+    for mode in ("none", "off", "batch"):
+        assert f"{gw[mode]['commands_per_s']:,}" in README, mode
+    ratio = gw["batch"]["commands_per_s"] / gw["none"]["commands_per_s"]
+    assert f"fsync per batch ({ratio:.2f})" in " ".join(README.split())
+    assert f"{min(gw['batch']['runs']):,}" in README and f"{max(gw['batch']['runs']):,}" in README
