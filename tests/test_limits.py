@@ -4,7 +4,7 @@ import msgspec
 import pytest
 
 from engine import Engine, messages as M
-from engine.markets import MAX_MONEY, NOTIONAL_LIMIT
+from engine.markets import MAX_MONEY, MAX_TS, NOTIONAL_LIMIT
 
 USD = 1_000_000
 BTC = dict(tick_size="0.1", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,
@@ -284,3 +284,41 @@ def test_adl_ranks_a_3m_usd_position_by_its_exact_score():
     adl = [(e["account"], e["qty"]) for e in evs if e["type"] == "liquidation"]
     assert adl == [("bankrupt", 1_000), ("big-short", 1_000)]
     assert balanced(eng)
+
+
+# Run in a child with 384 MiB of address space and 10 s: the bug below loops for ever and takes
+# all the memory of the machine.
+_PAST_MAX_TS = """
+import resource, sys, msgspec
+resource.setrlimit(resource.RLIMIT_AS, (384 << 20, 384 << 20))
+from engine import Engine, messages as M
+eng = Engine()
+eng.execute(M.CreateMarket(market="X", tick_size="0.1", lot_size="0.001", min_qty=1,
+    imf_ppm=100_000, mmf_ppm=50_000, maker_fee_ppm=0, taker_fee_ppm=0,
+    liquidation_fee_ppm=10_000, price_band_ppm=1_000_000, funding_interval_s=3600,
+    funding_cap_ppm=7500, interest_ppm=100))
+eng.execute(M.Oracle(market="X", price=100))
+eng.execute(M.Deposit(account="a", amount=10**12))      # a known account: the fast path reads it
+cmd = {"type": "new_order", "account": "a", "market": "X", "cid": 1, "side": "buy",
+       "kind": "limit", "qty": 5, "price": 100, "ts": int(sys.argv[1])}
+out = eng.execute_batch(msgspec.msgpack.encode(cmd))
+evs = msgspec.msgpack.Decoder().decode(b"\\xdd" + out.count(b"\\xa4type").to_bytes(4, "big") + out)
+print(msgspec.json.encode([[e["type"], e.get("reason")] for e in evs] + [eng.clock]).decode())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine bug: the msgpack fast path (fastpath.read_fast, core.pyx execute_batch) checks only "
+    "ts >= 0, so a plain new_order or cancel with a ts past 2^62 moves the clock there; at "
+    "2^63 - 1 the funding loop's next boundary wraps and it runs for ever, one funding event "
+    "an iteration, until the memory runs out (tests/test_magnitudes.py's fuzz draws it in "
+    "about one run in four)"))
+@pytest.mark.parametrize("ts", [MAX_TS + 1, 2**63 - 1])
+def test_a_new_order_past_the_largest_time_is_refused_on_the_fast_path_too(ts):
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _PAST_MAX_TS, str(ts)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert json.loads(r.stdout) == [["rejected", "invalid_command"], 0]
