@@ -63,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                         description="Serve the engine: a ROUTER for requests and a PUB for public "
                         "events. Without --config, the embedded default: BTC-PERP, ETH-PERP and "
                         "funded demo accounts whose keys are written to the data folder.",
-                        epilog=_docs("docs/config.md", "docs/protocol.md"))
+                        epilog=_docs("docs/config.md", "docs/protocol.md",
+                                     "docs/operations.md", "docs/observability.md"))
     sv.add_argument("--config", help="a TOML configuration (docs/config.md; `perpdex config "
                     "--write-default FILE` writes one to start from)")
-    sv.add_argument("--data", help="the data folder for keys (overrides the config)")
+    sv.add_argument("--data", help="the data folder: keys, the journal and snapshots "
+                                   "(overrides the config)")
     sv.add_argument("--router", help="request endpoint (overrides the config)")
     sv.add_argument("--pub", help="public events endpoint (overrides the config)")
     sv.add_argument("--plaintext-loopback", action="store_true",

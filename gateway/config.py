@@ -35,6 +35,12 @@ Z85Key = Annotated[str, Meta(min_length=40, max_length=40,
 Endpoint = Annotated[str, Meta(min_length=1)]
 
 
+# A configured account's name: the file names of its keys (data_dir/keys/NAME.key_secret) and
+# its account id in the engine (at most 64 characters, engine/messages.py).
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}")
+INSURANCE = "insurance"             # the engine's insurance fund (docs/contract.md)
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file, the line and the key."""
 
@@ -135,6 +141,15 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}{_at(text, ['accounts'])}: accounts: expected tables "
                           f"[accounts.NAME], got {type(accounts).__name__}")
     for name, acct in accounts.items():
+        where = f"{source}{_at(text, ['accounts', name])}: accounts.{name}"
+        if not ACCOUNT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: an account name is 1 to 64 letters, digits, '-', '_' "
+                              f"or '.', not starting with '.' (it names the account's key files "
+                              f"and is its account id in the engine)")
+        if name == INSURANCE:
+            raise ConfigError(f"{where}: {INSURANCE!r} is the insurance fund's account in the "
+                              f"engine, which is never liquidated; seed the fund with an admin's "
+                              f"deposit to it instead")
         try:
             parsed.accounts[name] = msgspec.convert(acct, AccountSection)
         except msgspec.ValidationError as e:

@@ -561,7 +561,9 @@ def lock(data_dir: Path) -> int:
     kernel lets go when the process ends, SIGKILL too); JournalError if another server holds
     it. Returns the descriptor, to be kept open."""
     jdir = data_dir / "journal"
-    jdir.mkdir(parents=True, exist_ok=True)
+    for folder in (data_dir, jdir):     # 0700, with or without keys (plain-text mode has none)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
     fd = os.open(jdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

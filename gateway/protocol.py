@@ -154,12 +154,22 @@ _SIZED = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4,      # bin, str:
 _COUNTED = {0xdc: (2, 1), 0xdd: (4, 1), 0xde: (2, 2), 0xdf: (4, 2)}   # array, map
 
 
-def _skip(data: bytes, pos: int) -> int:
+# The most msgpack values (keys, values and what they hold) that `peek_req_id` walks: a req_id
+# further into an unreadable request is not looked for. Walking is Python work done before any
+# budget is taken, so it must be bounded: 60,000 values used to cost the loop 8 ms a request.
+PEEK_VALUES = 256
+
+
+def _skip(data: bytes, pos: int, budget: list) -> int:
     """The position after the msgpack value at `pos`, walked without recursion (a request
-    nested thousands deep is walked in O(bytes) and a constant stack)."""
+    nested thousands deep is walked in O(bytes) and a constant stack). Each value walked takes
+    one from `budget[0]`; ValueError once it runs out."""
     todo = 1
     while todo:
         todo -= 1
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError("too many values")
         b = data[pos]
         pos += 1
         if b <= 0x7f or b >= 0xe0:
@@ -192,7 +202,9 @@ _value = msgspec.msgpack.Decoder()
 
 def peek_req_id(data: bytes):
     """The `req_id` of a request that did not decode, if it can be read at all (else None):
-    the top-level map is walked key by key without decoding the other values. O(bytes)."""
+    the top-level map is walked key by key without decoding the other values, among its
+    first PEEK_VALUES values only. O(PEEK_VALUES), whatever the request's size."""
+    budget = [PEEK_VALUES]
     try:
         b = data[0]
         if 0x80 <= b <= 0x8f:
@@ -203,9 +215,9 @@ def peek_req_id(data: bytes):
         else:
             return None
         for _ in range(n):
-            end = _skip(data, pos)
+            end = _skip(data, pos, budget)
             key = data[pos:end]
-            pos, end = end, _skip(data, end)
+            pos, end = end, _skip(data, end, budget)
             if key == b"\xa6req_id":
                 return _value.decode(data[pos:end])
             pos = end

@@ -247,8 +247,9 @@ class Server:
         self.owners: dict[int, Session] = {}        # open oid -> the session that placed it
         self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
         self.out: list = []                         # (connection, reply bytes), this turn
-        self.held: deque = deque()                  # (seq, out, stream_out, pub_out): turns
-                                                    # written, not yet durable (pipelined)
+        self.held: deque = deque()                  # (seq, out, stream_out, pub_out, when
+                                                    # written): turns written, not yet durable
+                                                    # (pipelined)
         self.stream_out: list = []                  # (connection, item bytes, pseq), this turn
         self.pub_out: list = []                     # (topic, message bytes), this turn
         self.feed = None                            # the public feed (gateway/feed.py), made
@@ -421,7 +422,8 @@ class Server:
         else:
             self.seq.write()
             if self.out or self.stream_out or self.pub_out:
-                self.held.append((d.seq, self.out, self.stream_out, self.pub_out))
+                self.held.append((d.seq, self.out, self.stream_out, self.pub_out,
+                                  time.perf_counter()))
                 self.out, self.stream_out, self.pub_out = [], [], []
             self._release(d)
         if self.notices:
@@ -433,7 +435,9 @@ class Server:
         if wait and held:
             d.sync()
         while held and d.durable(held[0][0]):
-            _, out, stream_out, pub_out = held.popleft()
+            _, out, stream_out, pub_out, written = held.popleft()
+            if self.metrics is not None:    # the journal lag this turn's messages waited
+                self.metrics.commit.observe(time.perf_counter() - written)
             self._send_turn(out, stream_out, pub_out)
 
     def _send_turn(self, out, stream_out, pub_out):

@@ -45,6 +45,13 @@ def test_no_help_points_at_source_code_for_what_a_page_explains():
         assert "see gateway/" not in perpdex(c, "--help").stdout
 
 
+def test_serve_help_says_the_data_folder_holds_the_journal_and_points_at_operations():
+    text = " ".join(perpdex("serve", "--help").stdout.split())
+    data = text[text.index("--data DATA "):].split(" --router")[0]
+    assert "journal" in data and "snapshots" in data, data
+    assert "docs/operations.md" in text
+
+
 def test_serve_on_a_port_already_taken_says_so_in_a_line(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -56,6 +56,16 @@ def test_every_relative_link_and_anchor_resolves_inside_the_repository(page):
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_page_repeats_a_heading(page):
+    """A repeated heading is a section written twice, or an empty one left behind; its link
+    would go to the first."""
+    headings = [line.strip() for line in FENCE.sub("", page.read_text()).splitlines()
+                if re.match(r"#{1,6}\s", line)]
+    assert len(headings) == len(set(headings)), sorted(
+        h for h in set(headings) if headings.count(h) > 1)
+
+
 def test_no_page_points_outside_the_repository_in_plain_text():
     """`../shared/...` in prose is a link a clone cannot follow, even when not written as one."""
     offenders = [p.relative_to(ROOT).as_posix() for p in PAGES if "../shared" in p.read_text()]
@@ -66,3 +76,13 @@ def test_the_anchor_slug_follows_github():
     assert slug("The mark price") == "the-mark-price"
     assert slug("`too_many_orders` and *amend*") == "too_many_orders-and-amend"
     assert slug("Accounts and money: A/B") == "accounts-and-money-ab"
+
+
+def test_every_engine_bug_marked_in_the_tests_is_named_in_the_limits_page():
+    """A test marked xfail(strict=True) for an engine bug is a known gap: docs/limits.md says so."""
+    page = (ROOT / "docs" / "limits.md").read_text()
+    marked = re.compile(r"@pytest\.mark\.xfail\(strict=True, reason=\(?\s*\"engine bug"
+                        r".*?\ndef (test_\w+)", re.S)          # the next function is the one
+    names = [n for f in sorted((ROOT / "tests").glob("test_*.py"))
+             for n in marked.findall(f.read_text())]
+    assert names and not [n for n in names if n not in page]

@@ -173,3 +173,15 @@ def test_a_flipped_length_in_the_newest_segment_with_records_after_it_is_not_a_t
     with pytest.raises(J.JournalError, match=rf"offset {second}: a record cut short, with a "
                                              r"valid record after it"):
         J.read_all(tmp_path)
+
+
+def test_the_data_folder_and_its_journal_are_0700_without_keys_too(tmp_path):
+    """Plain-text mode makes no keys (the keys make the folder 0700 otherwise), but the journal
+    still holds every account's orders and balances."""
+    data = tmp_path / "data"
+    fd = J.lock(data)
+    try:
+        for folder in (data, data / "journal"):
+            assert folder.stat().st_mode & 0o777 == 0o700, folder
+    finally:
+        os.close(fd)

@@ -139,3 +139,20 @@ def test_the_schema_defaults_are_the_documented_ones():
     for name, value in msgspec.structs.asdict(ServerSection()).items():
         row = re.search(rf"^\| `{name}` \|[^|]*\| `([^`]*)` \|", page, re.M)
         assert row and row.group(1) == msgspec.json.encode(value).decode(), name
+
+
+@pytest.mark.parametrize("name", ["../../outside", "a/b", ".hidden", "", "x" * 65])
+def test_an_account_name_that_is_no_plain_name_is_refused_with_its_line(tmp_path, name):
+    """A name becomes the file names of its keys (data_dir/keys/NAME.key_secret) and the
+    engine's account id (at most 64 characters)."""
+    p = write(tmp_path, f'[server]\nheartbeat_ms = 1000\n[accounts."{name}"]\nrole = "trader"\n')
+    with pytest.raises(ConfigError, match=r":3: accounts\..*: an account name is 1 to 64"):
+        load_config(p)
+
+
+def test_the_insurance_funds_account_cannot_be_configured(tmp_path):
+    """A configured account "insurance" would trade with the fund's cash, and the engine never
+    liquidates the fund's positions."""
+    p = write(tmp_path, '[accounts.admin]\nrole = "admin"\n[accounts.insurance]\nrole = "trader"\n')
+    with pytest.raises(ConfigError, match=r":3: accounts\.insurance: .*insurance fund"):
+        load_config(p)

@@ -4,7 +4,7 @@ import msgspec
 import pytest
 
 from engine import Engine, messages as M
-from engine.markets import MAX_MONEY, NOTIONAL_LIMIT
+from engine.markets import MAX_MONEY, MAX_TS, NOTIONAL_LIMIT
 
 USD = 1_000_000
 BTC = dict(tick_size="0.1", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,
@@ -265,21 +265,54 @@ def test_intervals_applied_at_once_move_money_as_one_by_one():
         assert x["equity"] == y["equity"] and x["positions"] == y["positions"]
 
 
-def test_without_margin_checks_a_balance_stops_trading_before_it_could_wrap():
-    eng = Engine(margin=False)
-    spec = dict(BTC, tick_size="0.001", lot_size="0.001")            # multiplier 1
-    eng.execute(M.CreateMarket(market="X", **spec))
-    top, qty = eng.specs[0].max_price, eng.specs[0].max_qty
-    for k in range(6):                       # each round trip moves about 2^61 from a to b
-        for price, seller, buyer in ((top, "b", "a"), (1, "a", "b")):
-            eng.execute(M.Oracle(market="X", price=price, ts=2 * k + (price == 1)))
-            eng.execute(M.NewOrder(account=seller, market="X", cid=f"s{k}{price}",
-                                   side="sell", kind="limit", qty=qty, price=price))
-            eng.execute(M.NewOrder(account=buyer, market="X", cid=f"b{k}{price}",
-                                   side="buy", kind="limit", qty=qty, price=price))
-    for acct in ("a", "b"):
-        cash = eng.execute(M.QueryAccount(account=acct))[0].collateral
-        assert -2**62 < cash < 2**62
-    audit = eng.execute(M.Audit())[0]
-    assert audit.collateral == audit.deposits - audit.withdrawals - audit.unrealised_pnl \
-        - audit.insurance_fund - audit.fees
+def test_adl_ranks_a_3m_usd_position_by_its_exact_score():
+    """|cost| x equity of a 3M USD short passes 2^63: computed in int64 (as it was), both
+    products below wrapped negative and the small short (score 0.087) was deleveraged before
+    the big one (0.455)."""
+    eng = btc(taker_fee_ppm=0, maker_fee_ppm=0, price_band_ppm=200_000)
+    for acct, usd in (("big-short", 310_000), ("small-short", 65_000), ("bankrupt", 6_600),
+                      ("whale-long", 10_000_000)):
+        run(eng, M.Deposit(account=acct, amount=usd * USD))
+    for cid, (seller, buyer, qty) in enumerate((("big-short", "whale-long", 46_000),
+                                                ("small-short", "bankrupt", 1_000))):
+        run(eng, M.NewOrder(account=seller, market="BTC-PERP", cid=cid, side="sell",
+                            kind="limit", qty=qty, price=650_000))
+        evs = run(eng, M.NewOrder(account=buyer, market="BTC-PERP", cid=cid, side="buy",
+                                  kind="limit", qty=qty, price=650_000))
+        assert [e["type"] for e in evs].count("fill") == 1
+    evs = run(eng, M.Oracle(market="BTC-PERP", price=580_000))     # no book, no fund: ADL
+    adl = [(e["account"], e["qty"]) for e in evs if e["type"] == "liquidation"]
+    assert adl == [("bankrupt", 1_000), ("big-short", 1_000)]
+    assert balanced(eng)
+
+
+# Run in a child with 384 MiB of address space and 10 s: before the fix it looped for ever and
+# took all the memory of the machine.
+_PAST_MAX_TS = """
+import resource, sys, msgspec
+resource.setrlimit(resource.RLIMIT_AS, (384 << 20, 384 << 20))
+from engine import Engine, messages as M
+eng = Engine()
+eng.execute(M.CreateMarket(market="X", tick_size="0.1", lot_size="0.001", min_qty=1,
+    imf_ppm=100_000, mmf_ppm=50_000, maker_fee_ppm=0, taker_fee_ppm=0,
+    liquidation_fee_ppm=10_000, price_band_ppm=1_000_000, funding_interval_s=3600,
+    funding_cap_ppm=7500, interest_ppm=100))
+eng.execute(M.Oracle(market="X", price=100))
+eng.execute(M.Deposit(account="a", amount=10**12))      # a known account: the fast path reads it
+cmd = {"type": "new_order", "account": "a", "market": "X", "cid": 1, "side": "buy",
+       "kind": "limit", "qty": 5, "price": 100, "ts": int(sys.argv[1])}
+out = eng.execute_batch(msgspec.msgpack.encode(cmd))
+evs = msgspec.msgpack.Decoder().decode(b"\\xdd" + out.count(b"\\xa4type").to_bytes(4, "big") + out)
+print(msgspec.json.encode([[e["type"], e.get("reason")] for e in evs] + [eng.clock]).decode())
+"""
+
+
+@pytest.mark.parametrize("ts", [MAX_TS + 1, 2**63 - 1])
+def test_a_new_order_past_the_largest_time_is_refused_on_the_fast_path_too(ts):
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _PAST_MAX_TS, str(ts)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert json.loads(r.stdout) == [["rejected", "invalid_command"], 0]

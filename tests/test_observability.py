@@ -74,6 +74,15 @@ def test_the_metrics_endpoint_answers_with_the_documented_names_after_trading(ve
     assert re.search(r'^perpdex_errors_total\{reason="invalid_command"\} ', text, re.M)
 
 
+def test_the_journal_lag_is_measured_for_every_turn_that_waits_for_the_journal(venue):
+    """The default server journals with fsync = "batch" (pipelined): the time each turn's
+    replies wait for its fsync is what perpdex_commit_seconds measures."""
+    client, metrics, _ = venue
+    trade(client)
+    count = re.search(r"^perpdex_commit_seconds_count (\S+)$", scrape(metrics), re.M)
+    assert count and float(count.group(1)) >= 5, count
+
+
 def test_health_says_how_far_along_the_server_is(venue):
     client, _, _ = venue
     trade(client)
