@@ -730,7 +730,8 @@ class Server:
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "connections": len(self.connected), "sessions": len(self.sessions),
                 "markets": self.engine.market_names(), "internal_errors":
-                    self.stats["internal_errors"]}
+                    self.stats["internal_errors"], "suspended_streams": self.stats["suspended"],
+                "dropped_messages": self.stats["dropped"]}
 
     def _health(self, acct, sess, identity, req, now):
         return {"req_id": req.req_id, "ok": True, **self.health_facts()}

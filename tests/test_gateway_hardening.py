@@ -260,6 +260,10 @@ def test_a_subscriber_that_cannot_keep_up_is_suspended_told_and_resumes(tmp_path
             fill_the_book(s, levels=50)
         other = s.client("mm-2")
         assert other.request("heartbeat")["ok"]
+        deadline = time.monotonic() + 20     # the server suspends it once its pipe is full
+        while other.request("health")["suspended_streams"] < 1:
+            assert time.monotonic() < deadline, "the slow stream was never suspended"
+            time.sleep(0.05)
         items = []
         while slow.poll(500):
             items.append(dec(slow.recv()))
