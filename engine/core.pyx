@@ -58,6 +58,18 @@ cdef inline bint _key(object v, Py_ssize_t longest):
     return type(v) is str and 0 < len(<str>v) <= longest
 
 
+cdef bint _call_fields(State s, str command, int64_t ts, object account,
+                       object cid) except -1:
+    """The per-command API's own edge: ts, the account and the cid as the decoder bounds them;
+    False after answering the call with `invalid_command`."""
+    if 0 <= ts <= C_MAX_TS and _key(account, 64) and _key(cid, 36):
+        return True
+    events.reject(s, command, Reason.INVALID_COMMAND,
+                  f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of 1 to 64 "
+                  f"characters, cid an int64 or a string of 1 to 36")
+    return False
+
+
 cdef inline bint _fields_in_bounds(object cmd):
     """The bounds msgspec's decoder checks that applying a command would not trip over: `ts`,
     and the account, cid and market names (a Struct built by hand skips the decoder). O(1)."""
@@ -214,10 +226,7 @@ cdef class Engine:
         cdef State s = self._call()
         s.log_fills = True
         try:
-            if ts < 0 or ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
-                events.reject(s, "new_order", Reason.INVALID_COMMAND,
-                              f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
-                              f"1 to 64 characters, cid an int64 or a string of 1 to 36")
+            if not _call_fields(s, "new_order", ts, account, cid):
                 return 0
             self._advance(ts)
             entry.order_fields(s, account, market, cid, side, kind, qty, price, trigger_price,
@@ -237,10 +246,7 @@ cdef class Engine:
         cdef State s = self._call()
         cdef int64_t before
         try:
-            if ts < 0 or ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
-                events.reject(s, "cancel", Reason.INVALID_COMMAND,
-                              f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
-                              f"1 to 64 characters, cid an int64 or a string of 1 to 36")
+            if not _call_fields(s, "cancel", ts, account, cid):
                 return False
             self._advance(ts)
             before = s.pool.n_live
@@ -256,10 +262,7 @@ cdef class Engine:
         cdef State s = self._call()
         s.log_fills = True
         try:
-            if ts < 0 or ts > C_MAX_TS or not _key(account, 64) or not _key(cid, 36):
-                events.reject(s, "amend", Reason.INVALID_COMMAND,
-                              f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of "
-                              f"1 to 64 characters, cid an int64 or a string of 1 to 36")
+            if not _call_fields(s, "amend", ts, account, cid):
                 return 0
             self._advance(ts)
             entry.amend_fields(s, account, market, cid, price, qty)

@@ -52,7 +52,8 @@ def test_fills_are_rows_of_price_qty_and_both_order_ids():
 @pytest.mark.parametrize("args", [("a", "BTC-PERP", 1, "up", 5, 10_000),
                                   ("a", "BTC-PERP", [1], "buy", 5, 10_000),
                                   (1.5, "BTC-PERP", 1, "buy", 5, 10_000),
-                                  ("a", "BTC-PERP", 1, "buy", 5, 10_000, "limit", "forever")])
+                                  ("a", "BTC-PERP", 1, "buy", 5, 10_000, "limit", "forever"),
+                                  ("a", "BTC-PERP", 1, "buy", 5, 10_000, "limit", "gtc", -1)])
 def test_a_bad_field_is_rejected_as_the_command_would_be(args):
     eng = Engine()
     for c in F.create_markets(["BTC-PERP"]):
