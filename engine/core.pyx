@@ -22,7 +22,7 @@ import msgspec
 from engine import messages as M
 from engine.codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
 from engine.details import show, no_market, bad_price
-from engine.markets import MarketConfigError, market_spec
+from engine.markets import MAX_MONEY, MarketConfigError, market_spec
 from engine.messages import MAX_TS, Reason
 from engine import reports as _reports
 
@@ -62,12 +62,21 @@ cdef bint _call_fields(State s, str command, int64_t ts, object account,
                        object cid) except -1:
     """The per-command API's own edge: ts, the account and the cid as the decoder bounds them;
     False after answering the call with `invalid_command`."""
-    if 0 <= ts <= C_MAX_TS and _key(account, 64) and _key(cid, 36):
-        return True
-    events.reject(s, command, Reason.INVALID_COMMAND,
-                  f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of 1 to 64 "
-                  f"characters, cid an int64 or a string of 1 to 36")
-    return False
+    if not (0 <= ts <= C_MAX_TS and _key(account, 64) and _key(cid, 36)):
+        events.reject(s, command, Reason.INVALID_COMMAND,
+                      f"ts must be 0 .. {MAX_TS} ns, account an int64 or a string of 1 to 64 "
+                      f"characters, cid an int64 or a string of 1 to 36")
+        return False
+    if not funding.jump_fits(s, ts):
+        events.reject(s, command, Reason.INVALID_COMMAND, _too_far(ts))
+        return False
+    return True
+
+
+cdef str _too_far(int64_t ts):
+    return (f"ts {ts} jumps over so many funding intervals at once that what a position could "
+            f"owe would pass the largest amount, {MAX_MONEY} quote units: move the clock in "
+            f"smaller steps")
 
 
 cdef inline bint _fields_in_bounds(object cmd):
@@ -183,6 +192,8 @@ cdef class Engine:
         p = &view[0]
         while i < n:
             kind = fastpath.read(s, p + i, n - i, &fc)
+            if kind != FAST_NONE and not funding.jump_fits(s, fc.ts):
+                kind = FAST_NONE                  # the msgspec path refuses it, saying why
             if kind != FAST_NONE:
                 j = i + fc.end                    # the fast path framed it as it read it
             else:
@@ -441,6 +452,9 @@ cdef class Engine:
             except (msgspec.ValidationError, TypeError) as e:
                 return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
                                      str(e))
+        if not funding.jump_fits(s, cmd.ts):
+            return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
+                                 _too_far(cmd.ts))
         self._advance(cmd.ts)
         if t is NewOrder:
             return entry.new_order(s, cmd)

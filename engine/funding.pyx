@@ -2,7 +2,7 @@
 """Funding (see funding.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, floor_div
+from engine.units cimport int128, PPM, floor_div, iabs
 from engine.book cimport Book, BID, ASK
 from engine.state cimport State, MarketC, touch
 from engine cimport events
@@ -10,6 +10,9 @@ from engine cimport events
 # The notional (quote units) whose average fill price is the impact bid / ask of funding's
 # premium: 10,000 USD, as dYdX and Binance size theirs for a retail-scale order.
 cdef int64_t IMPACT_NOTIONAL = 10_000_000_000
+
+from engine.markets import MAX_MONEY
+cdef int128 OWED_LIMIT = <int128>MAX_MONEY * PPM   # 2^61 quote units, in the index's 1e-6 units
 
 
 cdef int start(State s, int32_t m) except -1:
@@ -95,3 +98,31 @@ cdef int apply_boundary(State s, int32_t m) except -1:
             if s.pos[p].size:
                 touch(s, s.pos[p].account)
     return 0
+
+
+cdef bint jump_fits(State s, int64_t ts) except -1:
+    """May the clock move to `ts` in one command? Not if what some position could owe (or be
+    owed) in funding afterwards, its unsettled funding plus `k` boundaries at the capped rate,
+    could pass 2^61 quote units (MAX_MONEY): funding owed stays an exact int64 by construction.
+    Only a jump over two or more boundaries of a market is looked at, in O(positions of that
+    market); one boundary moves the index by at most index x multiplier x cap. Sizes: k < 2^33,
+    index x multiplier <= 2^61, cap <= 2^20: the move is below 2^114."""
+    cdef int32_t m, p
+    cdef int64_t k
+    cdef int128 move, behind
+    cdef MarketC* mk
+    for m in range(s.n_markets):
+        mk = &s.mk[m]
+        if not mk.next_funding or ts < mk.next_funding + mk.funding_interval_ns:
+            continue
+        k = (ts - mk.next_funding) // mk.funding_interval_ns + 1
+        move = <int128>k * mk.index * mk.multiplier * mk.funding_cap_ppm
+        for p in s.market_pos[m]:
+            if s.pos[p].size == 0:
+                continue
+            behind = mk.cum_funding - s.pos[p].funding_last
+            if behind < 0:
+                behind = -behind
+            if behind + move > OWED_LIMIT // iabs(s.pos[p].size):
+                return False
+    return True
