@@ -18,7 +18,9 @@ import msgspec
 import pytest
 import zmq
 
+from gateway.client import curve_socket
 from gateway.mirror import MarketData
+from tests.test_durability_restart import Venue, trade
 from tests.test_gateway import free_port
 from tests.test_gateway_hardening import serve
 from tests.test_marketdata import FAST, INDEX, MARKETS, Flow, caught_up, engine_book, raw_sub
@@ -278,3 +280,56 @@ def test_a_mirror_that_joins_late_checks_the_book_chain_from_the_snapshots_hash(
         assert not [u for u in seen if u["type"] in ("resync", "gap", "chain_break")]
     finally:
         md.close()
+
+
+# ---- across a restart --------------------------------------------------------------------
+
+def venue_sub(v: Venue):
+    sock = curve_socket(zmq.Context.instance(), zmq.SUB, str(v.data / "keys" / "server.key"),
+                        str(v.data / "keys" / "taker-2.key_secret"))
+    sock.rcvhwm = 1_000_000
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(v.pub)
+    time.sleep(0.3)
+    return sock
+
+
+def some_trades(v: Venue, tag: str):
+    mm, taker = v.client("mm-1"), v.client("taker-1")
+    for k in range(5):
+        assert mm.request("new_order", market="BTC-PERP", cid=f"{tag}-a{k}", side="sell",
+                          kind="limit", qty=2, price=651_000 + k)["ok"]
+        assert taker.request("new_order", market="BTC-PERP", cid=f"{tag}-b{k}", side="buy",
+                             kind="limit", qty=1, price=651_000 + k)["ok"]
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["journal", "snapshot"])
+def test_after_a_restart_every_public_topic_goes_on_with_its_next_seq_and_hash(tmp_path,
+                                                                             snapshot):
+    v = Venue(tmp_path)
+    try:
+        v.start()
+        sub = venue_sub(v)
+        trade(v)
+        some_trades(v, "before")
+        if snapshot:
+            v.snapshot()
+            some_trades(v, "after-snap")
+        before = check_chains(settle(sub))
+        sub.close(linger=0)
+        assert {b"book.BTC-PERP", b"trade.BTC-PERP", b"mark.BTC-PERP"} <= set(before)
+        v.kill()
+        line = v.start()
+        assert ("no snapshot" not in line) == snapshot, line
+        sub = venue_sub(v)
+        v.client("oracle").request("oracle", market="BTC-PERP", price=650_100)
+        some_trades(v, "restarted")
+        after = settle(sub)
+        sub.close(linger=0)
+        heads = check_chains(after, before)     # from the hashes seen before the restart
+        for t in (b"book.BTC-PERP", b"trade.BTC-PERP", b"mark.BTC-PERP"):
+            assert heads[t][0] > before[t][0], t
+        snap = v.client("admin").request("snapshot", market="BTC-PERP")
+        assert (snap["seq"], snap["hash"]) == heads[b"book.BTC-PERP"]
+    finally:
+        v.stop()
