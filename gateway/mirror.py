@@ -232,13 +232,15 @@ class FeedState:
         updates, stale = [], set()
         book = self.books[market]
         held = self.pending.pop(market, [])
+        seq = snap["seq"]
         try:
             book.load(snap)
             for d, body in held:
+                seq = d["seq"]
                 book.apply(d, body)
         except Resync as e:
             if isinstance(e, ChainBreak):
-                self._break(f"book.{market}", book.seq, updates)
+                self._break(f"book.{market}", seq, updates)
             stale.add(market)
             updates.append({"type": "resync", "market": market, "detail": str(e)})
             return updates, stale
