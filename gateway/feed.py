@@ -16,10 +16,17 @@ touched level (`_delta`), and compared with the levels published so far; the cha
 costs a read that deep: an engine call that gives the total of given price levels (or lists the
 levels changed since the last call) would make it O(changed levels). An event the feed cannot
 place (a liquidation, an oid it never saw) reads the whole book back.
+
+Each topic is a hash chain (docs/protocol.md, "Hash chains"): every message ends with its
+`hash`, the blake2b-128 of the topic's previous hash and every byte of the message before the
+hash itself. The chain heads and the topics' numbers are functions of the journal alone (the
+events and the loop-turn boundaries), so recovery rebuilds them and the feed goes on where it
+was (gateway/journal.py).
 """
 from __future__ import annotations
 
 import zlib
+from hashlib import blake2b
 from itertools import islice
 
 from sortedcontainers import SortedDict
@@ -30,6 +37,8 @@ CHECKSUM_LEVELS = 25                # levels a side in the checksum
 ALL = 2**31 - 1                     # "every level" for Engine.book
 KINDS = ("book", "trade", "mark", "funding", "liquidation")
 HEARTBEAT = b"heartbeat"            # the topic of the feed's heartbeat (every topic's last seq)
+CHAIN_START = bytes(16)             # a topic's hash before its first message
+_PLACEHOLDER = bytes(16)            # the hash's place while the message is encoded
 
 
 def topic(kind: str, market: str) -> bytes:
@@ -58,13 +67,14 @@ class _Market:
     """The levels of one book as published so far, what this turn touched, and the number of
     each topic."""
 
-    __slots__ = ("bids", "asks", "seqs", "topics", "touched", "full", "text")
+    __slots__ = ("bids", "asks", "seqs", "heads", "topics", "touched", "full", "text")
 
     def __init__(self, market: str):
         self.bids = SortedDict()            # -price -> total qty, as the last delta left it
         self.asks = SortedDict()            # price -> total qty
         self.topics = {k: topic(k, market) for k in KINDS}
         self.seqs = dict.fromkeys(KINDS, 0)
+        self.heads = dict.fromkeys(KINDS, CHAIN_START)  # each topic's hash at its seq
         self.touched = (set(), set())       # prices this turn may have changed: bids, asks
         self.full = False                   # this turn needs a read of every level
         self.text = ["", ""]                # each side's part of the checksummed string
@@ -101,9 +111,29 @@ class Feed:
         return mk
 
     def _publish(self, mk: _Market, kind: str, msg: dict) -> None:
+        """Number `msg` in its topic and chain it: `hash` goes last, and covers the topic's
+        previous hash and every byte before it. One blake2b of the message's size."""
         n = mk.seqs[kind] = mk.seqs[kind] + 1
         msg["seq"] = n
-        self.out.append((mk.topics[kind], self.encode(msg)))
+        msg["hash"] = _PLACEHOLDER
+        body = self.encode(msg)[:-16]
+        head = mk.heads[kind] = blake2b(mk.heads[kind] + body, digest_size=16).digest()
+        self.out.append((mk.topics[kind], body + head))
+
+    # ---- the chains' state, for snapshots of the gateway (gateway/journal.py) ---------------
+
+    def chains(self) -> dict:
+        """{market: {kind: [seq, hash]}} of every topic that published something."""
+        return {m: {k: [mk.seqs[k], mk.heads[k]] for k in KINDS if mk.seqs[k]}
+                for m, mk in self.markets.items() if any(mk.seqs.values())}
+
+    def restore_chains(self, chains: dict) -> None:
+        """Continue every topic from `chains` (as `chains()` gave them)."""
+        for market, topics in chains.items():
+            mk = self._market(market)
+            for kind, (seq, head) in topics.items():
+                mk.seqs[kind] = seq
+                mk.heads[kind] = bytes(head)
 
     # ---- events in (O(1) each) -------------------------------------------------------------
 
@@ -236,22 +266,25 @@ class Feed:
             "checksum": zlib.crc32(f"{text[0]}|{text[1]}".encode())})
 
     def heartbeat(self, ts: int) -> None:
-        """One `heartbeat` message: the last seq of every topic, so that a subscriber learns of a
-        lost last message on a quiet topic. Not numbered itself."""
-        seqs = {}
+        """One `heartbeat` message: the last seq and hash of every topic, so that a subscriber
+        learns of a lost last message on a quiet topic (and can check it holds the same
+        history). Not numbered or chained itself."""
+        seqs, heads = {}, {}
         for market in self.engine.market_names():
             mk = self._market(market)
             for kind in KINDS:
-                seqs[mk.topics[kind].decode()] = mk.seqs[kind]
+                t = mk.topics[kind].decode()
+                seqs[t] = mk.seqs[kind]
+                heads[t] = mk.heads[kind]
         self.out.append((HEARTBEAT, self.encode({"type": "heartbeat", "ts": ts,
-                                                 "seqs": seqs})))
+                                                 "seqs": seqs, "heads": heads})))
 
     # ---- snapshots -------------------------------------------------------------------------
 
     def snapshot(self, market: str, depth: int | None) -> dict:
-        """The book as the last published delta left it: `seq` (that delta's number), `bids`,
-        `asks` (best first, `depth` levels a side, or all), and the checksum of its top levels.
-        O(depth + 25)."""
+        """The book as the last published delta left it: `seq` (that delta's number), `hash`
+        (the topic's hash at it), `bids`, `asks` (best first, `depth` levels a side, or all),
+        and the checksum of its top levels. O(depth + 25)."""
         mk = self._market(market)
         n = max(depth or 0, CHECKSUM_LEVELS) if depth is not None else None
         bids = [[-p, q] for p, q in islice(mk.bids.items(), n)]
@@ -259,8 +292,8 @@ class Feed:
         crc = checksum(bids, asks)
         if depth is not None:
             bids, asks = bids[:depth], asks[:depth]
-        return {"market": market, "seq": mk.seqs["book"], "bids": bids, "asks": asks,
-                "checksum": crc}
+        return {"market": market, "seq": mk.seqs["book"], "hash": mk.heads["book"],
+                "bids": bids, "asks": asks, "checksum": crc}
 
 
 def _price(level):

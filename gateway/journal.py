@@ -45,6 +45,7 @@ import msgspec
 from engine import Engine, messages as M
 
 from .durability import Deadline, Reply
+from .feed import Feed
 
 log = logging.getLogger("perpdex.journal")
 
@@ -495,6 +496,7 @@ def gateway_state(server) -> dict:
         "streams": {a: [st.pseq, list(st.buffer), st.head] for a, st in server.streams.items()},
         "deadlines": dict(server.deadlines),
         "sim_index": dict(server.sim_index),
+        "public": server.feed.chains() if server.feed is not None else {},
     }
 
 
@@ -585,6 +587,11 @@ def recover(server) -> str:
     held = lock(cfg.data_dir)
     snap, spath = _load_newest_snapshot(server, jdir, sdir)
     after = snap.seq if snap is not None else 0
+    # The public feed is replayed too, turn by turn (its messages go nowhere): its topics' seq
+    # and hash chains go on after the restart where the journal left them.
+    feed = server.feed = Feed(server.engine, server.encode)
+    if snap is not None:
+        feed.restore_chains(snap.gateway.get("public", {}))
     gen = read(jdir, after)
     n = commands = 0
     first_turn = True
@@ -601,6 +608,7 @@ def recover(server) -> str:
         n += 1
         if kind == TURN:
             first_turn = False
+            feed.flush()
             continue
         commands += kind == COMMAND
         apply(server, seq, kind, payload, route=not (after == 0 and first_turn))

@@ -16,10 +16,17 @@ The procedure (the zguide's Clone pattern): subscribe first, then ask for a `sna
 deltas whose seq is not above the snapshot's; apply the rest in order. A delta whose seq is not
 the next one, a heartbeat that names a later seq, or a checksum that differs from the mirror's
 own means the mirror has lost something: it asks for a new snapshot and goes on.
+
+Every message is checked against its topic's hash chain (docs/protocol.md, "Hash chains"): a
+`book` delta from the snapshot's `hash` on, the other topics from the first message seen (and
+across a gap, from the message or the heartbeat after it). A message whose hash is not the
+chain's next is a `chain_break` update, counted in `FeedState.breaks`; a book mirror treats it
+like a gap (it resyncs), the other topics go on from the message's own hash.
 """
 from __future__ import annotations
 
 import zlib
+from hashlib import blake2b
 from itertools import islice
 
 import msgspec
@@ -37,6 +44,16 @@ class Resync(Exception):
     """The mirror lost a delta (a gap) or disagrees with the checksum: it needs a snapshot."""
 
 
+class ChainBreak(Resync):
+    """A message's hash is not the next of its topic's chain: changed, lost or reordered."""
+
+
+def chain_next(head: bytes, body: bytes) -> bytes:
+    """The hash a message `body` (as received) must carry after `head`: blake2b-128 of the head
+    and every byte of the body before its last 16 (the hash itself). O(len(body))."""
+    return blake2b(head + body[:-16], digest_size=16).digest()
+
+
 class BookMirror:
     """One market's L2 book: price -> total qty a side, the seq of the last delta applied, and
     the checksum check. `seq` is None until the first snapshot."""
@@ -46,6 +63,7 @@ class BookMirror:
         self.bids: SortedDict = SortedDict()    # -price -> qty (best first)
         self.asks: SortedDict = SortedDict()    # price -> qty (best first)
         self.seq: int | None = None
+        self.head: bytes | None = None          # the book topic's hash at `seq`
         self.resyncs = 0                        # snapshots taken after the first
 
     def load(self, snap: dict) -> None:
@@ -55,19 +73,27 @@ class BookMirror:
         self.bids = SortedDict({-p: q for p, q in snap["bids"]})
         self.asks = SortedDict({p: q for p, q in snap["asks"]})
         self.seq = snap["seq"]
+        self.head = snap.get("hash")
         if self.checksum() != snap["checksum"]:
             raise Resync(f"{self.market}: the snapshot's checksum does not match its levels")
 
-    def apply(self, delta: dict) -> bool:
-        """Apply one `book` delta; False if it is older than the mirror (dropped). Raises
-        Resync on a gap or a checksum mismatch (the mirror is then stale). O(changed levels
-        * log levels + 25)."""
+    def apply(self, delta: dict, body: bytes | None = None) -> bool:
+        """Apply one `book` delta (`body`: its bytes as received, for the hash chain; None:
+        not checked); False if it is older than the mirror (dropped). Raises Resync on a gap
+        or a checksum mismatch, ChainBreak when its hash is not the chain's next (the mirror
+        is then stale). O(changed levels * log levels + 25 + len(body))."""
         seq = delta["seq"]
         if self.seq is None or seq <= self.seq:
             return False
         if seq != self.seq + 1:
             raise Resync(f"{self.market}: book delta {seq} after {self.seq}: "
                          f"{seq - self.seq - 1} lost")
+        if body is not None and self.head is not None:
+            head = chain_next(self.head, body)
+            if head != delta.get("hash"):
+                raise ChainBreak(f"{self.market}: book delta {seq}: its hash is not the "
+                                 f"chain's next (changed, or not this history)")
+            self.head = head
         for side, key in ((self.bids, -1), (self.asks, 1)):
             for p, q in delta["bids" if key < 0 else "asks"]:
                 if q:
@@ -105,27 +131,53 @@ class FeedState:
     last mark of each market, and what to do with each message. `handle` returns the updates
     to hand to the user and the markets that need a snapshot."""
 
-    def __init__(self, markets):
+    def __init__(self, markets, kinds=KINDS):
         self.books = {m: BookMirror(m) for m in markets}
+        self.kinds = set(kinds)
         self.last: dict[str, int] = {}          # topic -> last seq seen (not for book)
         self.marks: dict[str, dict] = {}        # market -> its last mark message
         self.gaps: dict[str, int] = {}          # topic -> messages known lost
-        self.pending: dict[str, list] = {}      # market -> deltas held until its snapshot
+        self.heads: dict[str, bytes] = {}       # topic -> its hash at last[topic] (not book)
+        self.breaks: dict[str, int] = {}        # topic -> messages whose hash did not chain
+        self.pending: dict[str, list] = {}      # market -> (delta, body) held until its
+                                                # snapshot
 
-    def handle(self, topic: str, msg: dict) -> tuple[list, set]:
+    def handle(self, topic: str, msg: dict, body: bytes | None = None) -> tuple[list, set]:
+        """One message as received (`body`: its bytes, for the hash chain; None: not
+        checked)."""
         updates, stale = [], set()
         kind = msg.get("type")
         if kind == "heartbeat":
+            heads = msg.get("heads", {})
             for t, seq in msg["seqs"].items():
                 k, _, market = t.partition(".")
+                head = heads.get(t)
                 if k == "book":
                     book = self.books.get(market)
-                    if book is not None and book.seq is not None and seq > book.seq \
-                            and market not in self.pending:
+                    if book is None or book.seq is None or market in self.pending:
+                        continue
+                    if seq > book.seq:
                         stale.add(market)
-                elif t in self.last and seq > self.last[t]:
-                    self._gap(t, self.last[t], seq + 1, updates, msg)
-                    self.last[t] = seq
+                    elif seq == book.seq and None not in (head, book.head) \
+                            and head != book.head:
+                        self._break(t, seq, updates)
+                        updates.append({"type": "resync", "market": market,
+                                        "detail": f"{t}: the heartbeat's hash at {seq} is not "
+                                                  f"the mirror's"})
+                        stale.add(market)
+                elif t not in self.last:
+                    if k in self.kinds and market in self.books and head is not None:
+                        self.last[t] = seq      # the chain is checked from here
+                        self._adopt(t, head)
+                else:
+                    if seq > self.last[t]:
+                        self._gap(t, self.last[t], seq + 1, updates, msg)
+                        self.last[t] = seq
+                        self._adopt(t, head)
+                    elif seq == self.last[t] and None not in (head, self.heads.get(t)) \
+                            and head != self.heads[t]:
+                        self._break(t, seq, updates)
+                        self._adopt(t, head)
             return updates, stale
         market = msg.get("market")
         if kind == "book":
@@ -133,20 +185,27 @@ class FeedState:
             if book is None:
                 return updates, stale
             if market in self.pending:
-                self.pending[market].append(msg)
+                self.pending[market].append((msg, body))
                 return updates, stale
             try:
-                if book.apply(msg):
+                if book.apply(msg, body):
                     updates.append({"type": "book", "market": market, "seq": msg["seq"],
                                     "book": book, "delta": msg})
             except Resync as e:
+                if isinstance(e, ChainBreak):
+                    self._break(topic, msg["seq"], updates)
                 stale.add(market)
                 updates.append({"type": "resync", "market": market, "detail": str(e)})
             return updates, stale
         last = self.last.get(topic)
-        if last is not None and msg["seq"] != last + 1:
-            self._gap(topic, last, msg["seq"], updates, msg)
-        self.last[topic] = msg["seq"]
+        seq = msg["seq"]
+        if last is not None and seq != last + 1:
+            self._gap(topic, last, seq, updates, msg)
+        elif body is not None and topic in self.heads:
+            if chain_next(self.heads[topic], body) != msg.get("hash"):
+                self._break(topic, seq, updates)
+        self.last[topic] = seq
+        self._adopt(topic, msg.get("hash"))
         if kind == "mark":
             self.marks[market] = msg
         updates.append(msg)
@@ -156,17 +215,32 @@ class FeedState:
         self.gaps[topic] = self.gaps.get(topic, 0) + seq - last - 1
         updates.append({"type": "gap", "topic": topic, "after": last, "lost": seq - last - 1})
 
+    def _adopt(self, topic, head):
+        """Go on from `head` (a message's own hash, after a gap or a break)."""
+        if head is None:
+            self.heads.pop(topic, None)
+        else:
+            self.heads[topic] = head
+
+    def _break(self, topic, seq, updates):
+        self.breaks[topic] = self.breaks.get(topic, 0) + 1
+        updates.append({"type": "chain_break", "topic": topic, "seq": seq})
+
     def loaded(self, market: str, snap: dict) -> tuple[list, set]:
         """A snapshot arrived: load it, then the deltas held meanwhile (those not above its seq
         are dropped)."""
         updates, stale = [], set()
         book = self.books[market]
         held = self.pending.pop(market, [])
+        seq = snap["seq"]
         try:
             book.load(snap)
-            for d in held:
-                book.apply(d)
+            for d, body in held:
+                seq = d["seq"]
+                book.apply(d, body)
         except Resync as e:
+            if isinstance(e, ChainBreak):
+                self._break(f"book.{market}", seq, updates)
             stale.add(market)
             updates.append({"type": "resync", "market": market, "detail": str(e)})
             return updates, stale
@@ -192,15 +266,17 @@ class MarketData:
     """The synchronous subscriber: a SUB socket on the feed, snapshots through `client` (a
     gateway.client.Client), a BookMirror per market in `books`, the last mark in `marks`.
     `on_update(update)` is called for every change: a `book` update (with the mirror), a
-    `trade`, `mark`, `funding` or `liquidation` message, a `gap` (messages of a stream lost)
-    or a `resync` (the mirror is being rebuilt)."""
+    `trade`, `mark`, `funding` or `liquidation` message, a `gap` (messages of a stream lost),
+    a `chain_break` (a message whose hash does not chain: `breaks` counts them a topic) or a
+    `resync` (the mirror is being rebuilt)."""
 
     def __init__(self, client, endpoint: str, markets, server_key: str | None = None,
                  secret_key: str | None = None, on_update=None, kinds=KINDS, hwm: int = 100_000):
         self.client = client
-        self.state = FeedState(markets)
+        self.state = FeedState(markets, kinds)
         self.books = self.state.books
         self.marks = self.state.marks
+        self.breaks = self.state.breaks     # topic -> messages whose hash did not chain
         self.on_update = on_update
         self.stale: set[str] = set()            # markets whose mirror needs a snapshot
         self.sock = _sub_socket(client.ctx, endpoint, markets, server_key, secret_key, kinds,
@@ -238,7 +314,7 @@ class MarketData:
                 topic, body = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            updates, stale = handle(topic.decode(), _decode(body))
+            updates, stale = handle(topic.decode(), _decode(body), body)
             if stale:
                 self.stale |= stale
             if updates and self.on_update is not None:
@@ -266,9 +342,10 @@ class AsyncMarketData:
                  secret_key: str | None = None, kinds=KINDS, hwm: int = 100_000):
         self.client = client
         self.markets = list(markets)
-        self.state = FeedState(self.markets)
+        self.state = FeedState(self.markets, kinds)
         self.books = self.state.books
         self.marks = self.state.marks
+        self.breaks = self.state.breaks     # topic -> messages whose hash did not chain
         self.sock = _sub_socket(client.ctx, endpoint, self.markets, server_key, secret_key,
                                 kinds, hwm)
         self.ready: list = []
@@ -294,7 +371,7 @@ class AsyncMarketData:
         stale: set = set()
         while await self.sock.poll(0):
             topic, body = await self.sock.recv_multipart()
-            updates, s = self.state.handle(topic.decode(), _decode(body))
+            updates, s = self.state.handle(topic.decode(), _decode(body), body)
             stale |= s
             self.ready.extend(updates)
         return stale
@@ -305,7 +382,7 @@ class AsyncMarketData:
             while self.ready:
                 yield self.ready.pop(0)
             topic, body = await self.sock.recv_multipart()
-            updates, stale = self.state.handle(topic.decode(), _decode(body))
+            updates, stale = self.state.handle(topic.decode(), _decode(body), body)
             self.ready.extend(updates)
             stale |= await self._drain()
             for market in sorted(stale):

@@ -208,6 +208,8 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
           if not ok else f"  {label}: ok ({want})\n")
 
     streams = Streams(_accounts(data_dir)) if start == 0 else None
+    from .feed import Feed
+    public = Feed(eng, msgspec.msgpack.Encoder().encode) if start == 0 else None
     boot = start == 0
     for seq, kind, payload in recs:
         if seq <= start:
@@ -216,8 +218,12 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
             events = eng.execute(decode(kind, payload))
             if streams is not None and not boot:
                 streams.route(events)
+                for ev in events:
+                    public.event(ev)
         elif kind == J.TURN:
             boot = False
+            if public is not None:
+                public.flush()
         if kind == J.TURN and seq in at:
             path, s = at[seq]
             if streams is not None:
@@ -227,6 +233,9 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
                     mine[a] = (0, streams.start)
                 check(f"snapshot {path.name}, private streams' pseq and hash chains",
                       _short(mine), _short(kept))
+                if "public" in s.gateway:           # (snapshots from before it have none)
+                    check(f"snapshot {path.name}, public topics' seq and hash chains",
+                          _short_public(public.chains()), _short_public(s.gateway["public"]))
             h = J.state_hash(eng)
             check(f"snapshot {path.name} (seq {s.seq:,}, {s.commands:,} commands), stored hash",
                   h, s.state_hash)
@@ -292,6 +301,15 @@ def _accounts(data_dir: Path) -> set | None:
     """The accounts the server admits (data_dir/authorized/NAME.key), or None if unknown."""
     d = data_dir / "authorized"
     return {p.name[:-4] for p in d.glob("*.key")} if d.is_dir() else None
+
+
+def _short_public(chains: dict) -> str:
+    """A digest of {market: {kind: [seq, hash]}} (Feed.chains) to print."""
+    import hashlib
+    text = repr(sorted((m, k, seq, bytes(h).hex()) for m, topics in chains.items()
+                       for k, (seq, h) in topics.items()))
+    n = sum(len(t) for t in chains.values())
+    return f"{n} topics, {hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}"
 
 
 def _short(heads: dict) -> str:

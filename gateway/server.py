@@ -266,9 +266,10 @@ class Server:
                          P.Snapshot: self._snapshot, P.Health: self._health}
         self.recovered = self._start(durability is None)
         self.snapshot_asked = False
-        # The feed starts from the books as recovered (its topics are numbered from 1 again
-        # after a restart: a mirror resyncs, docs/operations.md).
-        self.feed = Feed(self.engine, self.encode)
+        # The feed starts from the books as recovered; recovery from a journal made it already
+        # (its topics' seq and hash chains go on, gateway/journal.py).
+        if self.feed is None:
+            self.feed = Feed(self.engine, self.encode)
         self.ctx = zmq.Context()
         self.auth = None
         pub = sec = None

@@ -91,15 +91,37 @@ def test_verify_help_points_at_the_operations_page():
     assert "perpdex-verify-data_dir" in anchors(ROOT_DIR / "docs" / "operations.md")
 
 
-def test_verify_holds_each_snapshots_private_streams_to_the_replay(used):
+def verify_with_changed_gateway_state(used, key: str, change) -> list[str]:
+    """`perpdex verify` once the newest snapshot's gateway state `key` is `change(it)`: its
+    exit code must be 1; returns its lines."""
     path = J.snapshots(used.data / "snapshots")[-1]
     snap = J.read_snapshot(path)
-    streams = dict(snap.gateway["streams"])
-    account, (pseq, items, head) = next(iter(streams.items()))
-    streams[account] = [pseq + 1, items, head]
     J.write_snapshot(path.parent, msgspec.structs.replace(
-        snap, gateway=dict(snap.gateway, streams=streams)))
+        snap, gateway=dict(snap.gateway, **{key: change(snap.gateway[key])})))
     r = perpdex("verify", str(used.data))
     assert r.returncode == 1
-    assert any("private streams' pseq and hash chains: MISMATCH" in ln
-               for ln in r.stdout.splitlines())
+    return r.stdout.splitlines()
+
+
+def test_verify_holds_each_snapshots_private_streams_to_the_replay(used):
+    def change(streams):
+        streams = dict(streams)
+        account, (pseq, items, head) = next(iter(streams.items()))
+        streams[account] = [pseq + 1, items, head]
+        return streams
+
+    lines = verify_with_changed_gateway_state(used, "streams", change)
+    assert any("private streams' pseq and hash chains: MISMATCH" in ln for ln in lines)
+
+
+def test_verify_holds_each_snapshots_public_chains_to_the_replay(used):
+    r = perpdex("verify", str(used.data))
+    assert sum("public topics' seq and hash chains: ok" in ln
+               for ln in r.stdout.splitlines()) == 2, r.stdout
+
+    def change(public):
+        btc = public["BTC-PERP"]
+        return dict(public, **{"BTC-PERP": dict(btc, book=[btc["book"][0], bytes(16)])})
+
+    lines = verify_with_changed_gateway_state(used, "public", change)
+    assert any("public topics' seq and hash chains: MISMATCH" in ln for ln in lines)

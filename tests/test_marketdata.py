@@ -25,13 +25,13 @@ FAST = {"request_rate": [100_000, 100_000], "order_rate": [100_000, 100_000],
         "cancel_rate": [100_000, 100_000]}
 # What each public message may carry, and nothing else.
 FIELDS = {
-    "book": {"type", "market", "seq", "ts", "bids", "asks", "checksum"},
+    "book": {"type", "market", "seq", "ts", "bids", "asks", "checksum", "hash"},
     "trade": {"type", "market", "seq", "ts", "trade_id", "price", "qty", "taker_side",
-              "liquidation"},
-    "mark": {"type", "market", "seq", "ts", "index", "mark"},
-    "funding": {"type", "market", "seq", "ts", "rate_ppm", "index_price"},
-    "liquidation": {"type", "market", "seq", "ts", "side", "qty", "price", "kind"},
-    "heartbeat": {"type", "ts", "seqs"},
+              "liquidation", "hash"},
+    "mark": {"type", "market", "seq", "ts", "index", "mark", "hash"},
+    "funding": {"type", "market", "seq", "ts", "rate_ppm", "index_price", "hash"},
+    "liquidation": {"type", "market", "seq", "ts", "side", "qty", "price", "kind", "hash"},
+    "heartbeat": {"type", "ts", "seqs", "heads"},
 }
 
 
@@ -181,11 +181,11 @@ def test_a_deliberately_dropped_delta_is_detected_and_repaired(srv):
         handle = md.state.handle
         dropped = []
 
-        def lossy(topic, msg):
+        def lossy(topic, msg, body=None):
             if msg.get("type") == "book" and not dropped:
                 dropped.append(msg["seq"])
                 return [], set()            # this delta never arrived
-            return handle(topic, msg)
+            return handle(topic, msg, body)
 
         md.state.handle = lossy
         Flow(srv, seed=2, tag="drop").run(200)
@@ -205,8 +205,8 @@ def test_a_lost_last_delta_is_found_by_the_heartbeat_and_repaired(srv):
     md = srv.client("mm-2").market_data(srv.pub, ["ETH-PERP"], on_update=seen.append)
     try:
         handle = md.state.handle
-        md.state.handle = lambda topic, msg: ([], set()) if msg.get("type") == "book" \
-            else handle(topic, msg)         # every delta from now on is lost ...
+        md.state.handle = lambda topic, msg, body=None: ([], set()) \
+            if msg.get("type") == "book" else handle(topic, msg, body)  # every delta is lost ...
         assert srv.client("mm-1").request("new_order", market="ETH-PERP", cid="hb-1",
                                           side="buy", kind="limit", qty=2,
                                           price=INDEX["ETH-PERP"] - 900)["ok"]
@@ -229,12 +229,12 @@ def test_a_lost_trade_is_reported_as_a_gap_in_the_trade_stream(srv):
         handle = md.state.handle
         lost = []
 
-        def lossy(topic, msg):
+        def lossy(topic, msg, body=None):
             if msg.get("type") == "trade" and len([u for u in seen if u["type"] == "trade"]) \
                     == 1 and not lost:
                 lost.append(msg["seq"])
                 return [], set()
-            return handle(topic, msg)
+            return handle(topic, msg, body)
 
         md.state.handle = lossy
         Flow(srv, seed=11, tag="gap").run(300)
@@ -382,7 +382,8 @@ def test_a_fill_goes_to_the_private_stream_and_only_an_anonymous_trade_to_the_fe
     assert topic == b"trade.ETH-PERP"
     assert trade == {"type": "trade", "market": "ETH-PERP", "seq": trade["seq"],
                      "ts": fill["ts"], "trade_id": fill["seq"], "price": fill["price"],
-                     "qty": 3, "taker_side": "buy", "liquidation": False}
+                     "qty": 3, "taker_side": "buy", "liquidation": False,
+                     "hash": trade["hash"]}
 
 
 def test_each_topic_numbers_its_messages_one_by_one_from_one(tmp_path):
