@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="log lines as text or as JSON objects (docs/observability.md)")
     sv.add_argument("--session-timeout-ms", type=int,
                     help="a session with no word for this long is gone (overrides the config)")
+    sv.add_argument("--role", choices=("primary", "standby", "replica"),
+                    help="replicated mode (docs/operations.md, \"Replication\"): this node's "
+                    "role; turns [replication] on")
+    sv.add_argument("--nats", metavar="URL[,URL...]",
+                    help="replicated mode: the NATS servers (overrides [replication] servers)")
+    sv.add_argument("--node", help="replicated mode: this node's name (default: host-pid)")
 
     cf = sub.add_parser("config", help="write the default configuration, or check one",
                         description="Write the embedded default configuration as a TOML file to "
@@ -146,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.metrics = args.metrics or cfg.metrics
         cfg.log_format = args.log_format or cfg.log_format
         sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
+        rc = cfg.replication
+        if args.role:
+            rc.enabled, rc.role = True, args.role
+        if args.nats:
+            rc.servers = [u.strip() for u in args.nats.split(",") if u.strip()]
+        if args.node:
+            rc.node = args.node
         import zmq
         try:
             return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)

@@ -1,0 +1,324 @@
+"""Replicated mode (docs/operations.md, "Replication"): three nats-server processes on loopback,
+`perpdex serve` nodes on them, real clients. The primary acknowledges only what the log holds;
+a standby takes over when the primary is killed; one NATS server down changes nothing, two make
+new commands `unavailable` until one is back; an old primary cannot append and steps down; a
+read replica's book is the primary's."""
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from gateway.client import Client, Timeout
+from gateway.natslocal import LocalCluster
+from tests.replicated import (PLAN, TAKEOVER_MS, Node, Trader, ask, check, enc, log_of,
+                              needs_nats, replayed_hash, stream_leader)
+
+pytestmark = needs_nats
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path / "nats")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def nodes():
+    started = []
+    yield started
+    for n in started:
+        n.stop()
+
+
+def order(c, cid, side="buy", price=600_000, qty=1, kind="limit", patient=True):
+    """A new order; `patient`: sent again (a retry) until it is answered and not
+    `unavailable` (a JetStream leader election takes seconds, docs/operations.md)."""
+    fields = {"price": price} if kind == "limit" else {}
+    send = ask if patient else (lambda c, t, **f: c.request(t, **f))
+    return send(c, "new_order", market="BTC-PERP", cid=cid, side=side, kind=kind, qty=qty,
+                **fields)
+
+
+def events(reply, kind):
+    return [e for e in reply.get("events", []) if e["type"] == kind]
+
+
+def primary(tmp_path, cluster, nodes, **kw) -> Node:
+    """A primary, written, with an oracle price and a maker's wall to buy from."""
+    p = Node(tmp_path, "primary", cluster, "primary", **kw).start()
+    nodes.append(p)
+    p.wait_writer()
+    ask(p.client("oracle"), "oracle", market="BTC-PERP", price=650_000)
+    wall = order(p.client("mm-1"), "wall", side="sell", price=651_000, qty=500_000)
+    assert events(wall, "order_accepted"), wall
+    return p
+
+
+def test_the_primary_acknowledges_what_the_log_holds_and_a_replay_of_it_agrees(
+        tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    c = p.client("mm-2")
+    assert events(order(c, "a"), "order_accepted")
+    said = p.client("admin").request("state_hash")["events"][0]["hash"]
+    assert replayed_hash(cluster) == said
+    kinds = p.replication()
+    assert kinds["stream_seq"] == len(log_of(cluster))
+
+
+def standby(tmp_path, cluster, nodes, name, keys_from: Node, role="standby") -> Node:
+    n = Node(tmp_path, name, cluster, role, keys_from=keys_from.data).start()
+    nodes.append(n)
+    return n
+
+
+def failover_loop(tmp_path, cluster, nodes, seed: int, cycles: int):
+    """Under load from four traders, SIGKILL the writer `cycles` times; each time the standby
+    takes over, the traders retry what they had in flight on it, and everything is checked.
+    The killed node comes back as the next standby."""
+    r = random.Random(seed)
+    writer = primary(tmp_path, cluster, nodes)
+    spare = standby(tmp_path, cluster, nodes, "standby-0", writer)
+    everyone = []
+    for cycle in range(cycles):
+        where = f"seed {seed}, cycle {cycle}"
+        spare.wait(lambda f: f["stream_seq"] > 0, why="following")
+        traders = [Trader(writer, a, make, r.randrange(1 << 30)) for a, make in PLAN]
+        for t in traders:
+            t.start()
+        time.sleep(r.uniform(0.3, 1.0))
+        writer.kill()
+        killed = time.monotonic()
+        for t in traders:
+            t.join(timeout=10)
+        spare.wait_writer(timeout=TAKEOVER_MS / 1000 + 10)
+        took = time.monotonic() - killed
+        assert took < TAKEOVER_MS / 1000 + 5, f"took over in {took:.1f} s ({where})"
+        for t in traders:
+            t.retry(spare)
+        everyone += traders
+        check(spare, cluster, everyone, where)
+        assert spare.replication()["hash_mismatches"] == 0, where
+        writer, spare = spare, standby(tmp_path, cluster, nodes, f"standby-{cycle + 1}",
+                                       writer)
+
+
+def test_the_standby_takes_over_when_the_primary_is_killed_under_load(tmp_path, cluster, nodes):
+    failover_loop(tmp_path, cluster, nodes, seed=random.randrange(1 << 30), cycles=1)
+
+
+@pytest.mark.slow
+def test_the_writer_is_killed_again_and_again_and_nothing_acknowledged_is_lost(
+        request, tmp_path, nodes):
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("a slow test: pytest -m slow")
+    cluster = request.getfixturevalue("cluster")
+    failover_loop(tmp_path, cluster, nodes, seed=random.randrange(1 << 30), cycles=6)
+
+
+def until(what, timeout: float, why: str):
+    """Call what() until it returns something true; that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
+def test_trading_goes_on_when_one_nats_server_is_killed_even_the_streams_leader(
+        tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    c = p.client("mm-2", timeout_ms=2000)
+    assert events(order(c, "before"), "order_accepted")
+    cluster.kill(stream_leader(cluster))        # the worst one: the others elect a leader
+    cids = [f"after-{i}" for i in range(20)]
+    for cid in cids:
+        assert events(order(c, cid), "order_accepted"), cid
+    open_ = {o["cid"] for o in c.request("query_account")["events"][0]["open_orders"]}
+    assert {"before", *cids} <= open_
+    assert p.replication()["writer"]
+    said = p.client("admin").request("state_hash")["events"][0]["hash"]
+    assert replayed_hash(cluster) == said
+
+
+def test_new_commands_are_unavailable_without_a_quorum_and_trading_resumes_with_one(
+        tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    c = p.client("mm-2", timeout_ms=1500)
+    assert events(order(c, "before"), "order_accepted")
+    cluster.kill(1)
+    cluster.kill(2)
+    sent = []
+
+    def refused():
+        msg = {"req_id": 10_000 + len(sent), "type": "new_order", "market": "BTC-PERP",
+               "cid": f"during-{len(sent)}", "side": "buy", "kind": "limit", "qty": 1,
+               "price": 600_000}
+        sent.append(msg)
+        try:
+            reply = c.send_raw(enc(msg))
+        except Timeout:
+            return None                             # held: not durable, so not answered
+        assert reply.get("reason") == "unavailable" or reply.get("ok"), reply
+        return reply if reply.get("reason") == "unavailable" else None
+
+    reply = until(refused, 20, "no `unavailable` reply without a quorum")
+    assert "quorum" in reply["detail"]
+    assert p.replication()["unavailable"]
+    cluster.start(1)
+    c2 = p.client("mm-2", timeout_ms=3000)
+    p.wait(lambda f: not f["unavailable"], 30, "the log did not come back")
+    assert events(order(c2, "after"), "order_accepted")
+    # every request sent meanwhile is answered once now: retried, the same reply as before
+    placed = []
+    for msg in sent:
+        reply = c2.send_raw(enc(msg))
+        if reply.get("ok"):
+            placed.append(msg["cid"])
+            assert events(reply, "order_accepted"), reply
+            assert c2.send_raw(enc(msg)) == reply       # a retry: the kept reply
+    open_ = {o["cid"] for o in c2.request("query_account")["events"][0]["open_orders"]}
+    assert {"before", "after", *placed} <= open_
+    said = p.client("admin").request("state_hash")["events"][0]["hash"]
+    assert replayed_hash(cluster) == said
+
+
+def test_an_old_primary_that_comes_back_cannot_append_and_steps_down(tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    s = standby(tmp_path, cluster, nodes, "standby-0", p)
+    s.wait(lambda f: f["stream_seq"] > 0, why="following")
+    c = p.client("mm-2", timeout_ms=TAKEOVER_MS + 4000)
+    p.signal(signal.SIGSTOP)                        # the old primary believes it still is
+    c.sock.send(enc({"req_id": 1, "type": "new_order", "market": "BTC-PERP", "cid": "late",
+                     "side": "buy", "kind": "limit", "qty": 1, "price": 600_000}))
+    s.wait_writer(timeout=TAKEOVER_MS / 1000 + 10)
+    p.signal(signal.SIGCONT)                        # it runs `late`, cannot append it, and
+    try:                                            # never acknowledges it
+        reply = c._receive()
+        assert reply.get("reason") == "unavailable", reply
+    except Timeout:
+        pass
+    p.wait(lambda f: f["state"] == "following" and not f["writer"], 10, "did not step down")
+    assert order(c, "later", patient=False).get("reason") == "unavailable"
+    sc = s.client("mm-2")
+    assert events(order(sc, "new"), "order_accepted")
+    messages = log_of(cluster)
+    took = next(i for i, (_, _, mid) in enumerate(messages) if mid.startswith("standby-0:"))
+    assert all(mid.startswith("standby-0:") for _, _, mid in messages[took:])
+    cids = {o["cid"] for o in sc.request("query_account")["events"][0]["open_orders"]}
+    assert "new" in cids and "late" not in cids and "later" not in cids
+    last = s.replication()["stream_seq"]
+    p.wait_caught_up(last)                          # it follows the new writer now
+    assert p.replication()["hash_mismatches"] == 0
+
+
+def mirrors_agree(a, b, market="BTC-PERP") -> bool:
+    ma, mb = a.books[market], b.books[market]
+    return (ma.seq is not None and ma.seq == mb.seq and ma.checksum() == mb.checksum()
+            and ma.levels("bids") == mb.levels("bids") and ma.levels("asks") == mb.levels("asks"))
+
+
+def test_a_read_replicas_book_is_the_primarys_at_every_checkpoint(tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    r = standby(tmp_path, cluster, nodes, "replica-0", p, role="replica")
+    rnd = random.Random(7)
+    mm, taker = p.client("mm-2"), p.client("taker-1")
+    r.wait_caught_up(p.replication()["stream_seq"])    # it knows the markets
+    on_p = p.client("mm-1").market_data(p.pub, ["BTC-PERP"])
+    on_r = r.client("mm-1").market_data(r.pub, ["BTC-PERP"])
+    try:
+        for checkpoint in range(3):
+            for i in range(15):
+                cid = f"c{checkpoint}-{i}"
+                order(mm, cid, price=640_000 + rnd.randrange(0, 5000, 10), qty=rnd.randint(1, 9))
+                if rnd.random() < 0.3:
+                    mm.request("cancel", market="BTC-PERP", cid=cid)
+            order(taker, f"buy-{checkpoint}", kind="market", qty=rnd.randint(1, 5))
+            order(taker, f"sell-{checkpoint}", side="sell", kind="market", qty=rnd.randint(1, 5))
+            r.wait_caught_up(p.replication()["stream_seq"])
+            snap_p = p.client("admin").request("snapshot", market="BTC-PERP")
+            snap_r = r.client("admin").request("snapshot", market="BTC-PERP")
+            assert {**snap_p, "req_id": 0} == {**snap_r, "req_id": 0}, checkpoint
+            until(lambda: on_p.poll(50) >= 0 and on_r.poll(50) >= 0
+                  and mirrors_agree(on_p, on_r)
+                  and on_p.books["BTC-PERP"].seq == snap_p["seq"], 10,
+                  f"the mirrors differ at checkpoint {checkpoint}")
+        book_p = p.client("admin").request("book", market="BTC-PERP")
+        book_r = r.client("admin").request("book", market="BTC-PERP")
+        assert {**book_p, "req_id": 0} == {**book_r, "req_id": 0}
+        markets = [n.client("admin").request("markets")["markets"] for n in (p, r)]
+        assert markets[0] == markets[1]
+        refused = order(r.client("mm-2"), "to-the-replica", patient=False)
+        assert refused["reason"] == "unavailable" and "read replica" in refused["detail"]
+        assert r.replication()["hash_checks"] > 0 and r.replication()["hash_mismatches"] == 0
+    finally:
+        on_p.close()
+        on_r.close()
+
+
+def test_the_client_fails_over_by_itself_and_its_private_stream_resumes_from_its_pseq(
+        tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    s = standby(tmp_path, cluster, nodes, "standby-0", p)
+    c = Client([p.router, s.router], str(p.data / "keys" / "server.key"),
+               str(p.data / "keys" / "mm-2.key_secret"), timeout_ms=1000, failover_ms=30_000)
+    try:
+        assert c.subscribe()["ok"]
+        first = {"req_id": "first", "type": "new_order", "market": "BTC-PERP", "cid": "one",
+                 "side": "buy", "kind": "limit", "qty": 1, "price": 600_000}
+        before = c.send_raw(enc(first))
+        assert events(before, "order_accepted")
+        seen = c.stream(1)
+        s.wait_caught_up(p.replication()["stream_seq"])
+        p.kill()
+        after = order(c, "two", patient=False)          # fails over to the standby, which
+        assert events(after, "order_accepted"), after   # takes over meanwhile
+        assert c.endpoints[c.at] == s.router and c.failovers >= 1
+        assert c.send_raw(enc(first)) == before         # a retry across the failover: once
+        items = c.stream(1)                             # the chain is checked as they come
+        assert items[0]["pseq"] == seen[-1]["pseq"] + 1
+        assert items[0]["event"]["cid"] == "two"
+        opened = [o["cid"] for o in c.request("query_account")["events"][0]["open_orders"]]
+        assert sorted(opened) == ["one", "two"]
+    finally:
+        c.close()
+
+
+def test_a_new_replica_starts_from_the_newest_snapshot_and_the_log_is_trimmed_behind_it(
+        tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes, snapshot_every=40)
+    mm, taker = p.client("mm-2"), p.client("taker-1")
+    assert mm.subscribe()["ok"]
+    for i in range(120):
+        order(mm, f"s{i}", price=640_000 + 10 * (i % 50))
+        if i % 3 == 0:
+            mm.request("cancel", market="BTC-PERP", cid=f"s{i}")
+        if i % 10 == 0:
+            order(taker, f"m{i}", side="sell", kind="market", qty=1)
+    first = until(lambda: log_of(cluster)[0][0] > 1 and log_of(cluster)[0][0], 20,
+                  "the log was not trimmed")
+    r = standby(tmp_path, cluster, nodes, "replica-0", p, role="replica")
+    facts = r.wait_caught_up(p.replication()["stream_seq"])
+    assert facts["snapshot_from"] >= first - 1 > 0
+    same_books(p, r)
+    said = [n.client("mm-2").subscribe() for n in (p, r)]
+    assert (said[0]["pseq"], said[0]["hash"]) == (said[1]["pseq"], said[1]["hash"])
+    order(mm, "after", price=645_000)               # the replica follows on from there
+    r.wait_caught_up(p.replication()["stream_seq"])
+    same_books(p, r)
+    assert r.replication()["hash_mismatches"] == 0
+
+
+def same_books(p: Node, r: Node):
+    """The feed's snapshot (its seq, levels and checksum) and the engine's book agree."""
+    for what in ("snapshot", "book"):
+        got = [n.client("admin").request(what, market="BTC-PERP") for n in (p, r)]
+        assert {**got[0], "req_id": 0} == {**got[1], "req_id": 0}, what
