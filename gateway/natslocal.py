@@ -17,6 +17,9 @@ import urllib.request
 from pathlib import Path
 
 
+MAX_PAYLOAD = 8 << 20      # bytes: a message of the log is at most this (one record may be large)
+
+
 def binary() -> str | None:
     """The nats-server next to this Python, or on PATH; None when there is none."""
     return (shutil.which("nats-server", path=str(Path(sys.executable).parent))
@@ -37,6 +40,7 @@ def server_config(name: str, port: int, http: int, route: int, routes: list[int]
     promises")."""
     peers = ", ".join(f"nats://127.0.0.1:{p}" for p in routes)
     return (f'server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n'
+            f'max_payload: {MAX_PAYLOAD}\n'
             f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: {sync}\n}}\n'
             f'cluster {{\n  name: perpdex\n  listen: 127.0.0.1:{route}\n'
             f'  routes: [{peers}]\n}}\n')

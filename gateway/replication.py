@@ -88,6 +88,27 @@ def records(data: bytes):
         off = end
 
 
+def chunks(data: bytes, limit: int) -> list[tuple[int, bytes]]:
+    """Whole records of `data` in runs of at most `limit` bytes (a record longer than that on
+    its own): [(seq of the run's last record, bytes)]. A loop turn of a busy venue (a thousand
+    requests and their kept replies) is more than one JetStream message may hold. O(records)."""
+    out = []
+    head = J.HEADER
+    start = off = 0
+    last = 0
+    size = len(data)
+    while off < size:
+        length, seq, _, _ = head.unpack_from(data, off)
+        end = off + head.size + length
+        if end - start > limit and off > start:
+            out.append((last, data[start:off]))
+            start = off
+        last = seq
+        off = end
+    out.append((last, data[start:]))
+    return out
+
+
 def first_seq(data: bytes) -> int:
     """The seq of a log message's first record. O(1)."""
     return struct.unpack_from("<Q", data, 4)[0]
@@ -113,6 +134,7 @@ class Link:
         self.writer_node = ""
         self.state = ("standby", 0, 0)      # what our beats say: role, record seq, stream seq
         self.connected = False
+        self.closing = False
 
     def call(self, coro, timeout: float):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -128,7 +150,8 @@ class Link:
 
         async def disconnected():
             self.connected = False
-            log.warning("NATS: disconnected; reconnecting")
+            if not self.closing:
+                log.warning("NATS: disconnected; reconnecting")
 
         async def reconnected():
             self.connected = True
@@ -148,7 +171,7 @@ class Link:
         config = api.StreamConfig(
             name=self.rc.stream, subjects=[self.log_subject], num_replicas=self.rc.replicas,
             storage=api.StorageType.FILE, duplicate_window=120.0,
-            max_msg_size=self.rc.max_append_bytes + 65536, allow_direct=True)
+            allow_direct=True)
         deadline = time.monotonic() + 30
         while True:             # a cluster just started elects its JetStream leader first
             try:
@@ -267,6 +290,8 @@ class Link:
             raise
 
     def close(self):
+        self.closing = True
+
         async def drain():
             await self.unfollow()
             if self.nc is not None:
@@ -322,14 +347,14 @@ class ReplicatedLog:
         if self.local is not None:
             self.local.write_turn(data, last, n)
         self.seq = last
-        self.queue.append((last, data))
+        self.queue.extend(chunks(data, self.link.rc.max_append_bytes))
         self.link.loop.call_soon_threadsafe(self.wake.set)
 
     def durable(self, seq: int) -> bool:
         """Whether record `seq` is on the stream (and the local journal). O(1)."""
         return self.replicated >= seq and (self.local is None or self.local.durable(seq))
 
-    def sync(self, timeout: float = 30.0) -> None:
+    def sync(self, timeout: float = 10.0) -> None:
         """Wait until everything appended is on the stream; OSError when fenced, or when the
         stream has not taken it within `timeout` seconds."""
         deadline = time.monotonic() + timeout
