@@ -322,3 +322,18 @@ def same_books(p: Node, r: Node):
     for what in ("snapshot", "book"):
         got = [n.client("admin").request(what, market="BTC-PERP") for n in (p, r)]
         assert {**got[0], "req_id": 0} == {**got[1], "req_id": 0}, what
+
+
+def test_an_old_primary_that_gets_no_command_finds_out_by_itself_and_steps_down(
+        tmp_path, cluster, nodes):
+    p = primary(tmp_path, cluster, nodes)
+    s = standby(tmp_path, cluster, nodes, "standby-0", p)
+    s.wait(lambda f: f["stream_seq"] > 0, why="following")
+    p.signal(signal.SIGSTOP)
+    s.wait_writer(timeout=TAKEOVER_MS / 1000 + 10)
+    p.signal(signal.SIGCONT)                        # it hears the new writer's heartbeat,
+    p.wait(lambda f: not f["writer"], 10, "did not step down")  # appends an empty turn, is
+    assert s.replication()["writer"]                # refused, and follows
+    sc = s.client("mm-2")
+    assert events(order(sc, "new"), "order_accepted")
+    p.wait_caught_up(s.replication()["stream_seq"])
