@@ -286,39 +286,102 @@ class AsyncClient:
     """The asyncio client: `await request(...)`, and `stream()` yielding private-stream items.
 
     One reader task routes what arrives: replies to their waiting request (by req_id), stream
-    items to a queue, in order."""
+    items to a queue, in order. Given a list of endpoints it fails over as `Client` does (within
+    `failover_s`), and resumes a subscribed private stream on the node that answers from the
+    last pseq it queued."""
 
-    def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout: float = 2.0):
+    def __init__(self, endpoint: str | list[str], server_key: str, secret_key: str,
+                 timeout: float = 2.0, failover_s: float = 20.0):
         self.ctx = zmq.asyncio.Context.instance()
-        self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
-        self.sock.connect(endpoint)
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.at = 0
+        self.failover_s = failover_s
+        self.failovers = 0
         self.keys = (server_key, secret_key)
+        self.sock = self._connect()
         self.timeout = timeout
         self._ids = itertools.count(time.time_ns())
         self._waiting: dict = {}
         self.items: asyncio.Queue = asyncio.Queue()
+        self.pseq: int | None = None        # the last private-stream item queued, once subscribed
         self._reader = asyncio.ensure_future(self._read())
+
+    def _connect(self):
+        sock = curve_socket(self.ctx, zmq.DEALER, *self.keys)
+        sock.connect(self.endpoints[self.at])
+        return sock
 
     async def _read(self):
         while True:
             msg = msgspec.msgpack.decode(await self.sock.recv())
             if isinstance(msg, dict) and msg.get("stream") == "private":
+                if "event" in msg:
+                    self.pseq = msg["pseq"]
                 await self.items.put(msg)
                 continue
             fut = self._waiting.pop(msg.get("req_id") if isinstance(msg, dict) else None, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
-    async def request(self, type: str, **fields) -> dict:
-        req_id = next(self._ids)
+    async def _once(self, data: bytes, req_id):
+        """Send and wait for the reply to `req_id` on the node in use; None on no reply."""
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req_id] = fut
-        await self.sock.send(msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields}))
+        await self.sock.send(data)
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except asyncio.TimeoutError:
             self._waiting.pop(req_id, None)
-            raise Timeout(f"no reply within {self.timeout} s")
+            return None
+
+    async def request(self, type: str, **fields) -> dict:
+        req_id = next(self._ids)
+        data = msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields})
+        if len(self.endpoints) == 1:
+            reply = await self._once(data, req_id)
+            if reply is None:
+                raise Timeout(f"no reply within {self.timeout} s")
+        else:
+            reply = await self._ask(data, req_id)
+        if type == "subscribe" and reply.get("ok"):
+            self.pseq = reply["pseq"]
+        return reply
+
+    async def _ask(self, data: bytes, req_id) -> dict:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failover_s
+        tried = 0
+        while True:
+            reply = await self._once(data, req_id)
+            if reply is not None and reply.get("reason") != "unavailable":
+                if tried and self.pseq is not None:
+                    await self._resume()
+                return reply
+            if loop.time() >= deadline:
+                if reply is not None:
+                    return reply
+                raise Timeout(f"no node answered within {self.failover_s} s")
+            tried += 1
+            if tried % len(self.endpoints) == 0:
+                await asyncio.sleep(0.05)       # every node said no: a breath, then again
+            self._reader.cancel()
+            self.sock.close(linger=0)
+            self.at = (self.at + 1) % len(self.endpoints)
+            self.sock = self._connect()
+            self._reader = asyncio.ensure_future(self._read())
+            self.failovers += 1
+
+    async def _resume(self):
+        """The private stream on the node now in use, from the last pseq queued."""
+        req_id = next(self._ids)
+        reply = await self._once(msgspec.msgpack.encode(
+            {"req_id": req_id, "type": "subscribe", "resume_from": self.pseq}), req_id)
+        if reply is None or not reply.get("ok"):
+            raise RuntimeError(f"the private stream cannot resume on {self.endpoints[self.at]}:"
+                               f" {reply}")
+        for item in reply["missed"]:
+            self.pseq = item["pseq"]
+            await self.items.put(item)
 
     async def stream(self):
         while True:

@@ -337,3 +337,32 @@ def test_an_old_primary_that_gets_no_command_finds_out_by_itself_and_steps_down(
     sc = s.client("mm-2")
     assert events(order(sc, "new"), "order_accepted")
     p.wait_caught_up(s.replication()["stream_seq"])
+
+
+def test_the_asyncio_client_fails_over_too_and_its_stream_goes_on_from_its_pseq(
+        tmp_path, cluster, nodes):
+    import asyncio
+
+    from gateway.client import AsyncClient
+    p = primary(tmp_path, cluster, nodes)
+    s = standby(tmp_path, cluster, nodes, "standby-0", p)
+
+    async def run():
+        c = AsyncClient([p.router, s.router], str(p.data / "keys" / "server.key"),
+                        str(p.data / "keys" / "mm-2.key_secret"), timeout=1.0, failover_s=30)
+        try:
+            assert (await c.request("subscribe"))["ok"]
+            one = await c.request("new_order", market="BTC-PERP", cid="one", side="buy",
+                                  kind="limit", qty=1, price=600_000)
+            assert events(one, "order_accepted")
+            first = await asyncio.wait_for(c.items.get(), 5)
+            s.wait_caught_up(p.replication()["stream_seq"])
+            p.kill()
+            two = await c.request("new_order", market="BTC-PERP", cid="two", side="buy",
+                                  kind="limit", qty=1, price=600_000)
+            assert events(two, "order_accepted") and c.endpoints[c.at] == s.router
+            nxt = await asyncio.wait_for(c.items.get(), 5)
+            assert nxt["pseq"] == first["pseq"] + 1 and nxt["event"]["cid"] == "two"
+        finally:
+            c.close()
+    asyncio.run(run())
