@@ -154,7 +154,8 @@ class Link:
                 log.warning("NATS: disconnected; reconnecting")
 
         async def reconnected():
-            self.connected = True
+            self.connected = True           # what was not heard while cut off says nothing:
+            self.last_writer_beat = time.monotonic()    # the writer gets a full takeover_ms
             log.info("NATS: reconnected to %s", self.nc.connected_url.netloc)
 
         async def error(e):
@@ -632,6 +633,8 @@ class ReplicatedServer(Server):
                     return
                 time.sleep(0.001)
             self._flush()
+            if self.diverged:               # the tail said this node's state is not the log's
+                return
             rec = self.record + 1
             data, last_rec, _ = J.turn(self.record, [Takeover(self.node, self.seq.now())])
             ack = link.call(link.append(data, self.applied), 5)

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.client import Client, Timeout
 from gateway.natslocal import LocalCluster
-from tests.replicated import (PLAN, TAKEOVER_MS, Node, Trader, ask, check, enc, log_of,
-                              needs_nats, replayed_hash, stream_leader)
+from tests.replicated import (PLAN, STREAM, TAKEOVER_MS, Node, Trader, ask, check, enc,
+                              log_of, needs_nats, replayed_hash, stream_leader)
 
 pytestmark = needs_nats
 
@@ -366,3 +366,37 @@ def test_the_asyncio_client_fails_over_too_and_its_stream_goes_on_from_its_pseq(
         finally:
             c.close()
     asyncio.run(run())
+
+
+def test_a_standby_whose_state_hash_differs_from_the_writers_never_takes_over(
+        tmp_path, cluster, nodes):
+    import asyncio
+
+    import nats
+
+    from gateway import journal as J
+    from gateway import replication as R
+    from gateway.durability import StateHash
+    p = primary(tmp_path, cluster, nodes)
+    s = standby(tmp_path, cluster, nodes, "standby-0", p)
+    s.wait_caught_up(p.replication()["stream_seq"])
+    s.signal(signal.SIGSTOP)
+    p.kill()
+    sseq, data, _ = log_of(cluster)[-1]
+    last = list(R.records(data))[-1][0]
+    bogus, _, _ = J.turn(last, [StateHash(commands=1, state_hash="0" * 32)])
+
+    async def append():                             # a hash that no replay can match
+        nc = await nats.connect(servers=cluster.urls)
+        try:
+            await nc.jetstream().publish(f"{STREAM}.log", bogus, headers={
+                "Nats-Msg-Id": f"test:{last + 1}", "Nats-Expected-Last-Sequence": str(sseq)})
+        finally:
+            await nc.close()
+    asyncio.run(append())
+    s.signal(signal.SIGCONT)
+    s.wait(lambda f: f["hash_mismatches"] == 1, 10, "the bogus hash was not seen")
+    time.sleep(TAKEOVER_MS / 1000 * 2)
+    facts = s.replication()
+    assert not facts["writer"] and facts["takeovers"] == 0
+    assert order(s.client("mm-2"), "x", patient=False)["reason"] == "unavailable"
