@@ -68,8 +68,18 @@ def test_the_primary_acknowledges_what_the_log_holds_and_a_replay_of_it_agrees(
     assert events(order(c, "a"), "order_accepted")
     said = p.client("admin").request("state_hash")["events"][0]["hash"]
     assert replayed_hash(cluster) == said
-    kinds = p.replication()
-    assert kinds["stream_seq"] == len(log_of(cluster))
+    assert p.replication()["stream_seq"] == len(log_of(cluster))
+
+
+def test_the_writer_keeps_a_local_journal_of_what_it_appends(tmp_path, cluster, nodes):
+    from gateway import journal as J
+    from gateway import replication as R
+    p = primary(tmp_path, cluster, nodes)
+    assert events(order(p.client("mm-2"), "a"), "order_accepted")
+    logged = [rec for _, data, _ in log_of(cluster) for rec in R.records(data)]
+    kept, _ = J.read_all(p.data / "journal")       # from the record after its takeover
+    assert kept and kept == [rec for rec in logged if rec[0] >= kept[0][0]]
+    assert [k for _, k, _ in logged[:2]] == [J.TAKEOVER, J.TURN] and kept[0][0] == 3
 
 
 def standby(tmp_path, cluster, nodes, name, keys_from: Node, role="standby") -> Node:
