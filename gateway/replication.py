@@ -4,8 +4,9 @@ silent.
 
 The log is the journal's records (gateway/journal.py: commands, kept replies, deadlines, turn
 markers, and two kinds of its own here: `hash` and `takeover`), numbered 1, 2, 3, ... without
-gaps, in JetStream messages on the subject `<stream>.log`: one message holds one or more whole
-loop turns, the same bytes the local journal writes. Every append carries
+gaps, in JetStream messages on the subject `<stream>.log`: a message holds whole records, the
+same bytes the local journal writes (the turns queued behind an append, up to
+`max_append_bytes`; a longer turn is cut between records). Every append carries
 
     Nats-Msg-Id: <node>:<first record seq>          JetStream drops a repeat (a retry)
     Nats-Expected-Last-Sequence: <stream seq>       the stream's last message, as the writer
@@ -14,6 +15,10 @@ loop turns, the same bytes the local journal writes. Every append carries
 
 so two nodes that both believe they write can never both append: the one that loses gets
 "wrong last sequence", holds back what it had not acknowledged, and becomes a follower.
+
+Snapshots (engine, gateway state, the feed's numbering) go to the object store
+`<stream>-snapshots`, named by the stream seq they cover; the log is purged behind the oldest
+kept, and a new follower starts from the newest.
 
 A node is in one of two states. Following: it applies every record, in order, through the code
 paths that made it (`journal.apply`: the engine, the kept replies, the private streams, the
