@@ -72,6 +72,11 @@ class LogSnapshot(J.Snapshot, kw_only=True):
     feed: dict
 
 
+class ReplicationError(ValueError):
+    """Replicated mode cannot start (NATS out of reach, a stream made otherwise): the message
+    says why; `perpdex serve` prints it and exits 2."""
+
+
 class Fenced(RuntimeError):
     """Another node appended to the log since this one last did: this one is not the writer."""
 
@@ -187,12 +192,12 @@ class Link:
                 if getattr(e, "err_code", None) == STREAM_IN_USE:
                     info = await self.js.stream_info(self.rc.stream)
                     if info.config.num_replicas != self.rc.replicas:
-                        raise RuntimeError(
+                        raise ReplicationError(
                             f"stream {self.rc.stream} exists with {info.config.num_replicas} "
                             f"replicas, the configuration says {self.rc.replicas}")
                     break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"cannot create stream {self.rc.stream}: {e}")
+                    raise ReplicationError(f"cannot create stream {self.rc.stream}: {e}")
                 await asyncio.sleep(0.2)
         self.loop.create_task(self._beats())
 
@@ -440,9 +445,12 @@ class ReplicatedServer(Server):
             try:
                 self.link.call(self.link.connect(), 35)
                 break
+            except ReplicationError:
+                raise
             except Exception as e:      # noqa: BLE001 - the start waits for NATS a while
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"cannot reach NATS at {', '.join(rc.servers)}: {e}")
+                    raise ReplicationError(f"cannot reach NATS at {', '.join(rc.servers)} "
+                                           f"(tried for 30 s): {type(e).__name__} {e}")
                 time.sleep(0.5)
         self.hash_checks = self.hash_mismatches = 0
         self.takeovers = 0
