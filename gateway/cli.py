@@ -99,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--check", metavar="FILE", help="load FILE as `perpdex serve` would")
     cf.add_argument("--force", action="store_true", help="overwrite FILE")
 
+    nl = sub.add_parser("nats-local", help="run a three-server NATS JetStream cluster on loopback, "
+                        "to try replicated mode on one machine",
+                        description="Start three nats-server processes (installed by `make "
+                        "install`) forming one JetStream cluster on loopback, print their URLs, "
+                        "and stop them on Ctrl-C or SIGTERM. The stores live in DIR.",
+                        epilog=_docs("docs/operations.md#replication"))
+    nl.add_argument("dir", metavar="DIR", help="a folder for the servers' stores and logs")
+    nl.add_argument("--sync", default="always",
+                    help="JetStream sync_interval: always (the default), or a duration such as "
+                    "2m (the NATS default); docs/operations.md says what each promises")
+
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
                    "`perpdex bench --help`)")
     argv = sys.argv[1:] if argv is None else argv
@@ -121,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "verify":
         return _verify(args)
+    if args.cmd == "nats-local":
+        return _nats_local(args)
     if args.cmd == "demo":
         if args.in_process:
             from gateway.demo import run
@@ -155,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = cfg.replication
         if args.role:
             rc.enabled, rc.role = True, args.role
-        if args.nats:
+        if args.nats is not None:
             rc.servers = [u.strip() for u in args.nats.split(",") if u.strip()]
+            if not rc.servers:
+                print("perpdex: --nats takes the NATS servers' URLs, comma-separated; it was "
+                      "given none", file=sys.stderr)
+                return 2
         if args.node:
             rc.node = args.node
         import zmq
@@ -169,6 +186,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"perpdex: cannot serve: {e}", file=sys.stderr)
             return 2
     return 2
+
+
+def _nats_local(args) -> int:
+    import signal
+    import time
+    from pathlib import Path
+
+    from gateway.natslocal import LocalCluster
+    try:
+        cluster = LocalCluster(Path(args.dir), sync=args.sync)
+    except FileNotFoundError as e:
+        print(f"perpdex: {e}", file=sys.stderr)
+        return 2
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        cluster.start()
+        urls = ",".join(cluster.urls)
+        print(f"NATS JetStream cluster (sync_interval {args.sync}): {urls}\n"
+              f"  perpdex serve --role primary --nats {urls} --data DATA-A ...\n"
+              f"  perpdex serve --role standby --nats {urls} --data DATA-B ... "
+              f"(DATA-B/keys copied from DATA-A/keys)", flush=True)
+        while not stop:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
 
 
 def _bench(argv: list[str]) -> int:

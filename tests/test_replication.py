@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import time
 
 import pytest
@@ -410,3 +411,35 @@ def test_a_standby_whose_state_hash_differs_from_the_writers_never_takes_over(
     facts = s.replication()
     assert not facts["writer"] and facts["takeovers"] == 0
     assert order(s.client("mm-2"), "x", patient=False)["reason"] == "unavailable"
+
+
+def test_perpdex_nats_local_runs_a_cluster_until_told_to_stop(tmp_path):
+    import subprocess
+
+    from tests.test_gateway import PERPDEX
+    proc = subprocess.Popen([PERPDEX, "nats-local", str(tmp_path / "n")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("NATS JetStream cluster (sync_interval always): nats://"), \
+            line + proc.stderr.read().decode()
+        urls = line.split(": ", 1)[1].split(",")
+        assert len(urls) == 3
+        import asyncio
+
+        import nats
+
+        async def js_ready():
+            nc = await nats.connect(servers=[u.strip() for u in urls], connect_timeout=2)
+            try:
+                return (await nc.jetstream().account_info()) is not None
+            finally:
+                await nc.close()
+        assert asyncio.run(js_ready())
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    for url in urls:                                # its servers are gone with it
+        host, port = url.strip().rsplit("/", 1)[1].split(":")
+        with pytest.raises(OSError):
+            socket.create_connection((host, int(port)), timeout=1).close()
