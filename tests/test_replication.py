@@ -464,3 +464,24 @@ def test_a_replica_paused_while_the_log_is_trimmed_catches_up_with_the_same_book
     facts = r.wait_caught_up(p.replication()["stream_seq"], timeout=30)
     assert facts["hash_mismatches"] == 0 and facts["hash_checks"] > 0
     same_books(p, r)
+
+
+def test_a_follower_that_cannot_apply_the_log_whole_stops_and_says_why(
+        tmp_path, cluster, nodes):
+    import asyncio
+
+    import nats
+    p = primary(tmp_path, cluster, nodes)           # no snapshots
+    for i in range(5):
+        order(p.client("mm-2"), f"g{i}")
+
+    async def purge():                              # as if trimmed behind a snapshot now gone
+        nc = await nats.connect(servers=cluster.urls)
+        try:
+            await nc.jetstream().purge_stream(STREAM, seq=4)
+        finally:
+            await nc.close()
+    asyncio.run(purge())
+    r = standby(tmp_path, cluster, nodes, "replica-0", p, role="replica")
+    assert r.proc.wait(timeout=20) != 0
+    assert "the log jumps from stream seq 0 to 4, and no snapshot covers the gap" in r.stderr()
