@@ -16,6 +16,8 @@ clients are bench/gateway.py's, as in bench/durability.py:
 - Latency: one client sends single commands open-loop at `--rate` a second and times each reply
   (HDR histogram, 10 % warm-up): most loop turns hold one command, so each pays one append (a
   round trip to the stream's leader, which waits for one more replica to store it).
+- The floor: sequential appends of one 300-byte message to an R3 stream from nats-py alone (no
+  perpdex), each awaited before the next, with each sync setting: what one append costs here.
 - Failover: a primary and a standby (`takeover_ms` 1000, `heartbeat_ms` 100); a client with
   both endpoints sends an order every 10 ms; the primary is SIGKILLed; the time from the kill to
   the first order the standby acknowledges (detection + catching up + the fenced takeover
@@ -132,6 +134,45 @@ def _round(seconds, clients, rate, r, log) -> dict:
     return out
 
 
+def raw_appends(n: int = 500, log=print) -> dict:
+    """Milliseconds per sequential R3 append from nats-py alone, p50 and p99, per sync."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    from gateway.natslocal import LocalCluster
+
+    async def appends(urls):
+        nc = await nats.connect(servers=urls)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(api.StreamConfig(name="FLOOR", subjects=["floor"],
+                                                 num_replicas=3))
+            took = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                await js.publish("floor", b"x" * 300,
+                                 headers={"Nats-Expected-Last-Sequence": str(i)})
+                took.append(time.perf_counter() - t0)
+            took.sort()
+            return {"p50_ms": round(took[n // 2] * 1e3, 2),
+                    "p99_ms": round(took[int(n * 0.99)] * 1e3, 2)}
+        finally:
+            await nc.close()
+    out = {}
+    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
+        for sync in ("always", "2m"):
+            cluster = LocalCluster(Path(d) / sync, sync=sync)
+            cluster.start()
+            try:
+                out[sync] = asyncio.run(appends(cluster.urls))
+                log(f"raw appends, sync {sync}: {out[sync]}")
+            finally:
+                cluster.stop()
+    return out
+
+
 def failovers(n: int, log=print) -> dict:
     """Seconds from a primary's SIGKILL to the first order its standby acknowledges."""
     from gateway.natslocal import LocalCluster
@@ -193,6 +234,11 @@ def print_report(res: dict, out=sys.stdout) -> None:
     g = res.get("gateway", {})
     if g:
         gateway_table(g, "single machine", "mode", out=out)
+    raw = res.get("raw_appends")
+    if raw:
+        out.write("\nthe floor, sequential R3 appends from nats-py alone: " + "; ".join(
+            f"sync {k}: p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms" for k, v in raw.items())
+            + "\n")
     f = res.get("failover")
     if f:
         out.write(f"\nfailover (SIGKILL to the first order acknowledged by the standby, "
@@ -210,6 +256,7 @@ def run(seconds=3.0, clients=3, rate=200.0, repeat=3, failovers_=3, log=print) -
         return {"skipped": "nats-server is not installed: `make install` brings it"}
     res: dict = {"gateway": gateway_runs(seconds, clients, rate, repeat, log=log, modes=MODES,
                                          one_round=_round)}
+    res["raw_appends"] = raw_appends(log=log)
     if failovers_:
         res["failover"] = failovers(failovers_, log)
     nats_version = subprocess.run([binary(), "--version"], capture_output=True, text=True,
