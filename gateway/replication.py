@@ -145,6 +145,7 @@ class Link:
         self.state = ("standby", 0, 0)      # what our beats say: role, record seq, stream seq
         self.connected = False
         self.closing = False
+        self.tasks: list = []               # ours in the NATS thread, cancelled at close
 
     def call(self, coro, timeout: float):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -199,7 +200,7 @@ class Link:
                 if time.monotonic() > deadline:
                     raise ReplicationError(f"cannot create stream {self.rc.stream}: {e}")
                 await asyncio.sleep(0.2)
-        self.loop.create_task(self._beats())
+        self.tasks.append(self.loop.create_task(self._beats()))
 
     async def _beats(self):
         """Our heartbeat, every heartbeat_ms, on core NATS (not in the stream)."""
@@ -304,6 +305,8 @@ class Link:
         self.closing = True
 
         async def drain():
+            for task in self.tasks:
+                task.cancel()
             await self.unfollow()
             if self.nc is not None:
                 await self.nc.close()
@@ -347,7 +350,7 @@ class ReplicatedLog:
 
     async def _start(self):
         self.wake = asyncio.Event()
-        self.task = self.link.loop.create_task(self._writer())
+        self.link.tasks.append(self.link.loop.create_task(self._writer()))
 
     def append(self, batch: list) -> None:
         """Hand one loop turn over. O(bytes); the append itself happens in the NATS thread."""

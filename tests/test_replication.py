@@ -485,3 +485,27 @@ def test_a_follower_that_cannot_apply_the_log_whole_stops_and_says_why(
     r = standby(tmp_path, cluster, nodes, "replica-0", p, role="replica")
     assert r.proc.wait(timeout=20) != 0
     assert "the log jumps from stream seq 0 to 4, and no snapshot covers the gap" in r.stderr()
+
+
+def test_a_retried_append_is_taken_once_and_another_nodes_append_is_fenced(tmp_path, cluster):
+    from gateway import journal as J
+    from gateway import replication as R
+    from gateway.config import ReplicationSection
+    from gateway.durability import Takeover
+    rc = ReplicationSection(enabled=True, servers=cluster.urls, stream="FENCE")
+    links = [R.Link(rc, name) for name in ("a", "b")]
+    try:
+        for link in links:
+            link.call(link.connect(), 30)
+        a, b = links
+        data, _, _ = J.turn(0, [Takeover("a", 1)])
+        first = a.call(a.append(data, 0), 10)
+        again = a.call(a.append(data, 0), 10)       # an ack lost, the same append sent again
+        assert (first.seq, again.seq, again.duplicate) == (1, 1, True)
+        theirs, _, _ = J.turn(0, [Takeover("b", 2)])
+        with pytest.raises(R.Fenced, match="wrong last sequence"):
+            b.call(b.append(theirs, 0), 10)         # b believed the log was empty
+        assert a.call(a.last_seq(), 10) == 1
+    finally:
+        for link in links:
+            link.close()
