@@ -79,7 +79,7 @@ class LocalCluster:
     def urls(self) -> list[str]:
         return [f"nats://127.0.0.1:{p}" for p in self.ports]
 
-    def start(self, i: int | None = None, wait: float = 20.0) -> None:
+    def start(self, i: int | None = None, wait: float = 30.0) -> None:
         """Start member `i` (every member when None) and wait until it is healthy. Starting
         them all, a port taken meanwhile by another process is tried again on new ports."""
         if i is not None:
@@ -95,18 +95,22 @@ class LocalCluster:
 
     def _start(self, which, wait: float) -> None:
         for k in which:
-            log = open(self.folder / f"n{k}" / "server.log", "ab")
-            self.procs[k] = subprocess.Popen([self.exe, "-c", str(self.confs[k])],
-                                             stdout=log, stderr=log)
+            with open(self.folder / f"n{k}" / "server.log", "ab") as log:
+                self.procs[k] = subprocess.Popen([self.exe, "-c", str(self.confs[k])],
+                                                 stdout=log, stderr=log)
         deadline = time.monotonic() + wait
-        for k in which:
-            while not self.healthy(k):
+        waiting = list(which)
+        while waiting:                  # any member that exits is said at once (a route
+            for k in list(waiting):     # port taken: `start` tries new ports)
                 if self.procs[k].poll() is not None:
                     raise RuntimeError(f"nats-server n{k} exited: "
                                        f"{(self.folder / f'n{k}' / 'server.log').read_text()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nats-server n{k} not healthy in {wait} s")
-                time.sleep(0.05)
+                if self.healthy(k):
+                    waiting.remove(k)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server {', '.join(f'n{k}' for k in waiting)} not "
+                                   f"healthy in {wait} s")
+            time.sleep(0.05)
 
     def healthy(self, i: int) -> bool:
         try:
