@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0.10"
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev,replication]'
 	touch engine/.built $@
 
 build: $(STAMP) engine/.built

@@ -66,12 +66,13 @@ MODES = ("none", "off", "interval", "batch")
 
 
 def gateway_runs(seconds: float, clients: int, rate: float, repeat: int = 1,
-                 log=print) -> dict:
+                 log=print, modes=MODES, one_round=None) -> dict:
     """Each mode `repeat` times, round-robin (a shared machine drifts): the median run of each
-    by throughput, with every run's throughput."""
-    runs: dict = {m: [] for m in MODES}
+    by throughput, with every run's throughput. `one_round(seconds, clients, rate, r, log)`
+    runs every mode once (bench/replication.py brings its own)."""
+    runs: dict = {m: [] for m in modes}
     for r in range(repeat):
-        for mode, res in _gateway_round(seconds, clients, rate, r, log).items():
+        for mode, res in (one_round or _gateway_round)(seconds, clients, rate, r, log).items():
             runs[mode].append(res)
     out = {}
     for mode, rs in runs.items():
@@ -210,20 +211,27 @@ def _fs(path: Path) -> str:
         return "unknown"
 
 
+def gateway_table(g: dict, base: str, what: str, name=str, extra=None, out=sys.stdout):
+    """The markdown table of `gateway_runs`: a row per mode (`name(mode)`), throughput next to
+    mode `base`'s, the latency percentiles, and an `extra` column (title, value of a run)."""
+    b = g[base]["commands_per_s"]
+    out.write(f"| {what} | commands/s (batches), median | vs {name(base)} | every run | p50 us "
+              f"(single) | p99 us | p99.9 us |{f' {extra[0]} |' if extra else ''}\n"
+              f"|---|---|---|---|---|---|---|{'---|' if extra else ''}\n")
+    for mode, r in g.items():
+        lat = r["latency"]
+        out.write(f"| {name(mode)} | {r['commands_per_s']:,} | {r['commands_per_s'] / b:.2f} | "
+                  f"{', '.join(f'{x:,}' for x in r.get('runs', []))} | "
+                  f"{lat['p50_us']:.0f} | {lat['p99_us']:.0f} | {lat['p999_us']:.0f} |"
+                  f"{f' {extra[1](r)} |' if extra else ''}\n")
+
+
 def print_report(res: dict, out=sys.stdout) -> None:
     g = res.get("gateway", {})
     if g:
-        base = g["none"]["commands_per_s"]
-        out.write("| journal | commands/s (batches), median | vs none | every run | p50 us "
-                  "(single) | p99 us | p99.9 us | journal bytes |\n"
-                  "|---|---|---|---|---|---|---|---|\n")
-        for mode, r in g.items():
-            lat = r["latency"]
-            out.write(f"| {'no journal' if mode == 'none' else 'fsync ' + mode} | "
-                      f"{r['commands_per_s']:,} | {r['commands_per_s'] / base:.2f} | "
-                      f"{', '.join(f'{x:,}' for x in r.get('runs', []))} | "
-                      f"{lat['p50_us']:.0f} | {lat['p99_us']:.0f} | {lat['p999_us']:.0f} | "
-                      f"{r['journal_bytes']:,} |\n")
+        gateway_table(g, "none", "journal",
+                      lambda m: "no journal" if m == "none" else "fsync " + m,
+                      ("journal bytes", lambda r: f"{r['journal_bytes']:,}"), out)
     b = res.get("big")
     if b:
         out.write(f"\nbig state: {b['orders']:,} resting orders, {b['accounts']:,} accounts "

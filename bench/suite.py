@@ -2,8 +2,13 @@
 (bench/plain_book.py), run in the same process on the same operations; docs/performance.md says
 how the numbers were made and what they are.
 
-    perpdex bench [--suite core|replay|gateway|liquidation|all] [--quick] [--json FILE]
+    perpdex bench [--suite core|replay|gateway|liquidation|replication|all] [--quick]
+                  [--json FILE]
                   [--compare OLD.json] [--threshold 0.15] [--plot DIR] [--rounds N] [--seed S]
+
+The replication suite is bench/replication.py's (its docstring gives its method): the gateway
+with the replicated log on three local nats-server processes against the single machine, and
+the failover time.
 
 Method.
 - Workloads (bench/workloads.py): seeded and deterministic; their sha256 is in the report.
@@ -40,7 +45,7 @@ if str(ROOT) not in sys.path:
 from bench import paths as P  # noqa: E402
 from bench import workloads as W  # noqa: E402
 
-SUITES = ("core", "replay", "gateway", "liquidation")
+SUITES = ("core", "replay", "gateway", "liquidation", "replication")
 PERCENTILES = (50, 90, 99, 99.9)
 CURVE = (0, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100)
 SIZES = {   # workload -> (full, quick) keyword arguments
@@ -277,6 +282,13 @@ def gateway_suite(quick=False, log=print) -> dict:
                        clients=1 if quick else 3, log=lambda *a: log("  gateway", *a))
 
 
+def replication_suite(quick=False, log=print) -> dict:
+    from bench import replication
+    return replication.run(seconds=1.0 if quick else 3.0, rate=200.0, repeat=1 if quick else 3,
+                           failovers_=1 if quick else 3,
+                           log=lambda *a: log("  replication", *a))
+
+
 def run(suites=("core",), quick=False, rounds=None, seed=1, peers=True, log=print) -> dict:
     rounds = rounds or 3
     rep = {"meta": machine(), "method": __doc__.split("Method.")[1].strip(),
@@ -293,6 +305,8 @@ def run(suites=("core",), quick=False, rounds=None, seed=1, peers=True, log=prin
             rep["suites"]["liquidation"] = liquidation_suite(quick, log)
         elif s == "gateway":
             rep["suites"]["gateway"] = gateway_suite(quick, log)
+        elif s == "replication":
+            rep["suites"]["replication"] = replication_suite(quick, log)
     rep["meta"]["load_after"] = list(os.getloadavg())
     rep["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
     rep["goals"] = goals(rep)
@@ -452,6 +466,11 @@ def print_report(rep, out=sys.stdout):
         from bench import gateway
         w("\n### gateway\n\n")
         gateway.print_report(gw, out)
+    rp = rep["suites"].get("replication")
+    if rp:
+        from bench import replication
+        w("\n### replication\n\n")
+        replication.print_report(rp, out)
     w("\n### issue 14's goals\n\n| goal | target | measured | met |\n|---|---|---|---|\n")
     for g, target, got, met in rep["goals"]:
         w(f"| {g} | {target} | {got} | {'-' if met is None else 'yes' if met else 'no'} |\n")

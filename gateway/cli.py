@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="log lines as text or as JSON objects (docs/observability.md)")
     sv.add_argument("--session-timeout-ms", type=int,
                     help="a session with no word for this long is gone (overrides the config)")
+    sv.add_argument("--role", choices=("primary", "standby", "replica"),
+                    help="replicated mode (docs/operations.md, \"Replication\"): this node's "
+                    "role; turns [replication] on")
+    sv.add_argument("--nats", metavar="URL[,URL...]",
+                    help="replicated mode: the NATS servers (overrides [replication] servers)")
+    sv.add_argument("--node", help="replicated mode: this node's name (default: host-pid)")
 
     cf = sub.add_parser("config", help="write the default configuration, or check one",
                         description="Write the embedded default configuration as a TOML file to "
@@ -94,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
                       "unless --force")
     what.add_argument("--check", metavar="FILE", help="load FILE as `perpdex serve` would")
     cf.add_argument("--force", action="store_true", help="overwrite FILE")
+
+    nl = sub.add_parser("nats-local", help="run a three-server NATS JetStream cluster on loopback, "
+                        "to try replicated mode on one machine",
+                        description="Start three nats-server processes (installed by `make "
+                        "install`) forming one JetStream cluster on loopback, print their URLs, "
+                        "and stop them on Ctrl-C or SIGTERM. The stores live in DIR.",
+                        epilog=_docs("docs/operations.md#replication"))
+    nl.add_argument("dir", metavar="DIR", help="a folder for the servers' stores and logs")
+    nl.add_argument("--sync", default="always",
+                    help="JetStream sync_interval: always (the default), or a duration such as "
+                    "2m (the NATS default); docs/operations.md says what each promises")
 
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
                    "`perpdex bench --help`)")
@@ -117,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "verify":
         return _verify(args)
+    if args.cmd == "nats-local":
+        return _nats_local(args)
     if args.cmd == "demo":
         if args.in_process:
             from gateway.demo import run
@@ -148,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.metrics = args.metrics or cfg.metrics
         cfg.log_format = args.log_format or cfg.log_format
         sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
+        rc = cfg.replication
+        if args.role:
+            rc.enabled, rc.role = True, args.role
+        if args.nats is not None:
+            rc.servers = [u.strip() for u in args.nats.split(",") if u.strip()]
+            if not rc.servers:
+                print("perpdex: --nats takes the NATS servers' URLs, comma-separated; it was "
+                      "given none", file=sys.stderr)
+                return 2
+        if args.node:
+            rc.node = args.node
         import zmq
         try:
             return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)
@@ -158,6 +188,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"perpdex: cannot serve: {e}", file=sys.stderr)
             return 2
     return 2
+
+
+def _nats_local(args) -> int:
+    import signal
+    import time
+    from pathlib import Path
+
+    from gateway.natslocal import LocalCluster
+    try:
+        cluster = LocalCluster(Path(args.dir), sync=args.sync)
+    except FileNotFoundError as e:
+        print(f"perpdex: {e}", file=sys.stderr)
+        return 2
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        cluster.start()
+        urls = ",".join(cluster.urls)
+        print(f"NATS JetStream cluster (sync_interval {args.sync}): {urls}\n"
+              f"  perpdex serve --role primary --nats {urls} --data DATA-A ...\n"
+              f"  perpdex serve --role standby --nats {urls} --data DATA-B ... "
+              f"(DATA-B/keys copied from DATA-A/keys)", flush=True)
+        while not stop:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
 
 
 def _bench(argv: list[str]) -> int:

@@ -75,12 +75,22 @@ class Chain:
             self.check(msgspec.msgpack.encode(item["event"]), item["hash"], item["pseq"])
 
 class Client:
-    def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout_ms: int = 2000,
-                 context: zmq.Context | None = None):
+    """The synchronous client. `endpoint` is one request endpoint, or the list of a replicated
+    venue's nodes (docs/operations.md, "Replication"): then a request that gets no reply within
+    `timeout_ms`, or `unavailable`, is sent again, the same bytes and req_id (a retry, answered
+    once), to the next node, round and round for up to `failover_ms`; once a node answers, a
+    subscribed private stream is resumed there from the last pseq received."""
+
+    def __init__(self, endpoint: str | list[str], server_key: str, secret_key: str,
+                 timeout_ms: int = 2000, context: zmq.Context | None = None,
+                 failover_ms: int = 20_000):
         self.ctx = context or zmq.Context.instance()
-        self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
-        self.sock.connect(endpoint)
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.at = 0                         # the node in use
+        self.failover_ms = failover_ms
+        self.failovers = 0
         self.keys = (server_key, secret_key)
+        self.sock = self._connect()
         self.timeout_ms = timeout_ms
         # req_ids must not repeat within the server's retry window for the account (a repeat is
         # a retry and gets the first reply): number from the moment this client was made.
@@ -88,9 +98,58 @@ class Client:
         self.pushed: list[dict] = []        # private-stream items that arrived between replies
         self.chain: Chain | None = None     # the private stream's, once subscribed
 
+    def _connect(self):
+        sock = curve_socket(self.ctx, zmq.DEALER, *self.keys)
+        sock.connect(self.endpoints[self.at])
+        return sock
+
     def send_raw(self, data: bytes) -> dict:
-        self.sock.send(data)
-        return self._receive()
+        if len(self.endpoints) == 1:
+            self.sock.send(data)
+            return self._receive()
+        try:
+            req_id = msgspec.msgpack.decode(data).get("req_id")
+        except (msgspec.DecodeError, AttributeError):
+            req_id = None
+        return self._ask(data, req_id)
+
+    def _ask(self, data: bytes, req_id) -> dict:
+        """Send `data` and wait for its reply, failing over as the class says."""
+        deadline = time.monotonic() + self.failover_ms / 1000
+        tried = 0
+        while True:
+            self.sock.send(data)
+            try:
+                reply = self._receive(req_id)
+            except Timeout:
+                reply = None
+            if reply is not None and reply.get("reason") != "unavailable":
+                if tried and self.chain is not None:
+                    self._resume()
+                return reply
+            if time.monotonic() >= deadline:
+                if reply is not None:
+                    return reply
+                raise Timeout(f"no node answered within {self.failover_ms} ms")
+            tried += 1
+            if tried % len(self.endpoints) == 0:
+                time.sleep(0.05)            # every node said no: a breath before the next round
+            self.sock.close(linger=0)
+            self.at = (self.at + 1) % len(self.endpoints)
+            self.sock = self._connect()
+            self.failovers += 1
+
+    def _resume(self):
+        """The private stream on the node now in use, from the last pseq received."""
+        reply = self._request_here("subscribe", resume_from=self.chain.pseq)
+        if not reply.get("ok"):
+            raise RuntimeError(f"the private stream cannot resume on {self.endpoints[self.at]}:"
+                               f" {reply.get('reason')}: {reply.get('detail')}")
+        for item in reply["missed"]:
+            self.pushed.append(self._item(item))
+        if self.chain.head is not None and self.chain.head != reply["hash"]:
+            raise ChainError(f"the stream's hash at pseq {reply['pseq']} on "
+                             f"{self.endpoints[self.at]} is not the one its items lead to")
 
     def subscribe(self, resume_from: int | None = None) -> dict:
         """Join this account's private stream (every connection of the account gets it)."""
@@ -145,19 +204,39 @@ class Client:
     def request(self, type: str, **fields) -> dict:
         """Send one request; return its reply (`ok`, and `events` or `reason` and `detail`)."""
         req_id = next(self._ids)
-        self.sock.send(msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields}))
+        data = msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields})
+        if len(self.endpoints) > 1:
+            return self._ask(data, req_id)
+        self.sock.send(data)
         reply = self._receive()
         if reply.get("req_id") not in (req_id, None):
             raise RuntimeError(f"reply {reply.get('req_id')} to request {req_id}")
         return reply
 
-    def _receive(self) -> dict:
+    def request_retrying(self, type: str, **fields) -> dict:
+        """`request`, sent again (the same req_id: answered once) while no reply comes or the
+        reply is `unavailable`, to the next endpoint (the same one when there is one), for up
+        to `failover_ms`; then the last reply, or Timeout."""
+        req_id = next(self._ids)
+        return self._ask(msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields}),
+                         req_id)
+
+    def _request_here(self, type: str, **fields) -> dict:
+        req_id = next(self._ids)
+        self.sock.send(msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields}))
+        return self._receive(req_id)
+
+    def _receive(self, req_id=None) -> dict:
+        """The next reply (with `req_id`: the next reply to it; an earlier copy's is dropped)."""
         while True:
             if not self.sock.poll(self.timeout_ms):
                 raise Timeout(f"no reply within {self.timeout_ms} ms")
             msg = msgspec.msgpack.decode(self.sock.recv())
             if isinstance(msg, dict) and msg.get("stream") == "private":
                 self.pushed.append(self._item(msg))     # kept for stream(), in order
+                continue
+            if req_id is not None and isinstance(msg, dict) and msg.get("req_id") not in (
+                    req_id, None):
                 continue
             return msg
 
@@ -207,39 +286,102 @@ class AsyncClient:
     """The asyncio client: `await request(...)`, and `stream()` yielding private-stream items.
 
     One reader task routes what arrives: replies to their waiting request (by req_id), stream
-    items to a queue, in order."""
+    items to a queue, in order. Given a list of endpoints it fails over as `Client` does (within
+    `failover_s`), and resumes a subscribed private stream on the node that answers from the
+    last pseq it queued."""
 
-    def __init__(self, endpoint: str, server_key: str, secret_key: str, timeout: float = 2.0):
+    def __init__(self, endpoint: str | list[str], server_key: str, secret_key: str,
+                 timeout: float = 2.0, failover_s: float = 20.0):
         self.ctx = zmq.asyncio.Context.instance()
-        self.sock = curve_socket(self.ctx, zmq.DEALER, server_key, secret_key)
-        self.sock.connect(endpoint)
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.at = 0
+        self.failover_s = failover_s
+        self.failovers = 0
         self.keys = (server_key, secret_key)
+        self.sock = self._connect()
         self.timeout = timeout
         self._ids = itertools.count(time.time_ns())
         self._waiting: dict = {}
         self.items: asyncio.Queue = asyncio.Queue()
+        self.pseq: int | None = None        # the last private-stream item queued, once subscribed
         self._reader = asyncio.ensure_future(self._read())
+
+    def _connect(self):
+        sock = curve_socket(self.ctx, zmq.DEALER, *self.keys)
+        sock.connect(self.endpoints[self.at])
+        return sock
 
     async def _read(self):
         while True:
             msg = msgspec.msgpack.decode(await self.sock.recv())
             if isinstance(msg, dict) and msg.get("stream") == "private":
+                if "event" in msg:
+                    self.pseq = msg["pseq"]
                 await self.items.put(msg)
                 continue
             fut = self._waiting.pop(msg.get("req_id") if isinstance(msg, dict) else None, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
-    async def request(self, type: str, **fields) -> dict:
-        req_id = next(self._ids)
+    async def _once(self, data: bytes, req_id):
+        """Send and wait for the reply to `req_id` on the node in use; None on no reply."""
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req_id] = fut
-        await self.sock.send(msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields}))
+        await self.sock.send(data)
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except asyncio.TimeoutError:
             self._waiting.pop(req_id, None)
-            raise Timeout(f"no reply within {self.timeout} s")
+            return None
+
+    async def request(self, type: str, **fields) -> dict:
+        req_id = next(self._ids)
+        data = msgspec.msgpack.encode({"req_id": req_id, "type": type, **fields})
+        if len(self.endpoints) == 1:
+            reply = await self._once(data, req_id)
+            if reply is None:
+                raise Timeout(f"no reply within {self.timeout} s")
+        else:
+            reply = await self._ask(data, req_id)
+        if type == "subscribe" and reply.get("ok"):
+            self.pseq = reply["pseq"]
+        return reply
+
+    async def _ask(self, data: bytes, req_id) -> dict:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failover_s
+        tried = 0
+        while True:
+            reply = await self._once(data, req_id)
+            if reply is not None and reply.get("reason") != "unavailable":
+                if tried and self.pseq is not None:
+                    await self._resume()
+                return reply
+            if loop.time() >= deadline:
+                if reply is not None:
+                    return reply
+                raise Timeout(f"no node answered within {self.failover_s} s")
+            tried += 1
+            if tried % len(self.endpoints) == 0:
+                await asyncio.sleep(0.05)       # every node said no: a breath, then again
+            self._reader.cancel()
+            self.sock.close(linger=0)
+            self.at = (self.at + 1) % len(self.endpoints)
+            self.sock = self._connect()
+            self._reader = asyncio.ensure_future(self._read())
+            self.failovers += 1
+
+    async def _resume(self):
+        """The private stream on the node now in use, from the last pseq queued."""
+        req_id = next(self._ids)
+        reply = await self._once(msgspec.msgpack.encode(
+            {"req_id": req_id, "type": "subscribe", "resume_from": self.pseq}), req_id)
+        if reply is None or not reply.get("ok"):
+            raise RuntimeError(f"the private stream cannot resume on {self.endpoints[self.at]}:"
+                               f" {reply}")
+        for item in reply["missed"]:
+            self.pseq = item["pseq"]
+            await self.items.put(item)
 
     async def stream(self):
         while True:

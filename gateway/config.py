@@ -4,6 +4,7 @@ from). docs/config.md lists every key with its default.
 
     [server]           ServerSection: endpoints, the data folder, session timing
     [journal]          JournalSection: the command journal, fsync policy, snapshots
+    [replication]      ReplicationSection: the record log on NATS JetStream, role, timing
     [[markets]]        the contract's create_market, one table per market
     [accounts.NAME]    AccountSection: role, optional CURVE public key, opening deposit
 
@@ -68,6 +69,28 @@ class JournalSection(Struct, forbid_unknown_fields=True, kw_only=True):
     covered_segments: Literal["keep", "archive", "delete"] = "keep"
 
 
+NatsUrl = Annotated[str, Meta(pattern=r"^(nats|tls)://[^\s]+$")]
+
+
+class ReplicationSection(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Replicated mode: the record log on a NATS JetStream stream (docs/operations.md,
+    "Replication")."""
+    enabled: bool = False
+    role: Literal["primary", "standby", "replica"] = "standby"
+    node: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
+    servers: Annotated[list[NatsUrl], Meta(min_length=1, max_length=16)] = msgspec.field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"])
+    stream: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "PERPDEX"
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 3
+    heartbeat_ms: Annotated[int, Meta(ge=10, le=60_000)] = 200
+    takeover_ms: Annotated[int, Meta(ge=50, le=600_000)] = 2000
+    append_timeout_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
+    hash_every: Annotated[int, Meta(ge=0, le=2**40)] = 10_000
+    snapshot_every: Annotated[int, Meta(ge=0, le=2**40)] = 1_000_000
+    keep_snapshots: Annotated[int, Meta(ge=1, le=1000)] = 2
+    max_append_bytes: Annotated[int, Meta(ge=4096, le=8 << 20)] = 512 * 1024
+
+
 class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
     role: Literal["trader", "oracle", "admin"]
     public_key: Union[Z85Key, None] = None
@@ -77,6 +100,7 @@ class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
 class ConfigFile(Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     journal: JournalSection = msgspec.field(default_factory=JournalSection)
+    replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
     markets: list[M.CreateMarket] = msgspec.field(default_factory=list)
     accounts: dict[str, AccountSection] = msgspec.field(default_factory=dict)
 
@@ -106,6 +130,7 @@ class Config:
     markets: list[M.CreateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     journal: JournalSection = field(default_factory=JournalSection)
+    replication: ReplicationSection = field(default_factory=ReplicationSection)
 
 
 def default_config(data_dir: str | Path | None = None) -> Config:
@@ -178,7 +203,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
                   metrics=s.metrics, log_format=s.log_format, markets=parsed.markets,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
                             for n, a in parsed.accounts.items()},
-                  journal=parsed.journal)
+                  journal=parsed.journal, replication=parsed.replication)
 
 
 # ---- errors that say where -------------------------------------------------------------------

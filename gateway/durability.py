@@ -41,6 +41,19 @@ class Deadline(msgspec.Struct, array_like=True):
     at: Union[int, None]
 
 
+class StateHash(msgspec.Struct, array_like=True):
+    """The writer's state hash after `commands` commands (docs/state-hash.md): a follower of the
+    replicated log checks its own against it (gateway/replication.py)."""
+    commands: int
+    state_hash: str
+
+
+class Takeover(msgspec.Struct, array_like=True):
+    """A node became the one writer of the replicated log, at `ns` by its clock."""
+    node: str
+    ns: int
+
+
 class Durability(Protocol):
     def append(self, commands: list[M.Command]) -> None:
         """Take the commands sequenced since the last call (cost: the journal's)."""

@@ -19,6 +19,9 @@ record 1, 2, 3, ... with no gaps across segments. Kinds:
     2 deadline  [account, at ns or null]: a dead-man's switch armed, renewed, disarmed or run out
     3 turn      the end of one loop turn (empty): what comes after the last one was never
                 acknowledged, and recovery cuts it off
+    4 hash      [commands, state hash]: the primary's state hash at that point (replicated
+                mode: followers check theirs against it; gateway/replication.py)
+    5 takeover  [node, ns]: a node became the writer of the replicated log here
 
 Group commit: one loop turn is one `os.write` of all its records; with `fsync = "batch"` a
 thread fdatasyncs what was written (one fsync for every turn written while the previous one
@@ -44,15 +47,16 @@ import msgspec
 
 from engine import Engine, messages as M
 
-from .durability import Deadline, Reply
+from .durability import Deadline, Reply, StateHash, Takeover
 from .feed import Feed
 
 log = logging.getLogger("perpdex.journal")
 
 HEADER = struct.Struct("<IQBI")             # length, seq, kind, crc32
 HEAD = struct.Struct("<IQB")                # the part the crc covers, with the payload
-COMMAND, REPLY, DEADLINE, TURN = 0, 1, 2, 3
-KINDS = {COMMAND: "command", REPLY: "reply", DEADLINE: "deadline", TURN: "turn"}
+COMMAND, REPLY, DEADLINE, TURN, HASH, TAKEOVER = 0, 1, 2, 3, 4, 5
+KINDS = {COMMAND: "command", REPLY: "reply", DEADLINE: "deadline", TURN: "turn", HASH: "hash",
+         TAKEOVER: "takeover"}
 MAX_RECORD = 64 * 1024 * 1024               # bytes; a longer length is corruption
 SEGMENT = ".journal"
 SNAPSHOT = ".snapshot"
@@ -224,6 +228,10 @@ def decode(kind: int, payload: bytes):
         return _reply.decode(payload)
     if kind == DEADLINE:
         return _deadline.decode(payload)
+    if kind == HASH:
+        return msgspec.msgpack.decode(payload, type=StateHash)
+    if kind == TAKEOVER:
+        return msgspec.msgpack.decode(payload, type=Takeover)
     return None
 
 
@@ -234,6 +242,27 @@ def commands(folder: Path) -> bytes:
 
 
 # ---- writing -------------------------------------------------------------------------------
+
+_KIND_OF = {Reply: REPLY, Deadline: DEADLINE, StateHash: HASH, Takeover: TAKEOVER}
+
+
+def turn(last: int, batch: list) -> tuple[bytes, int, int]:
+    """The records of one loop turn (numbered from `last` + 1) and its turn marker: (bytes, the
+    marker's seq, the number of commands). The journal writes these bytes; the replicated log
+    appends the same bytes (gateway/replication.py). O(bytes)."""
+    parts = []
+    seq = last
+    n = 0
+    kind_of = _KIND_OF.get
+    for item in batch:
+        seq += 1
+        kind = kind_of(type(item), COMMAND)
+        parts.append(record(seq, kind, _encode(item)))
+        n += kind == COMMAND
+    seq += 1
+    parts.append(record(seq, TURN, b""))
+    return b"".join(parts), seq, n
+
 
 class Journal:
     """The Durability of `perpdex serve`: appends each loop turn's records to the newest segment
@@ -294,22 +323,11 @@ class Journal:
     def append(self, batch: list) -> None:
         """Write one loop turn: its records and the turn marker, in one write; roll the segment
         over once it is full. O(bytes)."""
-        parts = []
-        seq = self.seq
-        n = 0
-        for item in batch:
-            seq += 1
-            t = type(item)
-            if t is Reply:
-                parts.append(record(seq, REPLY, _encode(item)))
-            elif t is Deadline:
-                parts.append(record(seq, DEADLINE, _encode(item)))
-            else:
-                parts.append(record(seq, COMMAND, _encode(item)))
-                n += 1
-        seq += 1
-        parts.append(record(seq, TURN, b""))
-        data = b"".join(parts)
+        data, seq, n = turn(self.seq, batch)
+        self.write_turn(data, seq, n)
+
+    def write_turn(self, data: bytes, seq: int, n: int) -> None:
+        """Write the bytes of one turn made by `turn` (its last record `seq`, `n` commands)."""
         with self.cond:
             written = os.write(self.fd, data)
             while written < len(data):              # a short write (a full disk raises)
@@ -435,15 +453,38 @@ def engine_from_snapshot(data: bytes) -> Engine:
     return Engine.from_snapshot(data)
 
 
+def framed(snap: Snapshot) -> bytes:
+    """A snapshot's bytes: magic, CRC32 and length of the body, then the body (msgpack). The
+    files in snapshots/ hold these; so do the snapshots replicated mode publishes."""
+    body = _encode(snap)
+    return SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)) + body
+
+
+def unframed(data: bytes, where, kind=None) -> Snapshot:
+    """`framed` read back and checked (magic, length, CRC32); JournalError naming `where`."""
+    if len(data) < SNAP_HEAD.size:
+        raise JournalError(f"{where}: {len(data)} bytes, shorter than a snapshot header")
+    magic, crc, length = SNAP_HEAD.unpack_from(data)
+    body = data[SNAP_HEAD.size:]
+    if magic != SNAP_MAGIC:
+        raise JournalError(f"{where}: not a perpdex snapshot (magic {magic!r})")
+    if len(body) != length:
+        raise JournalError(f"{where}: body of {len(body)} bytes, the header says {length}")
+    if zlib.crc32(body) != crc:
+        raise JournalError(f"{where}: the CRC32 of the body does not match")
+    try:
+        return msgspec.msgpack.decode(body, type=kind or Snapshot)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise JournalError(f"{where}: unreadable snapshot body: {e}")
+
+
 def write_snapshot(folder: Path, snap: Snapshot) -> Path:
     """Write atomically: a temporary file, fsync, rename, fsync of the folder. O(bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
-    body = _encode(snap)
     final = folder / f"{snap.seq:020d}{SNAPSHOT}"
     tmp = folder / f".{final.name}.tmp"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)))
-        f.write(body)
+        f.write(framed(snap))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -453,21 +494,7 @@ def write_snapshot(folder: Path, snap: Snapshot) -> Path:
 
 def read_snapshot(path: Path) -> Snapshot:
     """A snapshot file, checked (magic, length, CRC32); JournalError saying what is wrong."""
-    data = path.read_bytes()
-    if len(data) < SNAP_HEAD.size:
-        raise JournalError(f"{path}: {len(data)} bytes, shorter than a snapshot header")
-    magic, crc, length = SNAP_HEAD.unpack_from(data)
-    body = data[SNAP_HEAD.size:]
-    if magic != SNAP_MAGIC:
-        raise JournalError(f"{path}: not a perpdex snapshot (magic {magic!r})")
-    if len(body) != length:
-        raise JournalError(f"{path}: body of {len(body)} bytes, the header says {length}")
-    if zlib.crc32(body) != crc:
-        raise JournalError(f"{path}: the CRC32 of the body does not match")
-    try:
-        return msgspec.msgpack.decode(body, type=Snapshot)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise JournalError(f"{path}: unreadable snapshot body: {e}")
+    return unframed(path.read_bytes(), path)
 
 
 def snapshots(folder: Path) -> list[Path]:

@@ -240,6 +240,9 @@ class Server:
         self.sim_index: dict[str, int] = {}
         self.sim_next = 0
         self.running = True
+        self.writer = True                          # runs commands (a follower of the
+                                                    # replicated log does not)
+        self.poll_ms = 0                            # the loop's longest wait (0: the tick)
         self.replies: dict[str, Retries] = {}       # account -> its kept replies
         self.buckets: dict[str, dict] = {"request": {}, "order": {}, "cancel": {}}
         self.streams: dict[str, Stream] = {}        # account -> its private stream
@@ -346,8 +349,10 @@ class Server:
         next_timers = 0
         drain = self.limits.drain
         recv = self.router.recv_multipart
+        idle = self.poll_ms or tick
         while self.running:
-            ready = dict(poller.poll(1 if self.held else tick))   # held turns: check soon
+            self._between()
+            ready = dict(poller.poll(1 if self.held else idle))   # held turns: check soon
             if self.router in ready:
                 for _ in range(drain):
                     try:
@@ -371,6 +376,14 @@ class Server:
         self._flush()
         if self.held:
             self._release(self.seq.durability, wait=True)
+
+    def _between(self):
+        """Between two loop turns (nothing of a turn is pending): the replicated mode's hook."""
+
+    def _refuse(self, cls) -> str | None:
+        """Why this server does not take commands now (the detail of an `unavailable` reply),
+        or None: the replicated mode's hook."""
+        return None
 
     def _guarded(self, frames):
         """The one guard: a request that fails in any unforeseen way is answered
@@ -546,8 +559,10 @@ class Server:
                 st.subscribers.discard(identity)
             for oid, (market, cid) in list(sess.orders.items()):
                 self.owners.pop(oid, None)
-                if sess.cancel_on_disconnect:
+                if sess.cancel_on_disconnect and self.writer:
                     self._run(M.Cancel(account=sess.account, market=market, cid=cid, ts=now))
+        if not self.writer:             # a follower runs no commands of its own
+            return
         if self.sim is not None and now >= self.sim_next:
             self.sim_next = now + SIM_EVERY
             for spec in self.engine.specs:
@@ -614,7 +629,20 @@ class Server:
         if sess is None:
             sess = self.sessions[identity] = Session(acct.name, now)
         sess.last_seen = now
+        if cls.command is not None or cls is P.Batch or cls is P.ScheduleCancel:
+            why = self._refuse(cls)
+            if why is not None:
+                seen = self.replies.get(acct.name)
+                kept = seen.replies.get(rid) if seen is not None and rid is not None else None
+                if kept is not None:            # a retry: its reply leaves once it is durable
+                    self._reply(identity, kept)
+                else:                           # nothing ran: it need not wait for held turns
+                    self._send(identity, self.encode(P.error(rid, "unavailable", why)))
+                return
         handler = self.handlers.get(cls)
+        if cls is P.Health:             # at once, even while turns wait to be durable: what
+            self._send(identity, self.encode(handler(acct, sess, identity, req, now)))
+            return                      # an operator asks when the log is unavailable
         if handler is not None:
             self._reply(identity, handler(acct, sess, identity, req, now))
             return
@@ -917,7 +945,10 @@ def _raise_fd_limit(max_connections: int) -> int:
 def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         limits: Limits | None = None, durability: Durability | None = None) -> int:
     logs = configure_logging(cfg.log_format, sys.stderr)
-    server = Server(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
+    make = Server
+    if cfg.replication.enabled:
+        from .replication import ReplicatedServer as make
+    server = make(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
                     limits=limits, durability=durability)
     if cfg.metrics:
         server.metrics = Metrics(server)

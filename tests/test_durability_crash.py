@@ -92,29 +92,37 @@ def events(reply, kind):
     return [e for e in reply.get("events", []) if e["type"] == kind]
 
 
-def check(v: Venue, traders: list[Trader], seed: int, cycle: int):
-    where = f"seed {seed}, cycle {cycle}"
+def check_accounts(venue, traders: list[Trader], where: str):
+    """Every acknowledged order is there or its fate is: positions are the acknowledged fills
+    (a market order applied twice would fill twice), the maker holds the other side, the open
+    orders are those accepted and not cancelled (by account, over every trader of it), and the
+    audit balances."""
     bought = {}
     for t in traders:
         if t.make is taking:
             bought[t.account] = bought.get(t.account, 0) + sum(
                 f["qty"] for _, rep in t.acked for f in events(rep, "fill"))
     for account, qty in bought.items():
-        pos = v.client(account).request("query_account")["events"][0]["positions"]
+        pos = venue.client(account).request("query_account")["events"][0]["positions"]
         size = sum(p["size"] for p in pos if p["market"] == "BTC-PERP")
         assert size == qty, f"{account}: position {size}, acknowledged fills {qty} ({where})"
-    maker = v.client("mm-1").request("query_account")["events"][0]["positions"]
+    maker = venue.client("mm-1").request("query_account")["events"][0]["positions"]
     assert sum(p["size"] for p in maker) == -sum(bought.values()), where
-    for t in traders:
-        if t.make is resting:
-            accepted = {e["cid"] for _, rep in t.acked for e in events(rep, "order_accepted")}
-            gone = {e["cid"] for _, rep in t.acked for e in events(rep, "order_cancelled")}
-            orders = v.client(t.account).request("query_account")["events"][0]["open_orders"]
-            assert {o["cid"] for o in orders} == accepted - gone, where
-    audit = v.client("admin").request("audit")["events"][0]
+    for account in {t.account for t in traders if t.make is resting}:
+        acked = [rep for t in traders if t.account == account for _, rep in t.acked]
+        accepted = {e["cid"] for rep in acked for e in events(rep, "order_accepted")}
+        gone = {e["cid"] for rep in acked for e in events(rep, "order_cancelled")}
+        orders = venue.client(account).request("query_account")["events"][0]["open_orders"]
+        assert {o["cid"] for o in orders} == accepted - gone, f"{account} ({where})"
+    audit = venue.client("admin").request("audit")["events"][0]
     assert audit["deposits"] - audit["withdrawals"] == (
         audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"]
         + audit["fees"]), where
+
+
+def check(v: Venue, traders: list[Trader], seed: int, cycle: int):
+    where = f"seed {seed}, cycle {cycle}"
+    check_accounts(v, traders, where)
     said = v.client("admin").request("state_hash")["events"][0]["hash"]
     eng = Engine()                                  # the server is idle: its journal is whole
     recs, _ = J.read_all(v.data / "journal")

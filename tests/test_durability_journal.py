@@ -4,7 +4,6 @@ files, snapshots written atomically. Real files in a temporary folder."""
 import os
 import re
 import zlib
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,8 +12,7 @@ from engine import messages as M
 from gateway import journal as J
 from gateway.config import JournalSection
 from gateway.durability import Deadline, Reply
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_gateway_config import documented_defaults
 
 
 def orders(n, start=0):
@@ -155,11 +153,7 @@ def test_a_snapshot_is_written_atomically_and_a_corrupt_one_is_refused(tmp_path)
 
 
 def test_the_reference_page_lists_every_journal_key_with_its_default():
-    page = (ROOT / "docs" / "config.md").read_text()
-    section = page.split("## `[journal]`")[1].split("\n## ")[0]
-    for name, value in msgspec.structs.asdict(JournalSection()).items():
-        row = re.search(rf"^\| `{name}` \|[^|]*\| `([^`]*)` \|", section, re.M)
-        assert row and row.group(1) == msgspec.json.encode(value).decode(), name
+    documented_defaults("[journal]", JournalSection)
 
 
 def test_a_flipped_length_in_the_newest_segment_with_records_after_it_is_not_a_torn_tail(

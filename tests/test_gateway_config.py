@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from engine import messages as M
-from gateway.config import (DEFAULT_TOML, AccountSection, ConfigError, ServerSection,
-                            default_config, load_config)
+from gateway.config import (DEFAULT_TOML, AccountSection, ConfigError, ReplicationSection,
+                            ServerSection, default_config, load_config)
 
 
 def write(tmp_path, text):
@@ -129,6 +129,7 @@ def test_the_reference_page_shows_the_embedded_default_verbatim():
 def test_the_reference_page_lists_every_key_of_the_schema():
     page = (ROOT / "docs" / "config.md").read_text()
     keys = set(ServerSection.__struct_fields__) | set(AccountSection.__struct_fields__)
+    keys |= set(ReplicationSection.__struct_fields__)
     keys |= set(M.CreateMarket.__struct_fields__) - {"ts"}
     rows = set(re.findall(r"^\| `([a-z_]+)` \|", page, re.M))
     assert keys - rows == set()
@@ -156,3 +157,17 @@ def test_the_insurance_funds_account_cannot_be_configured(tmp_path):
     p = write(tmp_path, '[accounts.admin]\nrole = "admin"\n[accounts.insurance]\nrole = "trader"\n')
     with pytest.raises(ConfigError, match=r":3: accounts\.insurance: .*insurance fund"):
         load_config(p)
+
+
+def documented_defaults(title: str, section_struct) -> None:
+    """Every key of `section_struct` has a row in the section `title` of config.md, with its
+    default."""
+    page = (ROOT / "docs" / "config.md").read_text()
+    section = page.split(f"## `{title}`")[1].split("\n## ")[0]
+    for name, value in msgspec.structs.asdict(section_struct()).items():
+        row = re.search(rf"^\| `{name}` \|[^|]*\| `([^`]*)` \|", section, re.M)
+        assert row and row.group(1) == msgspec.json.encode(value).decode(), name
+
+
+def test_the_replication_defaults_are_the_documented_ones():
+    documented_defaults("[replication]", ReplicationSection)
