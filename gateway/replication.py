@@ -199,6 +199,13 @@ class Link:
                 if time.monotonic() > deadline:
                     raise ReplicationError(f"cannot create stream {self.rc.stream}: {e}")
                 await asyncio.sleep(0.2)
+        while True:             # ... and then the stream its own leader: until then an append
+            info = await self.js.stream_info(self.rc.stream)        # finds no responder
+            if info.cluster is None or info.cluster.leader:
+                break
+            if time.monotonic() > deadline:
+                raise ReplicationError(f"stream {self.rc.stream} has no leader after 30 s")
+            await asyncio.sleep(0.1)
         self.tasks.append(self.loop.create_task(self._beats()))
 
     async def _beats(self):
