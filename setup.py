@@ -32,26 +32,43 @@ MACROS = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2"]
 
 # The rooms, leaves first (engine/core.pxd says what each is).
-MODULES = [
-    "engine.book", "engine.wire", "engine.state", "engine.events", "engine.margin",
-    "engine.ledger", "engine.triggers", "engine.matching", "engine.entry", "engine.risk",
-    "engine.funding", "engine.liquidation", "engine.accounts", "engine.reports",
-    "engine.snapshot", "engine.fastpath", "engine.core",
+ROOMS = [
+    "book", "wire", "state", "events", "margin", "ledger", "triggers", "matching", "entry",
+    "risk", "funding", "liquidation", "accounts", "reports", "snapshot", "fastpath", "core",
 ]
+
+# The repository keeps engine/ at its top; the distribution installs it as perpdex.engine
+# (pyproject.toml, [tool.setuptools.package-dir]). Cython compiles a module's full name into
+# it and finds a .pxd by that name (perpdex/engine/book.pxd), so it reads the .pxd files
+# through a link under build/, made here. Without it a .pyx would compile without its own .pxd.
+PXD_ROOT = os.path.join("build", "pxd")
+
+
+def _pxd_link() -> str:
+    link = os.path.join(PXD_ROOT, "perpdex", "engine")
+    target = os.path.abspath("engine")
+    if os.path.realpath(link) != target:
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(target, link)
+    return PXD_ROOT
+
 
 extensions = [
     Extension(
-        name,
-        [name.replace(".", "/") + ".pyx"],
+        "perpdex.engine." + room,
+        [f"engine/{room}.pyx"],
         define_macros=MACROS,
         extra_compile_args=CFLAGS,
     )
-    for name in MODULES
+    for room in ROOMS
 ]
 
 setup(
     ext_modules=cythonize(
         extensions,
+        include_path=[_pxd_link()],
         compiler_directives=DIRECTIVES,
         annotate=ANNOTATE,
     ),

@@ -47,9 +47,9 @@ from bench.gateway import (FAST, _client, _spawn, _stop, endpoint, oracle_price,
 
 SERVER = """
 import json, sys
-from gateway.config import JournalSection, default_config
-from gateway.limits import Limits
-from gateway.server import run
+from perpdex.gateway.config import JournalSection, default_config
+from perpdex.gateway.limits import Limits
+from perpdex.gateway.server import run
 cfg = default_config(sys.argv[1])
 cfg.router, cfg.pub = sys.argv[2], sys.argv[3]
 cfg.session_timeout_ms = 60_000
@@ -110,9 +110,9 @@ def _gateway_round(seconds, clients, rate, r, log) -> dict:
 def big_state(n_orders: int, n_accounts: int, data: Path, log=print) -> dict:
     """An engine with n_accounts funded accounts and n_orders resting orders, journaled in
     `data` as a server would have it; snapshot, restore and restart times."""
-    from engine import Engine, messages as M
-    from gateway import journal as J
-    from gateway.config import default_config
+    from perpdex.engine import Engine, messages as M
+    from perpdex.gateway import journal as J
+    from perpdex.gateway.config import default_config
     res: dict = {"orders": n_orders, "accounts": n_accounts}
     cfg = default_config(data)
     jr = J.Journal(data / "journal", fsync="off")
@@ -185,7 +185,7 @@ def big_state(n_orders: int, n_accounts: int, data: Path, log=print) -> dict:
 
 def _restart(cfg) -> float:
     """Seconds for a Server to come up on cfg.data_dir (recovery included)."""
-    from gateway.server import Server
+    from perpdex.gateway.server import Server
     cfg.router = f"tcp://127.0.0.1:{_port()}"
     cfg.pub = f"tcp://127.0.0.1:{_port()}"
     t0 = time.perf_counter()

@@ -47,9 +47,9 @@ TRADERS = ("mm-1", "mm-2", "taker-1", "taker-2", "lev-1")
 
 SERVER = """
 import json, sys
-from gateway.config import default_config
-from gateway.limits import Limits
-from gateway.server import run
+from perpdex.gateway.config import default_config
+from perpdex.gateway.limits import Limits
+from perpdex.gateway.server import run
 cfg = default_config(sys.argv[1])
 cfg.router, cfg.pub = sys.argv[2], sys.argv[3]
 cfg.session_timeout_ms = 60_000
@@ -102,7 +102,7 @@ def _dealer(ctx, router: str, keys: Path | None, account: str):
     s = ctx.socket(zmq.DEALER)
     s.linger = 0
     if keys is not None:
-        from gateway.client import curve_socket
+        from perpdex.gateway.client import curve_socket
         s.close()
         s = curve_socket(ctx, zmq.DEALER, str(keys / "server.key"),
                          str(keys / f"{account}.key_secret"))
@@ -256,8 +256,8 @@ def throughput(router: str, keys: str, clients: int, seconds: float, tmp: Path) 
 
 def _ack_size(tmp: Path) -> int:
     """The size of the server's ack to a new_order, to give the echo's replies that size."""
-    from engine import Engine, messages as M
-    from gateway.config import default_config
+    from perpdex.engine import Engine, messages as M
+    from perpdex.gateway.config import default_config
     e = Engine()
     now = time.time_ns()            # one time for all: a jump would settle years of funding
     for mk in default_config().markets:

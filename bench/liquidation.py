@@ -22,7 +22,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Engine, messages as M  # noqa: E402
+from perpdex.engine import Engine, messages as M  # noqa: E402
 
 MARKET = "BTC-PERP"
 MID = 650_000                     # 65,000.0 USD in ticks of 0.1
@@ -98,7 +98,7 @@ def run(n_accounts: int, updates: int = 200) -> dict:
 
 
 def _frames(data: bytes) -> list[int]:
-    from engine.wire import msgpack_frames
+    from perpdex.engine.wire import msgpack_frames
     ends, error = msgpack_frames(data)
     assert error is None
     return ends

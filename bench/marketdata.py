@@ -105,7 +105,7 @@ def sender_main(router: str, keys: str, rate: float, seconds: float, out: str):
 
 
 def subscriber_main(pub: str, keys: str, seconds: float, out: str):
-    from gateway.client import curve_socket
+    from perpdex.gateway.client import curve_socket
     ctx = zmq.Context()
     sub = curve_socket(ctx, zmq.SUB, str(Path(keys) / "server.key"),
                        str(Path(keys) / "taker-1.key_secret"))
@@ -147,7 +147,7 @@ def latency(rate: float, seconds: float) -> dict:
                          json.dumps(FAST), "curve"], b"perpdex serving")
         try:
             keys = tmp / "data" / "keys"
-            from gateway.client import Client
+            from perpdex.gateway.client import Client
             oracle = Client(router, str(keys / "server.key"), str(keys / "oracle.key_secret"))
             oracle.request("oracle", market="BTC-PERP", price=620_000)
             oracle.close()
@@ -196,9 +196,9 @@ def latency(rate: float, seconds: float) -> dict:
 
 def publishing_cost(levels: int, k: int, turns: int = 300) -> dict:
     """Median µs a batch of `k` new orders costs the feed, on a book of `levels` a side."""
-    from engine import Engine, messages as M
-    from gateway.config import default_config
-    from gateway.feed import Feed
+    from perpdex.engine import Engine, messages as M
+    from perpdex.gateway.config import default_config
+    from perpdex.gateway.feed import Feed
     e = Engine(margin=False)
     for mk in default_config().markets:
         e.execute(msgspec.structs.replace(mk, ts=1))

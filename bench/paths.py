@@ -43,7 +43,7 @@ class Path:
 # ---- decoding perpdex's output (not timed) ---------------------------------------------------
 
 def fills_of_msgpack(chunks) -> list:
-    from engine.wire import msgpack_frames
+    from perpdex.engine.wire import msgpack_frames
     out = []
     dec = msgspec.msgpack.Decoder()
     for data in chunks:
@@ -99,7 +99,7 @@ PLAIN = Path("plain book", "bench/plain_book.py: SortedDict of price -> deque, d
 # ---- perpdex ---------------------------------------------------------------------------------
 
 def _execute_build(wl, margin=True, cmds=None):
-    from engine import messages as M
+    from perpdex.engine import messages as M
     Fill = M.Fill
     eng = wl.fresh_engine(margin)
     cmds = wl.commands() if cmds is None else cmds
@@ -115,7 +115,7 @@ def _execute_build(wl, margin=True, cmds=None):
 
 
 def _execute_single(wl):
-    from engine import messages as M
+    from perpdex.engine import messages as M
     Fill = M.Fill
     ex = wl.fresh_engine().execute
     fills = []
@@ -134,7 +134,7 @@ NEW, AMEND, OTHER = 1, 2, 0          # what a per-command call is: it takes an o
 def _api_calls(eng, cmds):
     """The workload as calls of the per-command API, (NEW, AMEND or OTHER, the call, its
     args): Engine.new_order / Engine.amend / Engine.cancel (anything else as execute(Struct))."""
-    from engine import messages as M
+    from perpdex.engine import messages as M
     calls = []
     for c in cmds:
         t = type(c)
@@ -160,7 +160,7 @@ def _api_build(wl, record=False):
     """The per-command API, each call's fills read (as lists) from Engine.fills; the oid each
     order takes is noted, to name the fills by cid afterwards (not timed). `record`: the
     calls also encode their events (Engine.record_events), for last_events()."""
-    from engine import messages as M
+    from perpdex.engine import messages as M
     eng = _api_engine(wl, record)
     calls = _api_calls(eng, wl.commands())
     rows, placed = [], []
@@ -221,8 +221,8 @@ def _many_read_build(wl):
     """execute_many, and the fills read from the returned bytes into tuples, in the timed loop:
     what a Python caller of the batch path pays to see its fills. The events of a chunk are
     framed (engine.wire.msgpack_frames) and decoded as one msgpack array of event Structs."""
-    from engine import messages as M
-    from engine.wire import msgpack_frames
+    from perpdex.engine import messages as M
+    from perpdex.engine.wire import msgpack_frames
     Fill = M.Fill
     dec = msgspec.msgpack.Decoder(list[M.AnyEvent])
     eng = wl.fresh_engine()
@@ -276,7 +276,7 @@ class _Sink:
 
 
 def _replay_build(wl, fmt):
-    from gateway.replay import replay_stream
+    from perpdex.gateway.replay import replay_stream
     eng = wl.fresh_engine()
     data = b"".join(wl.msgpack() if fmt == "msgpack" else wl.jsonl())
     sink = _Sink()

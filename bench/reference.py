@@ -11,9 +11,9 @@ from collections import deque
 
 from sortedcontainers import SortedDict
 
-from engine import messages as M
-from engine.markets import MAX_PRICE, MAX_QTY, MarketConfigError, market_spec
-from engine.statehash import digest
+from perpdex.engine import messages as M
+from perpdex.engine.markets import MAX_PRICE, MAX_QTY, MarketConfigError, market_spec
+from perpdex.engine.statehash import digest
 
 PPM = 1_000_000
 NS = 1_000_000_000

@@ -51,9 +51,9 @@ from bench.gateway import FAST, _client, _spawn, _stop, endpoint, throughput  # 
 
 SERVER = """
 import json, sys
-from gateway.config import JournalSection, ReplicationSection, default_config
-from gateway.limits import Limits
-from gateway.server import run
+from perpdex.gateway.config import JournalSection, ReplicationSection, default_config
+from perpdex.gateway.limits import Limits
+from perpdex.gateway.server import run
 cfg = default_config(sys.argv[1])
 cfg.router, cfg.pub = sys.argv[2], sys.argv[3]
 cfg.session_timeout_ms = 60_000
@@ -80,7 +80,7 @@ def _server(data: Path, tmp: Path, servers: list, role="primary", node="primary"
 
 
 def _client_of(router: str, keys: Path, account: str, **kw):
-    from gateway.client import Client
+    from perpdex.gateway.client import Client
     return Client(router, str(keys / "server.key"), str(keys / f"{account}.key_secret"), **kw)
 
 
@@ -105,7 +105,7 @@ def _ready(router: str, keys: Path, timeout: float = 30.0) -> None:
 
 
 def _round(seconds, clients, rate, r, log) -> dict:
-    from gateway.natslocal import LocalCluster
+    from perpdex.gateway.natslocal import LocalCluster
     out: dict = {}
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
         tmp = Path(d)
@@ -141,7 +141,7 @@ def raw_appends(n: int = 500, log=print) -> dict:
     import nats
     from nats.js import api
 
-    from gateway.natslocal import LocalCluster
+    from perpdex.gateway.natslocal import LocalCluster
 
     async def appends(urls):
         nc = await nats.connect(servers=urls)
@@ -175,7 +175,7 @@ def raw_appends(n: int = 500, log=print) -> dict:
 
 def failovers(n: int, log=print) -> dict:
     """Seconds from a primary's SIGKILL to the first order its standby acknowledges."""
-    from gateway.natslocal import LocalCluster
+    from perpdex.gateway.natslocal import LocalCluster
     took = []
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
         tmp = Path(d)
@@ -251,7 +251,7 @@ def run(seconds=3.0, clients=3, rate=200.0, repeat=3, failovers_=3, log=print) -
     """Every measurement of the module docstring; {"skipped": why} without a nats-server."""
     import subprocess
 
-    from gateway.natslocal import binary
+    from perpdex.gateway.natslocal import binary
     if binary() is None:
         return {"skipped": "nats-server is not installed: `make install` brings it"}
     res: dict = {"gateway": gateway_runs(seconds, clients, rate, repeat, log=log, modes=MODES,

@@ -45,7 +45,7 @@ def _child(n: int, what: str) -> dict:
     import msgspec
 
     from bench.workloads import MARKET, deep
-    from engine import messages as M
+    from perpdex.engine import messages as M
     enc = msgspec.msgpack.encode
     empty = deep(seed=1, n=1, depth=0)
     if what == "plain":

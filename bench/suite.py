@@ -90,7 +90,7 @@ def _git() -> str:
 def machine() -> dict:
     import zmq
 
-    import engine.core
+    from perpdex.engine import core as engine_core
     from importlib.metadata import PackageNotFoundError, version
     try:
         perpdex = version("perpdex")
@@ -108,7 +108,7 @@ def machine() -> dict:
         "sortedcontainers": _version("sortedcontainers"), "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(), "perpdex": perpdex, "commit": _git(),
         # STYLE 10: never measure the slow path without knowing it
-        "engine_core": Path(engine.core.__file__).name,
+        "engine_core": Path(engine_core.__file__).name,
         "engine_debug_build": os.environ.get("PERPDEX_DEBUG", "") not in ("", "0"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

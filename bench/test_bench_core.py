@@ -21,7 +21,7 @@ import pytest
 from bench import liquidation
 from bench.workload import MARKET, generate
 from bench.workloads import BUYERS, MID, deep
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 from bench.reference import ReferenceEngine
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from bench.workloads import MARKET_FIELDS
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 
 MARKET = "BTC-PERP"
 MID = 650_000                 # ticks (65,000.0 USD at tick 0.1)

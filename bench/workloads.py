@@ -114,7 +114,7 @@ class Workload:
     # ---- perpdex ---------------------------------------------------------------------------
 
     def setup_commands(self) -> list:
-        from engine import messages as M
+        from perpdex.engine import messages as M
         if "setup" not in self._cache:
             head = [M.CreateMarket(**MARKET_FIELDS), M.Oracle(market=MARKET, price=MID, ts=TS0)]
             head += [M.Deposit(account=a, amount=DEPOSIT, ts=TS0) for a in range(ACCOUNTS)]
@@ -145,7 +145,7 @@ class Workload:
     def commands_with_marks(self) -> tuple[list, list]:
         """The commands with an `oracle` at the walked mid after every 500th operation (the
         mark moves, nothing else: no fill changes), and the kind of each."""
-        from engine import messages as M
+        from perpdex.engine import messages as M
         cmds, kinds = [], []
         marks = dict(self.marks)
         for i, (c, k) in enumerate(zip(self.commands(), self.kinds()), 1):
@@ -158,7 +158,7 @@ class Workload:
 
     def fresh_engine(self, margin: bool = True):
         """An Engine with the market, the deposits and the book of `setup` (not timed)."""
-        from engine import Engine
+        from perpdex.engine import Engine
         eng = Engine(margin=margin)
         eng.execute_batch(b"".join(self.msgpack_setup()), "msgpack")
         return eng
@@ -172,7 +172,7 @@ class Workload:
 
 
 def _structs(ops, ts0) -> list:
-    from engine import messages as M
+    from perpdex.engine import messages as M
     NewOrder, Cancel, Amend = M.NewOrder, M.Cancel, M.Amend
     out = []
     ts = ts0

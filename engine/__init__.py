@@ -1,21 +1,32 @@
 """perpdex engine: a deterministic matching state machine for perpetual futures.
 
-    from engine import Engine, messages as M
+    from perpdex.engine import Engine, messages as M
     eng = Engine()
     events = eng.execute(M.CreateMarket(...))
 
 See docs/engine-api.md. The engine never reads the wall clock, sockets, files or randomness.
+Installed, this package is perpdex.engine; inside a checkout `import engine` names the same
+modules (engine/_checkout.py).
 """
-try:
-    from .core import Engine
-except ImportError as e:  # pragma: no cover - the message is the point
-    raise ImportError(
-        "perpdex's Cython core (engine.core) is not built: run `make install` (or "
-        "`pip install -e .`) in the repository. There is no pure-Python fallback, so that nothing "
-        f"measures or runs the slow path by accident. ({e})"
-    ) from e
+if __name__ == "engine":  # the checkout's folder, found by its short name
+    try:
+        from perpdex.engine._checkout import alias
+    except ImportError as e:  # pragma: no cover - the message is the point
+        raise ImportError(
+            "perpdex is not installed: run `make install` (or `pip install -e .`) in the "
+            f"repository, then import perpdex.engine. ({e})") from e
+    alias("engine", "perpdex.engine")
+else:
+    try:
+        from .core import Engine
+    except ImportError as e:  # pragma: no cover - the message is the point
+        raise ImportError(
+            "perpdex's Cython core (perpdex.engine.core) is not built: run `make install` (or "
+            "`pip install -e .`) in the repository. There is no pure-Python fallback, so that "
+            f"nothing measures or runs the slow path by accident. ({e})"
+        ) from e
 
-from . import messages
-from .codec import CommandReader, Malformed
+    from . import messages
+    from .codec import CommandReader, Malformed
 
-__all__ = ["Engine", "messages", "CommandReader", "Malformed"]
+    __all__ = ["Engine", "messages", "CommandReader", "Malformed"]

@@ -2,14 +2,14 @@
 """Account commands (see accounts.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, py128
-from engine.state cimport State, PosC, account, position, touch, scope_of
-from engine.margin cimport equity, initial_margin
-from engine cimport events
+from .units cimport int128, py128
+from .state cimport State, PosC, account, position, touch, scope_of
+from .margin cimport equity, initial_margin
+from . cimport events
 
-from engine.details import no_market
-from engine.markets import MAX_MONEY
-from engine.messages import Reason
+from .details import no_market
+from .markets import MAX_MONEY
+from .messages import Reason
 
 cdef int64_t C_MAX_MONEY = MAX_MONEY
 

@@ -4,7 +4,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memmove
 from libc.stdint cimport int64_t, uint64_t, int32_t
 
-from engine.units cimport fnv1a
+from .units cimport fnv1a
 
 
 cdef inline uint64_t _mix(uint64_t x) nogil:

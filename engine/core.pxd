@@ -23,7 +23,7 @@ The rooms, leaves first (each imports only rooms above it in this list):
 cimport cython
 from libc.stdint cimport int64_t
 
-from engine.state cimport State
+from .state cimport State
 
 
 @cython.final

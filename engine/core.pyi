@@ -1,8 +1,8 @@
 """What Python can call on the engine (engine/core.pyx). See docs/engine-api.md."""
 from typing import Any, Literal, Sequence
 
-from engine.markets import MarketSpec
-from engine.messages import Command, Event
+from .markets import MarketSpec
+from .messages import Command, Event
 
 Format = Literal["msgpack", "jsonl"]
 

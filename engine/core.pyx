@@ -4,27 +4,27 @@ dispatch, and the public API. The rooms (core.pxd lists them) do the work; docs/
 says how to drive it."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport positive
-from engine.book cimport Book, BID, ASK
+from .units cimport positive
+from .book cimport Book, BID, ASK
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 
-from engine.state cimport State, MarketC, FillC, add_market
-from engine.wire cimport FMT_MSGPACK, FMT_JSON, skip_object
-from engine.matching cimport cancel_order
-from engine.wire cimport V_USER
-from engine cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
+from .state cimport State, MarketC, FillC, add_market
+from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
+from .matching cimport cancel_order
+from .wire cimport V_USER
+from . cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
                      fastpath)
-from engine.fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL
+from .fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL
 
 import msgspec
 
-from engine import messages as M
-from engine.codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
-from engine.details import show, no_market, bad_price
-from engine.markets import MAX_MONEY, MarketConfigError, market_spec
-from engine.messages import MAX_TS, Reason
-from engine import reports as _reports
+from . import messages as M
+from .codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events, decode_msgpack
+from .details import show, no_market, bad_price
+from .markets import MAX_MONEY, MarketConfigError, market_spec
+from .messages import MAX_TS, Reason
+from . import reports as _reports
 
 cdef int64_t C_MAX_TS = MAX_TS                          # the latest ts a command may carry
 cdef object _decode_events = _mp_events.decode

@@ -10,7 +10,7 @@ is answered (a `rejected` event, or an `order_cancelled` for an order that alrea
 """
 from libc.stdint cimport int64_t, int32_t, uint8_t
 
-from engine.state cimport State, OrderCmd, CidKey
+from .state cimport State, OrderCmd, CidKey
 
 cdef int new_order(State s, object cmd) except -1
 cdef int order_fields(State s, object acct, object market, object cid, object side_name,

@@ -3,23 +3,23 @@
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint8_t
 
-from engine.units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive, py128
-from engine.book cimport (
+from .units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive, py128
+from .book cimport (
     Book, Order, CID_BYTES, cid_hash_str, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
     TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
 )
-from engine.state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
+from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
                            cid_of, reducible, market_id)
-from engine.wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
+from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
                           V_POST_ONLY_WOULD_CROSS)
-from engine.margin cimport order_fits
-from engine.matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
-from engine.triggers cimport arm, due
-from engine cimport events
+from .margin cimport order_fits
+from .matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
+from .triggers cimport arm, due
+from . cimport events
 
-from engine.details import show, no_market, bad_qty, bad_price, below_min, no_order
-from engine.messages import Reason
-from engine.state import SIDES, KINDS, TIFS, STPS, SIDE_NAMES
+from .details import show, no_market, bad_qty, bad_price, below_min, no_order
+from .messages import Reason
+from .state import SIDES, KINDS, TIFS, STPS, SIDE_NAMES
 
 cdef dict _SIDES = SIDES
 cdef dict _KINDS = KINDS

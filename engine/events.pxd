@@ -8,8 +8,8 @@ encoded whole; `core` decodes the bytes back into Structs for `Engine.execute`.
 """
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128
-from engine.state cimport State, OrderCmd
+from .units cimport int128
+from .state cimport State, OrderCmd
 
 # ---- the output buffer ----------------------------------------------------------------------
 cdef int begin_output(State s, int fmt, bint counted) except -1   # counted: a msgpack array

@@ -2,10 +2,10 @@
 """Events (see events.pxd): the one owner of `seq`, writing every event the engine emits."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, py128
-from engine.book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
-from engine.state cimport State, OrderCmd, cid_obj
-from engine.wire cimport (
+from .units cimport int128, py128
+from .book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
+from .state cimport State, OrderCmd, cid_obj
+from .wire cimport (
     EventWriter, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
     K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
@@ -14,8 +14,8 @@ from engine.wire cimport (
     K_COMMAND, K_DETAIL, V_BUY, V_LIMIT, V_GTC,
 )
 
-from engine import messages as M
-from engine.state import SIDE_NAMES
+from . import messages as M
+from .state import SIDE_NAMES
 
 cdef tuple _SIDE_NAMES = SIDE_NAMES
 

@@ -3,7 +3,7 @@
 fastpath.pyx)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.state cimport State, OrderCmd
+from .state cimport State, OrderCmd
 
 cdef enum:
     FAST_NONE = 0           # not a plain command: decode it with msgspec

@@ -11,12 +11,12 @@ speed, never behaviour: tests/test_fast_path.py holds the two equal.
 from libc.string cimport memcpy, memcmp, strlen
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
-from engine.book cimport (cid_hash_int, cid_hash_str, LIMIT, MARKET, GTC, IOC, CANCEL_MAKER)
-from engine.state cimport State, MarketC, OrderCmd, find_account_bytes, find_market_bytes
-from engine.entry cimport order_cmd
+from .book cimport (cid_hash_int, cid_hash_str, LIMIT, MARKET, GTC, IOC, CANCEL_MAKER)
+from .state cimport State, MarketC, OrderCmd, find_account_bytes, find_market_bytes
+from .entry cimport order_cmd
 
-from engine.markets import MAX_PRICE, MAX_QTY
-from engine.messages import MAX_TS
+from .markets import MAX_PRICE, MAX_QTY
+from .messages import MAX_TS
 
 cdef int64_t C_MAX_PRICE = MAX_PRICE
 cdef int64_t C_MAX_QTY = MAX_QTY

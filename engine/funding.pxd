@@ -5,7 +5,7 @@ lazily (engine.ledger.settle).
 """
 from libc.stdint cimport int64_t, int32_t
 
-from engine.state cimport State
+from .state cimport State
 
 cdef int start(State s, int32_t m) except -1               # from the first oracle
 cdef int sample_premium(State s, int32_t m) except -1      # O(levels within the impact notional)

@@ -2,16 +2,16 @@
 """Funding (see funding.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, floor_div, iabs
-from engine.book cimport Book, BID, ASK
-from engine.state cimport State, MarketC, touch
-from engine cimport events
+from .units cimport int128, PPM, floor_div, iabs
+from .book cimport Book, BID, ASK
+from .state cimport State, MarketC, touch
+from . cimport events
 
 # The notional (quote units) whose average fill price is the impact bid / ask of funding's
 # premium: 10,000 USD, as dYdX and Binance size theirs for a retail-scale order.
 cdef int64_t IMPACT_NOTIONAL = 10_000_000_000
 
-from engine.markets import MAX_MONEY
+from .markets import MAX_MONEY
 cdef int128 OWED_LIMIT = <int128>MAX_MONEY * PPM   # 2^61 quote units, in the index's 1e-6 units
 
 

@@ -8,8 +8,8 @@ destroyed, only moved.
 """
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, ceil_div
-from engine.state cimport State, PosC
+from .units cimport int128, PPM, ceil_div
+from .state cimport State, PosC
 
 
 cdef inline int64_t fee(int64_t price, int64_t qty, int64_t mult, int64_t rate) noexcept nogil:

@@ -2,11 +2,11 @@
 """The ledger (see ledger.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, floor_div, iabs
-from engine.book cimport BID
-from engine.state cimport State, PosC, MarketC, touch, insurance_fund
-from engine.margin cimport unsettled_funding
-from engine cimport events
+from .units cimport int128, floor_div, iabs
+from .book cimport BID
+from .state cimport State, PosC, MarketC, touch, insurance_fund
+from .margin cimport unsettled_funding
+from . cimport events
 
 
 cdef int book_trade(State s, PosC* p, int side, int64_t q, int64_t price, int64_t fee) except -1:

@@ -8,6 +8,6 @@ market's `max_liquidations_per_update` per pass; the rest carry over to the next
 """
 from libc.stdint cimport int32_t
 
-from engine.state cimport State
+from .state cimport State
 
 cdef int run(State s, int32_t m, bint calls) except -1

@@ -8,8 +8,8 @@ venue never under-asks); unsettled funding rounds in the venue's favour.
 """
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, ceil_div, floor_div, iabs
-from engine.state cimport State, MarketC, TierC
+from .units cimport int128, PPM, ceil_div, floor_div, iabs
+from .state cimport State, MarketC, TierC
 
 
 # ---- arithmetic (inline) ---------------------------------------------------------------------

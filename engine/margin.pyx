@@ -3,8 +3,8 @@
 pre-fill check."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.book cimport BID
-from engine.state cimport State, PosC, scope_of
+from .book cimport BID
+from .state cimport State, PosC, scope_of
 
 
 cdef int128 equity(State s, int32_t a, int32_t iso):

@@ -7,7 +7,7 @@ changes nothing. The pre-fill check asks engine.margin, the money moves through 
 """
 from libc.stdint cimport int64_t, int32_t
 
-from engine.state cimport State
+from .state cimport State
 
 # Why the walk stopped early.
 cdef enum Stop:

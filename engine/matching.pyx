@@ -2,18 +2,18 @@
 """Matching (see matching.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, iabs
-from engine.book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, CANCEL_TAKER, CANCEL_BOTH)
+from .units cimport int128, iabs
+from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, CANCEL_TAKER, CANCEL_BOTH)
 from libc.stdlib cimport realloc
 
-from engine.state cimport State, MarketC, PosC, FillC, reducible
-from engine.wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
-from engine.ledger cimport fee, book_trade
-from engine.margin cimport allowed_after
-from engine.triggers cimport disarm
-from engine cimport events
+from .state cimport State, MarketC, PosC, FillC, reducible
+from .wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
+from .ledger cimport fee, book_trade
+from .margin cimport allowed_after
+from .triggers cimport disarm
+from . cimport events
 
-from engine.markets import MAX_MONEY
+from .markets import MAX_MONEY
 
 
 cdef inline bint _within(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,

@@ -4,20 +4,20 @@ state without changing it, and the views tests and tools read (the canonical sta
 best levels, the integrity check)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, py128
-from engine.book cimport (Book, Order, CID_BYTES, BID, ASK, MARKET, STOP_MARKET,
+from .units cimport int128, PPM, py128
+from .book cimport (Book, Order, CID_BYTES, BID, ASK, MARKET, STOP_MARKET,
                           TAKE_PROFIT_MARKET)
-from engine.state cimport State, PosC, MarketC, TierC, cid_obj
-from engine.margin cimport (equity, initial_margin, maintenance_margin, maintenance_requirement,
+from .state cimport State, PosC, MarketC, TierC, cid_obj
+from .margin cimport (equity, initial_margin, maintenance_margin, maintenance_requirement,
                             unrealised, unsettled_funding, below_call)
-from engine cimport events
+from . cimport events
 
 import math
 from fractions import Fraction
 
-from engine import messages as M
-from engine.state import SIDE_NAMES, KIND_NAMES, TIF_NAMES, STP_NAMES, account_order
-from engine.statehash import digest
+from . import messages as M
+from .state import SIDE_NAMES, KIND_NAMES, TIF_NAMES, STP_NAMES, account_order
+from .statehash import digest
 
 cdef tuple _SIDE_NAMES = SIDE_NAMES
 cdef tuple _KIND_NAMES = KIND_NAMES

@@ -10,7 +10,7 @@ accounts holding several positions, and scopes currently warned, are looked at o
 """
 from libc.stdint cimport int64_t, int32_t
 
-from engine.state cimport State
+from .state cimport State
 
 cdef int rekey_dirty(State s) except -1          # O(accounts changed x log n)
 cdef list candidates(State s, int32_t m)         # O(log n + k), slots in slot order

@@ -2,9 +2,9 @@
 """The risk index (see risk.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, ceil_div, floor_div, iabs
-from engine.state cimport State, PosC, MarketC
-from engine.margin cimport equity
+from .units cimport int128, PPM, ceil_div, floor_div, iabs
+from .state cimport State, PosC, MarketC
+from .margin cimport equity
 
 
 cdef int rekey_dirty(State s) except -1:

@@ -5,15 +5,15 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
-from engine.book cimport Book, OrderPool, Order, Level, CID_BYTES
-from engine.state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
-from engine.triggers cimport arm
+from .book cimport Book, OrderPool, Order, Level, CID_BYTES
+from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
+from .triggers cimport arm
 
 from decimal import Decimal
 
 import msgspec
 
-from engine.markets import MarketSpec, TierSpec
+from .markets import MarketSpec, TierSpec
 
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode

@@ -12,9 +12,9 @@ engine.core (time moves only through commands).
 cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
 
-from engine.units cimport int128
-from engine.book cimport Book, OrderPool, BID
-from engine.wire cimport EventWriter
+from .units cimport int128
+from .book cimport Book, OrderPool, BID
+from .wire cimport EventWriter
 
 
 # ---- C-level state ---------------------------------------------------------------------------

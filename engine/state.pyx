@@ -5,17 +5,17 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcmp
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
-from engine.units cimport PPM, NS, fnv1a
-from engine.book cimport Book, OrderPool, Order, CID_BYTES, cid_hash_int, cid_hash_str, BID, ASK
-from engine.book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
+from .units cimport PPM, NS, fnv1a
+from .book cimport Book, OrderPool, Order, CID_BYTES, cid_hash_int, cid_hash_str, BID, ASK
+from .book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
                           TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
                           CANCEL_BOTH)
-from engine.wire cimport EventWriter
+from .wire cimport EventWriter
 
 import msgspec
 from sortedcontainers import SortedList
 
-from engine.markets import TierSpec
+from .markets import TierSpec
 
 _mp_encode = msgspec.msgpack.encode
 

@@ -7,7 +7,7 @@ take-profit) at mark <= trigger; what fires enters in placement order (engine.en
 """
 from libc.stdint cimport int32_t
 
-from engine.state cimport State
+from .state cimport State
 
 cdef int arm(State s, int32_t i) except -1            # O(log n)
 cdef int disarm(State s, int32_t i) except -1         # O(log n)

@@ -2,8 +2,8 @@
 """Trigger orders (see triggers.pxd): two sorted lists per market, (trigger, oid, slot)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.book cimport Order, BID, STOP_MARKET, STOP_LIMIT
-from engine.state cimport State
+from .book cimport Order, BID, STOP_MARKET, STOP_LIMIT
+from .state cimport State
 
 INT64_MAX_PY = 2**63 - 1
 

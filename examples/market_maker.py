@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.client import Client, units  # noqa: E402
+from perpdex.gateway.client import Client, units  # noqa: E402
 
 
 def others(book, side: str, mine: set):

@@ -1,1 +1,8 @@
-"""perpdex gateway: everything between the engine and the outside world (files, sockets, CLI)."""
+"""perpdex gateway: everything between the engine and the outside world (files, sockets, CLI).
+
+Installed, this package is perpdex.gateway; inside a checkout `import gateway` names the same
+modules (engine/_checkout.py).
+"""
+if __name__ == "gateway":  # the checkout's folder, found by its short name
+    from engine._checkout import alias  # `import engine` says how to install when it is not
+    alias("gateway", "perpdex.gateway")

@@ -1,7 +1,7 @@
 """Client processes for the exchange demo: takers and leveraged traders, over ZeroMQ.
 
-    python -m gateway.bots taker --data DIR --account taker-1 --seconds 30
-    python -m gateway.bots leveraged --data DIR --account lev-1 --market BTC-PERP --clip 0.5
+    python -m perpdex.gateway.bots taker --data DIR --account taker-1 --seconds 30
+    python -m perpdex.gateway.bots leveraged --data DIR --account lev-1 --market BTC-PERP --clip 0.5
 
 (Market makers are examples/market_maker.py.) Each is seeded, so a run can be repeated.
 """
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.client import Client, Timeout, units
+from .client import Client, Timeout, units
 
 
 def connect(a) -> Client:

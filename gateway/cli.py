@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from engine.codec import FORMATS
+from perpdex.engine.codec import FORMATS
 
 
 def _version() -> str:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "config":
         return _config(args)
     if args.cmd == "replay":
-        from gateway.replay import replay_file
+        from .replay import replay_file
         try:
             summary = replay_file(args.input, args.out, args.in_format, args.out_format)
         except FileNotFoundError as e:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return _nats_local(args)
     if args.cmd == "demo":
         if args.in_process:
-            from gateway.demo import run
+            from .demo import run
             try:
                 return run()
             except KeyboardInterrupt:
@@ -147,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             except BrokenPipeError:      # `| head`: the reader has gone, so has the demo
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return 141
-        from gateway.exchange_demo import run as live
+        from .exchange_demo import run as live
         return live(seconds=args.seconds, router=args.router, pub=args.pub)
     if args.cmd == "serve":
         from pathlib import Path
 
-        from gateway.config import ConfigError, default_config, load_config
-        from gateway.server import run as serve
+        from .config import ConfigError, default_config, load_config
+        from .server import run as serve
         try:
             cfg = load_config(args.config) if args.config else default_config()
         except ConfigError as e:
@@ -195,7 +195,7 @@ def _nats_local(args) -> int:
     import time
     from pathlib import Path
 
-    from gateway.natslocal import LocalCluster
+    from .natslocal import LocalCluster
     try:
         cluster = LocalCluster(Path(args.dir), sync=args.sync)
     except FileNotFoundError as e:
@@ -241,12 +241,12 @@ def _verify_parser(sub) -> None:
 
 
 def _verify(args) -> int:
-    from gateway.replay import verify
+    from .replay import verify
     return verify(Path(args.data_dir))
 
 
 def _config(args) -> int:
-    from gateway.config import DEFAULT_TOML, ConfigError, load_config
+    from .config import DEFAULT_TOML, ConfigError, load_config
     if args.check:
         try:
             cfg = load_config(args.check)

@@ -23,8 +23,8 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from engine import messages as M
-from engine.markets import MarketConfigError, market_spec
+from perpdex.engine import messages as M
+from perpdex.engine.markets import MarketConfigError, market_spec
 
 ROLES = ("trader", "oracle", "admin")
 DEFAULT_TOML = Path(__file__).with_name("default.toml")

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from decimal import Decimal
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 
 SECOND = 1_000_000_000
 MARKETS = {

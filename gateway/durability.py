@@ -25,7 +25,7 @@ from typing import Protocol, Union
 
 import msgspec
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 
 
 class Reply(msgspec.Struct, array_like=True):

@@ -36,8 +36,8 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from gateway.client import Client, Timeout, curve_socket, units
-from gateway.config import DEFAULT_TOML
+from .client import Client, Timeout, curve_socket, units
+from .config import DEFAULT_TOML
 
 ROOT = Path(__file__).resolve().parent.parent
 USD = 1_000_000
@@ -288,7 +288,7 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
     config.write_text(_config_text())
     data = tmp / "data"
     keys = data / "keys"
-    server = children.spawn("server", "-m", "gateway.cli", "serve", "--config", str(config),
+    server = children.spawn("server", "-m", "perpdex.gateway.cli", "serve", "--config", str(config),
                             "--data", str(data), "--router", router, "--pub", pub)
     deadline = time.monotonic() + 20
     while not (keys / "lev-3.key_secret").exists() or "perpdex serving" not in \
@@ -325,13 +325,13 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
                    "BTC-PERP", "--size", "0.5", "--seconds", life)
     children.spawn("mm-2", mm, *common, "--pub", pub, "--account", "mm-2", "--market",
                    "ETH-PERP", "--size", "5", "--seconds", life)
-    children.spawn("taker-1", "-m", "gateway.bots", "taker", *common, "--account", "taker-1",
+    children.spawn("taker-1", "-m", "perpdex.gateway.bots", "taker", *common, "--account", "taker-1",
                    "--seed", "1", "--seconds", life)
-    children.spawn("taker-2", "-m", "gateway.bots", "taker", *common, "--account", "taker-2",
+    children.spawn("taker-2", "-m", "perpdex.gateway.bots", "taker", *common, "--account", "taker-2",
                    "--seed", "2", "--seconds", life, "--sell-bias", "0.7")
     for name, market, clip in (("lev-1", "BTC-PERP", "0.5"), ("lev-2", "ETH-PERP", "2"),
                                ("lev-3", "ETH-PERP", "10")):
-        children.spawn(name, "-m", "gateway.bots", "leveraged", *common, "--account", name,
+        children.spawn(name, "-m", "perpdex.gateway.bots", "leveraged", *common, "--account", name,
                        "--market", market, "--clip", clip, "--seconds", life)
 
     w(f"perpdex exchange demo: the server and {len(children.procs) - 1} client processes over "

@@ -31,7 +31,7 @@ from itertools import islice
 
 from sortedcontainers import SortedDict
 
-from engine import messages as M
+from perpdex.engine import messages as M
 
 CHECKSUM_LEVELS = 25                # levels a side in the checksum
 ALL = 2**31 - 1                     # "every level" for Engine.book

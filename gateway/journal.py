@@ -45,7 +45,7 @@ from typing import Iterator
 
 import msgspec
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 
 from .durability import Deadline, Reply, StateHash, Takeover
 from .feed import Feed

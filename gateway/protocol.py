@@ -15,7 +15,7 @@ from typing import Annotated, Union
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-from engine import messages as M
+from perpdex.engine import messages as M
 
 # req_id: an integer (msgpack's range, -2**63 .. 2**64-1) or a string of at most 128 characters.
 # Identity is exact: 1 and "1" are two ids; true, 1.0, lists and maps are refused (a bool or a

@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 import msgspec
 
-from engine import CommandReader, Engine
-from engine.codec import MsgpackFramer
+from perpdex.engine import CommandReader, Engine
+from perpdex.engine.codec import MsgpackFramer
 
 CHUNK = 1 << 20          # bytes read per step; the engine gets them as one batch
 

@@ -47,7 +47,7 @@ from collections import deque
 
 import msgspec
 
-from engine import Engine
+from perpdex.engine import Engine
 
 from . import journal as J
 from .durability import NoDurability, StateHash, Takeover

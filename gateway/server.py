@@ -35,7 +35,7 @@ import zmq.auth
 from msgspec import Raw
 from zmq.auth.thread import ThreadAuthenticator
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 
 from . import protocol as P
 from .config import Config

@@ -4,10 +4,20 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 from tests.flows import MARKET_FIELDS
 
 MKT = "BTC-PERP"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (soaks, crash loops, the wheel build) run only under `pytest -m slow`."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a slow test: pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 class Exchange:

@@ -7,7 +7,7 @@ import random
 
 from hypothesis import strategies as st
 
-from engine import messages as M
+from perpdex.engine import messages as M
 
 MARKET_FIELDS = dict(
     tick_size="0.1", lot_size="0.001", min_qty=2, imf_ppm=100_000, mmf_ppm=50_000,

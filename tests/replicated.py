@@ -11,11 +11,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway import journal as J
-from gateway import natslocal
-from gateway import replication as R
-from gateway.client import Client, Timeout
-from gateway.config import DEFAULT_TOML
+from perpdex.gateway import journal as J
+from perpdex.gateway import natslocal
+from perpdex.gateway import replication as R
+from perpdex.gateway.client import Client, Timeout
+from perpdex.gateway.config import DEFAULT_TOML
 from tests.test_durability_crash import Trader as CrashTrader, check_accounts, resting, taking
 from tests.test_gateway import PERPDEX, free_port
 

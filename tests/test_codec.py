@@ -2,7 +2,7 @@
 import msgspec
 import pytest
 
-from engine import CommandReader, Engine, Malformed, messages as M
+from perpdex.engine import CommandReader, Engine, Malformed, messages as M
 from tests.flows import MARKET_FIELDS
 
 

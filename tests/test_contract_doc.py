@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import messages as M
+from perpdex.engine import messages as M
 
 PAGE = (Path(__file__).resolve().parent.parent / "docs" / "contract.md").read_text()
 

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from engine import Engine
+from perpdex.engine import Engine
 from tests.flows import flows, random_flow
 from bench.reference import ReferenceEngine
 

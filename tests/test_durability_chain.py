@@ -6,7 +6,7 @@ from hashlib import blake2b
 import msgspec
 import pytest
 
-from gateway.client import CHAIN_START, Chain, ChainError
+from perpdex.gateway.client import CHAIN_START, Chain, ChainError
 from tests.test_durability_restart import Venue
 
 

@@ -10,10 +10,10 @@ import time
 import msgspec
 import pytest
 
-from gateway import journal as J
-from gateway.client import Client, Timeout
-from gateway.config import default_config
-from gateway.server import Server
+from perpdex.gateway import journal as J
+from perpdex.gateway.client import Client, Timeout
+from perpdex.gateway.config import default_config
+from perpdex.gateway.server import Server
 
 
 @pytest.fixture

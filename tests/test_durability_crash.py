@@ -17,9 +17,9 @@ import time
 import msgspec
 import pytest
 
-from engine import Engine
-from gateway import journal as J
-from gateway.client import Timeout
+from perpdex.engine import Engine
+from perpdex.gateway import journal as J
+from perpdex.gateway.client import Timeout
 from tests.test_durability_restart import Venue
 from tests.test_gateway import PERPDEX
 
@@ -178,7 +178,5 @@ def test_sigkill_under_load_loses_nothing_acknowledged_and_does_nothing_twice(tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
-def test_sigkill_under_load_many_times(tmp_path, seed, request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("a slow test: pytest -m slow")
+def test_sigkill_under_load_many_times(tmp_path, seed):
     crash_loop(tmp_path, seed=seed, cycles=12)

@@ -8,10 +8,10 @@ import zlib
 import msgspec
 import pytest
 
-from engine import messages as M
-from gateway import journal as J
-from gateway.config import JournalSection
-from gateway.durability import Deadline, Reply
+from perpdex.engine import messages as M
+from perpdex.gateway import journal as J
+from perpdex.gateway.config import JournalSection
+from perpdex.gateway.durability import Deadline, Reply
 from tests.test_gateway_config import documented_defaults
 
 

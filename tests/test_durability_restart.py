@@ -13,9 +13,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway import journal as J
-from gateway.client import Client
-from gateway.config import DEFAULT_TOML
+from perpdex.gateway import journal as J
+from perpdex.gateway.client import Client
+from perpdex.gateway.config import DEFAULT_TOML
 from tests.test_gateway import PERPDEX, free_port
 from tests.test_gateway_hardening import Served
 
@@ -110,7 +110,7 @@ def replayed(v: Venue) -> tuple[str, str]:
     the server is killed right after): equal when the journal holds exactly what ran."""
     said = v.client("admin").request("state_hash")["events"][0]["hash"]
     v.kill()
-    from engine import Engine
+    from perpdex.engine import Engine
     eng = Engine()
     recs, _ = J.read_all(v.data / "journal")
     for _, kind, payload in recs:

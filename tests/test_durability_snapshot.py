@@ -7,8 +7,8 @@ import subprocess
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
-from gateway import journal as J
+from perpdex.engine import Engine, messages as M
+from perpdex.gateway import journal as J
 from tests.flows import random_flow
 from tests.test_durability_restart import Venue, state, trade
 from tests.test_gateway import PERPDEX

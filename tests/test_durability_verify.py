@@ -6,7 +6,7 @@ import subprocess
 import msgspec
 import pytest
 
-from gateway import journal as J
+from perpdex.gateway import journal as J
 from tests.test_docs_links import anchors
 from tests.test_durability_restart import ROOT_DIR, Venue, trade
 from tests.test_gateway import PERPDEX

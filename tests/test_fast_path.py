@@ -6,7 +6,7 @@ import struct
 import msgspec
 from hypothesis import given, settings
 
-from engine import Engine
+from perpdex.engine import Engine
 from tests.flows import flows, random_flow
 
 

@@ -11,7 +11,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from gateway.client import Client, Timeout
+from perpdex.gateway.client import Client, Timeout
 
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 
@@ -288,7 +288,7 @@ def test_random_and_malformed_frames_leave_the_server_answering_and_the_audit_ba
 def test_the_sdk_converts_decimals_exactly_and_refuses_what_is_not_a_tick():
     from decimal import Decimal
 
-    from gateway.client import Units
+    from perpdex.gateway.client import Units
     btc = Units({"market": "BTC-PERP", "tick_size": "0.1", "lot_size": "0.001"})
     assert btc.ticks(Decimal("65000.1")) == 650_001 and btc.lots("1.5") == 1_500
     assert btc.price(650_001) == Decimal("65000.1") and btc.size(1) == Decimal("0.001")
@@ -299,7 +299,7 @@ def test_the_sdk_converts_decimals_exactly_and_refuses_what_is_not_a_tick():
 def test_the_async_client_trades_and_streams(server):
     import asyncio
 
-    from gateway.client import AsyncClient, units
+    from perpdex.gateway.client import AsyncClient, units
 
     data, router = server
 
@@ -402,9 +402,9 @@ def test_the_book_request_gives_the_best_levels(server):
 def test_ipc_endpoints_work_and_resuming_beyond_the_buffer_is_a_clear_error(tmp_path):
     import threading
 
-    import gateway.server as gs
-    from gateway.config import default_config
-    from gateway.limits import Limits
+    import perpdex.gateway.server as gs
+    from perpdex.gateway.config import default_config
+    from perpdex.gateway.limits import Limits
 
     cfg = default_config(tmp_path / "data")
     cfg.router, cfg.pub = f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/pub"

@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine import messages as M
-from gateway.config import (DEFAULT_TOML, AccountSection, ConfigError, ReplicationSection,
+from perpdex.engine import messages as M
+from perpdex.gateway.config import (DEFAULT_TOML, AccountSection, ConfigError, ReplicationSection,
                             ServerSection, default_config, load_config)
 
 

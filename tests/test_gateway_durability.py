@@ -7,10 +7,10 @@ import time
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
-from gateway.client import Client, Timeout
-from gateway.config import default_config
-from gateway.server import Server
+from perpdex.engine import Engine, messages as M
+from perpdex.gateway.client import Client, Timeout
+from perpdex.gateway.config import default_config
+from perpdex.gateway.server import Server
 
 
 class Gate:

@@ -16,7 +16,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from gateway.client import Client, Timeout
+from perpdex.gateway.client import Client, Timeout
 from tests.test_gateway import PERPDEX, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,14 +26,14 @@ dec = msgspec.msgpack.decode
 # A server with the embedded default configuration, its limits given as JSON (gateway.limits).
 SERVE = """
 import json, sys
-from gateway.config import default_config
-from gateway.server import run
+from perpdex.gateway.config import default_config
+from perpdex.gateway.server import run
 cfg = default_config(sys.argv[1])
 cfg.router, cfg.pub = sys.argv[2], sys.argv[3]
 cfg.session_timeout_ms = int(sys.argv[5])
 kw = {}
 if sys.argv[4] != "{}":
-    from gateway.limits import Limits
+    from perpdex.gateway.limits import Limits
     kw["limits"] = Limits(**json.loads(sys.argv[4]))
 sys.exit(run(cfg, oracle_sim=sys.argv[6] == "on", **kw))
 """
@@ -333,7 +333,7 @@ def test_connections_that_never_finish_the_handshake_do_not_lock_clients_out(tmp
 
 
 def test_a_thousand_connections_at_once_are_all_served(srv):
-    from gateway.client import curve_socket
+    from perpdex.gateway.client import curve_socket
     ctx = zmq.Context()
     keys = srv.data / "keys"
     names = ["mm-1", "mm-2", "taker-1", "taker-2", "lev-1"]
@@ -417,7 +417,7 @@ def test_key_files_are_0600_and_the_data_folder_0700(srv):
 
 
 def test_boot_refuses_a_configured_market_the_engine_rejects_with_its_reason(tmp_path):
-    from gateway.config import default_config
+    from perpdex.gateway.config import default_config
     market = msgspec.structs.asdict(default_config().markets[0])
     market.update(market="BAD-PERP", tick_size="abc")
     lines = [f"{k} = {json.dumps(v)}" for k, v in market.items()
@@ -511,7 +511,7 @@ def _late_req_id(values: int) -> bytes:
 
 
 def test_the_req_id_of_an_unreadable_request_is_looked_for_among_its_first_values_only():
-    from gateway import protocol as P
+    from perpdex.gateway import protocol as P
     assert P.peek_req_id(_late_req_id(10)) == 7
     assert P.peek_req_id(_late_req_id(P.PEEK_VALUES)) is None
     assert P.peek_req_id(enc({"type": "new_order", "req_id": "abc", "qty": [[[]]]})) == "abc"

@@ -3,8 +3,8 @@ nothing, nobody is left below zero after a liquidation, and amend is margin-chec
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
-from engine.markets import MAX_MONEY, MAX_TS, NOTIONAL_LIMIT
+from perpdex.engine import Engine, messages as M
+from perpdex.engine.markets import MAX_MONEY, MAX_TS, NOTIONAL_LIMIT
 
 USD = 1_000_000
 BTC = dict(tick_size="0.1", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,
@@ -215,7 +215,7 @@ def test_a_json_line_nested_too_deep_is_rejected_and_the_next_line_runs():
 
 
 def test_a_json_line_longer_than_the_limit_is_skipped_in_linear_time():
-    from engine.codec import MAX_LINE, CommandReader
+    from perpdex.engine.codec import MAX_LINE, CommandReader
     reader = CommandReader("jsonl")
     big = b'{"type":"state_hash","x":"' + b"a" * (4 * MAX_LINE) + b'"}\n{"type":"state_hash"}\n'
     items = []
@@ -291,7 +291,7 @@ def test_adl_ranks_a_3m_usd_position_by_its_exact_score():
 _PAST_MAX_TS = """
 import resource, sys, msgspec
 resource.setrlimit(resource.RLIMIT_AS, (384 << 20, 384 << 20))
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 eng = Engine()
 eng.execute(M.CreateMarket(market="X", tick_size="0.1", lot_size="0.001", min_qty=1,
     imf_ppm=100_000, mmf_ppm=50_000, maker_fee_ppm=0, taker_fee_ppm=0,

@@ -2,7 +2,7 @@
 import msgspec
 from hypothesis import given, settings
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 from tests.conftest import Exchange, only, types
 from tests.flows import leveraged_flows
 from tests.test_margin import ETH, USD, account, worked_example

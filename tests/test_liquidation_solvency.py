@@ -13,7 +13,7 @@ position is paid by the insurance fund (docs/contract.md, "Liquidation").
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 
 FLOW = [
     '{"type":"create_market","market":"BTC-PERP","tick_size":"0.1","lot_size":"0.001","min_qty":2,"imf_ppm":100000,"mmf_ppm":50000,"maker_fee_ppm":-150,"taker_fee_ppm":450,"liquidation_fee_ppm":10000,"price_band_ppm":20000,"funding_interval_s":3600,"funding_cap_ppm":7500,"interest_ppm":-300,"tiers":null,"oracle_max_age_s":0,"max_orders_per_account":1000,"max_liquidations_per_update":100,"ts":0}',

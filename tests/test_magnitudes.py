@@ -8,8 +8,8 @@ import random
 import msgspec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine import Engine, messages as M
-from engine.markets import MAX_MONEY, MAX_TS
+from perpdex.engine import Engine, messages as M
+from perpdex.engine.markets import MAX_MONEY, MAX_TS
 
 enc = msgspec.msgpack.encode
 ACCOUNTS = ["a", "b", "c"]

@@ -2,7 +2,7 @@
 import msgspec
 from hypothesis import given, settings
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 from tests.conftest import Exchange, only, reason, types
 from tests.flows import MARKETS, create_markets, leveraged_flows
 

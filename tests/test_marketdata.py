@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import zmq
 
-from gateway.client import curve_socket
+from perpdex.gateway.client import curve_socket
 from tests.test_gateway_hardening import serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,7 +268,7 @@ def test_a_mirror_that_disagrees_with_a_checksum_resyncs(srv):
 def test_the_async_mirror_yields_updates_and_follows_the_book(srv):
     import asyncio
 
-    from gateway.client import AsyncClient
+    from perpdex.gateway.client import AsyncClient
 
     async def session():
         c = AsyncClient(srv.router, str(srv.data / "keys" / "server.key"),
@@ -337,7 +337,7 @@ def test_the_worked_checksum_example_of_the_protocol_doc_is_right():
     assert text == ",".join(f"{p}:{q}" for p, q in bids) + "|" + \
         ",".join(f"{p}:{q}" for p, q in asks)
     assert independent_checksum(bids, asks) == crc
-    from gateway.feed import checksum
+    from perpdex.gateway.feed import checksum
     assert checksum(bids, asks) == crc
 
 

@@ -18,8 +18,8 @@ import msgspec
 import pytest
 import zmq
 
-from gateway.client import curve_socket
-from gateway.mirror import MarketData
+from perpdex.gateway.client import curve_socket
+from perpdex.gateway.mirror import MarketData
 from tests.test_durability_restart import Venue, trade
 from tests.test_gateway import free_port
 from tests.test_gateway_hardening import serve
@@ -135,8 +135,8 @@ def test_the_worked_chain_example_of_the_protocol_doc_is_right():
     assert (first["type"], first["market"], first["seq"], first["price"]) == \
         ("trade", "BTC-PERP", 1, 650_010)
     # and the server's own feed encodes those messages to exactly these bytes
-    from engine import Engine
-    from gateway.feed import Feed
+    from perpdex.engine import Engine
+    from perpdex.gateway.feed import Feed
     feed = Feed(Engine(), msgspec.msgpack.Encoder().encode)
     for body in bodies:
         msg = {k: v for k, v in dec(body).items() if k != "hash"}

@@ -9,8 +9,8 @@ import random
 import msgspec
 from hypothesis import HealthCheck, given, settings
 
-from engine import Engine, messages as M
-from gateway.feed import ALL, Feed
+from perpdex.engine import Engine, messages as M
+from perpdex.gateway.feed import ALL, Feed
 from tests.flows import create_markets, leveraged_flows, random_flow
 
 dec = msgspec.msgpack.decode

@@ -1,8 +1,8 @@
 """create_market: decimal configuration in, integer market out, clear errors otherwise."""
 import pytest
 
-from engine import messages as M
-from engine.markets import MarketConfigError, market_spec
+from perpdex.engine import messages as M
+from perpdex.engine.markets import MarketConfigError, market_spec
 from tests.conftest import Exchange, reason
 from tests.flows import MARKET_FIELDS
 

@@ -1,5 +1,5 @@
 """Orders and matching, one rule of the contract per test."""
-from engine import messages as M
+from perpdex.engine import messages as M
 from tests.conftest import MKT, Exchange, only, reason, types
 from tests.flows import MARKET_FIELDS
 

@@ -5,8 +5,8 @@ then go."""
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
-from engine.markets import MAX_MONEY
+from perpdex.engine import Engine, messages as M
+from perpdex.engine.markets import MAX_MONEY
 
 USD = 1_000_000
 PLAIN = dict(tick_size="0.01", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.client import Client
+from perpdex.gateway.client import Client
 from tests.test_gateway import PERPDEX, free_port
 
 DOCUMENTED = ["perpdex_requests_total", "perpdex_request_seconds_bucket", "perpdex_errors_total",

@@ -3,7 +3,7 @@ new_order and cancel commands do, event for event, and report fills without an o
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 from tests import flows as F
 
 enc = msgspec.msgpack.encode

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from gateway.client import Client, Timeout
-from gateway.natslocal import LocalCluster
+from perpdex.gateway.client import Client, Timeout
+from perpdex.gateway.natslocal import LocalCluster
 from tests.replicated import (PLAN, STREAM, TAKEOVER_MS, Node, Trader, ask, check, enc,
                               log_of, needs_nats, replayed_hash, stream_leader)
 
@@ -73,8 +73,8 @@ def test_the_primary_acknowledges_what_the_log_holds_and_a_replay_of_it_agrees(
 
 
 def test_the_writer_keeps_a_local_journal_of_what_it_appends(tmp_path, cluster, nodes):
-    from gateway import journal as J
-    from gateway import replication as R
+    from perpdex.gateway import journal as J
+    from perpdex.gateway import replication as R
     p = primary(tmp_path, cluster, nodes)
     assert events(order(p.client("mm-2"), "a"), "order_accepted")
     logged = [rec for _, data, _ in log_of(cluster) for rec in R.records(data)]
@@ -128,8 +128,6 @@ def test_the_standby_takes_over_when_the_primary_is_killed_under_load(tmp_path, 
 @pytest.mark.slow
 def test_the_writer_is_killed_again_and_again_and_nothing_acknowledged_is_lost(
         request, tmp_path, nodes):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("a slow test: pytest -m slow")
     cluster = request.getfixturevalue("cluster")
     failover_loop(tmp_path, cluster, nodes, seed=random.randrange(1 << 30), cycles=6)
 
@@ -355,7 +353,7 @@ def test_the_asyncio_client_fails_over_too_and_its_stream_goes_on_from_its_pseq(
         tmp_path, cluster, nodes):
     import asyncio
 
-    from gateway.client import AsyncClient
+    from perpdex.gateway.client import AsyncClient
     p = primary(tmp_path, cluster, nodes)
     s = standby(tmp_path, cluster, nodes, "standby-0", p)
 
@@ -386,9 +384,9 @@ def test_a_standby_whose_state_hash_differs_from_the_writers_never_takes_over(
 
     import nats
 
-    from gateway import journal as J
-    from gateway import replication as R
-    from gateway.durability import StateHash
+    from perpdex.gateway import journal as J
+    from perpdex.gateway import replication as R
+    from perpdex.gateway.durability import StateHash
     p = primary(tmp_path, cluster, nodes)
     s = standby(tmp_path, cluster, nodes, "standby-0", p)
     s.wait_caught_up(p.replication()["stream_seq"])
@@ -488,10 +486,10 @@ def test_a_follower_that_cannot_apply_the_log_whole_stops_and_says_why(
 
 
 def test_a_retried_append_is_taken_once_and_another_nodes_append_is_fenced(tmp_path, cluster):
-    from gateway import journal as J
-    from gateway import replication as R
-    from gateway.config import ReplicationSection
-    from gateway.durability import Takeover
+    from perpdex.gateway import journal as J
+    from perpdex.gateway import replication as R
+    from perpdex.gateway.config import ReplicationSection
+    from perpdex.gateway.durability import Takeover
     rc = ReplicationSection(enabled=True, servers=cluster.urls, stream="FENCE")
     links = [R.Link(rc, name) for name in ("a", "b")]
     try:

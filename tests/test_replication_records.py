@@ -1,9 +1,9 @@
 """The log's messages (gateway/replication.py): a loop turn longer than one JetStream message
 may hold is cut between whole records, and the records read back from the pieces are the
 turn's. No NATS server needed."""
-from engine import messages as M
-from gateway import journal as J
-from gateway import replication as R
+from perpdex.engine import messages as M
+from perpdex.gateway import journal as J
+from perpdex.gateway import replication as R
 
 
 def test_a_turn_longer_than_a_message_is_cut_between_whole_records():

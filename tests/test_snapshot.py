@@ -5,7 +5,7 @@ import random
 import msgspec
 import pytest
 
-from engine import Engine, messages as M
+from perpdex.engine import Engine, messages as M
 from tests import flows as F
 
 enc = msgspec.msgpack.encode

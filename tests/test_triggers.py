@@ -1,5 +1,5 @@
 """Trigger orders: stop and take-profit, market and limit, resting off-book until the mark."""
-from engine import messages as M
+from perpdex.engine import messages as M
 from tests.conftest import MKT, Exchange, only, reason, types
 
 

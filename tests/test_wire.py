@@ -1,8 +1,8 @@
 """The core writes events byte for byte as msgspec would encode the same Structs."""
 import msgspec
 
-from engine import Engine, messages as M
-from engine.codec import decode_event_json
+from perpdex.engine import Engine, messages as M
+from perpdex.engine.codec import decode_event_json
 from tests.flows import create_markets, random_flow
 
 

@@ -1,0 +1,79 @@
+"""The distribution installs under the project's name: perpdex.engine and perpdex.gateway, no
+generic top-level `engine` or `gateway` (issue 12). Inside a checkout the short names are
+aliases of the very same modules, never a second copy of the Cython rooms."""
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python(code, cwd):
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_outside_a_checkout_only_the_perpdex_names_exist(tmp_path):
+    r = _python("import perpdex.engine, perpdex.gateway.cli\n"
+                "for short in ('engine', 'gateway'):\n"
+                "    try:\n"
+                "        __import__(short)\n"
+                "    except ModuleNotFoundError:\n"
+                "        print(short, 'absent')\n", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["engine absent", "gateway absent"]
+
+
+def test_the_cython_rooms_carry_their_installed_names():
+    from perpdex.engine import Engine, core
+    assert Engine.__module__ == "perpdex.engine.core"
+    assert core.__name__ == "perpdex.engine.core"
+
+
+def test_inside_a_checkout_the_short_names_are_the_same_modules():
+    r = _python("import sys\n"
+                "import engine, engine.core, gateway.client\n"
+                "from engine import Engine\n"
+                "import perpdex.engine, perpdex.engine.core, perpdex.gateway.client\n"
+                "assert engine is perpdex.engine and engine.core is perpdex.engine.core\n"
+                "assert gateway.client is perpdex.gateway.client\n"
+                "assert Engine is perpdex.engine.core.Engine\n"
+                "files = {}\n"
+                "for m in list(sys.modules.values()):\n"
+                "    f = getattr(m, '__file__', None)\n"
+                "    if f:\n"
+                "        assert files.setdefault(f, m) is m, f + ' loaded twice'\n"
+                "print('ok')\n", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n"
+
+
+def test_python_dash_m_gateway_cli_runs_inside_a_checkout():
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "--version"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("perpdex ")
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_only_the_perpdex_package(tmp_path):
+    """Builds the wheel from the tracked files (the Cython rooms compile again: minutes)."""
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(src)], check=True,
+                   timeout=900)
+    (wheel,) = tmp_path.glob("perpdex-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"perpdex", "perpdex-%s.dist-info" % wheel.name.split("-")[1]}
+    assert "perpdex/engine/core.pxd" in names and "perpdex/gateway/default.toml" in names
+    assert any(n.startswith("perpdex/engine/core.") and n.endswith(".so") for n in names)
