@@ -18,7 +18,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0.10"
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev,replication]'
+	$(PY) -c "$$CHECKOUT_PTH"
 	touch engine/.built $@
+
+# The distribution installs perpdex.engine and perpdex.gateway only. This development venv also
+# puts the checkout at the end of its path, so that `import engine` (the checkout's alias of
+# perpdex.engine, engine/_checkout.py) works from any folder, as it did before the rename.
+define CHECKOUT_PTH
+import pathlib, site
+pathlib.Path(site.getsitepackages()[0], "perpdex-checkout.pth").write_text(str(pathlib.Path.cwd()) + "\n")
+endef
+export CHECKOUT_PTH
 
 build: $(STAMP) engine/.built
 engine/.built: $(SOURCES) | $(STAMP)

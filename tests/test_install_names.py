@@ -17,8 +17,12 @@ def _python(code, cwd):
                           timeout=60)
 
 
-def test_outside_a_checkout_only_the_perpdex_names_exist(tmp_path):
-    r = _python("import perpdex.engine, perpdex.gateway.cli\n"
+def test_the_installed_packages_provide_only_the_perpdex_names(tmp_path):
+    # The development venv (`make install`) also lists the checkout in perpdex-checkout.pth:
+    # without that entry, what the distribution installs must not answer `engine`.
+    r = _python("import sys\n"
+                f"sys.path[:] = [p for p in sys.path if p != {str(ROOT)!r}]\n"
+                "import perpdex.engine, perpdex.gateway.cli\n"
                 "for short in ('engine', 'gateway'):\n"
                 "    try:\n"
                 "        __import__(short)\n"
@@ -26,6 +30,15 @@ def test_outside_a_checkout_only_the_perpdex_names_exist(tmp_path):
                 "        print(short, 'absent')\n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["engine absent", "gateway absent"]
+
+
+def test_the_development_venv_answers_the_short_names_from_any_folder(tmp_path):
+    r = _python("import engine, gateway.client, perpdex.engine, perpdex.gateway.client\n"
+                "assert engine is perpdex.engine\n"
+                "assert gateway.client is perpdex.gateway.client\n"
+                "print('ok')\n", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n"
 
 
 def test_the_cython_rooms_carry_their_installed_names():
