@@ -2,21 +2,21 @@
 """Liquidation (see liquidation.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from engine.units cimport int128, PPM, ceil_div, floor_div, iabs, py128
-from engine.book cimport BID, ASK
-from engine.state cimport State, PosC, MarketC, position, insurance_fund, scope_of
-from engine.wire cimport V_LIQUIDATION
-from engine.margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
+from .units cimport int128, PPM, ceil_div, floor_div, iabs, py128
+from .book cimport BID, ASK
+from .state cimport State, PosC, MarketC, position, insurance_fund, scope_of
+from .wire cimport V_LIQUIDATION
+from .margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
                             below_call)
-from engine.ledger cimport book_trade, pay_fund
-from engine.matching cimport cancel_orders
-from engine.entry cimport liquidation_order
-from engine.risk cimport rekey_dirty, candidates, mark_called, rekey_exact
-from engine cimport events
+from .ledger cimport book_trade, pay_fund
+from .matching cimport cancel_orders
+from .entry cimport liquidation_order
+from .risk cimport rekey_dirty, candidates, mark_called, rekey_exact
+from . cimport events
 
 from fractions import Fraction
 
-from engine.state import account_order
+from .state import account_order
 
 
 cdef int run(State s, int32_t m, bint calls) except -1:

@@ -39,6 +39,15 @@ def test_every_engine_module_is_a_room_of_the_layout():
     assert names - {"__init__", "_checkout"} == set(ROOMS)
 
 
+def test_the_rooms_import_each_other_relatively():
+    """They compile as perpdex.engine.<room>: an absolute `engine.` import would resolve only
+    through a checkout's alias (engine/_checkout.py), never in an installed wheel."""
+    absolute = re.compile(r"^\s*(?:from|import)\s+(?:perpdex\.)?engine\b", re.M)
+    wrong = [p.name for room in ROOMS for p in _sources(room) + [ENGINE / f"{room}.pyi"]
+             if p.exists() and absolute.search(p.read_text())]
+    assert wrong == []
+
+
 def test_rooms_depend_only_on_rooms_below_them():
     wrong = []
     for k, room in enumerate(ROOMS):
