@@ -7,7 +7,7 @@ from .book cimport BID, ASK
 from .state cimport State, PosC, MarketC, position, insurance_fund, scope_of
 from .wire cimport V_LIQUIDATION
 from .margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
-                            below_call)
+                            below_call, unsettled_funding)
 from .ledger cimport book_trade, pay_fund
 from .matching cimport cancel_orders
 from .entry cimport liquidation_order
@@ -195,30 +195,36 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
     """Auto-deleverage: close `n` of position `p` against the profitable positions on the
     other side, at the bankruptcy price `bp`, highest (PnL / |cost|) x (notional / equity)
     first (ties by account). Each match gives a `liquidation` event (kind adl) to both
-    accounts. Returns what no one could take (the fund takes it)."""
-    cdef int32_t m = s.pos[p].market, c, ca, iso
+    accounts. Returns what no one could take (the fund takes it).
+
+    PnL is the price PnL at the mark. After every such position, and only then, come the
+    positions whose profit is the funding they are owed (price PnL plus unsettled funding
+    received above zero), ranked the same way by that sum (an extension): when funding alone
+    has made the bankrupt one bankrupt, the positions that funding paid are on the other side,
+    and without them the fund would take over far from the mark and pay out money that nobody
+    deposited."""
+    cdef int32_t m = s.pos[p].market, c, ca
     cdef MarketC* mk = &s.mk[m]
     cdef PosC* q
     cdef int64_t take
-    cdef int128 pnl, eq
+    cdef int128 pnl
     ranked = []
+    owed = []
     for c in s.market_pos[m]:
         q = &s.pos[c]
         if (q.size == 0 or q.account == a or q.account == s.insurance
                 or (q.size > 0) == (side == ASK)):
             continue                                  # must point against the bankrupt one
         pnl = unrealised(mk, q.size, q.cost)
-        if pnl <= 0:
+        if pnl > 0:
+            ranked.append(_adl_rank(s, mk, c, pnl))
             continue
-        iso = scope_of(s, c)
-        eq = equity(s, q.account, iso)
-        notional = int(iabs(q.size)) * mk.mark * mk.multiplier
-        # PnL ratio times effective leverage; an account with no equity left ranks first
-        score = (Fraction(py128(pnl) * notional, int(iabs(q.cost)) * py128(eq))
-                 if eq > 0 and q.cost else Fraction(10**30))
-        ranked.append((-score, account_order(s.account_keys[q.account]), c))
+        pnl -= unsettled_funding(mk, q.size, q.funding_last)
+        if pnl > 0:
+            owed.append(_adl_rank(s, mk, c, pnl))
     ranked.sort()
-    for _, _, c in ranked:
+    owed.sort()
+    for _, _, c in ranked + owed:
         if n == 0:
             break
         q = &s.pos[c]
@@ -230,6 +236,17 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
         events.liquidation(s, ca, m, 1 - side, take, bp, "adl", 0)
         n -= take
     return n
+
+
+cdef tuple _adl_rank(State s, MarketC* mk, int32_t c, int128 pnl):
+    """The sort key of position `c` in the ADL queue: -(PnL / |cost|) x (notional / equity),
+    then the account; an account with no equity left ranks first."""
+    cdef PosC* q = &s.pos[c]
+    cdef int128 eq = equity(s, q.account, scope_of(s, c))
+    notional = int(iabs(q.size)) * mk.mark * mk.multiplier
+    score = (Fraction(py128(pnl) * notional, int(iabs(q.cost)) * py128(eq))
+             if eq > 0 and q.cost else Fraction(10**30))
+    return (-score, account_order(s.account_keys[q.account]), c)
 
 
 cdef int64_t _bankruptcy_price(State s, int32_t a, int32_t iso, int32_t p) except -1:

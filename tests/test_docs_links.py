@@ -85,4 +85,4 @@ def test_every_engine_bug_marked_in_the_tests_is_named_in_the_limits_page():
                         r".*?\ndef (test_\w+)", re.S)          # the next function is the one
     names = [n for f in sorted((ROOT / "tests").glob("test_*.py"))
              for n in marked.findall(f.read_text())]
-    assert names and not [n for n in names if n not in page]
+    assert not [n for n in names if n not in page]   # none is open today

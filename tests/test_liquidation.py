@@ -219,3 +219,45 @@ def test_after_every_mark_update_no_scope_is_left_liquidatable_or_wrongly_warned
         eng.execute(c)
         if type(c) is M.Oracle and c.market in ("BTC-PERP", "ETH-PERP"):
             assert eng.risk_violations(c.market) == []
+
+
+def test_positions_paid_by_funding_are_deleveraged_after_the_price_profitable_ones():
+    """A long made bankrupt by funding alone, an empty fund: `gain` (short from 1020, a price
+    profit) is deleveraged first, then `paid` (short at the mark, its profit only the funding
+    it is owed), and the fund is never left paying out what nobody deposited."""
+    from tests.test_money_conservation import market, report
+    eng = market()
+    x = lambda cmd: [msgspec.to_builtins(e) for e in eng.execute(cmd)]  # noqa: E731
+    x(M.Oracle(market="X", price=100_000))                               # 1,000 USD
+    for acct, usd in (("long", 200), ("gain", 1_000), ("paid", 1_000), ("mm", 1_000_000)):
+        x(M.Deposit(account=acct, amount=usd * USD))
+    x(M.NewOrder(account="gain", market="X", cid=1, side="sell", kind="limit", qty=500,
+                 price=102_000))
+    x(M.NewOrder(account="mm", market="X", cid=1, side="buy", kind="limit", qty=500,
+                 price=102_000))
+    x(M.NewOrder(account="paid", market="X", cid=1, side="sell", kind="limit", qty=1_000,
+                 price=100_000))
+    x(M.NewOrder(account="long", market="X", cid=1, side="buy", kind="limit", qty=1_000,
+                 price=100_000))
+    assert report(eng, "gain")["positions"][0]["unrealised_pnl"] > 0
+    assert report(eng, "paid")["positions"][0]["unrealised_pnl"] == 0
+    events = liquidations(x(M.Clock(ts=3 * 365 * 86400 * 10**9)))     # 3 years of funding
+    assert [(e["kind"], e["account"], e["qty"]) for e in events] == [
+        ("adl", "long", 500), ("adl", "gain", 500), ("adl", "long", 500), ("adl", "paid", 500)]
+    assert events[0]["price"] > 3 * 100_000                             # far above the mark
+    # mm (long) and paid (short) close out at the mark: every position flat, all funding settled
+    x(M.NewOrder(account="mm", market="X", cid=2, side="sell", kind="limit", qty=500,
+                 price=100_000))
+    x(M.NewOrder(account="paid", market="X", cid=2, side="buy", kind="limit", qty=500,
+                 price=100_000))
+    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    assert audit["open_interest"]["X"] == {"long": 0, "short": 0}
+    assert audit["insurance_fund"] >= 0
+    for acct in ("gain", "paid", "mm"):
+        r = report(eng, acct)
+        assert r["equity"] > 0
+        free = min(r["collateral"], r["equity"] - r["initial_margin"])
+        if free > 0:
+            x(M.Withdraw(account=acct, amount=free))
+    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    assert audit["withdrawals"] <= audit["deposits"]

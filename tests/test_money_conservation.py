@@ -1,9 +1,7 @@
 """Money is never created: withdrawals can never exceed deposits, and no amount the engine
-reports has wrapped (docs/limits.md). Engine bugs found in review are marked
-`xfail(strict=True)` with the reason: each passes once the engine is fixed, and the mark must
-then go."""
+reports has wrapped (docs/limits.md). An engine bug found in review is marked
+`xfail(strict=True)` with the reason until it is fixed (none is open)."""
 import msgspec
-import pytest
 
 from perpdex.engine import Engine, messages as M
 from perpdex.engine.markets import MAX_MONEY
@@ -25,12 +23,6 @@ def report(eng, account):
     return msgspec.to_builtins(eng.execute(M.QueryAccount(account=account))[0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a clock jump applies every funding interval it skips at once "
-    "(funding.apply_boundary, intervals: k) before any liquidation runs, so the long pays "
-    "26 times its equity; the insurance fund, which pays the short, takes the bankrupt long "
-    "over at 26x the mark with no ADL (the short's profit is funding, not price PnL), and the "
-    "short withdraws money nobody deposited"))
 def test_a_long_clock_jump_never_lets_withdrawals_exceed_deposits():
     eng = market()
     eng.execute(M.Oracle(market="X", price=100_000))                    # 1,000 USD
