@@ -120,10 +120,15 @@ cdef class Engine:
 
     cpdef list execute(self, object cmd):
         """Apply one command; return its events as Structs. O(1) + O(fills) for an order."""
-        cdef int64_t first = self.s.seq
-        events.begin_output(self.s, FMT_MSGPACK, True)
-        self._dispatch(cmd)
-        return _decode_events(events.take_output(self.s, first, True))
+        cdef State s = self.s
+        cdef int64_t first = s.seq
+        events.begin_structs(s)
+        try:
+            self._dispatch(cmd)
+        except BaseException:
+            s.structs = None
+            raise
+        return events.take_structs(s, first)
 
     def execute_batch(self, data, str fmt="msgpack", out=None):
         """Apply a buffer of encoded commands; return the encoded events.

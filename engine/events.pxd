@@ -4,7 +4,8 @@
 Every event the engine emits is written here, numbered by `_next` (the one place `seq` moves),
 stamped with the engine clock, and encoded by engine.wire's writer straight from C fields to
 msgpack or JSON Lines. The rare events (account, audit, balance, funding, ...) are msgspec Structs
-encoded whole; `core` decodes the bytes back into Structs for `Engine.execute`.
+encoded whole. For `Engine.execute` the order events are made as Structs straight from the C
+fields (begin_structs), and only the rare ones written in a call are decoded back.
 """
 from libc.stdint cimport int64_t, int32_t
 
@@ -14,6 +15,8 @@ from .state cimport State, OrderCmd
 # ---- the output buffer ----------------------------------------------------------------------
 cdef int begin_output(State s, int fmt, bint counted) except -1   # counted: a msgpack array
 cdef bytes take_output(State s, int64_t first_seq, bint counted)
+cdef int begin_structs(State s) except -1                         # Engine.execute
+cdef list take_structs(State s, int64_t first_seq)
 
 # ---- order lifecycle (O(1), no Python object) -------------------------------------------------
 cdef int accepted(State s, int32_t i, int64_t qty) except -1

@@ -6,7 +6,7 @@ from .units cimport int128, py128
 from .book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
 from .state cimport State, OrderCmd, cid_obj
 from .wire cimport (
-    EventWriter, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
+    FMT_MSGPACK, EventWriter, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
     K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
     K_TAKER_REMAINING, K_MAKER_ACCOUNT, K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE,
@@ -16,8 +16,15 @@ from .wire cimport (
 
 from . import messages as M
 from .state import SIDE_NAMES
+from .wire import VALUES
 
 cdef tuple _SIDE_NAMES = SIDE_NAMES
+cdef tuple _VALUES = VALUES                 # a value token's text: _VALUES[tok - V_BUY]
+cdef object _Accepted = M.OrderAccepted
+cdef object _Cancelled = M.OrderCancelled
+cdef object _Amended = M.OrderAmended
+cdef object _Fill = M.Fill
+cdef object _decode = None                  # codec's list[AnyEvent] decoder, on first use
 
 
 cdef inline int64_t _next(State s) noexcept:
@@ -52,11 +59,50 @@ cdef bytes take_output(State s, int64_t first_seq, bint counted):
     """The events written since begin_output, as bytes."""
     cdef int64_t n = s.seq - first_seq
     if counted:
-        s.w.buf[1] = <char>((n >> 24) & 0xff)
-        s.w.buf[2] = <char>((n >> 16) & 0xff)
-        s.w.buf[3] = <char>((n >> 8) & 0xff)
-        s.w.buf[4] = <char>(n & 0xff)
+        _count(s, n)
     return s.w.take()
+
+
+cdef inline void _count(State s, int64_t n) noexcept:
+    s.w.buf[1] = <char>((n >> 24) & 0xff)
+    s.w.buf[2] = <char>((n >> 16) & 0xff)
+    s.w.buf[3] = <char>((n >> 8) & 0xff)
+    s.w.buf[4] = <char>(n & 0xff)
+
+
+cdef int begin_structs(State s) except -1:
+    """Start the events of an Engine.execute call: the order events (accepted, cancelled,
+    amended, fill) are made as Structs straight from the C fields, into `s.structs`; the rest
+    are written to the buffer as usual (a counted msgpack array) and decoded by take_structs."""
+    begin_output(s, FMT_MSGPACK, True)
+    s.structs = []
+    return 0
+
+
+cdef list take_structs(State s, int64_t first_seq):
+    """The events since begin_structs, as Structs in `seq` order. O(events); the buffer is
+    decoded only when a rare event was written, and merged by `seq` then."""
+    global _decode
+    cdef list made = s.structs
+    cdef int64_t rare = s.seq - first_seq - len(made)
+    s.structs = None
+    if rare == 0:
+        s.w.clear()
+        return made
+    _count(s, rare)
+    if _decode is None:
+        from .codec import _mp_events
+        _decode = _mp_events.decode
+    cdef list written = _decode(s.w.take())
+    if not made:
+        return written
+    made.extend(written)
+    made.sort(key=_seq_of)
+    return made
+
+
+def _seq_of(event):
+    return event.seq
 
 
 # ---- order lifecycle -------------------------------------------------------------------------
@@ -84,11 +130,22 @@ cdef inline bint _priceless(int kind) noexcept:
     return kind == MARKET or kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET
 
 
+cdef inline str _value(int tok):
+    return <str>_VALUES[tok - V_BUY]
+
+
 cdef int accepted(State s, int32_t i, int64_t qty) except -1:
     if _unwritten(s):
         return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
+    if s.structs is not None:
+        s.structs.append(_Accepted(
+            _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
+            cid_obj(s, i), o.oid, _value(V_BUY + o.side), _value(V_LIMIT + o.kind),
+            None if _priceless(o.kind) else o.price, qty, _value(V_GTC + o.tif),
+            <bint>o.reduce_only))
+        return 0
     _order_head(s, i, T_ORDER_ACCEPTED, 10)
     u_key(w, K_SIDE); u_key(w, V_BUY + o.side)
     u_key(w, K_KIND); u_key(w, V_LIMIT + o.kind)
@@ -108,6 +165,11 @@ cdef int cancelled(State s, int32_t i, int reason) except -1:
         return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
+    if s.structs is not None:
+        s.structs.append(_Cancelled(
+            _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
+            cid_obj(s, i), o.oid, o.qty, _value(reason)))
+        return 0
     _order_head(s, i, T_ORDER_CANCELLED, 6)
     u_key(w, K_REMAINING); u_int64(w, o.qty)
     u_key(w, K_REASON); u_key(w, reason)
@@ -119,6 +181,13 @@ cdef int amended(State s, int32_t i, bint kept) except -1:
         return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
+    if s.structs is not None:
+        s.structs.append(_Amended(
+            _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
+            cid_obj(s, i), o.oid,
+            None if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET else o.price,
+            o.qty, kept))
+        return 0
     _order_head(s, i, T_ORDER_AMENDED, 7)
     u_key(w, K_PRICE)
     if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
@@ -139,6 +208,13 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
     cdef Order* to = &s.pool.o[t]
     cdef Order* mo = &s.pool.o[mi]
     cdef EventWriter w = s.w
+    if s.structs is not None:
+        s.structs.append(_Fill(
+            _next(s), s.clock, s.market_names[to.market], price, q, _value(V_BUY + to.side),
+            s.account_keys[to.account], cid_obj(s, t), to.oid, to.qty,
+            s.account_keys[mo.account], cid_obj(s, mi), mo.oid, mo.qty, tfee, mfee,
+            s.liquidating))
+        return 0
     w.begin(T_FILL, 15, _next(s), s.clock)
     u_key(w, K_MARKET); u_name(w, s.mk[to.market].name_tok)
     u_key(w, K_PRICE); u_int64(w, price)

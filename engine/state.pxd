@@ -131,6 +131,7 @@ cdef class State:
     cdef object seen_market         # the name market_id looked up last, and its id
     cdef int32_t seen_market_id
     cdef list market_utf8           # each market's name, UTF-8
+    cdef list market_names          # ... and as the str (the events Engine.execute builds)
     cdef MarketC* mk
     cdef int32_t n_markets
     cdef int32_t mk_cap
@@ -164,6 +165,7 @@ cdef class State:
     cdef bint quiet                  # number events but encode none (per-command calls with
                                      # Engine.record_events off; engine.events reads it)
     cdef str last_reason             # the reason of the last `rejected` (engine.events)
+    cdef list structs                # Engine.execute: the order events as Structs, else None
     cdef FillC* fill_log
     cdef int32_t n_logged
     cdef int32_t log_cap

@@ -58,6 +58,7 @@ cdef class State:
         self.market_pos = []
         self.market_ids = {}
         self.market_utf8 = []
+        self.market_names = []
         self.mk_cap = 8
         self.mk = <MarketC*>malloc(self.mk_cap * sizeof(MarketC))
         self.pos_of = <int32_t**>malloc(self.mk_cap * sizeof(int32_t*))
@@ -83,6 +84,7 @@ cdef class State:
         self.seen_market = None
         self.seen_market_id = -1
         self.last_reason = None
+        self.structs = None
         self.log_cap = 64
         self.n_logged = 0
         self.fill_log = <FillC*>malloc(self.log_cap * sizeof(FillC))
@@ -331,6 +333,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     s.specs.append(spec)
     s.market_pos.append([])
     s.market_utf8.append(spec.name.encode("utf-8"))
+    s.market_names.append(spec.name)
     s.market_ids[spec.name] = m
     s.n_markets += 1
     return m

@@ -6,8 +6,8 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from perpdex.engine import Engine
-from tests.flows import flows, random_flow
+from perpdex.engine import Engine, messages as M
+from tests.flows import flows, leveraged_flows, random_flow
 from bench.reference import ReferenceEngine
 
 
@@ -53,3 +53,17 @@ def test_batch_path_writes_what_the_per_command_path_returns():
     assert batch == per_command
     data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
     assert Engine(margin=False).execute_batch(data, "msgpack", "jsonl").splitlines() == per_command
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(leveraged_flows())
+def test_execute_returns_what_the_batch_path_writes_with_margin_liquidation_and_funding(cmds):
+    """`execute` makes the order events as Structs and decodes only the rare ones (funding,
+    balance, liquidation, mark, ...): interleaved, they come back in `seq` order, equal to
+    what the batch path encodes for the same command."""
+    crash = [M.Oracle(market=m, price=p, ts=10**15) for m in ("BTC-PERP", "ETH-PERP")
+             for p in (9_500, 8_000, 11_000, 6_500, 14_000)]
+    one, other = Engine(), Engine()
+    for n, cmd in enumerate(cmds + crash):
+        got = [msgspec.json.encode(e) for e in one.execute(cmd)]
+        assert got == other.execute_many([cmd], "jsonl").splitlines(), f"command {n}: {cmd}"
