@@ -43,6 +43,7 @@ cdef class Engine:
     cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,
                             Py_ssize_t* used, int64_t* count)
     cdef int _apply(self, object cmd) except -1
+    cdef int _order_command(self, object t, tuple f) except -1
     cdef int _advance(self, int64_t ts) except -1
     cdef int _create_market(self, object cmd) except -1
     cdef int _oracle(self, object cmd) except -1

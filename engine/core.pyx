@@ -8,6 +8,7 @@ from .units cimport positive
 from .book cimport Book, BID, ASK
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
 from .state cimport State, MarketC, FillC, add_market
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
@@ -82,23 +83,33 @@ cdef str _too_far(int64_t ts):
 cdef inline bint _fields_in_bounds(object cmd):
     """The bounds msgspec's decoder checks that applying a command would not trip over: `ts`,
     and the account, cid and market names (a Struct built by hand skips the decoder). O(1)."""
-    cdef object v
+    return _in_bounds(cmd.ts, getattr(cmd, "account", None), getattr(cmd, "cid", None),
+                      getattr(cmd, "market", None))
+
+
+cdef inline bint _in_bounds(object ts_v, object account, object cid, object market):
     cdef int64_t ts
     cdef int overflow = 0
-    v = cmd.ts
-    if type(v) is not int:
+    if type(ts_v) is not int:
         return False
-    ts = PyLong_AsLongLongAndOverflow(v, &overflow)
+    ts = PyLong_AsLongLongAndOverflow(ts_v, &overflow)
     if overflow or ts < 0 or ts > C_MAX_TS:
         return False
-    v = getattr(cmd, "account", None)
-    if v is not None and not _key(v, 64):
+    if account is not None and not _key(account, 64):
         return False
-    v = getattr(cmd, "cid", None)
-    if v is not None and not _key(v, 36):
+    if cid is not None and not _key(cid, 36):
         return False
-    v = getattr(cmd, "market", None)
-    return v is None or (type(v) is str and 0 < len(<str>v) <= 32)
+    return market is None or (type(market) is str and 0 < len(<str>market) <= 32)
+
+
+# The order commands' fields, read in one call (msgspec.structs.astuple) rather than one
+# attribute look-up each: their positions, held to messages.py here.
+cdef object _astuple = msgspec.structs.astuple
+assert NewOrder.__struct_fields__ == (
+    "account", "market", "cid", "side", "kind", "qty", "price", "trigger_price", "tif",
+    "reduce_only", "stp", "ts")
+assert Cancel.__struct_fields__ == ("account", "market", "cid", "ts")
+assert Amend.__struct_fields__ == ("account", "market", "cid", "price", "qty", "ts")
 
 
 cdef class Engine:
@@ -444,10 +455,15 @@ cdef class Engine:
     cdef int _apply(self, object cmd) except -1:
         cdef object t = type(cmd)
         cdef State s = self.s
-        if t is Malformed:
+        cdef tuple f
+        if t is NewOrder or t is Cancel or t is Amend:
+            f = _astuple(cmd)
+            if _in_bounds(f[len(f) - 1], f[0], f[2], f[1]):
+                return self._order_command(t, f)
+        elif t is Malformed:
             return events.reject(s, cmd.command, Reason.INVALID_COMMAND, cmd.detail,
                                  cmd.account, cmd.market, cmd.cid)
-        if not isinstance(cmd, _Command):
+        if not PyObject_TypeCheck(cmd, <PyTypeObject*>_Command):
             return events.reject(s, None, Reason.INVALID_COMMAND,
                                  f"expected a command, got {type(cmd).__name__}")
         if not _fields_in_bounds(cmd):
@@ -493,6 +509,21 @@ cdef class Engine:
             return reports.audit(s)
         return events.reject(s, None, Reason.INVALID_COMMAND,
                              f"{type(cmd).__name__} is not a command of the contract")
+
+    cdef int _order_command(self, object t, tuple f) except -1:
+        """new_order, cancel or amend from its fields in order (`f`, already in bounds)."""
+        cdef State s = self.s
+        cdef int64_t ts = f[len(f) - 1]
+        if not funding.jump_fits(s, ts):
+            return events.reject(s, t.__struct_config__.tag, Reason.INVALID_COMMAND,
+                                 _too_far(ts))
+        self._advance(ts)
+        if t is NewOrder:
+            return entry.order_fields(s, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                                      f[9], f[10])
+        if t is Cancel:
+            return entry.cancel_fields(s, f[0], f[1], f[2])
+        return entry.amend_fields(s, f[0], f[1], f[2], f[3], f[4])
 
     # ---- time ------------------------------------------------------------------------------
 
