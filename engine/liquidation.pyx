@@ -202,11 +202,12 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
     received above zero), ranked the same way by that sum (an extension): when funding alone
     has made the bankrupt one bankrupt, the positions that funding paid are on the other side,
     and without them the fund would take over far from the mark and pay out money that nobody
-    deposited."""
-    cdef int32_t m = s.pos[p].market, c, ca
+    deposited. Such a position takes no more than its scope's equity can pay for at that price
+    (a bankruptcy price far from the mark can carry a cross account's deficit from its other
+    markets), so deleveraging never leaves it below zero."""
+    cdef int32_t m = s.pos[p].market, c
     cdef MarketC* mk = &s.mk[m]
     cdef PosC* q
-    cdef int64_t take
     cdef int128 pnl
     ranked = []
     owed = []
@@ -224,18 +225,42 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
             owed.append(_adl_rank(s, mk, c, pnl))
     ranked.sort()
     owed.sort()
-    for _, _, c in ranked + owed:
+    for _, _, c in ranked:
         if n == 0:
             break
-        q = &s.pos[c]
-        ca = q.account
-        take = n if n < iabs(q.size) else iabs(q.size)
-        book_trade(s, &s.pos[p], side, take, bp, 0)
-        book_trade(s, q, 1 - side, take, bp, 0)
-        events.liquidation(s, a, m, side, take, bp, "adl", 0)
-        events.liquidation(s, ca, m, 1 - side, take, bp, "adl", 0)
-        n -= take
+        n -= _adl_match(s, a, p, c, side, n, bp, False)
+    for _, _, c in owed:
+        if n == 0:
+            break
+        n -= _adl_match(s, a, p, c, side, n, bp, True)
     return n
+
+
+cdef int64_t _adl_match(State s, int32_t a, int32_t p, int32_t c, int side, int64_t n,
+                        int64_t bp, bint bounded) except -1:
+    """Close up to `n` of bankrupt `p` against opposite position `c` at `bp`; `bounded`: no
+    more than `c`'s scope equity pays for, at what `bp` is worse than the mark for `c`.
+    Returns the quantity matched."""
+    cdef PosC* q = &s.pos[c]
+    cdef MarketC* mk = &s.mk[q.market]
+    cdef int32_t ca = q.account
+    cdef int64_t take = n if n < iabs(q.size) else iabs(q.size)
+    cdef int128 worse, eq
+    if bounded:
+        worse = <int128>((bp - mk.mark) if q.size < 0 else (mk.mark - bp)) * mk.multiplier
+        if worse > 0:
+            eq = equity(s, ca, scope_of(s, c))
+            if eq <= 0:
+                return 0
+            if eq // worse < take:
+                take = <int64_t>(eq // worse)
+    if take <= 0:
+        return 0
+    book_trade(s, &s.pos[p], side, take, bp, 0)
+    book_trade(s, q, 1 - side, take, bp, 0)
+    events.liquidation(s, a, q.market, side, take, bp, "adl", 0)
+    events.liquidation(s, ca, q.market, 1 - side, take, bp, "adl", 0)
+    return take
 
 
 cdef tuple _adl_rank(State s, MarketC* mk, int32_t c, int128 pnl):

@@ -261,3 +261,37 @@ def test_positions_paid_by_funding_are_deleveraged_after_the_price_profitable_on
             x(M.Withdraw(account=acct, amount=free))
     audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
     assert audit["withdrawals"] <= audit["deposits"]
+
+
+def test_a_position_paid_by_funding_is_never_deleveraged_below_zero():
+    """B (cross: short X, long Y) is made bankrupt by X funding over a one-year jump; its Y
+    bankruptcy price carries that deficit, far above Y's mark. S, short Y at the mark and owed
+    a little Y funding, is deleveraged only as far as its own equity pays for (the reviewer's
+    case: S was left at -2,780 USD with no position)."""
+    from tests.test_money_conservation import PLAIN, report
+    eng = Engine()
+    x = lambda cmd: [msgspec.to_builtins(e) for e in eng.execute(cmd)]  # noqa: E731
+    plain = {k: v for k, v in PLAIN.items() if k != "interest_ppm"}
+    x(M.CreateMarket(market="X", interest_ppm=-2000, **plain))         # shorts pay longs
+    x(M.CreateMarket(market="Y", interest_ppm=100, **plain))           # longs pay shorts
+    hour = 3600 * 10**9
+
+    def oracles(ts):
+        x(M.Oracle(market="X", price=100_000, ts=ts))
+        x(M.Oracle(market="Y", price=50_000, ts=ts))
+
+    def trade(seller, buyer, market, qty, price, ts):
+        for acct, side in ((seller, "sell"), (buyer, "buy")):
+            x(M.NewOrder(account=acct, market=market, cid=ts, side=side, kind="limit", qty=qty,
+                         price=price, ts=ts))
+    oracles(0)
+    for acct, usd in (("B", 500), ("L", 10_000), ("S", 100)):
+        x(M.Deposit(account=acct, amount=usd * USD))
+    trade("S", "B", "Y", 400, 50_000, 1)
+    x(M.Clock(ts=100 * hour))
+    oracles(100 * hour)
+    trade("B", "L", "X", 1_000, 100_000, 100 * hour + 1)
+    events = liquidations(x(M.Clock(ts=(100 + 8_760) * hour)))
+    assert ("adl", "S") in {(e["kind"], e["account"]) for e in events}
+    for acct in ("B", "L", "S"):
+        assert report(eng, acct)["equity"] >= 0, acct
