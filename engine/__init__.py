@@ -10,11 +10,14 @@ modules (engine/_checkout.py).
 """
 if __name__ == "engine":  # the checkout's folder, found by its short name
     try:
-        from perpdex.engine._checkout import alias
-    except ImportError as e:  # pragma: no cover - the message is the point
+        import perpdex.engine
+    except ModuleNotFoundError as e:  # pragma: no cover - the message is the point
+        if e.name not in ("perpdex", "perpdex.engine"):
+            raise
         raise ImportError(
             "perpdex is not installed: run `make install` (or `pip install -e .`) in the "
             f"repository, then import perpdex.engine. ({e})") from e
+    from perpdex.engine._checkout import alias
     alias("engine", "perpdex.engine")
 else:
     try:

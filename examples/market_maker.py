@@ -7,8 +7,10 @@ through the best price that others show on the other side of the mirror. It re-q
 index moves, when the others' best price moves into its quotes, or when one of its orders fills
 (its private stream says so). Each re-quote is one batch: cancel_all first, then the new quotes.
 
-    python examples/market_maker.py --data perpdex-data --account mm-1 --market BTC-PERP \\
-        --size 0.05 --spread-bps 5 --seconds 60
+    .venv/bin/python examples/market_maker.py --data perpdex-data --account mm-1 \\
+        --market BTC-PERP --size 0.05 --spread-bps 5 --seconds 60
+
+It uses the SDK of the installed perpdex (`make install`: perpdex.gateway.client).
 """
 from __future__ import annotations
 
@@ -18,9 +20,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from perpdex.gateway.client import Client, units  # noqa: E402
+from perpdex.gateway.client import Client, units
 
 
 def others(book, side: str, mine: set):

@@ -4,5 +4,5 @@ Installed, this package is perpdex.gateway; inside a checkout `import gateway` n
 modules (engine/_checkout.py).
 """
 if __name__ == "gateway":  # the checkout's folder, found by its short name
-    from engine._checkout import alias  # `import engine` says how to install when it is not
+    from perpdex.engine._checkout import alias
     alias("gateway", "perpdex.gateway")
