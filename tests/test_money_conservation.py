@@ -1,7 +1,8 @@
 """Money is never created: withdrawals can never exceed deposits, and no amount the engine
 reports has wrapped (docs/limits.md). An engine bug found in review is marked
-`xfail(strict=True)` with the reason until it is fixed (none is open)."""
+`xfail(strict=True)` with the reason until it is fixed, and docs/limits.md names it."""
 import msgspec
+import pytest
 
 from perpdex.engine import Engine, messages as M
 from perpdex.engine.markets import MAX_MONEY
@@ -88,3 +89,40 @@ def test_collateral_without_margin_checks_never_wraps():
         for acct in ("a", "b"):                      # flat after each round trip
             assert eng.position(acct, "X")[0] == 0
             assert report(eng, acct)["collateral"] == cash[acct], (k, acct)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine bug: B, cross short X and long Y, owes a year of X funding, 9 times its deposit; "
+    "no price can take that back from L (X's bankruptcy price is floored at 1), S can take "
+    "back only what its equity pays for, and the fund takes the rest over below zero: L "
+    "withdraws the funding B never paid"))
+def test_funding_owed_past_every_price_never_lets_withdrawals_exceed_deposits():
+    plain = {k: v for k, v in PLAIN.items() if k != "interest_ppm"}
+    eng = Engine()
+    eng.execute(M.CreateMarket(market="X", interest_ppm=-2000, **plain))   # shorts pay longs
+    eng.execute(M.CreateMarket(market="Y", interest_ppm=100, **plain))     # longs pay shorts
+    hour = 3600 * 10**9
+
+    def oracles(ts):
+        eng.execute(M.Oracle(market="X", price=100_000, ts=ts))
+        eng.execute(M.Oracle(market="Y", price=50_000, ts=ts))
+
+    def trade(seller, buyer, market, qty, price, ts):
+        for acct, side in ((seller, "sell"), (buyer, "buy")):
+            eng.execute(M.NewOrder(account=acct, market=market, cid=ts, side=side,
+                                   kind="limit", qty=qty, price=price, ts=ts))
+    oracles(0)
+    for acct, usd in (("B", 500), ("L", 10_000), ("S", 100)):
+        eng.execute(M.Deposit(account=acct, amount=usd * USD))
+    trade("S", "B", "Y", 400, 50_000, 1)
+    eng.execute(M.Clock(ts=100 * hour))
+    oracles(100 * hour)
+    trade("B", "L", "X", 1_000, 100_000, 100 * hour + 1)
+    eng.execute(M.Clock(ts=(100 + 8_760) * hour))
+    for acct in ("B", "L", "S"):
+        r = report(eng, acct)
+        free = min(r["collateral"], r["equity"] - r["initial_margin"])
+        if free > 0:
+            eng.execute(M.Withdraw(account=acct, amount=free))
+    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    assert audit["withdrawals"] <= audit["deposits"], audit
