@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ import zmq.auth
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from perpdex.gateway.natslocal import free_port  # noqa: E402  (also bench.marketdata's)
 
 enc = msgspec.msgpack.encode
 dec = msgspec.msgpack.decode
@@ -59,12 +60,6 @@ for a in cfg.accounts.values():
 sys.exit(run(cfg, limits=Limits(**json.loads(sys.argv[4])),
              plaintext_loopback=sys.argv[5] == "plain"))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def endpoint(transport: str, tmp: Path, name: str) -> str:

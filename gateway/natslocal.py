@@ -26,10 +26,20 @@ def binary() -> str | None:
             or shutil.which("nats-server"))
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now and that this process was not given
+    before: bind(0) twice in a row can return the same port, and two endpoints of one server
+    (or of one cluster) would then collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def server_config(name: str, port: int, http: int, route: int, routes: list[int],

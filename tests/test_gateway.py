@@ -1,6 +1,5 @@
 """`perpdex serve` as market makers meet it: a real process, real CURVE sockets on loopback."""
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,9 @@ import zmq
 import zmq.auth
 
 from perpdex.gateway.client import Client, Timeout
+from perpdex.gateway.natslocal import free_port  # the other gateway tests import it from here
 
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PUB = {}          # router endpoint -> the same server's PUB endpoint
@@ -429,3 +423,27 @@ def test_ipc_endpoints_work_and_resuming_beyond_the_buffer_is_a_clear_error(tmp_
         srv.running = False
         t.join(timeout=5)
         srv.close()
+
+
+def test_free_port_never_gives_one_process_the_same_port_twice(monkeypatch):
+    """bind(0) may hand out the port it just gave: a server's ROUTER and PUB endpoints then
+    collide ('Address already in use', seen once in CI)."""
+    from perpdex.gateway import natslocal
+    ports = iter([41_001, 41_001, 41_002])
+
+    class OneSocket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(ports)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(natslocal.socket, "socket", OneSocket)
+    monkeypatch.setattr(natslocal, "_GIVEN", set())
+    assert [natslocal.free_port(), natslocal.free_port()] == [41_001, 41_002]
