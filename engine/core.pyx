@@ -10,13 +10,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
-from .state cimport State, MarketC, FillC, add_market
+from .state cimport State, MarketC, FillC, add_market, cid_obj
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport V_USER
 from . cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
                      fastpath)
-from .fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL
+from .fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL, FAST_AMEND
 
 import msgspec
 
@@ -223,14 +223,18 @@ cdef class Engine:
                 s.n_commands += 1
                 self._advance(fc.ts)
                 entry.place(s, &fc.order)
-            elif kind == FAST_CANCEL:
+            elif kind == FAST_CANCEL or kind == FAST_AMEND:
                 s.n_commands += 1
                 self._advance(fc.ts)
-                if s.pool.o[fc.slot].live and s.pool.o[fc.slot].oid == fc.oid:
+                if not (s.pool.o[fc.slot].live and s.pool.o[fc.slot].oid == fc.oid):
+                    self._apply(decode_msgpack(bytes(view[i:j]),   # gone while the clock
+                                               f"object {k} at byte {offset + i}: "))  # moved
+                elif kind == FAST_CANCEL:
                     cancel_order(s, fc.slot, V_USER)
-                else:                             # gone while the clock moved: say so
-                    self._apply(decode_msgpack(bytes(view[i:j]),
-                                               f"object {k} at byte {offset + i}: "))
+                else:                             # its fields as the command named them
+                    entry.amend_fields(s, s.account_keys[s.pool.o[fc.slot].account],
+                                       s.market_names[s.pool.o[fc.slot].market],
+                                       cid_obj(s, fc.slot), fc.price or None, fc.qty or None)
             else:
                 self._dispatch(decode_msgpack(bytes(view[i:j]),
                                               f"object {k} at byte {offset + i}: "))

@@ -1,8 +1,8 @@
 # cython: language_level=3
-"""The msgpack fast path: a plain new_order or cancel read straight from its bytes, with no
-Python object (contract: "Encoding"; the same commands the msgspec path decodes).
+"""The msgpack fast path: a plain new_order, cancel or amend read straight from its bytes, with
+no Python object (contract: "Encoding"; the same commands the msgspec path decodes).
 
-A new_order or cancel as msgspec (or any canonical encoder) writes it is read here; anything
+A new_order, cancel or amend as msgspec (or any canonical encoder) writes it is read here; anything
 unusual (another type, an unknown or repeated key, a value of another type or out of range, a
 non-ASCII string, an account or market not seen before, a cancel of an order that is not open)
 is left to the msgspec path, which has the exact rejection for it. So the fast path changes
@@ -278,9 +278,13 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
             i = _rd_choice(p, i, n, _FAST_KINDS, &kind)
         elif kl == 3 and ks[0] == 113 and memcmp(ks, b"qty", 3) == 0:
             bit = F_QTY
-            i = _rd_int(p, i, n, &qty)
-            if qty <= 0 or qty > C_MAX_QTY:
-                return FAST_NONE
+            if i < n and p[i] == 0xc0:              # null: an amend's "unchanged"
+                qty = 0
+                i += 1
+            else:
+                i = _rd_int(p, i, n, &qty)
+                if qty <= 0 or qty > C_MAX_QTY:
+                    return FAST_NONE
         elif kl == 5 and ks[0] == 112 and memcmp(ks, b"price", 5) == 0:
             bit = F_PRICE
             if i < n and p[i] == 0xc0:
@@ -335,18 +339,26 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
         out.ts = ts
         return FAST_NEW_ORDER
     if _eq(ty, ty_n, b"cancel", 6):
-        if seen != (F_TYPE | F_ACCOUNT | F_MARKET | F_CID) and \
-                seen != (F_TYPE | F_TS | F_ACCOUNT | F_MARKET | F_CID):
+        if seen & ~F_TS != (F_TYPE | F_ACCOUNT | F_MARKET | F_CID):
             return FAST_NONE
-        if cid_str:
-            oi = s.pool.cid_find(a, True, 0, <const char*>cid_s, cid_n,
-                                    cid_hash_str(a, <const char*>cid_s, cid_n))
-        else:
-            oi = s.pool.cid_find(a, False, cid_i, NULL, 0, cid_hash_int(a, cid_i))
-        if oi < 0 or s.pool.o[oi].market != m:
-            return FAST_NONE                  # unknown_order: the msgspec path says so
-        out.slot = oi
-        out.oid = s.pool.o[oi].oid
-        out.ts = ts
-        return FAST_CANCEL
-    return FAST_NONE
+    elif _eq(ty, ty_n, b"amend", 5):
+        if seen & ~(F_TS | F_PRICE | F_QTY) != (F_TYPE | F_ACCOUNT | F_MARKET | F_CID):
+            return FAST_NONE
+        mk = &s.mk[m]
+        if (qty and (qty < mk.min_qty or qty > mk.max_qty)) or price > mk.max_price:
+            return FAST_NONE                      # the msgspec path says why
+        out.price = price
+        out.qty = qty
+    else:
+        return FAST_NONE
+    if cid_str:
+        oi = s.pool.cid_find(a, True, 0, <const char*>cid_s, cid_n,
+                                cid_hash_str(a, <const char*>cid_s, cid_n))
+    else:
+        oi = s.pool.cid_find(a, False, cid_i, NULL, 0, cid_hash_int(a, cid_i))
+    if oi < 0 or s.pool.o[oi].market != m:
+        return FAST_NONE                          # unknown_order: the msgspec path says so
+    out.slot = oi
+    out.oid = s.pool.o[oi].oid
+    out.ts = ts
+    return FAST_CANCEL if ty_n == 6 else FAST_AMEND

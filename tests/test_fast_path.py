@@ -7,7 +7,7 @@ import msgspec
 from hypothesis import given, settings
 
 from perpdex.engine import Engine
-from tests.flows import flows, random_flow
+from tests.flows import MARKET_FIELDS, flows, leveraged_flows, random_flow
 
 
 def per_command_jsonl(cmds) -> bytes:
@@ -92,3 +92,39 @@ def test_repeated_and_unknown_keys_take_the_msgspec_path():
     (ev,) = [msgspec.json.decode(x) for x in eng.execute_batch(bad, "msgpack", "jsonl").splitlines()]
     assert ev["reason"] == "invalid_command" and "bogus" in ev["detail"]
     assert ev["detail"].startswith("object 1 at byte 0: ")
+
+
+@settings(max_examples=60, deadline=None)
+@given(leveraged_flows())
+def test_with_margin_on_the_fast_path_gives_the_events_of_the_msgspec_path(cmds):
+    """Amends, cancels and orders with margin, funding and liquidations: the same bytes."""
+    eng = Engine()
+    want = b"".join(msgspec.json.encode(e) + b"\n" for c in cmds for e in eng.execute(c))
+    data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
+    assert Engine().execute_batch(data, "msgpack", "jsonl") == want
+
+
+def test_a_plain_amend_is_read_from_its_bytes_with_null_price_or_qty(monkeypatch):
+    from perpdex.engine import core, messages as M
+    head = [M.CreateMarket(market="BTC-PERP", **MARKET_FIELDS),
+            M.Oracle(market="BTC-PERP", price=10_000),
+            M.NewOrder(account="a", market="BTC-PERP", cid=1, side="buy", kind="limit",
+                       qty=10, price=10_000),
+            M.NewOrder(account="b", market="BTC-PERP", cid="x", side="sell", kind="limit",
+                       qty=10, price=10_150)]
+    amends = [M.Amend(account="a", market="BTC-PERP", cid=1, price=10_001, qty=None),
+              M.Amend(account="a", market="BTC-PERP", cid=1, price=None, qty=4),
+              M.Amend(account="b", market="BTC-PERP", cid="x", price=10_120, qty=12),
+              M.Amend(account="a", market="BTC-PERP", cid=1, price=10_150, qty=None)]  # crosses
+    ref, eng = Engine(margin=False), Engine(margin=False)
+    for c in head:
+        ref.execute(c)
+    want = b"".join(msgspec.json.encode(e) + b"\n" for c in amends for e in ref.execute(c))
+    eng.execute_batch(b"".join(msgspec.msgpack.encode(c) for c in head), "msgpack")
+    decoded = []
+    real = core.decode_msgpack
+    monkeypatch.setattr(core, "decode_msgpack", lambda *a: decoded.append(a) or real(*a))
+    got = eng.execute_batch(b"".join(msgspec.msgpack.encode(c) for c in amends), "msgpack",
+                            "jsonl")
+    assert decoded == []                          # none took the msgspec path
+    assert got == want and b'"type":"fill"' in got
