@@ -111,6 +111,19 @@ cdef Py_ssize_t _rd_int(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int6
     return i + 1 + w
 
 
+cdef Py_ssize_t _rd_positive(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                             int64_t most, int64_t* out) noexcept nogil:
+    """An integer 1 .. `most`, or null (0 in `out`: a market order's price, an amend's
+    "unchanged"); the index after it, or -1."""
+    if i < n and p[i] == 0xc0:
+        out[0] = 0
+        return i + 1
+    i = _rd_int(p, i, n, out)
+    if i < 0 or out[0] <= 0 or out[0] > most:
+        return -1
+    return i
+
+
 cdef Py_ssize_t _rd_str(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                         const unsigned char** s, Py_ssize_t* ln) noexcept nogil:
     """A string at p[i]; the index after it, or -1."""
@@ -278,22 +291,10 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
             i = _rd_choice(p, i, n, _FAST_KINDS, &kind)
         elif kl == 3 and ks[0] == 113 and memcmp(ks, b"qty", 3) == 0:
             bit = F_QTY
-            if i < n and p[i] == 0xc0:              # null: an amend's "unchanged"
-                qty = 0
-                i += 1
-            else:
-                i = _rd_int(p, i, n, &qty)
-                if qty <= 0 or qty > C_MAX_QTY:
-                    return FAST_NONE
+            i = _rd_positive(p, i, n, C_MAX_QTY, &qty)
         elif kl == 5 and ks[0] == 112 and memcmp(ks, b"price", 5) == 0:
             bit = F_PRICE
-            if i < n and p[i] == 0xc0:
-                price = 0
-                i += 1
-            else:
-                i = _rd_int(p, i, n, &price)
-                if price <= 0 or price > C_MAX_PRICE:
-                    return FAST_NONE
+            i = _rd_positive(p, i, n, C_MAX_PRICE, &price)
         elif kl == 13 and ks[0] == 116 and memcmp(ks, b"trigger_price", 13) == 0:
             bit = F_TRIGGER
             if i >= n or p[i] != 0xc0:
