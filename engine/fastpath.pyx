@@ -4,8 +4,8 @@ no Python object (contract: "Encoding"; the same commands the msgspec path decod
 
 A new_order, cancel or amend as msgspec (or any canonical encoder) writes it is read here; anything
 unusual (another type, an unknown or repeated key, a value of another type or out of range, a
-non-ASCII string, an account or market not seen before, a cancel of an order that is not open)
-is left to the msgspec path, which has the exact rejection for it. So the fast path changes
+non-ASCII string, an account or market not seen before, a cancel or amend of an order that is
+not open) is left to the msgspec path, which has the exact rejection for it. So the fast path changes
 speed, never behaviour: tests/test_fast_path.py holds the two equal.
 """
 from libc.string cimport memcpy, memcmp, strlen
@@ -208,8 +208,9 @@ cdef Py_ssize_t _canonical_key(int is_str, int64_t v, const unsigned char* s, Py
 
 
 cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) except -1:
-    """Read a plain new_order or cancel from its msgpack bytes into `out`: FAST_NEW_ORDER or
-    FAST_CANCEL, or FAST_NONE for anything the msgspec path must decode. Changes nothing."""
+    """Read a plain new_order, cancel or amend from its msgpack bytes into `out`:
+    FAST_NEW_ORDER, FAST_CANCEL or FAST_AMEND, or FAST_NONE for anything the msgspec path must
+    decode. Changes nothing."""
     cdef Py_ssize_t i = 0, count, kl, sl, j
     cdef const unsigned char* ks
     cdef const unsigned char* sv

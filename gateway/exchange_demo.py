@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import zmq
 
 from .client import Client, Timeout, curve_socket, units
 from .config import DEFAULT_TOML
+from .natslocal import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 USD = 1_000_000
@@ -60,12 +60,6 @@ class Stopped(Exception):
 
 class ServerFailed(RuntimeError):
     pass
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Children:
@@ -230,8 +224,8 @@ def run(seconds: float = 45.0, out=sys.stdout, router: str | None = None,
     tmp = Path(tempfile.mkdtemp(prefix="perpdex-demo-"))
     (tmp / "logs").mkdir()
     children = Children(tmp / "logs")
-    router = router or f"tcp://127.0.0.1:{_port()}"
-    pub = pub or f"tcp://127.0.0.1:{_port()}"
+    router = router or f"tcp://127.0.0.1:{free_port()}"
+    pub = pub or f"tcp://127.0.0.1:{free_port()}"
 
     def stop(signum, _frame):
         raise Stopped(signum)

@@ -185,3 +185,9 @@ def test_a_demo_piped_into_head_ends_without_a_traceback(args):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert len(r.stdout.splitlines()) == 2
     assert "Traceback" not in r.stderr and "Exception" not in r.stderr, r.stderr
+
+
+def test_the_demo_takes_its_ports_from_the_one_free_port():
+    """Its ROUTER and PUB endpoints are picked in a row: never the same port (CI flake class)."""
+    from perpdex.gateway import exchange_demo, natslocal
+    assert exchange_demo.free_port is natslocal.free_port

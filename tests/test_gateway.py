@@ -1,5 +1,6 @@
 """`perpdex serve` as market makers meet it: a real process, real CURVE sockets on loopback."""
 import shutil
+import types
 import subprocess
 import sys
 import time
@@ -444,6 +445,6 @@ def test_free_port_never_gives_one_process_the_same_port_twice(monkeypatch):
         def getsockname(self):
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(natslocal.socket, "socket", OneSocket)
+    monkeypatch.setattr(natslocal, "socket", types.SimpleNamespace(socket=OneSocket))
     monkeypatch.setattr(natslocal, "_GIVEN", set())
     assert [natslocal.free_port(), natslocal.free_port()] == [41_001, 41_002]
