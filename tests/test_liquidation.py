@@ -225,7 +225,7 @@ def test_positions_paid_by_funding_are_deleveraged_after_the_price_profitable_on
     """A long made bankrupt by funding alone, an empty fund: `gain` (short from 1020, a price
     profit) is deleveraged first, then `paid` (short at the mark, its profit only the funding
     it is owed), and the fund is never left paying out what nobody deposited."""
-    from tests.test_money_conservation import market, report
+    from tests.test_money_conservation import market, report, withdraw_what_is_free
     eng = market()
     x = lambda cmd: [msgspec.to_builtins(e) for e in eng.execute(cmd)]  # noqa: E731
     x(M.Oracle(market="X", price=100_000))                               # 1,000 USD
@@ -253,13 +253,8 @@ def test_positions_paid_by_funding_are_deleveraged_after_the_price_profitable_on
     audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
     assert audit["open_interest"]["X"] == {"long": 0, "short": 0}
     assert audit["insurance_fund"] >= 0
-    for acct in ("gain", "paid", "mm"):
-        r = report(eng, acct)
-        assert r["equity"] > 0
-        free = min(r["collateral"], r["equity"] - r["initial_margin"])
-        if free > 0:
-            x(M.Withdraw(account=acct, amount=free))
-    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    assert all(report(eng, acct)["equity"] > 0 for acct in ("gain", "paid", "mm"))
+    audit = withdraw_what_is_free(eng, ("gain", "paid", "mm"))
     assert audit["withdrawals"] <= audit["deposits"]
 
 

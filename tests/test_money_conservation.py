@@ -24,6 +24,17 @@ def report(eng, account):
     return msgspec.to_builtins(eng.execute(M.QueryAccount(account=account))[0])
 
 
+def withdraw_what_is_free(eng, accounts) -> dict:
+    """Each account withdraws all it may (its collateral, up to its equity above initial
+    margin); the audit after."""
+    for acct in accounts:
+        r = report(eng, acct)
+        free = min(r["collateral"], r["equity"] - r["initial_margin"])
+        if free > 0:
+            eng.execute(M.Withdraw(account=acct, amount=free))
+    return msgspec.to_builtins(eng.execute(M.Audit())[0])
+
+
 def test_a_long_clock_jump_never_lets_withdrawals_exceed_deposits():
     eng = market()
     eng.execute(M.Oracle(market="X", price=100_000))                    # 1,000 USD
@@ -39,12 +50,7 @@ def test_a_long_clock_jump_never_lets_withdrawals_exceed_deposits():
                            qty=1000, price=100_000))
     eng.execute(M.NewOrder(account="short", market="X", cid=2, side="buy", kind="limit",
                            qty=1000, price=100_000))
-    for acct in ("short", "long", "other"):
-        r = report(eng, acct)
-        free = min(r["collateral"], r["equity"] - r["initial_margin"])
-        if free > 0:
-            eng.execute(M.Withdraw(account=acct, amount=free))
-    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    audit = withdraw_what_is_free(eng, ("short", "long", "other"))
     assert audit["withdrawals"] <= audit["deposits"], audit
 
 
@@ -119,10 +125,5 @@ def test_funding_owed_past_every_price_never_lets_withdrawals_exceed_deposits():
     oracles(100 * hour)
     trade("B", "L", "X", 1_000, 100_000, 100 * hour + 1)
     eng.execute(M.Clock(ts=(100 + 8_760) * hour))
-    for acct in ("B", "L", "S"):
-        r = report(eng, acct)
-        free = min(r["collateral"], r["equity"] - r["initial_margin"])
-        if free > 0:
-            eng.execute(M.Withdraw(account=acct, amount=free))
-    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+    audit = withdraw_what_is_free(eng, ("B", "L", "S"))
     assert audit["withdrawals"] <= audit["deposits"], audit
