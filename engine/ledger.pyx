@@ -47,6 +47,7 @@ cdef int settle(State s, PosC* p) except -1:
     if p.funding_last == mk.cum_funding:
         return 0
     amount = unsettled_funding(mk, p.size, p.funding_last)
+    mk.unsettled -= <int128>p.size * (mk.cum_funding - p.funding_last)
     p.funding_last = mk.cum_funding
     if amount == 0:
         return 0

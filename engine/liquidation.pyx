@@ -35,6 +35,7 @@ cdef int run(State s, int32_t m, bint calls) except -1:
     cdef bint below
     cdef PosC* q
     rekey_dirty(s)
+    s.deleveraged = []
     found = []
     seen = set()
     for p in candidates(s, m):
@@ -79,6 +80,94 @@ cdef int run(State s, int32_t m, bint calls) except -1:
             s.pos[iso].margin_call = below
         else:
             s.ac[a].margin_call = below
+    _fund_floor(s, m)
+    return 0
+
+
+cdef int _fund_floor(State s, int32_t m) except -1:
+    """The insurance fund is an account with limits: after a pass in market `m`, if its equity
+    (cash, positions at the mark, what it is owed through lazy settlement) is below zero, its
+    position in `m` is deleveraged like a bankrupt scope's (the ADL queues at the fund's
+    bankruptcy price, each position bounded by its own equity), and whatever deficit is left
+    is socialised (`_socialise`). O(positions of the market), and only when the fund is below
+    zero; O(markets) otherwise."""
+    cdef int32_t fund = s.insurance, fp
+    cdef int128 eq
+    cdef int side = -1
+    if fund < 0:
+        return 0
+    eq = equity(s, fund, -1)
+    if eq >= 0:
+        return 0
+    fp = s.pos_of[m][fund]
+    if fp >= 0 and s.pos[fp].size:
+        side = ASK if s.pos[fp].size > 0 else BID
+        _deleverage(s, fund, fp, side, iabs(s.pos[fp].size),
+                    _bankruptcy_price(s, fund, -1, fp))
+        eq = equity(s, fund, -1)
+        if eq >= 0:
+            return 0
+    _socialise(s, m, side, -eq)
+    return 0
+
+
+cdef int _socialise(State s, int32_t m, int side, int128 deficit) except -1:
+    """Raise `deficit` for the insurance fund from the cash of the scopes with positive equity,
+    in rounds until it is raised: first the scopes deleveraged in this pass (they took the
+    bankrupt side's gain, and a bankruptcy price floored at one tick, or carrying a cross
+    account's other deficits, may have taken back less than that), then those holding a
+    position in market `m` against `side` (the fund's closing trade: the side that gained what
+    the fund lost; `side` -1: every position of `m`), then every scope holding a position
+    anywhere. Within a round each pays pro rata to its equity, floored, and the units left
+    over go one each to the largest equities first (ties by account); nobody pays more than
+    its equity, so nobody goes below zero. Each payment is a `balance` event with reason
+    `socialised_loss` (an extension). What the whole venue cannot pay stays with the fund.
+    The rare path: Python integers, O(positions of `m`), O(positions) for the last round."""
+    cdef int32_t c, k, iso
+    cdef PosC* q
+    owed = py128(deficit)
+    for markets in (None, [(m, side)], [(k, -1) for k in range(s.n_markets)]):
+        if owed <= 0:
+            return 0
+        payers = []
+        seen = set()
+        for a, iso in (s.deleveraged if markets is None else ()):
+            if (a, iso) in seen or a == s.insurance:
+                continue
+            seen.add((a, iso))
+            eq = py128(equity(s, a, iso))
+            if eq > 0:
+                payers.append((-eq, account_order(s.account_keys[a]), iso, a))
+        for k, against in markets or ():
+            for c in s.market_pos[k]:
+                q = &s.pos[c]
+                if q.size == 0 or q.account == s.insurance:
+                    continue
+                if against >= 0 and (q.size > 0) == (against == ASK):
+                    continue
+                iso = scope_of(s, c)
+                if (q.account, iso) in seen:
+                    continue
+                seen.add((q.account, iso))
+                eq = py128(equity(s, q.account, iso))
+                if eq > 0:
+                    payers.append((-eq, account_order(s.account_keys[q.account]), iso,
+                                   q.account))
+        if not payers:
+            continue
+        payers.sort()
+        total = -sum(p[0] for p in payers)
+        if owed >= total:
+            shares = [-p[0] for p in payers]
+        else:
+            shares = [owed * -p[0] // total for p in payers]
+            for k in range(owed - sum(shares)):     # fewer than len(payers); each fits
+                shares[k] += 1
+        for (_, _, iso, a), share in zip(payers, shares):
+            if share:
+                pay_fund(s, a, iso, share)          # share <= its equity < 2^62
+                events.balance(s, a, "socialised_loss")
+                owed -= share
     return 0
 
 
@@ -182,12 +271,27 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
                 or iabs(s.pos[fp].size + (n if side == ASK else -n)) > mk.max_qty):
             n = _deleverage(s, a, p, side, n, bp)
         if n:
+            # What no one could take, the fund takes over: at the bankruptcy price when its
+            # equity pays for that, else at the price its equity pays for (the mark when it
+            # has none). The scope keeps the rest of its loss, which its other positions'
+            # bankruptcy prices then carry, and the fund covers and socialises what is left.
+            bp = _affordable(mk, side, n, bp, equity(s, fund, -1))
             fp = position(s, m, fund)
             q = &s.pos[p]
             book_trade(s, q, side, n, bp, 0)
             book_trade(s, &s.pos[fp], 1 - side, n, bp, 0)
             events.liquidation(s, a, m, side, n, bp, "backstop", 0)
     return 0
+
+
+cdef int64_t _affordable(MarketC* mk, int side, int64_t n, int64_t bp, int128 fund_eq):
+    """The price at which the fund may take `n` lots over (it buys them when `side` is ASK):
+    `bp`, or, where `bp` is worse than the mark for the fund by more than its equity pays for,
+    the price between the mark and `bp` that its equity pays for, rounded in its favour."""
+    cdef int128 room = (fund_eq if fund_eq > 0 else 0) // (<int128>n * mk.multiplier)
+    if side == ASK:                         # the fund buys: a loss above the mark
+        return bp if bp <= mk.mark + room else <int64_t>(mk.mark + room)
+    return bp if bp >= mk.mark - room else <int64_t>(mk.mark - room)
 
 
 cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
@@ -228,34 +332,34 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
     for _, _, c in ranked:
         if n == 0:
             break
-        n -= _adl_match(s, a, p, c, side, n, bp, False)
+        n -= _adl_match(s, a, p, c, side, n, bp)
     for _, _, c in owed:
         if n == 0:
             break
-        n -= _adl_match(s, a, p, c, side, n, bp, True)
+        n -= _adl_match(s, a, p, c, side, n, bp)
     return n
 
 
 cdef int64_t _adl_match(State s, int32_t a, int32_t p, int32_t c, int side, int64_t n,
-                        int64_t bp, bint bounded) except -1:
-    """Close up to `n` of bankrupt `p` against opposite position `c` at `bp`; `bounded`: no
-    more than `c`'s scope equity pays for, at what `bp` is worse than the mark for `c`.
-    Returns the quantity matched."""
+                        int64_t bp) except -1:
+    """Close up to `n` of bankrupt `p` against opposite position `c` at `bp`, no more than
+    `c`'s scope equity pays for at what `bp` is worse than the mark for `c`, so deleveraging
+    never leaves it below zero. Returns the quantity matched."""
     cdef PosC* q = &s.pos[c]
     cdef MarketC* mk = &s.mk[q.market]
     cdef int32_t ca = q.account
     cdef int64_t take = n if n < iabs(q.size) else iabs(q.size)
     cdef int128 worse, eq
-    if bounded:
-        worse = <int128>((bp - mk.mark) if q.size < 0 else (mk.mark - bp)) * mk.multiplier
-        if worse > 0:
-            eq = equity(s, ca, scope_of(s, c))
-            if eq <= 0:
-                return 0
-            if eq // worse < take:
-                take = <int64_t>(eq // worse)
+    worse = <int128>((bp - mk.mark) if q.size < 0 else (mk.mark - bp)) * mk.multiplier
+    if worse > 0:
+        eq = equity(s, ca, scope_of(s, c))
+        if eq <= 0:
+            return 0
+        if eq // worse < take:
+            take = <int64_t>(eq // worse)
     if take <= 0:
         return 0
+    s.deleveraged.append((ca, scope_of(s, c)))
     book_trade(s, &s.pos[p], side, take, bp, 0)
     book_trade(s, q, 1 - side, take, bp, 0)
     events.liquidation(s, a, q.market, side, take, bp, "adl", 0)

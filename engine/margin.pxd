@@ -70,6 +70,7 @@ cdef inline bint below_call(int128 equity, int128 maintenance) noexcept nogil:
 
 # In 128 bits: each term fits int64 (docs/contract.md, "Limits"), their sums need not.
 cdef int128 equity(State s, int32_t a, int32_t iso)
+cdef int128 fund_receivable(State s)
 cdef int128 initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
                            int64_t buys, int64_t sells)
 cdef int128 maintenance_margin(State s, int32_t a, int32_t iso)
@@ -78,4 +79,4 @@ cdef int128 maintenance_margin(State s, int32_t a, int32_t iso)
 cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* after,
                      int128* eq)
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
-                        int64_t pnl, int64_t fees, bint maker)
+                        int64_t pnl, int64_t fees, bint maker, bint liquidated)

@@ -19,6 +19,8 @@ cdef int128 equity(State s, int32_t a, int32_t iso):
         return (q.iso_margin + unrealised(&s.mk[q.market], q.size, q.cost)
                 - unsettled_funding(&s.mk[q.market], q.size, q.funding_last))
     e = s.ac[a].collateral
+    if a == s.insurance:
+        e += fund_receivable(s)
     p = s.ac[a].positions
     while p >= 0:
         q = &s.pos[p]
@@ -27,6 +29,24 @@ cdef int128 equity(State s, int32_t a, int32_t iso):
             e -= unsettled_funding(&s.mk[q.market], q.size, q.funding_last)
         p = q.next
     return e
+
+
+cdef int128 fund_receivable(State s):
+    """What the other positions owe the insurance fund, net, through lazy settlement (funding
+    that receivers may already have taken from its cash while payers have not yet settled),
+    floored: a lower bound, since every settlement rounds in the fund's favour. It counts in
+    the fund's equity (docs/contract.md, "Solvency"). O(markets)."""
+    cdef int128 r = 0, own
+    cdef int32_t m, fp
+    cdef MarketC* mk
+    for m in range(s.n_markets):
+        mk = &s.mk[m]
+        own = 0
+        fp = s.pos_of[m][s.insurance]
+        if fp >= 0:
+            own = <int128>s.pos[fp].size * (mk.cum_funding - s.pos[fp].funding_last)
+        r += floor_div(mk.unsettled - own, PPM)
+    return r
 
 
 cdef int128 initial_margin(State s, int32_t a, int32_t iso, int32_t m, int64_t size,
@@ -88,12 +108,15 @@ cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* af
 
 
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
-                        int64_t pnl, int64_t fees, bint maker):
+                        int64_t pnl, int64_t fees, bint maker, bint liquidated):
     """The pre-fill check for a fill of `q` after `before` lots already traded in this walk,
     `pnl` (at the mark) and `fees` being the walk's so far, this fill included. A fill that
-    only shrinks the position always passes; one that grows it must leave the scope's equity
-    >= its initial requirement, looked at as the fill would leave it (a maker's order no
-    longer open for what it traded)."""
+    grows the position must leave the scope's equity >= its initial requirement, looked at as
+    the fill would leave it (a maker's order no longer open for what it traded). A fill that
+    only shrinks it passes the margin rule, and then meets the solvency rule alone: the
+    scope's equity after it stays >= 0 (docs/contract.md, "Solvency": no fill is past the
+    scope's bankruptcy price). `liquidated`: the scope's own liquidation order, which the
+    liquidation machinery covers in the same command (fund, then ADL)."""
     cdef int32_t pi = s.pos_of[m][a]
     cdef PosC* p = &s.pos[pi]
     cdef int32_t iso = pi if p.isolated else -1
@@ -101,7 +124,7 @@ cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before,
     cdef int64_t s1 = p.size + d * before, s2 = s1 + d * q
     cdef int64_t buys = p.open_buy, sells = p.open_sell
     if iabs(s2) <= iabs(s1):
-        return True
+        return liquidated or equity(s, a, iso) - fees + pnl >= 0
     if maker:
         if side == BID:
             buys -= before + q

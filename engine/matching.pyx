@@ -130,7 +130,11 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
         mfee = fee(lp, q, mk.multiplier, mk.maker_fee_ppm)
         # A liquidation's own fills pay the liquidation fee only (engine.liquidation), so that
         # closing at the bankruptcy price leaves the account at zero, not below it.
+        # Nor does its maker earn a rebate: no rebate without a fee behind it (fee income on
+        # every fill >= 0).
         tfee = 0 if s.liquidating else fee(lp, q, mk.multiplier, mk.taker_fee_ppm)
+        if s.liquidating and mfee < 0:
+            mfee = 0
         if s.margin:                                    # the pre-fill check, maker first
             if dry:
                 m_before, m_pnl, m_fees = walked.get(mo.account, (0, 0, 0))
@@ -138,13 +142,13 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
             tpnl = d * q * (mk.mark - lp) * mk.multiplier
             mpnl = -tpnl
             if not allowed_after(s, mo.account, m, opp, m_before, q, m_pnl + mpnl,
-                                 m_fees + mfee, True):
+                                 m_fees + mfee, True, False):
                 if not dry:
                     cancel_order(s, mi, V_MARGIN)
                 mi = nxt
                 continue
             if not allowed_after(s, acct, m, side, t_before, q, t_pnl + tpnl, t_fees + tfee,
-                                 False):
+                                 False, s.liquidating):
                 return STOP_MARGIN
             if dry:
                 walked[mo.account] = (m_before + q, m_pnl + mpnl, m_fees + mfee)

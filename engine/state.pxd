@@ -51,6 +51,10 @@ ctypedef struct MarketC:
     int64_t premium_sum         # premium samples (ppm) since the last boundary
     int64_t premium_n
     int128 cum_funding          # cumulative funding per lot, in 1e-6 quote units
+    int128 unsettled            # sum of size x (cum_funding - funding_last) over its positions,
+                                # the fund's included, in 1e-6 quote units: what the positions
+                                # owe the fund, net, through lazy settlement (a funding boundary
+                                # leaves it unchanged, since the sizes sum to zero); below 2^101
     TierC* tiers                # at least one (the market's own imf/mmf when it has no tiers)
     int32_t n_tiers
     int32_t name_tok            # the market's name, pre-encoded in the writer
@@ -124,6 +128,7 @@ cdef class State:
     cdef list risk_multi            # set of slots of cross accounts with several positions
     cdef list risk_called           # set of slots of scopes currently warned
     cdef list dirty                 # accounts whose money or positions changed
+    cdef list deleveraged           # (account, scope) deleveraged in this liquidation pass
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id
     cdef list market_pos            # per market: its position slots, in slot order

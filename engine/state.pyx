@@ -54,6 +54,7 @@ cdef class State:
         self.risk_multi = []
         self.risk_called = []
         self.dirty = []
+        self.deleveraged = []
         self.specs = []
         self.market_pos = []
         self.market_ids = {}
@@ -321,6 +322,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     mk.premium_sum = 0
     mk.premium_n = 0
     mk.cum_funding = 0
+    mk.unsettled = 0
     mk.max_leverage = PPM // tiers[0].imf_ppm
     mk.name_tok = s.w.register_name(spec.name)
     s.books.append(Book())

@@ -97,11 +97,6 @@ def test_collateral_without_margin_checks_never_wraps():
             assert report(eng, acct)["collateral"] == cash[acct], (k, acct)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: B, cross short X and long Y, owes a year of X funding, 9 times its deposit; "
-    "no price can take that back from L (X's bankruptcy price is floored at 1), S can take "
-    "back only what its equity pays for, and the fund takes the rest over below zero: L "
-    "withdraws the funding B never paid"))
 def test_funding_owed_past_every_price_never_lets_withdrawals_exceed_deposits():
     plain = {k: v for k, v in PLAIN.items() if k != "interest_ppm"}
     eng = Engine()
