@@ -145,3 +145,216 @@ def leveraged_flows(draw, min_size=30, max_size=150):
         ts = hour * HOUR + 1 + i
         cmds.append(account_command(r, ts) if r.random() < 0.15 else random_command(r, ts, mids))
     return cmds
+
+
+# ---- margin flows: funded accounts trading with leverage through crashes -----------------------
+#
+# For the differential tests with margin on (tests/test_differential.py). Shaped, not filtered, to
+# reach the interesting states: makers with deep pockets quote around the index; traders funded
+# for 1x to 20x trade near the mark with leverage, stops and take-profits; the oracle walks, and
+# now and then gaps 5-40 % after the makers pulled some or all of their quotes (so the mark
+# follows the index and the liquidation meets a thin book); the clock crosses funding boundaries
+# and sometimes jumps hundreds of intervals at once; the fund is seeded small or not at all.
+
+MARGIN_MARKETS = {
+    # multiplier 10,000: 1 lot at 10,000 ticks is 10^8 quote units (100 USD); 10x, mmf 5 %
+    "BTC-PERP": dict(MARKET_FIELDS, tick_size="1", lot_size="0.01", price_band_ppm=50_000),
+    # multiplier 1,000, tiered up to 20x
+    "ETH-PERP": dict(MARKET_FIELDS, tick_size="0.1", lot_size="0.01", imf_ppm=50_000,
+                     mmf_ppm=25_000, price_band_ppm=50_000, maker_fee_ppm=-200,
+                     tiers=[M.Tier(max_notional=100_000_000, imf_ppm=50_000, mmf_ppm=25_000),
+                            M.Tier(max_notional=400_000_000, imf_ppm=100_000, mmf_ppm=50_000),
+                            M.Tier(max_notional=10**15, imf_ppm=200_000, mmf_ppm=100_000)]),
+}
+MAKERS = ["mm1", 7]
+TRADERS = ["a", "b", 3, "c"]
+FUND = "insurance"
+
+
+class _MarginFlow:
+    """The state a margin flow's generator keeps: the index of each market, the clock, the
+    cids each account has used."""
+
+    def __init__(self, r: random.Random):
+        self.r = r
+        self.mid = {m: MID for m in MARGIN_MARKETS}
+        self.ts = 1
+        self.funds: dict = {}
+        self.cmds: list[M.Command] = []
+
+    def add(self, cmd):
+        self.cmds.append(cmd)
+
+    def tick(self, ns=None):
+        self.ts += self.r.randint(1, 10**9) if ns is None else ns
+        return self.ts
+
+    def cid(self, pool=8):
+        return self.r.randint(1, pool)
+
+    def order(self, acct, market, side, qty, price=None, kind="limit", **kw):
+        self.add(M.NewOrder(account=acct, market=market, cid=kw.pop("cid", None) or self.cid(),
+                            side=side, kind=kind, qty=qty, price=price, ts=self.tick(), **kw))
+
+    def quote(self, acct, market, spread_max=150):
+        """A maker's resting order a little off the index."""
+        r, mid = self.r, self.mid[market]
+        side = r.choice(["buy", "sell"])
+        off = r.randint(1, spread_max) * max(1, mid // 10_000)
+        price = mid - off if side == "buy" else mid + off
+        self.order(acct, market, side, r.randint(5, 120), max(1, price),
+                   tif=r.choice(["gtc"] * 4 + ["alo"]), cid=100 + self.cid(20))
+
+    def trade(self, acct, market):
+        """A trader's order near the mark: mostly takers, some resting, some triggers."""
+        r, mid = self.r, self.mid[market]
+        side = r.choice(["buy", "sell"])
+        qty = r.randint(2, 40)
+        x = r.random()
+        step = max(1, mid // 10_000)
+        if x < 0.35:
+            self.order(acct, market, side, qty, kind="market")
+        elif x < 0.7:
+            off = r.randint(-40, 120) * step
+            price = max(1, mid + off if side == "buy" else mid - off)
+            self.order(acct, market, side, qty, price, tif=r.choice(["gtc", "ioc", "ioc", "fok"]),
+                       reduce_only=r.random() < 0.15, stp=r.choice(STPS))
+        elif x < 0.9:
+            kind = r.choice(["stop_market", "stop_limit", "take_profit_market",
+                             "take_profit_limit"])
+            pct = r.randint(1, 15)
+            up = kind.startswith("stop") == (side == "buy")
+            trig = max(1, mid * (100 + pct) // 100 if up else mid * (100 - pct) // 100)
+            price = None
+            if kind.endswith("limit"):
+                price = max(1, trig + (1 if side == "buy" else -1) * r.randint(0, 300) * step)
+            self.order(acct, market, side, qty, price, kind=kind, trigger_price=trig,
+                       reduce_only=r.random() < 0.6)
+        else:
+            self.add(M.Amend(account=acct, market=market, cid=self.cid(),
+                             price=max(1, mid + r.randint(-100, 100) * step)
+                             if r.random() < 0.6 else None,
+                             qty=r.randint(2, 40) if r.random() < 0.6 else None, ts=self.tick()))
+
+    def lever_up(self, acct, market):
+        """A trader takes a position worth most of what its deposit allows at 3x to 20x (what
+        the market's tiers allow is for the margin check to say)."""
+        r = self.r
+        per_lot = self.mid[market] * (10_000 if market == "BTC-PERP" else 1_000)
+        lev = r.randint(3, 20)
+        qty = int(self.funds.get(acct, 0) * lev * r.uniform(0.5, 0.95)) // per_lot
+        if qty >= 2:
+            self.order(acct, market, r.choice(["buy", "sell"]), min(qty, 500), kind="market")
+
+    def account_command(self, acct, market):
+        r = self.r
+        x = r.random()
+        if x < 0.2:
+            self.add(M.Withdraw(account=acct, amount=r.choice([10**6, 10**7, 10**8, 10**9]),
+                                ts=self.tick()))
+        elif x < 0.4:
+            self.add(M.SetLeverage(account=acct, market=market, leverage=r.randint(1, 20),
+                                   ts=self.tick()))
+        elif x < 0.55:
+            self.add(M.SetMarginMode(account=acct, market=market,
+                                     mode=r.choice(["cross", "isolated"]), ts=self.tick()))
+        elif x < 0.8:
+            self.add(M.TransferMargin(account=acct, market=market,
+                                      amount=r.choice([-(10**8), -(10**7), 10**7, 10**8, 3 * 10**8]),
+                                      ts=self.tick()))
+        elif x < 0.9:
+            self.add(M.Deposit(account=acct, amount=r.choice([10**7, 10**8, 10**9]),
+                               ts=self.tick()))
+        else:
+            self.add(M.CancelAll(account=acct, market=market if r.random() < 0.5 else None,
+                                 ts=self.tick()))
+
+    def oracle(self, market, pct=None):
+        r = self.r
+        if pct is None:
+            pct = r.uniform(-0.6, 0.6)
+        self.mid[market] = max(100, int(self.mid[market] * (100 + pct) / 100))
+        self.add(M.Oracle(market=market, price=self.mid[market], ts=self.tick()))
+
+    def crash(self, market):
+        """The index gaps 5-40 %: off a cliff (the makers pull their quotes, one oracle: the
+        mark follows the index into a thin book), or down a staircase (a few oracles, the makers
+        quoting again around each new index, so liquidations meet a book)."""
+        r = self.r
+        gap = r.uniform(5, 40) * r.choice([-1, -1, 1])
+        cliff = r.random() < 0.4
+        for mm in MAKERS:
+            if cliff or r.random() < 0.3:
+                self.add(M.CancelAll(account=mm, market=market, ts=self.tick()))
+        steps = 1 if cliff else r.randint(2, 6)
+        for _ in range(steps):
+            self.oracle(market, gap / steps)
+            for _ in range(0 if cliff else r.randint(1, 4)):
+                self.quote(r.choice(MAKERS), market, 60)
+
+    def clock(self):
+        r = self.r
+        x = r.random()
+        if x < 0.85:
+            self.add(M.Clock(ts=self.tick(r.randint(0, 2 * HOUR))))
+        else:                                   # a long jump: many boundaries at once
+            self.add(M.Clock(ts=self.tick(r.randint(20, 3000) * HOUR)))
+
+
+def margin_flow(r: random.Random, steps: int, config=None) -> list[M.Command]:
+    """A margin flow of `steps` steps (a step is one to a dozen commands)."""
+    f = _MarginFlow(r)
+    config = config or {}
+    interest = config.get("interest", r.choice([-300, 0, 100, 2000]))
+    max_liq = config.get("max_liquidations", r.choice([100, 100, 100, 1]))
+    for name, fields in MARGIN_MARKETS.items():
+        f.add(M.CreateMarket(market=name, **dict(fields, interest_ppm=interest,
+                                                 max_liquidations_per_update=max_liq)))
+    seed = config.get("fund", r.choice([0, 10**6, 10**8, 10**10]))
+    if seed:
+        f.add(M.Deposit(account=FUND, amount=seed, ts=0))
+    for mm in MAKERS:
+        f.add(M.Deposit(account=mm, amount=r.choice([10**11, 10**12]), ts=0))
+    for t in TRADERS:
+        if r.random() < 0.3:
+            f.add(M.SetMarginMode(account=t, market=r.choice(list(MARGIN_MARKETS)),
+                                  mode="isolated", ts=0))
+        f.funds[t] = r.choice([3 * 10**8, 10**9, 3 * 10**9, 10**10])
+        f.add(M.Deposit(account=t, amount=f.funds[t], ts=0))
+        if r.random() < 0.7:
+            f.add(M.SetLeverage(account=t, market=r.choice(list(MARGIN_MARKETS)),
+                                leverage=r.randint(1, 20), ts=0))
+    for name in MARGIN_MARKETS:
+        f.add(M.Oracle(market=name, price=MID, ts=1))
+        for _ in range(6):
+            f.quote(r.choice(MAKERS), name)
+    for _ in range(steps):
+        market = r.choice(list(MARGIN_MARKETS))
+        x = r.random()
+        if x < 0.22:
+            f.quote(r.choice(MAKERS), market)
+        elif x < 0.49:
+            f.trade(r.choice(TRADERS), market)
+        elif x < 0.55:
+            f.lever_up(r.choice(TRADERS), market)
+        elif x < 0.65:
+            f.account_command(r.choice(TRADERS), market)
+        elif x < 0.78:
+            f.oracle(market)
+        elif x < 0.86:
+            f.crash(market)
+        elif x < 0.94:
+            f.clock()
+        elif x < 0.97:
+            f.add(M.CancelAll(account=r.choice(MAKERS), market=market, ts=f.tick()))
+        else:
+            f.add(M.QueryAccount(account=r.choice(TRADERS + [FUND]), ts=f.tick()))
+    return f.cmds
+
+
+@st.composite
+def margin_flows(draw, min_steps=40, max_steps=160):
+    """A hypothesis margin flow: one seed and a length (shrinking shortens it)."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    steps = draw(st.integers(min_steps, max_steps))
+    return margin_flow(random.Random(seed), steps)
