@@ -240,6 +240,7 @@ class ReferenceEngine:
         self.n_positions = 0
         self.liquidating = False
         self.liq_qty = self.liq_notional = 0
+        self.deleveraged: list[Scope] = []
         self.reached: dict[str, int] = {}             # what happened, for tests to report
         # Set once the fund had to take what ADL could not, or fell below zero: the part of
         # issue 19 (R5) whose details are still being settled with the core.
@@ -761,6 +762,8 @@ class ReferenceEngine:
             # liquidated scope's own order (the fund and ADL cover it in the same command)
             if not self.rules.shrink_check or (self.liquidating and not maker):
                 return True
+            if after < 0:
+                self.note("R1: a shrinking fill refused")
             return after >= 0
         buys, sells = p.open_buy, p.open_sell
         if maker:
@@ -843,8 +846,10 @@ class ReferenceEngine:
             if not self._cash_bounded(mk, o.account):
                 return "margin"
             mfee = self._fee(mk, m.price, q, mk.spec.maker_fee_ppm)
-            if self.liquidating and self.rules.no_liq_rebate:
-                mfee = max(mfee, 0)
+            if self.liquidating and self.rules.no_liq_rebate and mfee < 0:
+                mfee = 0
+                if not dry:
+                    self.note("R3: no rebate on a liquidation fill")
             tfee = 0 if self.liquidating else self._fee(mk, m.price, q, mk.spec.taker_fee_ppm)
             if self.margin:
                 m_before, m_pnl, m_fees = walked.get(m.account, (0, 0, 0))
@@ -1059,6 +1064,7 @@ class ReferenceEngine:
         first falls below 1.5x maintenance (after an oracle), then the liquidation of those below
         maintenance, most under-margined first, at most max_liquidations_per_update."""
         found = []
+        self.deleveraged = []                         # the scopes ADL took from in this pass
         for p in mk.positions:                        # creation order
             if p.size == 0 or p.account == FUND:
                 continue
@@ -1149,11 +1155,21 @@ class ReferenceEngine:
                     self.note("fund takes what ADL could not")
                     self.fund_deficit_reached = True
             if n:
+                if self.rules.fund_deficit:
+                    bp = self._affordable(mk, side, n, bp)
                 self._trade(p, side, n, bp, 0)
                 self._trade(fund, other(side), n, bp, 0)
                 self._emit("liquidation", account=p.account, market=mk.name, side=side, qty=n,
                            price=bp, mark=mk.mark, kind="backstop", fee=0)
                 self.note("liquidation backstop")
+
+    def _affordable(self, mk, side, n, bp):
+        """The price at which the fund may take `n` lots over: `bp`, or the price between the
+        mark and `bp` its equity pays for (rounded in its favour; the mark with no equity)."""
+        room = max(self.equity(self.cross(FUND)), 0) // (n * mk.spec.multiplier)
+        if side == "sell":                                  # the fund buys
+            return min(bp, mk.mark + room)
+        return max(bp, mk.mark - room)
 
     def _liquidation_order(self, p: Position, side, qty, limit):
         """An IOC reduce-only order of the engine's (an oid, the cid "liquidation:<oid>", no
@@ -1211,9 +1227,14 @@ class ReferenceEngine:
                 worse = ((bp - mk.mark) if c.size < 0 else (mk.mark - bp)) * mk.spec.multiplier
                 if worse > 0:
                     eq = self.equity(self.scope(c))
-                    take = 0 if eq <= 0 else min(take, eq // worse)
+                    bound = 0 if eq <= 0 else eq // worse
+                    if bound < take:
+                        self.note("R4: ADL bounded by equity" if self.rules.adl_bound_all or
+                                  c.size * mk.unrealised(c) <= 0 else "ADL bounded")
+                        take = bound
             if take <= 0:
                 continue
+            self.deleveraged.append(self.scope(c))
             self._trade(p, side, take, bp, 0)
             self._trade(c, other(side), take, bp, 0)
             self._emit("liquidation", account=p.account, market=mk.name, side=side, qty=take,
@@ -1242,7 +1263,7 @@ class ReferenceEngine:
     def _fund_deficit(self, mk):
         """After a market's liquidation pass, a fund below zero equity: its position in the
         market is deleveraged like a bankrupt scope's (bounded ADL at its bankruptcy price),
-        then what is left is socialised over the market's scopes with positive equity."""
+        then what is left is socialised (docs/contract.md, "Solvency", rules 4 and 5)."""
         fund = self.accounts.get(FUND)
         if fund is None:
             return
@@ -1252,50 +1273,66 @@ class ReferenceEngine:
         self.note("fund below zero")
         self.fund_deficit_reached = True
         p = fund.positions.get(mk.name)
-        if p is not None and p.size and not p.isolated:
-            side = "sell" if p.size > 0 else "buy"
-            self._deleverage(p, side, abs(p.size), self._bankruptcy_price(sc, p))
-        deficit = -self.equity(sc)
-        if deficit > 0:
-            self._socialise(mk, p.size if p is not None else 0, deficit)
+        against = None                                # the fund's closing side
+        if p is not None and p.size:
+            against = "sell" if p.size > 0 else "buy"
+            self._deleverage(p, against, abs(p.size), self._bankruptcy_price(sc, p))
+            if self.equity(sc) >= 0:
+                return
+        self._socialise(mk, against, -self.equity(sc))
 
-    def _socialise(self, mk, fund_size, deficit):
-        """Take `deficit` from the cash of the market's scopes with a position and positive
-        equity, the side opposite the fund's position first: pro rata to equity, floored, the
-        units left one each in ADL-rank order; each a `balance` (socialised_loss)."""
-        fund = self.account(FUND)
-        scopes, seen = [], set()
-        for c in mk.positions:
-            if c.size == 0 or c.account == FUND:
-                continue
-            sc = self.scope(c)
-            key = (c.account, id(sc.pos))
-            if key in seen:
+    def _payers(self, scopes):
+        """Distinct scopes with positive equity: (equity, scope)."""
+        out, seen = [], set()
+        for sc in scopes:
+            key = (sc.account.key, id(sc.pos))
+            if sc.account.key == FUND or key in seen:
                 continue
             seen.add(key)
             eq = self.equity(sc)
             if eq > 0:
-                opposite = fund_size != 0 and (c.size > 0) != (fund_size > 0)
-                rank = (-self._adl_score(mk, c, mk.unrealised(c)), account_order(c.account))
-                scopes.append((0 if opposite or fund_size == 0 else 1, rank, sc, eq))
-        for group in (0, 1):
-            members = sorted([s for s in scopes if s[0] == group], key=lambda s: s[1])
-            total = sum(s[3] for s in members)
-            if deficit == 0 or total == 0:
+                out.append((eq, sc))
+        return out
+
+    def _socialise(self, mk, against, deficit):
+        """Raise `deficit` from the cash of scopes with positive equity, in rounds until it is
+        raised: those deleveraged in this pass; those holding a position in this market against
+        the fund's (every one when the fund holds none); every scope holding a position. In a
+        round each pays floor(deficit x equity / total) (all its equity when the round has no
+        more than the deficit), the units left one each to the largest equities first, ties by
+        account; each payment is a `balance` (socialised_loss)."""
+        fund = self.account(FUND)
+        rounds = (
+            lambda: self.deleveraged,
+            lambda: [self.scope(c) for c in mk.positions if c.size and (
+                against is None or (c.size > 0) != (against == "sell"))],
+            lambda: [self.scope(c) for m in self.markets.values() for c in m.positions
+                     if c.size],
+        )
+        for scopes in rounds:
+            if deficit <= 0:
+                return
+            payers = self._payers(scopes())
+            if not payers:
                 continue
-            take = min(deficit, total)
-            shares = [take * s[3] // total for s in members]
-            left = take - sum(shares)
-            for i in range(left):
-                shares[i % len(shares)] += 1
-            for (_, _, sc, _), share in zip(members, shares):
+            # the largest equity first, ties by account (then isolated positions by age)
+            payers.sort(key=lambda x: (-x[0], account_order(x[1].account.key),
+                                       -1 if x[1].pos is None else x[1].pos.born))
+            total = sum(eq for eq, _ in payers)
+            if deficit >= total:
+                shares = [eq for eq, _ in payers]
+            else:
+                shares = [deficit * eq // total for eq, _ in payers]
+                for k in range(deficit - sum(shares)):
+                    shares[k] += 1
+            for (_, sc), share in zip(payers, shares):
                 if share:
                     sc.add_cash(-share)
                     fund.cash += share
+                    deficit -= share
                     self._emit("balance", account=sc.account.key, collateral=sc.account.cash,
                                reason="socialised_loss")
                     self.note("socialised loss")
-            deficit -= take
 
     # ---- reports ------------------------------------------------------------------------------
 
