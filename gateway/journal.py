@@ -150,6 +150,10 @@ def read(folder: Path, after: int = 0, strict_start: bool = True) -> Iterator[tu
             if bad is not None:
                 torn = newest and (bad.endswith("cut short") or not any(data[off:]) or
                                    (bad.startswith("a record whose") and end == size))
+                if newest and _damaged_end_marker(data[off:], expect or _seq_of(path)):
+                    bad = ("a turn's end marker, whole but not what it must be (a flipped bit, "
+                           "not a torn write: that turn was written whole)")
+                    torn = False
                 later = _valid_record_after(data, off, expect or 1) if torn else None
                 if later is not None:
                     bad += f", with a valid record after it at offset {later}"
@@ -191,6 +195,22 @@ def read(folder: Path, after: int = 0, strict_start: bool = True) -> Iterator[tu
                 scan.cut.append((path, turn_start, size - turn_start))
                 pending = []
     return scan
+
+
+def _damaged_end_marker(tail: bytes, seq: int) -> bool:
+    """Whether `tail`, the last bytes of the newest segment where a record fails its check, is
+    the end marker of turn `seq` whole but damaged: a marker is exactly `record(seq, TURN,
+    b"")`, so it is its own check. A torn write leaves a prefix of it (the file short) or a
+    prefix and zeros; a flipped bit leaves its whole length with three of its four fields (length,
+    seq, kind, CRC32) as they must be. O(1)."""
+    want = record(seq, TURN, b"")
+    if len(tail) != len(want) or tail == want:
+        return False
+    kept = len(tail.rstrip(b"\0"))
+    if tail[:kept] == want[:kept]:              # a prefix and zeros: torn
+        return False
+    got, must = HEADER.unpack(tail), HEADER.unpack(want)
+    return sum(a == b for a, b in zip(got, must)) >= 3
 
 
 def _valid_record_after(data: bytes, off: int, expect: int) -> int | None:
