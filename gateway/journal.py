@@ -6,6 +6,8 @@ The data folder:
     journal/00000000000000000001.journal    segments, named by the seq of their first record
     journal/archive/                        covered segments, when `covered_segments = "archive"`
     snapshots/00000000000000004711.snapshot one per snapshot, named by the seq it covers
+    durable-seq                             the newest seq an fsync of the journal covered
+                                            (`DurableMark`): what tells lost segments apart
 
 A segment is a run of records, each
 
@@ -28,6 +30,12 @@ thread fdatasyncs what was written (one fsync for every turn written while the p
 ran), and no reply or event of a turn leaves the process before its records are on disk; the
 loop takes the next turn meanwhile. A turn never spans two segments: a segment rolls over
 between turns, once it is `segment_bytes` or more.
+
+Restart is always possible, and never over a hole: a snapshot is written only once the journal
+is on disk up to its seq (every fsync policy); recovery and `perpdex verify` refuse a journal
+that ends before the newest seq a snapshot or `durable-seq` says was on disk. A failure of the
+journal, in its own thread too, is kept in `Journal.failure`, and from then on `append`, `sync`
+and `durable` raise: nothing is acknowledged after it.
 """
 from __future__ import annotations
 
@@ -63,6 +71,11 @@ SNAPSHOT = ".snapshot"
 SNAP_MAGIC = b"PDXSNAP1"
 SNAP_HEAD = struct.Struct("<8sIQ")          # magic, crc32 of the body, body length
 POLICIES = ("batch", "interval", "off")
+MARK = "durable-seq"                        # in the data folder (`DurableMark`)
+MARK_MAGIC = b"PDXDSEQ1"
+MARK_SLOT = struct.Struct("<8sQI")          # magic, seq, crc32 of the 16 bytes before it
+MARK_FSYNC_S = 1.0                          # the marker's own fsync, at most this often
+monotonic = time.monotonic                  # (a test moves it)
 
 _encode = msgspec.msgpack.encode
 _command = msgspec.msgpack.Decoder(M.AnyCommand)
@@ -261,6 +274,81 @@ def commands(folder: Path) -> bytes:
     return b"".join(p for _, k, p in recs if k == COMMAND)
 
 
+# ---- the durable marker --------------------------------------------------------------------
+
+def _mark_slot(seq: int) -> bytes:
+    head = MARK_MAGIC + seq.to_bytes(8, "little")
+    return head + zlib.crc32(head).to_bytes(4, "little")
+
+
+def read_mark(path: Path) -> int:
+    """The seq `DATA/durable-seq` holds: the newer of its two copies that reads; 0 when there is
+    no such file (a new folder, or one from before the marker) or it holds only zeros (never
+    written). JournalError if it holds bytes and neither copy reads."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return 0
+    found = []
+    for off in (0, MARK_SLOT.size):
+        chunk = data[off:off + MARK_SLOT.size]
+        if len(chunk) == MARK_SLOT.size and chunk == _mark_slot(MARK_SLOT.unpack(chunk)[1]):
+            found.append(MARK_SLOT.unpack(chunk)[1])
+    if not found and any(data):
+        raise JournalError(f"{path}: neither copy of the durable seq reads ({len(data)} bytes); "
+                           f"if the journal is known to be whole, remove this file "
+                           f"(docs/operations.md, \"Recovery\")")
+    return max(found, default=0)
+
+
+class DurableMark:
+    """`DATA/durable-seq`: the newest journal seq an fsync of the journal is known to have
+    covered. Two copies (`MARK_SLOT`: magic, seq, CRC32), written in turn with `pwrite`, so a
+    torn write of one leaves the other. It is written after the journal's fsync returns and
+    before that turn's replies may leave, so it never names a seq that is not on disk, and after
+    a crash of the process it names at least every acknowledged turn; its own fsync runs at most
+    every `MARK_FSYNC_S` (and at a snapshot, a segment's end and close): after a power cut it may
+    lag by that much. Recovery and `perpdex verify` refuse a journal that ends before it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        new = not self.path.exists()
+        self.seq = read_mark(self.path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if new:
+            _fsync_dir(self.path.parent)
+        data = os.pread(self.fd, 2 * MARK_SLOT.size, 0)
+        self.slot = int(data[:MARK_SLOT.size] == _mark_slot(self.seq))  # keep the newest copy
+        self.lock = threading.Lock()
+        self.dirty = False
+        self.fsynced = 0.0
+
+    def write(self, seq: int) -> None:
+        """Name `seq` (a no-op unless it is newer): one pwrite, no fsync. O(1)."""
+        with self.lock:
+            if seq > self.seq and self.fd >= 0:
+                os.pwrite(self.fd, _mark_slot(seq), self.slot * MARK_SLOT.size)
+                self.slot ^= 1
+                self.seq = seq
+                self.dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        """fsync what was written, if `force` or the last fsync is `MARK_FSYNC_S` old."""
+        with self.lock:
+            due = force or monotonic() - self.fsynced >= MARK_FSYNC_S
+            if self.dirty and self.fd >= 0 and due:
+                os.fdatasync(self.fd)
+                self.dirty = False
+                self.fsynced = monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
 # ---- writing -------------------------------------------------------------------------------
 
 _KIND_OF = {Reply: REPLY, Deadline: DEADLINE, StateHash: HASH, Takeover: TAKEOVER}
@@ -293,7 +381,16 @@ class Journal:
       a turn's messages until `durable(seq)` and goes on with the next turn meanwhile
       (`pipelined`); `sync()` waits for it;
     - "interval": a thread fdatasyncs every `interval_ms` when something was written;
-    - "off": never (the operating system writes back when it will).
+    - "off": never for a turn (the operating system writes back when it will).
+
+    Under every policy a segment is fdatasynced when it is full and at close, and
+    `make_durable()` (before every snapshot) fdatasyncs what was written. `synced` is the newest
+    seq an fdatasync covered; `mark` (`DurableMark`, when given) follows it on disk.
+
+    A failure anywhere (a write, an fsync, the thread's own, `os.dup` out of descriptors
+    included) is kept in `failure` (the exception; None while healthy) and from then on
+    `append`, `sync`, `durable` and `make_durable` raise JournalError: nothing is acknowledged
+    after it. `health()` says where the journal is.
 
     `notes = True`: the Sequencer hands it the gateway's own records too (replies, deadlines)."""
 
@@ -301,7 +398,7 @@ class Journal:
     pipelined = True
 
     def __init__(self, folder: Path, fsync: str = "batch", interval_ms: int = 10,
-                 segment_bytes: int = 64 << 20, next_seq: int = 1):
+                 segment_bytes: int = 64 << 20, next_seq: int = 1, mark: Path | None = None):
         if fsync not in POLICIES:
             raise ValueError(f"journal.fsync: one of {', '.join(POLICIES)}, not {fsync!r}")
         self.folder = Path(folder)
@@ -310,7 +407,7 @@ class Journal:
         self.interval = interval_ms / 1000
         self.segment_bytes = segment_bytes
         self.seq = next_seq - 1             # the last record's seq
-        self.synced = self.seq              # the last record known durable ("batch")
+        self.synced = self.seq              # the last record an fdatasync covered
         self.commands = 0                   # commands appended since this journal was opened
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
@@ -318,15 +415,22 @@ class Journal:
         self.fd = -1
         self.size = 0
         self.fsyncs = 0
-        self.error: BaseException | None = None
+        self.failure: BaseException | None = None
+        self.failed_in = ""                 # what was being done when it failed
         self.lock_fd = -1                   # the data folder's lock (`lock`), when it holds it
+        self.closed = False
+        self.thread = None
         segs = [p for p in segments(self.folder) if p.parent == self.folder]
         if segs and _seq_of(segs[-1]) <= next_seq:
             self._open(segs[-1])
+            if self.size:                   # what an earlier run left: on disk before it counts
+                os.fdatasync(self.fd)
         else:
             self._open(self.folder / f"{next_seq:020d}{SEGMENT}")
-        self.closed = False
-        self.thread = None
+        self.mark = DurableMark(mark) if mark is not None else None
+        if self.mark is not None:
+            self.mark.write(self.synced)
+            self.mark.flush(force=True)
         target = {"batch": self._syncer, "interval": self._flusher}.get(fsync)
         if target is not None:
             self.thread = threading.Thread(target=target, name=f"journal-{fsync}", daemon=True)
@@ -337,21 +441,53 @@ class Journal:
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.path = path
         self.size = os.fstat(self.fd).st_size
-        if new and self.policy != "off":
+        if new:
             _fsync_dir(self.folder)
+
+    # ---- failure -----------------------------------------------------------------------------
+
+    def _failed(self, e: BaseException, doing: str) -> None:
+        """Keep the first failure (with the lock held) and wake every waiter."""
+        if self.failure is None:
+            self.failure, self.failed_in = e, doing
+            log.error("journal %s: failed %s: %s: %s; nothing is acknowledged after this",
+                      self.folder, doing, type(e).__name__, e)
+        self.cond.notify_all()
+
+    def _fail(self, e: BaseException, doing: str) -> None:
+        with self.cond:
+            self._failed(e, doing)
+
+    def _error(self) -> JournalError:
+        e = self.failure
+        return JournalError(f"{self.folder}: the journal failed {self.failed_in} "
+                            f"({type(e).__name__}: {e}); nothing is acknowledged after it, and "
+                            f"the server stops (docs/operations.md, \"fsync policies\")")
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise self._error() from self.failure
+
+    # ---- the loop's side ---------------------------------------------------------------------
 
     def append(self, batch: list) -> None:
         """Write one loop turn: its records and the turn marker, in one write; roll the segment
         over once it is full. O(bytes)."""
+        self._check()
         data, seq, n = turn(self.seq, batch)
         self.write_turn(data, seq, n)
 
     def write_turn(self, data: bytes, seq: int, n: int) -> None:
         """Write the bytes of one turn made by `turn` (its last record `seq`, `n` commands)."""
         with self.cond:
-            written = os.write(self.fd, data)
-            while written < len(data):              # a short write (a full disk raises)
-                written += os.write(self.fd, data[written:])
+            self._check()
+            try:
+                written = os.write(self.fd, data)
+                while written < len(data):          # a short write (a full disk raises)
+                    written += os.write(self.fd, data[written:])
+            except OSError as e:
+                self._failed(e, f"writing the turn ending at seq {seq}")
+                raise self._error() from e
             self.size += len(data)
             self.dirty = True
             self.seq = seq
@@ -361,73 +497,131 @@ class Journal:
             self.roll()
 
     def durable(self, seq: int) -> bool:
-        """Whether every record up to `seq` is as durable as the policy makes it. O(1)."""
-        if self.error is not None:
-            raise OSError(f"the journal cannot be made durable: {self.error}")
+        """Whether every record up to `seq` is as durable as the policy makes it. JournalError
+        once the journal has failed. O(1)."""
+        self._check()
         return self.policy != "batch" or self.synced >= seq
 
     def sync(self) -> None:
         """Return once everything appended is as durable as the policy makes it ("batch": on
-        disk). O(one fsync)."""
-        if self.policy != "batch":
-            return
+        disk). JournalError once the journal has failed. O(one fsync)."""
+        if self.policy == "batch":
+            with self.cond:
+                while self.synced < self.seq and self.failure is None:
+                    self.cond.wait(1.0)
+        self._check()
+
+    def make_durable(self) -> None:
+        """Everything appended on disk now, whatever the policy, and the marker naming it (before
+        a snapshot names the seq). JournalError if it cannot be. O(one fsync)."""
         with self.cond:
-            while self.synced < self.seq and self.error is None:
-                self.cond.wait(1.0)
-        self.durable(self.seq)
+            self._check()
+            target = self.seq
+            behind = self.synced < target
+            if behind:
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as e:
+                    self._failed(e, f"in the fsync before a snapshot at seq {target}")
+                    raise self._error() from e
+        if behind:
+            self._synced(target)
+        self._flush_mark(force=True)
 
     def roll(self) -> None:
-        """Start a new segment at the next seq (the old one made durable first, unless "off")."""
+        """Start a new segment at the next seq, the old one fdatasynced first (every policy)."""
         with self.cond:
-            if self.policy != "off":
+            target = self.seq
+            try:
                 os.fdatasync(self.fd)
-                self.fsyncs += 1
-                self.synced = self.seq
-            os.close(self.fd)
-            self.dirty = False
-            self._open(self.folder / f"{self.seq + 1:020d}{SEGMENT}")
+                os.close(self.fd)
+                self.fd = -1
+                self.dirty = False
+                self._open(self.folder / f"{target + 1:020d}{SEGMENT}")
+            except OSError as e:
+                self._failed(e, f"rolling over to a new segment at seq {target + 1}")
+                raise self._error() from e
+        self._synced(target)
+        self._flush_mark(force=True)
+
+    def _synced(self, target: int) -> None:
+        """An fdatasync covered every record up to `target`: the marker names it (before any
+        reply that waits for it can leave), then the waiters are told."""
+        if self.mark is not None:
+            self.mark.write(target)
+        with self.cond:
+            self.fsyncs += 1
+            self.synced = max(self.synced, target)
             self.cond.notify_all()
 
-    def _syncer(self) -> None:
-        """"batch": fsync whatever was written since the last fsync, as soon as there is any."""
-        while True:
-            with self.cond:
-                while self.synced >= self.seq and not self.closed:
-                    self.cond.wait()
-                if self.synced >= self.seq:
-                    return
-                target = self.seq
-                fd = os.dup(self.fd)
+    def _flush_mark(self, force: bool = False) -> None:
+        if self.mark is not None:
             try:
-                os.fdatasync(fd)
-            except OSError as e:            # the server stops: nothing more may leave
+                self.mark.flush(force)
+            except OSError as e:
+                self._fail(e, f"in the fsync of {self.mark.path}")
+                raise self._error() from e
+
+    # ---- the threads -------------------------------------------------------------------------
+
+    def _syncer(self) -> None:
+        """"batch": fsync whatever was written since the last fsync, as soon as there is any.
+        Any failure (os.dup out of descriptors too) is kept in `failure`, never lost."""
+        try:
+            while True:
                 with self.cond:
-                    self.error = e
-                    self.cond.notify_all()
-                return
-            finally:
-                os.close(fd)
-            with self.cond:
-                self.fsyncs += 1
-                self.synced = max(self.synced, target)
-                self.cond.notify_all()
+                    while self.synced >= self.seq and not self.closed:
+                        self.cond.wait()
+                    if self.synced >= self.seq:
+                        return
+                    target = self.seq
+                    fd = os.dup(self.fd)        # a roll may close self.fd meanwhile
+                self._fdatasync(fd, target)
+        except BaseException as e:          # noqa: BLE001 - kept; the server stops on it
+            self._fail(e, "in its fsync thread")
 
     def _flusher(self) -> None:
-        while not self.closed:
-            time.sleep(self.interval)
-            with self.lock:
-                if not self.dirty or self.fd < 0:
-                    continue
-                fd = os.dup(self.fd)
-                self.dirty = False
-            try:
-                os.fdatasync(fd)
-                self.fsyncs += 1
-            finally:
-                os.close(fd)
+        """"interval": fsync what was written, every `interval` seconds. Any failure is kept."""
+        try:
+            while not self.closed:
+                time.sleep(self.interval)
+                with self.lock:
+                    if not self.dirty or self.fd < 0:
+                        continue
+                    target = self.seq
+                    fd = os.dup(self.fd)
+                    self.dirty = False
+                self._fdatasync(fd, target)
+        except BaseException as e:          # noqa: BLE001 - kept; the server stops on it
+            self._fail(e, "in its flush thread")
+
+    def _fdatasync(self, fd: int, target: int) -> None:
+        """A thread's fdatasync of `fd` (a duplicate of the segment's, closed after), which
+        covers every record up to `target`."""
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._synced(target)
+        self._flush_mark()
+
+    def health(self) -> dict:
+        """Where the journal is, for the server's `health` reply: the policy, its thread
+        ("running", "stopped", "none" with fsync "off", or "failed: <why>"), the last record
+        written and the last one an fdatasync covered, and what the marker names. O(1)."""
+        if self.failure is not None:
+            thread = f"failed: {self.failed_in}: {type(self.failure).__name__}: {self.failure}"
+        elif self.thread is None:
+            thread = "none"
+        else:
+            thread = "running" if self.thread.is_alive() else "stopped"
+        return {"fsync": self.policy, "thread": thread, "written_seq": self.seq,
+                "durable_seq": self.synced, "fsyncs": self.fsyncs,
+                "marker_seq": self.mark.seq if self.mark is not None else None}
 
     def close(self) -> None:
-        """Make everything durable (whatever the policy) and close the segment."""
+        """Make everything durable (whatever the policy) and close the segment. A failure of
+        this last fsync raises JournalError; one from before is not raised again."""
         if self.closed:
             return
         with self.cond:
@@ -435,14 +629,30 @@ class Journal:
             self.cond.notify_all()
         if self.thread is not None:
             self.thread.join(timeout=5)
+        failed_before = self.failure is not None
+        target = None
         with self.lock:
             if self.fd >= 0:
-                os.fdatasync(self.fd)
+                try:
+                    if not failed_before:
+                        os.fdatasync(self.fd)
+                        target = self.seq
+                except OSError as e:
+                    self._failed(e, "in the last fsync, at close")
                 os.close(self.fd)
                 self.fd = -1
+        if target is not None:
+            self._synced(target)
+        if self.mark is not None:
+            try:
+                self.mark.close()
+            except OSError as e:
+                self._fail(e, f"in the fsync of {self.mark.path}, at close")
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+        if not failed_before and self.failure is not None:
+            raise self._error() from self.failure
 
 
 def cut_tail(scan: Scan) -> None:
@@ -454,6 +664,38 @@ def cut_tail(scan: Scan) -> None:
             f.truncate(offset)
             f.flush()
             os.fsync(f.fileno())
+
+
+def journal_end(folder: Path, scan: Scan, snapshot_seq: int = 0) -> int:
+    """The seq the journal ends at, as `read` found it: its last complete turn; with none, the
+    seq before its oldest segment (the covered ones deleted, the newest still empty); with no
+    segment at all, the snapshot's (a journal that starts again after it)."""
+    if scan.last:
+        return scan.last
+    segs = segments(folder)
+    return _seq_of(segs[0]) - 1 if segs else snapshot_seq
+
+
+def missing(data_dir: Path, scan: Scan, snapshot: tuple | None = None) -> str | None:
+    """None when the journal of `data_dir` reaches every seq known durable: the seq of the
+    `snapshot` (path, Snapshot) recovery starts from (one is written only once the journal is on
+    disk up to it) and the seq `durable-seq` names; else the sentence that refuses the start,
+    naming the missing range. JournalError if the marker does not read. O(1)."""
+    jdir = data_dir / "journal"
+    path, snap = snapshot or (None, None)
+    end = journal_end(jdir, scan, snap.seq if snap is not None else 0)
+    claims = [(read_mark(data_dir / MARK), f"{data_dir / MARK} says so")]
+    if snap is not None:
+        claims.append((snap.seq, f"snapshot {path} covers it"))
+    durable, why = max(claims, key=lambda c: c[0])
+    if durable <= end:
+        return None
+    cut = "".join(f"; a torn tail of {n} bytes at {p} offset {o} was found after it"
+                  for p, o, n in scan.cut)
+    return (f"{jdir}: the journal ends at seq {end} but seq {durable} was durable: segments "
+            f"missing for {end + 1}..{durable} ({why}{cut}); nothing is appended behind such a "
+            f"hole: restore the missing segments from a copy, or see docs/operations.md, "
+            f"\"Recovery\", to accept the loss")
 
 
 # ---- snapshots -----------------------------------------------------------------------------
@@ -625,9 +867,11 @@ def lock(data_dir: Path) -> int:
 
 def recover(server) -> str:
     """Recover `server` from its data folder: the newest valid snapshot, then the journal after
-    it, replayed through the server's own code paths; a torn tail is cut. A new data folder is
-    booted (the configured markets and deposits, once). Plugs the journal into the Sequencer.
-    Returns a line saying what was recovered. JournalError stops the start."""
+    it, replayed through the server's own code paths; a torn tail is cut. A journal that ends
+    before a seq known durable (the snapshot's, `durable-seq`'s) stops the start, changing
+    nothing. A new data folder is booted (the configured markets and deposits, once). Plugs the
+    journal into the Sequencer. Returns a line saying what was recovered. JournalError stops the
+    start."""
     cfg = server.cfg
     jdir, sdir = cfg.data_dir / "journal", cfg.data_dir / "snapshots"
     t0 = time.perf_counter()
@@ -659,12 +903,16 @@ def recover(server) -> str:
             continue
         commands += kind == COMMAND
         apply(server, seq, kind, payload, route=not (after == 0 and first_turn))
+    hole = missing(cfg.data_dir, scan, (spath, snap) if snap is not None else None)
+    if hole is not None:
+        raise JournalError(hole)
     cut_tail(scan)
     last = max(after, scan.last)
     server.pub_out.clear()
     server.stream_out.clear()
     j = cfg.journal
-    jr = Journal(jdir, j.fsync, j.fsync_interval_ms, j.segment_bytes, next_seq=last + 1)
+    jr = Journal(jdir, j.fsync, j.fsync_interval_ms, j.segment_bytes, next_seq=last + 1,
+                 mark=cfg.data_dir / MARK)
     jr.lock_fd = held               # let go when the journal closes
     server.seq.durability = jr
     server.seq.notes = True
@@ -695,9 +943,11 @@ def snapshot_due(server) -> bool:
 
 def take_snapshot(server) -> Path:
     """A snapshot of the engine and the gateway, between turns (nothing pending), then the
-    retention policy. Blocks the loop while it is written: O(state)."""
+    retention policy. The journal is made durable up to the snapshot's seq first, whatever the
+    fsync policy (JournalError if it cannot be: the server stops). Blocks the loop while it is
+    written: O(state)."""
     jr = server.seq.durability
-    jr.sync()                       # never a snapshot ahead of the journal on disk
+    jr.make_durable()               # never a snapshot ahead of the journal on disk
     cfg = server.cfg
     sdir = cfg.data_dir / "snapshots"
     eng = server.engine

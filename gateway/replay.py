@@ -157,8 +157,10 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     """Replay the journal of `data_dir` from scratch (or from the oldest snapshot it continues,
     when covered segments were deleted); compare the state hash at each snapshot's seq with the
     snapshot's stored hash and with the engine it restores, and at the end with the state that
-    recovery gives. Changes nothing. 0: every check matches; 1: a mismatch, a corrupt journal or
-    snapshot; 2: no journal. O(journal) + O(state) per snapshot."""
+    recovery gives; check that the journal reaches every seq known durable (the newest
+    snapshot's, `durable-seq`'s). Changes nothing. 0: every check matches; 1: a mismatch, a
+    corrupt journal or snapshot, missing segments; 2: no journal. O(journal) + O(state) per
+    snapshot."""
     from . import journal as J
     jdir, sdir = data_dir / "journal", data_dir / "snapshots"
     w = out.write
@@ -183,19 +185,33 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     w(f"perpdex verify {data_dir}: journal {len(J.segments(jdir))} segments, records "
       f"{scan.first:,}..{scan.last:,}, {scan.commands:,} commands"
       + (f"; a torn tail of {cut} bytes (recovery cuts it)" if cut else "") + "\n")
+    end = J.journal_end(jdir, scan, snaps[-1][1].seq if snaps else 0)
+    first = scan.first or end + 1
+    try:
+        hole = J.missing(data_dir, scan, snaps[-1] if snaps else None)
+        mark = J.read_mark(data_dir / J.MARK)
+    except J.JournalError as e:
+        hole, mark = str(e), 0
+    if hole is not None:
+        w(f"  {hole}: MISSING\n")
+        failures += 1
+    elif mark:
+        w(f"  durable seq {mark:,} (DATA/{J.MARK}): ok (the journal ends at seq {end:,})\n")
+    else:
+        w(f"  durable seq: no DATA/{J.MARK} (a data folder from before it): not checked\n")
     start = 0
     eng = Engine()
-    if scan.first > 1:
-        base = [(p, s) for p, s in snaps if s.seq >= scan.first - 1]
+    if first > 1:
+        base = [(p, s) for p, s in snaps if s.seq >= first - 1]
         if not base:
-            w(f"  journal starts at seq {scan.first} and no snapshot covers the records before "
+            w(f"  journal starts at seq {first} and no snapshot covers the records before "
               f"it: cannot replay from scratch\n")
             w("perpdex verify: FAILED\n")
             return 1
         path, s = base[0]
         eng = Engine.from_snapshot(s.engine)
         start = s.seq
-        w(f"  the segments before seq {scan.first} were deleted: replaying from snapshot "
+        w(f"  the segments before seq {first} were deleted: replaying from snapshot "
           f"{path.name} (seq {s.seq})\n")
     at = {s.seq: (p, s) for p, s in snaps}
     decode = J.decode
@@ -245,11 +261,11 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
                 restored = f"unrestorable: {e}"
             check(f"snapshot {path.name}, restored engine", h, restored)
     final = J.state_hash(eng)
-    for path, s in [x for x in snaps if x[1].seq > scan.last]:
-        w(f"  snapshot {path.name}: covers seq {s.seq:,}, beyond the journal's {scan.last:,}: "
+    for path, s in [x for x in snaps if x[1].seq > end][:-1]:     # the newest: `hole` above
+        w(f"  snapshot {path.name}: covers seq {s.seq:,}, beyond the journal's {end:,}: "
           f"MISMATCH\n")
         failures += 1
-    newest = [(p, s) for p, s in snaps if s.seq <= scan.last]
+    newest = [(p, s) for p, s in snaps if s.seq <= end]
     if newest:
         path, s = newest[-1]
         try:
@@ -267,7 +283,7 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     else:
         w(f"  recovered state (the journal alone, no snapshot): ok ({final})\n")
     w(f"perpdex verify: {'ok' if not failures else f'FAILED ({failures} mismatches)'}: "
-      f"state hash {final} at seq {scan.last:,}\n")
+      f"state hash {final} at seq {end:,}\n")
     return 1 if failures else 0
 
 

@@ -93,21 +93,6 @@ def _first(segs):
     return int(segs[0].name.split(".")[0])
 
 
-def test_a_journal_with_segments_missing_after_the_snapshot_stops_the_start(tmp_path):
-    v = Venue(tmp_path, segment_bytes=4096)
-    try:
-        v.start()
-        orders(v, "mm-2", 40, "m")
-        v.kill()
-        segs = J.segments(v.data / "journal")
-        assert len(segs) >= 3
-        segs[1].unlink()
-        rc, err = v.start(ok=False)
-        assert rc == 2 and f"{segs[2]}: offset 0: record seq" in err
-    finally:
-        v.stop()
-
-
 def test_state_hash_is_a_view_that_numbers_no_event():
     eng = Engine()
     eng.execute(M.Deposit(account="a", amount=5))
