@@ -35,10 +35,12 @@ Restart is always possible, and never over a hole: a snapshot is written only on
 is on disk up to its seq (every fsync policy); recovery and `perpdex verify` refuse a journal
 that ends before the newest seq a snapshot or `durable-seq` says was on disk. A failure of the
 journal, in its own thread too, is kept in `Journal.failure`, and from then on `append`, `sync`
-and `durable` raise: nothing is acknowledged after it.
+and `durable` raise: nothing is acknowledged after it. A snapshot that cannot be written is
+logged, counted (`Journal.snapshot_failures`) and tried again later; the venue serves on.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -75,6 +77,7 @@ MARK = "durable-seq"                        # in the data folder (`DurableMark`)
 MARK_MAGIC = b"PDXDSEQ1"
 MARK_SLOT = struct.Struct("<8sQI")          # magic, seq, crc32 of the 16 bytes before it
 MARK_FSYNC_S = 1.0                          # the marker's own fsync, at most this often
+SNAPSHOT_RETRY_S = (1.0, 60.0)              # after a failed snapshot: the first pause, the longest
 monotonic = time.monotonic                  # (a test moves it)
 
 _encode = msgspec.msgpack.encode
@@ -390,7 +393,8 @@ class Journal:
     A failure anywhere (a write, an fsync, the thread's own, `os.dup` out of descriptors
     included) is kept in `failure` (the exception; None while healthy) and from then on
     `append`, `sync`, `durable` and `make_durable` raise JournalError: nothing is acknowledged
-    after it. `health()` says where the journal is.
+    after it. `health()` says where the journal is. `snapshot_failures` counts the snapshots
+    that could not be written (`take_snapshot`), `snapshot_error` says the last one's error.
 
     `notes = True`: the Sequencer hands it the gateway's own records too (replies, deadlines)."""
 
@@ -417,6 +421,11 @@ class Journal:
         self.fsyncs = 0
         self.failure: BaseException | None = None
         self.failed_in = ""                 # what was being done when it failed
+        self.snapshot_failures = 0          # snapshots that could not be written, ever
+        self.snapshot_error: str | None = None
+        self.snapshot_failing = 0           # failed in a row: the pause before the next try
+        self.snapshot_retry_at = 0.0        # `monotonic()` before which none is due
+        self.prune_failures = 0
         self.lock_fd = -1                   # the data folder's lock (`lock`), when it holds it
         self.closed = False
         self.thread = None
@@ -608,7 +617,8 @@ class Journal:
     def health(self) -> dict:
         """Where the journal is, for the server's `health` reply: the policy, its thread
         ("running", "stopped", "none" with fsync "off", or "failed: <why>"), the last record
-        written and the last one an fdatasync covered, and what the marker names. O(1)."""
+        written and the last one an fdatasync covered, what the marker names, and the
+        snapshots that failed. O(1)."""
         if self.failure is not None:
             thread = f"failed: {self.failed_in}: {type(self.failure).__name__}: {self.failure}"
         elif self.thread is None:
@@ -617,7 +627,9 @@ class Journal:
             thread = "running" if self.thread.is_alive() else "stopped"
         return {"fsync": self.policy, "thread": thread, "written_seq": self.seq,
                 "durable_seq": self.synced, "fsyncs": self.fsyncs,
-                "marker_seq": self.mark.seq if self.mark is not None else None}
+                "marker_seq": self.mark.seq if self.mark is not None else None,
+                "snapshot_failures": self.snapshot_failures,
+                "snapshot_error": self.snapshot_error}
 
     def close(self) -> None:
         """Make everything durable (whatever the policy) and close the segment. A failure of
@@ -745,13 +757,29 @@ def write_snapshot(folder: Path, snap: Snapshot) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{snap.seq:020d}{SNAPSHOT}"
     tmp = folder / f".{final.name}.tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(framed(snap))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(framed(snap))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):      # a full disk leaves nothing behind
+            tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(folder)
     return final
+
+
+def remove_unfinished(folder: Path) -> None:
+    """Remove the temporary files of snapshots never finished (a process that stopped while
+    writing one), with a log line each. At boot, with the data folder locked."""
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(f".*{SNAPSHOT}.tmp"):
+        tmp.unlink()
+        log.warning("removed %s: a snapshot that was never finished (its process stopped "
+                    "while writing it)", tmp)
 
 
 def read_snapshot(path: Path) -> Snapshot:
@@ -876,6 +904,7 @@ def recover(server) -> str:
     jdir, sdir = cfg.data_dir / "journal", cfg.data_dir / "snapshots"
     t0 = time.perf_counter()
     held = lock(cfg.data_dir)
+    remove_unfinished(sdir)
     snap, spath = _load_newest_snapshot(server, jdir, sdir)
     after = snap.seq if snap is not None else 0
     # The public feed is replayed too, turn by turn (its messages go nowhere): its topics' seq
@@ -937,15 +966,20 @@ def recover(server) -> str:
 
 
 def snapshot_due(server) -> bool:
+    """Every `snapshot_every` commands; after a failed one, not before its pause is over."""
     every = server.cfg.journal.snapshot_every
-    return bool(every) and server.engine.n_commands - server.snapshot_at >= every
+    if not every or server.engine.n_commands - server.snapshot_at < every:
+        return False
+    return monotonic() >= getattr(server.seq.durability, "snapshot_retry_at", 0.0)
 
 
-def take_snapshot(server) -> Path:
+def take_snapshot(server) -> Path | None:
     """A snapshot of the engine and the gateway, between turns (nothing pending), then the
     retention policy. The journal is made durable up to the snapshot's seq first, whatever the
-    fsync policy (JournalError if it cannot be: the server stops). Blocks the loop while it is
-    written: O(state)."""
+    fsync policy (JournalError if it cannot be: the server stops). A snapshot that cannot be
+    written (OSError: a full disk, ...) is logged and counted (`Journal.snapshot_failures`),
+    leaves no file, and is tried again after a pause (`SNAPSHOT_RETRY_S`, doubling): None is
+    returned and the venue serves on. Blocks the loop while it is written: O(state)."""
     jr = server.seq.durability
     jr.make_durable()               # never a snapshot ahead of the journal on disk
     cfg = server.cfg
@@ -955,11 +989,30 @@ def take_snapshot(server) -> Path:
     data = eng.snapshot()
     snap = Snapshot(seq=jr.seq, commands=eng.n_commands, state_hash=state_hash(eng),
                     engine=data, gateway=gateway_state(server), written_ns=time.time_ns())
-    path = write_snapshot(sdir, snap)
+    try:
+        path = write_snapshot(sdir, snap)
+    except OSError as e:
+        jr.snapshot_failures += 1
+        jr.snapshot_failing += 1
+        jr.snapshot_error = f"{type(e).__name__}: {e}"
+        first, longest = SNAPSHOT_RETRY_S
+        pause = min(longest, first * 2 ** (jr.snapshot_failing - 1))
+        jr.snapshot_retry_at = monotonic() + pause
+        log.error("snapshot at seq %d failed (%s); the venue serves on and tries again in "
+                  "%.0f s (%d snapshots failed so far)", snap.seq, jr.snapshot_error, pause,
+                  jr.snapshot_failures)
+        return None
+    jr.snapshot_failing, jr.snapshot_retry_at = 0, 0.0
     server.snapshot_at = eng.n_commands
     log.info("snapshot %s: seq %d, %d commands, %d bytes in %.3f s", path.name, snap.seq,
              snap.commands, path.stat().st_size, time.perf_counter() - t0)
-    prune(cfg.data_dir, cfg.journal.keep_snapshots, cfg.journal.covered_segments, jr)
+    try:
+        prune(cfg.data_dir, cfg.journal.keep_snapshots, cfg.journal.covered_segments, jr)
+    except OSError as e:
+        jr.prune_failures += 1
+        log.error("after snapshot %s, the older snapshots and covered segments could not be "
+                  "removed (%s: %s); tried again after the next snapshot", path.name,
+                  type(e).__name__, e)
     return path
 
 
