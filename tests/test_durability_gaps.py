@@ -15,7 +15,7 @@ import pytest
 from perpdex.gateway import journal as J
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
-from tests.test_durability_restart import Venue, trade
+from tests.test_durability_restart import Venue, state, trade
 from tests.test_durability_snapshot import orders
 from tests.test_gateway import PERPDEX
 
@@ -74,25 +74,56 @@ def test_a_snapshot_is_written_only_once_every_journal_byte_before_it_is_fsynced
         srv.close()
 
 
-def test_a_snapshot_ahead_of_the_journal_stops_the_start_naming_the_missing_records(tmp_path):
+@pytest.fixture
+def ahead(tmp_path):
+    """A venue (fsync off) whose journal was cut, as a power cut can leave it, to the turn before
+    its snapshot's seq; killed. (The venue, the seq the journal ends at, the snapshot, the
+    segment, its size, the state before the kill.)"""
     v = Venue(tmp_path, fsync="off")
     try:
         v.start()
         trade(v)
         snap = J.read_snapshot(v.snapshot())
+        before = state(v)
         orders(v, "mm-2", 3, "late")
         v.kill()
         seg = J.segments(v.data / "journal")[-1]
         end, at = [(s, o) for s, o in turn_ends(seg) if s < snap.seq][-1]
-        with open(seg, "r+b") as f:                 # what a power cut leaves with fsync off
+        with open(seg, "r+b") as f:
             f.truncate(at)
-        (v.data / J.MARK).unlink(missing_ok=True)   # the marker is not what is tested here
-        rc, err = v.start(ok=False)
-        assert rc == 2 and missing(end, snap.seq) in err, err
-        assert f"snapshot {J.snapshots(v.data / 'snapshots')[-1]} covers it" in err
-        assert seg.stat().st_size == at             # nothing appended behind the hole
+        (v.data / J.MARK).unlink()          # as in a folder from before the marker
+        yield v, end, snap, seg, at, before
     finally:
         v.stop()
+
+
+def test_a_snapshot_ahead_of_the_journal_stops_the_start_naming_the_missing_records(ahead):
+    v, end, snap, seg, at, _ = ahead
+    rc, err = v.start(ok=False)
+    assert rc == 2 and missing(end, snap.seq) in err, err
+    assert f"snapshot {J.snapshots(v.data / 'snapshots')[-1]} covers it" in err
+    assert seg.stat().st_size == at                 # nothing appended behind the hole
+
+
+def test_with_the_segments_moved_aside_the_venue_starts_from_the_snapshot_and_verifies(ahead):
+    v, end, snap, seg, at, before = ahead
+    aside = v.data / "journal-before-gap"
+    aside.mkdir()
+    for s in J.segments(v.data / "journal"):
+        s.rename(aside / s.name)
+    assert f"snapshot {J.snapshots(v.data / 'snapshots')[-1].name}" in v.start()
+    assert state(v) == before
+    v.kill()
+    assert verify(v).returncode == 0
+
+
+def test_with_the_loss_accepted_the_venue_starts_from_what_the_journal_holds(ahead):
+    v, end, snap, seg, at, _ = ahead
+    for s in J.snapshots(v.data / "snapshots"):
+        s.unlink()
+    assert f"up to seq {end:,}" in v.start()
+    v.kill()
+    assert verify(v).returncode == 0
 
 
 @pytest.fixture
