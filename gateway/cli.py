@@ -233,8 +233,10 @@ def _bench(argv: list[str]) -> int:
 def _verify_parser(sub) -> None:
     vf = sub.add_parser("verify", help="check a data folder: its journal, snapshots and state",
                         description="Replay the journal of DATA_DIR from scratch and compare the "
-                        "state hash with every snapshot and with the state recovery gives; print "
-                        "a report. Exit 0 if everything matches, 1 on any mismatch or corruption, "
+                        "state hash with every snapshot and with the state recovery gives; check "
+                        "that the journal reaches the newest seq known durable (the newest "
+                        "snapshot's, DATA_DIR/durable-seq's); print a report. Exit 0 if "
+                        "everything matches, 1 on any mismatch, corruption or missing segments, "
                         "2 if DATA_DIR holds no journal. Changes nothing.",
                         epilog=_docs("docs/operations.md#perpdex-verify-data_dir"))
     vf.add_argument("data_dir", metavar="DATA_DIR", help="the server's data folder")
