@@ -152,6 +152,7 @@ class Market:
         self.last_oracle_ts = 0
         self.next_funding = self.premium_sum = self.premium_n = self.cum_funding = 0
         self.liq_pending = False
+        self.waiting = []                             # scopes queued by the last pass
         self.bids = SortedDict()      # price -> deque[Order]; best = last key
         self.asks = SortedDict()      # price -> deque[Order]; best = first key
         self.positions: list[Position] = []           # in creation order
@@ -241,10 +242,8 @@ class ReferenceEngine:
         self.liquidating = False
         self.liq_qty = self.liq_notional = 0
         self.deleveraged: list[Scope] = []
+        self.adl_cache: dict = {}                     # (market, side) -> the pass's ADL queues
         self.reached: dict[str, int] = {}             # what happened, for tests to report
-        # Set once the fund had to take what ADL could not, or fell below zero: the part of
-        # issue 19 (R5) whose details are still being settled with the core.
-        self.fund_deficit_reached = False
         self.out: list[dict] = []
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -327,12 +326,14 @@ class ReferenceEngine:
 
     def equity(self, sc: Scope):
         total = sc.pos.iso_margin if sc.pos is not None else sc.account.cash
-        if sc.pos is None and sc.account.key == FUND and self.rules.fund_receivable:
+        fund = sc.pos is None and sc.account.key == FUND and self.rules.fund_receivable
+        if fund:
             total += self.fund_receivable()
         for p in sc.positions():
             if p.size:
                 mk = self.markets[p.market]
-                total += mk.unrealised(p) - mk.unsettled(p)
+                # the fund settles its own funding with itself (cash to cash): not a debt
+                total += mk.unrealised(p) - (0 if fund else mk.unsettled(p))
         return total
 
     def fund_receivable(self):
@@ -445,7 +446,7 @@ class ReferenceEngine:
                 if self.margin:
                     self._liquidation_pass(mk, calls=False)
             if mk.liq_pending and self.margin:
-                self._liquidation_pass(mk, calls=False)
+                self._drain(mk)
 
     def _boundary(self, mk):
         spec = mk.spec
@@ -1064,7 +1065,6 @@ class ReferenceEngine:
         first falls below 1.5x maintenance (after an oracle), then the liquidation of those below
         maintenance, most under-margined first, at most max_liquidations_per_update."""
         found = []
-        self.deleveraged = []                         # the scopes ADL took from in this pass
         for p in mk.positions:                        # creation order
             if p.size == 0 or p.account == FUND:
                 continue
@@ -1081,15 +1081,27 @@ class ReferenceEngine:
             if eq < mm:
                 found.append((Fraction(eq, mm), account_order(p.account), sc))
         found.sort(key=lambda f: f[:2])
-        mk.liq_pending = False
-        for k, (_, _, sc) in enumerate(found):
-            if k == mk.spec.max_liquidations_per_update:
-                mk.liq_pending = True
-                self.note("liquidations carried over")
-                break
+        mk.waiting = [sc for _, _, sc in found]
+        self._drain(mk)
+
+    def _drain(self, mk):
+        """Liquidate the next max_liquidations_per_update scopes of the queue the last pass
+        found, in its order, each still below maintenance (the rest wait for the next clock
+        tick); the ADL queues are ranked once a pass."""
+        self.deleveraged = []                         # the scopes ADL took from in this pass
+        self.adl_cache = {}
+        done = 0
+        while mk.waiting and done < mk.spec.max_liquidations_per_update:
+            sc = mk.waiting.pop(0)
+            if self.equity(sc) >= self.maintenance_margin(sc):
+                continue
             self._liquidate_scope(sc)
+            done += 1
             sc.flag_holder().margin_call = \
                 2 * self.equity(sc) < 3 * self.maintenance_margin(sc)
+        mk.liq_pending = bool(mk.waiting)
+        if mk.liq_pending:
+            self.note("liquidations carried over")
         if self.rules.fund_deficit:
             self._fund_deficit(mk)
 
@@ -1153,7 +1165,6 @@ class ReferenceEngine:
                 n = self._deleverage(p, side, n, bp)
                 if n:
                     self.note("fund takes what ADL could not")
-                    self.fund_deficit_reached = True
             if n:
                 if self.rules.fund_deficit:
                     bp = self._affordable(mk, side, n, bp)
@@ -1198,11 +1209,25 @@ class ReferenceEngine:
 
     def _adl_queues(self, mk, bankrupt_account, side):
         """The positions against a closing trade on `side`: first those in price profit, then
-        those whose profit is funding owed to them, each ranked."""
+        those whose profit is funding owed to them, each ranked, once a pass (the first time
+        the pass needs them); at its turn a position must still be open on that side and still
+        qualify for its queue (`_still_ranked`)."""
+        key = (mk.name, side)
+        if key not in self.adl_cache:
+            self.adl_cache[key] = self._rank_adl(mk, side)
+        return [(c, bounded, queue) for c, bounded, queue in self.adl_cache[key]
+                if c.account != bankrupt_account]
+
+    def _still_ranked(self, mk, c, side, queue):
+        if c.size == 0 or (c.size > 0) == (side == "sell"):
+            return False
+        pnl = mk.unrealised(c)
+        return (pnl if queue == 0 else pnl - mk.unsettled(c)) > 0
+
+    def _rank_adl(self, mk, side):
         ranked, owed = [], []
         for c in mk.positions:
-            if c.size == 0 or c.account in (bankrupt_account, FUND) or \
-                    (c.size > 0) == (side == "sell"):
+            if c.size == 0 or c.account == FUND or (c.size > 0) == (side == "sell"):
                 continue
             pnl = mk.unrealised(c)
             if pnl > 0:
@@ -1213,15 +1238,17 @@ class ReferenceEngine:
                 owed.append((-self._adl_score(mk, c, pnl), account_order(c.account), c))
         ranked.sort(key=lambda r: r[:2])
         owed.sort(key=lambda r: r[:2])
-        return [(c, self.rules.adl_bound_all) for _, _, c in ranked] + \
-            [(c, True) for _, _, c in owed]
+        return [(c, self.rules.adl_bound_all, 0) for _, _, c in ranked] + \
+            [(c, True, 1) for _, _, c in owed]
 
     def _deleverage(self, p: Position, side, n, bp):
         """Close up to `n` of `p` against the ADL queues at `bp`; returns what is left."""
         mk = self.markets[p.market]
-        for c, bounded in self._adl_queues(mk, p.account, side):
+        for c, bounded, queue in self._adl_queues(mk, p.account, side):
             if n == 0:
                 break
+            if not self._still_ranked(mk, c, side, queue):
+                continue
             take = min(n, abs(c.size))
             if bounded:
                 worse = ((bp - mk.mark) if c.size < 0 else (mk.mark - bp)) * mk.spec.multiplier
@@ -1271,7 +1298,6 @@ class ReferenceEngine:
         if self.equity(sc) >= 0:
             return
         self.note("fund below zero")
-        self.fund_deficit_reached = True
         p = fund.positions.get(mk.name)
         against = None                                # the fund's closing side
         if p is not None and p.size:

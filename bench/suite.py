@@ -273,6 +273,13 @@ def liquidation_suite(quick=False, log=print) -> dict:
         out["runs"].append(r)
         log(f"  liquidation {n:>9,} accounts: quiet p50 {r['quiet_p50_us']:.1f} us, "
             f"p99 {r['quiet_p99_us']:.1f} us; ten liquidated in {r['ten_us']:,.0f} us")
+    from bench import liquidation_worst as worst
+    out["worst"] = {"adl": worst.adl(3_000 if quick else 30_000, 100),
+                    "waiting": worst.waiting(6_000 if quick else 60_000, 60 if quick else 600)}
+    a, w = out["worst"]["adl"], out["worst"]["waiting"]
+    log(f"  liquidation worst: {a['bankrupt']} bankrupt vs {a['positions']:,} positions in "
+        f"{a['oracle_ms']:.1f} ms; {w['waiting']:,} waiting: ticks p99 {w['tick_p99_ms']:.2f} "
+        f"ms, max {w['tick_max_ms']:.2f} ms")
     return out
 
 

@@ -414,6 +414,12 @@ cdef class Engine:
     def n_fills(self):
         return self.s.n_fills
 
+    def work(self):
+        """Counts of the liquidation machinery's work since this engine was made (not kept in
+        snapshots): `scopes_looked_at` by passes and resumed passes, `adl_ranked` positions
+        ranked for auto-deleveraging. The bounds of docs/limits.md are tested on these."""
+        return {"scopes_looked_at": self.s.n_looked, "adl_ranked": self.s.n_ranked}
+
     @property
     def margin(self):
         return self.s.margin
@@ -546,7 +552,7 @@ cdef class Engine:
                 if s.margin:
                     liquidation.run(s, m, False)
             if s.mk[m].liq_pending and s.margin:
-                liquidation.run(s, m, False)
+                liquidation.resume(s, m)
         return 0
 
     # ---- markets and prices ----------------------------------------------------------------

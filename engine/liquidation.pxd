@@ -11,3 +11,4 @@ from libc.stdint cimport int32_t
 from .state cimport State
 
 cdef int run(State s, int32_t m, bint calls) except -1
+cdef int resume(State s, int32_t m) except -1

@@ -14,28 +14,25 @@ from .entry cimport liquidation_order
 from .risk cimport rekey_dirty, candidates, mark_called, rekey_exact
 from . cimport events
 
-from fractions import Fraction
-
 from .state import account_order
 
 
 cdef int run(State s, int32_t m, bint calls) except -1:
     """After a mark update (`calls`: with margin calls) or funding in market `m`: look at the
     scopes the risk index says may be below 1.5x maintenance, warn those that first fell
-    below it, and liquidate those below maintenance, most under-margined first (equity /
-    maintenance; ties by account), at most `max_liquidations_per_update` of them; the rest
-    wait for the next mark update or clock tick.
+    below it, and queue those below maintenance, most under-margined first (equity /
+    maintenance, compared exactly; ties by account); then liquidate the first
+    `max_liquidations_per_update` of them (`_drain`); the rest wait, in that order, for the
+    next clock tick (`resume`), or are looked at afresh by the next mark update or funding.
 
-    Cost: O(accounts changed since the last pass x log n) to re-key them, plus O(log n + k)
+    Cost: O(accounts changed since the last pass x log n) to re-key them, plus O(k log k)
     for the k scopes near their line, plus the cross accounts holding several positions;
     not the accounts that exist."""
-    cdef MarketC* mk = &s.mk[m]
-    cdef int32_t p, a, iso, k = 0
+    cdef int32_t p, a, iso
     cdef int128 eq, mm
     cdef bint below
     cdef PosC* q
     rekey_dirty(s)
-    s.deleveraged = []
     found = []
     seen = set()
     for p in candidates(s, m):
@@ -48,6 +45,7 @@ cdef int run(State s, int32_t m, bint calls) except -1:
         if (a, iso) in seen:
             continue
         seen.add((a, iso))
+        s.n_looked += 1
         eq = equity(s, a, iso)
         mm = maintenance_margin(s, a, iso)
         if calls:
@@ -63,15 +61,38 @@ cdef int run(State s, int32_t m, bint calls) except -1:
             else:
                 s.risk_called[m].discard(p)
         if eq < mm:
-            found.append((Fraction(py128(eq), py128(mm)), account_order(s.account_keys[a]), a, iso))
+            found.append((_ratio(eq, mm), account_order(s.account_keys[a]), a, iso))
         elif (q.rlist == 1 or q.rlist == 2) and not below_call(eq, mm):
             rekey_exact(s, p)                                   # it was looked at early
-    found.sort()
-    mk.liq_pending = 0
-    for _, _, a, iso in found:
-        if k == mk.max_liquidations:
-            mk.liq_pending = 1
-            break
+    found.sort(reverse=True)                    # the most under-margined last: pop() takes it
+    s.liq_queue[m] = [(a, iso) for _, _, a, iso in found]
+    return _drain(s, m)
+
+
+cdef int resume(State s, int32_t m) except -1:
+    """A clock tick after a pass that hit its bound: the next scopes of the waiting queue, in
+    the order the pass found them, each looked at again (one that has recovered is passed
+    over). O(max_liquidations_per_update) scopes, not the queue's length."""
+    rekey_dirty(s)
+    return _drain(s, m)
+
+
+cdef int _drain(State s, int32_t m) except -1:
+    """Liquidate up to `max_liquidations_per_update` scopes still below maintenance from the
+    market's queue; then the fund's floor. The ADL queues are ranked once a pass."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef int32_t a, iso, k = 0
+    cdef bint below
+    queue = s.liq_queue[m]
+    s.deleveraged = []
+    s.adl_queues = {}
+    while queue and k < mk.max_liquidations:
+        a, iso = queue.pop()
+        s.n_looked += 1
+        if iso >= 0 and s.pos[iso].size == 0:
+            continue
+        if equity(s, a, iso) >= maintenance_margin(s, a, iso):
+            continue
         _liquidate_scope(s, a, iso)
         k += 1
         # The warning now describes the scope as the liquidation left it (no new event).
@@ -80,8 +101,20 @@ cdef int run(State s, int32_t m, bint calls) except -1:
             s.pos[iso].margin_call = below
         else:
             s.ac[a].margin_call = below
+    mk.liq_pending = 1 if queue else 0
     _fund_floor(s, m)
+    s.adl_queues = {}
     return 0
+
+
+cdef object _ratio(int128 num, int128 den):
+    """An exact sort key of num / den (den > 0, both below 2^127): floor(num * 2^256 / den).
+    Two different fractions differ by at least 1 / (den1 x den2) > 2^-254, so their keys
+    differ in the same direction, and equal fractions have equal keys: the order is that of
+    the fractions, with no Fraction (and no gcd) made."""
+    if den <= 0:
+        return py128(num) << 256
+    return (py128(num) << 256) // py128(den)
 
 
 cdef int _fund_floor(State s, int32_t m) except -1:
@@ -306,37 +339,51 @@ cdef int64_t _deleverage(State s, int32_t a, int32_t p, int side, int64_t n,
     received above zero), ranked the same way by that sum (an extension): when funding alone
     has made the bankrupt one bankrupt, the positions that funding paid are on the other side,
     and without them the fund would take over far from the mark and pay out money that nobody
-    deposited. Such a position takes no more than its scope's equity can pay for at that price
+    deposited. Every position takes no more than its scope's equity can pay for at that price
     (a bankruptcy price far from the mark can carry a cross account's deficit from its other
-    markets), so deleveraging never leaves it below zero."""
-    cdef int32_t m = s.pos[p].market, c
+    markets), so deleveraging never leaves it below zero.
+
+    The two queues of a market and side are ranked once a pass, when the pass first needs
+    them, and shared by every bankrupt scope after; at its turn a position is taken only if
+    it is still open on that side and still qualifies for its queue (an extension: the
+    contract does not say when the ranking is made). O(P log P) once, then O(1) a match."""
+    cdef int32_t m = s.pos[p].market, c, k
     cdef MarketC* mk = &s.mk[m]
     cdef PosC* q
     cdef int128 pnl
-    ranked = []
-    owed = []
-    for c in s.market_pos[m]:
-        q = &s.pos[c]
-        if (q.size == 0 or q.account == a or q.account == s.insurance
-                or (q.size > 0) == (side == ASK)):
-            continue                                  # must point against the bankrupt one
-        pnl = unrealised(mk, q.size, q.cost)
-        if pnl > 0:
-            ranked.append(_adl_rank(s, mk, c, pnl))
-            continue
-        pnl -= unsettled_funding(mk, q.size, q.funding_last)
-        if pnl > 0:
-            owed.append(_adl_rank(s, mk, c, pnl))
-    ranked.sort()
-    owed.sort()
-    for _, _, c in ranked:
-        if n == 0:
-            break
-        n -= _adl_match(s, a, p, c, side, n, bp)
-    for _, _, c in owed:
-        if n == 0:
-            break
-        n -= _adl_match(s, a, p, c, side, n, bp)
+    queues = s.adl_queues.get((m, side))
+    if queues is None:                      # ranked once a pass, at the pass's marks
+        ranked = []
+        owed = []
+        for c in s.market_pos[m]:
+            q = &s.pos[c]
+            if (q.size == 0 or q.account == s.insurance
+                    or (q.size > 0) == (side == ASK)):
+                continue                              # must point against the bankrupt one
+            pnl = unrealised(mk, q.size, q.cost)
+            if pnl > 0:
+                ranked.append(_adl_rank(s, mk, c, pnl))
+                continue
+            pnl -= unsettled_funding(mk, q.size, q.funding_last)
+            if pnl > 0:
+                owed.append(_adl_rank(s, mk, c, pnl))
+        ranked.sort()
+        owed.sort()
+        queues = ([r[3] for r in ranked], [r[3] for r in owed])
+        s.adl_queues[(m, side)] = queues
+    for k in range(2):
+        for c in queues[k]:
+            if n == 0:
+                return 0
+            q = &s.pos[c]
+            if q.size == 0 or q.account == a or (q.size > 0) == (side == ASK):
+                continue                              # closed (or turned) since it was ranked
+            pnl = unrealised(mk, q.size, q.cost)
+            if k == 1:
+                pnl -= unsettled_funding(mk, q.size, q.funding_last)
+            if pnl <= 0:
+                continue                              # no longer in profit: out of the queue
+            n -= _adl_match(s, a, p, c, side, n, bp)
     return n
 
 
@@ -368,14 +415,20 @@ cdef int64_t _adl_match(State s, int32_t a, int32_t p, int32_t c, int side, int6
 
 
 cdef tuple _adl_rank(State s, MarketC* mk, int32_t c, int128 pnl):
-    """The sort key of position `c` in the ADL queue: -(PnL / |cost|) x (notional / equity),
-    then the account; an account with no equity left ranks first."""
+    """The sort key of position `c` in the ADL queue: the highest (PnL / |cost|) x (notional /
+    equity) first, compared exactly, then the account; a scope with no equity left ranks
+    first. The slot is last."""
     cdef PosC* q = &s.pos[c]
     cdef int128 eq = equity(s, q.account, scope_of(s, c))
-    notional = int(iabs(q.size)) * mk.mark * mk.multiplier
-    score = (Fraction(py128(pnl) * notional, int(iabs(q.cost)) * py128(eq))
-             if eq > 0 and q.cost else Fraction(10**30))
-    return (-score, account_order(s.account_keys[q.account]), c)
+    cdef int128 notional = <int128>iabs(q.size) * mk.mark * mk.multiplier
+    s.n_ranked += 1
+    order = account_order(s.account_keys[q.account])
+    if eq <= 0 or q.cost == 0:
+        return (0, 0, order, c)
+    # PnL x notional < 2^123 and |cost| x equity < 2^124: the Python products are exact, and
+    # two different scores differ by more than 2^-256 of a unit (see _ratio).
+    return (1, -((py128(pnl) * py128(notional) << 256) // (py128(iabs(q.cost)) * py128(eq))),
+            order, c)
 
 
 cdef int64_t _bankruptcy_price(State s, int32_t a, int32_t iso, int32_t p) except -1:

@@ -32,10 +32,11 @@ cdef int128 equity(State s, int32_t a, int32_t iso):
 
 
 cdef int128 fund_receivable(State s):
-    """What the other positions owe the insurance fund, net, through lazy settlement (funding
-    that receivers may already have taken from its cash while payers have not yet settled),
-    floored: a lower bound, since every settlement rounds in the fund's favour. It counts in
-    the fund's equity (docs/contract.md, "Solvency"). O(markets)."""
+    """What lazy settlement will still bring the insurance fund, net: the funding the other
+    positions owe (or are owed), floored (a lower bound: every settlement rounds in the fund's
+    favour), plus its own positions' unsettled funding, which `equity` took off as for any
+    account, though the fund settles it with itself (cash to cash, a no-op). It counts in the
+    fund's equity (docs/contract.md, "Solvency"). O(markets)."""
     cdef int128 r = 0, own
     cdef int32_t m, fp
     cdef MarketC* mk
@@ -45,6 +46,7 @@ cdef int128 fund_receivable(State s):
         fp = s.pos_of[m][s.insurance]
         if fp >= 0:
             own = <int128>s.pos[fp].size * (mk.cum_funding - s.pos[fp].funding_last)
+            r += unsettled_funding(mk, s.pos[fp].size, s.pos[fp].funding_last)
         r += floor_div(mk.unsettled - own, PPM)
     return r
 

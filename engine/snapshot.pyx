@@ -19,7 +19,7 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 1
+VERSION = 2                 # 2: MarketC.unsettled, the waiting-liquidation queues
 
 
 cdef list _layout():
@@ -92,6 +92,7 @@ cdef bytes dump(State s):
                  _raw(pool.acct_tail, pool.acct_cap * sizeof(int32_t))],
         "books": books,
         "risk_called": [sorted(x) for x in s.risk_called],
+        "liq_queue": [[list(x) for x in q] for q in s.liq_queue],
         "dirty": list(s.dirty),
     }
     return _encode(doc)
@@ -186,6 +187,8 @@ cdef int load(State s, bytes data) except -1:
             arm(s, i)
     for m, called in enumerate(doc["risk_called"]):
         s.risk_called[m].update(called)
+    for m, queue in enumerate(doc["liq_queue"]):
+        s.liq_queue[m] = [(a, iso) for a, iso in queue]
     s.dirty.extend(doc["dirty"])
     (s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits, s.withdrawals,
      s.fees) = doc["scalars"]

@@ -129,6 +129,8 @@ cdef class State:
     cdef list risk_called           # set of slots of scopes currently warned
     cdef list dirty                 # accounts whose money or positions changed
     cdef list deleveraged           # (account, scope) deleveraged in this liquidation pass
+    cdef dict adl_queues            # (market, side) -> the pass's ranked ADL queues (engine.liquidation)
+    cdef list liq_queue             # per market: scopes (account, iso) waiting, the next last
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id
     cdef list market_pos            # per market: its position slots, in slot order
@@ -161,6 +163,8 @@ cdef class State:
     cdef int64_t next_oid
     cdef int64_t n_commands
     cdef int64_t n_fills
+    cdef int64_t n_looked           # scopes looked at by liquidation passes (Engine.work)
+    cdef int64_t n_ranked           # positions ranked for ADL (Engine.work)
     cdef bint margin                # False: no margin checks (pure matching, benchmarks)
     cdef bint liquidating           # the walk is a liquidation's: fills say so
     cdef int64_t liq_qty            # what the liquidation walk filled, and its notional

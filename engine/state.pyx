@@ -55,6 +55,8 @@ cdef class State:
         self.risk_called = []
         self.dirty = []
         self.deleveraged = []
+        self.adl_queues = {}
+        self.liq_queue = []
         self.specs = []
         self.market_pos = []
         self.market_ids = {}
@@ -332,6 +334,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     s.risk_short.append(SortedList())
     s.risk_multi.append(set())
     s.risk_called.append(set())
+    s.liq_queue.append([])
     s.specs.append(spec)
     s.market_pos.append([])
     s.market_utf8.append(spec.name.encode("utf-8"))

@@ -21,11 +21,6 @@ from bench.reference import ReferenceEngine, Rules
 
 # The rules of issue 19 the core is built with (bench/reference.py, `Rules`).
 CORE_RULES = Rules()
-# R5 (the fund's own deficit: its position deleveraged, then the deficit socialised) is still
-# being settled with the core: until it is confirmed, a margin flow is compared up to the
-# command where the reference first meets it (the fund takes what ADL could not, or ends a
-# pass below zero), and the rest of the flow is not. Set True to compare it too.
-R5_CONFIRMED = False
 ACCOUNTS = TRADERS + MAKERS + [FUND]
 
 
@@ -40,18 +35,15 @@ def run_both(cmds, check_every=1):
     return core, ref
 
 
-def run_margin(cmds, r5=R5_CONFIRMED) -> dict:
+def run_margin(cmds) -> dict:
     """Both engines with margin on: the events of every command, then the audit, every
-    account's report and the canonical state. Returns what the reference reached (its counts,
-    and "stopped at R5" when the flow met the unconfirmed part)."""
+    account's report and the canonical state. Returns what the reference reached (its
+    counts)."""
     core, ref = Engine(), ReferenceEngine(rules=CORE_RULES)
     reports = [M.Audit()] + [M.QueryAccount(account=a) for a in ACCOUNTS]
     for n, cmd in enumerate(cmds):
         got = [msgspec.to_builtins(e) for e in core.execute(cmd)]
         want = ref.execute(cmd)
-        if ref.fund_deficit_reached and not r5:
-            ref.reached["stopped at R5"] = 1
-            return ref.reached
         assert got == want, f"command {n}: {cmd}"
         for q in reports:
             assert [msgspec.to_builtins(e) for e in core.execute(q)] == ref.execute(q), \
@@ -131,12 +123,9 @@ def test_core_matches_reference_with_margin_on_seeded_flows():
     assert seen["liquidated scope"] >= 0.2 * len(SEEDS), seen
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the core (uncommitted work on engine/liquidation.pyx) ranks the ADL queues once per pass "
-    "and reuses them for every later bankruptcy of that pass; the contract ranks by PnL ratio "
-    "x leverage when the position is deleveraged, and a position no longer in profit is no "
-    "longer in the queue: the core deleverages mm1 where the reference takes 7"))
-def test_adl_ranks_at_the_time_of_each_bankruptcy():
+def test_adl_queues_are_ranked_once_a_pass_and_positions_that_left_them_are_passed_over():
+    """Seed 1008: several bankruptcies in one pass; a position ranked at the pass's start that
+    is no longer in profit at its turn is passed over (docs/contract.md, ADL)."""
     run_margin(margin_flow(random.Random(1008), 267))
 
 
@@ -152,12 +141,10 @@ def test_core_matches_reference_with_margin_on_long_flows(block):
                                  f"random.Random({seed}), 600)") from e
 
 
-@pytest.mark.skipif(not R5_CONFIRMED, reason="R5 (the fund's own deficit) not yet confirmed "
-                                             "with the core: set R5_CONFIRMED")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(margin_flows())
 def test_core_matches_reference_past_the_funds_deficit(cmds):
-    run_margin(cmds, r5=True)
+    run_margin(cmds)
 
 
 # ---- the entry points agree ------------------------------------------------------------------

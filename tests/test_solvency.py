@@ -199,3 +199,23 @@ def test_a_liquidation_fill_pays_the_maker_no_rebate():
     assert liquidation_fills
     assert all(f.taker_fee + f.maker_fee >= 0 for f in liquidation_fills)
     assert eng.execute(M.Audit())[0].fees >= fees_before
+
+
+def test_the_funds_equity_counts_what_others_owe_it_and_not_its_own_funding_twice():
+    """The fund clears lazy settlement: payers that have not settled owe it, and its own
+    position's funding is settled with itself (cash to cash). Its equity is its cash, its
+    positions at the mark, and what the others owe it, net."""
+    eng = engine(**dict(PLAIN, interest_ppm=-2_000))                    # shorts pay longs
+    eng.execute(M.Oracle(market="X", price=100_000))
+    for acct, usd in (("v", 105), ("s", 10_000), ("insurance", 50)):
+        eng.execute(M.Deposit(account=acct, amount=usd * USD))
+    order(eng, "s", 1, "sell", 1000, 100_000)
+    order(eng, "v", 1, "buy", 1000, 100_000)
+    eng.execute(M.Oracle(market="X", price=90_000, ts=1))                # the fund takes v's long
+    assert eng.position("insurance", "X")[0] == 1000
+    eng.execute(M.Clock(ts=30 * 3600 * 10**9))                           # 30 intervals unsettled
+    fund, short = report(eng, "insurance"), report(eng, "s")
+    [owed] = [p["unsettled_funding"] for p in short["positions"]]
+    [own] = fund["positions"]
+    assert owed > 0
+    assert fund["equity"] == fund["collateral"] + own["unrealised_pnl"] + owed
