@@ -141,12 +141,18 @@ class Client:
 
     def _resume(self):
         """The private stream on the node now in use, from the last pseq received."""
-        reply = self._request_here("subscribe", resume_from=self.chain.pseq)
-        if not reply.get("ok"):
-            raise RuntimeError(f"the private stream cannot resume on {self.endpoints[self.at]}:"
-                               f" {reply.get('reason')}: {reply.get('detail')}")
-        for item in reply["missed"]:
-            self.pushed.append(self._item(item))
+        at = self.chain.pseq
+        while True:                         # page by page (`more`: docs/protocol.md)
+            reply = self._request_here("subscribe", resume_from=at)
+            if not reply.get("ok"):
+                raise RuntimeError(f"the private stream cannot resume on "
+                                   f"{self.endpoints[self.at]}: {reply.get('reason')}: "
+                                   f"{reply.get('detail')}")
+            for item in reply["missed"]:
+                self.pushed.append(self._item(item))
+            if not reply.get("more"):
+                break
+            at = reply["pseq"]
         if self.chain.head is not None and self.chain.head != reply["hash"]:
             raise ChainError(f"the stream's hash at pseq {reply['pseq']} on "
                              f"{self.endpoints[self.at]} is not the one its items lead to")
@@ -168,6 +174,11 @@ class Client:
             raise ChainError(f"the stream's hash at pseq {reply['pseq']} is not the one its "
                              f"items lead to")
         self.chain.head, self.chain.pseq = reply["hash"], reply["pseq"]
+        if reply.get("more"):               # a page: ask again from where it got
+            rest = self.subscribe(resume_from=reply["pseq"])
+            if rest.get("ok"):
+                rest["missed"] = reply["missed"] + rest["missed"]
+            return rest
         return reply
 
     def _item(self, item: dict) -> dict:
@@ -373,15 +384,18 @@ class AsyncClient:
 
     async def _resume(self):
         """The private stream on the node now in use, from the last pseq queued."""
-        req_id = next(self._ids)
-        reply = await self._once(msgspec.msgpack.encode(
-            {"req_id": req_id, "type": "subscribe", "resume_from": self.pseq}), req_id)
-        if reply is None or not reply.get("ok"):
-            raise RuntimeError(f"the private stream cannot resume on {self.endpoints[self.at]}:"
-                               f" {reply}")
-        for item in reply["missed"]:
-            self.pseq = item["pseq"]
-            await self.items.put(item)
+        while True:                         # page by page (`more`: docs/protocol.md)
+            req_id = next(self._ids)
+            reply = await self._once(msgspec.msgpack.encode(
+                {"req_id": req_id, "type": "subscribe", "resume_from": self.pseq}), req_id)
+            if reply is None or not reply.get("ok"):
+                raise RuntimeError(f"the private stream cannot resume on "
+                                   f"{self.endpoints[self.at]}: {reply}")
+            for item in reply["missed"]:
+                self.pseq = item["pseq"]
+                await self.items.put(item)
+            if not reply.get("more"):
+                break
 
     async def stream(self):
         while True:

@@ -5,6 +5,7 @@ from). docs/config.md lists every key with its default.
     [server]           ServerSection: endpoints, the data folder, session timing
     [journal]          JournalSection: the command journal, fsync policy, snapshots
     [replication]      ReplicationSection: the record log on NATS JetStream, role, timing
+    [limits]           LimitsSection: the gateway's bounds (gateway/limits.py, docs/limits.md)
     [[markets]]        the contract's create_market, one table per market
     [accounts.NAME]    AccountSection: role, optional CURVE public key, opening deposit
 
@@ -25,6 +26,8 @@ from msgspec import Meta, Struct
 
 from perpdex.engine import messages as M
 from perpdex.engine.markets import MarketConfigError, market_spec
+
+from .limits import Limits
 
 ROLES = ("trader", "oracle", "admin")
 DEFAULT_TOML = Path(__file__).with_name("default.toml")
@@ -91,6 +94,37 @@ class ReplicationSection(Struct, forbid_unknown_fields=True, kw_only=True):
     max_append_bytes: Annotated[int, Meta(ge=4096, le=8 << 20)] = 512 * 1024
 
 
+Positive = Annotated[int, Meta(gt=0, le=2**40)]
+RateBurst = Annotated[list[Annotated[float, Meta(gt=0)]], Meta(min_length=2, max_length=2)]
+_LIMITS = Limits()
+
+
+class LimitsSection(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The gateway's bounds (gateway/limits.py; docs/limits.md says what they add up to)."""
+    max_message: Positive = _LIMITS.max_message
+    hard_limit: Positive = _LIMITS.hard_limit
+    drain: Positive = _LIMITS.drain
+    max_batch: Positive = _LIMITS.max_batch
+    max_deposit: Annotated[int, Meta(gt=0, le=M.INT64_MAX)] = _LIMITS.max_deposit
+    retry_window: Positive = _LIMITS.retry_window
+    retry_bytes: Positive = _LIMITS.retry_bytes
+    stream_buffer: Positive = _LIMITS.stream_buffer
+    resume_bytes: Positive = _LIMITS.resume_bytes
+    request_rate: RateBurst = msgspec.field(default_factory=lambda: list(_LIMITS.request_rate))
+    order_rate: RateBurst = msgspec.field(default_factory=lambda: list(_LIMITS.order_rate))
+    cancel_rate: RateBurst = msgspec.field(default_factory=lambda: list(_LIMITS.cancel_rate))
+    send_hwm: Positive = _LIMITS.send_hwm
+    send_bytes: Positive = _LIMITS.send_bytes
+    account_send_bytes: Positive = _LIMITS.account_send_bytes
+    sndbuf: Annotated[int, Meta(ge=0, le=2**31 - 1)] = _LIMITS.sndbuf
+    handshake_ms: Annotated[int, Meta(gt=0, le=600_000)] = _LIMITS.handshake_ms
+    max_connections: Annotated[int, Meta(gt=0, le=1_000_000)] = _LIMITS.max_connections
+    max_subscribers: Annotated[int, Meta(gt=0, le=1_000_000)] = _LIMITS.max_subscribers
+    max_per_address: Annotated[int, Meta(gt=0, le=1_000_000)] = _LIMITS.max_per_address
+    backlog: Annotated[int, Meta(gt=0, le=65_535)] = _LIMITS.backlog
+    pub_hwm: Positive = _LIMITS.pub_hwm
+
+
 class AccountSection(Struct, forbid_unknown_fields=True, kw_only=True):
     role: Literal["trader", "oracle", "admin"]
     public_key: Union[Z85Key, None] = None
@@ -101,6 +135,7 @@ class ConfigFile(Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     journal: JournalSection = msgspec.field(default_factory=JournalSection)
     replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     markets: list[M.CreateMarket] = msgspec.field(default_factory=list)
     accounts: dict[str, AccountSection] = msgspec.field(default_factory=dict)
 
@@ -131,6 +166,7 @@ class Config:
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     journal: JournalSection = field(default_factory=JournalSection)
     replication: ReplicationSection = field(default_factory=ReplicationSection)
+    limits: Limits = field(default_factory=Limits)
 
 
 def default_config(data_dir: str | Path | None = None) -> Config:
@@ -197,13 +233,17 @@ def parse_config(text: str, source: str = "<config>") -> Config:
                               f"{name!r} is configured twice")
     if not parsed.accounts:
         raise ConfigError(f"{source}: accounts: at least one account is needed")
+    try:
+        limits = Limits(**msgspec.structs.asdict(parsed.limits))
+    except ValueError as e:
+        raise ConfigError(f"{source}{_at(text, ['limits'])}: {e}")
     s = parsed.server
     return Config(router=s.router, pub=s.pub, data_dir=Path(s.data_dir),
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
                   metrics=s.metrics, log_format=s.log_format, markets=parsed.markets,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
                             for n, a in parsed.accounts.items()},
-                  journal=parsed.journal, replication=parsed.replication)
+                  journal=parsed.journal, replication=parsed.replication, limits=limits)
 
 
 # ---- errors that say where -------------------------------------------------------------------

@@ -45,13 +45,19 @@ class Metrics:
         self.commit = Histogram("perpdex_commit_seconds",
                                 "Time to make a loop turn's commands durable (the journal lag "
                                 "a reply waits for)", buckets=BUCKETS, registry=r)
+        self.thread_failures = Counter("perpdex_thread_failures",
+                                       "Threads of the server that failed (it then stops)",
+                                       ["thread"], registry=r)
         r.register(_Gauges(server))
         self.http = None
+        self.thread = None                  # the HTTP server's thread (the server watches it)
 
     def serve(self, address: str):
         """Serve /metrics on `host:port` (in a thread of the server process)."""
         host, _, port = address.rpartition(":")
         self.http = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        if isinstance(self.http, tuple):    # prometheus-client >= 0.17: (server, thread)
+            self.thread = self.http[1]
         return self.http
 
     def events(self, events) -> None:
@@ -76,9 +82,13 @@ class _Gauges:
 
     def collect(self):
         s = self.server
+        h = s.health_facts()
+        d = getattr(s, "descriptors", {})
         for name, doc, value in (
-                ("perpdex_connections", "Connections that finished the handshake",
-                 s.health_facts()["connections"]),
+                ("perpdex_connections", "Connections of the request socket (handshaking too)",
+                 h["connections"]),
+                ("perpdex_subscribers", "Connections of the public socket (handshaking too)",
+                 h["subscribers"]),
                 ("perpdex_sessions", "Sessions (connections that sent a request)", len(s.sessions)),
                 ("perpdex_queue_replies", "Replies queued this loop turn", len(s.out)),
                 ("perpdex_queue_stream_items", "Private-stream items queued this loop turn",
@@ -89,11 +99,29 @@ class _Gauges:
                  s.stats["dropped"]),
                 ("perpdex_suspended", "Private streams suspended for slow connections",
                  s.stats["suspended"]),
+                ("perpdex_over_send_bytes", "Messages dropped because their connection held "
+                 "its most bytes", s.stats.get("over_bytes", 0)),
                 ("perpdex_internal_errors", "Requests that failed in an unforeseen way",
-                 s.stats["internal_errors"])):
+                 s.stats["internal_errors"]),
+                ("perpdex_descriptors_open", "Descriptors the process holds",
+                 h["descriptors"]["open"]),
+                ("perpdex_descriptor_budget", "Descriptors the server may need at most",
+                 d.get("total", 0)),
+                ("perpdex_descriptor_limit", "The soft limit on open files (-1: none)",
+                 d.get("limit", 0))):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             yield g
+        g = GaugeMetricFamily("perpdex_gate_closed", "1 while a socket takes no new connections "
+                              "(it holds its most)", labels=["socket"])
+        for sock, facts in h["gates"].items():
+            g.add_metric([sock], 1 if facts["gate"] == "closed" else 0)
+        yield g
+        g = GaugeMetricFamily("perpdex_thread_up", "1 while a thread of the server runs",
+                              labels=["thread"])
+        for thread, state in h["threads"].items():
+            g.add_metric([thread], 1 if state == "alive" else 0)
+        yield g
 
 
 class JsonLines(logging.Formatter):

@@ -20,18 +20,20 @@ import gc
 import logging
 import os
 import random
-import resource
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections import deque
+from itertools import islice
 from hashlib import blake2b
 from pathlib import Path
 
 import msgspec
 import zmq
 import zmq.auth
+import zmq.utils.garbage
 from msgspec import Raw
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -42,6 +44,8 @@ from .config import Config
 from . import journal
 from .durability import Deadline, Durability, Reply, Sequencer
 from .feed import Feed
+from .gate import Gate, Listener, open_descriptors
+from .gate import fit as fit_descriptors
 from .limits import Limits
 from .observability import Metrics, configure_logging, stop_logging
 
@@ -49,7 +53,9 @@ log = logging.getLogger("perpdex.gateway")
 
 SIM_START = {"BTC-PERP": 650_000, "ETH-PERP": 300_000}    # the simulated oracle's first prices
 SIM_EVERY = 250_000_000                                   # ns between simulated oracle prices
-FD_SPARE = 256                          # descriptors kept beyond max_connections
+STOP_WITHIN_S = 10                      # a server whose thread failed exits (code 3) by then
+BOOT_DESCRIPTORS = 32                   # what boot opens besides connections (the ZeroMQ
+                                        # context and sockets, the journal; gateway/gate.py)
 FEED_HEARTBEAT = 1_000_000_000          # ns between the public feed's heartbeats
 
 
@@ -97,18 +103,34 @@ def ensure_keys(cfg: Config) -> dict[str, Path]:
 
 
 class GatedAuthenticator(ThreadAuthenticator):
-    """pyzmq's ZAP authenticator, refusing every handshake while the server holds
-    `Limits.max_connections` connections (ZAP status 400, "too many connections")."""
+    """pyzmq's ZAP authenticator, refusing a handshake on a socket that holds its most
+    connections, or from an address that holds its most on that socket (ZAP status 400, "too
+    many connections ..."; the counts are the gate's, gateway/gate.py). The sockets' ZAP
+    domains name them: `requests`, `public`."""
 
-    def __init__(self, ctx, full):
+    def __init__(self, ctx, gate):
         super().__init__(ctx)
-        self.full = full
+        self.gate = gate
+        self.peer = ("", "")                # (domain, address) of the request being handled
+        self.failure: BaseException | None = None
+
+    async def handle_zap_message(self, msg):
+        self.peer = (msg[2].decode(errors="replace") if len(msg) > 3 else "",
+                     msg[3].decode(errors="replace") if len(msg) > 3 else "")
+        try:
+            await super().handle_zap_message(msg)
+        except BaseException as e:      # the thread ends; the server sees why and stops
+            self.failure = e
+            raise
 
     async def _authenticate_curve(self, domain, client_key):
-        if self.full():
-            log.warning("handshake refused: too many connections",
-                        extra={"event": "auth_refused", "why": "too many connections"})
-            return False, b"too many connections"
+        gate = self.gate()
+        why = gate.over(*self.peer) if gate is not None else None
+        if why is not None:
+            log.warning("handshake refused: %s", why,
+                        extra={"event": "auth_refused", "why": why, "socket": self.peer[0],
+                               "address": self.peer[1]})
+            return False, why.encode()
         ok, why = await super()._authenticate_curve(domain, client_key)
         if not ok:
             log.warning("handshake refused: %s", why.decode(errors="replace"),
@@ -135,22 +157,64 @@ class Bucket:
 
 
 class Retries:
-    """An account's last `keep` replies by req_id, encoded (bytes: nothing for the garbage
-    collector to walk), the oldest forgotten first. O(1) a lookup, an insert, an eviction."""
+    """An account's retry cache: the last `keep` req_ids of its commands and batches, and the
+    replies of the newest of them, encoded (bytes: nothing for the garbage collector to walk),
+    at most `max_bytes` in all. Over the bytes, the oldest replies drop first; their ids stay
+    (`replies[rid]` is None) until `keep` newer ids pass, so that a retry of one is answered
+    `reply_dropped`, never run twice. A reply larger than `max_bytes` is not kept at all.
+    O(1) a lookup, an insert, an eviction (amortised)."""
 
-    __slots__ = ("keep", "replies", "order")
+    __slots__ = ("keep", "max_bytes", "replies", "order", "kept", "bytes")
 
-    def __init__(self, keep: int):
+    def __init__(self, keep: int, max_bytes: int | None = None):
         self.keep = keep
-        self.replies: dict = {}
-        self.order: deque = deque()
+        self.max_bytes = max_bytes if max_bytes is not None else Limits.retry_bytes
+        self.replies: dict = {}             # req_id -> reply bytes, or None: dropped
+        self.order: deque = deque()         # every req_id kept, oldest first
+        self.kept: deque = deque()          # the req_ids whose reply is kept, oldest first
+        self.bytes = 0                      # the bytes of the kept replies
 
-    def add(self, req_id, reply: bytes):
-        if req_id not in self.replies:
+    def add(self, req_id, reply: bytes | None):
+        old = self.replies.get(req_id, False)
+        if old is False:
             self.order.append(req_id)
             if len(self.order) > self.keep:
-                del self.replies[self.order.popleft()]
-        self.replies[req_id] = reply
+                gone = self.order.popleft()
+                data = self.replies.pop(gone)
+                if data is not None:
+                    self.bytes -= len(data)
+                    self.kept.popleft()         # the oldest kept is the oldest id
+        elif old is not None:                   # replaced (a journal replayed twice)
+            self.bytes -= len(old)
+            self.kept.remove(req_id)
+        if reply is None or len(reply) > self.max_bytes:
+            self.replies[req_id] = None
+        else:
+            self.replies[req_id] = reply
+            self.kept.append(req_id)
+            self.bytes += len(reply)
+        self.trim()
+
+    def trim(self):
+        """Drop the oldest replies until the kept ones fit `max_bytes`."""
+        while self.bytes > self.max_bytes:
+            rid = self.kept.popleft()
+            self.bytes -= len(self.replies[rid])
+            self.replies[rid] = None
+
+
+class _RetryBooks(dict):
+    """account -> Retries, each held to the server's byte bound whoever made it (recovery in
+    gateway/journal.py makes them too)."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def __setitem__(self, account, retries):
+        retries.max_bytes = self.max_bytes
+        retries.trim()
+        super().__setitem__(account, retries)
 
 
 class Stream:
@@ -171,18 +235,63 @@ class Stream:
 class Session:
     """What the server knows of one connection: whose it is, when it last spoke, whether the
     orders it placed go when it falls silent (`orders`: oid -> (market, cid), those still open),
-    the last stream item it was sent, and whether its stream is suspended."""
+    the last stream item it was sent, whether its stream is suspended, and the bytes sent to it
+    that may still be queued in this process (`queued()`)."""
 
     __slots__ = ("account", "last_seen", "cancel_on_disconnect", "orders", "delivered",
-                 "suspended")
+                 "suspended", "sent", "acked", "mark", "trackers", "spend", "counted")
 
-    def __init__(self, account: str, now: int):
+    def __init__(self, account: str, now: int, spend: "Spend | None" = None):
         self.account = account
         self.last_seen = now
         self.cancel_on_disconnect = False
         self.orders: dict[int, tuple] = {}
         self.delivered = 0
         self.suspended = False
+        self.sent = 0                       # bytes handed to ZeroMQ for this connection
+        self.acked = 0                      # of which ZeroMQ is known to be done with
+        self.mark = 0                       # `sent` at the last tracked message
+        self.trackers: deque = deque()      # (MessageTracker, `sent` after it), oldest first
+        self.spend = spend if spend is not None else Spend()    # its account's, shared
+        self.counted = 0                    # what `spend.total` holds of this connection
+        self.spend.sessions.add(self)
+
+    def recount(self) -> int:
+        """`queued()`, and the account's total brought up to date with it."""
+        q = self.queued()
+        self.spend.total += q - self.counted
+        self.counted = q
+        return q
+
+    def end(self) -> None:
+        self.spend.total -= self.counted
+        self.counted = 0
+        self.spend.sessions.discard(self)
+
+    def queued(self) -> int:
+        """Bytes sent to this connection that ZeroMQ may still hold: those after the newest
+        tracked message it is done with (its pipe is first in, first out). O(trackers done)."""
+        t = self.trackers
+        while t and t[0][0].done:
+            self.acked = t.popleft()[1]
+        return self.sent - self.acked
+
+
+class Spend:
+    """The bytes all the connections of one account may still hold in this process: the sum
+    of what each had queued when it was last sent to (`Session.recount`), so never less than
+    now; `refresh` counts them all again. O(1), `refresh` O(the account's sessions)."""
+
+    __slots__ = ("total", "sessions")
+
+    def __init__(self):
+        self.total = 0
+        self.sessions: set = set()
+
+    def refresh(self) -> int:
+        for sess in self.sessions:
+            sess.recount()
+        return self.total
 
 
 def _accounts_of(ev) -> tuple:
@@ -202,7 +311,15 @@ _ITEM_HEAD = b"\x84\xa6stream\xa7private\xa4pseq"
 _ITEM_HASH = b"\xa4hash\xc4\x10"          # 16 bytes of binary follow
 _ITEM_EVENT = b"\xa5event"
 OK, FULL, GONE = 0, 1, 2
+TRACK = 64 * 1024                       # bytes: a message this large, or the first after this
+                                        # many untracked bytes to a connection, is tracked
 CHAIN_START = bytes(16)                 # the head of a hash chain before its first event
+
+
+def _item_hash(item: bytes, pseq: int) -> bytes:
+    """The `hash` of a private-stream item (its chain's head at `pseq`), read from its bytes."""
+    at = len(_ITEM_HEAD) + len(msgspec.msgpack.encode(pseq)) + len(_ITEM_HASH)
+    return item[at:at + 16]
 
 
 def _chain(head: bytes, data: bytes) -> bytes:
@@ -217,7 +334,7 @@ class Server:
                  oracle_sim=False, limits: Limits | None = None,
                  durability: Durability | None = None):
         self.cfg = cfg
-        self.limits = lim = limits if limits is not None else Limits()
+        self.limits = lim = limits if limits is not None else cfg.limits
         self.engine = engine if engine is not None else Engine()
         self.codec = P.Codec(lim.max_deposit)
         self.encode = self.codec.encode
@@ -234,7 +351,10 @@ class Server:
         else:
             self.key_paths = ensure_keys(cfg)
             self.by_key = {a.public_key.encode(): a for a in cfg.accounts.values()}
-        self.max_connections = _raise_fd_limit(lim.max_connections)
+        # The descriptors it may need at most, checked against RLIMIT_NOFILE before anything
+        # is opened (gateway/gate.py; DescriptorBudget stops the start with a sentence).
+        self.descriptors = fit_descriptors(lim, max(0, open_descriptors()) + BOOT_DESCRIPTORS)
+        self.max_connections = lim.max_connections
         self.logins: dict[bytes, object] = {}       # plain-text mode: connection -> account
         self.sim = random.Random(1) if oracle_sim else None
         self.sim_index: dict[str, int] = {}
@@ -243,10 +363,11 @@ class Server:
         self.writer = True                          # runs commands (a follower of the
                                                     # replicated log does not)
         self.poll_ms = 0                            # the loop's longest wait (0: the tick)
-        self.replies: dict[str, Retries] = {}       # account -> its kept replies
+        self.replies = _RetryBooks(lim.retry_bytes)  # account -> its kept replies
         self.buckets: dict[str, dict] = {"request": {}, "order": {}, "cancel": {}}
         self.streams: dict[str, Stream] = {}        # account -> its private stream
         self.sessions: dict[bytes, Session] = {}    # connection -> its session
+        self.spends: dict[str, Spend] = {}          # account -> the bytes its connections hold
         self.owners: dict[int, Session] = {}        # open oid -> the session that placed it
         self.deadlines: dict[str, int] = {}         # account -> schedule_cancel time (ns)
         self.out: list = []                         # (connection, reply bytes), this turn
@@ -259,7 +380,12 @@ class Server:
                                                     # once the state is recovered
         self.feed_beat = 0                          # when the feed's next heartbeat is due (ns)
         self.notices: set[bytes] = set()            # suspended connections not yet told
-        self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0}
+        self.stats = {"internal_errors": 0, "dropped": 0, "suspended": 0, "over_bytes": 0,
+                      "replies_dropped": 0}
+        self.failed: tuple | None = None            # (thread, error): the server stops
+        self.log_listener = None                    # the log writer thread's (run() sets it)
+        self.gate = None                            # gateway/gate.py, once the sockets exist
+        self._fd_at, self._fd_open = -1.0, -1       # descriptors open, counted then
         self.started = time.monotonic()
         self.tag = "unreadable"                     # the type of the request being handled
         self.metrics = None                         # gateway/observability.py, when configured
@@ -277,36 +403,48 @@ class Server:
         self.auth = None
         pub = sec = None
         if not self.plaintext:
-            self.auth = GatedAuthenticator(self.ctx, self._full)
+            self.auth = GatedAuthenticator(self.ctx, lambda: self.gate)
             self.auth.start()
-            self.auth.configure_curve(domain="*",
-                                      location=str((cfg.data_dir / "authorized").resolve()))
+            for domain in ("requests", "public"):   # the ZAP domains of the two sockets
+                self.auth.configure_curve(domain=domain, location=str(
+                    (cfg.data_dir / "authorized").resolve()))
             pub, sec = zmq.auth.load_certificate(str(cfg.data_dir / "keys" / "server.key_secret"))
-        self.router = self._socket(zmq.ROUTER, pub, sec)
+        self.router = self._socket(zmq.ROUTER, pub, sec, b"requests")
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, lim.hard_limit)
         self.router.setsockopt(zmq.SNDHWM, lim.send_hwm)
-        self.router.setsockopt(zmq.HANDSHAKE_IVL, lim.handshake_ms)
-        if lim.sndbuf:
-            self.router.setsockopt(zmq.SNDBUF, lim.sndbuf)
-        self.connected: set[int] = set()            # fds of open connections (handshaking too)
-        self.monitor = self.router.get_monitor_socket(
-            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.router.bind(cfg.router)
-        self.pub = self._socket(zmq.PUB, pub, sec)
+        self.pub = self._socket(zmq.PUB, pub, sec, b"public")
         self.pub.setsockopt(zmq.SNDHWM, lim.pub_hwm)
-        if lim.sndbuf:
-            self.pub.setsockopt(zmq.SNDBUF, lim.sndbuf)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, 4096)   # subscriptions: topics are short
+        listeners = {"requests": Listener("requests", self.router, lim.max_connections,
+                                          lim.max_per_address),
+                     "public": Listener("public", self.pub, lim.max_subscribers,
+                                        lim.max_per_address)}
+        self.router.bind(cfg.router)
         self.pub.bind(cfg.pub)
+        self.gate = Gate(listeners)
+        self.gate.start()
+        # pyzmq's garbage-collector thread (which tells trackers that ZeroMQ is done with a
+        # message, `_send`) starts with the first zero-copy frame: at boot, not mid-turn.
+        zmq.Frame(b"boot", track=True, copy=False)
+        self.descriptors["held_after_boot"] = open_descriptors()
         gc.freeze()             # what boot made (engine, config, decoders) is never collected
 
-    def _socket(self, kind, pub, sec):
+    def _socket(self, kind, pub, sec, domain: bytes):
+        """A server socket: CURVE (unless plain text), its ZAP domain naming it, the handshake
+        deadline, the listen backlog and the kernel send buffer of the limits."""
         s = self.ctx.socket(kind)
         if pub is not None:
             s.curve_publickey = pub
             s.curve_secretkey = sec
             s.curve_server = True
+            s.zap_domain = domain
         s.linger = 0
+        lim = self.limits
+        s.setsockopt(zmq.HANDSHAKE_IVL, lim.handshake_ms)
+        s.setsockopt(zmq.BACKLOG, lim.backlog)
+        if lim.sndbuf:
+            s.setsockopt(zmq.SNDBUF, lim.sndbuf)
         return s
 
     def _boot(self):
@@ -343,7 +481,6 @@ class Server:
     def serve_forever(self):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
         tick = max(10, min(200, self.cfg.session_timeout_ms // 4))
         tick_ns = tick * 1_000_000
         next_timers = 0
@@ -351,6 +488,8 @@ class Server:
         recv = self.router.recv_multipart
         idle = self.poll_ms or tick
         while self.running:
+            if self._watch():           # a thread of the server failed: it stops, loudly
+                break
             self._between()
             ready = dict(poller.poll(1 if self.held else idle))   # held turns: check soon
             if self.router in ready:
@@ -360,8 +499,6 @@ class Server:
                     except zmq.Again:
                         break
                     self._guarded(frames)
-            if self.monitor in ready:
-                self._connections()
             now = self.seq.now()
             if now >= next_timers:
                 next_timers = now + tick_ns
@@ -370,12 +507,72 @@ class Server:
                 except Exception:       # noqa: BLE001 - the guard of the server's own work
                     self.stats["internal_errors"] += 1
                     log.exception("the server's own commands failed; serving on")
-            self._flush()               # a failing Durability.sync() stops the server: nothing
+            try:
+                self._flush()           # a failing Durability.sync() stops the server: nothing
                                         # may leave that is not durable
-            self._maybe_snapshot()
+                self._maybe_snapshot()
+            except Exception:
+                if self._watch():       # a failed thread explains it: the loud stop
+                    break
+                raise
+        if self.failed is not None:     # nothing more can be made durable, or watched: what
+            return                      # is held stays unsent (it was never acknowledged)
         self._flush()
         if self.held:
             self._release(self.seq.durability, wait=True)
+
+    def threads(self) -> dict:
+        """Each thread of the server: name -> the exception that stopped it, "dead" when it
+        ended without one, or None while it runs. O(threads)."""
+        out = {}
+        j = self.seq.durability
+        failure = getattr(j, "failure", None) or getattr(j, "error", None)
+        t = getattr(j, "thread", None)
+        if failure is not None:
+            out["journal"] = failure
+        elif t is not None and not t.is_alive() and not getattr(j, "closed", False):
+            out["journal"] = "dead"
+        elif t is not None or type(j) is journal.Journal:
+            out["journal"] = None
+        if self.auth is not None:
+            t = self.auth.thread
+            out["zap"] = None if t is not None and t.is_alive() else (self.auth.failure or
+                                                                      "dead")
+        if self.gate is not None:
+            out["gate"] = self.gate.failure or (None if self.gate.is_alive() else "dead")
+        if self.log_listener is not None:
+            t = getattr(self.log_listener, "_thread", None)
+            out["log"] = None if t is not None and t.is_alive() else "dead"
+        zgc = getattr(zmq.utils.garbage.gc, "thread", None)
+        if zgc is not None:             # pyzmq's: trackers are told through it
+            out["zmq_gc"] = None if zgc.is_alive() else "dead"
+        if self.metrics is not None and self.metrics.thread is not None:
+            out["metrics"] = None if self.metrics.thread.is_alive() else "dead"
+        return out
+
+    def _watch(self) -> bool:
+        """Every loop turn: has a thread of the server failed? Then the server stops, loudly
+        (a `thread_failed` line at level critical, the metric, exit code 3): a process that
+        answers `health` while it cannot make anything durable, or keep its connections
+        bounded, helps nobody. O(threads)."""
+        if self.failed is not None:
+            return True
+        for name, why in self.threads().items():
+            if why is None or (name == "gate" and self.gate.stopping):
+                continue
+            error = why if isinstance(why, str) else f"{type(why).__name__}: {why}"
+            self.failed = (name, error)
+            self.running = False
+            if self.metrics is not None:
+                self.metrics.thread_failures.labels(name).inc()
+            log.critical("the %s thread failed (%s): the server stops", name, error,
+                         extra={"event": "thread_failed", "failed_thread": name,
+                                "error": error})
+            if name == "log":           # nobody writes the line above: say it on stderr
+                sys.stderr.write(f"perpdex: the log thread failed ({error}): the server "
+                                 f"stops\n")
+            return True
+        return False
 
     def _between(self):
         """Between two loop turns (nothing of a turn is pending): the replicated mode's hook."""
@@ -472,9 +669,42 @@ class Server:
                 self.stats["dropped"] += 1
 
     def _send(self, identity: bytes, data: bytes) -> int:
+        """One message to one connection, never waiting. FULL when its pipe holds `send_hwm`
+        messages, or when what it may still hold in this process is over `send_bytes`, or what
+        all its account's connections may hold is over `account_send_bytes` (the connection is
+        then slow: the message is dropped and its stream suspended); GONE when the peer left.
+        A message always goes when nothing (at most TRACK bytes) is queued. A message of TRACK bytes or more, or the first after TRACK untracked
+        bytes, is sent tracked: ZeroMQ says when it is done with it, and so with everything
+        before it (`Session.queued`). O(1) amortised."""
+        sess = self.sessions.get(identity)
+        router = self.router
         try:                            # two frames; ROUTER decides on the first (the identity)
-            self.router.send(identity, _MORE)
-            self.router.send(data, zmq.NOBLOCK)
+            if sess is None:            # no session: only short error replies go here
+                router.send(identity, _MORE)
+                router.send(data, zmq.NOBLOCK)
+                return OK
+            n = len(data)
+            lim = self.limits
+            queued = sess.recount()
+            spend = sess.spend
+            if (queued > TRACK and queued + n > lim.send_bytes) or (
+                    spend.total + n > lim.account_send_bytes           # stale, never low:
+                    and TRACK < spend.refresh()                         # count them again
+                    and spend.total + n > lim.account_send_bytes):
+                self.stats["dropped"] += 1
+                self.stats["over_bytes"] += 1
+                self._suspend(identity)
+                return FULL
+            router.send(identity, _MORE)
+            if n >= TRACK or sess.sent - sess.mark >= TRACK:
+                tracker = router.send(zmq.Frame(data, track=True, copy=False), zmq.NOBLOCK,
+                                      copy=False, track=True)
+                sess.sent += n
+                sess.mark = sess.sent
+                sess.trackers.append((tracker, sess.sent))
+            else:
+                router.send(data, zmq.NOBLOCK)
+                sess.sent += n
             return OK
         except zmq.Again:               # its pipe is full: it is slow, and nobody waits for it
             self.stats["dropped"] += 1
@@ -520,25 +750,6 @@ class Server:
                 pass
             self.notices.discard(identity)
 
-    def _connections(self):
-        """Count connections from the router's monitor (the ZAP gate reads the count). O(events)."""
-        while True:
-            try:
-                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            event = int.from_bytes(frames[0][:2], "little")
-            fd = int.from_bytes(frames[0][2:6], "little")
-            if event == zmq.EVENT_ACCEPTED:
-                self.connected.add(fd)
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.connected.discard(fd)
-
-    def _full(self) -> bool:
-        """Whether the connection handshaking now is one too many (asked by the ZAP thread;
-        it is counted already)."""
-        return len(self.connected) > self.max_connections
-
     def _timers(self, now: int):
         """Sessions that fell silent (the orders they placed go, if they asked), the simulated
         oracle, and dead-man's switches that ran out: commands of the server's own."""
@@ -547,6 +758,7 @@ class Server:
             if now - sess.last_seen <= timeout:
                 continue
             del self.sessions[identity]
+            sess.end()
             log.info("%s's session ended: no word for %d ms%s", sess.account,
                      self.cfg.session_timeout_ms,
                      " (its orders are cancelled)" if sess.cancel_on_disconnect else "",
@@ -627,14 +839,20 @@ class Server:
             return
         sess = self.sessions.get(identity)
         if sess is None:
-            sess = self.sessions[identity] = Session(acct.name, now)
+            spend = self.spends.get(acct.name)
+            if spend is None:
+                spend = self.spends[acct.name] = Spend()
+            sess = self.sessions[identity] = Session(acct.name, now, spend)
         sess.last_seen = now
         if cls.command is not None or cls is P.Batch or cls is P.ScheduleCancel:
             why = self._refuse(cls)
             if why is not None:
                 seen = self.replies.get(acct.name)
-                kept = seen.replies.get(rid) if seen is not None and rid is not None else None
-                if kept is not None:            # a retry: its reply leaves once it is durable
+                kept = seen.replies.get(rid, False) if seen is not None and rid is not None \
+                    else False
+                if kept is None:                # a retry whose reply was dropped
+                    self._reply(identity, self._dropped(rid))
+                elif kept is not False:         # a retry: its reply leaves once it is durable
                     self._reply(identity, kept)
                 else:                           # nothing ran: it need not wait for held turns
                     self._send(identity, self.encode(P.error(rid, "unavailable", why)))
@@ -648,10 +866,14 @@ class Server:
             return
         seen = self.replies.get(acct.name)
         if seen is None:
-            seen = self.replies[acct.name] = Retries(self.limits.retry_window)
+            seen = self.replies[acct.name] = Retries(self.limits.retry_window,
+                                                     self.limits.retry_bytes)
         if rid is not None:
-            kept = seen.replies.get(rid)
-            if kept is not None:        # a retry: the original reply, nothing redone
+            kept = seen.replies.get(rid, False)
+            if kept is None:            # a retry whose reply was dropped: nothing redone either
+                self._reply(identity, self._dropped(rid))
+                return
+            if kept is not False:       # a retry: the original reply, nothing redone
                 self._reply(identity, kept)
                 return
         reply = self._batch(acct, sess, req) if cls is P.Batch else self._one(acct, sess, req)
@@ -659,6 +881,18 @@ class Server:
         if rid is not None and reply.get("reason") != "rate_limited":
             seen.add(rid, data)
             self.seq.note(Reply(acct.name, rid, data))
+
+    def _dropped(self, rid) -> dict:
+        """The answer to a retry whose reply the retry cache no longer holds (its bytes went
+        to newer replies); the request ran once and is not run again."""
+        self.stats["replies_dropped"] += 1
+        lim = self.limits
+        return P.error(rid, "reply_dropped",
+                       f"req_id {rid!r} was run once, but its reply is no longer kept (an "
+                       f"account's last {lim.retry_window:,} req_ids are remembered, their "
+                       f"replies up to {lim.retry_bytes:,} bytes, the oldest dropped first); "
+                       f"it is not run again: your private stream and query_account tell what "
+                       f"it did")
 
     def _limited(self, account: str, rid, now_ns: int, request: int = 0, cancels: int = 0,
                  others: int = 0):
@@ -723,10 +957,15 @@ class Server:
         return st
 
     def _subscribe(self, acct, sess, identity, req, now):
-        """Join the account's private stream; with `resume_from`, first get what came after it."""
+        """Join the account's private stream; with `resume_from`, first get what came after it,
+        a page of at most `resume_bytes` (and at least one item) a reply. A reply with `more`
+        leaves the connection out of the stream: `pseq` and `hash` are those of its last item,
+        and the client asks again from there (docs/protocol.md). O(page)."""
         st = self._stream(acct.name)
         since = req.resume_from
         missed = []
+        pseq, head = st.pseq, st.head
+        more = False
         if since is not None:
             if since > st.pseq:
                 return P.error(req.req_id, "invalid_command",
@@ -737,13 +976,30 @@ class Server:
                                f"events after {since} are no longer kept (the oldest kept is "
                                f"{oldest}); subscribe afresh and ask query_account")
             n = st.pseq - since
-            missed = [Raw(item) for item in list(st.buffer)[len(st.buffer) - n:]] if n else []
+            budget = self.limits.resume_bytes
+            size = 0
+            last = b""
+            for item in islice(st.buffer, len(st.buffer) - n, None):
+                if missed and size + len(item) > budget:
+                    break
+                missed.append(Raw(item))
+                size += len(item)
+                last = item
+            if len(missed) < n:
+                more = True
+                pseq = since + len(missed)
+                head = _item_hash(last, pseq)
+        if more:                        # not in the stream until the last page
+            st.subscribers.discard(identity)
+            self.notices.discard(identity)
+            return {"req_id": req.req_id, "ok": True, "pseq": pseq, "hash": head,
+                    "missed": missed, "more": True}
         st.subscribers.add(identity)
         sess.suspended = False
         sess.delivered = st.pseq
         self.notices.discard(identity)
-        return {"req_id": req.req_id, "ok": True, "pseq": st.pseq, "hash": st.head,
-                "missed": missed}
+        return {"req_id": req.req_id, "ok": True, "pseq": pseq, "hash": head,
+                "missed": missed, "more": False}
 
     def _book(self, acct, sess, identity, req, now):
         if req.market not in self.engine.market_names():
@@ -753,14 +1009,47 @@ class Server:
                 **self.engine.book(req.market, req.depth)}
 
     def health_facts(self) -> dict:
-        """What `health` answers and the metrics' gauges read. O(markets)."""
+        """What `health` answers and the metrics' gauges read (docs/observability.md).
+        O(markets + threads); the process's descriptors are counted at most once a second."""
+        gate = self.gate
+        gates = gate.facts() if gate is not None else {}
+        now = time.monotonic()
+        if now - self._fd_at >= 1.0:
+            self._fd_at, self._fd_open = now, open_descriptors()
+        d = self.descriptors
         return {"seq": self.engine.seq, "clock": self.engine.clock,
                 "commands": self.engine.n_commands,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-                "connections": len(self.connected), "sessions": len(self.sessions),
+                "uptime_s": round(now - self.started, 3),
+                "connections": gates.get("requests", {}).get("connections", 0),
+                "subscribers": gates.get("public", {}).get("connections", 0),
+                "sessions": len(self.sessions),
                 "markets": self.engine.market_names(), "internal_errors":
                     self.stats["internal_errors"], "suspended_streams": self.stats["suspended"],
-                "dropped_messages": self.stats["dropped"]}
+                "dropped_messages": self.stats["dropped"],
+                "over_send_bytes": self.stats["over_bytes"],
+                "descriptors": {"open": self._fd_open, "budget": d["total"],
+                                "limit": d["limit"]},
+                "gates": gates,
+                "threads": {name: "alive" if why is None else
+                            (why if isinstance(why, str) else f"failed: {why!r}")
+                            for name, why in self.threads().items()},
+                "journal": self.journal_health()}
+
+    def journal_health(self) -> dict | None:
+        """The journal's own health (`Journal.health()` when it has one), or what the server
+        sees of it; None without a journal."""
+        j = self.seq.durability
+        own = getattr(j, "health", None)
+        if callable(own):
+            facts = dict(own())
+        elif type(j) is journal.Journal:
+            facts = {"policy": j.policy, "seq": j.seq, "synced": j.synced, "fsyncs": j.fsyncs}
+        else:
+            return None
+        failure = getattr(j, "failure", None) or getattr(j, "error", None)
+        facts.setdefault("failure", failure)
+        return {k: v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
+                for k, v in facts.items()}
 
     def _health(self, acct, sess, identity, req, now):
         return {"req_id": req.req_id, "ok": True, **self.health_facts()}
@@ -901,12 +1190,28 @@ class Server:
         return {"req_id": req.req_id, "ok": True, "results": results}
 
     def close(self):
-        self.seq.commit()
+        """Stop: the last turn made durable (unless the journal failed), the threads and the
+        sockets closed. Each step is tried even when one before it fails."""
+        steps = []
+        if self.failed is None or self.failed[0] != "journal":
+            steps.append(self.seq.commit)
         if hasattr(self.seq.durability, "close"):
-            self.seq.durability.close()
+            steps.append(self.seq.durability.close)
+        if self.gate is not None:
+            steps.append(self.gate.stop)
         if self.auth is not None:
-            self.auth.stop()
-        self.ctx.destroy(linger=0)
+            if self.auth.is_alive():
+                steps.append(self.auth.stop)
+            else:                       # its pipe has no reader: stop() would wait for ever
+                steps.append(lambda: self.auth.pipe.close(linger=0))
+        steps.append(lambda: self.ctx.destroy(linger=0))
+        for step in steps:
+            try:
+                step()
+            except Exception:           # noqa: BLE001 - the others must still run
+                if self.failed is None:
+                    raise
+                log.exception("while stopping after the %s thread failed", self.failed[0])
 
 
 def market_info(sp) -> dict:
@@ -927,21 +1232,6 @@ def market_info(sp) -> dict:
             "max_orders_per_account": sp.max_orders_per_account}
 
 
-def _raise_fd_limit(max_connections: int) -> int:
-    """Raise the soft limit on open files to what `max_connections` needs (within the hard
-    limit); returns the number of connections the process can really hold."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + FD_SPARE
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = new
-    if soft != resource.RLIM_INFINITY and soft - FD_SPARE < max_connections:
-        log.warning("open-file limit %d: at most %d connections", soft, soft - FD_SPARE)
-        return max(1, soft - FD_SPARE)
-    return max_connections
-
-
 def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         limits: Limits | None = None, durability: Durability | None = None) -> int:
     logs = configure_logging(cfg.log_format, sys.stderr)
@@ -950,6 +1240,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         from .replication import ReplicatedServer as make
     server = make(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
                     limits=limits, durability=durability)
+    server.log_listener = logs
     if cfg.metrics:
         server.metrics = Metrics(server)
         server.metrics.serve(cfg.metrics)
@@ -977,15 +1268,30 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
     if server.recovered:
         out.write(server.recovered + "\n")
     out.flush()
+    d = server.descriptors
     log.info("started", extra={"event": "start", "router": cfg.router, "pub": cfg.pub,
                                "markets": server.engine.market_names(),
-                               "accounts": len(cfg.accounts), "metrics": cfg.metrics or None})
+                               "accounts": len(cfg.accounts), "metrics": cfg.metrics or None,
+                               "descriptor_budget": d["total"], "descriptor_limit": d["limit"]})
     try:
         server.serve_forever()
     finally:
+        if server.failed is not None:   # stopping must not hang on what failed: exit 3 by then
+            stop_logging(logs)          # the thread_failed line is out before anything else
+            watchdog = threading.Timer(STOP_WITHIN_S, os._exit, (3,))
+            watchdog.daemon = True
+            watchdog.start()
         server.close()
         stop_logging(logs)               # what is queued is written (for 2 s at most)
     st = server.stats
+    if server.failed is not None:
+        name, error = server.failed
+        out.write(f"perpdex stopped: the {name} thread failed ({error}); "
+                  f"{server.seq.n_commands} commands sequenced, what was not durable was "
+                  f"never acknowledged; restart it (the journal recovers every acknowledged "
+                  f"command)\n")
+        out.flush()
+        return 3
     out.write(f"perpdex stopped ({', '.join(signals) or 'asked'}): "
               f"{server.seq.n_commands} commands sequenced, the last batch made durable, "
               f"sockets closed; {st['internal_errors']} internal errors, {st['dropped']} "
