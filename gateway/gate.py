@@ -148,6 +148,13 @@ class Listener:
         value = int.from_bytes(frames[0][2:6], "little")
         if event == zmq.EVENT_LISTENING:
             self.fd = value
+            try:                                # a filter gates TCP listeners only
+                s = socket.socket(fileno=value)
+                tcp = s.family in (socket.AF_INET, socket.AF_INET6)
+                s.detach()
+            except OSError:
+                tcp = False
+            self.filter_ok = self.filter_ok and tcp
         elif event == zmq.EVENT_ACCEPTED:
             addr = _peer(value)
             old = self.peers.get(value)

@@ -543,6 +543,10 @@ class Server:
         if self.log_listener is not None:
             t = getattr(self.log_listener, "_thread", None)
             out["log"] = None if t is not None and t.is_alive() else "dead"
+        link = getattr(self, "link", None)     # replicated mode: the NATS client's thread
+        t = getattr(link, "thread", None)
+        if t is not None:
+            out["nats"] = None if t.is_alive() else "dead"
         zgc = getattr(zmq.utils.garbage.gc, "thread", None)
         if zgc is not None:             # pyzmq's: trackers are told through it
             out["zmq_gc"] = None if zgc.is_alive() else "dead"
