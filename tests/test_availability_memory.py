@@ -3,6 +3,7 @@
 bound that only catches a hang is named so)."""
 from __future__ import annotations
 
+import signal
 import time
 
 import msgspec
@@ -182,3 +183,38 @@ def test_the_sdk_follows_every_page_of_a_resume(venue_of):
     assert c.chain.pseq == head
     v.client("mm-1").request("cancel_all")
     c.drain()                                       # the live stream again, chained
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["from_the_journal", "from_a_snapshot"])
+def test_a_dropped_reply_is_still_dropped_after_a_restart_and_nothing_is_run_twice(tmp_path,
+                                                                                  snapshot):
+    limits = dict(FAST, retry_bytes=64 << 10)
+    v = Venue(tmp_path, limits)
+    try:
+        v.client("oracle").request("oracle", market="BTC-PERP", price=650_000)
+        c = v.client("mm-1")
+        order = enc({"req_id": "o1", "type": "new_order", "market": "BTC-PERP", "cid": "o1",
+                     "side": "buy", "kind": "limit", "qty": 1, "price": 649_000})
+        assert c.send_raw(order)["ok"]
+        unknown = [{"type": "cancel", "market": "BTC-PERP", "cid": f"n-{k}"} for k in range(256)]
+        for k in range(4):
+            assert c.send_raw(enc({"req_id": f"b{k}", "type": "batch", "items": unknown}))["ok"]
+        if snapshot:                                # SIGUSR1: a snapshot between two turns
+            v.proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + HANG
+            while not list((v.data / "snapshots").glob("*.snapshot")):
+                assert time.monotonic() < deadline, "no snapshot (a hang)"
+                c.request("heartbeat")
+                time.sleep(0.05)
+        c.close()
+    finally:
+        v.stop()
+    v = Venue(tmp_path, limits)                     # the same data folder: recovered
+    try:
+        c = v.client("mm-1")
+        again = c.send_raw(order)
+        assert (again["ok"], again["reason"]) == (False, "reply_dropped")
+        assert [o["cid"] for o in c.request("query_account")["events"][0]["open_orders"]] \
+            == ["o1"]
+    finally:
+        v.stop()
