@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="JetStream sync_interval: always (the default), or a duration such as "
                     "2m (the NATS default); docs/operations.md says what each promises")
 
+    _stress_parser(sub)
+
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
                    "`perpdex bench --help`)")
     argv = sys.argv[1:] if argv is None else argv
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "verify":
         return _verify(args)
+    if args.cmd == "stress":
+        from .stress_cli import stress
+        return stress(args)
     if args.cmd == "nats-local":
         return _nats_local(args)
     if args.cmd == "demo":
@@ -240,6 +245,40 @@ def _verify_parser(sub) -> None:
                         "2 if DATA_DIR holds no journal. Changes nothing.",
                         epilog=_docs("docs/operations.md#perpdex-verify-data_dir"))
     vf.add_argument("data_dir", metavar="DATA_DIR", help="the server's data folder")
+
+
+def _stress_parser(sub) -> None:
+    st = sub.add_parser("stress", help="replay a crash through the engine and report what the "
+                        "venue's parameters do (liquidations, the fund, ADL, bad debt)",
+                        description="Run a scenario (a TOML file: the venue, a population, market "
+                        "makers, price paths) through the real engine, deterministically, and "
+                        "report accounts below maintenance, liquidations by kind, the insurance "
+                        "fund, auto-deleveraging, socialised losses and bad debt, with the audit "
+                        "checked at every step. Exit 0, 1 if the audit ever failed to balance, 2 "
+                        "on a bad input.",
+                        epilog=_docs("docs/stress.md"))
+    st.add_argument("scenario", nargs="?", help="the scenario TOML (docs/stress.md); without "
+                    "one, the embedded default's markets with no population")
+    st.add_argument("--state", metavar="DATA_DIR|SNAPSHOT", help="start from a `perpdex serve` "
+                    "data folder or snapshot file (read only)")
+    st.add_argument("--path", action="append", default=[], metavar="MARKET=SPEC",
+                    help="a price path: FILE.csv or synthetic components (gap:PCT[@STEP], "
+                    "slide:PCT:STEPS[@STEP], walk:VOL_PCT[:JUMP_PROB:JUMP_PCT], "
+                    "spike:PCT:STEPS[@STEP], flat) joined with +")
+    st.add_argument("--oracle", action="append", default=[], metavar="MARKET=MODEL",
+                    help="what the oracle shows: live, lag:N or stuck:FROM:TO")
+    st.add_argument("--set", action="append", default=[], dest="sets",
+                    metavar="[MARKET.]KEY=VALUE", help="a market parameter (imf_ppm, mmf_ppm, "
+                    "tiers, liquidation_fee_ppm, max_liquidations_per_update, price_band_ppm, "
+                    "funding_interval_s, funding_cap_ppm, interest_ppm, ...)")
+    st.add_argument("--insurance-usd", type=float, help="the insurance fund's seed in USD")
+    st.add_argument("--seed", type=int, help="the random seed (overrides the scenario's)")
+    st.add_argument("--steps", type=int, help="steps of a synthetic path")
+    st.add_argument("--step-seconds", type=int, help="seconds between two steps")
+    st.add_argument("--html", metavar="FILE", help="write the HTML report there")
+    st.add_argument("--json", metavar="FILE", help="write the report as JSON there (- for stdout)")
+    st.add_argument("--events", metavar="FILE", help="write every event the run read, JSON Lines")
+    st.add_argument("--quiet", "-q", action="store_true", help="no summary, no progress")
 
 
 def _verify(args) -> int:
