@@ -26,6 +26,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 import zmq
 
@@ -42,6 +43,7 @@ ACCEPT_SLACK = 64                   # connections accepted while the gate thread
 
 SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27
 SKF_NET_OFF = (-0x100000) & 0xFFFFFFFF
+LOG_EVERY_S = 1.0                   # at most a gate_closed / gate_open line a second a socket
 MAX_BLOCKED = 1000                  # addresses in one filter (2 instructions each, of 4,096)
 EVENTS = (zmq.EVENT_LISTENING | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
           | zmq.EVENT_ACCEPT_FAILED)
@@ -127,6 +129,7 @@ class Listener:
         self.by_address: dict[str, int] = {}
         self.applied = None                     # the filter in place: (closed, blocked)
         self.closings = 0                       # times the gate closed
+        self.logged = -LOG_EVERY_S              # when a gate line was last logged
         self.accept_failed = 0                  # accepts the kernel refused (EMFILE, ...)
         self.filter_ok = sys.platform.startswith("linux")
 
@@ -195,13 +198,19 @@ class Listener:
                         "its cap are refused at the handshake only", self.name, e,
                         extra={"event": "gate_unavailable", "socket": self.name})
             return
-        if closed and not (self.applied or (False,))[0]:
+        was_closed = bool(self.applied and self.applied[0])
+        now = time.monotonic()
+        if closed and not was_closed:
             self.closings += 1
-            log.warning("the %s socket holds %d connections, its most: new connections wait",
-                        self.name, len(self.peers),
-                        extra={"event": "gate_closed", "socket": self.name,
-                               "connections": len(self.peers)})
-        elif not closed and (self.applied or (False,))[0]:
+            if now - self.logged >= LOG_EVERY_S:   # a flood flaps the gate: a line a second
+                self.logged = now
+                log.warning("the %s socket holds %d connections, its most: new connections "
+                            "wait (closed %d times so far)", self.name, len(self.peers),
+                            self.closings, extra={"event": "gate_closed", "socket": self.name,
+                                                  "connections": len(self.peers),
+                                                  "closings": self.closings})
+        elif not closed and was_closed and now - self.logged >= LOG_EVERY_S:
+            self.logged = now
             log.info("the %s socket takes connections again (%d)", self.name, len(self.peers),
                      extra={"event": "gate_open", "socket": self.name,
                             "connections": len(self.peers)})
