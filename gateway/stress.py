@@ -545,6 +545,8 @@ class Stress:
                                      "qty": ev.qty, "price": mr.usd(ev.price) if mr else None,
                                      "notional_usd": usd / USD})
                     self.adl_accounts.add(ev.account)
+                    if bankrupt.account != FUND:
+                        self.liquidated.add(bankrupt.account)
                 else:
                     step[ev.kind] += 1
                     step[ev.kind + "_usd"] += usd
