@@ -34,7 +34,8 @@ CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2"]
 # The rooms, leaves first (engine/core.pxd says what each is).
 ROOMS = [
     "book", "wire", "state", "events", "margin", "ledger", "triggers", "matching", "entry",
-    "risk", "funding", "liquidation", "accounts", "reports", "snapshot", "fastpath", "core",
+    "risk", "funding", "liquidation", "lifecycle", "accounts", "reports", "snapshot", "fastpath",
+    "core",
 ]
 
 # The repository keeps engine/ at its top; the distribution installs it as perpdex.engine

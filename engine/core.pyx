@@ -10,11 +10,11 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
-from .state cimport State, MarketC, FillC, add_market, cid_obj
+from .state cimport State, MarketC, FillC, add_market, cid_obj, SETTLED
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport V_USER
-from . cimport (events, entry, funding, liquidation, accounts, reports, snapshot,
+from . cimport (events, entry, funding, liquidation, lifecycle, accounts, reports, snapshot,
                      fastpath)
 from .fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL, FAST_AMEND
 
@@ -47,6 +47,9 @@ cdef object QueryAccount = M.QueryAccount
 cdef object SetMarginMode = M.SetMarginMode
 cdef object TransferMargin = M.TransferMargin
 cdef object Audit = M.Audit
+cdef object SetMarketStatus = M.SetMarketStatus
+cdef object SettleMarket = M.SettleMarket
+cdef object UpdateMarket = M.UpdateMarket
 
 
 cdef inline bint _key(object v, Py_ssize_t longest):
@@ -517,6 +520,12 @@ cdef class Engine:
             return accounts.transfer_margin(s, cmd)
         if t is Audit:
             return reports.audit(s)
+        if t is SetMarketStatus:
+            return lifecycle.set_market_status(s, cmd)
+        if t is SettleMarket:
+            return lifecycle.settle_market(s, cmd)
+        if t is UpdateMarket:
+            return lifecycle.update_market(s, cmd)
         return events.reject(s, None, Reason.INVALID_COMMAND,
                              f"{type(cmd).__name__} is not a command of the contract")
 
@@ -546,6 +555,8 @@ cdef class Engine:
         if ts <= s.clock:
             return 0
         s.clock = ts
+        if s.pending_updates:
+            lifecycle.due_updates(s)
         for m in range(s.n_markets):
             while funding.due(s, m):
                 funding.apply_boundary(s, m)
@@ -581,6 +592,10 @@ cdef class Engine:
             return events.reject(s, "oracle", Reason.UNKNOWN_MARKET, no_market(cmd.market), None,
                                  cmd.market)
         mk = &s.mk[m]
+        if mk.status == SETTLED:
+            return events.reject(s, "oracle", Reason.MARKET_SETTLED,
+                                 f"{cmd.market} is settled: it takes no more prices", None,
+                                 cmd.market)
         idx = positive(cmd.price, mk.max_price)
         if idx == 0:
             return events.reject(s, "oracle", Reason.INVALID_PRICE,

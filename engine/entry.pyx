@@ -9,9 +9,10 @@ from .book cimport (
     TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
 )
 from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
-                           cid_of, reducible, market_id)
+                           cid_of, reducible, market_id, ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS,
+                           HALTED, SETTLED)
 from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
-                          V_POST_ONLY_WOULD_CROSS)
+                          V_POST_ONLY_WOULD_CROSS, V_MARKET_STATUS)
 from .margin cimport order_fits
 from .matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
 from .triggers cimport arm, due
@@ -174,6 +175,32 @@ cdef tuple refusal(State s, Ticket* t, int failed, bint amending):
             f"post-only {_SIDE_NAMES[t.side]} at {t.price} would trade against the best {other}")
 
 
+cdef tuple status_refusal(State s, int32_t m, int kind, int tif, bint ro, int side,
+                          int64_t price):
+    """Why the market's status refuses this order, as (reason, detail), or None (an active
+    market refuses nothing here). Checked after the field checks, before duplicate_cid
+    (docs/contract.md, "Market lifecycle")."""
+    cdef MarketC* mk = &s.mk[m]
+    name = s.specs[m].name
+    if mk.status == SETTLED:
+        return (Reason.MARKET_SETTLED, f"{name} is settled: it takes no more orders")
+    if mk.status == HALTED:
+        return (Reason.MARKET_HALTED,
+                f"{name} is halted: no order is taken until it resumes (cancels are)")
+    if mk.status == REDUCE_ONLY_STATUS and not ro:
+        return (Reason.MARKET_REDUCE_ONLY,
+                f"{name} takes reduce-only orders only: set reduce_only to close a position")
+    if mk.status == POST_ONLY and (kind == LIMIT or kind == MARKET):
+        if kind == MARKET or tif == IOC or tif == FOK:
+            return (Reason.MARKET_POST_ONLY,
+                    f"{name} is post-only: an order that can only take liquidity is refused")
+        if tif == GTC and _crosses(s.books[m], side, price):
+            return (Reason.MARKET_POST_ONLY,
+                    f"{name} is post-only: a {_SIDE_NAMES[side]} at {price} would trade "
+                    f"against the best {'ask' if side == BID else 'bid'}")
+    return None
+
+
 cdef inline void _with_order(Ticket* t, PosC* p, int side, int64_t qty) noexcept:
     """The position's open quantities with `qty` more on `side`."""
     t.buys = p.open_buy + (qty if side == BID else 0)
@@ -248,6 +275,10 @@ cdef int place(State s, OrderCmd* c) except -1:
     cdef int checks = C_DUPLICATE | C_MARK | C_REDUCE_ONLY | C_POST_ONLY
     cdef int failed
     cdef Ticket t
+    if mk.status != ACTIVE:
+        why = status_refusal(s, m, c.kind, c.tif, c.reduce_only, c.side, c.price)
+        if why is not None:
+            return events.reject_order(s, c, why[0], why[1])
     t.cid = &c.cid
     t.account = c.account
     t.market = m
@@ -333,6 +364,8 @@ cdef int fire_triggers(State s, int32_t m) except -1:
     cdef int64_t mark = s.mk[m].mark
     cdef int32_t i
     cdef Order* o
+    if s.mk[m].status == HALTED:                # they wait for the halt to lift
+        return 0
     for key in due(s, m):
         i = key[2]
         o = &s.pool.o[i]
@@ -364,10 +397,14 @@ cdef int _enter(State s, int32_t i) except -1:
     t.band_ref = mk.mark
     t.band_at_trigger = False
     if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+        if mk.status == POST_ONLY:                  # it could only take
+            return cancel_order(s, i, V_MARKET_STATUS)
         limit = sweep_limit(mk, o.side)
         checks &= ~C_POST_ONLY
     else:
         checks |= C_BAND
+        if mk.status == POST_ONLY and _crosses(s.books[m], o.side, o.price):
+            return cancel_order(s, i, V_MARKET_STATUS)
     _with_order(&t, &s.pos[t.pos], o.side, o.qty)
     failed = admit(s, &t, checks)
     if failed == C_BAND:
@@ -489,6 +526,10 @@ cdef int amend_fields(State s, object acct, object market, object cid, object pr
         return events.reject(s, "amend", Reason.UNKNOWN_ORDER, no_order(cid, market), acct,
                              market, cid)
     o = &s.pool.o[i]
+    if mk.status == HALTED:
+        return events.reject(s, "amend", Reason.MARKET_HALTED,
+                             f"{s.specs[m].name} is halted: amends wait until it resumes "
+                             f"(cancels are taken)", acct, market, cid)
     if qty_v is None:
         qty = o.qty
     else:
@@ -536,6 +577,10 @@ cdef int amend_fields(State s, object acct, object market, object cid, object pr
         reason, detail = refusal(s, &t, failed, True)
         return events.reject(s, "amend", reason, detail, acct, market, cid)
     b = s.books[m]
+    if mk.status == POST_ONLY and price != o.price and _crosses(b, o.side, price):
+        return events.reject(s, "amend", Reason.MARKET_POST_ONLY,
+                             f"{s.specs[m].name} is post-only: the amended order at {price} "
+                             f"would trade", acct, market, cid)
     if price == o.price and qty <= o.qty:           # keeps its place in the queue
         b.lv[o.level].qty -= o.qty - qty
         if o.side == BID:

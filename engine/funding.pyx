@@ -92,6 +92,10 @@ cdef int apply_boundary(State s, int32_t m) except -1:
     mk.premium_n = 0
     events.funding(s, m, rate, k)
     mk.next_funding += k * mk.funding_interval_ns
+    if mk.funding_next_set:             # an update_market's funding parameters, from here on
+        mk.funding_cap_ppm = mk.funding_cap_next
+        mk.interest_ppm = mk.interest_next
+        mk.funding_next_set = 0
     if s.margin:
         # funding moved the equity of every position here: their risk keys are stale
         for p in s.market_pos[m]:

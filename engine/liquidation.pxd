@@ -12,3 +12,5 @@ from .state cimport State
 
 cdef int run(State s, int32_t m, bint calls) except -1
 cdef int resume(State s, int32_t m) except -1
+cdef int warn(State s, int32_t m) except -1
+cdef int cover_settled(State s, int32_t m, list scopes, list gainers) except -1

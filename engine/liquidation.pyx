@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, PPM, ceil_div, floor_div, iabs, py128
 from .book cimport BID, ASK
-from .state cimport State, PosC, MarketC, position, insurance_fund, scope_of
+from .state cimport State, PosC, MarketC, position, insurance_fund, scope_of, HALTED
 from .wire cimport V_LIQUIDATION
 from .margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
                             below_call, unsettled_funding)
@@ -27,7 +27,26 @@ cdef int run(State s, int32_t m, bint calls) except -1:
 
     Cost: O(accounts changed since the last pass x log n) to re-key them, plus O(k log k)
     for the k scopes near their line, plus the cross accounts holding several positions;
-    not the accounts that exist."""
+    not the accounts that exist. A halted market's pass waits (lifecycle: it runs when the
+    halt lifts)."""
+    if s.mk[m].status == HALTED:
+        return 0
+    found = _look(s, m, calls)
+    found.sort(reverse=True)                    # the most under-margined last: pop() takes it
+    s.liq_queue[m] = [(a, iso) for _, _, a, iso in found]
+    return _drain(s, m)
+
+
+cdef int warn(State s, int32_t m) except -1:
+    """Margin calls only, no liquidation (after `update_market` raised the requirements:
+    the liquidations wait for the next mark update or funding boundary). Same cost as `run`."""
+    _look(s, m, True)
+    return 0
+
+
+cdef list _look(State s, int32_t m, bint calls):
+    """The scopes near their line in market `m`: warned where they first fell below 1.5x
+    maintenance (`calls`), and returned as sort keys where they are below maintenance."""
     cdef int32_t p, a, iso
     cdef int128 eq, mm
     cdef bint below
@@ -64,15 +83,15 @@ cdef int run(State s, int32_t m, bint calls) except -1:
             found.append((_ratio(eq, mm), account_order(s.account_keys[a]), a, iso))
         elif (q.rlist == 1 or q.rlist == 2) and not below_call(eq, mm):
             rekey_exact(s, p)                                   # it was looked at early
-    found.sort(reverse=True)                    # the most under-margined last: pop() takes it
-    s.liq_queue[m] = [(a, iso) for _, _, a, iso in found]
-    return _drain(s, m)
+    return found
 
 
 cdef int resume(State s, int32_t m) except -1:
     """A clock tick after a pass that hit its bound: the next scopes of the waiting queue, in
     the order the pass found them, each looked at again (one that has recovered is passed
     over). O(max_liquidations_per_update) scopes, not the queue's length."""
+    if s.mk[m].status == HALTED:
+        return 0
     rekey_dirty(s)
     return _drain(s, m)
 
@@ -201,6 +220,31 @@ cdef int _socialise(State s, int32_t m, int side, int128 deficit) except -1:
                 pay_fund(s, a, iso, share)          # share <= its equity < 2^62
                 events.balance(s, a, "socialised_loss")
                 owed -= share
+    return 0
+
+
+cdef int cover_settled(State s, int32_t m, list scopes, list gainers) except -1:
+    """After `settle_market` closed market `m`'s positions at one price: a scope in `scopes`
+    left with no position and below zero is made whole by the fund (`_cover_deficit`); a
+    cross account left below maintenance with positions in other markets is liquidated
+    there now (their passes). Then the fund's floor, the scopes that gained in the
+    settlement (`gainers`) paying first."""
+    cdef int32_t a, iso, p
+    others = set()
+    for a, iso in scopes:
+        _cover_deficit(s, a, iso)
+        if iso < 0 and equity(s, a, -1) < maintenance_margin(s, a, -1):
+            p = s.ac[a].positions
+            while p >= 0:
+                if s.pos[p].size and not s.pos[p].isolated:
+                    others.add(s.pos[p].market)
+                p = s.pos[p].next
+    for p in sorted(others):
+        run(s, p, False)
+    s.deleveraged = list(gainers)
+    s.adl_queues = {}
+    _fund_floor(s, m)
+    s.adl_queues = {}
     return 0
 
 

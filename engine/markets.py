@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from math import isqrt
 
-from .messages import MAX_TS, CreateMarket  # noqa: F401 (MAX_TS: a limit of the engine)
+from .messages import MAX_TS, CreateMarket, Tier  # noqa: F401 (MAX_TS: a limit of the engine)
 
 QUOTE_UNIT = Decimal("0.000001")
 PPM = 1_000_000
@@ -199,3 +199,25 @@ def _limits(cmd: CreateMarket, mult: int) -> tuple[int, int]:
             f"max_price {price} x max_qty {qty} x multiplier {mult} is above the notional limit "
             f"{NOTIONAL_LIMIT} quote units")
     return price, qty
+
+
+UPDATABLE = ("min_qty", "imf_ppm", "mmf_ppm", "tiers", "maker_fee_ppm", "taker_fee_ppm",
+             "liquidation_fee_ppm", "price_band_ppm", "funding_cap_ppm", "interest_ppm",
+             "oracle_max_age_s", "max_orders_per_account", "max_liquidations_per_update")
+
+
+def updated_spec(spec: MarketSpec, cmd) -> MarketSpec:
+    """An `update_market`'s new spec: the fields it names over the market's own, checked as
+    `create_market` checks them (MarketConfigError). The tick and lot sizes, the largest price
+    and quantity and the funding interval never change."""
+    fields = {k: getattr(spec, k) for k in UPDATABLE if k != "tiers"}
+    fields["tiers"] = [Tier(t.max_notional, t.imf_ppm, t.mmf_ppm) for t in spec.tiers] or None
+    for k in UPDATABLE:
+        v = getattr(cmd, k)
+        if v is not None:
+            fields[k] = (v or None) if k == "tiers" else v
+    return market_spec(CreateMarket(
+        market=spec.name, tick_size=str(spec.tick_size), lot_size=str(spec.lot_size),
+        funding_interval_s=spec.funding_interval_s,
+        max_price=spec.max_price if spec.limits_set else 0,
+        max_qty=spec.max_qty if spec.limits_set else 0, **fields))

@@ -171,9 +171,49 @@ class Audit(Command, tag="audit"):
     pass
 
 
+# ---- extensions: a market's lifecycle (docs/contract.md, "Market lifecycle") -------------------
+
+MarketStatusName = Literal["active", "post_only", "reduce_only", "halted"]
+
+
+class SetMarketStatus(Command, tag="set_market_status"):
+    """Extension: active, post_only (nothing may take), reduce_only (only reduce-only orders),
+    or halted (nothing matches; trigger orders and liquidations wait)."""
+    market: MarketName
+    status: MarketStatusName
+
+
+class SettleMarket(Command, tag="settle_market"):
+    """Extension: delist at a final price: funding settled, every order cancelled, every
+    position closed at `price` (ticks), the market closed for ever."""
+    market: MarketName
+    price: LooseNumber
+
+
+class UpdateMarket(Command, tag="update_market", omit_defaults=True):
+    """Extension: change a live market's parameters; a field left out keeps its value
+    (`tiers: []` removes the tiers). `effective_ts` (ns) schedules it; absent or past: now."""
+    market: MarketName
+    min_qty: Union[Int64, None] = None
+    imf_ppm: Union[Int64, None] = None
+    mmf_ppm: Union[Int64, None] = None
+    tiers: Union[list[Tier], None] = None
+    maker_fee_ppm: Union[Int64, None] = None
+    taker_fee_ppm: Union[Int64, None] = None
+    liquidation_fee_ppm: Union[Int64, None] = None
+    price_band_ppm: Union[Int64, None] = None
+    funding_cap_ppm: Union[Int64, None] = None
+    interest_ppm: Union[Int64, None] = None
+    oracle_max_age_s: Union[Int64, None] = None
+    max_orders_per_account: Union[Int64, None] = None
+    max_liquidations_per_update: Union[Int64, None] = None
+    effective_ts: Union[Int64, None] = None
+
+
 AnyCommand = Union[
     NewOrder, Cancel, CancelAll, Amend, Oracle, Clock, Deposit, Withdraw, CreateMarket,
     SetLeverage, SetMarginMode, TransferMargin, StateHash, QueryAccount, Audit,
+    SetMarketStatus, SettleMarket, UpdateMarket,
 ]
 
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -315,6 +355,43 @@ class FundingEvent(Event, tag="funding", omit_defaults=True):
     intervals: int = 1
 
 
+class MarketStatusEvent(Event, tag="market_status"):
+    """Extension: a market's status changed (`settled` after `settle_market`, with its price)."""
+    market: str
+    status: str
+    price: Union[int, None] = None
+
+
+class MarketUpdated(Event, tag="market_updated"):
+    """Extension: a market's parameters, as they are (or will be, from `effective_ts`)."""
+    market: str
+    effective_ts: int
+    min_qty: int
+    imf_ppm: int
+    mmf_ppm: int
+    tiers: list[Tier]
+    maker_fee_ppm: int
+    taker_fee_ppm: int
+    liquidation_fee_ppm: int
+    price_band_ppm: int
+    funding_cap_ppm: int
+    interest_ppm: int
+    oracle_max_age_s: int
+    max_orders_per_account: int
+    max_liquidations_per_update: int
+
+
+class Settlement(Event, tag="settlement"):
+    """Extension: a position closed by `settle_market`: `side` is the closing trade's side,
+    `realised_pnl` what the close realised (no fee)."""
+    account: AccountId
+    market: str
+    side: Side
+    qty: int
+    price: int
+    realised_pnl: int
+
+
 class PositionInfo(Struct, frozen=True, gc=False):
     market: str
     size: int
@@ -368,6 +445,7 @@ AnyEvent = Union[
     OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, OrderTriggered, Mark,
     StateHashEvent, Balance, LiquidationEvent,
     MarginCall, FundingEvent, AccountEvent, AuditEvent,
+    MarketStatusEvent, MarketUpdated, Settlement,
 ]
 
 
@@ -402,6 +480,11 @@ class Reason:
     MARGIN_MODE_LOCKED = "margin_mode_locked"
     NOT_ISOLATED = "not_isolated"
     MARKET_EXISTS = "market_exists"
+    # extensions: a market's lifecycle
+    MARKET_HALTED = "market_halted"
+    MARKET_SETTLED = "market_settled"
+    MARKET_POST_ONLY = "market_post_only"
+    MARKET_REDUCE_ONLY = "market_reduce_only"
 
 
 class CancelReason:
@@ -415,6 +498,8 @@ class CancelReason:
     # extensions: a triggered order that cannot enter the book
     PRICE_OUT_OF_BAND = "price_out_of_band"
     POST_ONLY_WOULD_CROSS = "post_only_would_cross"
+    # extension: a market's status (reduce_only, settled) took the order off
+    MARKET_STATUS = "market_status"
 
 
 def command_decoder(kind: str):

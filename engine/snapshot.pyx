@@ -19,7 +19,7 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 2                 # 2: MarketC.unsettled, the waiting-liquidation queues
+VERSION = 3                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle
 
 
 cdef list _layout():
@@ -93,6 +93,8 @@ cdef bytes dump(State s):
         "books": books,
         "risk_called": [sorted(x) for x in s.risk_called],
         "liq_queue": [[list(x) for x in q] for q in s.liq_queue],
+        "pending_updates": [[m, ts, _spec_record(spec)]
+                            for m, (ts, spec) in sorted(s.pending_updates.items())],
         "dirty": list(s.dirty),
     }
     return _encode(doc)
@@ -189,6 +191,8 @@ cdef int load(State s, bytes data) except -1:
         s.risk_called[m].update(called)
     for m, queue in enumerate(doc["liq_queue"]):
         s.liq_queue[m] = [(a, iso) for a, iso in queue]
+    for m, ts, rec in doc["pending_updates"]:
+        s.pending_updates[m] = (ts, _spec(rec))
     s.dirty.extend(doc["dirty"])
     (s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits, s.withdrawals,
      s.fees) = doc["scalars"]

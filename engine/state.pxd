@@ -26,6 +26,14 @@ ctypedef struct TierC:
     int64_t imf_deduction       # quote units, so that requirements are continuous
     int64_t mmf_deduction
 
+# a market's status (engine.lifecycle; docs/contract.md, "Market lifecycle")
+cdef enum:
+    ACTIVE = 0
+    POST_ONLY = 1
+    REDUCE_ONLY_STATUS = 2
+    HALTED = 3
+    SETTLED = 4
+
 ctypedef struct MarketC:
     int64_t multiplier          # quote units per tick per lot
     int64_t min_qty
@@ -59,6 +67,10 @@ ctypedef struct MarketC:
     int32_t n_tiers
     int32_t name_tok            # the market's name, pre-encoded in the writer
     uint8_t has_mark
+    uint8_t status              # ACTIVE, POST_ONLY, REDUCE_ONLY, HALTED, SETTLED (lifecycle)
+    uint8_t funding_next_set    # funding_cap_next / interest_next apply after the next boundary
+    int64_t funding_cap_next
+    int64_t interest_next
 
 ctypedef struct PosC:
     int64_t size                # signed lots: long > 0
@@ -131,6 +143,7 @@ cdef class State:
     cdef list deleveraged           # (account, scope) deleveraged in this liquidation pass
     cdef dict adl_queues            # (market, side) -> the pass's ranked ADL queues (engine.liquidation)
     cdef list liq_queue             # per market: scopes (account, iso) waiting, the next last
+    cdef dict pending_updates       # market -> (effective_ts, MarketSpec) (engine.lifecycle)
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id
     cdef list market_pos            # per market: its position slots, in slot order
@@ -188,6 +201,7 @@ cdef class State:
 cdef int32_t account(State s, object key) except -1                 # O(1), made on first sight
 cdef int32_t position(State s, int32_t m, int32_t a) except -1      # O(1), made on first use
 cdef int32_t add_market(State s, object spec) except -1
+cdef int set_spec(State s, int32_t m, object spec) except -1      # add_market, update_market
 cdef int32_t insurance_fund(State s) except -1
 cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n)
 cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)

@@ -57,6 +57,7 @@ cdef class State:
         self.deleveraged = []
         self.adl_queues = {}
         self.liq_queue = []
+        self.pending_updates = {}
         self.specs = []
         self.market_pos = []
         self.market_ids = {}
@@ -268,7 +269,6 @@ cdef int32_t add_market(State s, object spec) except -1:
     cdef MarketC* nm
     cdef int32_t** npo
     cdef int32_t* row
-    cdef TierC* tiers_c
     cdef int32_t m, i
     if s.n_markets == s.mk_cap:
         nm = <MarketC*>realloc(s.mk, 2 * s.mk_cap * sizeof(MarketC))
@@ -280,52 +280,36 @@ cdef int32_t add_market(State s, object spec) except -1:
             raise MemoryError()
         s.pos_of = npo
         s.mk_cap *= 2
-    tiers = spec.tiers or (TierSpec(2**63 - 1, spec.imf_ppm, spec.mmf_ppm, 0, 0),)
     row = <int32_t*>malloc((s.acct_cap if s.acct_cap else 1) * sizeof(int32_t))
-    tiers_c = <TierC*>malloc(len(tiers) * sizeof(TierC))
-    if row == NULL or tiers_c == NULL:
-        free(row)
-        free(tiers_c)
+    if row == NULL:
         raise MemoryError()
     m = s.n_markets
     s.pos_of[m] = row
     for i in range(s.acct_cap):
         row[i] = -1
     mk = &s.mk[m]
+    mk.tiers = NULL
+    set_spec(s, m, spec)
     mk.multiplier = spec.multiplier
-    mk.min_qty = spec.min_qty
     mk.max_price = spec.max_price
     mk.max_qty = spec.max_qty
-    mk.maker_fee_ppm = spec.maker_fee_ppm
-    mk.taker_fee_ppm = spec.taker_fee_ppm
-    mk.band_ppm = spec.price_band_ppm
-    mk.max_orders = spec.max_orders_per_account
-    mk.oracle_max_age_ns = spec.oracle_max_age_s * NS
+    mk.funding_interval_ns = spec.funding_interval_s * NS
+    mk.funding_cap_ppm = spec.funding_cap_ppm
+    mk.interest_ppm = spec.interest_ppm
     mk.index = 0
     mk.mark = 0
     mk.last_oracle_ts = 0
     mk.has_mark = 0
-    mk.tiers = tiers_c
-    for i, t in enumerate(tiers):
-        mk.tiers[i].max_notional = t.max_notional
-        mk.tiers[i].imf_ppm = t.imf_ppm
-        mk.tiers[i].mmf_ppm = t.mmf_ppm
-        mk.tiers[i].imf_deduction = t.imf_deduction
-        mk.tiers[i].mmf_deduction = t.mmf_deduction
-    mk.n_tiers = len(tiers)
-    mk.liq_fee_ppm = spec.liquidation_fee_ppm
-    mk.max_liquidations = spec.max_liquidations_per_update
-    mk.mmf_max = max(t.mmf_ppm for t in tiers)
     mk.liq_pending = 0
-    mk.funding_interval_ns = spec.funding_interval_s * NS
-    mk.funding_cap_ppm = spec.funding_cap_ppm
-    mk.interest_ppm = spec.interest_ppm
     mk.next_funding = 0
     mk.premium_sum = 0
     mk.premium_n = 0
     mk.cum_funding = 0
     mk.unsettled = 0
-    mk.max_leverage = PPM // tiers[0].imf_ppm
+    mk.status = ACTIVE
+    mk.funding_next_set = 0
+    mk.funding_cap_next = 0
+    mk.interest_next = 0
     mk.name_tok = s.w.register_name(spec.name)
     s.books.append(Book())
     s.trig_up.append(SortedList())
@@ -342,6 +326,40 @@ cdef int32_t add_market(State s, object spec) except -1:
     s.market_ids[spec.name] = m
     s.n_markets += 1
     return m
+
+
+cdef int set_spec(State s, int32_t m, object spec) except -1:
+    """The fields of market `m` that its spec sets and `update_market` may change: sizes,
+    fees, band, limits, the tiers (a new C array) and what derives from them. The multiplier,
+    the largest price and quantity and the funding interval never change; the funding cap and
+    interest rate are set by the caller (an update applies them after the next boundary)."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef TierC* tiers_c
+    cdef int32_t i
+    tiers = spec.tiers or (TierSpec(2**63 - 1, spec.imf_ppm, spec.mmf_ppm, 0, 0),)
+    tiers_c = <TierC*>malloc(len(tiers) * sizeof(TierC))
+    if tiers_c == NULL:
+        raise MemoryError()
+    for i, t in enumerate(tiers):
+        tiers_c[i].max_notional = t.max_notional
+        tiers_c[i].imf_ppm = t.imf_ppm
+        tiers_c[i].mmf_ppm = t.mmf_ppm
+        tiers_c[i].imf_deduction = t.imf_deduction
+        tiers_c[i].mmf_deduction = t.mmf_deduction
+    free(mk.tiers)
+    mk.tiers = tiers_c
+    mk.n_tiers = len(tiers)
+    mk.min_qty = spec.min_qty
+    mk.maker_fee_ppm = spec.maker_fee_ppm
+    mk.taker_fee_ppm = spec.taker_fee_ppm
+    mk.band_ppm = spec.price_band_ppm
+    mk.max_orders = spec.max_orders_per_account
+    mk.oracle_max_age_ns = spec.oracle_max_age_s * NS
+    mk.liq_fee_ppm = spec.liquidation_fee_ppm
+    mk.max_liquidations = spec.max_liquidations_per_update
+    mk.mmf_max = max(t.mmf_ppm for t in tiers)
+    mk.max_leverage = PPM // tiers[0].imf_ppm
+    return 0
 
 
 # ---- cids ----------------------------------------------------------------------------------

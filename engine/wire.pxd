@@ -79,6 +79,7 @@ cdef enum Tok:
     V_REDUCE_ONLY
     V_PRICE_OUT_OF_BAND
     V_POST_ONLY_WOULD_CROSS
+    V_MARKET_STATUS
     N_TOKENS
 
 

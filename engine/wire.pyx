@@ -31,6 +31,7 @@ VALUES = (
     "gtc", "ioc", "fok", "alo",
     "user", "ioc_remainder", "fok_unfilled", "self_trade", "margin", "liquidation", "reduce_only",
     "price_out_of_band", "post_only_would_cross",     # extensions: a triggered order's entry
+    "market_status",                                  # extension: a market's status took it off
 )
 TOKENS = EVENT_TYPES + KEYS + VALUES
 assert len(TOKENS) == N_TOKENS, "wire.pyx TOKENS and wire.pxd Tok disagree"

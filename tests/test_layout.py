@@ -10,7 +10,8 @@ ENGINE = ROOT / "engine"
 # Leaves first: a room may use only the rooms before it (engine/core.pxd describes each).
 ROOMS = ["messages", "markets", "details", "statehash", "units", "book", "wire", "codec",
          "state", "events", "margin", "ledger", "triggers", "matching", "entry", "risk",
-         "funding", "liquidation", "accounts", "reports", "snapshot", "fastpath", "core"]
+         "funding", "liquidation", "lifecycle", "accounts", "reports", "snapshot", "fastpath",
+         "core"]
 
 _FROM_ROOM = re.compile(r"^\s*from\s+(?:engine\.(\w+)|\.(\w+))\s+c?import\b", re.M)
 _FROM_ENGINE = re.compile(r"^\s*from\s+(?:engine|\.)\s+c?import\s+(\([^)]*\)|[^\n]*)", re.M)

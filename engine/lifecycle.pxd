@@ -1,0 +1,13 @@
+# cython: language_level=3
+"""A market's lifecycle (docs/contract.md, "Market lifecycle", an extension): its status
+(active, post_only, reduce_only, halted, settled), `update_market` (now or at a scheduled
+clock time) and `settle_market` (delisting at a final price). Rare commands: Python objects
+are fine here; the hot path reads only `MarketC.status`."""
+from libc.stdint cimport int32_t
+
+from .state cimport State
+
+cdef int set_market_status(State s, object cmd) except -1
+cdef int settle_market(State s, object cmd) except -1
+cdef int update_market(State s, object cmd) except -1
+cdef int due_updates(State s) except -1            # from the clock: scheduled updates now due
