@@ -25,6 +25,7 @@ from .codec import CommandReader, Malformed, MsgpackFramer, FORMATS, _mp_events,
 from .details import show, no_market, bad_price
 from .markets import MAX_MONEY, MarketConfigError, market_spec
 from .messages import MAX_TS, Reason
+from .lifecycle import STATUS_NAMES as _STATUS_NAMES
 from . import reports as _reports
 
 cdef int64_t C_MAX_TS = MAX_TS                          # the latest ts a command may carry
@@ -391,6 +392,10 @@ cdef class Engine:
 
     def market_names(self):
         return list(self.s.market_ids)
+
+    def market_status(self, str market):
+        """A market's status: active, post_only, reduce_only, halted or settled (lifecycle)."""
+        return _STATUS_NAMES[self.s.mk[self.s.market_ids[market]].status]
 
     @property
     def specs(self):

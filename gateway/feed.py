@@ -29,13 +29,14 @@ import zlib
 from hashlib import blake2b
 from itertools import islice
 
+import msgspec
 from sortedcontainers import SortedDict
 
 from perpdex.engine import messages as M
 
 CHECKSUM_LEVELS = 25                # levels a side in the checksum
 ALL = 2**31 - 1                     # "every level" for Engine.book
-KINDS = ("book", "trade", "mark", "funding", "liquidation")
+KINDS = ("book", "trade", "mark", "funding", "liquidation", "status")
 HEARTBEAT = b"heartbeat"            # the topic of the feed's heartbeat (every topic's last seq)
 CHAIN_START = bytes(16)             # a topic's hash before its first message
 _PLACEHOLDER = bytes(16)            # the hash's place while the message is encoded
@@ -95,7 +96,8 @@ class Feed:
         self.handlers = {M.OrderAccepted: self._accepted, M.OrderCancelled: self._cancelled,
                          M.OrderAmended: self._amended, M.OrderTriggered: self._triggered,
                          M.Fill: self._fill, M.Mark: self._mark, M.FundingEvent: self._funding,
-                         M.LiquidationEvent: self._liquidation}
+                         M.LiquidationEvent: self._liquidation,
+                         M.MarketStatusEvent: self._status, M.MarketUpdated: self._status}
         self.stats = {"book": 0, "levels": 0, "full_reads": 0, "reads": 0}
         for market in engine.market_names():    # an engine that has books already (a replay)
             mk = self._market(market)
@@ -208,6 +210,13 @@ class Feed:
         self._publish(self._market(ev.market), "liquidation", {
             "type": "liquidation", "market": ev.market, "seq": 0, "ts": ev.ts,
             "side": ev.side, "qty": ev.qty, "price": ev.price, "kind": ev.kind})
+
+    def _status(self, ev) -> None:
+        """A market's status or parameters changed (docs/contract.md, "Market lifecycle"):
+        the event as the engine wrote it, on the market's `status` topic."""
+        msg = msgspec.to_builtins(ev)
+        msg["seq"] = 0
+        self._publish(self._market(ev.market), "status", msg)
 
     # ---- the end of a turn -----------------------------------------------------------------
 

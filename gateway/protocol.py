@@ -36,7 +36,8 @@ class Request(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True
 TRADER = ("new_order", "cancel", "cancel_all", "amend", "query_account", "set_leverage",
           "set_margin_mode", "transfer_margin", "withdraw")
 ORACLE = ("oracle",)
-ADMIN = ("create_market", "deposit", "audit", "state_hash", "clock")
+ADMIN = ("create_market", "deposit", "audit", "state_hash", "clock", "set_market_status",
+         "settle_market", "update_market")
 ROLES = {"trader": frozenset(TRADER), "oracle": frozenset(ORACLE), "admin": frozenset(ADMIN)}
 CANCELS = frozenset({"cancel", "cancel_all"})
 

@@ -1060,7 +1060,8 @@ class Server:
 
     def _markets(self, acct, sess, identity, req, now):
         return {"req_id": req.req_id, "ok": True,
-                "markets": [market_info(sp) for sp in self.engine.specs]}
+                "markets": [dict(market_info(sp), status=self.engine.market_status(sp.name))
+                            for sp in self.engine.specs]}
 
     # ---- the public feed (gateway/feed.py) ----------------------------------------------------
 
