@@ -12,10 +12,14 @@ liquidation streams with the same gap detection.
 
 `AsyncMarketData` is the same for `AsyncClient`, with `async for update in md.updates()`.
 
-The procedure (the zguide's Clone pattern): subscribe first, then ask for a `snapshot`; drop the
-deltas whose seq is not above the snapshot's; apply the rest in order. A delta whose seq is not
-the next one, a heartbeat that names a later seq, or a checksum that differs from the mirror's
-own means the mirror has lost something: it asks for a new snapshot and goes on.
+The procedure is docs/protocol.md's "The snapshot procedure", step by step (the zguide's Clone
+pattern): subscribe first and hold the deltas (step 1); ask for a `snapshot` (2); load it and
+go through the held deltas (3: `FeedState.loaded`); then each delta by its seq against the
+mirror's last seq L (4: `BookMirror.apply`): at or below L it is dropped, at any step (the
+snapshot holds it: deltas published before the snapshot can arrive after its reply), L + 1 is
+applied and checked, beyond L + 1 is a gap. A gap, a heartbeat that names a seq beyond L (or L
+with another hash), a hash that does not chain or a checksum that differs from the mirror's own
+means the mirror has lost something: it asks for a new snapshot and goes on (5).
 
 Every message is checked against its topic's hash chain (docs/protocol.md, "Hash chains"): a
 `book` delta from the snapshot's `hash` on, the other topics from the first message seen (and
@@ -84,8 +88,8 @@ class BookMirror:
         is then stale). O(changed levels * log levels + 25 + len(body))."""
         seq = delta["seq"]
         if self.seq is None or seq <= self.seq:
-            return False
-        if seq != self.seq + 1:
+            return False                        # step 4: held already (the snapshot has it)
+        if seq != self.seq + 1:                 # step 4: a gap
             raise Resync(f"{self.market}: book delta {seq} after {self.seq}: "
                          f"{seq - self.seq - 1} lost")
         if body is not None and self.head is not None:
