@@ -104,6 +104,11 @@ class MarketNotReady(PerpdexError):
     """`no_mark_price` (no oracle price yet) or `oracle_stale` (the last one is too old)."""
 
 
+class MarketClosed(PerpdexError):
+    """The market's status (docs/contract.md, the market lifecycle) refuses this: `market_halted`,
+    `market_settled`, `market_post_only` (only orders that rest), `market_reduce_only`."""
+
+
 class Forbidden(PerpdexError):
     """`forbidden`: the key's role may not send this request."""
 
@@ -174,6 +179,8 @@ _BY_REASON: dict[str, type[PerpdexError]] = {
     "duplicate_cid": DuplicateOrderId, "post_only_would_cross": PostOnlyWouldCross,
     "insufficient_margin": InsufficientMargin, "insufficient_collateral": InsufficientMargin,
     "no_mark_price": MarketNotReady, "oracle_stale": MarketNotReady,
+    "market_halted": MarketClosed, "market_settled": MarketClosed,
+    "market_post_only": MarketClosed, "market_reduce_only": MarketClosed,
     "forbidden": Forbidden, "rate_limited": RateLimited, "unavailable": Unavailable,
     "internal_error": ServerError, "resume_gap": ResumeGap, "reply_dropped": ReplyDropped,
 }
@@ -340,6 +347,7 @@ class Market(Units):
         self.maker_fee = Decimal(spec.get("maker_fee_ppm", 0)).scaleb(-6)    # a rate: 0.0005
         self.taker_fee = Decimal(spec.get("taker_fee_ppm", 0)).scaleb(-6)
         self.price_band = Decimal(spec.get("price_band_ppm", 0)).scaleb(-6)
+        self.status: str = spec.get("status", "active")     # the market's lifecycle status
 
     def __repr__(self):
         return f"Market({self.market!r}, tick={self.tick}, lot={self.lot})"

@@ -320,6 +320,22 @@ def test_the_async_client_does_the_same_awaited(venue):
     assert any(type(e).__name__ == "Fill" for e in seen)
 
 
+def test_every_reason_code_of_the_contract_and_the_protocol_has_its_class():
+    """Each reason of docs/contract.md's rejections and docs/protocol.md's refusals raises a
+    class of its own below PerpdexError; one the SDK does not know yet is PerpdexError itself."""
+    from perpdex.gateway.client import _BY_REASON, MarketClosed, error_for
+    contract, protocol = ((ROOT / "docs" / n).read_text() for n in ("contract.md",
+                                                                      "protocol.md"))
+    tables = (contract[contract.index("### Rejections"):contract.index("### Cancel reasons")]
+              + protocol[protocol.index("## Replies"):protocol.index("## req_id")])
+    codes = set(re.findall(r"^\| `([a-z_]+)` \|", tables, re.M))
+    assert {"insufficient_margin", "rate_limited", "unavailable", "market_halted"} <= codes
+    assert codes <= set(_BY_REASON)
+    assert all(type(error_for(code)) is not PerpdexError for code in codes)
+    assert isinstance(error_for("market_halted", request="new_order"), MarketClosed)
+    assert type(error_for("something_new")) is PerpdexError
+
+
 def test_money_converts_exactly_both_ways():
     assert usd(1) == D("0.000001") and usd(-2_500_000) == D("-2.5") and usd(None) is None
     assert quote_units("12.345678") == 12_345_678 and quote_units(D("-1")) == -1_000_000
