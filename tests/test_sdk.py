@@ -306,8 +306,12 @@ def test_the_async_client_does_the_same_awaited(venue):
             fills = await maker.wait_fills(offer, timeout=10)
             with pytest.raises(OrderNotFound):
                 await maker.cancel(offer)
-            await asyncio.sleep(2.0)                     # heartbeats from the task
-            acct = await maker.account()
+            rest = await maker.buy("ETH-PERP", "0.01", price * D("0.97") // D("0.01")
+                                   * D("0.01"), cid="async-rest")
+            await asyncio.sleep(2.5)                     # heartbeats from the task keep the
+            acct = await maker.account()                 # cancel-on-disconnect session
+            assert "async-rest" in [o.cid for o in acct.open_orders]
+            await maker.cancel(rest)
             seen = [e async for e in maker.events(timeout=0.5)]
             return taken, fills, acct, seen, maker.heartbeats
         finally:
@@ -348,3 +352,20 @@ def test_money_converts_exactly_both_ways():
     assert btc.round_size(0.0015) == D("0.001") and btc.lots(0.1) == 100
     with pytest.raises(ValueError):
         btc.lots("0.0005")
+
+
+def test_failover_to_the_node_that_answers_then_trades_and_awaits_fills(venue):
+    """A list of endpoints whose first has nobody behind it: the front door fails over to the
+    next node as request() does, and everything works there."""
+    nodes = [f"tcp://127.0.0.1:{free_port()}", venue["PERPDEX_ROUTER"]]
+    maker = connect("mm-2", router=nodes, timeout_ms=300, failover_ms=20_000)
+    taker = connect("taker-1")
+    try:
+        assert maker.failovers >= 1 and maker.endpoints[maker.at] == venue["PERPDEX_ROUTER"]
+        price = near(maker, "ETH-PERP", "1.01")
+        offer = maker.sell("ETH-PERP", "0.01", price, cid="fo-1")
+        taker.buy("ETH-PERP", "0.01", price, tif="ioc")
+        assert maker.wait_fills(offer, timeout=10)[0].size == D("0.01")
+    finally:
+        maker.close()
+        taker.close()
