@@ -10,7 +10,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
-from .state cimport State, MarketC, FillC, add_market, cid_obj, SETTLED
+from .state cimport State, MarketC, FillC, add_market, cid_obj, set_mark, SETTLED, HALTED
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport V_USER
@@ -563,6 +563,8 @@ cdef class Engine:
         if s.pending_updates:
             lifecycle.due_updates(s)
         for m in range(s.n_markets):
+            if s.mk[m].status == HALTED and funding.due(s, m):
+                funding.skip_boundaries(s, m)       # no funding accrues while halted
             while funding.due(s, m):
                 funding.apply_boundary(s, m)
                 if s.margin:
@@ -605,15 +607,13 @@ cdef class Engine:
         if idx == 0:
             return events.reject(s, "oracle", Reason.INVALID_PRICE,
                                  bad_price("price", cmd.price, mk.max_price), None, cmd.market)
-        b = s.books[m]
-        bid = b.lv[b.best(BID)].price if b.n[BID] else idx
-        ask = b.lv[b.best(ASK)].price if b.n[ASK] else idx
-        lo = bid if bid < ask else ask
-        hi = ask if bid < ask else bid
-        mk.index = idx
-        mk.mark = lo if idx < lo else (hi if idx > hi else idx)
-        mk.has_mark = 1
         mk.last_oracle_ts = s.clock
+        if mk.status == HALTED and mk.has_mark:
+            # Halted: the index is kept, the mark stays where trading stopped, nothing else
+            # runs; lifting the halt takes the mark from this index (engine.lifecycle).
+            mk.index = idx
+            return events.mark(s, m)
+        set_mark(s, m, idx)
         funding.start(s, m)
         events.mark(s, m)
         funding.sample_premium(s, m)

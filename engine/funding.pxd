@@ -11,4 +11,5 @@ cdef int start(State s, int32_t m) except -1               # from the first orac
 cdef int sample_premium(State s, int32_t m) except -1      # O(levels within the impact notional)
 cdef bint due(State s, int32_t m) noexcept                 # has the clock passed a boundary?
 cdef int apply_boundary(State s, int32_t m) except -1      # the oldest boundary passed
+cdef int skip_boundaries(State s, int32_t m) except -1    # a halted market's: no payment
 cdef bint jump_fits(State s, int64_t ts) except -1         # may the clock move to ts at once?

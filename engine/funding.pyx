@@ -104,6 +104,21 @@ cdef int apply_boundary(State s, int32_t m) except -1:
     return 0
 
 
+cdef int skip_boundaries(State s, int32_t m) except -1:
+    """A halted market passes its boundaries with no payment and no event: funding pauses
+    while trading does (docs/contract.md, "Market lifecycle"); the samples start again."""
+    cdef MarketC* mk = &s.mk[m]
+    mk.next_funding += ((s.clock - mk.next_funding) // mk.funding_interval_ns + 1) \
+        * mk.funding_interval_ns
+    mk.premium_sum = 0
+    mk.premium_n = 0
+    if mk.funding_next_set:
+        mk.funding_cap_ppm = mk.funding_cap_next
+        mk.interest_ppm = mk.interest_next
+        mk.funding_next_set = 0
+    return 0
+
+
 cdef bint jump_fits(State s, int64_t ts) except -1:
     """May the clock move to `ts` in one command? Not if what some position could owe (or be
     owed) in funding afterwards, its unsettled funding plus `k` boundaries at the capped rate,

@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, positive, py128, iabs
 from .book cimport BID, ASK
-from .state cimport (State, MarketC, PosC, market_id, scope_of, set_spec, touch, ACTIVE,
+from .state cimport (State, MarketC, PosC, market_id, scope_of, set_spec, set_mark, touch, ACTIVE,
                      POST_ONLY, REDUCE_ONLY_STATUS, HALTED, SETTLED)
 from .wire cimport V_MARKET_STATUS
 from .margin cimport unrealised
@@ -44,8 +44,9 @@ cdef int32_t _open_market(State s, str command, object market) except -2:
 
 cdef int set_market_status(State s, object cmd) except -1:
     """active, post_only, reduce_only or halted. Going reduce_only cancels every order that is
-    not reduce-only (reason `market_status`). Lifting a halt fires the trigger orders the mark
-    has reached and runs the liquidation pass that waited, at the current mark."""
+    not reduce-only (reason `market_status`). Lifting a halt takes the mark from the last
+    index and the book (a `mark` event), fires the trigger orders it has reached and runs the
+    liquidation pass that waited."""
     cdef int32_t m = _open_market(s, "set_market_status", cmd.market)
     cdef MarketC* mk
     cdef int was
@@ -60,6 +61,8 @@ cdef int set_market_status(State s, object cmd) except -1:
     if mk.status == REDUCE_ONLY_STATUS:
         _cancel_growing(s, m)
     if was == HALTED and mk.has_mark:
+        set_mark(s, m, mk.index)                  # the mark from the index and the book now
+        events.mark(s, m)
         fire_triggers(s, m)
         if s.margin:
             run(s, m, True)

@@ -202,6 +202,7 @@ cdef int32_t account(State s, object key) except -1                 # O(1), made
 cdef int32_t position(State s, int32_t m, int32_t a) except -1      # O(1), made on first use
 cdef int32_t add_market(State s, object spec) except -1
 cdef int set_spec(State s, int32_t m, object spec) except -1      # add_market, update_market
+cdef int set_mark(State s, int32_t m, int64_t idx) except -1       # median(index, bid, ask)
 cdef int32_t insurance_fund(State s) except -1
 cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n)
 cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)

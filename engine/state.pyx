@@ -395,3 +395,18 @@ cdef object cid_of(CidKey* k):
     if k.is_str:
         return k.text[:k.n].decode("utf-8")
     return k.i
+
+
+cdef int set_mark(State s, int32_t m, int64_t idx) except -1:
+    """A new index: the mark becomes median(index, best bid, best ask), a missing side of the
+    book counting as the index (the contract's "Mark price"). O(1)."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef Book b = s.books[m]
+    cdef int64_t bid = b.lv[b.best(BID)].price if b.n[BID] else idx
+    cdef int64_t ask = b.lv[b.best(ASK)].price if b.n[ASK] else idx
+    cdef int64_t lo = bid if bid < ask else ask
+    cdef int64_t hi = ask if bid < ask else bid
+    mk.index = idx
+    mk.mark = lo if idx < lo else (hi if idx > hi else idx)
+    mk.has_mark = 1
+    return 0

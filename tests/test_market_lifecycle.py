@@ -265,3 +265,17 @@ def test_a_snapshot_keeps_the_status_and_a_scheduled_update():
         assert reasons(order(e, "a", 1, "buy", 1, kind="market")) == ["market_post_only"]
     assert copy.execute(M.Clock(ts=HOUR)) == eng.execute(M.Clock(ts=HOUR))
     assert copy.state() == eng.state()
+
+
+def test_a_halted_market_is_frozen_no_mark_move_and_no_funding():
+    eng = venue()
+    order(eng, "mm", 1, "sell", 500, 100_000)
+    order(eng, "a", 1, "buy", 500, 100_000)
+    status(eng, "halted")
+    [mark] = eng.execute(M.Oracle(market="X", price=80_000))
+    assert (mark.index, mark.mark) == (80_000, 100_000)
+    assert not [e for e in eng.execute(M.Clock(ts=5 * HOUR)) if type(e) is M.FundingEvent]
+    assert all(p["unsettled_funding"] == 0 for p in report(eng, "a")["positions"])
+    events = status(eng, "active")
+    assert [(e.index, e.mark) for e in events if type(e) is M.Mark] == [(80_000, 80_000)]
+    assert [e for e in eng.execute(M.Clock(ts=6 * HOUR)) if type(e) is M.FundingEvent]

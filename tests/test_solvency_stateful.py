@@ -115,6 +115,7 @@ class Solvency(RuleBasedStateMachine):
                      M.Tier(max_notional=10**6 * USD, imf_ppm=4 * imf, mmf_ppm=2 * imf)]
         event(f"imf {imf}" + (" tiered" if tiered else ""))
         self.imf = imf
+        self.tiered = tiered
         for m in MARKETS:
             self.run(M.CreateMarket(
                 market=m, tick_size="0.01", lot_size="0.001", min_qty=1, imf_ppm=imf,
@@ -242,12 +243,43 @@ class Solvency(RuleBasedStateMachine):
         bps = min(4_000, int(self.imf * severity) // 100)
         self.oracle(market, -bps if big > 0 else bps)
 
+    @rule(market=st.sampled_from(MARKETS), severity=st.floats(1.0, 4.0))
+    def crash_harder(self, market, severity):
+        """The same, a second rule: crashes are what this machine is for."""
+        self.crash(market, severity)
+
     @rule(hours=st.one_of(st.integers(1, 3), st.integers(4, 24 * 30)))
     def clock(self, hours):
         """Time passes: one funding boundary, or many at once."""
         self.tick(hours * HOUR)
         self.run(M.Clock())
         self._check_fund()
+
+    # ---- the market's lifecycle (docs/contract.md, "Market lifecycle") ---------------------
+
+    @rule(market=st.sampled_from(MARKETS),
+          status=st.sampled_from(["active"] * 6 + ["post_only", "reduce_only", "halted"]))
+    def market_status(self, market, status):
+        self.run(M.SetMarketStatus(market=market, status=status))
+
+    @rule(market=st.sampled_from(MARKETS), factor=st.sampled_from([1, 2, 3]),
+          fee=st.integers(0, 1_000), band=st.sampled_from([20_000, 50_000, 100_000]),
+          later=st.booleans())
+    def update_market(self, market, factor, fee, band, later):
+        """Margin raised (or put back), fees and band changed, now or in an hour."""
+        margin = {} if self.tiered else dict(imf_ppm=self.imf * factor,
+                                             mmf_ppm=self.imf * factor // 2)
+        self.run(M.UpdateMarket(market=market, taker_fee_ppm=fee, price_band_ppm=band,
+                                effective_ts=self.ts + HOUR if later else None, **margin))
+
+    @rule(market=st.sampled_from(MARKETS), die=st.integers(0, 19),
+          off=st.integers(-3_000, 3_000))
+    def settle_market(self, market, die, off):
+        """Now and then a market is delisted, at a price near (or far from) its mark."""
+        if die == 0:
+            event("settled")
+            self.run(M.SettleMarket(market=market,
+                                    price=max(1, self.marks[market] * (10_000 + off) // 10_000)))
 
     # ---- what must always hold ------------------------------------------------------------
 
