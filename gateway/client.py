@@ -532,23 +532,46 @@ class Event:
     data: dict = field(repr=False, default_factory=dict)
 
 
-def _fill(e: dict, u: Units, me, cid=None) -> Fill:
-    """A `fill` event from `me`'s side (the taker's, when `me` is both and `cid` is the
-    taker's)."""
-    taker = e["taker_account"] == me and (cid is None or e["taker_cid"] == cid)
-    p = "taker_" if taker else "maker_"
-    side = e["taker_side"] if taker else ("sell" if e["taker_side"] == "buy" else "buy")
-    return Fill(e["market"], e[p + "cid"], e[p + "oid"], side, u.price(e["price"]),
-                u.size(e["qty"]), usd(e[p + "fee"]), "taker" if taker else "maker",
-                u.size(e[p + "remaining"]), e["liquidation"], e["seq"], e["ts"])
+def own_sides(e: dict) -> list[dict]:
+    """A `fill` event as its sides see it: the gateway sends each account its own side (one
+    map with `account`, `side`, `cid`, `oid`, `remaining`, `fee`, `liquidity`, `trade_id`:
+    docs/protocol.md, "Fills"); an operator's reply (or the engine's output) holds the engine's
+    fill with both sides, which this splits into the same two maps."""
+    if "liquidity" in e:
+        return [e]
+    maker_side = "sell" if e["taker_side"] == "buy" else "buy"
+    return [dict(type="fill", seq=e["seq"], ts=e["ts"], account=e[p + "account"],
+                 market=e["market"], side=side, cid=e[p + "cid"], oid=e[p + "oid"],
+                 price=e["price"], qty=e["qty"], remaining=e[p + "remaining"],
+                 fee=e[p + "fee"], liquidity=p[:-1], liquidation=e["liquidation"],
+                 trade_id=e["seq"])
+            for p, side in (("taker_", e["taker_side"]), ("maker_", maker_side))]
+
+
+def _fill(e: dict, u: Units, me=None, cid=None) -> Fill:
+    """A `fill` event as a `Fill` of `me`'s side (of the order `cid`, when given; an
+    operator's two-sided fill is read from the taker's side unless `me` is the maker)."""
+    sides = own_sides(e)
+    o = next((o for o in sides if (me is None or o["account"] == me)
+              and (cid is None or o["cid"] == cid)), sides[0])
+    return Fill(o["market"], o["cid"], o["oid"], o["side"], u.price(o["price"]),
+                u.size(o["qty"]), usd(o["fee"]), o["liquidity"], u.size(o["remaining"]),
+                o["liquidation"], o["trade_id"], o["ts"])
+
+
+def _mine(events: list, me, cid, liquidity=None) -> list[dict]:
+    """The sides of the fills among `events` that are `me`'s order `cid` (as its `liquidity`,
+    when given)."""
+    return [o for e in events if e.get("type") == "fill" for o in own_sides(e)
+            if o["account"] == me and o["cid"] == cid
+            and (liquidity is None or o["liquidity"] == liquidity)]
 
 
 def _order(events: list, u: Units, cid) -> Order:
     """The `Order` of a new_order reply's events."""
     acc = next(e for e in events if e["type"] == "order_accepted" and e["cid"] == cid)
     me = acc["account"]
-    fills = tuple(_fill(e, u, me, cid) for e in events
-                  if e["type"] == "fill" and e["taker_account"] == me and e["taker_cid"] == cid)
+    fills = tuple(_fill(o, u) for o in _mine(events, me, cid, "taker"))
     gone = next((e for e in events if e["type"] == "order_cancelled" and e["cid"] == cid), None)
     filled = sum((f.size for f in fills), Decimal(0))
     remaining = fills[-1].remaining if fills else u.size(acc["qty"])
@@ -566,7 +589,7 @@ def _cancelled(e: dict, u: Units) -> Cancelled:
 
 def _amended(events: list, u: Units) -> Amended:
     e = next(e for e in events if e["type"] == "order_amended")
-    fills = tuple(_fill(f, u, e["account"], e["cid"]) for f in events if f["type"] == "fill")
+    fills = tuple(_fill(o, u) for o in _mine(events, e["account"], e["cid"], "taker"))
     return Amended(e["market"], e["cid"], e["oid"], u.price(e["price"]), u.size(e["qty"]),
                    e["priority_kept"], fills, e["seq"], e["ts"])
 
@@ -715,15 +738,15 @@ class FillLog:
     def add(self, e: dict) -> bool:
         if e.get("type") != "fill":
             return False
-        for p in ("taker_", "maker_"):
-            key = (e[p + "account"], e["market"], e[p + "cid"])
+        for o in own_sides(e):
+            key = (o["account"], o["market"], o["cid"])
             got = self.by_order.get(key)
             if got is None:
                 got = self.by_order[key] = []
                 while len(self.by_order) > self.orders:
                     self.by_order.popitem(last=False)
-            if all(f["seq"] != e["seq"] for f in got):
-                got.append(e)
+            if all(f["seq"] != o["seq"] for f in got):
+                got.append(o)
         return True
 
     def of(self, me, market: str, cid) -> list[dict]:

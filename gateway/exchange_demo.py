@@ -203,8 +203,8 @@ class View:
             self.counts["margin_call"] += 1
             self.later(ev["seq"], f"      MARGIN CALL: {account} equity {self.usd(ev['equity'])} "
                        f"against maintenance {self.usd(ev['maintenance_margin'])}")
-        elif kind == "fill" and ev["liquidation"] and ev["taker_account"] == account:
-            self.liq_taker_fees[(account, ev["market"])] += ev["taker_fee"]
+        elif kind == "fill" and ev["liquidation"] and ev["liquidity"] == "taker":
+            self.liq_taker_fees[(account, ev["market"])] += ev["fee"]
         elif kind == "liquidation" and ev["account"] == account:
             self.liquidation(ev)
 

@@ -293,19 +293,17 @@ class Streams:
     configuration names, the events of the boot turn to none. O(events)."""
 
     def __init__(self, accounts: set | None):
-        from .server import CHAIN_START, _accounts_of, _chain
-        self.accounts, self.of, self.chain = accounts, _accounts_of, _chain
+        from .server import CHAIN_START, _chain, private_views
+        self.accounts, self.views, self.chain = accounts, private_views, _chain
         self.start = CHAIN_START
         self.state: dict = {}
         self.encode = msgspec.msgpack.Encoder().encode
 
     def route(self, events) -> None:
         for ev in events:
-            data = None
-            for account in self.of(ev):
+            for account, data in self.views(ev, self.encode):
                 if self.accounts is not None and account not in self.accounts:
                     continue
-                data = data or self.encode(ev)
                 pseq, head = self.state.get(account, (0, self.start))
                 self.state[account] = (pseq + 1, self.chain(head, data))
 

@@ -294,14 +294,50 @@ class Spend:
         return self.total
 
 
-def _accounts_of(ev) -> tuple:
-    """The accounts an event belongs to (a fill to both sides, once each)."""
+class OwnFill(msgspec.Struct, tag_field="type", tag="fill", frozen=True, gc=False):
+    """A fill as one side sees it (docs/protocol.md, "Fills"): the private stream's and a
+    trader's replies'. Its own order's side, cid, oid, remaining and fee, and nothing of the
+    counterparty's: no account, cid, oid, remaining or fee. `trade_id` is the engine's seq of
+    the fill, the public trade's `trade_id`; `liquidity` says whether this side was the maker
+    or the taker."""
+    seq: int
+    ts: int
+    account: M.AccountId
+    market: str
+    side: str
+    cid: M.Cid
+    oid: int
+    price: int
+    qty: int
+    remaining: int
+    fee: int
+    liquidity: str
+    liquidation: bool
+    trade_id: int
+
+
+def own_fills(ev) -> tuple:
+    """A fill's two sides, each as its own account sees it: ((account, OwnFill), ...), the
+    taker's first (a self-match gives the account both, as two fills). O(1)."""
+    maker_side = "sell" if ev.taker_side == "buy" else "buy"
+    return ((ev.taker_account, OwnFill(
+                ev.seq, ev.ts, ev.taker_account, ev.market, ev.taker_side, ev.taker_cid,
+                ev.taker_oid, ev.price, ev.qty, ev.taker_remaining, ev.taker_fee, "taker",
+                ev.liquidation, ev.seq)),
+            (ev.maker_account, OwnFill(
+                ev.seq, ev.ts, ev.maker_account, ev.market, maker_side, ev.maker_cid,
+                ev.maker_oid, ev.price, ev.qty, ev.maker_remaining, ev.maker_fee, "maker",
+                ev.liquidation, ev.seq)))
+
+
+def private_views(ev, encode) -> tuple:
+    """What of one engine event goes to which private stream, encoded: ((account, bytes),
+    ...). A fill goes to each side as that side's `OwnFill`; any other event to the account
+    it names, as the engine wrote it; an event naming no account to none. O(1)."""
     if type(ev) is M.Fill:
-        if ev.taker_account == ev.maker_account:
-            return (ev.taker_account,)
-        return (ev.taker_account, ev.maker_account)
+        return tuple((account, encode(view)) for account, view in own_fills(ev))
     account = getattr(ev, "account", None)
-    return () if account is None else (account,)
+    return () if account is None else ((account, encode(ev)),)
 
 
 # A private-stream item, {"stream": "private", "pseq": n, "hash": h, "event": {...}}, built from
@@ -1095,24 +1131,33 @@ class Server:
             return cls.command(acct.name, *fields, ts=self.seq.now()), None
         return cls.command(*fields, ts=self.seq.now()), None
 
-    def _run(self, cmd, sess: Session | None = None) -> list:
-        """Sequence one command and route its events, each encoded once: to the reply (the
-        returned Raw list), to the private streams of its accounts and to the PUB. Tracks the
-        orders a session placed, for cancel-on-disconnect. O(events * subscribers)."""
+    def _run(self, cmd, sess: Session | None = None, view=None) -> list:
+        """Sequence one command and route its events, each encoded once (a fill once a side):
+        to the reply (the returned Raw list), to the private streams of its accounts and to
+        the PUB. With `view` (a trader's account), the reply holds what that account may see:
+        its own events, its side of its fills, and the events naming no account; without, the
+        engine's events as they are (an operator's). Tracks the orders a session placed, for
+        cancel-on-disconnect. O(events * subscribers)."""
         events = self.seq.run(cmd)
         if self.metrics is not None:
             self.metrics.events(events)
-        return self._route(events, sess)
+        return self._route(events, sess, view)
 
-    def _route(self, events, sess: Session | None) -> list:
+    def _route(self, events, sess: Session | None, view=None) -> list:
         """`_run` after the engine: the events to the reply, the streams and the PUB (recovery
         replays the journal through this too, before the feed exists)."""
         encode = self.encode
         feed = self.feed.event if self.feed is not None else None
         raws = []
         for ev in events:
-            data = encode(ev)
-            raws.append(Raw(data))
+            views = private_views(ev, encode)
+            if view is None:
+                raws.append(Raw(encode(ev) if type(ev) is M.Fill or not views
+                                else views[0][1]))
+            elif not views:
+                raws.append(Raw(encode(ev)))
+            else:
+                raws.extend(Raw(data) for account, data in views if account == view)
             t = type(ev)
             if t is M.OrderAccepted:
                 if sess is not None and ev.account == sess.account:
@@ -1133,7 +1178,7 @@ class Server:
                     self._closed(ev.maker_oid)
             if feed is not None:
                 feed(ev)
-            for account in _accounts_of(ev):
+            for account, data in views:
                 st = self.streams.get(account)
                 if st is None:
                     if account not in self.cfg.accounts:
@@ -1158,7 +1203,8 @@ class Server:
         cmd, why = self._command(acct, req)
         if cmd is None:
             return P.error(req.req_id, *why)
-        return {"req_id": req.req_id, "ok": True, "events": self._run(cmd, sess)}
+        return {"req_id": req.req_id, "ok": True,
+                "events": self._run(cmd, sess, _view(acct))}
 
     def _batch(self, acct, sess, req):
         """Several commands in one request: cancels run first, then the rest, each in request
@@ -1191,7 +1237,7 @@ class Server:
             if cmd is None:
                 results[i] = {"ok": False, "reason": why[0], "detail": why[1]}
                 continue
-            results[i] = {"ok": True, "events": self._run(cmd, sess)}
+            results[i] = {"ok": True, "events": self._run(cmd, sess, _view(acct))}
         return {"req_id": req.req_id, "ok": True, "results": results}
 
     def close(self):
@@ -1217,6 +1263,12 @@ class Server:
                 if self.failed is None:
                     raise
                 log.exception("while stopping after the %s thread failed", self.failed[0])
+
+
+def _view(acct):
+    """Whose view a reply to this account's command holds: a trader's own (docs/protocol.md,
+    "Fills"); None for an operator (admin, oracle), who sees the engine's events."""
+    return acct.name if acct.role == "trader" else None
 
 
 def market_info(sp) -> dict:

@@ -165,7 +165,7 @@ def test_fills_reach_both_sides_once_in_order_with_no_gaps(server):
     mine = maker.stream(4)          # two accepted, two fills
     assert [i["pseq"] for i in mine] == list(range(m0 + 1, m0 + 5))
     fills = [i["event"] for i in mine if i["event"]["type"] == "fill"]
-    assert [f["maker_cid"] for f in fills] == ["s1", "s2"]
+    assert [(f["cid"], f["liquidity"]) for f in fills] == [("s1", "maker"), ("s2", "maker")]
     theirs = taker.stream(3)        # accepted, two fills
     assert [i["pseq"] for i in theirs] == list(range(t0 + 1, t0 + 4))
     assert [i["event"]["seq"] for i in theirs if i["event"]["type"] == "fill"] == \

@@ -376,7 +376,7 @@ def test_a_fill_goes_to_the_private_stream_and_only_an_anonymous_trade_to_the_fe
                         qty=3, price=INDEX["ETH-PERP"] + 1)
     fill = [e for e in hit["events"] if e["type"] == "fill"][0]
     private = [i["event"] for i in mm.stream(2) if i["event"]["type"] == "fill"]
-    assert private and private[0]["maker_cid"] == "p-1"
+    assert private and private[0]["cid"] == "p-1" and "maker_cid" not in private[0]
     (topic, body), = read_all(sub)
     trade = dec(body)
     assert topic == b"trade.ETH-PERP"
