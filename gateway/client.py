@@ -124,7 +124,7 @@ class RateLimited(PerpdexError):
         super().__init__(*args, **kw)
 
     def _message(self) -> str:
-        # The wait comes from `retry_after_ms` (the server's detail rounds it to the nearest ms).
+        # The wait comes from `retry_after_ms` (the server's detail says the same number).
         return f"{self.request}: over a budget; retry after {self.retry_after_ms} ms"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import random
 import shutil
@@ -958,9 +959,9 @@ class Server:
             return None
         for b, n in taken:
             b.tokens += n
-        reply = P.error(rid, "rate_limited",
-                        f"over the request rate; retry in {wait * 1000:.0f} ms")
-        reply["retry_after_ms"] = int(wait * 1000) + 1
+        after = math.ceil(wait * 1000)         # whole ms, never 0: by then the tokens are there
+        reply = P.error(rid, "rate_limited", f"over the request rate; retry in {after} ms")
+        reply["retry_after_ms"] = after
         return reply
 
     def _login(self, identity, req):
