@@ -33,6 +33,7 @@ cdef enum:
     IOC
     FOK
     ALO
+    GTD                         # an extension: good till `expire_ts` (engine.entry)
 
 cdef enum:
     CANCEL_MAKER = 0

@@ -23,7 +23,7 @@ class Engine:
     def new_order(self, account: int | str, market: str, cid: int | str, side: str, qty: Any,
                   price: Any = None, kind: str = "limit", tif: str = "gtc", ts: int = 0,
                   reduce_only: bool = False, stp: str = "cancel_maker",
-                  trigger_price: Any = None) -> int:
+                  trigger_price: Any = None, expire_ts: int | None = None) -> int:
         """As the new_order command; the number of fills (rows of `fills`)."""
     def cancel(self, account: int | str, market: str, cid: int | str, ts: int = 0) -> bool:
         """As the cancel command; True when the order was cancelled."""

@@ -111,7 +111,7 @@ cdef inline bint _in_bounds(object ts_v, object account, object cid, object mark
 cdef object _astuple = msgspec.structs.astuple
 assert NewOrder.__struct_fields__ == (
     "account", "market", "cid", "side", "kind", "qty", "price", "trigger_price", "tif",
-    "reduce_only", "stp", "ts")
+    "reduce_only", "stp", "expire_ts", "ts")
 assert Cancel.__struct_fields__ == ("account", "market", "cid", "ts")
 assert Amend.__struct_fields__ == ("account", "market", "cid", "price", "qty", "ts")
 
@@ -252,7 +252,7 @@ cdef class Engine:
 
     def new_order(self, account, str market, cid, str side, qty, price=None, str kind="limit",
                   str tif="gtc", int64_t ts=0, bint reduce_only=False, str stp="cancel_maker",
-                  trigger_price=None):
+                  trigger_price=None, expire_ts=None):
         """Place one order, as the `new_order` command with these fields would; return the
         number of fills it made. Each fill is in `fills` (price, qty, taker oid, maker oid) until
         the next call; `last_reason` is the rejection's reason (None if accepted); with
@@ -265,7 +265,7 @@ cdef class Engine:
                 return 0
             self._advance(ts)
             entry.order_fields(s, account, market, cid, side, kind, qty, price, trigger_price,
-                               tif, reduce_only, stp)
+                               tif, reduce_only, stp, expire_ts)
         except (KeyError, TypeError, ValueError, OverflowError):
             events.reject(s, "new_order", Reason.INVALID_COMMAND,
                           "side, kind, tif or stp is not one of the contract's names, or the "
@@ -544,7 +544,7 @@ cdef class Engine:
         self._advance(ts)
         if t is NewOrder:
             return entry.order_fields(s, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
-                                      f[9], f[10])
+                                      f[9], f[10], f[11])
         if t is Cancel:
             return entry.cancel_fields(s, f[0], f[1], f[2])
         return entry.amend_fields(s, f[0], f[1], f[2], f[3], f[4])
@@ -560,6 +560,8 @@ cdef class Engine:
         if ts <= s.clock:
             return 0
         s.clock = ts
+        if s.gtd and s.gtd[0][0] <= ts:
+            entry.expire_due(s)
         if s.pending_updates:
             lifecycle.due_updates(s)
         for m in range(s.n_markets):

@@ -15,9 +15,10 @@ from .state cimport State, OrderCmd, CidKey
 cdef int new_order(State s, object cmd) except -1
 cdef int order_fields(State s, object acct, object market, object cid, object side_name,
                       object kind_name, object qty_v, object price_v, object trigger_v,
-                      object tif_name, bint ro, object stp_name) except -1
+                      object tif_name, bint ro, object stp_name, object expire_v=*) except -1
 cdef int place(State s, OrderCmd* c) except -1
 cdef int fire_triggers(State s, int32_t m) except -1
+cdef int expire_due(State s) except -1             # gtd orders whose time the clock reached
 cdef int amend(State s, object cmd) except -1
 cdef int amend_fields(State s, object acct, object market, object cid, object price_v,
                       object qty_v) except -1
@@ -41,3 +42,4 @@ cdef inline void order_cmd(OrderCmd* c, int32_t a, int32_t m, int side, int kind
     c.qty = qty
     c.price = price
     c.trigger_price = trigger
+    c.expire_ts = 0

@@ -6,13 +6,13 @@ from libc.stdint cimport int64_t, int32_t, uint8_t
 from .units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive, py128
 from .book cimport (
     Book, Order, CID_BYTES, cid_hash_str, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
-    TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
+    TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, GTD, CANCEL_MAKER, CANCEL_TAKER,
 )
 from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
                            cid_of, reducible, market_id, ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS,
                            HALTED, SETTLED)
 from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
-                          V_POST_ONLY_WOULD_CROSS, V_MARKET_STATUS)
+                          V_POST_ONLY_WOULD_CROSS, V_MARKET_STATUS, V_EXPIRED)
 from .margin cimport order_fits
 from .matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
 from .triggers cimport arm, due
@@ -194,7 +194,7 @@ cdef tuple status_refusal(State s, int32_t m, int kind, int tif, bint ro, int si
         if kind == MARKET or tif == IOC or tif == FOK:
             return (Reason.MARKET_POST_ONLY,
                     f"{name} is post-only: an order that can only take liquidity is refused")
-        if tif == GTC and _crosses(s.books[m], side, price):
+        if (tif == GTC or tif == GTD) and _crosses(s.books[m], side, price):
             return (Reason.MARKET_POST_ONLY,
                     f"{name} is post-only: a {_SIDE_NAMES[side]} at {price} would trade "
                     f"against the best {'ask' if side == BID else 'bid'}")
@@ -212,12 +212,14 @@ cdef inline void _with_order(Ticket* t, PosC* p, int side, int64_t qty) noexcept
 cdef int new_order(State s, object cmd) except -1:
     """The Struct path: its fields, checked by `order_fields`."""
     return order_fields(s, cmd.account, cmd.market, cmd.cid, cmd.side, cmd.kind, cmd.qty,
-                        cmd.price, cmd.trigger_price, cmd.tif, cmd.reduce_only, cmd.stp)
+                        cmd.price, cmd.trigger_price, cmd.tif, cmd.reduce_only, cmd.stp,
+                        cmd.expire_ts)
 
 
 cdef int order_fields(State s, object acct, object market, object cid, object side_name,
                       object kind_name, object qty_v, object price_v, object trigger_v,
-                      object tif_name, bint ro, object stp_name) except -1:
+                      object tif_name, bint ro, object stp_name,
+                      object expire_v=None) except -1:
     """A new order's fields as Python values (a Struct's, or the per-command API's): the field
     checks in the contract's order, then `place`. A name that is not one of the contract's
     raises KeyError (the dispatch answers it as invalid_command)."""
@@ -244,7 +246,8 @@ cdef int order_fields(State s, object acct, object market, object cid, object si
                              acct, market, cid)
     price = 0
     if kind == MARKET:
-        tif = IOC           # a market order's `price`, if sent, is ignored
+        tif = IOC           # a market order's `price`, if sent, is ignored (and any expire_ts)
+        expire_v = None
     elif kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
         price = positive(price_v, mk.max_price)
         if price == 0:
@@ -259,9 +262,12 @@ cdef int order_fields(State s, object acct, object market, object cid, object si
                                  market, cid)
         if kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET:
             tif = IOC
+            expire_v = None
     a = account(s, acct)
     keep = cid_key(cid, a, &oc.cid)
     order_cmd(&oc, a, m, side, kind, tif, stp, ro, qty, price, oc.trigger_price)
+    if expire_v is not None:
+        oc.expire_ts = expire_v if type(expire_v) is int and expire_v > 0 else -1
     return place(s, &oc)
 
 
@@ -275,6 +281,8 @@ cdef int place(State s, OrderCmd* c) except -1:
     cdef int checks = C_DUPLICATE | C_MARK | C_REDUCE_ONLY | C_POST_ONLY
     cdef int failed
     cdef Ticket t
+    if (c.tif == GTD) != (c.expire_ts != 0) or (c.tif == GTD and c.expire_ts <= s.clock):
+        return events.reject_order(s, c, Reason.INVALID_EXPIRY, _expiry_sentence(s, c))
     if mk.status != ACTIVE:
         why = status_refusal(s, m, c.kind, c.tif, c.reduce_only, c.side, c.price)
         if why is not None:
@@ -309,7 +317,7 @@ cdef int place(State s, OrderCmd* c) except -1:
         if not c.reduce_only and (size == 0 or (size > 0) == (c.side == BID)
                                   or c.qty > iabs(size)):
             checks |= C_STALE                   # it may grow the position
-        if c.tif == GTC or c.tif == ALO or trigger:
+        if c.tif == GTC or c.tif == ALO or c.tif == GTD or trigger:
             checks |= C_COUNT
         _with_order(&t, &s.pos[p], c.side, c.qty)
         failed = admit(s, &t, checks & ~(C_DUPLICATE | C_MARK | C_BAND))
@@ -353,7 +361,30 @@ cdef int32_t _open(State s, OrderCmd* c, int32_t p) except -1:
     s.pool.cid_insert(i)
     s.pool.account_link(i)
     s.pos[p].n_orders += 1
+    if c.tif == GTD:
+        s.gtd.add((c.expire_ts, o.oid, i))
+        s.gtd_of[i] = c.expire_ts
     return i
+
+
+cdef str _expiry_sentence(State s, OrderCmd* c):
+    if c.tif != GTD:
+        return "expire_ts is for tif gtd only"
+    if c.expire_ts == 0:
+        return "a gtd order needs expire_ts (ns)"
+    if c.expire_ts < 0:
+        return "expire_ts must be a positive integer (ns)"
+    return f"expire_ts {c.expire_ts} is not after the clock {s.clock}"
+
+
+cdef int expire_due(State s) except -1:
+    """Cancel (reason `expired`) every gtd order whose expire_ts the clock has reached, oldest
+    expiry first, ties by oid. O(expired x log n); nothing when none is due."""
+    cdef int32_t i
+    while s.gtd and s.gtd[0][0] <= s.clock:
+        i = s.gtd[0][2]
+        cancel_order(s, i, V_EXPIRED)           # drop() takes it out of the index
+    return 0
 
 
 # ---- trigger orders entering -----------------------------------------------------------------

@@ -37,6 +37,7 @@ cdef enum:
     F_TIF = 1024
     F_RO = 2048
     F_STP = 4096
+    F_EXPIRE = 8192
 
 
 cdef inline bint _eq(const unsigned char* a, Py_ssize_t n, const char* lit, Py_ssize_t m) noexcept nogil:
@@ -298,6 +299,11 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
             i = _rd_positive(p, i, n, C_MAX_PRICE, &price)
         elif kl == 13 and ks[0] == 116 and memcmp(ks, b"trigger_price", 13) == 0:
             bit = F_TRIGGER
+            if i >= n or p[i] != 0xc0:
+                return FAST_NONE
+            i += 1
+        elif kl == 9 and ks[0] == 101 and memcmp(ks, b"expire_ts", 9) == 0:
+            bit = F_EXPIRE                        # null only: a gtd order takes the Struct path
             if i >= n or p[i] != 0xc0:
                 return FAST_NONE
             i += 1

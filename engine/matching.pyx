@@ -3,7 +3,7 @@
 from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, iabs
-from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, CANCEL_TAKER, CANCEL_BOTH)
+from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKER, CANCEL_BOTH)
 from libc.stdlib cimport realloc
 
 from .state cimport State, MarketC, PosC, FillC, reducible
@@ -277,6 +277,8 @@ cdef int drop(State s, int32_t i) except -1:
     cdef PosC* p = &s.pos[s.pos_of[o.market][o.account]]
     if o.armed:
         disarm(s, i)
+    if o.tif == GTD:
+        s.gtd.remove((s.gtd_of.pop(i), o.oid, i))
     if o.level >= 0:
         (<Book>s.books[o.market]).unlink(s.pool, i)
         if o.side == BID:

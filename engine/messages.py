@@ -37,7 +37,7 @@ Side = Literal["buy", "sell"]
 OrderKind = Literal[
     "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit"
 ]
-TimeInForce = Literal["gtc", "ioc", "fok", "alo"]
+TimeInForce = Literal["gtc", "ioc", "fok", "alo", "gtd"]     # gtd: an extension
 StpMode = Literal["cancel_maker", "cancel_taker", "cancel_both"]
 MarginMode = Literal["cross", "isolated"]
 
@@ -138,6 +138,9 @@ class NewOrder(Command, tag="new_order"):
     tif: TimeInForce = "gtc"
     reduce_only: bool = False
     stp: StpMode = "cancel_maker"
+    # Extension: tif "gtd" rests until the clock reaches `expire_ts` (ns), then is cancelled
+    # with reason `expired`; required with gtd, refused with any other tif (`invalid_expiry`).
+    expire_ts: Union[Int64, None] = None
 
 
 class Cancel(Command, tag="cancel"):
@@ -485,6 +488,8 @@ class Reason:
     MARKET_SETTLED = "market_settled"
     MARKET_POST_ONLY = "market_post_only"
     MARKET_REDUCE_ONLY = "market_reduce_only"
+    # extension: good-till-date orders
+    INVALID_EXPIRY = "invalid_expiry"
 
 
 class CancelReason:
@@ -500,6 +505,8 @@ class CancelReason:
     POST_ONLY_WOULD_CROSS = "post_only_would_cross"
     # extension: a market's status (reduce_only, settled) took the order off
     MARKET_STATUS = "market_status"
+    # extension: a gtd order whose expire_ts the clock has reached
+    EXPIRED = "expired"
 
 
 def command_decoder(kind: str):

@@ -70,7 +70,8 @@ def state(State st):
                     o = &st.pool.o[i]
                     orders.append([o.oid, st.account_keys[o.account], cid_obj(st, i),
                                    o.price, o.qty, _KIND_NAMES[o.kind], _TIF_NAMES[o.tif],
-                                   _STP_NAMES[o.stp], bool(o.reduce_only)])
+                                   _STP_NAMES[o.stp], bool(o.reduce_only)]
+                                  + ([st.gtd_of[i]] if i in st.gtd_of else []))
                     i = o.next
             sides.append(orders)
         mk = &st.mk[m]
@@ -109,7 +110,8 @@ def _armed_orders(State st, int32_t m):
         out.append([o.oid, st.account_keys[o.account], cid_obj(st, key[2]),
                     _KIND_NAMES[o.kind], _SIDE_NAMES[o.side], o.trigger_price,
                     None if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET else o.price,
-                    o.qty, _TIF_NAMES[o.tif], _STP_NAMES[o.stp], bool(o.reduce_only)])
+                    o.qty, _TIF_NAMES[o.tif], _STP_NAMES[o.stp], bool(o.reduce_only)]
+                   + ([st.gtd_of[key[2]]] if key[2] in st.gtd_of else []))
     return out
 
 

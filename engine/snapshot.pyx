@@ -19,7 +19,8 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 3                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle
+VERSION = 4                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
+                            # 4: gtd orders
 
 
 cdef list _layout():
@@ -93,6 +94,7 @@ cdef bytes dump(State s):
         "books": books,
         "risk_called": [sorted(x) for x in s.risk_called],
         "liq_queue": [[list(x) for x in q] for q in s.liq_queue],
+        "gtd": [list(k) for k in s.gtd],
         "pending_updates": [[m, ts, _spec_record(spec)]
                             for m, (ts, spec) in sorted(s.pending_updates.items())],
         "dirty": list(s.dirty),
@@ -191,6 +193,9 @@ cdef int load(State s, bytes data) except -1:
         s.risk_called[m].update(called)
     for m, queue in enumerate(doc["liq_queue"]):
         s.liq_queue[m] = [(a, iso) for a, iso in queue]
+    for expire, oid, i in doc["gtd"]:
+        s.gtd.add((expire, oid, i))
+        s.gtd_of[i] = expire
     for m, ts, rec in doc["pending_updates"]:
         s.pending_updates[m] = (ts, _spec(rec))
     s.dirty.extend(doc["dirty"])

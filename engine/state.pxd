@@ -125,6 +125,7 @@ ctypedef struct OrderCmd:
     uint8_t tif
     uint8_t stp
     uint8_t reduce_only
+    int64_t expire_ts           # tif gtd: when it expires (ns); 0 otherwise
 
 
 @cython.final
@@ -144,6 +145,8 @@ cdef class State:
     cdef dict adl_queues            # (market, side) -> the pass's ranked ADL queues (engine.liquidation)
     cdef list liq_queue             # per market: scopes (account, iso) waiting, the next last
     cdef dict pending_updates       # market -> (effective_ts, MarketSpec) (engine.lifecycle)
+    cdef object gtd                 # SortedList of (expire_ts, oid, slot): gtd orders open
+    cdef dict gtd_of                # slot -> expire_ts of an open gtd order
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id
     cdef list market_pos            # per market: its position slots, in slot order

@@ -8,7 +8,7 @@ from libc.stdint cimport int64_t, int32_t, uint64_t
 from .units cimport PPM, NS, fnv1a
 from .book cimport Book, OrderPool, Order, CID_BYTES, cid_hash_int, cid_hash_str, BID, ASK
 from .book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
-                          TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, CANCEL_MAKER, CANCEL_TAKER,
+                          TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, GTD, CANCEL_MAKER, CANCEL_TAKER,
                           CANCEL_BOTH)
 from .wire cimport EventWriter
 
@@ -26,7 +26,7 @@ INSURANCE = "insurance"
 SIDES = {"buy": BID, "sell": ASK}
 KINDS = {"limit": LIMIT, "market": MARKET, "stop_market": STOP_MARKET, "stop_limit": STOP_LIMIT,
          "take_profit_market": TAKE_PROFIT_MARKET, "take_profit_limit": TAKE_PROFIT_LIMIT}
-TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO}
+TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO, "gtd": GTD}
 STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER, "cancel_both": CANCEL_BOTH}
 SIDE_NAMES = tuple(SIDES)
 KIND_NAMES = tuple(KINDS)
@@ -58,6 +58,8 @@ cdef class State:
         self.adl_queues = {}
         self.liq_queue = []
         self.pending_updates = {}
+        self.gtd = SortedList()
+        self.gtd_of = {}
         self.specs = []
         self.market_pos = []
         self.market_ids = {}

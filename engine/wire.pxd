@@ -69,6 +69,7 @@ cdef enum Tok:
     V_IOC
     V_FOK
     V_ALO
+    V_GTD
     # values: cancel reasons
     V_USER
     V_IOC_REMAINDER
@@ -80,6 +81,7 @@ cdef enum Tok:
     V_PRICE_OUT_OF_BAND
     V_POST_ONLY_WOULD_CROSS
     V_MARKET_STATUS
+    V_EXPIRED
     N_TOKENS
 
 
@@ -182,7 +184,7 @@ cdef inline int u_int64(EventWriter w, int64_t v) except -1:
             d[0] = <char>0xcd
             u_be(d + 1, v, 2)
             w.length += 3
-    elif v < 0x100000000:
+    elif v < <int64_t>0x100000000:
         d[0] = <char>0xce
         u_be(d + 1, v, 4)
         w.length += 5

@@ -28,10 +28,11 @@ KEYS = (
 VALUES = (
     "buy", "sell",
     "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit",
-    "gtc", "ioc", "fok", "alo",
+    "gtc", "ioc", "fok", "alo", "gtd",
     "user", "ioc_remainder", "fok_unfilled", "self_trade", "margin", "liquidation", "reduce_only",
     "price_out_of_band", "post_only_would_cross",     # extensions: a triggered order's entry
     "market_status",                                  # extension: a market's status took it off
+    "expired",                                        # extension: a gtd order's time passed
 )
 TOKENS = EVENT_TYPES + KEYS + VALUES
 assert len(TOKENS) == N_TOKENS, "wire.pyx TOKENS and wire.pxd Tok disagree"
@@ -242,7 +243,7 @@ cdef class EventWriter:
                 self._byte(<char>0xcc); self._be(v, 1)
             elif v < 0x10000:
                 self._byte(<char>0xcd); self._be(v, 2)
-            elif v < 0x100000000:
+            elif v < <int64_t>0x100000000:
                 self._byte(<char>0xce); self._be(v, 4)
             else:
                 self._byte(<char>0xcf); self._be(v, 8)
@@ -253,7 +254,7 @@ cdef class EventWriter:
                 self._byte(<char>0xd0); self._be(<uint64_t>v & 0xff, 1)
             elif v >= -32768:
                 self._byte(<char>0xd1); self._be(<uint64_t>v & 0xffff, 2)
-            elif v >= -2147483648:
+            elif v >= <int64_t>-2147483648:
                 self._byte(<char>0xd2); self._be(<uint64_t>v & 0xffffffff, 4)
             else:
                 self._byte(<char>0xd3); self._be(<uint64_t>v, 8)

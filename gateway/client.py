@@ -174,6 +174,7 @@ _BY_REASON: dict[str, type[PerpdexError]] = {
     "invalid_market": InvalidRequest, "market_exists": InvalidRequest,
     "unknown_market": UnknownMarket,
     "invalid_qty": InvalidOrder, "below_min_qty": InvalidOrder, "invalid_price": InvalidOrder,
+    "invalid_expiry": InvalidOrder,
     "price_out_of_band": InvalidOrder, "reduce_only_would_increase": InvalidOrder,
     "too_many_orders": InvalidOrder, "unknown_order": OrderNotFound,
     "duplicate_cid": DuplicateOrderId, "post_only_would_cross": PostOnlyWouldCross,
