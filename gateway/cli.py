@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     "2m (the NATS default); docs/operations.md says what each promises")
 
     _stress_parser(sub)
+    _keygen_parser(sub)
+    _health_parser(sub)
 
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
                    "`perpdex bench --help`)")
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return stress(args)
     if args.cmd == "nats-local":
         return _nats_local(args)
+    if args.cmd == "keygen":
+        return _keygen(args)
+    if args.cmd == "health":
+        return _health(args)
     if args.cmd == "demo":
         if args.in_process:
             from .demo import run
@@ -279,6 +285,141 @@ def _stress_parser(sub) -> None:
     st.add_argument("--json", metavar="FILE", help="write the report as JSON there (- for stdout)")
     st.add_argument("--events", metavar="FILE", help="write every event the run read, JSON Lines")
     st.add_argument("--quiet", "-q", action="store_true", help="no summary, no progress")
+
+
+def _keygen_parser(sub) -> None:
+    kg = sub.add_parser("keygen", help="make a CURVE key pair for an account",
+                        description="Write NAME.key (the public key) and NAME.key_secret (the "
+                        "secret key, mode 0600, never readable by others) to DIR, as ZeroMQ "
+                        "certificates, and print the public key and the table to add to the "
+                        "server's configuration. The secret key stays with whoever trades (or "
+                        "feeds the oracle) as NAME; the server needs only the public key. Exit "
+                        "0, or 2 (a bad name, an existing key kept).",
+                        epilog=_docs("docs/operations.md#keys", "docs/config.md#accountsname"))
+    kg.add_argument("name", metavar="NAME", help="the account's name: 1 to 64 letters, digits, "
+                    "'-', '_' or '.', not starting with '.'")
+    kg.add_argument("--dir", default=".", help="where to write the key files (default: here)")
+    kg.add_argument("--role", choices=("trader", "oracle", "admin"), default="trader",
+                    help="the role in the printed configuration table (default: trader)")
+    kg.add_argument("--force", action="store_true", help="replace existing key files")
+
+
+def _keygen(args) -> int:
+    import zmq.auth
+
+    from .config import ACCOUNT_NAME, INSURANCE
+    name = args.name
+    if not ACCOUNT_NAME.fullmatch(name) or name == INSURANCE:
+        why = ("is the insurance fund's account" if name == INSURANCE else
+               "is not 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'")
+        print(f"perpdex: {name!r} {why}; an account name names its key files", file=sys.stderr)
+        return 2
+    d = Path(args.dir)
+    public, secret = d / f"{name}.key", d / f"{name}.key_secret"
+    kept = [p for p in (public, secret) if p.exists()]
+    if kept and not args.force:
+        print(f"perpdex: {kept[0]}: exists; not overwritten (--force to replace the key pair)",
+              file=sys.stderr)
+        return 2
+    old = os.umask(0o077)           # the secret is never readable by others, even briefly
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        for p in kept:
+            p.unlink()
+        zmq.auth.create_certificates(str(d), name)
+        os.chmod(secret, 0o600)
+        os.chmod(public, 0o600)
+    except OSError as e:
+        print(f"perpdex: {d}: cannot write the key pair: {e.strerror}", file=sys.stderr)
+        return 2
+    finally:
+        os.umask(old)
+    key = zmq.auth.load_certificate(str(public))[0].decode()
+    print(f"public key of {name}: {key}\n"
+          f"secret key: {secret} (mode 0600: for {name} alone; the server never needs it)\n"
+          f"\n"
+          f"add to the server's configuration (docs/config.md), then restart it:\n"
+          f"\n"
+          f"[accounts.{name}]\n"
+          f"role = \"{args.role}\"\n"
+          f"public_key = \"{key}\"")
+    return 0
+
+
+def _health_parser(sub) -> None:
+    hp = sub.add_parser("health", help="ask a running server whether it is healthy",
+                        description="Send `health` to a running `perpdex serve` over CURVE with "
+                        "an account's key (any role), print what it answers, and exit 0 if it "
+                        "answered and serves (every thread alive, the journal making things "
+                        "durable), 1 if it did not answer in time or is not healthy, 2 if a key "
+                        "file is missing. The defaults are the SDK's: $PERPDEX_ROUTER, "
+                        "$PERPDEX_DATA, $PERPDEX_ACCOUNT (else admin).",
+                        epilog=_docs("docs/observability.md#health",
+                                     "docs/operations.md#keys"))
+    hp.add_argument("--router", help="the server's request endpoint (default: $PERPDEX_ROUTER, "
+                    "else tcp://127.0.0.1:7701)")
+    hp.add_argument("--data", help="the server's data folder, whose keys/ hold server.key and "
+                    "the account's key (default: $PERPDEX_DATA, else perpdex-data)")
+    hp.add_argument("--account", help="the account whose key asks (default: $PERPDEX_ACCOUNT, "
+                    "else admin)")
+    hp.add_argument("--server-key", metavar="FILE", help="the server's public key file "
+                    "(default: DATA/keys/server.key)")
+    hp.add_argument("--key", metavar="FILE", help="the account's secret key file (default: "
+                    "DATA/keys/ACCOUNT.key_secret)")
+    hp.add_argument("--timeout-ms", type=int, default=3000, help="how long to wait for the "
+                    "answer (default: 3000)")
+    hp.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+
+
+def _health(args) -> int:
+    import json
+
+    from .client import Client, Timeout
+    data = Path(args.data or os.environ.get("PERPDEX_DATA") or "perpdex-data")
+    account = args.account or os.environ.get("PERPDEX_ACCOUNT") or "admin"
+    router = args.router or os.environ.get("PERPDEX_ROUTER") or "tcp://127.0.0.1:7701"
+    server_key = Path(args.server_key or data / "keys" / "server.key")
+    secret = Path(args.key or data / "keys" / f"{account}.key_secret")
+    for p, what in ((server_key, "the server's public key"), (secret, f"{account}'s secret key")):
+        if not p.is_file():
+            print(f"perpdex: {p}: no such file ({what}; --data, --server-key, --key)",
+                  file=sys.stderr)
+            return 2
+    if args.timeout_ms < 1:
+        print("perpdex: --timeout-ms is at least 1", file=sys.stderr)
+        return 2
+    try:
+        c = Client(router, str(server_key), str(secret), timeout_ms=args.timeout_ms)
+    except (ValueError, OSError) as e:
+        print(f"perpdex: cannot ask {router}: {e}", file=sys.stderr)
+        return 2
+    try:
+        reply = c.request("health")
+    except Timeout:
+        print(f"perpdex health: no answer from {router} in {args.timeout_ms} ms: the server is "
+              f"down or unreachable, or does not know {account}'s key", file=sys.stderr)
+        return 1
+    finally:
+        c.close()
+    if not reply.get("ok"):
+        print(f"perpdex health: {router} refused: {reply.get('reason')}: {reply.get('detail')}",
+              file=sys.stderr)
+        return 1
+    why = [f"thread {n}: {state}" for n, state in (reply.get("threads") or {}).items()
+           if state != "alive"]
+    failure = (reply.get("journal") or {}).get("failure")
+    if failure is not None:
+        why.append(f"the journal cannot make commands durable: {failure}")
+    if args.json:
+        reply.pop("req_id", None)
+        print(json.dumps(reply, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
+    else:
+        print(f"{router}: {'ok' if not why else 'NOT HEALTHY'}: seq {reply['seq']:,}, "
+              f"{reply['commands']:,} commands, up {reply['uptime_s']} s, "
+              f"{reply['connections']} connections, {reply['sessions']} sessions, markets "
+              f"{', '.join(reply['markets']) or 'none'}, {reply['internal_errors']} internal "
+              f"errors" + "".join(f"; {w}" for w in why))
+    return 1 if why else 0
 
 
 def _verify(args) -> int:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from logging.handlers import QueueHandler, QueueListener
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 
 # Request latencies, inside the server: 20 us to 1 s.
 BUCKETS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 0.1, 1.0)
@@ -49,16 +53,18 @@ class Metrics:
                                        "Threads of the server that failed (it then stops)",
                                        ["thread"], registry=r)
         r.register(_Gauges(server))
+        self.server = server
         self.http = None
         self.thread = None                  # the HTTP server's thread (the server watches it)
 
-    def serve(self, address: str):
-        """Serve /metrics on `host:port` (in a thread of the server process)."""
-        host, _, port = address.rpartition(":")
-        self.http = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
-        if isinstance(self.http, tuple):    # prometheus-client >= 0.17: (server, thread)
-            self.thread = self.http[1]
-        return self.http
+    def serve(self, address: str | "Endpoints", server=None):
+        """Serve /metrics, /healthz and /readyz on `host:port` (or on `Endpoints` already bound),
+        in a thread of the server process; `server` answers the probes (`liveness()`,
+        `readiness()`), by default the one measured."""
+        http = address if isinstance(address, Endpoints) else Endpoints(address)
+        http.start(self.registry, server if server is not None else self.server)
+        self.http, self.thread = http, http.thread
+        return http
 
     def events(self, events) -> None:
         """Count what a command did. O(events)."""
@@ -72,6 +78,71 @@ class Metrics:
                 self.rejections.labels(ev.reason).inc()
             elif tag == "liquidation":
                 self.liquidations.labels(ev.kind).inc()
+
+
+class BindError(ValueError):
+    """An address the server cannot listen on (taken, or not this machine's); the message names
+    it. Raised before anything of the server exists."""
+
+
+class Endpoints:
+    """The metrics server's HTTP endpoints on one address (docs/observability.md): `/metrics`
+    (Prometheus), `/healthz` (the process is alive: its loop turns), `/readyz` (it serves: the
+    journal makes things durable, every thread runs); any other path is 404. The socket is
+    bound at once, so a taken port stops the start before anything is made (BindError); the
+    requests are answered once `start` is called, by a thread of their own."""
+
+    def __init__(self, address: str):
+        host, _, port = address.rpartition(":")
+        try:
+            self.httpd = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _Handler)
+        except (OSError, OverflowError, ValueError) as e:
+            why = getattr(e, "strerror", None) or str(e)
+            raise BindError(f"cannot serve: {why} (metrics={address!r})") from None
+        self.httpd.daemon_threads = True
+        self.address = address
+        self.thread: threading.Thread | None = None
+
+    def start(self, registry, server) -> None:
+        self.httpd.registry, self.httpd.probed = registry, server
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="perpdex-metrics",
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET /metrics, /healthz, /readyz; 404 for anything else."""
+
+    server_version = "perpdex"
+
+    def do_GET(self):           # noqa: N802 - http.server's name
+        path = urlsplit(self.path).path
+        probed = self.server.probed
+        if path == "/metrics":
+            encoder, ctype = choose_encoder(self.headers.get("Accept"))
+            self._answer(200, encoder(self.server.registry), ctype)
+        elif path in ("/healthz", "/readyz"):
+            ok, why = probed.liveness() if path == "/healthz" else probed.readiness()
+            text = ("ok" if path == "/healthz" else "ready") if ok else \
+                ("not alive: " if path == "/healthz" else "not ready: ") + "; ".join(why)
+            self._answer(200 if ok else 503, (text + "\n").encode())
+        else:
+            self._answer(404, b"not found: this server has /metrics, /healthz and /readyz\n")
+
+    def _answer(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):       # a scrape is not worth a log line
+        pass
 
 
 class _Gauges:

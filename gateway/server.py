@@ -48,7 +48,7 @@ from .feed import Feed
 from .gate import Gate, Listener, open_descriptors
 from .gate import fit as fit_descriptors
 from .limits import Limits
-from .observability import Metrics, configure_logging, stop_logging
+from .observability import BindError, Endpoints, Metrics, configure_logging, stop_logging
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -58,6 +58,7 @@ STOP_WITHIN_S = 10                      # a server whose thread failed exits (co
 BOOT_DESCRIPTORS = 32                   # what boot opens besides connections (the ZeroMQ
                                         # context and sockets, the journal; gateway/gate.py)
 FEED_HEARTBEAT = 1_000_000_000          # ns between the public feed's heartbeats
+LIVE_WITHIN_S = 10.0                    # /healthz: the loop turned within this
 
 
 class BootError(ValueError):
@@ -101,6 +102,27 @@ def ensure_keys(cfg: Config) -> dict[str, Path]:
     finally:
         os.umask(old)
     return paths
+
+
+def check_endpoints(cfg: Config) -> None:
+    """Before anything is made on disk: bind each of the server's endpoints once, on a scratch
+    context, and let go. A taken, malformed or foreign endpoint stops the start here
+    (BindError naming it), so that a failed start leaves no data folder behind."""
+    if cfg.router == cfg.pub:
+        raise BindError(f"cannot serve: requests and public events are both given {cfg.router}; "
+                        f"they need an endpoint each")
+    ctx = zmq.Context()
+    try:
+        for ep in (cfg.router, cfg.pub):
+            s = ctx.socket(zmq.PUB)
+            try:
+                s.bind(ep)
+            except zmq.ZMQError as e:       # its text names the endpoint: (addr='tcp://...')
+                raise BindError(f"cannot serve: {e}") from None
+            finally:
+                s.close(linger=0)
+    finally:
+        ctx.term()
 
 
 class GatedAuthenticator(ThreadAuthenticator):
@@ -371,6 +393,8 @@ class Server:
                  oracle_sim=False, limits: Limits | None = None,
                  durability: Durability | None = None):
         self.cfg = cfg
+        self.turned = time.monotonic()              # the loop's last turn (`liveness`)
+        self.serving = False                        # the loop runs (`readiness`)
         self.limits = lim = limits if limits is not None else cfg.limits
         self.engine = engine if engine is not None else Engine()
         self.codec = P.Codec(lim.max_deposit)
@@ -524,7 +548,9 @@ class Server:
         drain = self.limits.drain
         recv = self.router.recv_multipart
         idle = self.poll_ms or tick
+        self.serving = True
         while self.running:
+            self.turned = time.monotonic()
             if self._watch():           # a thread of the server failed: it stops, loudly
                 break
             self._between()
@@ -1076,6 +1102,33 @@ class Server:
                             for name, why in self.threads().items()},
                 "journal": self.journal_health()}
 
+    def liveness(self) -> tuple[bool, list]:
+        """`/healthz`: the process is alive, its loop turning (a loop turn waits at most 200
+        ms for requests). O(1)."""
+        idle = time.monotonic() - self.turned
+        if idle > LIVE_WITHIN_S:
+            return False, [f"the loop has not turned for {idle:.1f} s"]
+        return True, []
+
+    def readiness(self) -> tuple[bool, list]:
+        """`/readyz`: the server serves: its loop runs, nothing failed, every thread is alive
+        and the journal (if any) can make things durable; else why not. O(threads)."""
+        why = []
+        if not self.serving:
+            why.append("starting")
+        elif not self.running:
+            why.append("stopping")
+        if self.failed is not None:
+            why.append(f"the {self.failed[0]} thread failed ({self.failed[1]})")
+        for name, state in self.threads().items():
+            if state is not None:
+                why.append(f"thread {name}: {state if isinstance(state, str) else repr(state)}")
+        j = self.journal_health()
+        if j is not None and j.get("failure") is not None:
+            why.append(f"the journal cannot make commands durable: {j['failure']}")
+        live, idle = self.liveness()
+        return live and not why, why + idle
+
     def journal_health(self) -> dict | None:
         """The journal's own health (`Journal.health()` when it has one), or what the server
         sees of it; None without a journal."""
@@ -1251,6 +1304,8 @@ class Server:
             steps.append(self.seq.durability.close)
         if self.gate is not None:
             steps.append(self.gate.stop)
+        if self.metrics is not None and self.metrics.http is not None:
+            steps.append(self.metrics.http.close)
         if self.auth is not None:
             if self.auth.is_alive():
                 steps.append(self.auth.stop)
@@ -1296,12 +1351,21 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
     make = Server
     if cfg.replication.enabled:
         from .replication import ReplicatedServer as make
-    server = make(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
-                    limits=limits, durability=durability)
+    http = None
+    try:                                # every port first: a start that cannot bind makes nothing
+        http = Endpoints(cfg.metrics) if cfg.metrics else None
+        check_endpoints(cfg)
+        server = make(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
+                      limits=limits, durability=durability)
+    except BaseException:
+        if http is not None:
+            http.close()
+        stop_logging(logs)
+        raise
     server.log_listener = logs
-    if cfg.metrics:
+    if http is not None:
         server.metrics = Metrics(server)
-        server.metrics.serve(cfg.metrics)
+        server.metrics.serve(http)
     signals = []
 
     def stop(signum, _frame):
@@ -1322,7 +1386,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         if name != "server":
             out.write(f"  {name} ({cfg.accounts[name].role}): {path}\n")
     if cfg.metrics:
-        out.write(f"metrics: http://{cfg.metrics}/metrics\n")
+        out.write(f"metrics: http://{cfg.metrics}/metrics (and /healthz, /readyz)\n")
     if server.recovered:
         out.write(server.recovered + "\n")
     out.flush()
