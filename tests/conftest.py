@@ -1,8 +1,11 @@
 """Helpers that read like the contract: a market, an oracle price, orders, and the events back."""
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 import pytest
+from hypothesis import event
 
 from perpdex.engine import Engine, messages as M
 from tests.flows import MARKET_FIELDS
@@ -18,6 +21,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The order the tests ran in (pytest-randomly), also under -q, whose header is hidden."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and getattr(config.option, "randomly_reorganize", False):
+        terminalreporter.write_line(
+            f"random order: --randomly-seed={seed} (again in this order: "
+            f"pytest -p randomly --randomly-seed={seed})")
+
+
+class Reached(Counter):
+    """What the cases of a property test reached: `case(traded=..., liquidated=...)` once a
+    case counts each flag that is true (and tells hypothesis, `event()`, for its statistics);
+    `share(flag)` is the part of the cases that reached it. A test asserts the shares after its
+    cases ran, so a strategy that stops reaching what the test is named for fails it."""
+
+    def case(self, **flags):
+        self["cases"] += 1
+        for name, hit in flags.items():
+            if hit:
+                self[name] += 1
+                event(name)
+
+    def share(self, name) -> float:
+        return self[name] / max(1, self["cases"])
 
 
 class Exchange:
