@@ -20,9 +20,11 @@ PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "per
 PUB = {}          # router endpoint -> the same server's PUB endpoint
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("perpdex-data")
+@pytest.fixture
+def server(tmp_path):
+    """A fresh server for each test (about half a second): no test sees another's orders,
+    marks or streams, whatever order they run in."""
+    data = tmp_path / "perpdex-data"
     router = f"tcp://127.0.0.1:{free_port()}"
     PUB[router] = f"tcp://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router,
@@ -173,6 +175,7 @@ def test_fills_reach_both_sides_once_in_order_with_no_gaps(server):
 
 
 def test_a_reconnecting_client_resumes_from_its_last_pseq(server):
+    client(server, "oracle").request("oracle", market="BTC-PERP", price=620_000)
     first = client(server, "mm-2")
     start = first.subscribe()["pseq"]
     first.request("new_order", market="BTC-PERP", cid="r1", side="buy", kind="limit", qty=1,

@@ -70,25 +70,45 @@ def check_chains(msgs, heads=None) -> dict:
     return heads
 
 
-@pytest.fixture(scope="module")
-def flow(tmp_path_factory):
-    """A fresh server, a subscriber to everything from before the first message, a random flow
-    over both markets, and what the subscriber received."""
-    s = serve(tmp_path_factory.mktemp("chain"), limits=FAST, session_timeout_ms=60_000)
-    sub = raw_sub(s)
+def fresh(tmp_path):
+    s = serve(tmp_path, limits=FAST, session_timeout_ms=60_000)
     oracle = s.client("oracle")
     for m, p in INDEX.items():
         assert oracle.request("oracle", market=m, price=p)["ok"]
-    Flow(s, seed=21, tag="chain").run(1500, batch=10)
-    oracle.request("oracle", market="BTC-PERP", price=INDEX["BTC-PERP"] + 7)
-    msgs = settle(sub)
-    sub.close(linger=0)
-    yield s, msgs
+    return s
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """A random flow over both markets on a fresh server, what a subscriber from before the
+    first message received, and a snapshot of each book once it settled: shared by the tests
+    that only read them (the server itself is stopped before they run)."""
+    s = serve(tmp_path_factory.mktemp("chain"), limits=FAST, session_timeout_ms=60_000)
+    try:
+        sub = raw_sub(s)
+        oracle = s.client("oracle")
+        for m, p in INDEX.items():
+            assert oracle.request("oracle", market=m, price=p)["ok"]
+        Flow(s, seed=21, tag="chain").run(1500, batch=10)
+        oracle.request("oracle", market="BTC-PERP", price=INDEX["BTC-PERP"] + 7)
+        msgs = settle(sub)
+        sub.close(linger=0)
+        snaps = {m: s.client("taker-1").request("snapshot", market=m) for m in MARKETS}
+    finally:
+        s.stop()
+    yield msgs, snaps
+
+
+@pytest.fixture
+def srv(tmp_path):
+    """A fresh server of its own, for a test that trades."""
+    s = fresh(tmp_path)
+    yield s
     s.stop()
 
 
 def test_every_public_message_carries_the_hash_an_independent_implementation_computes(flow):
-    s, msgs = flow
+    msgs, _ = flow
     heads = check_chains(msgs)
     assert {b"book.BTC-PERP", b"book.ETH-PERP", b"trade.BTC-PERP", b"mark.ETH-PERP"} <= \
         set(heads)
@@ -96,7 +116,7 @@ def test_every_public_message_carries_the_hash_an_independent_implementation_com
 
 
 def test_a_heartbeat_gives_each_topics_hash_at_the_seq_it_names(flow):
-    s, msgs = flow
+    msgs, _ = flow
     heads: dict = {}
     beats = 0
     for topic, body in msgs:
@@ -112,11 +132,10 @@ def test_a_heartbeat_gives_each_topics_hash_at_the_seq_it_names(flow):
 
 
 def test_a_snapshot_carries_the_book_topics_hash_at_its_seq(flow):
-    s, msgs = flow
+    msgs, snaps = flow
     heads = check_chains(msgs)
     for m in MARKETS:
-        snap = s.client("taker-1").request("snapshot", market=m)
-        assert (snap["seq"], snap["hash"]) == heads[f"book.{m}".encode()]
+        assert (snaps[m]["seq"], snaps[m]["hash"]) == heads[f"book.{m}".encode()]
 
 
 def test_the_worked_chain_example_of_the_protocol_doc_is_right():
@@ -199,8 +218,8 @@ def rewrite(body: bytes, **fields) -> bytes:
     return enc(dict(dec(body), **fields))
 
 
-def test_a_changed_trade_is_a_chain_break_that_the_mirror_counts(flow):
-    s, _ = flow
+def test_a_changed_trade_is_a_chain_break_that_the_mirror_counts(srv):
+    s = srv
     trades, changed = [], []
 
     def change(topic, body):            # the third trade (the mirror holds the chain by then)
@@ -219,8 +238,8 @@ def test_a_changed_trade_is_a_chain_break_that_the_mirror_counts(flow):
         assert not [u for u in seen if u["type"] == "gap"]     # the seq alone saw nothing
 
 
-def test_a_changed_book_delta_that_keeps_its_checksum_makes_the_mirror_resync(flow):
-    s, _ = flow
+def test_a_changed_book_delta_that_keeps_its_checksum_makes_the_mirror_resync(srv):
+    s = srv
     changed = []
 
     def change(topic, body):
@@ -239,8 +258,8 @@ def test_a_changed_book_delta_that_keeps_its_checksum_makes_the_mirror_resync(fl
         assert (mirror.levels("bids"), mirror.levels("asks")) == (book["bids"], book["asks"])
 
 
-def test_a_dropped_trade_hidden_by_renumbering_the_rest_is_a_chain_break(flow):
-    s, _ = flow
+def test_a_dropped_trade_hidden_by_renumbering_the_rest_is_a_chain_break(srv):
+    s = srv
     trades, dropped = [], []
 
     def change(topic, body):
@@ -262,8 +281,8 @@ def test_a_dropped_trade_hidden_by_renumbering_the_rest_is_a_chain_break(flow):
                                         "seq": dropped[0]}
 
 
-def test_a_mirror_that_joins_late_checks_the_book_chain_from_the_snapshots_hash(flow):
-    s, _ = flow
+def test_a_mirror_that_joins_late_checks_the_book_chain_from_the_snapshots_hash(srv):
+    s = srv
     Flow(s, seed=25, tag="late0").run(200)     # the chains are long already
     seen = []
     md = s.client("mm-1").market_data(s.pub, MARKETS, on_update=seen.append)
