@@ -1,12 +1,13 @@
-# perpdex: `make install`, `make test`, `make demo`, `make bench`. Nothing is installed by hand:
-# the virtual environment, the dependencies and the Cython build all come from this file.
+# perpdex: `make install`, `make test`, `make soak`, `make demo`, `make bench`. Nothing is
+# installed by hand: the virtual environment, the dependencies and the Cython build all come
+# from this file.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SOURCES := $(wildcard engine/*.pyx engine/*.pxd) setup.py pyproject.toml
 
-.PHONY: install build test demo bench clean
+.PHONY: install build test soak demo bench clean
 
 # The editable install builds the extensions in place (setuptools' editable mode), so it stamps
 # engine/.built too; `build` runs in a second make, which sees that stamp, so a fresh install
@@ -35,8 +36,14 @@ engine/.built: $(SOURCES) | $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $@
 
+# In a random order (pytest-randomly): the seed is printed at the end; `pytest -p randomly
+# --randomly-seed=N` runs that order again.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p randomly
+
+# The slow suite (`pytest -m slow`): the soaks, the crash and failover loops, the wheel build.
+soak: install
+	$(PY) -m pytest -q -p randomly -m slow
 
 demo: install
 	$(VENV)/bin/perpdex demo --seconds 45
