@@ -284,6 +284,14 @@ def _stress_parser(sub) -> None:
     st.add_argument("--html", metavar="FILE", help="write the HTML report there")
     st.add_argument("--json", metavar="FILE", help="write the report as JSON there (- for stdout)")
     st.add_argument("--events", metavar="FILE", help="write every event the run read, JSON Lines")
+    st.add_argument("--sweep", metavar="[MARKET.]KEY=FROM:TO:STEP", help="run the scenario "
+                    "once per value (a parameter --set takes, insurance_usd or crash_scale) in "
+                    "parallel processes and report the outcome against it")
+    st.add_argument("--compare", action="append", metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="run the scenario as it is and with these values side by side (twice: "
+                    "one set against the other)")
+    st.add_argument("--jobs", type=int, help="processes for --sweep and --compare (default: "
+                    "the cores)")
     st.add_argument("--quiet", "-q", action="store_true", help="no summary, no progress")
 
 

@@ -49,6 +49,10 @@ class Options:
     step_seconds: int | None = None
     events: str | None = None                             # every event read, JSON Lines
     progress: bool = False
+    # a sweep's or a comparison's point: (where, [MARKET.]KEY=VALUE) after `sets`, and the
+    # crash's scale per market, None for every market: (scale, where) (docs/stress.md, "Sweeps")
+    point_sets: list[tuple[str, str]] = field(default_factory=list)
+    crash_scale: dict = field(default_factory=dict)
 
 
 # ---- the venue ---------------------------------------------------------------------------------
@@ -77,10 +81,17 @@ def _settings(sc: Scenario, opts: Options) -> list[tuple]:
                 out.append((f"{sc.where(['venue', 'set', key, k])}: venue.set.{key}", key, k, v))
         else:
             out.append((where, None, key, value))
-    for option in opts.sets:
+    for where, option in [(f"--set {o}", o) for o in opts.sets] + opts.point_sets:
         market, key, value = parse_set(option)
-        out.append((f"--set {option}", market, key, value))
+        out.append((where, market, key, value))
     return out
+
+
+def scale_crash(prices: list[Decimal], scale: float) -> list[Decimal]:
+    """The path with every move from its start scaled: log(p / p0) times `scale` (0 is flat,
+    1 the path as given, 2 a crash twice as deep in log terms)."""
+    p0 = prices[0]
+    return [p0 * Decimal(repr(math.exp(scale * math.log(p / p0)))) for p in prices]
 
 
 def _load_state(state: str, settings: list, rewrite) -> tuple[Engine, str]:
@@ -281,6 +292,15 @@ class Stress:
                               f"[paths] or [start_price] (or --path MARKET=SPEC)")
         self.step_s = opts.step_seconds or (csv_steps if csv_steps and
                                             "step_seconds" not in sc.text else step_s)
+        for m, (_, cwhere) in self.opts.crash_scale.items():
+            if m is not None and m not in known:
+                raise StressError(f"{cwhere}: {m}.crash_scale: {m!r} is an unknown market (the "
+                                  f"venue has {', '.join(sorted(known))})")
+        for name, p in raw.items():
+            scale, _ = self.opts.crash_scale.get(name, self.opts.crash_scale.get(None, (1, "")))
+            if scale != 1:
+                p.prices = scale_crash(p.prices, scale)
+                p.source = f"{p.source} (moves x{scale:g})"
         self.n = max(len(p.prices) for p in raw.values()) - 1
         for name, p in raw.items():
             spec = self.specs[name]

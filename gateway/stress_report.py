@@ -8,6 +8,11 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 760, 220, 70, 16, 26, 30
 
 
+def num(v) -> str:
+    """A swept value as a person writes it: 2000000, 0.25."""
+    return str(int(v)) if float(v).is_integer() else f"{float(v):.10g}"
+
+
 def _fmt(v: float) -> str:
     a = abs(v)
     if a >= 1e9:
@@ -190,3 +195,133 @@ def html(r: dict) -> str:
         parts.append("<p>Nobody.</p>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+# ---- a sweep and a comparison (gateway/stress_sweep.py) ------------------------------------
+
+def _page(title: str, body: list[str]) -> str:
+    return ('<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head>'
+            f'<meta charset="utf-8"/><title>{escape(title)}</title><style>{CSS}</style></head>'
+            f'<body><h1>{escape(title)}</h1>' + "".join(body) + "</body></html>\n")
+
+
+def _sweep_rows(r: dict) -> list[tuple]:
+    key = r["inputs"]["sweep"]["key"]
+    rows = [(key, "accounts liquidated", "book", "backstop", "ADL matches", "ADL'd accounts",
+             "fund low (USD)", "bad debt (USD)", "book share", "audit")]
+    for p in r["points"]:
+        liq = p["liquidations"]
+        rows.append((num(p["value"]), f"{p['accounts_liquidated']:,}", f"{liq['book']:,}",
+                     f"{liq['backstop']:,}", f"{liq['adl']:,}", f"{p['adl_accounts']:,}",
+                     f"{p['insurance_fund_usd']['low']:,.2f}", f"{p['bad_debt_usd']:,.2f}",
+                     "-" if p["book_share"] is None else f"{100 * p['book_share']:.1f} %",
+                     "balanced" if p["audit_balanced"] else "NOT BALANCED"))
+    return rows
+
+
+def sweep_text(r: dict, seconds: float | None = None) -> str:
+    i = r["inputs"]
+    lines = [f"perpdex stress --sweep {i['sweep']['spec']}: {i['scenario']}, seed {i['seed']}, "
+             f"{i['venue']}, {len(r['points'])} runs of {i['steps']:,} steps"]
+    rows = _sweep_rows(r)
+    widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  " + "  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    for a in r["answers"].values():
+        lines.append(f"  {a['sentence']}")
+    lines.append("  audit: " + ("balanced to the unit at every step of every run"
+                                if r["audit_balanced_every_run"] else
+                                "NOT BALANCED at some step of some run"))
+    if seconds is not None:
+        lines.append(f"  ran in {seconds:.2f} s")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_html(r: dict) -> str:
+    i, pts = r["inputs"], r["points"]
+    key = (i["sweep"]["market"] + "." if i["sweep"]["market"] else "") + i["sweep"]["key"]
+    xs = [p["value"] for p in pts]
+    body = [f"<p>{escape(i['scenario'])}, seed {i['seed']}, {escape(i['venue'])}: "
+            f"{len(pts)} runs of {i['steps']:,} steps of {i['step_seconds']} s, "
+            f"<code>{escape(key)}</code> from {num(xs[0])} to {num(xs[-1])}; the x axis of every "
+            f"chart is {escape(key)}.</p>",
+            "<ul>" + "".join(f"<li><b>{escape(a['sentence'])}</b></li>"
+                             for a in r["answers"].values()) + "</ul>"]
+    if not r["audit_balanced_every_run"]:
+        body.append('<p class="bad">THE AUDIT DID NOT BALANCE AT EVERY STEP OF EVERY RUN.</p>')
+    body.append(chart(f"bad debt and the fund's low point (USD) against {key}", xs,
+                      [("bad debt", [p["bad_debt_usd"] for p in pts]),
+                       ("fund's low", [p["insurance_fund_usd"]["low"] for p in pts])]))
+    body.append(chart(f"liquidations by kind (count) against {key}", xs,
+                      [(k, [p["liquidations"][k] for p in pts])
+                       for k in ("book", "backstop", "adl")], kind="bars"))
+    body.append(chart(f"auto-deleveraging against {key}", xs,
+                      [("ADL matches", [p["liquidations"]["adl"] for p in pts]),
+                       ("ADL'd accounts", [p["adl_accounts"] for p in pts])]))
+    body.append(chart(f"accounts liquidated against {key}", xs,
+                      [("accounts liquidated", [p["accounts_liquidated"] for p in pts])]))
+    body.append("<h2>Every run</h2>" + _table(_sweep_rows(r)))
+    body.append("<h2>The crash</h2>" + _table(
+        [("market", "path", "oracle", "start (USD)")]
+        + [(m, v["path"], v["oracle"], f"{v['start_usd']:,}") for m, v in r["markets"].items()]))
+    return _page("perpdex stress sweep", body)
+
+
+def _compare_rows(r: dict) -> list[tuple]:
+    a, b = summary_rows(r["a"]), summary_rows(r["b"])
+    return [("", "A: " + r["labels"]["a"], "B: " + r["labels"]["b"])] + [
+        (k, va, vb) for (k, va), (_, vb) in zip(a, b)]
+
+
+def compare_text(r: dict, seconds: float | None = None) -> str:
+    i = r["a"]["inputs"]
+    lines = [f"perpdex stress --compare: {i['scenario']}, seed {i['seed']}, {i['venue']}"]
+    rows = _compare_rows(r)
+    rows[0] = ("", rows[0][1], rows[0][2])
+    w = [max(len(row[c]) for row in rows) for c in range(3)]
+    for k, va, vb in rows:
+        lines.append(f"  {k.ljust(w[0])}  {va.ljust(w[1])}  {vb}".rstrip())
+    if seconds is not None:
+        lines.append(f"  ran in {seconds:.2f} s")
+    return "\n".join(lines) + "\n"
+
+
+def compare_html(r: dict) -> str:
+    a, b = r["a"], r["b"]
+    sa, sb = a["series"], b["series"]
+    xs = [t / 60 for t in sa["t_s"]]
+    la, lb = "A", "B"
+    body = [f"<p>{escape(a['inputs']['scenario'])}, seed {a['inputs']['seed']}, "
+            f"{escape(a['inputs']['venue'])}: the same crash under two parameter sets, A "
+            f"({escape(r['labels']['a'])}) and B ({escape(r['labels']['b'])}); the x axis of "
+            f"the charts is minutes from the start.</p>"]
+    for side, rep in (("A", a), ("B", b)):
+        if not rep["summary"]["audit"]["balanced_every_step"]:
+            body.append(f'<p class="bad">{side}: THE AUDIT DID NOT BALANCE AT EVERY STEP.</p>')
+    body.append("<h2>Side by side</h2>" + _table(_compare_rows(r)))
+
+    def cum(v):
+        out, t = [], 0
+        for x in v:
+            t += x
+            out.append(t)
+        return out
+
+    for title, key in (("insurance fund equity (USD)", "fund_equity_usd"),
+                       ("bad debt (USD, cumulative)", "bad_debt_usd"),
+                       ("accounts below maintenance (before the pass)", "below_before"),
+                       ("auto-deleveraged accounts (cumulative)", "adl_accounts")):
+        body.append(chart(title, xs, [(la, sa[key]), (lb, sb[key])]))
+    body.append(chart("liquidations, every kind (cumulative)", xs,
+                      [(la, cum([x + y + z for x, y, z in zip(sa["book"], sa["backstop"],
+                                                               sa["adl"])])),
+                       (lb, cum([x + y + z for x, y, z in zip(sb["book"], sb["backstop"],
+                                                               sb["adl"])]))]))
+    for name in a["markets"]:
+        pa, pb = a["markets"][name], b["markets"][name]
+        body.append(f"<h2>{escape(name)}</h2>")
+        body.append(chart(f"{name}: mark (USD)", xs, [(la, pa["series"]["mark"]),
+                                                      (lb, pb["series"]["mark"])]))
+        body.append(_table([("parameter", "A", "B")] + [
+            (k, str(v), str(pb["parameters"][k])) for k, v in pa["parameters"].items()]))
+    return _page("perpdex stress comparison", body)
