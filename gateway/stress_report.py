@@ -41,6 +41,10 @@ def chart(title: str, xs: list, series: list[tuple[str, list]], kind: str = "lin
         lo, hi = lo - pad, hi + pad
     pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
     x0, x1 = xs[0], xs[-1] if xs[-1] != xs[0] else xs[0] + 1
+    d0, d1 = x0, x1                                 # the ticks' range: the data's
+    if kind == "bars":                              # room for the first and the last bar
+        half = (x1 - x0) / (2 * max(n - 1, 1))
+        x0, x1 = x0 - half, x1 + half
 
     def X(x):
         return PAD_L + (x - x0) / (x1 - x0) * pw
@@ -58,7 +62,7 @@ def chart(title: str, xs: list, series: list[tuple[str, list]], kind: str = "lin
                    f'stroke="#e0e0e0"/><text x="{PAD_L - 4}" y="{Y(y) + 4:.1f}" font-size="10" '
                    f'text-anchor="end">{escape(_fmt(y))}</text>')
     for k in range(5):
-        x = x0 + (x1 - x0) * k / 4
+        x = d0 + (d1 - d0) * k / 4
         out.append(f'<text x="{X(x):.1f}" y="{H - 10}" font-size="10" text-anchor="middle">'
                    f'{escape(_fmt(x))}</text>')
     out.append(f'<rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" fill="none" '

@@ -228,8 +228,8 @@ def bigger(tmp_path, btc: int, eth: int, steps: int) -> Path:
 
 
 @pytest.mark.slow
-def test_ten_thousand_accounts_over_a_thousand_steps(tmp_path):
-    scen = bigger(tmp_path, 6000, 4000, 1000)
+def test_ten_thousand_accounts_over_a_day_of_minute_steps(tmp_path):
+    scen = bigger(tmp_path, 6000, 4000, 1440)
     r = stress(scen, "--json", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
