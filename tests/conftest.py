@@ -11,6 +11,9 @@ from perpdex.engine import Engine, messages as M
 from tests.flows import MARKET_FIELDS
 
 MKT = "BTC-PERP"
+# Seconds: how long a test waits for something a real process does before it calls it a hang.
+# A bound so loose it only catches a hang, never a claim about speed (speed is for bench/).
+HANG_S = 60
 
 
 def pytest_collection_modifyitems(config, items):
