@@ -16,6 +16,7 @@ from perpdex.gateway import natslocal
 from perpdex.gateway import replication as R
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.config import DEFAULT_TOML
+from tests.conftest import HANG_S
 from tests.test_durability_crash import Trader as CrashTrader, check_accounts, resting, taking
 from tests.test_gateway import PERPDEX, free_port
 
@@ -61,7 +62,7 @@ class Node:
              "--router", self.router, "--pub", self.pub, "--session-timeout-ms", "3000",
              "--role", self.role, "--node", self.name, "--nats", ",".join(self.servers)],
             stdout=subprocess.PIPE, stderr=open(self.log, "wb"))
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + HANG_S
         while True:
             line = self.proc.stdout.readline().decode()
             assert line or self.proc.poll() is None, self.stderr()
@@ -86,8 +87,8 @@ class Node:
     def replication(self) -> dict:
         return self.health()["replication"]
 
-    def wait(self, what, timeout: float = 15.0, why: str = ""):
-        """Until what(replication facts) holds; the facts."""
+    def wait(self, what, timeout: float = HANG_S, why: str = ""):
+        """Until what(replication facts) holds; the facts (the timeout only catches a hang)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -100,10 +101,10 @@ class Node:
                 f"{self.name}: {why or 'not so'} in {timeout} s: {facts}\n{self.stderr()[-3000:]}")
             time.sleep(0.05)
 
-    def wait_writer(self, timeout: float = 15.0) -> dict:
+    def wait_writer(self, timeout: float = HANG_S) -> dict:
         return self.wait(lambda f: f["writer"], timeout, "not the writer")
 
-    def wait_caught_up(self, stream_seq: int, timeout: float = 15.0) -> dict:
+    def wait_caught_up(self, stream_seq: int, timeout: float = HANG_S) -> dict:
         return self.wait(lambda f: f["stream_seq"] >= stream_seq, timeout,
                          f"not at stream seq {stream_seq}")
 

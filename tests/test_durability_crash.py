@@ -20,6 +20,7 @@ import pytest
 from perpdex.engine import Engine
 from perpdex.gateway import journal as J
 from perpdex.gateway.client import Timeout
+from tests.conftest import HANG_S
 from tests.test_durability_restart import Venue
 from tests.test_gateway import PERPDEX
 
@@ -39,7 +40,8 @@ class Trader(threading.Thread):
         self.inflight = None
 
     def run(self):
-        c = self.venue.client(self.account, timeout_ms=1500)
+        # no reply for 5 s: the server was killed (a loaded machine answers well within it)
+        c = self.venue.client(self.account, timeout_ms=5000)
         try:
             while True:
                 msg = self.inflight or self.make(self)
@@ -145,17 +147,12 @@ def crash_loop(tmp_path, seed: int, cycles: int):
                 ("lev-1", resting)]
         traders = [Trader(v, a, make, r.randrange(1 << 30)) for a, make in plan]
         for cycle in range(cycles):
-            for t in traders:
-                t.start()
-            time.sleep(r.uniform(0.2, 1.0))
-            v.kill()
-            for t in traders:
-                t.join(timeout=10)
-                assert not t.is_alive()
+            work_then_kill(traders, v.kill, r, f"seed {seed}, cycle {cycle}")
             assert "recovered" in v.start(), f"seed {seed}"
             for t in traders:
                 t.retry()
             check(v, traders, seed, cycle)
+            did_work(traders, f"seed {seed}, cycle {cycle}")
             traders = [_again(t) for t in traders]
         v.kill()
         r = subprocess.run([PERPDEX, "verify", str(v.data)], capture_output=True, text=True,
@@ -163,6 +160,37 @@ def crash_loop(tmp_path, seed: int, cycles: int):
         assert r.returncode == 0, f"seed {seed}: {r.stdout}"
     finally:
         v.stop()
+
+
+def work_then_kill(traders: list[Trader], kill, r: random.Random, where: str):
+    """Start the traders, let each have 1 to 40 requests answered (a random moment counted in
+    work, not in time; HANG_S only catches a hang), then `kill()` while they are at it. Every
+    trader did something this cycle before the kill: asserted, not hoped."""
+    before = [len(t.acked) for t in traders]
+    want = r.randint(1, 40)
+    for t in traders:
+        t.start()
+    deadline = time.monotonic() + HANG_S
+    while not all(len(t.acked) - b >= want for t, b in zip(traders, before)):
+        assert all(t.is_alive() for t in traders), f"a trader stopped before the kill ({where})"
+        assert time.monotonic() < deadline, (
+            f"no {want} replies each in {HANG_S} s (a hang): "
+            f"{[len(t.acked) - b for t, b in zip(traders, before)]} ({where})")
+        time.sleep(0.005)
+    kill()
+    for t in traders:
+        t.join(timeout=HANG_S)
+        assert not t.is_alive(), where
+    assert all(len(t.acked) - b >= want for t, b in zip(traders, before)), where
+
+
+def did_work(traders: list[Trader], where: str):
+    """What the loop did, in counts: fills for the takers, orders accepted for the others."""
+    fills = sum(len(events(rep, "fill")) for t in traders if t.make is taking
+                for _, rep in t.acked)
+    accepted = sum(len(events(rep, "order_accepted")) for t in traders if t.make is resting
+                   for _, rep in t.acked)
+    assert fills > 0 and accepted > 0, (fills, accepted, where)
 
 
 def _again(t: Trader) -> Trader:
