@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from perpdex.gateway.config import DEFAULT_TOML
+from tests.conftest import HANG_S
 from tests.test_gateway import PERPDEX, free_port
 from tests.test_gateway_hardening import Served
 
 ROOT = Path(__file__).resolve().parent.parent
-HANG = 30                   # seconds: a loose bound that only catches a hang
+HANG = HANG_S               # seconds: a loose bound that only catches a hang
 
 
 class Venue(Served):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG_S
+
 ROOT = Path(__file__).resolve().parent.parent
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 
@@ -124,7 +126,7 @@ def start_demo(seconds="60"):
     p = subprocess.Popen([PERPDEX, "demo", "--seconds", seconds], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     seen = ""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while "   t   BTC index" not in seen:          # every child has been started
         line = p.stdout.readline()
         assert line and time.monotonic() < deadline, seen + p.stderr.read()

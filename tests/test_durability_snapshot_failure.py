@@ -17,6 +17,7 @@ from perpdex.gateway import journal as J
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
 from tests.test_durability_restart import Venue, trade
+from tests.conftest import HANG_S
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_a_venue_whose_snapshot_fails_logs_it_and_serves_on(tmp_path):
         trade(v)
         (v.data / "snapshots").write_bytes(b"")    # a file where the folder should be
         v.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG_S
         while "snapshot at seq" not in v.stderr():
             assert v.client("admin").request("heartbeat")["ok"]
             assert time.monotonic() < deadline, v.stderr()

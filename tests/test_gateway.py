@@ -13,6 +13,7 @@ import zmq.auth
 
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.natslocal import free_port  # the other gateway tests import it from here
+from tests.conftest import HANG_S
 
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 
@@ -32,7 +33,7 @@ def server(tmp_path):
                              "--session-timeout-ms", "800", "--oracle-sim", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG_S
         while not (data / "keys" / "admin.key_secret").exists():
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the server did not start"

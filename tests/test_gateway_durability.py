@@ -11,6 +11,7 @@ from perpdex.engine import Engine, messages as M
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
+from tests.conftest import HANG_S
 
 
 class Gate:
@@ -79,7 +80,7 @@ def test_the_seam_gets_every_command_the_servers_own_included_and_they_replay_ex
     dms.request("new_order", market="BTC-PERP", cid="dms", side="buy", kind="limit", qty=1,
                 price=600_000)
     dms.request("schedule_cancel", after_ms=100)     # the switch runs out: a cancel_all
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG_S            # 100 ms, and a session timeout; a hang
     kinds: set = set()
     while time.monotonic() < deadline and not {M.Cancel, M.CancelAll} <= kinds:
         time.sleep(0.1)

@@ -24,6 +24,7 @@ from tests.test_durability_restart import Venue, trade
 from tests.test_gateway import free_port
 from tests.test_gateway_hardening import serve
 from tests.test_marketdata import FAST, INDEX, MARKETS, Flow, caught_up, engine_book, raw_sub
+from tests.conftest import HANG_S
 
 ROOT = Path(__file__).resolve().parent.parent
 dec = msgspec.msgpack.decode
@@ -36,7 +37,7 @@ def chained(head: bytes, body: bytes) -> bytes:
     return hashlib.blake2b(head + body[:-16], digest_size=16).digest()
 
 
-def settle(sock, at_most_s=10.0) -> list[tuple[bytes, bytes]]:
+def settle(sock, at_most_s=HANG_S) -> list[tuple[bytes, bytes]]:
     """What arrives until a heartbeat has come and then 300 ms pass with nothing (the requests
     that made the messages were answered before: their messages left with the replies)."""
     out, beat = [], False

@@ -12,6 +12,7 @@ import pytest
 
 from perpdex.gateway.client import Client
 from tests.test_gateway import PERPDEX, free_port
+from tests.conftest import HANG_S
 
 DOCUMENTED = ["perpdex_requests_total", "perpdex_request_seconds_bucket", "perpdex_errors_total",
               "perpdex_rejections_total", "perpdex_orders_total", "perpdex_fills_total",
@@ -30,7 +31,7 @@ def venue(tmp_path):
                              pub, "--oracle-sim", "off", "--metrics", metrics,
                              "--log-format", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + HANG_S
     while b"perpdex serving" not in proc.stdout.readline():
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline
