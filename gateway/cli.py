@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                     "(for local testing; never for real money)")
     sv.add_argument("--oracle-sim", choices=("on", "off"),
                     help="a simulated oracle feed (default: on with the embedded default "
-                    "configuration, off with --config)")
+                    "configuration; with --config, [server] oracle_sim, off unless set)")
+    sv.add_argument("--state-wins", action="store_true",
+                    help="once the data folder holds a venue, serve its markets and deposits "
+                    "even where the configuration's differ (saying what it ignores); without "
+                    "it such a start is refused")
     sv.add_argument("--metrics", metavar="HOST:PORT",
                     help="serve Prometheus metrics there (docs/observability.md)")
     sv.add_argument("--log-format", choices=("text", "json"),
@@ -170,25 +174,28 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"perpdex: {e}", file=sys.stderr)
             return 2
-        if args.data:
-            cfg.data_dir = Path(args.data)
-        cfg.router = args.router or cfg.router
-        cfg.pub = args.pub or cfg.pub
-        cfg.session_timeout_ms = args.session_timeout_ms or cfg.session_timeout_ms
-        cfg.metrics = args.metrics or cfg.metrics
-        cfg.log_format = args.log_format or cfg.log_format
-        sim = (args.oracle_sim == "on") if args.oracle_sim else not args.config
+        from .config import override
+        given = {"--data": args.data, "--router": args.router, "--pub": args.pub,
+                 "--session-timeout-ms": args.session_timeout_ms, "--metrics": args.metrics,
+                 "--log-format": args.log_format, "--node": args.node,
+                 "--nats": None if args.nats is None else
+                 [u.strip() for u in args.nats.split(",") if u.strip()]}
+        if given["--nats"] == []:
+            print("perpdex: --nats takes the NATS servers' URLs, comma-separated; it was "
+                  "given none", file=sys.stderr)
+            return 2
+        try:                        # the same schema as the file's: -5 or 0 is refused
+            for flag, value in given.items():
+                if value is not None:
+                    override(cfg, flag, value)
+        except ConfigError as e:
+            print(f"perpdex: {e}", file=sys.stderr)
+            return 2
+        sim = (args.oracle_sim == "on") if args.oracle_sim else (cfg.oracle_sim or cfg.embedded)
+        cfg.state_wins = args.state_wins
         rc = cfg.replication
         if args.role:
             rc.enabled, rc.role = True, args.role
-        if args.nats is not None:
-            rc.servers = [u.strip() for u in args.nats.split(",") if u.strip()]
-            if not rc.servers:
-                print("perpdex: --nats takes the NATS servers' URLs, comma-separated; it was "
-                      "given none", file=sys.stderr)
-                return 2
-        if args.node:
-            rc.node = args.node
         import zmq
         try:
             return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)
@@ -460,8 +467,10 @@ def _config(args) -> int:
     except OSError as e:
         print(f"perpdex: {out}: cannot be written: {e.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote the default configuration to {out}; run it with "
-          f"`perpdex serve --config {out}`", file=sys.stderr)
+    print(f"wrote the default configuration to {out}; `perpdex serve --config {out} "
+          f"--oracle-sim on` serves what the embedded default serves (with --config the "
+          f"simulated oracle is off unless asked, and without an oracle every order is refused "
+          f"no_mark_price)", file=sys.stderr)
     return 0
 
 

@@ -59,6 +59,7 @@ class ServerSection(Struct, forbid_unknown_fields=True, kw_only=True):
     session_timeout_ms: PositiveMs = 5000
     metrics: Annotated[str, Meta(pattern=r"^$|^[^\s:]*:[0-9]{1,5}$")] = ""
     log_format: Literal["text", "json"] = "text"
+    oracle_sim: bool = False
 
 
 class JournalSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -162,6 +163,9 @@ class Config:
     session_timeout_ms: int = _SERVER.session_timeout_ms
     metrics: str = _SERVER.metrics
     log_format: str = _SERVER.log_format
+    oracle_sim: bool = _SERVER.oracle_sim
+    state_wins: bool = field(default=False, compare=False)   # `serve --state-wins`
+    embedded: bool = field(default=False, compare=False)     # the embedded default (no --config)
     markets: list[M.CreateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     journal: JournalSection = field(default_factory=JournalSection)
@@ -173,6 +177,7 @@ def default_config(data_dir: str | Path | None = None) -> Config:
     """The embedded default: BTC-PERP and ETH-PERP, an admin, an oracle feeder and five funded
     demo traders (gateway/default.toml)."""
     cfg = parse_config(DEFAULT_TOML.read_text(), str(DEFAULT_TOML))
+    cfg.embedded = True
     if data_dir is not None:
         cfg.data_dir = Path(data_dir)
     return cfg
@@ -238,12 +243,62 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except ValueError as e:
         raise ConfigError(f"{source}{_at(text, ['limits'])}: {e}")
     s = parsed.server
+    for key in ("router", "pub"):
+        why = endpoint_problem(getattr(s, key))
+        if why:
+            raise ConfigError(f"{source}{_at(text, ['server', key])}: server.{key}: {why}")
     return Config(router=s.router, pub=s.pub, data_dir=Path(s.data_dir),
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
-                  metrics=s.metrics, log_format=s.log_format, markets=parsed.markets,
+                  metrics=s.metrics, log_format=s.log_format, oracle_sim=s.oracle_sim,
+                  markets=parsed.markets,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
                             for n, a in parsed.accounts.items()},
                   journal=parsed.journal, replication=parsed.replication, limits=limits)
+
+
+_ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):([0-9]+|\*)|ipc://\S+")
+
+
+def endpoint_problem(ep: str) -> str | None:
+    """What is wrong with a server endpoint (None: nothing): `tcp://HOST:PORT` (a port of 1 to
+    65535, or `*`) or `ipc://PATH`."""
+    m = _ENDPOINT.fullmatch(ep)
+    if m is None:
+        return (f"{ep!r} is not an endpoint to serve on: tcp://HOST:PORT (a port is needed) or "
+                f"ipc://PATH")
+    port = m.group(1)
+    if port is not None and port != "*" and not 0 <= int(port) <= 65535:
+        return f"{ep!r}: a port is 0 to 65535 (0 or *: any free one)"
+    return None
+
+
+# Command-line overrides: flag -> (section, key, the Config attribute).
+OVERRIDES = {"--data": ("server", "data_dir", "data_dir"),
+             "--router": ("server", "router", "router"), "--pub": ("server", "pub", "pub"),
+             "--session-timeout-ms": ("server", "session_timeout_ms", "session_timeout_ms"),
+             "--metrics": ("server", "metrics", "metrics"),
+             "--log-format": ("server", "log_format", "log_format"),
+             "--nats": ("replication", "servers", None),
+             "--node": ("replication", "node", None)}
+_SECTIONS = {"server": ServerSection, "replication": ReplicationSection}
+
+
+def override(cfg: Config, flag: str, value) -> None:
+    """Set what a command-line flag overrides, checked by the same schema as the file (a value
+    the file could not hold is refused the same way): ConfigError `--flag VALUE: key: why`."""
+    section, key, attr = OVERRIDES[flag]
+    try:
+        checked = getattr(msgspec.convert({key: value}, _SECTIONS[section]), key)
+    except msgspec.ValidationError as e:
+        message = _SUFFIX.match(str(e)).group(1)
+        raise ConfigError(f"{flag} {value!r}: {section}.{key}: {message}") from None
+    why = endpoint_problem(checked) if key in ("router", "pub") else None
+    if why:
+        raise ConfigError(f"{flag}: {section}.{key}: {why}")
+    if section == "replication":
+        setattr(cfg.replication, key, checked)
+    else:
+        setattr(cfg, attr, Path(checked) if attr == "data_dir" else checked)
 
 
 # ---- errors that say where -------------------------------------------------------------------

@@ -125,6 +125,31 @@ def check_endpoints(cfg: Config) -> None:
         ctx.term()
 
 
+def _holds_a_venue(data_dir: Path) -> bool:
+    """Whether a data folder holds a venue already (a journal segment or a snapshot)."""
+    return bool(journal.segments(data_dir / "journal")) or any(
+        (data_dir / "snapshots").glob("*.snapshot"))
+
+
+def _boot_deposits(jdir: Path) -> dict | None:
+    """{account: amount} of the deposits in a journal's first turn (the configured ones, made
+    when the data folder was new); None when that turn is no longer there. O(first segment)."""
+    out: dict = {}
+    try:
+        for n, (seq, kind, payload) in enumerate(journal.read(jdir, 0, strict_start=False)):
+            if n == 0 and seq != 1:
+                return None
+            if kind == journal.TURN:
+                return out
+            if kind == journal.COMMAND:
+                cmd = journal.decode(kind, payload)
+                if type(cmd) is M.Deposit:
+                    out[cmd.account] = out.get(cmd.account, 0) + cmd.amount
+    except journal.JournalError:
+        return None
+    return out
+
+
 class GatedAuthenticator(ThreadAuthenticator):
     """pyzmq's ZAP authenticator, refusing a handshake on a socket that holds its most
     connections, or from an address that holds its most on that socket (ZAP status 400, "too
@@ -454,7 +479,11 @@ class Server:
                          P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
                          P.Book: self._book, P.Markets: self._markets,
                          P.Snapshot: self._snapshot, P.Health: self._health}
+        folder = durability is None and cfg.journal.enabled and not cfg.replication.enabled
+        existing = folder and _holds_a_venue(cfg.data_dir)
         self.recovered = self._start(durability is None)
+        if existing:
+            self._against_config()
         self.snapshot_asked = False
         # The feed starts from the books as recovered; recovery from a journal made it already
         # (its topics' seq and hash chains go on, gateway/journal.py).
@@ -529,6 +558,62 @@ class Server:
             return journal.recover(self)
         self._boot()
         return None
+
+    def config_differences(self) -> tuple[list, str | None]:
+        """How the configuration's markets and deposits differ from the recovered state: the
+        markets the engine has (every parameter a client sees, `market_info`), and the deposits
+        the data folder was booted with (its journal's first turn); and a note when those
+        deposits cannot be read (that turn's segment was deleted). O(markets + accounts)."""
+        from perpdex.engine.markets import market_spec
+        diffs = []
+        have = {sp.name: market_info(sp) for sp in self.engine.specs}
+        want = {mk.market: market_info(market_spec(mk)) for mk in self.cfg.markets}
+        for name, spec in want.items():
+            if name not in have:
+                diffs.append(f"market {name} is configured but not in the data folder")
+                continue
+            for key, value in spec.items():
+                if have[name][key] != value:
+                    diffs.append(f"market {name}: {key} is {value!r} in the configuration, "
+                                 f"{have[name][key]!r} in the data folder")
+        diffs += [f"the data folder has market {name}, which the configuration does not"
+                  for name in have if name not in want]
+        booted = _boot_deposits(self.cfg.data_dir / "journal")
+        if booted is None:
+            return diffs, ("the deposits were not compared: the journal's first turn is no "
+                           "longer in the data folder")
+        wanted = {a.name: a.deposit for a in self.cfg.accounts.values() if a.deposit}
+        for name in sorted(set(wanted) | set(booted), key=str):
+            if wanted.get(name, 0) != booted.get(name, 0):
+                diffs.append(f"accounts.{name}.deposit is {wanted.get(name, 0)} in the "
+                             f"configuration, {booted.get(name, 0)} when the data folder was "
+                             f"booted")
+        return diffs, None
+
+    def _against_config(self):
+        """A data folder that holds a venue is that venue: a configuration whose markets or
+        deposits differ stops the start (BootError naming each difference), unless told that
+        the state wins (`--state-wins`: then it is said, and served as recovered)."""
+        diffs, note = self.config_differences()
+        if note is not None:
+            self.recovered = f"{self.recovered}\nperpdex: {note}"
+        if not diffs:
+            return
+        said = (f"the configuration differs from the data folder {self.cfg.data_dir}: "
+                + "; ".join(diffs))
+        if self.cfg.state_wins:
+            log.warning("%s; serving the data folder's state (--state-wins)", said,
+                        extra={"event": "config_differs", "differences": diffs})
+            self.recovered = (f"{self.recovered}\nperpdex: {said}; serving the data folder's "
+                              f"state, as --state-wins asks")
+            return
+        close = getattr(self.seq.durability, "close", None)
+        if close is not None:
+            close()                     # its thread and its lock go before the refusal
+        raise BootError(f"{said}. A data folder keeps the venue it holds (deposits are "
+                        f"credited once, when it is new): make the configuration match it, "
+                        f"ask an admin (deposit, create_market, update_market), or serve the "
+                        f"folder as it is with --state-wins (docs/config.md)")
 
     def _maybe_snapshot(self):
         """Between turns: a snapshot every `snapshot_every` commands, or when asked (SIGUSR1)."""
@@ -1382,6 +1467,10 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         out.write(f"server public key: {server.key_paths['server']}\n")
     if oracle_sim:
         out.write("simulated oracle: a random walk, 4 updates a second\n")
+    elif cfg.markets and not cfg.embedded:
+        out.write("simulated oracle: off (with --config; --oracle-sim on, or [server] "
+                  "oracle_sim = true, runs the embedded default's random walk): until an oracle "
+                  "account sends prices, every order is refused no_mark_price\n")
     for name, path in server.key_paths.items():
         if name != "server":
             out.write(f"  {name} ({cfg.accounts[name].role}): {path}\n")

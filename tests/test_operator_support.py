@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class Venue:
             if not line and self.proc.poll() is not None:
                 raise AssertionError(f"the server did not start: {self.proc.stderr.read()!r}")
             assert time.monotonic() < deadline, "the server did not start"
+        self.errors: list[bytes] = []          # stderr, read all along (it never fills)
+        self.reader = threading.Thread(target=lambda: self.errors.extend(self.proc.stderr),
+                                       daemon=True)
+        self.reader.start()
 
     def client(self, name: str, timeout_ms: int = 3000) -> Client:
         keys = self.data / "keys"
@@ -50,12 +55,14 @@ class Venue:
                       timeout_ms=timeout_ms)
 
     def stop(self) -> tuple[int, str, str]:
-        """SIGTERM, then its exit code and the rest of its output and errors."""
+        """SIGTERM, then its exit code, all its output (from the start) and its errors."""
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            out, err = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out.decode(), err.decode()
+            self.proc.wait()
+        out = "".join(self.lines) + self.proc.stdout.read().decode()
+        self.reader.join(5)
+        return self.proc.returncode, out, b"".join(self.errors).decode()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import stat
+import time
 import urllib.error
 import urllib.request
 
@@ -85,7 +86,11 @@ def watched(tmp_path_factory):
 def test_healthz_readyz_and_metrics_answer_and_any_other_path_is_404(watched):
     v, metrics = watched
     assert get(f"http://{metrics}/healthz") == (200, "ok\n")
-    assert get(f"http://{metrics}/readyz") == (200, "ready\n")
+    deadline = time.monotonic() + 20        # a hang guard: "starting" until its loop runs
+    while (ready := get(f"http://{metrics}/readyz")) != (200, "ready\n"):
+        assert ready[0] == 503 and ready[1].startswith("not ready: "), ready
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.1)
     code, text = get(f"http://{metrics}/metrics")
     assert code == 200 and "perpdex_engine_seq" in text
     for path in ("/", "/metric", "/metrics/x", "/health"):
