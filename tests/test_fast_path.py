@@ -4,9 +4,11 @@ import random
 import struct
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import given, settings, strategies as st
 
 from perpdex.engine import Engine
+from tests.conftest import Reached
+from tests.crashes import crash_after
 from tests.flows import MARKET_FIELDS, flows, leveraged_flows, random_flow
 
 
@@ -74,12 +76,28 @@ def test_the_fast_path_gives_the_events_of_the_msgspec_path():
     assert Engine(margin=False).execute_batch(data, "msgpack", "jsonl") == per_command_jsonl(cmds)
 
 
-@settings(max_examples=150, deadline=None)
-@given(flows(max_size=80))
-def test_any_msgpack_layout_gives_the_same_events(cmds):
-    r = random.Random(len(cmds))
-    data = b"".join(scrambled(c, r) for c in cmds)
-    assert Engine(margin=False).execute_batch(data, "msgpack", "jsonl") == per_command_jsonl(cmds)
+# Hypothesis flows (short, shrinking step by step) or seeded ones of 100 to 400 commands, which
+# build books, fill, amend and trigger (tests.flows.random_flow).
+LAYOUT_FLOWS = st.one_of(flows(max_size=80),
+                         st.builds(random_flow, st.integers(0, 2**32 - 1), st.integers(100, 400)))
+
+
+def test_any_msgpack_layout_gives_the_same_events():
+    seen = Reached()
+
+    @settings(max_examples=150, deadline=None)
+    @given(LAYOUT_FLOWS)
+    def case(cmds):
+        r = random.Random(len(cmds))
+        data = b"".join(scrambled(c, r) for c in cmds)
+        want = per_command_jsonl(cmds)
+        assert Engine(margin=False).execute_batch(data, "msgpack", "jsonl") == want
+        seen.case(traded=b'"type":"fill"' in want, amended=b'"type":"order_amended"' in want,
+                  triggered=b'"type":"order_triggered"' in want, long=len(cmds) >= 100)
+
+    case()
+    assert seen.share("traded") >= 0.25 and seen.share("long") >= 0.25, seen
+    assert seen["amended"] and seen["triggered"], seen
 
 
 def test_repeated_and_unknown_keys_take_the_msgspec_path():
@@ -94,14 +112,27 @@ def test_repeated_and_unknown_keys_take_the_msgspec_path():
     assert ev["detail"].startswith("object 1 at byte 0: ")
 
 
-@settings(max_examples=60, deadline=None)
-@given(leveraged_flows())
-def test_with_margin_on_the_fast_path_gives_the_events_of_the_msgspec_path(cmds):
-    """Amends, cancels and orders with margin, funding and liquidations: the same bytes."""
-    eng = Engine()
-    want = b"".join(msgspec.json.encode(e) + b"\n" for c in cmds for e in eng.execute(c))
-    data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
-    assert Engine().execute_batch(data, "msgpack", "jsonl") == want
+def test_with_margin_on_the_fast_path_gives_the_events_of_the_msgspec_path():
+    """Amends, cancels and orders with margin, funding and liquidations (a crash sized to the
+    flow's positions, tests.crashes): the same bytes. Every case liquidates, most trade."""
+    seen = Reached()
+
+    @settings(max_examples=60, deadline=None)
+    @given(leveraged_flows())
+    def case(cmds):
+        cmds = cmds + crash_after(cmds, len(cmds))
+        eng = Engine()
+        events = [e for c in cmds for e in eng.execute(c)]
+        want = b"".join(msgspec.json.encode(e) + b"\n" for e in events)
+        data = b"".join(msgspec.msgpack.encode(c) for c in cmds)
+        assert Engine().execute_batch(data, "msgpack", "jsonl") == want
+        kinds = {type(e).__name__ for e in events}
+        seen.case(liquidated="LiquidationEvent" in kinds, traded="Fill" in kinds,
+                  funding="FundingEvent" in kinds, amended="OrderAmended" in kinds)
+
+    case()
+    assert seen.share("liquidated") >= 0.9 and seen.share("traded") >= 0.9, seen
+    assert seen["funding"] and seen["amended"], seen
 
 
 def test_a_plain_amend_is_read_from_its_bytes_with_null_price_or_qty(monkeypatch):

@@ -5,13 +5,16 @@ a book of the test's own, give exactly the engine's book, level for level, and e
 the test's own."""
 import binascii
 import random
+from collections import Counter
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
 
 from perpdex.engine import Engine, messages as M
 from perpdex.gateway.feed import ALL, Feed
-from tests.flows import create_markets, leveraged_flows, random_flow
+from tests.conftest import Reached
+from tests.crashes import crash_after
+from tests.flows import ACCOUNTS, create_markets, leveraged_flows, random_flow
 
 dec = msgspec.msgpack.decode
 
@@ -24,9 +27,12 @@ def crc(bids, asks) -> int:
 
 def replay(engine: Engine, cmds, seed: int):
     """Run `cmds`, cutting them into turns of 1 to 40 commands; after each turn check every
-    book the deltas built against the engine's."""
+    book the deltas built against the engine's. The feed, with `feed.events`: how many events
+    of each type the engine made, and `feed.published`: how many messages of each type it
+    published."""
     rng = random.Random(seed)
     feed = Feed(engine, msgspec.msgpack.Encoder().encode)
+    feed.events, feed.published = Counter(), Counter()
     books: dict = {}
     seqs: dict = {}
     turn = 0
@@ -35,11 +41,15 @@ def replay(engine: Engine, cmds, seed: int):
         n = rng.randint(1, 40)
         for cmd in cmds[i:i + n]:
             for ev in engine.execute(cmd):
+                feed.events[type(ev).__name__] += 1
+                if type(ev) is M.LiquidationEvent and ev.account in ACCOUNTS:
+                    feed.events["the flow's own accounts liquidated"] += 1
                 feed.event(ev)
         i += n
         turn += 1
         for topic, body in feed.flush():
             msg = dec(body)
+            feed.published[msg["type"]] += 1
             assert seqs.get(topic, 0) + 1 == msg["seq"], (topic, msg)
             seqs[topic] = msg["seq"]
             assert not {"account", "cid", "oid", "taker_account", "maker_cid", "fee",
@@ -111,10 +121,24 @@ def test_the_deltas_of_books_hundreds_of_levels_deep_rebuild_them():
         assert len(feed.snapshot("BTC-PERP", None)["bids"]) > 100
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(leveraged_flows())
-def test_the_deltas_of_leveraged_flows_with_liquidations_rebuild_the_books(cmds):
-    replay(Engine(margin=True), cmds, len(cmds))
+def test_the_deltas_of_leveraged_flows_with_liquidations_rebuild_the_books():
+    """Leveraged flows and a crash sized to their positions (tests.crashes): every case
+    liquidates (the flow's own accounts in about half of them), margin cancels and all."""
+    seen = Reached()
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(leveraged_flows())
+    def case(cmds):
+        feed = replay(Engine(margin=True), cmds + crash_after(cmds, len(cmds)), len(cmds))
+        seen.case(liquidated=feed.events["LiquidationEvent"] > 0,
+                  flow_liquidated=feed.events["the flow's own accounts liquidated"] > 0,
+                  traded=feed.events["Fill"] > 0,
+                  liquidation_published=feed.published["liquidation"] > 0)
+
+    case()
+    assert seen.share("liquidated") >= 0.9 and seen.share("traded") >= 0.9, seen
+    assert seen.share("flow_liquidated") >= 0.25, seen
+    assert seen["liquidation_published"] == seen["liquidated"], seen
 
 
 def test_a_feed_started_on_an_engine_with_books_publishes_from_them():
