@@ -5,8 +5,9 @@ with an index, a trader long and one short at 5x to 9x enter at the index agains
 that every case holds leveraged positions, whatever the flow did), then the book is emptied (so
 that the mark follows the index) and the index goes 2 % past the lowest liquidation price of the
 market's longs, then past the highest of its shorts: the flow's own positions and these, each
-only where a price liquidates it (a long with collateral for any price has none). Most cases
-liquidate by design, not by filtering; each test counts it (tests.conftest.Reached)."""
+only where a price liquidates it (a long with collateral for any price has none); in one jump,
+or in steps with the maker's quotes ahead of it (`_move`). Most cases liquidate by design, not
+by filtering; each test counts it (tests.conftest.Reached)."""
 from __future__ import annotations
 
 import random
@@ -34,7 +35,7 @@ def crash_after(cmds, seed: int = 0, ts: int = 10**15) -> list[M.Command]:
     for cmd in cmds:
         eng.execute(cmd)
     mult = {s.name: s.multiplier for s in eng.specs}
-    out: list[M.Command] = [M.Deposit(account=MAKER, amount=10**13, ts=ts)]
+    out: list[M.Command] = [M.Deposit(account=MAKER, amount=10**15, ts=ts)]
     for market, index in _index(cmds).items():
         out += [M.CancelAll(account=a, market=market, ts=ts) for a in ACCOUNTS + [MAKER]]
         out.append(M.Oracle(market=market, price=index, ts=ts))       # the mark: the index
@@ -60,16 +61,35 @@ def crash_after(cmds, seed: int = 0, ts: int = 10**15) -> list[M.Command]:
                 down[p.market] = min(down.get(p.market, p.liquidation_price), p.liquidation_price)
             else:
                 up[p.market] = max(up.get(p.market, p.liquidation_price), p.liquidation_price)
+    index = _index(cmds)
     for market in MARKETS:
         if market not in down and market not in up:
             continue
         out += [M.CancelAll(account=a, market=market, ts=ts + 1) for a in ACCOUNTS + [MAKER]]
         if market in down:
-            out.append(M.Oracle(market=market, price=max(1, int(down[market] * (1 - PAST))),
-                                ts=ts + 1))
+            out += _move(market, index[market], max(1, int(down[market] * (1 - PAST))), r,
+                         ts + 1)
         if market in up:
-            out.append(M.Oracle(market=market, price=int(up[market] * (1 + PAST)) + 1,
-                                ts=ts + 1))
+            out += _move(market, index[market], int(up[market] * (1 + PAST)) + 1, r, ts + 1)
+    return out
+
+
+def _move(market: str, start: int, to: int, r: random.Random, ts: int) -> list[M.Command]:
+    """The index from `start` to `to`: off a cliff (one update into the emptied book: the fund
+    and ADL take what is liquidated), or down (up) a staircase of 1.5 % steps with the maker
+    bidding (asking) just inside each next step, within the band, so that liquidations meet a
+    book."""
+    if r.random() < 0.5:
+        return [M.Oracle(market=market, price=to, ts=ts)]
+    out: list[M.Command] = []
+    price, side = start, "buy" if to < start else "sell"
+    while price != to:
+        price = max(to, int(price * 0.985)) if side == "buy" else min(to, int(price * 1.015) + 1)
+        quote = int(price * 0.995) if side == "buy" else int(price * 1.005) + 1
+        out.append(M.NewOrder(account=MAKER, market=market, cid=f"{market}-{side}-{len(out)}",
+                              side=side, kind="limit", qty=r.randint(20, 200),
+                              price=max(1, quote), ts=ts))
+        out.append(M.Oracle(market=market, price=price, ts=ts))
     return out
 
 

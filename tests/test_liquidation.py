@@ -3,7 +3,8 @@ import msgspec
 from hypothesis import given, settings
 
 from perpdex.engine import Engine, messages as M
-from tests.conftest import Exchange, only, types
+from tests.conftest import Exchange, Reached, only, types
+from tests.crashes import LEVERED, MAKER, crash_after
 from tests.flows import leveraged_flows
 from tests.test_margin import ETH, USD, account, worked_example
 
@@ -154,22 +155,44 @@ def test_no_account_is_left_below_zero_equity_after_a_crash():
     audit_balances(x)                                 # the fund's loss is on its books
 
 
-@settings(max_examples=150, deadline=None)
-@given(leveraged_flows())
-def test_after_flows_with_crashes_the_audit_balances_and_no_one_owes_unpaid(cmds):
-    eng = Engine()
-    crash = [M.Oracle(market=m, price=p, ts=10**15) for m in ("BTC-PERP", "ETH-PERP")
-             for p in (9_000, 7_000, 14_000)]
-    for c in cmds + crash + [M.Clock(ts=10**15 + 1)]:
-        eng.execute(c)
-    eng.check_integrity()
-    audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
-    assert audit["deposits"] - audit["withdrawals"] == (
-        audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"])
-    for oi in audit["open_interest"].values():
-        assert oi["long"] == oi["short"]
-    for key in ("a", "b", 3):
-        assert eng.execute(M.QueryAccount(account=key))[0].equity >= 0
+# After the crash sized to the flow's positions (tests.crashes), three wide swings of the index.
+SWINGS = [M.Oracle(market=m, price=p, ts=10**15 + 2) for m in ("BTC-PERP", "ETH-PERP")
+          for p in (9_000, 7_000, 14_000)]
+
+
+def kinds_of_liquidation(events) -> set:
+    return {e.kind for e in events if type(e) is M.LiquidationEvent}
+
+
+def test_after_flows_with_crashes_the_audit_balances_and_no_one_owes_unpaid():
+    """Every case liquidates (the crash is sized to its positions), and between them the cases
+    reach the book, the fund's backstop and ADL."""
+    seen = Reached()
+
+    @settings(max_examples=150, deadline=None)
+    @given(leveraged_flows())
+    def case(cmds):
+        eng = Engine()
+        events = []
+        for c in cmds + crash_after(cmds, len(cmds)) + SWINGS + [M.Clock(ts=10**15 + 3)]:
+            events += eng.execute(c)
+        eng.check_integrity()
+        audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+        assert audit["deposits"] - audit["withdrawals"] == (
+            audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"]
+            + audit["fees"])
+        for oi in audit["open_interest"].values():
+            assert oi["long"] == oi["short"]
+        for key in ("a", "b", 3, *LEVERED, MAKER):
+            assert eng.execute(M.QueryAccount(account=key))[0].equity >= 0, key
+        kinds = kinds_of_liquidation(events)
+        seen.case(liquidated=bool(kinds), book="book" in kinds, backstop="backstop" in kinds,
+                  adl="adl" in kinds)
+
+    case()
+    assert seen.share("liquidated") >= 0.9, seen
+    assert seen.share("book") >= 0.3 and seen.share("backstop") >= 0.3, seen
+    assert seen.share("adl") >= 0.1, seen
 
 
 def bankrupt_long(fund_usd=0):
@@ -209,16 +232,25 @@ def test_when_the_fund_cannot_cover_the_loss_profitable_opposite_positions_are_d
     assert audit["insurance_fund"] == 0
 
 
-@settings(max_examples=100, deadline=None)
-@given(leveraged_flows())
-def test_after_every_mark_update_no_scope_is_left_liquidatable_or_wrongly_warned(cmds):
-    eng = Engine()
-    crash = [M.Oracle(market=m, price=p, ts=10**15) for m in ("BTC-PERP", "ETH-PERP")
-             for p in (9_500, 8_000, 11_000, 6_500, 14_000)]
-    for c in cmds + crash:
-        eng.execute(c)
-        if type(c) is M.Oracle and c.market in ("BTC-PERP", "ETH-PERP"):
-            assert eng.risk_violations(c.market) == []
+def test_after_every_mark_update_no_scope_is_left_liquidatable_or_wrongly_warned():
+    """Checked after every mark update of flows that end in a crash sized to their positions
+    and wide swings: every case liquidates."""
+    seen = Reached()
+
+    @settings(max_examples=100, deadline=None)
+    @given(leveraged_flows())
+    def case(cmds):
+        eng = Engine()
+        events = []
+        for c in cmds + crash_after(cmds, len(cmds)) + SWINGS:
+            events += eng.execute(c)
+            if type(c) is M.Oracle and c.market in ("BTC-PERP", "ETH-PERP"):
+                assert eng.risk_violations(c.market) == []
+        seen.case(liquidated=bool(kinds_of_liquidation(events)),
+                  margin_call=any(type(e) is M.MarginCall for e in events))
+
+    case()
+    assert seen.share("liquidated") >= 0.9 and seen["margin_call"], seen
 
 
 def test_positions_paid_by_funding_are_deleveraged_after_the_price_profitable_ones():

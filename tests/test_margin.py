@@ -3,7 +3,7 @@ import msgspec
 from hypothesis import given, settings
 
 from perpdex.engine import Engine, messages as M
-from tests.conftest import Exchange, only, reason, types
+from tests.conftest import Exchange, Reached, only, reason, types
 from tests.flows import MARKETS, create_markets, leveraged_flows
 
 ETH = dict(tick_size="0.01", lot_size="0.01", min_qty=1, imf_ppm=500_000, mmf_ppm=200_000,
@@ -199,19 +199,34 @@ def test_the_audit_balances_and_open_interest_matches():
     assert audit["open_interest"] == {"BTC-PERP": {"long": 2_000, "short": 2_000}}
 
 
-@settings(max_examples=200, deadline=None)
-@given(leveraged_flows())
-def test_after_any_leveraged_flow_the_audit_balances_to_the_unit(cmds):
-    eng = Engine()
-    for c in cmds + [M.Audit()]:
-        events = eng.execute(c)
-    eng.check_integrity()
-    audit = msgspec.to_builtins(events[-1])
-    assert audit["deposits"] - audit["withdrawals"] == (
-        audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"] + audit["fees"])
-    for m in MARKETS:
-        oi = audit["open_interest"][m]
-        assert oi["long"] == oi["short"]
+def test_after_any_leveraged_flow_the_audit_balances_to_the_unit():
+    """After every command of the flow. The flows trade, hold positions, pay funding and
+    withdraw (counted and asserted: a flow that never did would prove little)."""
+    seen = Reached()
+
+    @settings(max_examples=200, deadline=None)
+    @given(leveraged_flows())
+    def case(cmds):
+        eng = Engine()
+        kinds = set()
+        open_interest = 0
+        for c in cmds:
+            kinds |= {type(e).__name__ for e in eng.execute(c)}
+            audit = msgspec.to_builtins(eng.execute(M.Audit())[0])
+            assert audit["deposits"] - audit["withdrawals"] == (
+                audit["collateral"] + audit["unrealised_pnl"] + audit["insurance_fund"]
+                + audit["fees"]), c
+            for oi in audit["open_interest"].values():
+                assert oi["long"] == oi["short"], c
+                open_interest = max(open_interest, oi["long"])
+        assert set(audit["open_interest"]) == set(MARKETS)
+        eng.check_integrity()
+        seen.case(traded="Fill" in kinds, held=open_interest > 0, funding="FundingEvent" in kinds,
+                  withdrew=audit["withdrawals"] > 0)
+
+    case()
+    assert seen.share("traded") >= 0.4 and seen.share("held") >= 0.4, seen
+    assert seen.share("funding") >= 0.4 and seen.share("withdrew") >= 0.4, seen
 
 
 def test_create_markets_helper_is_margin_ready():
