@@ -24,12 +24,16 @@ DOCUMENTED = ["perpdex_requests_total", "perpdex_request_seconds_bucket", "perpd
 
 @pytest.fixture
 def venue(tmp_path):
+    yield from serving(tmp_path)
+
+
+def serving(tmp_path, *more):
     data = tmp_path / "data"
     router, pub, metrics = (f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}",
                             f"127.0.0.1:{free_port()}")
     proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router, "--pub",
                              pub, "--oracle-sim", "off", "--metrics", metrics,
-                             "--log-format", "json"],
+                             "--log-format", "json", *more],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + HANG_S
     while b"perpdex serving" not in proc.stdout.readline():
@@ -92,13 +96,48 @@ def test_health_says_how_far_along_the_server_is(venue):
     assert reply["markets"] == ["BTC-PERP", "ETH-PERP"] and reply["connections"] >= 1
 
 
-def test_log_lines_are_json_objects_with_the_documented_events(venue):
-    client, _, proc = venue
-    trade(client)
-    proc.terminate()
-    proc.wait(10)
+def test_log_lines_are_json_objects_with_the_documented_events(tmp_path):
+    """start, a liquidation (lev-1 long at 8x, the index 9 % lower and no bids) and a
+    disconnect (a session with cancel-on-disconnect that falls silent), each with the fields
+    docs/observability.md gives it."""
+    server = serving(tmp_path, "--session-timeout-ms", "500")
+    client, _, proc = next(server)
+    try:
+        trade(client)
+        mm, lev = client("mm-1"), client("lev-1")
+        assert mm.request("new_order", market="BTC-PERP", cid=2, side="sell", kind="limit",
+                          qty=2500, price=650_000)["ok"]
+        bought = lev.request("new_order", market="BTC-PERP", cid=1, side="buy", kind="market",
+                             qty=2500)
+        assert [e["qty"] for e in bought["events"] if e["type"] == "fill"] == [2500], bought
+        crash = client("oracle").request("oracle", market="BTC-PERP", price=590_000)
+        assert any(e["type"] == "liquidation" for e in crash["events"]), crash
+        quitter = client("taker-2")
+        quitter.session(cancel_on_disconnect=True)
+        assert quitter.request("new_order", market="BTC-PERP", cid="cod", side="buy",
+                               kind="limit", qty=1, price=580_000)["ok"]
+        quitter.close()                            # silent from now on: the session ends
+        watcher = client("taker-2")                # another connection: not that session
+        deadline = time.monotonic() + HANG_S
+        while watcher.request("query_account")["events"][0]["open_orders"]:
+            assert time.monotonic() < deadline, "the silent session was never ended"
+            time.sleep(0.1)
+    finally:
+        server.close()                             # the server stops: its log is whole
     lines = [json.loads(x) for x in proc.stderr.read().decode().splitlines() if x.strip()]
-    events = {x.get("event") for x in lines}
-    assert {"start"} <= events and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
-    start = next(x for x in lines if x.get("event") == "start")
+    assert all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+    by_event: dict = {}
+    for x in lines:
+        by_event.setdefault(x.get("event"), []).append(x)
+    (start,) = by_event["start"]
     assert start["markets"] == ["BTC-PERP", "ETH-PERP"]
+    assert {"router", "pub", "accounts", "metrics"} <= set(start)
+    liquidations = by_event["liquidation"]
+    assert {x["account"] for x in liquidations} == {"lev-1"}
+    for x in liquidations:
+        assert (x["market"], x["side"]) == ("BTC-PERP", "sell")
+        assert {"qty", "price", "kind", "fee"} <= set(x) and x["kind"] in ("book", "backstop",
+                                                                            "adl")
+    assert sum(x["qty"] for x in liquidations) == 2500      # the whole position, no bids
+    assert [(x["account"], x["cancel_on_disconnect"], x["orders"])
+            for x in by_event["disconnect"] if x["account"] == "taker-2"] == [("taker-2", True, 1)]
