@@ -67,14 +67,23 @@ def test_funding_owed_after_a_long_clock_jump_is_exact_or_the_jump_is_refused():
                            qty=qty, price=price))
     before = eng.execute(M.StateHash())[0].hash
     evs = eng.execute(M.Clock(ts=2**62))
-    funding = [e for e in evs if type(e) is M.FundingEvent]
     # perpdex refuses such a jump whole, saying why (docs/limits.md): nothing moved
     assert [(e.reason, "smaller steps" in e.detail) for e in evs] == [("invalid_command", True)]
-    assert eng.execute(M.StateHash())[0].hash == before and funding == []
+    assert eng.execute(M.StateHash())[0].hash == before
+    # in smaller steps, one interval to thirty at once, what is owed is exact to the unit
+    funding = []
+    for ts in (1, 2, 5, 10, 30, 60):
+        evs = eng.execute(M.Clock(ts=ts * 10**9))
+        assert [type(e) for e in evs] == [M.FundingEvent], evs
+        funding += evs
+    assert sum(e.intervals or 1 for e in funding) == 60
     moved = sum((e.intervals or 1) * e.rate_ppm * e.index_price * spec.multiplier
                 for e in funding)                   # per lot, in 1e-6 quote units
     owed = -(qty * moved // 10**6)                  # the short is owed (< 0), rounded down
+    assert owed < 0
     assert report(eng, "short")["positions"][0]["unsettled_funding"] == owed
+    # and the long pays it rounded up (payments round up, receipts down: docs/contract.md)
+    assert report(eng, "long")["positions"][0]["unsettled_funding"] == -(-qty * moved // 10**6)
 
 
 def test_collateral_without_margin_checks_never_wraps():
