@@ -200,7 +200,7 @@ def test_flows_near_every_limit_keep_every_invariant():
     many liquidate."""
     seen = Reached()
 
-    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(hostile_flows())
     def case(flow):
         reached = run_hostile_flow(*flow)
@@ -211,7 +211,7 @@ def test_flows_near_every_limit_keep_every_invariant():
     case()
     assert seen.share("traded") >= 1 / 2, seen
     assert seen.share("held") >= 0.3, seen
-    assert seen.share("liquidated") >= 0.15 and seen["near_max_money"] >= 10, seen
+    assert seen.share("liquidated") >= 0.15 and seen.share("near_max_money") >= 0.04, seen
 
 
 # ---- the fuzz: random bytes, and valid commands with one field made hostile -----------------
