@@ -33,9 +33,9 @@ CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2"]
 
 # The rooms, leaves first (engine/core.pxd says what each is).
 ROOMS = [
-    "book", "wire", "state", "events", "margin", "ledger", "triggers", "matching", "entry",
-    "risk", "funding", "liquidation", "lifecycle", "accounts", "reports", "snapshot", "fastpath",
-    "core",
+    "book", "wire", "state", "events", "oracle", "margin", "ledger", "triggers", "matching",
+    "entry", "risk", "funding", "liquidation", "lifecycle", "accounts", "reports", "snapshot",
+    "fastpath", "core",
 ]
 
 # The repository keeps engine/ at its top; the distribution installs it as perpdex.engine

@@ -15,7 +15,7 @@ from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport V_USER
 from . cimport (events, entry, funding, liquidation, lifecycle, accounts, reports, snapshot,
-                     fastpath)
+                     fastpath, oracle)
 from .fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL, FAST_AMEND
 
 import msgspec
@@ -609,6 +609,10 @@ cdef class Engine:
         if idx == 0:
             return events.reject(s, "oracle", Reason.INVALID_PRICE,
                                  bad_price("price", cmd.price, mk.max_price), None, cmd.market)
+        if mk.n_sources or cmd.source is not None:
+            idx = oracle.source_price(s, m, cmd.source, idx)    # the sources' median, or -1
+            if idx < 0:
+                return 0
         mk.last_oracle_ts = s.clock
         if mk.status == HALTED and mk.has_mark:
             # Halted: the index is kept, the mark stays where trading stopped, nothing else

@@ -14,6 +14,7 @@ from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, 
 from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
                           V_POST_ONLY_WOULD_CROSS, V_MARKET_STATUS, V_EXPIRED)
 from .margin cimport order_fits
+from .oracle cimport sources_stale
 from .matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
 from .triggers cimport arm, due
 from . cimport events
@@ -108,7 +109,12 @@ cdef inline bint _crosses(Book b, int side, int64_t price) noexcept:
     return price <= b.lv[b.best(BID)].price
 
 
-cdef inline bint _stale(State s, MarketC* mk) noexcept:
+cdef inline bint _stale(State s, int32_t m) except -1:
+    """Is the index too old to grow a position on? The last oracle older than
+    oracle_max_age_s; or, for a multi-source index, too few fresh sources (engine.oracle)."""
+    cdef MarketC* mk = &s.mk[m]
+    if mk.n_sources:
+        return sources_stale(s, m)
     return mk.oracle_max_age_ns and s.clock - mk.last_oracle_ts > mk.oracle_max_age_ns
 
 
@@ -125,7 +131,7 @@ cdef int admit(State s, Ticket* t, int checks) except -1:
         return C_BAND
     if checks & C_REDUCE_ONLY and t.reduce_only and reducible(s, t.account, t.market, t.side) == 0:
         return C_REDUCE_ONLY
-    if checks & C_STALE and _stale(s, mk):
+    if checks & C_STALE and _stale(s, t.market):
         return C_STALE
     if checks & C_COUNT and s.pos[t.pos].n_orders >= mk.max_orders:
         return C_COUNT
@@ -154,6 +160,11 @@ cdef tuple refusal(State s, Ticket* t, int failed, bint amending):
         return (Reason.REDUCE_ONLY_WOULD_INCREASE,
                 f"reduce-only {_SIDE_NAMES[t.side]} with a position of {s.pos[t.pos].size} "
                 f"lots would not reduce it")
+    if failed == C_STALE and mk.n_sources:
+        return (Reason.ORACLE_STALE,
+                f"fewer than {s.specs[t.market].min_sources} of the {name} index's sources are "
+                f"fresh and agree; "
+                + ("an amend may not raise qty" if amending else "only reducing orders are taken"))
     if failed == C_STALE:
         return (Reason.ORACLE_STALE,
                 f"the last {name} oracle price is {(s.clock - mk.last_oracle_ts) // NS} s old "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from math import isqrt
 
-from .messages import MAX_TS, CreateMarket, Tier  # noqa: F401 (MAX_TS: a limit of the engine)
+from .messages import MAX_TS, CreateMarket, OracleSource, Tier  # noqa: F401 (MAX_TS: a limit)
 
 QUOTE_UNIT = Decimal("0.000001")
 PPM = 1_000_000
@@ -65,6 +65,9 @@ class MarketSpec:
     max_qty: int                # lots: the largest order, and the largest position
     limits_set: bool            # max_price / max_qty were configured (they enter the hash)
     tiers: tuple[TierSpec, ...]
+    sources: tuple = ()         # ((name, weight), ...): a multi-source index; () one source
+    min_sources: int = 1
+    max_deviation_ppm: int = 0
 
     def hash_record(self) -> list:
         """The spec's part of the canonical state (see docs/state-hash.md)."""
@@ -75,7 +78,9 @@ class MarketSpec:
             self.funding_cap_ppm, self.interest_ppm, self.oracle_max_age_s,
             self.max_orders_per_account, self.max_liquidations_per_update,
             [[t.max_notional, t.imf_ppm, t.mmf_ppm] for t in self.tiers],
-        ] + ([self.max_price, self.max_qty] if self.limits_set else [])
+        ] + ([self.max_price, self.max_qty] if self.limits_set else []) + (
+            [[list(x) for x in self.sources], self.min_sources, self.max_deviation_ppm]
+            if self.sources else [])
 
 
 def _decimal(field: str, value: str | int | float) -> Decimal:
@@ -180,7 +185,29 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
         max_orders_per_account=cmd.max_orders_per_account,
         max_liquidations_per_update=cmd.max_liquidations_per_update, tiers=_tiers(cmd),
         max_price=max_price, max_qty=max_qty, limits_set=bool(cmd.max_price or cmd.max_qty),
+        **_sources(cmd),
     )
+
+
+def _sources(cmd: CreateMarket) -> dict:
+    """The multi-source index's settings, checked (docs/contract.md, "A multi-source index")."""
+    names = [s.name for s in cmd.oracle_sources or ()]
+    if not names:
+        if cmd.oracle_min_sources != 1 or cmd.oracle_max_deviation_ppm:
+            raise MarketConfigError("oracle_min_sources and oracle_max_deviation_ppm need "
+                                    "oracle_sources")
+        return {}
+    if len(set(names)) != len(names):
+        raise MarketConfigError(f"oracle_sources names must differ, got {names}")
+    if len(names) > 64:
+        raise MarketConfigError(f"at most 64 oracle_sources, got {len(names)}")
+    if not 1 <= cmd.oracle_min_sources <= len(names):
+        raise MarketConfigError(f"oracle_min_sources must be between 1 and the {len(names)} "
+                                f"sources, got {cmd.oracle_min_sources}")
+    _ppm("oracle_max_deviation_ppm", cmd.oracle_max_deviation_ppm, 0, PPM)
+    return {"sources": tuple((s.name, s.weight) for s in cmd.oracle_sources),
+            "min_sources": cmd.oracle_min_sources,
+            "max_deviation_ppm": cmd.oracle_max_deviation_ppm}
 
 
 def _limits(cmd: CreateMarket, mult: int) -> tuple[int, int]:
@@ -203,14 +230,18 @@ def _limits(cmd: CreateMarket, mult: int) -> tuple[int, int]:
 
 UPDATABLE = ("min_qty", "imf_ppm", "mmf_ppm", "tiers", "maker_fee_ppm", "taker_fee_ppm",
              "liquidation_fee_ppm", "price_band_ppm", "funding_cap_ppm", "interest_ppm",
-             "oracle_max_age_s", "max_orders_per_account", "max_liquidations_per_update")
+             "oracle_max_age_s", "max_orders_per_account", "max_liquidations_per_update",
+             "oracle_min_sources", "oracle_max_deviation_ppm")
+_SPEC_NAME = {"oracle_min_sources": "min_sources",
+              "oracle_max_deviation_ppm": "max_deviation_ppm"}
 
 
 def updated_spec(spec: MarketSpec, cmd) -> MarketSpec:
     """An `update_market`'s new spec: the fields it names over the market's own, checked as
     `create_market` checks them (MarketConfigError). The tick and lot sizes, the largest price
     and quantity and the funding interval never change."""
-    fields = {k: getattr(spec, k) for k in UPDATABLE if k != "tiers"}
+    fields = {k: getattr(spec, _SPEC_NAME.get(k, k)) for k in UPDATABLE if k != "tiers"}
+    fields["oracle_sources"] = [OracleSource(n, w) for n, w in spec.sources] or None
     fields["tiers"] = [Tier(t.max_notional, t.imf_ppm, t.mmf_ppm) for t in spec.tiers] or None
     for k in UPDATABLE:
         v = getattr(cmd, k)

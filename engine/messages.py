@@ -62,6 +62,12 @@ class Tier(Struct, forbid_unknown_fields=True, frozen=True):
     mmf_ppm: Annotated[int, Meta(gt=0, le=1_000_000)]
 
 
+class OracleSource(Struct, forbid_unknown_fields=True, frozen=True):
+    """Extension: one source of a market's index (docs/contract.md, "A multi-source index")."""
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    weight: Annotated[int, Meta(gt=0, le=1_000_000)] = 1
+
+
 class CreateMarket(Command, tag="create_market"):
     market: MarketName
     tick_size: Union[str, int, float]   # a decimal string; a JSON number is read by its repr
@@ -87,6 +93,12 @@ class CreateMarket(Command, tag="create_market"):
     # 0 derives them from the multiplier (engine.markets, "Limits" in docs/contract.md).
     max_price: Int64 = 0
     max_qty: Int64 = 0
+    # Extension: a multi-source index: the weighted median of the sources fresher than
+    # oracle_max_age_s and within oracle_max_deviation_ppm of their median (0: no filter); with
+    # fewer than oracle_min_sources of them the index is stale. None: one source, as the contract.
+    oracle_sources: Union[list[OracleSource], None] = None
+    oracle_min_sources: Int64 = 1
+    oracle_max_deviation_ppm: Int64 = 0
 
 
 class Deposit(Command, tag="deposit"):
@@ -102,6 +114,8 @@ class Withdraw(Command, tag="withdraw"):
 class Oracle(Command, tag="oracle"):
     market: MarketName
     price: LooseNumber
+    # Extension: which of the market's configured sources this price is from (multi-source).
+    source: Union[Annotated[str, Meta(min_length=1, max_length=64)], None] = None
 
 
 class Clock(Command, tag="clock"):
@@ -210,6 +224,8 @@ class UpdateMarket(Command, tag="update_market", omit_defaults=True):
     oracle_max_age_s: Union[Int64, None] = None
     max_orders_per_account: Union[Int64, None] = None
     max_liquidations_per_update: Union[Int64, None] = None
+    oracle_min_sources: Union[Int64, None] = None
+    oracle_max_deviation_ppm: Union[Int64, None] = None
     effective_ts: Union[Int64, None] = None
 
 
@@ -384,6 +400,15 @@ class MarketUpdated(Event, tag="market_updated"):
     max_liquidations_per_update: int
 
 
+class IndexStale(Event, tag="index_stale"):
+    """Extension: an `oracle` of a multi-source market left fewer fresh, sane sources than it
+    needs: the index is not moved, and growing positions are refused (`oracle_stale`)."""
+    market: str
+    source: str
+    sources: int
+    needed: int
+
+
 class Settlement(Event, tag="settlement"):
     """Extension: a position closed by `settle_market`: `side` is the closing trade's side,
     `realised_pnl` what the close realised (no fee)."""
@@ -448,7 +473,7 @@ AnyEvent = Union[
     OrderAccepted, Rejected, Fill, OrderCancelled, OrderAmended, OrderTriggered, Mark,
     StateHashEvent, Balance, LiquidationEvent,
     MarginCall, FundingEvent, AccountEvent, AuditEvent,
-    MarketStatusEvent, MarketUpdated, Settlement,
+    MarketStatusEvent, MarketUpdated, Settlement, IndexStale,
 ]
 
 
@@ -490,6 +515,8 @@ class Reason:
     MARKET_REDUCE_ONLY = "market_reduce_only"
     # extension: good-till-date orders
     INVALID_EXPIRY = "invalid_expiry"
+    # extension: a multi-source index
+    UNKNOWN_SOURCE = "unknown_source"
 
 
 class CancelReason:

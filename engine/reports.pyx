@@ -80,7 +80,9 @@ def state(State st):
                         mk.mark if mk.has_mark else None,
                         mk.last_oracle_ts, sides[0], sides[1],
                         [mk.next_funding, mk.premium_sum, mk.premium_n, py128(mk.cum_funding)],
-                        _armed_orders(st, m)])
+                        _armed_orders(st, m)]
+                       + ([[list(x) if x else None for x in st.sources[m]]]
+                          if m in st.sources else []))
     positions = []
     accounts = []
     for key in sorted(st.account_keys, key=account_order):

@@ -19,8 +19,8 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 4                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
-                            # 4: gtd orders
+VERSION = 5                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
+                            # 4: gtd orders; 5: a multi-source index
 
 
 cdef list _layout():
@@ -59,6 +59,7 @@ def _spec(rec):
     rec["tick_size"] = Decimal(rec["tick_size"])
     rec["lot_size"] = Decimal(rec["lot_size"])
     rec["tiers"] = tuple(TierSpec(*t) for t in rec["tiers"])
+    rec["sources"] = tuple(tuple(x) for x in rec.get("sources", ()))
     return MarketSpec(**rec)
 
 
@@ -95,6 +96,8 @@ cdef bytes dump(State s):
         "risk_called": [sorted(x) for x in s.risk_called],
         "liq_queue": [[list(x) for x in q] for q in s.liq_queue],
         "gtd": [list(k) for k in s.gtd],
+        "sources": [[m, [list(x) if x else None for x in said]]
+                    for m, said in sorted(s.sources.items())],
         "pending_updates": [[m, ts, _spec_record(spec)]
                             for m, (ts, spec) in sorted(s.pending_updates.items())],
         "dirty": list(s.dirty),
@@ -193,6 +196,8 @@ cdef int load(State s, bytes data) except -1:
         s.risk_called[m].update(called)
     for m, queue in enumerate(doc["liq_queue"]):
         s.liq_queue[m] = [(a, iso) for a, iso in queue]
+    for m, said in doc["sources"]:
+        s.sources[m] = [tuple(x) if x else None for x in said]
     for expire, oid, i in doc["gtd"]:
         s.gtd.add((expire, oid, i))
         s.gtd_of[i] = expire

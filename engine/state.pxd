@@ -68,6 +68,7 @@ ctypedef struct MarketC:
     int32_t name_tok            # the market's name, pre-encoded in the writer
     uint8_t has_mark
     uint8_t status              # ACTIVE, POST_ONLY, REDUCE_ONLY, HALTED, SETTLED (lifecycle)
+    int32_t n_sources           # a multi-source index (engine.oracle); 0: one source
     uint8_t funding_next_set    # funding_cap_next / interest_next apply after the next boundary
     int64_t funding_cap_next
     int64_t interest_next
@@ -147,6 +148,7 @@ cdef class State:
     cdef dict pending_updates       # market -> (effective_ts, MarketSpec) (engine.lifecycle)
     cdef object gtd                 # SortedList of (expire_ts, oid, slot): gtd orders open
     cdef dict gtd_of                # slot -> expire_ts of an open gtd order
+    cdef dict sources               # market -> [(price, ts) or None a source] (engine.oracle)
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id
     cdef list market_pos            # per market: its position slots, in slot order

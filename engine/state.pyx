@@ -60,6 +60,7 @@ cdef class State:
         self.pending_updates = {}
         self.gtd = SortedList()
         self.gtd_of = {}
+        self.sources = {}
         self.specs = []
         self.market_pos = []
         self.market_ids = {}
@@ -361,6 +362,9 @@ cdef int set_spec(State s, int32_t m, object spec) except -1:
     mk.max_liquidations = spec.max_liquidations_per_update
     mk.mmf_max = max(t.mmf_ppm for t in tiers)
     mk.max_leverage = PPM // tiers[0].imf_ppm
+    mk.n_sources = len(spec.sources)
+    if spec.sources and m not in s.sources:
+        s.sources[m] = [None] * len(spec.sources)
     return 0
 
 

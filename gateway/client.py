@@ -172,6 +172,7 @@ _BY_REASON: dict[str, type[PerpdexError]] = {
     "invalid_amount": InvalidRequest, "invalid_leverage": InvalidRequest,
     "margin_mode_locked": InvalidRequest, "not_isolated": InvalidRequest,
     "invalid_market": InvalidRequest, "market_exists": InvalidRequest,
+    "unknown_source": InvalidRequest,
     "unknown_market": UnknownMarket,
     "invalid_qty": InvalidOrder, "below_min_qty": InvalidOrder, "invalid_price": InvalidOrder,
     "invalid_expiry": InvalidOrder,

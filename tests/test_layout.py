@@ -9,7 +9,7 @@ ENGINE = ROOT / "engine"
 
 # Leaves first: a room may use only the rooms before it (engine/core.pxd describes each).
 ROOMS = ["messages", "markets", "details", "statehash", "units", "book", "wire", "codec",
-         "state", "events", "margin", "ledger", "triggers", "matching", "entry", "risk",
+         "state", "events", "oracle", "margin", "ledger", "triggers", "matching", "entry", "risk",
          "funding", "liquidation", "lifecycle", "accounts", "reports", "snapshot", "fastpath",
          "core"]
 

@@ -34,6 +34,8 @@ TRADERS = ("t1", "t2", "t3", 4, 5)
 MAKER = "mm"
 START = {"X": 100_000, "Y": 20_000}                  # ticks (tick 0.01 USD, lot 0.001: x10)
 HOUR = 3600 * 10**9
+SOURCES = dict(oracle_sources=[M.OracleSource("a"), M.OracleSource("b"), M.OracleSource("c")],
+               oracle_min_sources=2, oracle_max_deviation_ppm=100_000, oracle_max_age_s=60)
 
 enc = msgspec.msgpack.encode
 dec_json = msgspec.json.Decoder()
@@ -63,7 +65,7 @@ class Solvency(RuleBasedStateMachine):
         if type(cmd) is M.NewOrder:
             by_api.new_order(cmd.account, cmd.market, cmd.cid, cmd.side, cmd.qty, cmd.price,
                              cmd.kind, cmd.tif, cmd.ts, cmd.reduce_only, cmd.stp,
-                             cmd.trigger_price)
+                             cmd.trigger_price, cmd.expire_ts)
             api = by_api.last_events()
         elif type(cmd) is M.Cancel:
             by_api.cancel(cmd.account, cmd.market, cmd.cid, cmd.ts)
@@ -122,8 +124,8 @@ class Solvency(RuleBasedStateMachine):
                 mmf_ppm=imf // 2, maker_fee_ppm=-100, taker_fee_ppm=500,
                 liquidation_fee_ppm=10_000, price_band_ppm=50_000, funding_interval_s=3600,
                 funding_cap_ppm=7_500, interest_ppm=100 if m == "X" else -300, tiers=tiers,
-                max_liquidations_per_update=100))
-            self.run(M.Oracle(market=m, price=START[m]))
+                max_liquidations_per_update=100, **(SOURCES if m == "Y" else {})))
+            self.set_index(m, START[m], 0)
         if fund:
             self.run(M.Deposit(account="insurance", amount=fund * USD))
         self.run(M.Deposit(account=MAKER, amount=10**6 * USD))
@@ -146,17 +148,20 @@ class Solvency(RuleBasedStateMachine):
     @rule(acct=st.sampled_from(TRADERS), market=st.sampled_from(MARKETS),
           side=st.sampled_from(["buy", "sell"]), lever=st.floats(0.1, 1.0),
           off=st.integers(-300, 300),
-          tif=st.sampled_from(["gtc", "gtc", "ioc", "fok", "alo"]),
+          tif=st.sampled_from(["gtc", "gtc", "ioc", "fok", "alo", "gtd"]),
           kind=st.sampled_from(["limit", "limit", "market"]),
           reduce_only=st.booleans(),
-          stp=st.sampled_from(["cancel_maker", "cancel_taker", "cancel_both"]))
-    def trade(self, acct, market, side, lever, off, tif, kind, reduce_only, stp):
-        """An order near the mark sized to a share of the most the account's equity allows."""
+          stp=st.sampled_from(["cancel_maker", "cancel_taker", "cancel_both"]),
+          hours=st.integers(1, 30))
+    def trade(self, acct, market, side, lever, off, tif, kind, reduce_only, stp, hours):
+        """An order near the mark sized to a share of the most the account's equity allows
+        (a gtd one expires within `hours`)."""
         mark = self.marks[market]
         price = None if kind == "market" else max(1, mark + mark * off // 10_000)
-        self.order(acct, market, side, self._size(acct, market, lever), price, kind,
-                   tif=tif if kind == "limit" else "gtc",
-                   reduce_only=reduce_only and self._has(acct, market), stp=stp)
+        tif = tif if kind == "limit" else "gtc"
+        self.order(acct, market, side, self._size(acct, market, lever), price, kind, tif=tif,
+                   reduce_only=reduce_only and self._has(acct, market), stp=stp,
+                   expire_ts=self.ts + hours * HOUR if tif == "gtd" else None)
 
     @rule(acct=st.sampled_from(TRADERS), market=st.sampled_from(MARKETS),
           side=st.sampled_from(["buy", "sell"]), lever=st.floats(0.5, 1.0))
@@ -229,8 +234,21 @@ class Solvency(RuleBasedStateMachine):
         self.marks[market] = price
         if abs(move) >= 500:
             event("oracle gap")
-        self.run(M.Oracle(market=market, price=price))
+        self.set_index(market, price, move)
         self._check_fund()
+
+    def set_index(self, market, price, move):
+        """X has one index; Y three sources, of which `c` lies by up to 50 % now and then (the
+        deviation filter must drop it) and `b` sometimes stays silent (then the index needs
+        `a` and `c`, or is stale)."""
+        if market == "X":
+            self.run(M.Oracle(market=market, price=price))
+            return
+        lie = price + price * (move % 5_000) // 10_000 if move % 5 == 0 else price
+        self.run(M.Oracle(market=market, price=price, source="a"))
+        if move % 7:
+            self.run(M.Oracle(market=market, price=price, source="b"))
+        self.run(M.Oracle(market=market, price=lie, source="c"))
 
     @rule(market=st.sampled_from(MARKETS), severity=st.floats(0.6, 4.0))
     def crash(self, market, severity):
@@ -335,7 +353,9 @@ SHORT = settings(max_examples=150, stateful_step_count=80, deadline=None, databa
 def test_no_flow_leaves_money_that_nobody_deposited():
     REACHED.clear()
     run_state_machine_as_test(Solvency, settings=SHORT)
-    assert REACHED["liquidated"] * 4 >= REACHED["runs"], REACHED     # flows that liquidate
+    # Flows that liquidate: 15-30 % of these short runs (a run also halts, settles, goes stale);
+    # held at 10 % so that a run of hypothesis's own seeds never fails it by chance.
+    assert REACHED["liquidated"] * 10 >= REACHED["runs"], REACHED
 
 
 @pytest.mark.slow
