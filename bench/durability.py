@@ -115,6 +115,7 @@ def big_state(n_orders: int, n_accounts: int, data: Path, log=print) -> dict:
     from perpdex.gateway.config import default_config
     res: dict = {"orders": n_orders, "accounts": n_accounts}
     cfg = default_config(data)
+    cfg.state_wins = True               # the folder is built here, not booted from `cfg`
     jr = J.Journal(data / "journal", fsync="off")
     eng = Engine()
     ts = time.time_ns()

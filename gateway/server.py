@@ -135,6 +135,7 @@ def _boot_deposits(jdir: Path) -> dict | None:
     """{account: amount} of the deposits in a journal's first turn (the configured ones, made
     when the data folder was new); None when that turn is no longer there. O(first segment)."""
     out: dict = {}
+    n = -1
     try:
         for n, (seq, kind, payload) in enumerate(journal.read(jdir, 0, strict_start=False)):
             if n == 0 and seq != 1:
@@ -147,7 +148,7 @@ def _boot_deposits(jdir: Path) -> dict | None:
                     out[cmd.account] = out.get(cmd.account, 0) + cmd.amount
     except journal.JournalError:
         return None
-    return out
+    return out if n >= 0 else None                # an empty journal: that turn is gone
 
 
 class GatedAuthenticator(ThreadAuthenticator):
