@@ -76,17 +76,21 @@ def test_the_fast_path_gives_the_events_of_the_msgspec_path():
     assert Engine(margin=False).execute_batch(data, "msgpack", "jsonl") == per_command_jsonl(cmds)
 
 
-# Hypothesis flows (short, shrinking step by step) or seeded ones of 100 to 400 commands, which
-# build books, fill, amend and trigger (tests.flows.random_flow).
-LAYOUT_FLOWS = st.one_of(flows(max_size=80),
-                         st.builds(random_flow, st.integers(0, 2**32 - 1), st.integers(100, 400)))
+@st.composite
+def layout_flows(draw):
+    """A hypothesis flow (short, shrinking step by step) in a third of the cases, else a seeded
+    one of 100 to 400 commands, which builds books, fills, amends and triggers
+    (tests.flows.random_flow)."""
+    if draw(st.integers(0, 2)) == 0:
+        return draw(flows(max_size=80))
+    return random_flow(draw(st.integers(0, 2**32 - 1)), draw(st.integers(100, 400)))
 
 
 def test_any_msgpack_layout_gives_the_same_events():
     seen = Reached()
 
     @settings(max_examples=150, deadline=None)
-    @given(LAYOUT_FLOWS)
+    @given(layout_flows())
     def case(cmds):
         r = random.Random(len(cmds))
         data = b"".join(scrambled(c, r) for c in cmds)
@@ -96,7 +100,7 @@ def test_any_msgpack_layout_gives_the_same_events():
                   triggered=b'"type":"order_triggered"' in want, long=len(cmds) >= 100)
 
     case()
-    assert seen.share("traded") >= 0.25 and seen.share("long") >= 0.25, seen
+    assert seen.share("traded") >= 0.3 and seen.share("long") >= 0.35, seen
     assert seen["amended"] and seen["triggered"], seen
 
 
