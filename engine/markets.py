@@ -68,6 +68,7 @@ class MarketSpec:
     sources: tuple = ()         # ((name, weight), ...): a multi-source index; () one source
     min_sources: int = 1
     max_deviation_ppm: int = 0
+    mark_ema_updates: int = 0   # 0: the contract's mark; N: the basis-average mark
 
     def hash_record(self) -> list:
         """The spec's part of the canonical state (see docs/state-hash.md)."""
@@ -80,7 +81,8 @@ class MarketSpec:
             [[t.max_notional, t.imf_ppm, t.mmf_ppm] for t in self.tiers],
         ] + ([self.max_price, self.max_qty] if self.limits_set else []) + (
             [[list(x) for x in self.sources], self.min_sources, self.max_deviation_ppm]
-            if self.sources else [])
+            if self.sources else []) + (
+            [["mark_ema_updates", self.mark_ema_updates]] if self.mark_ema_updates else [])
 
 
 def _decimal(field: str, value: str | int | float) -> Decimal:
@@ -185,8 +187,15 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
         max_orders_per_account=cmd.max_orders_per_account,
         max_liquidations_per_update=cmd.max_liquidations_per_update, tiers=_tiers(cmd),
         max_price=max_price, max_qty=max_qty, limits_set=bool(cmd.max_price or cmd.max_qty),
-        **_sources(cmd),
+        mark_ema_updates=_mark_window(cmd.mark_ema_updates), **_sources(cmd),
     )
+
+
+def _mark_window(n: int) -> int:
+    if not 0 <= n <= 100_000:
+        raise MarketConfigError(f"mark_ema_updates must be 0 (the contract's mark) or up to "
+                                f"100000 oracles, got {n}")
+    return n
 
 
 def _sources(cmd: CreateMarket) -> dict:
@@ -251,4 +260,5 @@ def updated_spec(spec: MarketSpec, cmd) -> MarketSpec:
         market=spec.name, tick_size=str(spec.tick_size), lot_size=str(spec.lot_size),
         funding_interval_s=spec.funding_interval_s,
         max_price=spec.max_price if spec.limits_set else 0,
-        max_qty=spec.max_qty if spec.limits_set else 0, **fields))
+        max_qty=spec.max_qty if spec.limits_set else 0,
+        mark_ema_updates=spec.mark_ema_updates, **fields))

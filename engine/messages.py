@@ -99,6 +99,10 @@ class CreateMarket(Command, tag="create_market"):
     oracle_sources: Union[list[OracleSource], None] = None
     oracle_min_sources: Int64 = 1
     oracle_max_deviation_ppm: Int64 = 0
+    # Extension: 0 (the contract's mark, median(index, bid, ask)) or N: the basis-average mark,
+    # the median of the index, the index plus the average of (mid - index) over the last N
+    # oracles, and the contract's mark (docs/contract.md, "A mark two orders cannot pin").
+    mark_ema_updates: Int64 = 0
 
 
 class Deposit(Command, tag="deposit"):

@@ -82,7 +82,8 @@ def state(State st):
                         [mk.next_funding, mk.premium_sum, mk.premium_n, py128(mk.cum_funding)],
                         _armed_orders(st, m)]
                        + ([[list(x) if x else None for x in st.sources[m]]]
-                          if m in st.sources else []))
+                          if m in st.sources else [])
+                       + ([py128(mk.basis_ema)] if mk.ema_updates else []))
     positions = []
     accounts = []
     for key in sorted(st.account_keys, key=account_order):

@@ -69,6 +69,8 @@ ctypedef struct MarketC:
     uint8_t has_mark
     uint8_t status              # ACTIVE, POST_ONLY, REDUCE_ONLY, HALTED, SETTLED (lifecycle)
     int32_t n_sources           # a multi-source index (engine.oracle); 0: one source
+    int64_t ema_updates         # the basis-average mark's window (0: the contract's median)
+    int128 basis_ema            # its average of (mid - index), in 1e-6 ticks
     uint8_t funding_next_set    # funding_cap_next / interest_next apply after the next boundary
     int64_t funding_cap_next
     int64_t interest_next

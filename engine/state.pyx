@@ -310,6 +310,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     mk.cum_funding = 0
     mk.unsettled = 0
     mk.status = ACTIVE
+    mk.basis_ema = 0
     mk.funding_next_set = 0
     mk.funding_cap_next = 0
     mk.interest_next = 0
@@ -363,6 +364,7 @@ cdef int set_spec(State s, int32_t m, object spec) except -1:
     mk.mmf_max = max(t.mmf_ppm for t in tiers)
     mk.max_leverage = PPM // tiers[0].imf_ppm
     mk.n_sources = len(spec.sources)
+    mk.ema_updates = spec.mark_ema_updates
     if spec.sources and m not in s.sources:
         s.sources[m] = [None] * len(spec.sources)
     return 0
@@ -412,7 +414,21 @@ cdef int set_mark(State s, int32_t m, int64_t idx) except -1:
     cdef int64_t ask = b.lv[b.best(ASK)].price if b.n[ASK] else idx
     cdef int64_t lo = bid if bid < ask else ask
     cdef int64_t hi = ask if bid < ask else bid
+    cdef int64_t mark = lo if idx < lo else (hi if idx > hi else idx), mid, a, c
+    cdef int128 ema
     mk.index = idx
-    mk.mark = lo if idx < lo else (hi if idx > hi else idx)
+    if mk.ema_updates:
+        # The basis-average mark (an extension): the book's mid minus the index, averaged over
+        # the last `mark_ema_updates` oracles, added to the index; the mark is the median of
+        # the index, that, and the contract's mark. A book pinned away from the index moves
+        # it by at most 1 / mark_ema_updates of the distance an oracle.
+        mid = (bid + ask) // 2 if b.n[BID] and b.n[ASK] else idx
+        ema = mk.basis_ema + ((<int128>(mid - idx) * PPM - mk.basis_ema) // mk.ema_updates)
+        mk.basis_ema = ema
+        c = idx + <int64_t>(ema // PPM if ema >= 0 else -((-ema) // PPM))   # toward the index
+        a = idx if idx < c else c
+        c = c if idx < c else idx                    # a <= c: the index and index + basis
+        mark = a if mark < a else (c if mark > c else mark)
+    mk.mark = mark
     mk.has_mark = 1
     return 0
