@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     _stress_parser(sub)
     _keygen_parser(sub)
     _health_parser(sub)
+    _markets_parser(sub)
 
     sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
                    "`perpdex bench --help`)")
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(args)
     if args.cmd == "health":
         return _health(args)
+    if args.cmd == "markets":
+        return _markets(args)
     if args.cmd == "demo":
         if args.in_process:
             from .demo import run
@@ -361,6 +364,23 @@ def _keygen(args) -> int:
     return 0
 
 
+def _ask_args(p) -> None:
+    """The options of a command that asks a running server (health, markets)."""
+    p.add_argument("--router", help="the server's request endpoint (default: $PERPDEX_ROUTER, "
+                   "else tcp://127.0.0.1:7701)")
+    p.add_argument("--data", help="the server's data folder, whose keys/ hold server.key and "
+                   "the account's key (default: $PERPDEX_DATA, else perpdex-data)")
+    p.add_argument("--account", help="the account whose key asks (default: $PERPDEX_ACCOUNT, "
+                   "else admin)")
+    p.add_argument("--server-key", metavar="FILE", help="the server's public key file "
+                   "(default: DATA/keys/server.key)")
+    p.add_argument("--key", metavar="FILE", help="the account's secret key file (default: "
+                   "DATA/keys/ACCOUNT.key_secret)")
+    p.add_argument("--timeout-ms", type=int, default=3000, help="how long to wait for the "
+                   "answer (default: 3000)")
+    p.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+
+
 def _health_parser(sub) -> None:
     hp = sub.add_parser("health", help="ask a running server whether it is healthy",
                         description="Send `health` to a running `perpdex serve` over CURVE with "
@@ -371,24 +391,24 @@ def _health_parser(sub) -> None:
                         "$PERPDEX_DATA, $PERPDEX_ACCOUNT (else admin).",
                         epilog=_docs("docs/observability.md#health",
                                      "docs/operations.md#keys"))
-    hp.add_argument("--router", help="the server's request endpoint (default: $PERPDEX_ROUTER, "
-                    "else tcp://127.0.0.1:7701)")
-    hp.add_argument("--data", help="the server's data folder, whose keys/ hold server.key and "
-                    "the account's key (default: $PERPDEX_DATA, else perpdex-data)")
-    hp.add_argument("--account", help="the account whose key asks (default: $PERPDEX_ACCOUNT, "
-                    "else admin)")
-    hp.add_argument("--server-key", metavar="FILE", help="the server's public key file "
-                    "(default: DATA/keys/server.key)")
-    hp.add_argument("--key", metavar="FILE", help="the account's secret key file (default: "
-                    "DATA/keys/ACCOUNT.key_secret)")
-    hp.add_argument("--timeout-ms", type=int, default=3000, help="how long to wait for the "
-                    "answer (default: 3000)")
-    hp.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    _ask_args(hp)
 
 
-def _health(args) -> int:
-    import json
+def _markets_parser(sub) -> None:
+    mp = sub.add_parser("markets", help="list a running server's markets and their status",
+                        description="Send `markets` to a running `perpdex serve` over CURVE with "
+                        "an account's key (any role) and print each market's status (active, "
+                        "post_only, reduce_only, halted, settled) and main parameters; exit 0, "
+                        "1 if it did not answer, 2 if a key file is missing. The defaults are "
+                        "the SDK's, as for `perpdex health`.",
+                        epilog=_docs("docs/protocol.md#markets",
+                                     "docs/contract.md#market-lifecycle"))
+    _ask_args(mp)
 
+
+def _ask(args, request: str):
+    """(reply, router) of `request` sent to a running server, or an exit code after saying
+    why not: 2 for a missing key file or a bad option, 1 for no answer or a refusal."""
     from .client import Client, Timeout
     data = Path(args.data or os.environ.get("PERPDEX_DATA") or "perpdex-data")
     account = args.account or os.environ.get("PERPDEX_ACCOUNT") or "admin"
@@ -409,24 +429,33 @@ def _health(args) -> int:
         print(f"perpdex: cannot ask {router}: {e}", file=sys.stderr)
         return 2
     try:
-        reply = c.request("health")
+        reply = c.request(request)
     except Timeout:
-        print(f"perpdex health: no answer from {router} in {args.timeout_ms} ms: the server is "
-              f"down or unreachable, or does not know {account}'s key", file=sys.stderr)
+        print(f"perpdex {request}: no answer from {router} in {args.timeout_ms} ms: the server "
+              f"is down or unreachable, or does not know {account}'s key", file=sys.stderr)
         return 1
     finally:
         c.close()
     if not reply.get("ok"):
-        print(f"perpdex health: {router} refused: {reply.get('reason')}: {reply.get('detail')}",
-              file=sys.stderr)
+        print(f"perpdex {request}: {router} refused: {reply.get('reason')}: "
+              f"{reply.get('detail')}", file=sys.stderr)
         return 1
+    reply.pop("req_id", None)
+    return reply, router
+
+
+def _health(args) -> int:
+    import json
+    asked = _ask(args, "health")
+    if type(asked) is int:
+        return asked
+    reply, router = asked
     why = [f"thread {n}: {state}" for n, state in (reply.get("threads") or {}).items()
            if state != "alive"]
     failure = (reply.get("journal") or {}).get("failure")
     if failure is not None:
         why.append(f"the journal cannot make commands durable: {failure}")
     if args.json:
-        reply.pop("req_id", None)
         print(json.dumps(reply, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
     else:
         print(f"{router}: {'ok' if not why else 'NOT HEALTHY'}: seq {reply['seq']:,}, "
@@ -435,6 +464,24 @@ def _health(args) -> int:
               f"{', '.join(reply['markets']) or 'none'}, {reply['internal_errors']} internal "
               f"errors" + "".join(f"; {w}" for w in why))
     return 1 if why else 0
+
+
+def _markets(args) -> int:
+    import json
+    asked = _ask(args, "markets")
+    if type(asked) is int:
+        return asked
+    reply, router = asked
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"{'market':<14} {'status':<12} {'tick':>10} {'lot':>10} {'imf':>8} {'mmf':>8} "
+          f"{'band':>8} {'max lev':>8}")
+    for m in reply["markets"]:
+        print(f"{m['market']:<14} {m.get('status', 'active'):<12} {m['tick_size']:>10} "
+              f"{m['lot_size']:>10} {m['imf_ppm'] / 1e4:>7.2f}% {m['mmf_ppm'] / 1e4:>7.2f}% "
+              f"{m['price_band_ppm'] / 1e4:>7.2f}% {m['max_leverage']:>7}x")
+    return 0
 
 
 def _verify(args) -> int:

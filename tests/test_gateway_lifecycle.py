@@ -51,3 +51,19 @@ def test_a_trader_may_not_change_a_markets_status_or_settle_it(server):
                 ("update_market", dict(market="BTC-PERP", taker_fee_ppm=0))):
         r = trader.request(req[0], **req[1])
         assert not r["ok"], r
+
+
+def test_perpdex_markets_shows_each_markets_status(server):
+    import subprocess
+    from tests.test_gateway import PERPDEX
+    data, router = server
+    admin = client(server, "admin")
+    admin.request("set_market_status", market="ETH-PERP", status="reduce_only")
+    try:
+        out = subprocess.run([PERPDEX, "markets", "--router", router, "--data", str(data)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()[1:]}
+        assert rows == {"BTC-PERP": "active", "ETH-PERP": "reduce_only"}
+    finally:
+        admin.request("set_market_status", market="ETH-PERP", status="active")
