@@ -35,6 +35,14 @@ def pytest_terminal_summary(terminalreporter, config):
             f"pytest -p randomly --randomly-seed={seed})")
 
 
+def open_orders(reply: dict) -> list:
+    """The open orders a `query_account` reply gives, from its `account` event, which need not
+    come first: a cancel the server made in the same loop turn (a session that timed out, a
+    dead-man's switch) may stand before it."""
+    (account,) = [e for e in reply["events"] if e["type"] == "account"]
+    return account["open_orders"]
+
+
 class Reached(Counter):
     """What the cases of a property test reached: `case(traded=..., liquidated=...)` once a
     case counts each flag that is true (and tells hypothesis, `event()`, for its statistics);

@@ -16,7 +16,7 @@ import pytest
 from perpdex.gateway import journal as J
 from perpdex.gateway.client import Client
 from perpdex.gateway.config import DEFAULT_TOML
-from tests.conftest import HANG_S
+from tests.conftest import HANG_S, open_orders
 from tests.test_gateway import PERPDEX, free_port
 from tests.test_gateway_hardening import Served
 
@@ -206,7 +206,7 @@ def test_a_dead_mans_switch_keeps_its_deadline_across_a_restart(venue):
     venue.start()
     c = venue.client("mm-2")
     deadline = time.monotonic() + HANG_S
-    while c.request("query_account")["events"][0]["open_orders"]:
+    while open_orders(c.request("query_account")):
         assert time.monotonic() < deadline, "the switch did not run after the restart"
         time.sleep(0.1)
     missed = [i["event"] for i in c.subscribe(resume_from=start + 1)["missed"]]

@@ -12,7 +12,7 @@ import pytest
 
 from perpdex.gateway.client import Client
 from tests.test_gateway import PERPDEX, free_port
-from tests.conftest import HANG_S
+from tests.conftest import HANG_S, open_orders
 
 DOCUMENTED = ["perpdex_requests_total", "perpdex_request_seconds_bucket", "perpdex_errors_total",
               "perpdex_rejections_total", "perpdex_orders_total", "perpdex_fills_total",
@@ -119,7 +119,7 @@ def test_log_lines_are_json_objects_with_the_documented_events(tmp_path):
         quitter.close()                            # silent from now on: the session ends
         watcher = client("taker-2")                # another connection: not that session
         deadline = time.monotonic() + HANG_S
-        while watcher.request("query_account")["events"][0]["open_orders"]:
+        while open_orders(watcher.request("query_account")):
             assert time.monotonic() < deadline, "the silent session was never ended"
             time.sleep(0.1)
     finally:
