@@ -1093,6 +1093,8 @@ class ReferenceEngine:
         done = 0
         while mk.waiting and done < mk.spec.max_liquidations_per_update:
             sc = mk.waiting.pop(0)
+            if sc.pos is not None and (not sc.pos.size or not sc.pos.isolated):
+                continue                              # closed, or gone cross, since queued
             if self.equity(sc) >= self.maintenance_margin(sc):
                 continue
             self._liquidate_scope(sc)
@@ -1104,6 +1106,16 @@ class ReferenceEngine:
             self.note("liquidations carried over")
         if self.rules.fund_deficit:
             self._fund_deficit(mk)
+        seen = []
+        for sc in self.deleveraged:                   # their positions moved in this pass too
+            if (sc.account.key, sc.pos.market if sc.pos else None) not in seen:
+                seen.append((sc.account.key, sc.pos.market if sc.pos else None))
+                self._rewarn(sc)
+
+    def _rewarn(self, sc: Scope):
+        """A scope the pass changed (liquidated, deleveraged, socialised): its warning says
+        how the pass left it (no new event)."""
+        sc.flag_holder().margin_call = 2 * self.equity(sc) < 3 * self.maintenance_margin(sc)
 
     def _liquidate_scope(self, sc: Scope):
         self.note("liquidated scope")
@@ -1358,6 +1370,7 @@ class ReferenceEngine:
                     deficit -= share
                     self._emit("balance", account=sc.account.key, collateral=sc.account.cash,
                                reason="socialised_loss")
+                    self._rewarn(sc)
                     self.note("socialised loss")
 
     # ---- reports ------------------------------------------------------------------------------
@@ -1458,7 +1471,9 @@ class ReferenceEngine:
             markets.append([mk.spec.hash_record(), mk.index, mk.mark, mk.last_oracle_ts,
                             sides[0], sides[1],
                             [mk.next_funding, mk.premium_sum, mk.premium_n, mk.cum_funding],
-                            armed])
+                            armed]
+                           + ([["waiting", [[sc.account.key, sc.pos.market if sc.pos else None]
+                                            for sc in mk.waiting]]] if mk.waiting else []))
         accounts, positions = [], []
         for key in sorted(self.accounts, key=account_order):
             a = self.accounts[key]

@@ -19,7 +19,7 @@ from .markets import MarketConfigError, updated_spec
 from .messages import Reason, MarketStatusEvent, MarketUpdated, Settlement, Tier
 
 STATUS_NAMES = ("active", "post_only", "reduce_only", "halted", "settled")
-cdef dict _STATUS = {name: k for k, name in enumerate(STATUS_NAMES)}
+cdef dict _STATUS = {name: k for k, name in enumerate(STATUS_NAMES) if name != "settled"}
 
 
 cdef int _status_event(State s, int32_t m, object price=None) except -1:

@@ -108,21 +108,32 @@ cdef int _drain(State s, int32_t m) except -1:
     while queue and k < mk.max_liquidations:
         a, iso = queue.pop()
         s.n_looked += 1
-        if iso >= 0 and s.pos[iso].size == 0:
-            continue
+        if iso >= 0 and (s.pos[iso].size == 0 or not s.pos[iso].isolated):
+            continue                # closed, or no longer an isolated scope, since queued
         if equity(s, a, iso) >= maintenance_margin(s, a, iso):
             continue
         _liquidate_scope(s, a, iso)
         k += 1
-        # The warning now describes the scope as the liquidation left it (no new event).
-        below = below_call(equity(s, a, iso), maintenance_margin(s, a, iso))
-        if iso >= 0:
-            s.pos[iso].margin_call = below
-        else:
-            s.ac[a].margin_call = below
+        _rewarn(s, a, iso)
     mk.liq_pending = 1 if queue else 0
     _fund_floor(s, m)
+    for a, iso in dict.fromkeys(s.deleveraged):   # their positions moved in this pass too
+        _rewarn(s, a, iso)
     s.adl_queues = {}
+    return 0
+
+
+cdef int _rewarn(State s, int32_t a, int32_t iso) except -1:
+    """The warning now describes the scope as the pass left it (no new event): a liquidated,
+    deleveraged or socialised scope. A warned scope is looked at by the next passes, so that
+    its recovery clears it."""
+    cdef bint below = below_call(equity(s, a, iso), maintenance_margin(s, a, iso))
+    if iso >= 0:
+        s.pos[iso].margin_call = below
+    else:
+        s.ac[a].margin_call = below
+    if below:
+        mark_called(s, a, iso)
     return 0
 
 
@@ -219,6 +230,7 @@ cdef int _socialise(State s, int32_t m, int side, int128 deficit) except -1:
             if share:
                 pay_fund(s, a, iso, share)          # share <= its equity < 2^62
                 events.balance(s, a, "socialised_loss")
+                _rewarn(s, a, iso)
                 owed -= share
     return 0
 
@@ -227,7 +239,7 @@ cdef int cover_settled(State s, int32_t m, list scopes, list gainers) except -1:
     """After `settle_market` closed market `m`'s positions at one price: a scope in `scopes`
     left with no position and below zero is made whole by the fund (`_cover_deficit`); a
     cross account left below maintenance with positions in other markets is liquidated
-    there now (their passes). Then the fund's floor, the scopes that gained in the
+    there, after the fund's floor has taken back what it paid, the scopes that gained in the
     settlement (`gainers`) paying first."""
     cdef int32_t a, iso, p
     others = set()
@@ -239,18 +251,19 @@ cdef int cover_settled(State s, int32_t m, list scopes, list gainers) except -1:
                 if s.pos[p].size and not s.pos[p].isolated:
                     others.add(s.pos[p].market)
                 p = s.pos[p].next
-    for p in sorted(others):
-        run(s, p, False)
     s.deleveraged = list(gainers)
     s.adl_queues = {}
     _fund_floor(s, m)
     s.adl_queues = {}
+    for p in sorted(others):
+        run(s, p, False)
     return 0
 
 
 cdef int _liquidate_scope(State s, int32_t a, int32_t iso) except -1:
     """Cancel the scope's open orders (reason liquidation); while it is still liquidatable,
-    close its positions, the largest maintenance requirement first."""
+    close its positions, the largest maintenance requirement first. A position in a halted
+    market waits for the halt to lift (nothing trades there, the venue's orders neither)."""
     cdef int32_t p, best
     cdef int64_t req, best_req
     cdef int guard = 0
@@ -259,13 +272,14 @@ cdef int _liquidate_scope(State s, int32_t a, int32_t iso) except -1:
     while equity(s, a, iso) < maintenance_margin(s, a, iso) and guard < 64:
         guard += 1
         if iso >= 0:
-            best = iso if s.pos[iso].size else -1
+            best = iso if s.pos[iso].size and s.mk[s.pos[iso].market].status != HALTED else -1
         else:
             best = -1
             best_req = -1
             p = s.ac[a].positions
             while p >= 0:
-                if s.pos[p].size and not s.pos[p].isolated:
+                if (s.pos[p].size and not s.pos[p].isolated
+                        and s.mk[s.pos[p].market].status != HALTED):
                     req = <int64_t>maintenance_requirement(&s.mk[s.pos[p].market],
                                                            s.pos[p].size)
                     if req > best_req:

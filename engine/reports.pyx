@@ -17,6 +17,7 @@ from fractions import Fraction
 
 from . import messages as M
 from .state import SIDE_NAMES, KIND_NAMES, TIF_NAMES, STP_NAMES, account_order
+from .lifecycle import STATUS_NAMES as _STATUS_NAMES
 from .statehash import digest
 
 cdef tuple _SIDE_NAMES = SIDE_NAMES
@@ -83,7 +84,8 @@ def state(State st):
                         _armed_orders(st, m)]
                        + ([[list(x) if x else None for x in st.sources[m]]]
                           if m in st.sources else [])
-                       + ([py128(mk.basis_ema)] if mk.ema_updates else []))
+                       + ([py128(mk.basis_ema)] if mk.ema_updates else [])
+                       + _lifecycle_record(st, m))
     positions = []
     accounts = []
     for key in sorted(st.account_keys, key=account_order):
@@ -102,6 +104,27 @@ def state(State st):
     return {"clock": st.clock, "next_oid": st.next_oid, "markets": markets,
             "accounts": accounts, "positions": positions,
             "totals": [st.deposits, st.withdrawals, st.fees]}
+
+
+def _lifecycle_record(State st, int32_t m):
+    """What a market holds beyond the contract's state that changes what it will do, each
+    tagged and present only when it is not the default (so a market without any of it has the
+    record it always had): its status, funding parameters waiting for the next boundary, a
+    scheduled update, and the scopes waiting for liquidation, the next first."""
+    cdef MarketC* mk = &st.mk[m]
+    out = []
+    if mk.status:
+        out.append(["status", _STATUS_NAMES[mk.status]])
+    if mk.funding_next_set:
+        out.append(["funding_next", mk.funding_cap_next, mk.interest_next])
+    if m in st.pending_updates:
+        ts, spec = st.pending_updates[m]
+        out.append(["update", ts, spec.hash_record()])
+    if st.liq_queue[m]:
+        out.append(["waiting", [[st.account_keys[a], st.specs[st.pos[iso].market].name
+                                 if iso >= 0 else None]
+                                for a, iso in reversed(st.liq_queue[m])]])
+    return out
 
 
 def _armed_orders(State st, int32_t m):
