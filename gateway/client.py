@@ -647,6 +647,7 @@ class PlaceOrder:
     trigger_price: object = None
     kind: str | None = None
     stp: str | None = None
+    expire_ts: int | None = None         # with tif="gtd": when it expires (ns, the venue's clock)
     type = "new_order"
 
     def fields(self, u: Units, cid) -> dict:
@@ -667,6 +668,8 @@ class PlaceOrder:
             out["trigger_price"] = u.ticks(self.trigger_price)
         if self.stp is not None:
             out["stp"] = self.stp
+        if self.expire_ts is not None:
+            out["expire_ts"] = self.expire_ts
         return out
 
     def read(self, events: list, u: Units, cid) -> Order:
@@ -817,13 +820,14 @@ class _Front:
 
     def g_place(self, market: str, side: str, size, price=None, *, tif: str = "gtc",
                 cid=None, reduce_only: bool = False, post_only: bool = False,
-                trigger_price=None, kind: str | None = None, stp: str | None = None):
+                trigger_price=None, kind: str | None = None, stp: str | None = None,
+                expire_ts: int | None = None):
         """Place an order: `size` in the base currency and `price` in USD, as Decimal (or str,
         int); no price: a market order. Returns the `Order`: its status, and the fills it made
         on entry. Raises InvalidOrder, InsufficientMargin, MarketNotReady, RateLimited, ..."""
         return (yield from self.g_run(PlaceOrder(market, side, size, price, tif, cid,
                                                  reduce_only, post_only, trigger_price, kind,
-                                                 stp)))
+                                                 stp, expire_ts)))
 
     def g_buy(self, market: str, size, price=None, **kw):
         """`place(market, "buy", size, price, ...)`."""

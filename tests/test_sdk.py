@@ -369,3 +369,18 @@ def test_failover_to_the_node_that_answers_then_trades_and_awaits_fills(venue):
     finally:
         maker.close()
         taker.close()
+
+
+def test_a_good_till_date_order_is_placed_with_its_expiry_and_refused_without_one(venue):
+    c = connect("mm-2")
+    try:
+        bid = near(c, "ETH-PERP", "0.97")
+        far = time.time_ns() + 3600 * 10**9          # the venue's clock is the server's
+        placed = c.buy("ETH-PERP", "0.10", bid, tif="gtd", expire_ts=far, cid="sdk-gtd")
+        assert (placed.status, placed.tif) == ("open", "gtd")
+        with pytest.raises(InvalidOrder) as refused:
+            c.buy("ETH-PERP", "0.10", bid, tif="gtd", cid="sdk-gtd2")
+        assert refused.value.reason == "invalid_expiry"
+        c.cancel("ETH-PERP", "sdk-gtd")
+    finally:
+        c.close()
