@@ -2,12 +2,11 @@
 """A market's lifecycle (see lifecycle.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, positive, py128, iabs
+from .units cimport positive, iabs
 from .book cimport BID, ASK
-from .state cimport (State, MarketC, PosC, market_id, scope_of, set_spec, set_mark, touch, ACTIVE,
-                     POST_ONLY, REDUCE_ONLY_STATUS, HALTED, SETTLED)
+from .state cimport (State, MarketC, PosC, market_id, scope_of, set_spec, set_mark, touch,
+                     REDUCE_ONLY_STATUS, HALTED, SETTLED)
 from .wire cimport V_MARKET_STATUS
-from .margin cimport unrealised
 from .ledger cimport book_trade, settle
 from .matching cimport cancel_order, cancel_orders
 from .entry cimport fire_triggers

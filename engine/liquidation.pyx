@@ -103,8 +103,10 @@ cdef int _drain(State s, int32_t m) except -1:
     cdef int32_t a, iso, k = 0
     cdef bint below
     queue = s.liq_queue[m]
-    s.deleveraged = []
-    s.adl_queues = {}
+    if s.deleveraged:               # emptied, not remade: a quiet mark update allocates nothing
+        s.deleveraged.clear()
+    if s.adl_queues:
+        s.adl_queues.clear()
     while queue and k < mk.max_liquidations:
         a, iso = queue.pop()
         s.n_looked += 1
@@ -117,9 +119,11 @@ cdef int _drain(State s, int32_t m) except -1:
         _rewarn(s, a, iso)
     mk.liq_pending = 1 if queue else 0
     _fund_floor(s, m)
-    for a, iso in dict.fromkeys(s.deleveraged):   # their positions moved in this pass too
-        _rewarn(s, a, iso)
-    s.adl_queues = {}
+    if s.deleveraged:                             # their positions moved in this pass too
+        for a, iso in dict.fromkeys(s.deleveraged):
+            _rewarn(s, a, iso)
+    if s.adl_queues:
+        s.adl_queues.clear()
     return 0
 
 

@@ -2,11 +2,10 @@
 """A multi-source index (see oracle.pxd). Few sources a market: plain Python, O(sources)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport NS, PPM
+from .units cimport PPM
 from .state cimport State, MarketC
 from . cimport events
 
-from .details import no_market
 from .messages import Reason, IndexStale
 
 
