@@ -16,6 +16,7 @@ from .state cimport State, MarketC, OrderCmd, find_account_bytes, find_market_by
 from .entry cimport order_cmd
 
 from .markets import MAX_PRICE, MAX_QTY
+from . import messages as M
 from .messages import MAX_TS
 
 cdef int64_t C_MAX_PRICE = MAX_PRICE
@@ -44,16 +45,28 @@ cdef inline bint _eq(const unsigned char* a, Py_ssize_t n, const char* lit, Py_s
     return n == m and memcmp(a, lit, n) == 0
 
 
-# The enum strings the fast path knows, in the order of their values (BID/ASK, LIMIT/MARKET,
-# GTC..ALO, CANCEL_MAKER..CANCEL_BOTH); NULL ends each table.
+# The enum strings the fast path knows, from engine.messages in code order (sides, the two
+# kinds without a trigger, the times in force but gtd, stp modes); NULL ends each table. The
+# bytes live in _FAST_NAMES for the tables' pointers.
 cdef const char* _FAST_SIDES[3]
 cdef const char* _FAST_KINDS[3]
 cdef const char* _FAST_TIFS[5]
 cdef const char* _FAST_STPS[4]
-_FAST_SIDES[:] = [b"buy", b"sell", NULL]
-_FAST_KINDS[:] = [b"limit", b"market", NULL]
-_FAST_TIFS[:] = [b"gtc", b"ioc", b"fok", b"alo", NULL]
-_FAST_STPS[:] = [b"cancel_maker", b"cancel_taker", b"cancel_both", NULL]
+_FAST_NAMES = tuple(tuple(n.encode() for n in names) for names in
+                    (M.SIDES, M.ORDER_KINDS[:2], M.TIFS[:4], M.STP_MODES))
+
+
+cdef void _table(const char** table, tuple names):
+    cdef Py_ssize_t i
+    for i in range(len(names)):
+        table[i] = <bytes>names[i]
+    table[len(names)] = NULL
+
+
+_table(_FAST_SIDES, _FAST_NAMES[0])
+_table(_FAST_KINDS, _FAST_NAMES[1])
+_table(_FAST_TIFS, _FAST_NAMES[2])
+_table(_FAST_STPS, _FAST_NAMES[3])
 
 
 cdef Py_ssize_t _rd_choice(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,

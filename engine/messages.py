@@ -12,7 +12,7 @@ JSON number (and strings) at the codec so that a bad value is answered with the 
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -40,6 +40,14 @@ OrderKind = Literal[
 TimeInForce = Literal["gtc", "ioc", "fok", "alo", "gtd"]     # gtd: an extension
 StpMode = Literal["cancel_maker", "cancel_taker", "cancel_both"]
 MarginMode = Literal["cross", "isolated"]
+
+# The vocabulary's one source: a name's small integer code is its place in these tuples. The
+# core's enums (engine/book.pxd), the writer's value tokens (engine/wire.pyx) and the name
+# tables (engine/state.pyx) are built from them or checked against them when they load.
+SIDES = get_args(Side)
+ORDER_KINDS = get_args(OrderKind)
+TIFS = get_args(TimeInForce)
+STP_MODES = get_args(StpMode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,6 +546,10 @@ class CancelReason:
     MARKET_STATUS = "market_status"
     # extension: a gtd order whose expire_ts the clock has reached
     EXPIRED = "expired"
+
+
+# The cancel reasons in their code order (engine/wire.pyx's value tokens, engine/book.pxd).
+CANCEL_REASONS = tuple(v for k, v in vars(CancelReason).items() if k.isupper())
 
 
 def command_decoder(kind: str):

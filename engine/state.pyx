@@ -15,6 +15,7 @@ from .wire cimport EventWriter
 import msgspec
 from sortedcontainers import SortedList
 
+from . import messages as M
 from .markets import TierSpec
 
 _mp_encode = msgspec.msgpack.encode
@@ -22,16 +23,24 @@ _mp_encode = msgspec.msgpack.encode
 # The account whose cash is the insurance fund (seeded by a deposit to it).
 INSURANCE = "insurance"
 
-# The contract's enum strings and the core's small integers (engine.book's enums).
-SIDES = {"buy": BID, "sell": ASK}
-KINDS = {"limit": LIMIT, "market": MARKET, "stop_market": STOP_MARKET, "stop_limit": STOP_LIMIT,
-         "take_profit_market": TAKE_PROFIT_MARKET, "take_profit_limit": TAKE_PROFIT_LIMIT}
-TIFS = {"gtc": GTC, "ioc": IOC, "fok": FOK, "alo": ALO, "gtd": GTD}
-STPS = {"cancel_maker": CANCEL_MAKER, "cancel_taker": CANCEL_TAKER, "cancel_both": CANCEL_BOTH}
-SIDE_NAMES = tuple(SIDES)
-KIND_NAMES = tuple(KINDS)
-TIF_NAMES = tuple(TIFS)
-STP_NAMES = tuple(STPS)
+# The contract's enum strings (engine.messages, the vocabulary's source) and the core's small
+# integers (engine.book's enums): a name's code is its place in messages' tuple, held here.
+SIDE_NAMES = M.SIDES
+KIND_NAMES = M.ORDER_KINDS
+TIF_NAMES = M.TIFS
+STP_NAMES = M.STP_MODES
+assert (BID, ASK) == (SIDE_NAMES.index("buy"), SIDE_NAMES.index("sell"))
+assert (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT) == tuple(
+    KIND_NAMES.index(n) for n in ("limit", "market", "stop_market", "stop_limit",
+                                  "take_profit_market", "take_profit_limit"))
+assert (GTC, IOC, FOK, ALO, GTD) == tuple(TIF_NAMES.index(n) for n in ("gtc", "ioc", "fok", "alo",
+                                                                      "gtd"))
+assert (CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH) == tuple(
+    STP_NAMES.index(n) for n in ("cancel_maker", "cancel_taker", "cancel_both"))
+SIDES = {n: i for i, n in enumerate(SIDE_NAMES)}
+KINDS = {n: i for i, n in enumerate(KIND_NAMES)}
+TIFS = {n: i for i, n in enumerate(TIF_NAMES)}
+STPS = {n: i for i, n in enumerate(STP_NAMES)}
 
 
 def account_order(key):

@@ -12,6 +12,8 @@ from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t, uint32_t
 
 import msgspec
 
+from . import messages as M
+
 _json_encode = msgspec.json.encode
 _mp_encode = msgspec.msgpack.encode
 
@@ -25,17 +27,16 @@ KEYS = (
     "taker_remaining", "maker_account", "maker_cid", "maker_oid", "maker_remaining", "taker_fee",
     "maker_fee", "liquidation", "remaining", "priority_kept", "index", "mark", "hash",
 )
-VALUES = (
-    "buy", "sell",
-    "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit",
-    "gtc", "ioc", "fok", "alo", "gtd",
-    "user", "ioc_remainder", "fok_unfilled", "self_trade", "margin", "liquidation", "reduce_only",
-    "price_out_of_band", "post_only_would_cross",     # extensions: a triggered order's entry
-    "market_status",                                  # extension: a market's status took it off
-    "expired",                                        # extension: a gtd order's time passed
-)
+# The string values, from engine.messages (the vocabulary's one source), in the order of the
+# V_ tokens: sides, order kinds, times in force, cancel reasons.
+VALUES = M.SIDES + M.ORDER_KINDS + M.TIFS + M.CANCEL_REASONS
 TOKENS = EVENT_TYPES + KEYS + VALUES
 assert len(TOKENS) == N_TOKENS, "wire.pyx TOKENS and wire.pxd Tok disagree"
+# Each group of V_ tokens spans what wire.pxd says, so `V_BUY + side`, `V_LIMIT + kind` and
+# `V_GTC + tif` name the value whose code (engine/book.pxd) is `side`, `kind`, `tif`.
+assert (TOKENS[V_BUY:V_LIMIT], TOKENS[V_LIMIT:V_GTC], TOKENS[V_GTC:V_USER],
+        TOKENS[V_USER:]) == (M.SIDES, M.ORDER_KINDS, M.TIFS, M.CANCEL_REASONS), \
+    "wire.pxd's value tokens and engine.messages disagree"
 
 cdef Py_ssize_t _FIRST_KEY = K_ACCOUNT
 cdef Py_ssize_t _FIRST_VALUE = V_BUY
