@@ -195,6 +195,51 @@ def _api_single(wl, record=False):
     return step, _api_calls(eng, wl.commands())
 
 
+def _handle_calls(eng, cmds):
+    """The workload as handle calls (Engine.place / cancel_order / amend_order): accounts and
+    the market by handle, side, kind and tif as codes, every argument made before the timed
+    loop. (NEW, AMEND or OTHER, the call, its args)."""
+    from perpdex.engine import messages as M
+    mh = eng.market_handle(cmds[0].market)
+    sides, kinds, tifs = M.SIDES.index, M.ORDER_KINDS.index, M.TIFS.index
+    calls = []
+    for c in cmds:
+        a = eng.account_handle(c.account)
+        if type(c) is M.NewOrder:
+            calls.append((NEW, eng.place, (a, mh, c.cid, sides(c.side), c.qty, c.price or 0,
+                                          kinds(c.kind), tifs(c.tif), c.ts)))
+        elif type(c) is M.Cancel:
+            calls.append((OTHER, eng.cancel_order, (a, mh, c.cid, c.ts)))
+        else:
+            calls.append((AMEND, eng.amend_order, (a, mh, c.cid, c.price or 0, c.qty or 0, c.ts)))
+    return calls
+
+
+def _handles_build(wl):
+    """The handle calls, each call's fills kept as it returns them (no other read)."""
+    eng = _api_engine(wl, False)
+    calls = _handle_calls(eng, wl.commands())
+    rows = []
+
+    def run():
+        keep = rows.append
+        for what, f, a in calls:
+            out = f(*a)
+            if what == NEW:
+                keep(out[1])
+            elif what:
+                keep(out)
+    return Prepared(run, lambda: [r for group in rows for r in group])
+
+
+def _handles_single(wl):
+    eng = _api_engine(wl, False)
+
+    def step(call):
+        call[1](*call[2])
+    return step, _handle_calls(eng, wl.commands())
+
+
 def _marks_build(wl):
     return _execute_build(wl, cmds=wl.commands_with_marks()[0])
 
@@ -296,6 +341,10 @@ API = Path("perpdex new_order/cancel", "the per-command API: Engine.new_order / 
 API_EVENTS = Path("perpdex new_order/cancel, events kept", "as perpdex new_order/cancel, with "
                   "record_events on: every call also encodes its events for last_events()",
                   lambda wl: _api_build(wl, True), lambda wl: _api_single(wl, True))
+HANDLES = Path("perpdex place/cancel_order", "the handle calls: Engine.place / cancel_order / "
+               "amend_order per command, accounts and market by integer handle, codes for side, "
+               "kind and tif, margin on, record_events off; each call returns its oid and fills",
+               _handles_build, _handles_single)
 MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle` (mark update: "
              "risk pass, premium sample, triggers) every 500 operations, in its time; perpdex "
              "only: the plain book has no marks", _marks_build, _marks_single,
@@ -351,5 +400,5 @@ REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (ac
                  "events as dicts) in Python; not the baseline", _reference_build,
                  _reference_single)
 
-CORE = [PLAIN, API, API_EVENTS, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
+CORE = [PLAIN, HANDLES, API, API_EVENTS, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
 REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]

@@ -21,7 +21,7 @@ The rooms, leaves first (each imports only rooms above it in this list):
     core        clock, dispatch, the public API
 """
 cimport cython
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, int32_t
 
 from .state cimport State
 
@@ -45,5 +45,6 @@ cdef class Engine:
     cdef int _apply(self, object cmd) except -1
     cdef int _order_command(self, object t, tuple f) except -1
     cdef int _advance(self, int64_t ts) except -1
+    cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1
     cdef int _create_market(self, object cmd) except -1
     cdef int _oracle(self, object cmd) except -1

@@ -6,7 +6,11 @@ from libc.stdint cimport int64_t, int32_t
 
 from .units cimport positive
 from .book cimport Book, BID, ASK
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libc.string cimport memcpy
+cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
@@ -114,6 +118,26 @@ assert NewOrder.__struct_fields__ == (
     "reduce_only", "stp", "expire_ts", "ts")
 assert Cancel.__struct_fields__ == ("account", "market", "cid", "ts")
 assert Amend.__struct_fields__ == ("account", "market", "cid", "price", "qty", "ts")
+
+
+cdef tuple _rows(State s):
+    """The fills logged by the current call as (price, qty, maker cid, taker cid) tuples, built
+    in C. O(fills)."""
+    cdef int32_t i
+    cdef FillC* f
+    cdef tuple rows, row
+    if s.n_logged == 0:
+        return ()
+    rows = PyTuple_New(s.n_logged)
+    for i in range(s.n_logged):
+        f = &s.fill_log[i]
+        if f.strs:
+            row = (f.price, f.qty) + <tuple>s.log_strs[f.strs - 1]
+        else:
+            row = (f.price, f.qty, f.maker_cid, f.taker_cid)
+        Py_INCREF(row)
+        PyTuple_SET_ITEM(rows, i, row)
+    return rows
 
 
 cdef class Engine:
@@ -306,6 +330,96 @@ cdef class Engine:
             s.quiet = False
         return s.n_logged
 
+    # ---- the handle calls: integer handles and codes, the fills returned ----------------------
+
+    def account_handle(self, account):
+        """The integer handle of an account some command has named (a deposit makes one), for
+        `place`, `cancel_order` and `amend_order`; KeyError for an account the engine has not
+        seen. Handles never change. O(1)."""
+        cdef int32_t a = self.s.account_ids.get(account, -1)
+        if a < 0:
+            raise KeyError(f"account {account!r} has no record yet: a deposit (or any command "
+                           f"naming it) makes one")
+        return a
+
+    def market_handle(self, str market):
+        """The integer handle of a market, for the handle calls; KeyError if there is none.
+        O(1)."""
+        cdef int32_t m = self.s.market_ids.get(market, -1)
+        if m < 0:
+            raise KeyError(no_market(market))
+        return m
+
+    @cython.binding(False)
+    def place(self, int32_t account, int32_t market, int64_t cid, int side, int64_t qty,
+              int64_t price=0, int kind=0, int tif=0, int64_t ts=0, int flags=0,
+              int64_t trigger_price=0, int64_t expire_ts=0):
+        """Place one order, as `new_order` would, from handles and codes (docs/engine-api.md:
+        side 0 buy / 1 sell; kind and tif their place in engine.messages.ORDER_KINDS and TIFS;
+        flags bit 0 reduce-only, bits 1-2 the stp mode; 0 for a price, trigger price or expiry
+        not given). Returns (oid, fills): the order's oid, 0 if it was rejected (`last_reason`
+        says why), and every fill the call made, in order, as (price, qty, maker cid, taker
+        cid) tuples. O(1) + O(fills)."""
+        cdef State s = self._call()
+        cdef int64_t first = s.next_oid
+        s.log_fills = True
+        try:
+            if self._handles(s, "new_order", account, market, ts):
+                self._advance(ts)
+                entry.place_handles(s, account, market, cid, side, kind, tif, flags, qty, price,
+                                    trigger_price, expire_ts)
+        finally:
+            s.log_fills = False
+            s.quiet = False
+        return (first if s.next_oid > first else 0), _rows(s)
+
+    @cython.binding(False)
+    def cancel_order(self, int32_t account, int32_t market, int64_t cid, int64_t ts=0):
+        """Cancel one open order, as `cancel` would, from handles; True when it was cancelled
+        (False: rejected, `last_reason` says why). O(1)."""
+        cdef State s = self._call()
+        cdef int64_t before = s.pool.n_live
+        try:
+            if self._handles(s, "cancel", account, market, ts):
+                self._advance(ts)
+                entry.cancel_handles(s, account, market, cid)
+        finally:
+            s.quiet = False
+        return s.pool.n_live < before
+
+    @cython.binding(False)
+    def amend_order(self, int32_t account, int32_t market, int64_t cid, int64_t price=0,
+                    int64_t qty=0, int64_t ts=0):
+        """Amend one open order, as `amend` would, from handles (0: unchanged); the fills its
+        re-entry made, as `place` returns them (empty when it kept its place or was rejected:
+        `last_reason`). O(1) + O(fills)."""
+        cdef State s = self._call()
+        s.log_fills = True
+        try:
+            if self._handles(s, "amend", account, market, ts):
+                self._advance(ts)
+                entry.amend_handles(s, account, market, cid, price, qty)
+        finally:
+            s.log_fills = False
+            s.quiet = False
+        return _rows(s)
+
+    cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
+        """The handle calls' own edge: handles the engine gave and a ts the contract allows;
+        False after answering the call with `invalid_command`."""
+        if not (0 <= a < s.n_accounts and 0 <= m < s.n_markets):
+            events.reject(s, command, Reason.INVALID_COMMAND,
+                          f"account handle {a} or market handle {m} is not one the engine "
+                          f"gave (Engine.account_handle, Engine.market_handle)")
+            return False
+        if not (0 <= ts <= C_MAX_TS):
+            events.reject(s, command, Reason.INVALID_COMMAND, f"ts must be 0 .. {MAX_TS} ns")
+            return False
+        if not funding.jump_fits(s, ts):
+            events.reject(s, command, Reason.INVALID_COMMAND, _too_far(ts))
+            return False
+        return True
+
     cdef State _call(self):
         """Open a per-command call: its events are numbered from here, and encoded only with
         `record_events` on (quiet otherwise)."""
@@ -317,6 +431,8 @@ cdef class Engine:
         s.quiet = not self.record_events
         s.last_reason = None
         s.n_logged = 0
+        if s.log_strs:
+            s.log_strs.clear()
         s.n_commands += 1
         return s
 
@@ -326,9 +442,14 @@ cdef class Engine:
         (price, qty, taker oid, maker oid), shape (n, 4). Its own copy: it outlives the call
         and the engine. O(fills)."""
         cdef State s = self.s
+        cdef int32_t i
+        cdef int64_t* row
         if s.n_logged == 0:
             return _NO_FILLS
-        raw = PyBytes_FromStringAndSize(<char*>s.fill_log, s.n_logged * sizeof(FillC))
+        raw = PyBytes_FromStringAndSize(NULL, s.n_logged * 4 * sizeof(int64_t))
+        row = <int64_t*>PyBytes_AS_STRING(raw)
+        for i in range(s.n_logged):
+            memcpy(row + 4 * i, &s.fill_log[i], 4 * sizeof(int64_t))
         return memoryview(raw).cast("q", (s.n_logged, 4))
 
     @property
@@ -560,7 +681,7 @@ cdef class Engine:
         if ts <= s.clock:
             return 0
         s.clock = ts
-        if s.gtd and s.gtd[0][0] <= ts:
+        if s.gtd_of and s.gtd[0][0] <= ts:        # gtd_of: a dict, sized in C
             entry.expire_due(s)
         if s.pending_updates:
             lifecycle.due_updates(s)

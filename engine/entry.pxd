@@ -16,6 +16,9 @@ cdef int new_order(State s, object cmd) except -1
 cdef int order_fields(State s, object acct, object market, object cid, object side_name,
                       object kind_name, object qty_v, object price_v, object trigger_v,
                       object tif_name, bint ro, object stp_name, object expire_v=*) except -1
+cdef int place_handles(State s, int32_t a, int32_t m, int64_t cid, int side, int kind,
+                       int tif, int flags, int64_t qty, int64_t price, int64_t trigger,
+                       int64_t expire_ts) except -1
 cdef int place(State s, OrderCmd* c) except -1
 cdef int fire_triggers(State s, int32_t m) except -1
 cdef int expire_due(State s) except -1             # gtd orders whose time the clock reached
@@ -25,6 +28,9 @@ cdef int amend_fields(State s, object acct, object market, object cid, object pr
 cdef int cancel(State s, object cmd) except -1
 cdef int cancel_fields(State s, object acct, object market, object cid) except -1
 cdef int cancel_all(State s, object cmd) except -1
+cdef int cancel_handles(State s, int32_t a, int32_t m, int64_t cid) except -1
+cdef int amend_handles(State s, int32_t a, int32_t m, int64_t cid, int64_t price,
+                       int64_t qty) except -1
 cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t qty,
                                int64_t limit) except -1
 

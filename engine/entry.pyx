@@ -5,8 +5,9 @@ from libc.stdint cimport int64_t, int32_t, uint8_t
 
 from .units cimport int128, PPM, NS, floor_div, ceil_div, iabs, positive, py128
 from .book cimport (
-    Book, Order, CID_BYTES, cid_hash_str, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
+    Book, Order, CID_BYTES, cid_hash_str, cid_hash_int, BID, ASK, LIMIT, MARKET, STOP_MARKET, STOP_LIMIT,
     TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, GTD, CANCEL_MAKER, CANCEL_TAKER,
+    CANCEL_BOTH,
 )
 from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
                            cid_of, reducible, market_id, ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS,
@@ -234,8 +235,8 @@ cdef int order_fields(State s, object acct, object market, object cid, object si
     """A new order's fields as Python values (a Struct's, or the per-command API's): the field
     checks in the contract's order, then `place`. A name that is not one of the contract's
     raises KeyError (the dispatch answers it as invalid_command)."""
-    cdef int32_t m, a, kind, side, tif, stp
-    cdef int64_t qty, price
+    cdef int32_t m, a, kind
+    cdef int failed
     cdef MarketC* mk
     cdef OrderCmd oc
     cdef object keep
@@ -244,42 +245,116 @@ cdef int order_fields(State s, object acct, object market, object cid, object si
         return events.reject(s, "new_order", Reason.UNKNOWN_MARKET, no_market(market), acct,
                              market, cid)
     mk = &s.mk[m]
-    side = _code(side_name, "buy", BID, "sell", ASK, _SIDES)
     kind = _code(kind_name, "limit", LIMIT, "market", MARKET, _KINDS)
-    tif = _code(tif_name, "gtc", GTC, "ioc", IOC, _TIFS)
-    stp = _code(stp_name, "cancel_maker", CANCEL_MAKER, "cancel_taker", CANCEL_TAKER, _STPS)
-    qty = positive(qty_v, mk.max_qty)
-    if qty == 0:
-        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(qty_v, mk.max_qty),
-                             acct, market, cid)
-    if qty < mk.min_qty:
-        return events.reject(s, "new_order", Reason.BELOW_MIN_QTY, below_min(qty, mk.min_qty),
-                             acct, market, cid)
-    price = 0
-    if kind == MARKET:
-        tif = IOC           # a market order's `price`, if sent, is ignored (and any expire_ts)
-        expire_v = None
-    elif kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
-        price = positive(price_v, mk.max_price)
-        if price == 0:
-            return events.reject(s, "new_order", Reason.INVALID_PRICE,
-                                 bad_price("price", price_v, mk.max_price), acct, market, cid)
+    oc.kind = kind
+    oc.side = _code(side_name, "buy", BID, "sell", ASK, _SIDES)
+    oc.tif = _code(tif_name, "gtc", GTC, "ioc", IOC, _TIFS)
+    oc.stp = _code(stp_name, "cancel_maker", CANCEL_MAKER, "cancel_taker", CANCEL_TAKER, _STPS)
+    oc.qty = positive(qty_v, mk.max_qty)
+    oc.price = 0
+    if kind != MARKET and kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
+        oc.price = positive(price_v, mk.max_price)
     oc.trigger_price = 0
     if kind != LIMIT and kind != MARKET:
         oc.trigger_price = positive(trigger_v, mk.max_price)
-        if oc.trigger_price == 0:
-            return events.reject(s, "new_order", Reason.INVALID_PRICE,
-                                 bad_price("trigger_price", trigger_v, mk.max_price), acct,
-                                 market, cid)
-        if kind == STOP_MARKET or kind == TAKE_PROFIT_MARKET:
-            tif = IOC
-            expire_v = None
-    a = account(s, acct)
-    keep = cid_key(cid, a, &oc.cid)
-    order_cmd(&oc, a, m, side, kind, tif, stp, ro, qty, price, oc.trigger_price)
+    oc.expire_ts = 0
     if expire_v is not None:
         oc.expire_ts = expire_v if type(expire_v) is int and expire_v > 0 else -1
+    failed = field_failure(mk, &oc)
+    if failed:
+        return reject_fields(s, failed, mk, &oc, qty_v, price_v, trigger_v, acct, market, cid)
+    a = account(s, acct)
+    keep = cid_key(cid, a, &oc.cid)
+    oc.account = a
+    oc.market = m
+    oc.reduce_only = ro
     return place(s, &oc)
+
+
+cdef int place_handles(State s, int32_t a, int32_t m, int64_t cid, int side, int kind,
+                       int tif, int flags, int64_t qty, int64_t price, int64_t trigger,
+                       int64_t expire_ts) except -1:
+    """A new order from the handle calls (Engine.place): an existing account and market by
+    id, an integer cid, codes for side, kind, tif and (in `flags`) reduce-only and stp, 0 for
+    a price, trigger price or expiry not given. The same checks in the same order as
+    `order_fields`, then `place`. O(1) before `place`."""
+    cdef MarketC* mk = &s.mk[m]
+    cdef OrderCmd oc
+    cdef int failed
+    cdef int stp = flags >> 1
+    if (side | kind | tif | stp) < 0 or side > ASK or kind > TAKE_PROFIT_LIMIT or tif > GTD \
+            or stp > CANCEL_BOTH or flags >> 3:
+        return events.reject(s, "new_order", Reason.INVALID_COMMAND,
+                             f"side {side}, kind {kind}, tif {tif} or flags {flags} is not one of "
+                             f"the codes in docs/engine-api.md", s.account_keys[a],
+                             s.market_names[m], cid)
+    oc.kind = kind
+    oc.side = side
+    oc.tif = tif
+    oc.stp = stp
+    oc.reduce_only = flags & 1
+    oc.qty = qty if 0 < qty <= mk.max_qty else 0
+    oc.price = 0
+    if kind != MARKET and kind != STOP_MARKET and kind != TAKE_PROFIT_MARKET:
+        oc.price = price if 0 < price <= mk.max_price else 0
+    oc.trigger_price = 0
+    if kind != LIMIT and kind != MARKET:
+        oc.trigger_price = trigger if 0 < trigger <= mk.max_price else 0
+    oc.expire_ts = expire_ts if expire_ts >= 0 else -1
+    failed = field_failure(mk, &oc)
+    if failed:
+        return reject_fields(s, failed, mk, &oc, qty, price or None, trigger or None,
+                             s.account_keys[a], s.market_names[m], cid)
+    oc.account = a
+    oc.market = m
+    oc.cid.is_str = False
+    oc.cid.i = cid
+    oc.cid.text = NULL
+    oc.cid.n = 0
+    oc.cid.h = cid_hash_int(a, cid)
+    return place(s, &oc)
+
+
+cdef enum:
+    F_QTY = 1
+    F_MIN_QTY
+    F_PRICE
+    F_TRIGGER
+
+
+cdef inline int field_failure(MarketC* mk, OrderCmd* c) noexcept:
+    """The contract's field checks of a new order, in its order (qty, minimum qty, price,
+    trigger price), on values already read (0: missing or out of range); 0 if they pass. A
+    market order and a trigger-market order become ioc, and any expiry they carry is dropped."""
+    if c.qty == 0:
+        return F_QTY
+    if c.qty < mk.min_qty:
+        return F_MIN_QTY
+    if c.kind == MARKET or c.kind == STOP_MARKET or c.kind == TAKE_PROFIT_MARKET:
+        c.tif = IOC
+        c.expire_ts = 0
+    elif c.price == 0:
+        return F_PRICE
+    if c.kind != LIMIT and c.kind != MARKET and c.trigger_price == 0:
+        return F_TRIGGER
+    return 0
+
+
+cdef int reject_fields(State s, int failed, MarketC* mk, OrderCmd* c, object qty_v,
+                       object price_v, object trigger_v, object acct, object market,
+                       object cid) except -1:
+    """The `rejected` event of a `field_failure`, naming the value as the caller sent it."""
+    if failed == F_QTY:
+        return events.reject(s, "new_order", Reason.INVALID_QTY, bad_qty(qty_v, mk.max_qty),
+                             acct, market, cid)
+    if failed == F_MIN_QTY:
+        return events.reject(s, "new_order", Reason.BELOW_MIN_QTY,
+                             below_min(c.qty, mk.min_qty), acct, market, cid)
+    if failed == F_PRICE:
+        return events.reject(s, "new_order", Reason.INVALID_PRICE,
+                             bad_price("price", price_v, mk.max_price), acct, market, cid)
+    return events.reject(s, "new_order", Reason.INVALID_PRICE,
+                         bad_price("trigger_price", trigger_v, mk.max_price), acct, market, cid)
 
 
 cdef int place(State s, OrderCmd* c) except -1:
@@ -496,16 +571,51 @@ cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t 
 cdef int32_t _open_order(State s, object acct, object cid, int32_t m) except -2:
     """The slot of the account's order `cid` open in market `m` (resting or armed), or -1.
     O(1)."""
-    cdef int32_t a = s.account_ids.get(acct, -1), i
+    cdef int32_t a = s.account_ids.get(acct, -1)
     cdef CidKey k
     cdef object keep
     if a < 0:
         return -1
     keep = cid_key(cid, a, &k)
-    i = s.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
+    return _open_slot(s, a, &k, m)
+
+
+cdef inline int32_t _open_slot(State s, int32_t a, CidKey* k, int32_t m) noexcept:
+    cdef int32_t i = s.pool.cid_find(a, k.is_str, k.i, k.text, k.n, k.h)
     if i < 0 or s.pool.o[i].market != m or (s.pool.o[i].level < 0 and not s.pool.o[i].armed):
         return -1
     return i
+
+
+cdef int32_t _open_handle(State s, int32_t a, int32_t m, int64_t cid) noexcept:
+    """`_open_order` for the handle calls: an account id and an integer cid."""
+    cdef CidKey k
+    k.is_str = False
+    k.i = cid
+    k.text = NULL
+    k.n = 0
+    k.h = cid_hash_int(a, cid)
+    return _open_slot(s, a, &k, m)
+
+
+cdef int cancel_handles(State s, int32_t a, int32_t m, int64_t cid) except -1:
+    """A cancel from the handle calls (Engine.cancel_order). O(1)."""
+    cdef int32_t i = _open_handle(s, a, m, cid)
+    if i < 0:
+        return events.reject(s, "cancel", Reason.UNKNOWN_ORDER, no_order(cid, s.market_names[m]),
+                             s.account_keys[a], s.market_names[m], cid)
+    return cancel_order(s, i, V_USER)
+
+
+cdef int amend_handles(State s, int32_t a, int32_t m, int64_t cid, int64_t price,
+                       int64_t qty) except -1:
+    """An amend from the handle calls (Engine.amend_order): 0 leaves price or qty as it is."""
+    cdef int32_t i = _open_handle(s, a, m, cid)
+    if i < 0:
+        return events.reject(s, "amend", Reason.UNKNOWN_ORDER, no_order(cid, s.market_names[m]),
+                             s.account_keys[a], s.market_names[m], cid)
+    return _amend(s, i, price if price else None, qty if qty else None, s.account_keys[a],
+                  s.market_names[m], cid)
 
 
 cdef int cancel(State s, object cmd) except -1:
@@ -545,29 +655,34 @@ cdef int amend(State s, object cmd) except -1:
 
 cdef int amend_fields(State s, object acct, object market, object cid, object price_v,
                       object qty_v) except -1:
-    """A new price and/or remaining qty (None: unchanged) for an open order, admitted like a
-    new order; a smaller or equal qty at the same price keeps the order's place, anything else
-    re-enters it at the back (it may trade). A failed amend leaves the order as it was. The
-    fields as Python values (a Struct's, or the per-command API's)."""
+    """An amend's fields as Python values (a Struct's, or the per-command API's)."""
     cdef int32_t m = market_id(s, market)
     cdef int32_t i
-    cdef int64_t qty, price
-    cdef int checks = C_POST_ONLY
-    cdef int failed
-    cdef MarketC* mk
-    cdef Order* o
-    cdef Book b
-    cdef PosC* p
-    cdef Ticket t
     if m < 0:
         return events.reject(s, "amend", Reason.UNKNOWN_MARKET, no_market(market), acct, market,
                              cid)
-    mk = &s.mk[m]
     i = _open_order(s, acct, cid, m)
     if i < 0:
         return events.reject(s, "amend", Reason.UNKNOWN_ORDER, no_order(cid, market), acct,
                              market, cid)
-    o = &s.pool.o[i]
+    return _amend(s, i, price_v, qty_v, acct, market, cid)
+
+
+cdef int _amend(State s, int32_t i, object price_v, object qty_v, object acct, object market,
+                object cid) except -1:
+    """A new price and/or remaining qty (None: unchanged) for the open order in slot `i`,
+    admitted like a new order; a smaller or equal qty at the same price keeps the order's
+    place, anything else re-enters it at the back (it may trade). A failed amend leaves the
+    order as it was. `acct`, `market` and `cid` name it in a `rejected` event."""
+    cdef Order* o = &s.pool.o[i]
+    cdef int32_t m = o.market
+    cdef MarketC* mk = &s.mk[m]
+    cdef int64_t qty, price
+    cdef int checks = C_POST_ONLY
+    cdef int failed
+    cdef Book b
+    cdef PosC* p
+    cdef Ticket t
     if mk.status == HALTED:
         return events.reject(s, "amend", Reason.MARKET_HALTED,
                              f"{s.specs[m].name} is halted: amends wait until it resumes "

@@ -108,12 +108,17 @@ ctypedef struct CidKey:
     Py_ssize_t n
     bint is_str
 
-# One fill as the per-command API reports it (Engine.fills): no Python object per fill.
+# One fill as the per-command API reports it (Engine.fills, Engine.place): no Python object
+# per fill. The first four fields are Engine.fills' row; the cids are the orders' integer cids,
+# or, when either is a string, `strs` is 1 + the index of (maker cid, taker cid) in `log_strs`.
 ctypedef struct FillC:
     int64_t price
     int64_t qty
     int64_t taker_oid
     int64_t maker_oid
+    int64_t taker_cid
+    int64_t maker_cid
+    int64_t strs
 
 # A new order whose fields are valid and resolved to ids (the input of engine.entry.place).
 ctypedef struct OrderCmd:
@@ -196,6 +201,7 @@ cdef class State:
     cdef str last_reason             # the reason of the last `rejected` (engine.events)
     cdef list structs                # Engine.execute: the order events as Structs, else None
     cdef FillC* fill_log
+    cdef list log_strs               # (maker cid, taker cid) of logged fills with a string cid
     cdef int32_t n_logged
     cdef int32_t log_cap
     # ---- totals of the audit -----------------------------------------------------------------

@@ -103,6 +103,7 @@ cdef class State:
         self.structs = None
         self.log_cap = 64
         self.n_logged = 0
+        self.log_strs = []
         self.fill_log = <FillC*>malloc(self.log_cap * sizeof(FillC))
         if self.fill_log == NULL:
             raise MemoryError()
