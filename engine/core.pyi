@@ -30,6 +30,20 @@ class Engine:
     def amend(self, account: int | str, market: str, cid: int | str, price: Any = None,
               qty: Any = None, ts: int = 0) -> int:
         """As the amend command (None: unchanged); the number of fills its re-entry made."""
+    # ---- the handle calls (docs/engine-api.md: codes are places in messages' tuples) -------
+    def account_handle(self, account: int | str) -> int:
+        """The account's integer handle; KeyError if no command has named it."""
+    def market_handle(self, market: str) -> int:
+        """The market's integer handle; KeyError if there is none."""
+    def place(self, account: int, market: int, cid: int, side: int, qty: int, price: int = 0,
+              kind: int = 0, tif: int = 0, ts: int = 0, flags: int = 0, trigger_price: int = 0,
+              expire_ts: int = 0) -> tuple[int, tuple[tuple[int, int, int | str, int | str], ...]]:
+        """As new_order; (oid or 0 if rejected, the fills as (price, qty, maker_cid, taker_cid))."""
+    def cancel_order(self, account: int, market: int, cid: int, ts: int = 0) -> bool:
+        """As cancel; True when the order was cancelled."""
+    def amend_order(self, account: int, market: int, cid: int, price: int = 0, qty: int = 0,
+                    ts: int = 0) -> tuple[tuple[int, int, int | str, int | str], ...]:
+        """As amend (0: unchanged); the fills its re-entry made, as place gives them."""
     record_events: bool
     """Whether new_order / cancel encode their events for last_events() (default True; off,
     the events are numbered, not encoded)."""
