@@ -32,7 +32,8 @@ def topic(kind: str, market: str) -> bytes:
     return f"{kind}.{market}".encode()
 
 
-def _side_text(levels) -> str:
+def side_text(levels) -> str:
+    """One side's part of `checksum_text`: its best CHECKSUM_LEVELS levels, `price:qty` each."""
     return ",".join([f"{p}:{q}" for p, q in levels[:CHECKSUM_LEVELS]])
 
 
@@ -40,7 +41,7 @@ def checksum_text(bids, asks) -> str:
     """The checksummed string: the best 25 bids (best first), `|`, the best 25 asks (best
     first); each level `price:qty` in decimal integers (ticks, lots), levels joined by `,`.
     `bids` and `asks` are sequences of (price, qty) pairs, best first. An empty book is "|"."""
-    return f"{_side_text(bids)}|{_side_text(asks)}"
+    return f"{side_text(bids)}|{side_text(asks)}"
 
 
 def checksum(bids, asks) -> int:

@@ -21,12 +21,11 @@ Each topic is a hash chain (docs/protocol.md, "Hash chains"): every message ends
 `hash`, the blake2b-128 of the topic's previous hash and every byte of the message before the
 hash itself. The chain heads and the topics' numbers are functions of the journal alone (the
 events and the loop-turn boundaries), so recovery rebuilds them and the feed goes on where it
-was (gateway/journal.py).
+was (gateway/recovery.py).
 """
 from __future__ import annotations
 
 import zlib
-from hashlib import blake2b
 from itertools import islice
 
 import msgspec
@@ -34,34 +33,11 @@ from sortedcontainers import SortedDict
 
 from perpdex.engine import messages as M
 
-CHECKSUM_LEVELS = 25                # levels a side in the checksum
+from .chain import (CHECKSUM_LEVELS, FEED_KINDS as KINDS, HASH_SIZE, HEARTBEAT, START,
+                    checksum, side_text, step, topic)
+
 ALL = 2**31 - 1                     # "every level" for Engine.book
-KINDS = ("book", "trade", "mark", "funding", "liquidation", "status")
-HEARTBEAT = b"heartbeat"            # the topic of the feed's heartbeat (every topic's last seq)
-CHAIN_START = bytes(16)             # a topic's hash before its first message
-_PLACEHOLDER = bytes(16)            # the hash's place while the message is encoded
-
-
-def topic(kind: str, market: str) -> bytes:
-    """The topic frame of a public message: `<kind>.<market>`, e.g. b"book.BTC-PERP"."""
-    return f"{kind}.{market}".encode()
-
-
-def _side_text(levels) -> str:
-    return ",".join([f"{p}:{q}" for p, q in levels[:CHECKSUM_LEVELS]])
-
-
-def checksum_text(bids, asks) -> str:
-    """The checksummed string: the best 25 bids (best first), `|`, the best 25 asks (best
-    first); each level `price:qty` in decimal integers (ticks, lots), levels joined by `,`.
-    An empty book is "|"."""
-    return f"{_side_text(bids)}|{_side_text(asks)}"
-
-
-def checksum(bids, asks) -> int:
-    """CRC32 (IEEE 802.3, as zlib.crc32) of `checksum_text` in ASCII: an unsigned 32-bit integer.
-    O(CHECKSUM_LEVELS)."""
-    return zlib.crc32(checksum_text(bids, asks).encode())
+_PLACEHOLDER = bytes(HASH_SIZE)     # the hash's place while the message is encoded
 
 
 class _Market:
@@ -75,7 +51,7 @@ class _Market:
         self.asks = SortedDict()            # price -> total qty
         self.topics = {k: topic(k, market) for k in KINDS}
         self.seqs = dict.fromkeys(KINDS, 0)
-        self.heads = dict.fromkeys(KINDS, CHAIN_START)  # each topic's hash at its seq
+        self.heads = dict.fromkeys(KINDS, START)  # each topic's hash at its seq
         self.touched = (set(), set())       # prices this turn may have changed: bids, asks
         self.full = False                   # this turn needs a read of every level
         self.text = ["", ""]                # each side's part of the checksummed string
@@ -104,7 +80,7 @@ class Feed:
             now = engine.book(market, ALL)
             _all_changes(mk.bids, now["bids"], -1)
             _all_changes(mk.asks, now["asks"], 1)
-            mk.text = [_side_text(now["bids"]), _side_text(now["asks"])]
+            mk.text = [side_text(now["bids"]), side_text(now["asks"])]
 
     def _market(self, market: str) -> _Market:
         mk = self.markets.get(market)
@@ -118,11 +94,11 @@ class Feed:
         n = mk.seqs[kind] = mk.seqs[kind] + 1
         msg["seq"] = n
         msg["hash"] = _PLACEHOLDER
-        body = self.encode(msg)[:-16]
-        head = mk.heads[kind] = blake2b(mk.heads[kind] + body, digest_size=16).digest()
+        body = self.encode(msg)[:-HASH_SIZE]
+        head = mk.heads[kind] = step(mk.heads[kind], body)
         self.out.append((mk.topics[kind], body + head))
 
-    # ---- the chains' state, for snapshots of the gateway (gateway/journal.py) ---------------
+    # ---- the chains' state, for snapshots of the venue's records (gateway/records.py) --------
 
     def chains(self) -> dict:
         """{market: {kind: [seq, hash]}} of every topic that published something."""
@@ -267,9 +243,9 @@ class Feed:
         asks.sort(key=_price)
         text = mk.text
         if dirty[0]:
-            text[0] = _side_text(now["bids"])
+            text[0] = side_text(now["bids"])
         if dirty[1]:
-            text[1] = _side_text(now["asks"])
+            text[1] = side_text(now["asks"])
         self._publish(mk, "book", {
             "type": "book", "market": market, "seq": 0, "ts": ts, "bids": bids, "asks": asks,
             "checksum": zlib.crc32(f"{text[0]}|{text[1]}".encode())})

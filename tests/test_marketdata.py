@@ -341,7 +341,7 @@ def test_the_worked_checksum_example_of_the_protocol_doc_is_right():
     assert text == ",".join(f"{p}:{q}" for p, q in bids) + "|" + \
         ",".join(f"{p}:{q}" for p, q in asks)
     assert independent_checksum(bids, asks) == crc
-    from perpdex.gateway.feed import checksum
+    from perpdex.gateway.chain import checksum
     assert checksum(bids, asks) == crc
 
 
