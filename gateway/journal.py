@@ -1,29 +1,14 @@
-"""The command journal, snapshots and recovery: what makes an acknowledged order outlive the
-process (docs/operations.md).
+"""The command journal: what makes an acknowledged order outlive the process
+(docs/operations.md). Its file format and reading are gateway/logfile.py, snapshots
+gateway/snapshots.py, recovery gateway/recovery.py; this module writes it and is the face the
+tools read a data folder through (`perpdex verify`, `perpdex stress`, the benchmarks).
 
 The data folder:
 
-    journal/00000000000000000001.journal    segments, named by the seq of their first record
-    journal/archive/                        covered segments, when `covered_segments = "archive"`
-    snapshots/00000000000000004711.snapshot one per snapshot, named by the seq it covers
+    journal/                                the segments (gateway/logfile.py)
+    snapshots/                              the snapshots (gateway/snapshots.py)
     durable-seq                             the newest seq an fsync of the journal covered
                                             (`DurableMark`): what tells lost segments apart
-
-A segment is a run of records, each
-
-    u32 length | u64 seq | u8 kind | u32 crc32 | payload (length bytes)
-
-little-endian; `crc32` covers the 13 header bytes before it and the payload. `seq` numbers every
-record 1, 2, 3, ... with no gaps across segments. Kinds:
-
-    0 command   the sequenced command, msgpack (the engine's Struct encoding, `ts` in it)
-    1 reply     a kept reply: [account, req_id, reply bytes] (the retry cache)
-    2 deadline  [account, at ns or null]: a dead-man's switch armed, renewed, disarmed or run out
-    3 turn      the end of one loop turn (empty): what comes after the last one was never
-                acknowledged, and recovery cuts it off
-    4 hash      [commands, state hash]: the primary's state hash at that point (replicated
-                mode: followers check theirs against it; gateway/replication.py)
-    5 takeover  [node, ns]: a node became the writer of the replicated log here
 
 Group commit: one loop turn is one `os.write` of all its records; with `fsync = "batch"` a
 thread fdatasyncs what was written (one fsync for every turn written while the previous one
@@ -35,246 +20,35 @@ Restart is always possible, and never over a hole: a snapshot is written only on
 is on disk up to its seq (every fsync policy); recovery and `perpdex verify` refuse a journal
 that ends before the newest seq a snapshot or `durable-seq` says was on disk. A failure of the
 journal, in its own thread too, is kept in `Journal.failure`, and from then on `append`, `sync`
-and `durable` raise: nothing is acknowledged after it. A snapshot that cannot be written is
-logged, counted (`Journal.snapshot_failures`) and tried again later; the venue serves on.
+and `durable` raise: nothing is acknowledged after it.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import struct
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import msgspec
-
-from perpdex.engine import Engine, messages as M
-
-from .durability import Deadline, Reply, StateHash, Takeover
-from .feed import Feed
+# The names of the journal family that the tools read from here (`perpdex verify`, `perpdex
+# stress`, the benchmarks, the tests) besides those this module uses.
+from .logfile import (COMMAND, DEADLINE, HASH, HEADER, REPLY, SEGMENT, TAKEOVER,  # noqa: F401
+                      TURN, JournalError, Scan, commands, decode, fsync_dir, journal_end, read,
+                      read_all, segments, seq_of, turn)
+from .snapshots import (Snapshot, engine_from_snapshot, read_snapshot, snapshots,  # noqa: F401
+                        state_hash, write_snapshot)
 
 log = logging.getLogger("perpdex.journal")
 
-HEADER = struct.Struct("<IQBI")             # length, seq, kind, crc32
-HEAD = struct.Struct("<IQB")                # the part the crc covers, with the payload
-COMMAND, REPLY, DEADLINE, TURN, HASH, TAKEOVER = 0, 1, 2, 3, 4, 5
-KINDS = {COMMAND: "command", REPLY: "reply", DEADLINE: "deadline", TURN: "turn", HASH: "hash",
-         TAKEOVER: "takeover"}
-MAX_RECORD = 64 * 1024 * 1024               # bytes; a longer length is corruption
-SEGMENT = ".journal"
-SNAPSHOT = ".snapshot"
-SNAP_MAGIC = b"PDXSNAP1"
-SNAP_HEAD = struct.Struct("<8sIQ")          # magic, crc32 of the body, body length
 POLICIES = ("batch", "interval", "off")
 MARK = "durable-seq"                        # in the data folder (`DurableMark`)
 MARK_MAGIC = b"PDXDSEQ1"
 MARK_SLOT = struct.Struct("<8sQI")          # magic, seq, crc32 of the 16 bytes before it
 MARK_FSYNC_S = 1.0                          # the marker's own fsync, at most this often
-SNAPSHOT_RETRY_S = (1.0, 60.0)              # after a failed snapshot: the first pause, the longest
-monotonic = time.monotonic                  # (a test moves it)
-
-_encode = msgspec.msgpack.encode
-_command = msgspec.msgpack.Decoder(M.AnyCommand)
-_reply = msgspec.msgpack.Decoder(Reply)
-_deadline = msgspec.msgpack.Decoder(Deadline)
-
-
-class JournalError(ValueError):
-    """A journal or a snapshot that recovery must not go past; the message names the file and
-    the offset."""
-
-
-def record(seq: int, kind: int, payload: bytes) -> bytes:
-    """One record's bytes. O(len(payload))."""
-    crc = zlib.crc32(payload, zlib.crc32(HEAD.pack(len(payload), seq, kind)))
-    return HEADER.pack(len(payload), seq, kind, crc) + payload
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _seq_of(path: Path) -> int:
-    return int(path.name.split(".")[0])
-
-
-def segments(folder: Path) -> list[Path]:
-    """The segments of a journal folder (archived ones first), oldest first."""
-    found = []
-    for d in (folder / "archive", folder):
-        if d.is_dir():
-            found += [p for p in d.iterdir() if p.name.endswith(SEGMENT) and p.name[0].isdigit()]
-    return sorted(found, key=_seq_of)
-
-
-# ---- reading -------------------------------------------------------------------------------
-
-@dataclass
-class Scan:
-    """What a read of the journal found."""
-    records: int = 0
-    first: int = 0                  # seq of the first record read (0: none)
-    last: int = 0                   # seq of the last record of a complete turn
-    commands: int = 0
-    cut: list = field(default_factory=list)     # (file, offset, bytes): a torn tail or an
-                                                # unfinished turn after the last complete one
-
-
-def read(folder: Path, after: int = 0, strict_start: bool = True) -> Iterator[tuple]:
-    """Yield (seq, kind, payload) of every record of complete turns with seq > `after`, in
-    order; then return a `Scan` (as StopIteration's value; `read_all` gives it). A record cut
-    short or failing its CRC at the end of the newest segment is a torn tail: it and what follows
-    are reported in `Scan.cut` (nothing is changed here). Anything else wrong raises JournalError
-    with the file and offset. O(bytes)."""
-    scan = Scan()
-    segs = segments(folder)
-    expect = None
-    pending: list = []              # records of the turn being read
-    for n, path in enumerate(segs):
-        newest = n == len(segs) - 1
-        data = path.read_bytes()
-        size = len(data)
-        off = 0
-        turn_start = 0
-        while off < size:
-            bad = None
-            if size - off < HEADER.size:
-                bad = "a record header cut short"
-            else:
-                length, seq, kind, crc = HEADER.unpack_from(data, off)
-                end = off + HEADER.size + length
-                if length > MAX_RECORD:
-                    bad = f"a record length of {length} bytes"
-                elif end > size:
-                    bad = "a record cut short"
-                elif zlib.crc32(data[off + HEADER.size:end],
-                                zlib.crc32(HEAD.pack(length, seq, kind))) != crc:
-                    bad = "a record whose CRC32 does not match"
-                elif kind not in KINDS:
-                    bad = f"a record of unknown kind {kind}"
-            if bad is not None:
-                torn = newest and (bad.endswith("cut short") or not any(data[off:]) or
-                                   (bad.startswith("a record whose") and end == size))
-                if newest and _damaged_end_marker(data[off:], expect or _seq_of(path)):
-                    bad = ("a turn's end marker, whole but not what it must be (a flipped bit, "
-                           "not a torn write: that turn was written whole)")
-                    torn = False
-                later = _valid_record_after(data, off, expect or 1) if torn else None
-                if later is not None:
-                    bad += f", with a valid record after it at offset {later}"
-                if not torn or later is not None:
-                    raise JournalError(f"{path}: offset {off}: {bad}; the journal is corrupt "
-                                       f"here (recovery does not skip records: restore this "
-                                       f"file from a copy, or see docs/operations.md)")
-                scan.cut.append((path, turn_start, size - turn_start))
-                pending = []
-                break
-            if expect is not None and seq != expect:
-                raise JournalError(f"{path}: offset {off}: record seq {seq}, expected {expect}")
-            if expect is None and strict_start and seq != _seq_of(path):
-                raise JournalError(f"{path}: offset {off}: record seq {seq}, but the segment "
-                                   f"is named for {_seq_of(path)}")
-            expect = seq + 1
-            if scan.first == 0:
-                scan.first = seq
-            payload = data[off + HEADER.size:end]
-            off = end
-            if kind == TURN:
-                for rec in pending:
-                    if rec[0] > after:
-                        scan.records += 1
-                        scan.commands += rec[1] == COMMAND
-                        yield rec
-                if seq > after:
-                    yield (seq, TURN, b"")
-                scan.last = seq
-                pending = []
-                turn_start = off
-            else:
-                pending.append((seq, kind, payload))
-        else:
-            if pending:                 # a turn without its end: never acknowledged
-                if not newest:
-                    raise JournalError(f"{path}: offset {turn_start}: a turn without its end "
-                                       f"marker in a segment that is not the newest")
-                scan.cut.append((path, turn_start, size - turn_start))
-                pending = []
-    return scan
-
-
-def _damaged_end_marker(tail: bytes, seq: int) -> bool:
-    """Whether `tail`, the last bytes of the newest segment where a record fails its check, is
-    the end marker of turn `seq` whole but damaged: a marker is exactly `record(seq, TURN,
-    b"")`, so it is its own check. A torn write leaves a prefix of it (the file short) or a
-    prefix and zeros; a flipped bit leaves its whole length with three of its four fields (length,
-    seq, kind, CRC32) as they must be. O(1)."""
-    want = record(seq, TURN, b"")
-    if len(tail) != len(want) or tail == want:
-        return False
-    kept = len(tail.rstrip(b"\0"))
-    if tail[:kept] == want[:kept]:              # a prefix and zeros: torn
-        return False
-    got, must = HEADER.unpack(tail), HEADER.unpack(want)
-    return sum(a == b for a, b in zip(got, must)) >= 3
-
-
-def _valid_record_after(data: bytes, off: int, expect: int) -> int | None:
-    """The offset of a record after `off` whose CRC32 holds and whose seq is plausible (from
-    `expect` on), or None: what tells a torn tail (nothing valid after it) from a record
-    damaged in the middle of the newest segment (say, a flipped length). Runs only on a bad
-    tail. O(tail bytes)."""
-    size = len(data)
-    for p in range(off + 1, size - HEADER.size + 1):
-        length, seq, kind, crc = HEADER.unpack_from(data, p)
-        if not expect <= seq < expect + (1 << 32) or kind not in KINDS:
-            continue
-        end = p + HEADER.size + length
-        if end <= size and zlib.crc32(data[p + HEADER.size:end],
-                                      zlib.crc32(HEAD.pack(length, seq, kind))) == crc:
-            return p
-    return None
-
-
-def read_all(folder: Path, after: int = 0):
-    """(list of records, Scan) of `read`."""
-    out: list = []
-    gen = read(folder, after)
-    while True:
-        try:
-            out.append(next(gen))
-        except StopIteration as stop:
-            return out, stop.value
-
-
-def decode(kind: int, payload: bytes):
-    if kind == COMMAND:
-        return _command.decode(payload)
-    if kind == REPLY:
-        return _reply.decode(payload)
-    if kind == DEADLINE:
-        return _deadline.decode(payload)
-    if kind == HASH:
-        return msgspec.msgpack.decode(payload, type=StateHash)
-    if kind == TAKEOVER:
-        return msgspec.msgpack.decode(payload, type=Takeover)
-    return None
-
-
-def commands(folder: Path) -> bytes:
-    """The journal's commands as one msgpack stream (for `perpdex replay DIR`). O(bytes)."""
-    recs, _ = read_all(folder)
-    return b"".join(p for _, k, p in recs if k == COMMAND)
+monotonic = time.monotonic
 
 
 # ---- the durable marker --------------------------------------------------------------------
@@ -319,7 +93,7 @@ class DurableMark:
         self.seq = read_mark(self.path)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if new:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         data = os.pread(self.fd, 2 * MARK_SLOT.size, 0)
         self.slot = int(data[:MARK_SLOT.size] == _mark_slot(self.seq))  # keep the newest copy
         self.lock = threading.Lock()
@@ -354,27 +128,6 @@ class DurableMark:
 
 # ---- writing -------------------------------------------------------------------------------
 
-_KIND_OF = {Reply: REPLY, Deadline: DEADLINE, StateHash: HASH, Takeover: TAKEOVER}
-
-
-def turn(last: int, batch: list) -> tuple[bytes, int, int]:
-    """The records of one loop turn (numbered from `last` + 1) and its turn marker: (bytes, the
-    marker's seq, the number of commands). The journal writes these bytes; the replicated log
-    appends the same bytes (gateway/replication.py). O(bytes)."""
-    parts = []
-    seq = last
-    n = 0
-    kind_of = _KIND_OF.get
-    for item in batch:
-        seq += 1
-        kind = kind_of(type(item), COMMAND)
-        parts.append(record(seq, kind, _encode(item)))
-        n += kind == COMMAND
-    seq += 1
-    parts.append(record(seq, TURN, b""))
-    return b"".join(parts), seq, n
-
-
 class Journal:
     """The Durability of `perpdex serve`: appends each loop turn's records to the newest segment
     with one write, and fsyncs by policy (docs/operations.md, "fsync policies"):
@@ -394,7 +147,7 @@ class Journal:
     included) is kept in `failure` (the exception; None while healthy) and from then on
     `append`, `sync`, `durable` and `make_durable` raise JournalError: nothing is acknowledged
     after it. `health()` says where the journal is. `snapshot_failures` counts the snapshots
-    that could not be written (`take_snapshot`), `snapshot_error` says the last one's error.
+    that could not be written (gateway/snapshots.py), `snapshot_error` says the last one's error.
 
     `notes = True`: the Sequencer hands it the gateway's own records too (replies, deadlines)."""
 
@@ -430,7 +183,7 @@ class Journal:
         self.closed = False
         self.thread = None
         segs = [p for p in segments(self.folder) if p.parent == self.folder]
-        if segs and _seq_of(segs[-1]) <= next_seq:
+        if segs and seq_of(segs[-1]) <= next_seq:
             self._open(segs[-1])
             if self.size:                   # what an earlier run left: on disk before it counts
                 os.fdatasync(self.fd)
@@ -451,7 +204,7 @@ class Journal:
         self.path = path
         self.size = os.fstat(self.fd).st_size
         if new:
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
 
     # ---- failure -----------------------------------------------------------------------------
 
@@ -667,27 +420,6 @@ class Journal:
             raise self._error() from self.failure
 
 
-def cut_tail(scan: Scan) -> None:
-    """Cut off what `read` found after the last complete turn, with a log line saying how much."""
-    for path, offset, size in scan.cut:
-        log.warning("journal %s: cut %d bytes at offset %d after the last complete turn "
-                    "(a torn or unfinished write that was never acknowledged)", path, size, offset)
-        with open(path, "r+b") as f:
-            f.truncate(offset)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def journal_end(folder: Path, scan: Scan, snapshot_seq: int = 0) -> int:
-    """The seq the journal ends at, as `read` found it: its last complete turn; with none, the
-    seq before its oldest segment (the covered ones deleted, the newest still empty); with no
-    segment at all, the snapshot's (a journal that starts again after it)."""
-    if scan.last:
-        return scan.last
-    segs = segments(folder)
-    return _seq_of(segs[0]) - 1 if segs else snapshot_seq
-
-
 def missing(data_dir: Path, scan: Scan, snapshot: tuple | None = None) -> str | None:
     """None when the journal of `data_dir` reaches every seq known durable: the seq of the
     `snapshot` (path, Snapshot) recovery starts from (one is written only once the journal is on
@@ -710,170 +442,6 @@ def missing(data_dir: Path, scan: Scan, snapshot: tuple | None = None) -> str | 
             f"\"Recovery\", to accept the loss")
 
 
-# ---- snapshots -----------------------------------------------------------------------------
-
-class Snapshot(msgspec.Struct, kw_only=True):
-    """A snapshot file's body (msgpack). `engine` is `Engine.snapshot()`."""
-    seq: int                        # the last journal record it covers (a turn marker)
-    commands: int                   # commands the engine had run
-    state_hash: str                 # the engine's state hash at `seq`
-    engine: bytes
-    gateway: dict                   # the gateway's own state (gateway/server.py durable_state)
-    written_ns: int = 0
-
-
-def engine_from_snapshot(data: bytes) -> Engine:
-    """The engine a snapshot holds (ValueError: bytes that are no snapshot of this build)."""
-    return Engine.from_snapshot(data)
-
-
-def framed(snap: Snapshot) -> bytes:
-    """A snapshot's bytes: magic, CRC32 and length of the body, then the body (msgpack). The
-    files in snapshots/ hold these; so do the snapshots replicated mode publishes."""
-    body = _encode(snap)
-    return SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)) + body
-
-
-def unframed(data: bytes, where, kind=None) -> Snapshot:
-    """`framed` read back and checked (magic, length, CRC32); JournalError naming `where`."""
-    if len(data) < SNAP_HEAD.size:
-        raise JournalError(f"{where}: {len(data)} bytes, shorter than a snapshot header")
-    magic, crc, length = SNAP_HEAD.unpack_from(data)
-    body = data[SNAP_HEAD.size:]
-    if magic != SNAP_MAGIC:
-        raise JournalError(f"{where}: not a perpdex snapshot (magic {magic!r})")
-    if len(body) != length:
-        raise JournalError(f"{where}: body of {len(body)} bytes, the header says {length}")
-    if zlib.crc32(body) != crc:
-        raise JournalError(f"{where}: the CRC32 of the body does not match")
-    try:
-        return msgspec.msgpack.decode(body, type=kind or Snapshot)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise JournalError(f"{where}: unreadable snapshot body: {e}")
-
-
-def write_snapshot(folder: Path, snap: Snapshot) -> Path:
-    """Write atomically: a temporary file, fsync, rename, fsync of the folder. O(bytes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{snap.seq:020d}{SNAPSHOT}"
-    tmp = folder / f".{final.name}.tmp"
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            f.write(framed(snap))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):      # a full disk leaves nothing behind
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    return final
-
-
-def remove_unfinished(folder: Path) -> None:
-    """Remove the temporary files of snapshots never finished (a process that stopped while
-    writing one), with a log line each. At boot, with the data folder locked."""
-    if not folder.is_dir():
-        return
-    for tmp in folder.glob(f".*{SNAPSHOT}.tmp"):
-        tmp.unlink()
-        log.warning("removed %s: a snapshot that was never finished (its process stopped "
-                    "while writing it)", tmp)
-
-
-def read_snapshot(path: Path) -> Snapshot:
-    """A snapshot file, checked (magic, length, CRC32); JournalError saying what is wrong."""
-    return unframed(path.read_bytes(), path)
-
-
-def snapshots(folder: Path) -> list[Path]:
-    """Snapshot files, oldest first."""
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.name.endswith(SNAPSHOT)
-                   and p.name[0].isdigit()), key=_seq_of)
-
-
-def state_hash(engine) -> str:
-    """The engine's state hash, read as a view (executing `state_hash` would number an event).
-    The digest of docs/state-hash.md. O(orders + positions)."""
-    return hashlib.blake2b(_encode(engine.state()), digest_size=16).hexdigest()
-
-
-# ---- the server's side: recovery, snapshots ------------------------------------------------
-
-def gateway_state(server) -> dict:
-    """What a restart needs of the gateway besides the engine: the kept replies (oldest first),
-    each private stream's pseq, resume buffer and chain head, the dead-man's switches, and the
-    simulated oracle's last prices and the public chain heads. O(kept items)."""
-    return {
-        "retries": {a: [[rid, r.replies[rid]] for rid in r.order]
-                    for a, r in server.replies.items()},
-        "streams": {a: [st.pseq, list(st.buffer), st.head] for a, st in server.streams.items()},
-        "deadlines": dict(server.deadlines),
-        "sim_index": dict(server.sim_index),
-        "public": server.feed.chains() if server.feed is not None else {},
-    }
-
-
-def restore_gateway_state(server, g: dict) -> None:
-    from .server import Retries
-    server.replies.clear()
-    for account, kept in g.get("retries", {}).items():
-        r = server.replies[account] = Retries(server.limits.retry_window)
-        for rid, data in kept:
-            r.add(rid, data)
-    server.streams.clear()
-    for account, (pseq, items, head) in g.get("streams", {}).items():
-        st = server._stream(account)
-        st.pseq = pseq
-        st.buffer.extend(items)
-        st.head = head
-    server.deadlines.clear()
-    server.deadlines.update(g.get("deadlines", {}))
-    server.sim_index.update(g.get("sim_index", {}))
-
-
-def apply(server, seq: int, kind: int, payload: bytes, route: bool = True) -> None:
-    """One journal record, through the code paths that made it. O(the command)."""
-    if kind == COMMAND:
-        cmd = _command.decode(payload)
-        events = server.engine.execute(cmd)
-        if route:
-            server._route(events, None)
-        if type(cmd) is M.Oracle and server.sim is not None:
-            server.sim_index[cmd.market] = cmd.price
-    elif kind == REPLY:
-        from .server import Retries
-        rep = _reply.decode(payload)
-        seen = server.replies.get(rep.account)
-        if seen is None:
-            seen = server.replies[rep.account] = Retries(server.limits.retry_window)
-        seen.add(rep.req_id, rep.data)
-    elif kind == DEADLINE:
-        d = _deadline.decode(payload)
-        if d.at is None:
-            server.deadlines.pop(d.account, None)
-        else:
-            server.deadlines[d.account] = d.at
-
-
-def _load_newest_snapshot(server, jdir: Path, sdir: Path):
-    """The newest snapshot that reads and restores; a bad one is logged and the one before is
-    tried. Returns (Snapshot, path) or (None, None)."""
-    for path in reversed(snapshots(sdir)):
-        try:
-            snap = read_snapshot(path)
-            engine = engine_from_snapshot(snap.engine)
-        except (JournalError, ValueError, OSError) as e:
-            log.error("snapshot %s cannot be used (%s); trying the one before", path, e)
-            continue
-        server.engine = server.seq.engine = engine
-        restore_gateway_state(server, snap.gateway)
-        return snap, path
-    return None, None
-
 
 def lock(data_dir: Path) -> int:
     """Take the data folder for this process (an exclusive flock on journal/.lock, which the
@@ -892,148 +460,3 @@ def lock(data_dir: Path) -> int:
                            f"locked); two servers on one data folder would corrupt it")
     return fd
 
-
-def recover(server) -> str:
-    """Recover `server` from its data folder: the newest valid snapshot, then the journal after
-    it, replayed through the server's own code paths; a torn tail is cut. A journal that ends
-    before a seq known durable (the snapshot's, `durable-seq`'s) stops the start, changing
-    nothing. A new data folder is booted (the configured markets and deposits, once). Plugs the
-    journal into the Sequencer. Returns a line saying what was recovered. JournalError stops the
-    start."""
-    cfg = server.cfg
-    jdir, sdir = cfg.data_dir / "journal", cfg.data_dir / "snapshots"
-    t0 = time.perf_counter()
-    held = lock(cfg.data_dir)
-    remove_unfinished(sdir)
-    snap, spath = _load_newest_snapshot(server, jdir, sdir)
-    after = snap.seq if snap is not None else 0
-    # The public feed is replayed too, turn by turn (its messages go nowhere): its topics' seq
-    # and hash chains go on after the restart where the journal left them.
-    feed = server.feed = Feed(server.engine, server.encode)
-    if snap is not None:
-        feed.restore_chains(snap.gateway.get("public", {}))
-    gen = read(jdir, after)
-    n = commands = 0
-    first_turn = True
-    while True:
-        try:
-            seq, kind, payload = next(gen)
-        except StopIteration as stop:
-            scan = stop.value
-            break
-        if n == 0 and seq != after + 1:
-            raise JournalError(f"{jdir}: the journal goes on at seq {seq}, but "
-                               f"{'the snapshot ' + spath.name if snap else 'a new journal'} "
-                               f"needs seq {after + 1} next: segments are missing")
-        n += 1
-        if kind == TURN:
-            first_turn = False
-            feed.flush()
-            continue
-        commands += kind == COMMAND
-        apply(server, seq, kind, payload, route=not (after == 0 and first_turn))
-    hole = missing(cfg.data_dir, scan, (spath, snap) if snap is not None else None)
-    if hole is not None:
-        raise JournalError(hole)
-    cut_tail(scan)
-    last = max(after, scan.last)
-    server.pub_out.clear()
-    server.stream_out.clear()
-    j = cfg.journal
-    jr = Journal(jdir, j.fsync, j.fsync_interval_ms, j.segment_bytes, next_seq=last + 1,
-                 mark=cfg.data_dir / MARK)
-    jr.lock_fd = held               # let go when the journal closes
-    server.seq.durability = jr
-    server.seq.notes = True
-    server.seq.last = max(server.seq.last, server.engine.clock)
-    server.snapshot_at = server.engine.n_commands
-    if last == 0:
-        server._boot()
-        if jr.seq == 0:             # nothing configured: the boot is still a turn of its own
-            jr.append([])
-            jr.sync()
-        return (f"perpdex: a new data folder {cfg.data_dir}: the journal starts "
-                f"(fsync {j.fsync}); {len(cfg.markets)} markets and "
-                f"{sum(1 for a in cfg.accounts.values() if a.deposit)} deposits booted")
-    cut = sum(c[2] for c in scan.cut)
-    return (f"perpdex: recovered {cfg.data_dir} in {time.perf_counter() - t0:.3f} s: "
-            + (f"snapshot {spath.name} (seq {snap.seq}, {snap.commands:,} commands), "
-               if snap else "no snapshot, ")
-            + f"then {n:,} journal records ({commands:,} commands) up to seq {last:,}"
-            + (f"; cut a torn tail of {cut} bytes" if cut else "")
-            + f"; engine: {server.engine.n_commands:,} commands, next oid "
-              f"{server.engine.next_oid}")
-
-
-def snapshot_due(server) -> bool:
-    """Every `snapshot_every` commands; after a failed one, not before its pause is over."""
-    every = server.cfg.journal.snapshot_every
-    if not every or server.engine.n_commands - server.snapshot_at < every:
-        return False
-    return monotonic() >= getattr(server.seq.durability, "snapshot_retry_at", 0.0)
-
-
-def take_snapshot(server) -> Path | None:
-    """A snapshot of the engine and the gateway, between turns (nothing pending), then the
-    retention policy. The journal is made durable up to the snapshot's seq first, whatever the
-    fsync policy (JournalError if it cannot be: the server stops). A snapshot that cannot be
-    written (OSError: a full disk, ...) is logged and counted (`Journal.snapshot_failures`),
-    leaves no file, and is tried again after a pause (`SNAPSHOT_RETRY_S`, doubling): None is
-    returned and the venue serves on. Blocks the loop while it is written: O(state)."""
-    jr = server.seq.durability
-    jr.make_durable()               # never a snapshot ahead of the journal on disk
-    cfg = server.cfg
-    sdir = cfg.data_dir / "snapshots"
-    eng = server.engine
-    t0 = time.perf_counter()
-    data = eng.snapshot()
-    snap = Snapshot(seq=jr.seq, commands=eng.n_commands, state_hash=state_hash(eng),
-                    engine=data, gateway=gateway_state(server), written_ns=time.time_ns())
-    try:
-        path = write_snapshot(sdir, snap)
-    except OSError as e:
-        jr.snapshot_failures += 1
-        jr.snapshot_failing += 1
-        jr.snapshot_error = f"{type(e).__name__}: {e}"
-        first, longest = SNAPSHOT_RETRY_S
-        pause = min(longest, first * 2 ** (jr.snapshot_failing - 1))
-        jr.snapshot_retry_at = monotonic() + pause
-        log.error("snapshot at seq %d failed (%s); the venue serves on and tries again in "
-                  "%.0f s (%d snapshots failed so far)", snap.seq, jr.snapshot_error, pause,
-                  jr.snapshot_failures)
-        return None
-    jr.snapshot_failing, jr.snapshot_retry_at = 0, 0.0
-    server.snapshot_at = eng.n_commands
-    log.info("snapshot %s: seq %d, %d commands, %d bytes in %.3f s", path.name, snap.seq,
-             snap.commands, path.stat().st_size, time.perf_counter() - t0)
-    try:
-        prune(cfg.data_dir, cfg.journal.keep_snapshots, cfg.journal.covered_segments, jr)
-    except OSError as e:
-        jr.prune_failures += 1
-        log.error("after snapshot %s, the older snapshots and covered segments could not be "
-                  "removed (%s: %s); tried again after the next snapshot", path.name,
-                  type(e).__name__, e)
-    return path
-
-
-def prune(data_dir: Path, keep: int, covered: str, jr: Journal | None = None) -> None:
-    """Keep the newest `keep` snapshots; the segments all of whose records the oldest kept
-    snapshot covers are kept, archived (journal/archive/) or deleted. The segment being written
-    is never touched."""
-    snaps = snapshots(data_dir / "snapshots")
-    for old in snaps[:-keep]:
-        old.unlink()
-    if covered == "keep" or not snaps:
-        return
-    oldest = _seq_of(snaps[-keep:][0])
-    jdir = data_dir / "journal"
-    segs = [p for p in segments(jdir) if p.parent == jdir]
-    for seg, nxt in zip(segs, segs[1:]):
-        if _seq_of(nxt) - 1 > oldest or (jr is not None and seg == jr.path):
-            break
-        if covered == "delete":
-            seg.unlink()
-        else:
-            (jdir / "archive").mkdir(exist_ok=True)
-            os.replace(seg, jdir / "archive" / seg.name)
-    _fsync_dir(jdir)

@@ -1,8 +1,8 @@
 """Every bound of the gateway in one place, each with its default and its owner (docs/protocol.md,
 "Limits"; what they add up to in bytes and descriptors: docs/limits.md, "What the gateway
-holds"). The server takes a `Limits` as a constructor argument, or the `[limits]` table of its
-configuration (docs/config.md); the defaults are the documented ones, and tests and benchmarks
-pass their own.
+holds"), and the token buckets that hold each account to its budgets (`Budgets`). The server
+takes a `Limits` as a constructor argument, or the `[limits]` table of its configuration
+(docs/config.md); the defaults are the documented ones, and tests and benchmarks pass their own.
 
     Server(cfg, limits=Limits(request_rate=(10_000.0, 10_000.0)))
 """
@@ -58,3 +58,52 @@ class Limits:
                 raise ValueError(f"limits.{f.name}: a positive integer, not {value!r}")
         if type(self.sndbuf) is not int or self.sndbuf < 0:
             raise ValueError(f"limits.sndbuf: 0 (the OS's) or a positive integer")
+
+
+class Bucket:
+    """A token bucket: `rate` tokens a second up to `burst`; time from the gateway's clock."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst, self.tokens, self.at = rate, burst, burst, now
+
+    def take(self, n: int, now: float) -> float:
+        """Take `n` tokens; 0.0 if granted, else the seconds until they would be. O(1)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+class Budgets:
+    """Each account's request, order and cancel buckets (`Limits`' rates), made on first use."""
+
+    def __init__(self, limits: Limits):
+        self.kinds = (("request", limits.request_rate), ("cancel", limits.cancel_rate),
+                      ("order", limits.order_rate))
+        self.buckets: dict[str, dict] = {"request": {}, "order": {}, "cancel": {}}
+
+    def wait(self, account: str, now_ns: int, request: int = 0, cancels: int = 0,
+             others: int = 0) -> float:
+        """0.0 when every bucket asked has the tokens (then taken), else the seconds until they
+        would be (none taken). O(1)."""
+        now = now_ns / 1e9
+        wait = 0.0
+        taken = []
+        for (kind, (rate, burst)), n in zip(self.kinds, (request, cancels, others)):
+            if n:
+                b = self.buckets[kind].get(account)
+                if b is None:
+                    b = self.buckets[kind][account] = Bucket(rate, burst, now)
+                w = b.take(n, now)
+                if w:
+                    wait = max(wait, w)
+                else:
+                    taken.append((b, n))
+        if wait > 0:
+            for b, n in taken:
+                b.tokens += n
+        return wait

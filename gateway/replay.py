@@ -293,7 +293,8 @@ class Streams:
     configuration names, the events of the boot turn to none. O(events)."""
 
     def __init__(self, accounts: set | None):
-        from .server import CHAIN_START, _chain, private_views
+        from .chain import START as CHAIN_START, step as _chain
+        from .streams import private_views
         self.accounts, self.views, self.chain = accounts, private_views, _chain
         self.start = CHAIN_START
         self.state: dict = {}

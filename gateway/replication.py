@@ -2,7 +2,7 @@
 stream, one writer at a time, followers that apply it, and a takeover when the writer falls
 silent.
 
-The log is the journal's records (gateway/journal.py: commands, kept replies, deadlines, turn
+The log is the journal's records (gateway/logfile.py: commands, kept replies, deadlines, turn
 markers, and two kinds of its own here: `hash` and `takeover`), numbered 1, 2, 3, ... without
 gaps, in JetStream messages on the subject `<stream>.log`: a message holds whole records, the
 same bytes the local journal writes (the turns queued behind an append, up to
@@ -20,14 +20,15 @@ Snapshots (engine, gateway state, the feed's numbering) go to the object store
 `<stream>-snapshots`, named by the stream seq they cover; the log is purged behind the oldest
 kept, and a new follower starts from the newest.
 
-A node is in one of two states. Following: it applies every record, in order, through the code
-paths that made it (`journal.apply`: the engine, the kept replies, the private streams, the
-public feed) and checks its state hash at each `hash` record; it answers commands `unavailable`
-and serves everything that reads. Writing: it is the `Durability` of its own Sequencer
-(`ReplicatedLog`): a loop turn's messages leave only once JetStream has acknowledged the append
-(stored on a quorum of the stream's replicas). Role "replica" follows forever; "standby" takes
-over once no writer has been heard for `takeover_ms`; "primary" takes over as soon as it has
-caught up and heard no writer for three heartbeats.
+A node is in one of two states (gateway/replicated.py). Following: it applies every record, in
+order, as serving made it (gateway/follower.py: the engine and the venue's records, the private
+streams and the public feed among them) and checks its state hash at each `hash` record; it
+answers commands `unavailable` and serves everything that reads. Writing: it is the
+`Durability` of its own Sequencer (`ReplicatedLog`): a loop turn's messages leave only once
+JetStream has acknowledged the append (stored on a quorum of the stream's replicas). Role
+"replica" follows forever; "standby" takes over once no writer has been heard for
+`takeover_ms`; "primary" takes over as soon as it has caught up and heard no writer for three
+heartbeats.
 
 The NATS client (nats-py) is asyncio: it runs in a thread of its own (`Link`), and the server's
 loop talks to it through thread-safe queues and futures, never waiting for it except in a
@@ -37,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import struct
 import threading
 import time
@@ -49,10 +48,9 @@ import msgspec
 
 from perpdex.engine import Engine
 
-from . import journal as J
-from .durability import NoDurability, StateHash, Takeover
-from .feed import Feed
-from .server import Server
+from .journal import Journal
+from .logfile import COMMAND, HEAD, HEADER, KINDS, decode, turn
+from .snapshots import Snapshot
 
 log = logging.getLogger("perpdex.replication")
 
@@ -63,7 +61,7 @@ STREAM_IN_USE = 10058           # "stream name already in use" (with another con
 PRIMARY_QUIET_BEATS = 3         # a "primary" at start takes over after this many silent beats
 
 
-class LogSnapshot(J.Snapshot, kw_only=True):
+class LogSnapshot(Snapshot, kw_only=True):
     """A snapshot published to the object store: the journal's snapshot (`seq` is the last
     record it covers; its gateway state holds each public topic's seq and hash-chain head, so
     that a follower starting from it numbers and chains the feed as the writer does) and the
@@ -84,14 +82,14 @@ def records(data: bytes):
     """The records of one log message: (seq, kind, payload), each CRC-checked. ValueError for
     anything that is not whole records. O(bytes)."""
     off, size = 0, len(data)
-    head = J.HEADER
+    head = HEADER
     while off < size:
         if size - off < head.size:
             raise ValueError(f"a record header cut short at offset {off}")
         length, seq, kind, crc = head.unpack_from(data, off)
         end = off + head.size + length
-        if end > size or kind not in J.KINDS or zlib.crc32(
-                data[off + head.size:end], zlib.crc32(J.HEAD.pack(length, seq, kind))) != crc:
+        if end > size or kind not in KINDS or zlib.crc32(
+                data[off + head.size:end], zlib.crc32(HEAD.pack(length, seq, kind))) != crc:
             raise ValueError(f"a damaged record at offset {off} (seq {seq})")
         yield seq, kind, data[off + head.size:end]
         off = end
@@ -102,7 +100,7 @@ def chunks(data: bytes, limit: int) -> list[tuple[int, bytes]]:
     its own): [(seq of the run's last record, bytes)]. A loop turn of a busy venue (a thousand
     requests and their kept replies) is more than one JetStream message may hold. O(records)."""
     out = []
-    head = J.HEADER
+    head = HEADER
     start = off = 0
     last = 0
     size = len(data)
@@ -339,7 +337,7 @@ class ReplicatedLog:
     pipelined = True
     RETRY = 0.25
 
-    def __init__(self, link: Link, local: J.Journal | None, stream_last: int, next_seq: int):
+    def __init__(self, link: Link, local: Journal | None, stream_last: int, next_seq: int):
         self.link = link
         self.local = local
         self.seq = next_seq - 1             # the last record handed in
@@ -360,7 +358,7 @@ class ReplicatedLog:
 
     def append(self, batch: list) -> None:
         """Hand one loop turn over. O(bytes); the append itself happens in the NATS thread."""
-        data, last, n = J.turn(self.seq, batch)
+        data, last, n = turn(self.seq, batch)
         if self.closed:                     # stepped down: nothing of it is ever acknowledged
             self.seq = last
             return
@@ -438,327 +436,6 @@ class ReplicatedLog:
             self.local.close()
 
 
-class ReplicatedServer(Server):
-    """`perpdex serve` in replicated mode: follows the log, takes over when it is its turn,
-    writes while it is the writer, steps down when fenced."""
-
-    def _start(self, journaled: bool) -> str:
-        rc = self.cfg.replication
-        self.rc = rc
-        self.node = rc.node or f"{socket.gethostname()}-{os.getpid()}"
-        self.role = rc.role                 # what it is configured to be
-        self.lock_fd = J.lock(self.cfg.data_dir)
-        self.link = Link(rc, self.node)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.link.call(self.link.connect(), 35)
-                break
-            except ReplicationError:
-                raise
-            except Exception as e:      # noqa: BLE001 - the start waits for NATS a while
-                if time.monotonic() > deadline:
-                    raise ReplicationError(f"cannot reach NATS at {', '.join(rc.servers)} "
-                                           f"(tried for 30 s): {type(e).__name__} {e}")
-                time.sleep(0.5)
-        self.hash_checks = self.hash_mismatches = 0
-        self.takeovers = 0
-        self.diverged: str | None = None
-        self.hash_at = self.snap_at = 0
-        self.snapshot_from = 0
-        self.poll_ms = 2
-        self.state = "starting"             # follows from the loop's first turn, once the
-        self.writer = False                 # server has made its feed
-        self.record = self.applied = 0
-        return (f"perpdex: replicated mode: node {self.node}, role {rc.role}, stream "
-                f"{rc.stream} (R{rc.replicas}) on {', '.join(rc.servers)}; following the log")
-
-    # ---- following ---------------------------------------------------------------------------
-
-    def _follow(self):
-        """From the start of the log, with nothing of before: a new follower, or a writer that
-        was fenced (what it had not appended is dropped: it was never acknowledged)."""
-        self.state = "following"
-        self.writer = False
-        self.engine = self.seq.engine = Engine()
-        self.seq.durability = NoDurability()
-        self.seq.notes = False
-        self.seq.pending = []
-        for kept in (self.replies, self.streams, self.deadlines, self.owners, self.sim_index):
-            kept.clear()
-        for sess in self.sessions.values():
-            sess.orders.clear()
-        self.held.clear()
-        self.out, self.stream_out, self.pub_out = [], [], []
-        self.feed = Feed(self.engine, self.encode)
-        self.booted = False
-        self.boot_next = False
-        self.record_kinds = 0
-        self.applied = 0                    # the stream seq applied last
-        self.record = 0                     # the record seq applied last
-        self.started_following = time.monotonic()
-        self.link.state = ("standby" if self.role != "replica" else "replica", 0, 0)
-        data = self.link.call(self.link.latest_snapshot(), 60)
-        if data is not None:
-            self._restore(data)
-        self.link.call(self.link.follow(self.applied + 1), 10)
-
-    def _restore(self, data: bytes):
-        """Start from a published snapshot: the engine, the gateway's state, the feed's
-        numbering; then the log after it."""
-        snap = J.unframed(data, f"snapshot in {self.rc.stream}-snapshots", LogSnapshot)
-        self.engine = self.seq.engine = J.engine_from_snapshot(snap.engine)
-        if J.state_hash(self.engine) != snap.state_hash:
-            raise RuntimeError(f"the snapshot at stream seq {snap.stream_seq} does not hold the "
-                               f"state its hash says")
-        J.restore_gateway_state(self, snap.gateway)
-        self.feed = Feed(self.engine, self.encode)
-        self.feed.restore_chains(snap.gateway.get("public", {}))   # seqs and hash heads
-        self.booted = True
-        self.record, self.applied = snap.seq, snap.stream_seq
-        self.snapshot_from = snap.stream_seq
-        log.info("started from the snapshot at stream seq %d (record %d, %d commands)",
-                 snap.stream_seq, snap.seq, snap.commands)
-
-    def _apply_inbox(self, limit: int = 256):
-        """Apply up to `limit` log messages that have arrived, in order. O(records)."""
-        inbox = self.link.inbox
-        for _ in range(limit):
-            if not inbox:
-                return
-            sseq, data = inbox.popleft()
-            if sseq <= self.applied:
-                continue                    # a redelivery after a reconnect
-            if sseq != self.applied + 1:    # trimmed behind a snapshot while this node was
-                log.warning("the log goes on at stream seq %d, after %d: starting again from "
-                            "the newest snapshot", sseq, self.applied)
-                before = self.applied
-                self._follow()              # behind: start again from the newest snapshot
-                if self.applied <= before:
-                    raise RuntimeError(f"the log jumps from stream seq {before} to {sseq}, "
-                                       f"and no snapshot covers the gap")
-                return
-            for seq, kind, payload in records(data):
-                if seq != self.record + 1:
-                    raise RuntimeError(f"stream seq {sseq}: record {seq} after {self.record}")
-                self.record = seq
-                if kind == J.TURN:
-                    # the turn after the first takeover is the boot: the feed (and the private
-                    # streams) start after it, as the writer's did
-                    if self.booted:         # a delta per market per turn, as the writer's
-                        self.pub_out.extend(self.feed.flush())
-                    elif self.boot_next:
-                        self.booted = True
-                        self.feed = Feed(self.engine, self.encode)
-                    elif self.record_kinds & (1 << J.TAKEOVER):
-                        self.boot_next = True
-                elif kind == J.HASH:
-                    self._check_hash(J.decode(kind, payload))
-                elif kind == J.TAKEOVER:
-                    self.record_kinds |= 1 << J.TAKEOVER
-                    t = J.decode(kind, payload)
-                    log.info("the log: %s took over at record %d", t.node, seq)
-                else:
-                    J.apply(self, seq, kind, payload, route=self.booted)
-            self.applied = sseq
-            self.link.state = (self.link.state[0], self.record, sseq)
-
-    def _check_hash(self, h: StateHash):
-        mine = J.state_hash(self.engine)
-        self.hash_checks += 1
-        if mine != h.state_hash or self.engine.n_commands != h.commands:
-            self.hash_mismatches += 1
-            self.diverged = (f"after {h.commands} commands the writer's state hash is "
-                             f"{h.state_hash}, this node's {mine} after "
-                             f"{self.engine.n_commands}")
-            log.error("this node's state differs from the writer's: %s; it will never take "
-                      "over", self.diverged)
-
-    # ---- the loop's hook ---------------------------------------------------------------------
-
-    def _between(self):
-        if self.state == "starting":
-            try:
-                self._follow()
-            except Exception as e:      # noqa: BLE001 - NATS unreachable: the next turn tries
-                log.warning("cannot start following the log (%s: %s); trying again",
-                            type(e).__name__, e)
-                self.state = "starting"
-                time.sleep(0.2)
-                return
-        if self.state == "following":
-            self._apply_inbox()
-            self._flush()                   # what applying routed: the feed, private streams
-            if self.role != "replica" and self._may_take_over():
-                self._take_over()
-            return
-        d = self.seq.durability
-        if d.fenced is not None:
-            log.error("this node was the writer and is no longer (%s): it drops what it had "
-                      "not appended (never acknowledged) and follows the log", d.fenced)
-            d.close()
-            self.writer = False
-            self.state = "starting"         # the next turn follows the log from its start
-            return
-        if self.link.writer_node and time.monotonic() - self.link.last_writer_beat < 1:
-            # another node says it writes: an empty turn finds out which of us does
-            self.link.writer_node = ""
-            if not d.queue and d.replicated == d.seq:
-                d.append([])
-        self._maybe_hash()
-        self._maybe_publish()
-
-    def _maybe_publish(self):
-        """Every `snapshot_every` commands, once everything handed in is on the stream (the
-        loop never waits for it), a snapshot to the object store, in the NATS thread; the log
-        is trimmed behind the oldest one kept. Taking it holds the loop: O(state)."""
-        every = self.rc.snapshot_every
-        d = self.seq.durability
-        if (not every or self.engine.n_commands - self.snap_at < every or d.queue
-                or d.replicated != d.seq or self.seq.pending):
-            return
-        self.snap_at = self.engine.n_commands
-        eng = self.engine
-        snap = LogSnapshot(seq=d.seq, commands=eng.n_commands, state_hash=J.state_hash(eng),
-                           engine=eng.snapshot(), gateway=J.gateway_state(self),
-                           written_ns=time.time_ns(), stream_seq=d.stream_last)
-        future = self.link.spawn(self.link.publish_snapshot(
-            d.stream_last, J.framed(snap), self.rc.keep_snapshots))
-        future.add_done_callback(_said)
-
-    def _may_take_over(self) -> bool:
-        if self.diverged or self.link.inbox:
-            return False
-        quiet = (PRIMARY_QUIET_BEATS * self.rc.heartbeat_ms if self.role == "primary"
-                 else self.rc.takeover_ms) / 1000
-        now = time.monotonic()
-        last = max(self.link.last_writer_beat, self.started_following)
-        if now - last < quiet:
-            return False
-        self.started_following = now        # the next try (if this one fails) waits again
-        return True
-
-    def _take_over(self):
-        """Finish the tail, then append a takeover record fenced on the last message applied:
-        if it is taken, this node is the writer from the next record on."""
-        link = self.link
-        t0 = time.perf_counter()
-        try:
-            last = link.call(link.last_seq(), 5)
-            deadline = time.monotonic() + 10
-            while self.applied < last:
-                self._apply_inbox()
-                if time.monotonic() > deadline:
-                    log.warning("takeover: the tail (to stream seq %d) did not arrive", last)
-                    return
-                time.sleep(0.001)
-            self._flush()
-            if self.diverged:               # the tail said this node's state is not the log's
-                return
-            rec = self.record + 1
-            data, last_rec, _ = J.turn(self.record, [Takeover(self.node, self.seq.now())])
-            ack = link.call(link.append(data, self.applied), 5)
-        except Fenced:
-            log.info("takeover: another node appended first; following on")
-            return
-        except Exception as e:          # noqa: BLE001 - no quorum, a timeout: try again later
-            log.warning("takeover failed (%s: %s); trying again later", type(e).__name__, e)
-            return
-        link.call(link.unfollow(), 5)
-        link.inbox.clear()
-        self.takeovers += 1
-        self.seq.durability = ReplicatedLog(link, self._local_journal(last_rec + 1),
-                                            ack.seq, last_rec + 1)
-        self.seq.notes = True
-        self.seq.last = max(self.seq.last, self.engine.clock)
-        self.writer = True
-        self.state = "writing"
-        self.record = last_rec
-        self.applied = ack.seq
-        link.state = ("primary", last_rec, ack.seq)
-        log.info("took over the log at record %d (stream seq %d) after %d commands, in %.3f s",
-                 rec, ack.seq, self.engine.n_commands, time.perf_counter() - t0,
-                 extra={"event": "takeover", "record": rec, "stream_seq": ack.seq})
-        if not self.booted:                 # a new log: this node boots the venue, in a turn of
-            self._boot()                    # its own even when there is nothing to boot
-            if self.seq.durability.seq == last_rec:
-                self.seq.durability.append([])
-                self.seq.durability.sync()
-            self.booted = True
-            self.feed = Feed(self.engine, self.encode)
-        self.hash_at = self.snap_at = self.engine.n_commands
-
-    def _local_journal(self, next_seq: int) -> J.Journal | None:
-        """The local copy of what this node writes, from `next_seq` on; a journal left from an
-        earlier life of the folder is moved aside (the log is the history now)."""
-        j = self.cfg.journal
-        if not j.enabled:
-            return None
-        jdir = self.cfg.data_dir / "journal"
-        old = J.segments(jdir)
-        if old:
-            aside = self.cfg.data_dir / f"journal-before-{time.time_ns()}"
-            aside.mkdir()
-            for seg in old:
-                os.replace(seg, aside / seg.name)
-            log.info("the local journal of an earlier run is moved to %s", aside)
-        return J.Journal(jdir, j.fsync, j.fsync_interval_ms, j.segment_bytes, next_seq=next_seq)
-
-    def _maybe_hash(self):
-        """Every `hash_every` commands, the state hash goes into the log for followers."""
-        every = self.rc.hash_every
-        if every and self.engine.n_commands - self.hash_at >= every:
-            self.hash_at = self.engine.n_commands
-            self.seq.note(StateHash(self.engine.n_commands, J.state_hash(self.engine)))
-
-    def _maybe_snapshot(self):
-        pass                                # replicated mode: the log is the history
-
-    def _refuse(self, cls) -> str | None:
-        if self.state != "writing":
-            if self.role == "replica":
-                return ("this server is a read replica: it serves market data and "
-                        "queries of the book; send commands to the primary")
-            return ("this server is a standby following the primary; send commands to the "
-                    "primary (the client fails over by itself when given every endpoint)")
-        d = self.seq.durability
-        if d.fenced is not None:
-            return "this server is no longer the primary; send commands to the one that is"
-        if d.unavailable is not None:
-            return ("the replicated log cannot take an append now (no quorum of its "
-                    "servers); nothing new is accepted until it can, and everything "
-                    "acknowledged is kept; retry later")
-        return None
-
-    def health_facts(self) -> dict:
-        facts = super().health_facts()
-        d = self.seq.durability
-        writing = self.state == "writing"
-        facts["replication"] = {
-            "node": self.node, "role": self.role,
-            "state": "fenced" if writing and d.fenced is not None else self.state,
-            "writer": writing, "record": d.seq if writing else self.record,
-            "stream_seq": d.stream_last if writing else self.applied,
-            "unavailable": writing and d.unavailable is not None,
-            "hash_checks": self.hash_checks, "hash_mismatches": self.hash_mismatches,
-            "takeovers": self.takeovers, "snapshot_from": self.snapshot_from}
-        return facts
-
-    def close(self):
-        try:
-            super().close()
-        finally:
-            self.link.close()
-            os.close(self.lock_fd)
-
-
-def _said(future):
-    """A snapshot that could not be published is logged; the next one is tried as usual."""
-    e = future.exception()
-    if e is not None:
-        log.error("a snapshot could not be published: %s: %s", type(e).__name__, e)
-
-
 def read_log(servers: list[str], stream: str, timeout: float = 10.0) -> list[tuple]:
     """Every message of the log, (stream seq, bytes, Nats-Msg-Id), oldest first: for `replay`
     and the tests. O(messages), one request each."""
@@ -785,6 +462,6 @@ def replay(messages: list[tuple]) -> Engine:
     engine = Engine()
     for _, data, *_ in messages:
         for _, kind, payload in records(data):
-            if kind == J.COMMAND:
-                engine.execute(J.decode(kind, payload))
+            if kind == COMMAND:
+                engine.execute(decode(kind, payload))
     return engine

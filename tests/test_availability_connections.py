@@ -257,7 +257,7 @@ def test_the_soft_open_file_limit_is_raised_to_the_budget(venue_factory):
 # `perpdex serve` with one of its threads made to fail (the fault injected before main runs).
 FAULTY = """
 import sys, threading
-from perpdex.gateway import journal, server
+from perpdex.gateway import auth, journal
 which = sys.argv[1]
 if which == "journal":                  # the fsync thread's os.dup fails once the venue serves
     import os
@@ -277,7 +277,7 @@ if which == "journal":                  # the fsync thread's os.dup fails once t
 elif which == "zap":
     async def broken(self, domain, client_key):
         raise RuntimeError("the ZAP handler broke (injected)")
-    server.GatedAuthenticator._authenticate_curve = broken
+    auth.GatedAuthenticator._authenticate_curve = broken
 elif which == "gate":
     from perpdex.gateway import gate
     def broken(self, frames):

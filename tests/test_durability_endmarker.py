@@ -8,6 +8,7 @@ import pytest
 
 from perpdex.engine import messages as M
 from perpdex.gateway import journal as J
+from perpdex.gateway import logfile as L
 from tests.test_durability_restart import Venue, trade
 
 
@@ -19,7 +20,7 @@ def journal(tmp_path):
     jr.close()
     seg = J.segments(tmp_path)[-1]
     data = seg.read_bytes()
-    marker = J.record(jr.seq, J.TURN, b"")
+    marker = L.record(jr.seq, J.TURN, b"")
     assert data.endswith(marker)
     return seg, data, len(data) - len(marker), marker
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from perpdex.gateway import journal as J
+from perpdex.gateway import snapshots as S
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
 from tests.test_durability_restart import Venue, state, trade
@@ -59,15 +60,15 @@ def test_a_snapshot_is_written_only_once_every_journal_byte_before_it_is_fsynced
     try:
         jr = srv.seq.durability
         seen = []
-        write = J.write_snapshot
+        write = S.write_snapshot
 
         def checked(folder, snap):
             st = os.fstat(jr.fd)
             seen.append((snap.seq, jr.seq, synced.get(st.st_ino, 0), st.st_size))
             return write(folder, snap)
 
-        monkeypatch.setattr(J, "write_snapshot", checked)
-        assert J.take_snapshot(srv) is not None
+        monkeypatch.setattr(S, "write_snapshot", checked)
+        assert srv.take_snapshot() is not None
         [(snap_seq, written, on_disk, size)] = seen
         assert snap_seq == written and on_disk == size > 0
     finally:

@@ -10,6 +10,7 @@ import pytest
 
 from perpdex.engine import messages as M
 from perpdex.gateway import journal as J
+from perpdex.gateway import logfile as L
 from perpdex.gateway.config import JournalSection
 from perpdex.gateway.durability import Deadline, Reply
 from tests.test_gateway_config import documented_defaults
@@ -31,7 +32,7 @@ def test_a_record_carries_its_length_seq_and_a_crc32_over_header_and_payload(tmp
     payload = data[J.HEADER.size:J.HEADER.size + length]
     assert (seq, kind) == (1, J.COMMAND)
     assert msgspec.msgpack.decode(payload, type=M.AnyCommand) == cmd
-    assert crc == zlib.crc32(payload, zlib.crc32(J.HEAD.pack(length, seq, kind)))
+    assert crc == zlib.crc32(payload, zlib.crc32(L.HEAD.pack(length, seq, kind)))
     rest = data[J.HEADER.size + length:]
     assert J.HEADER.unpack_from(rest)[1:3] == (2, J.TURN) and len(rest) == J.HEADER.size
 
@@ -109,14 +110,14 @@ def test_a_record_cut_short_at_the_tail_is_a_torn_tail_and_its_whole_turn_is_cut
     assert scan.commands == 4 and scan.last == 6
     (path, offset, n), = scan.cut
     assert path == seg and offset + n == size - 5
-    J.cut_tail(scan)
+    L.cut_tail(scan)
     assert seg.stat().st_size == offset and J.read_all(tmp_path)[1].cut == []
 
 
 def test_a_turn_without_its_end_marker_at_the_tail_is_cut(tmp_path):
     seg = journal_of(tmp_path)
     with open(seg, "ab") as f:
-        f.write(J.record(10, J.COMMAND, msgspec.msgpack.encode(orders(1)[0])))
+        f.write(L.record(10, J.COMMAND, msgspec.msgpack.encode(orders(1)[0])))
     _, scan = J.read_all(tmp_path)
     assert scan.commands == 6 and len(scan.cut) == 1
 

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from perpdex.gateway import journal as J
+from perpdex.gateway import logfile as L
 from perpdex.gateway.client import Client
 from perpdex.gateway.config import DEFAULT_TOML
 from tests.conftest import HANG_S, open_orders
@@ -225,7 +226,7 @@ def test_a_torn_tail_is_cut_with_a_log_line_saying_how_much(venue):
     before = state(venue)
     venue.kill()
     with open(newest_segment(venue), "ab") as f:    # half a record: a write the kill tore
-        f.write(J.record(10**6, J.COMMAND, b"\x81\xa4type\xa5clock" * 4)[:-7])
+        f.write(L.record(10**6, J.COMMAND, b"\x81\xa4type\xa5clock" * 4)[:-7])
     venue.start()
     assert re.search(r"cut \d+ bytes at offset \d+", venue.stderr())
     assert state(venue) == before

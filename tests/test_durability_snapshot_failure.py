@@ -14,6 +14,7 @@ import time
 import pytest
 
 from perpdex.gateway import journal as J
+from perpdex.gateway import snapshots as S
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
 from tests.test_durability_restart import Venue, trade
@@ -47,7 +48,7 @@ def full_disk_once(monkeypatch):
 
 def test_a_failed_snapshot_is_counted_and_returns_none_instead_of_raising(server, monkeypatch):
     full_disk_once(monkeypatch)
-    assert J.take_snapshot(server) is None
+    assert server.take_snapshot() is None
     jr = server.seq.durability
     assert jr.snapshot_failures == 1 and "No space left" in jr.snapshot_error
     assert jr.health()["snapshot_failures"] == 1
@@ -55,7 +56,7 @@ def test_a_failed_snapshot_is_counted_and_returns_none_instead_of_raising(server
 
 def test_a_failed_snapshot_leaves_no_temporary_file(server, monkeypatch):
     full_disk_once(monkeypatch)
-    J.take_snapshot(server)
+    server.take_snapshot()
     sdir = server.cfg.data_dir / "snapshots"
     assert list(sdir.iterdir()) == []
 
@@ -63,12 +64,12 @@ def test_a_failed_snapshot_leaves_no_temporary_file(server, monkeypatch):
 def test_a_failed_snapshot_is_tried_again_after_a_pause(server, monkeypatch):
     full_disk_once(monkeypatch)
     now = [1000.0]
-    monkeypatch.setattr(J, "monotonic", lambda: now[0])
-    J.take_snapshot(server)
-    assert not J.snapshot_due(server)               # not at every turn of a full disk
-    now[0] += J.SNAPSHOT_RETRY_S[1]
-    assert J.snapshot_due(server)
-    assert J.take_snapshot(server) is not None
+    monkeypatch.setattr(S, "monotonic", lambda: now[0])
+    server.take_snapshot()
+    assert not server.snapshot_due()               # not at every turn of a full disk
+    now[0] += S.SNAPSHOT_RETRY_S[1]
+    assert server.snapshot_due()
+    assert server.take_snapshot() is not None
     assert server.seq.durability.snapshot_failures == 1
     assert J.snapshots(server.cfg.data_dir / "snapshots")
 
@@ -101,7 +102,7 @@ def test_a_temporary_snapshot_file_left_by_a_dead_process_is_removed_at_boot(tmp
     try:
         v.start()
         v.kill()
-        stale = v.data / "snapshots" / f".{5:020d}{J.SNAPSHOT}.tmp"
+        stale = v.data / "snapshots" / f".{5:020d}{S.SNAPSHOT}.tmp"
         stale.parent.mkdir(exist_ok=True)
         stale.write_bytes(b"half a snapshot")
         v.start()

@@ -117,7 +117,7 @@ def test_what_the_server_keeps_per_request_is_nothing_the_garbage_collector_walk
     c.drain()
     gc.collect()
     grown = len(gc.get_objects()) - before
-    assert len(srv.replies["mm-2"].replies) >= 800 and len(srv.streams["mm-2"].buffer) >= 800
+    assert len(srv.records.retries["mm-2"].replies) >= 800 and len(srv.records.streams["mm-2"].buffer) >= 800
     assert grown < 100, f"{grown} more objects for the garbage collector to walk"
 
 

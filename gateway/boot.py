@@ -1,0 +1,103 @@
+"""Boot: a new venue's configured markets and opening deposits, and the check that a data
+folder holding a venue is the venue the configuration describes (docs/config.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from perpdex.engine import messages as M
+from perpdex.engine.markets import market_spec
+
+from .logfile import COMMAND, TURN, JournalError, decode, read, segments
+
+
+class BootError(ValueError):
+    """The configuration names something the engine refuses; the message gives its reason."""
+
+
+def holds_a_venue(data_dir: Path) -> bool:
+    """Whether a data folder holds a venue already (a journal segment or a snapshot)."""
+    return bool(segments(data_dir / "journal")) or any(
+        (data_dir / "snapshots").glob("*.snapshot"))
+
+
+def boot_deposits(jdir: Path) -> dict | None:
+    """{account: amount} of the deposits in a journal's first turn (the configured ones, made
+    when the data folder was new); None when that turn is no longer there. O(first segment)."""
+    out: dict = {}
+    n = -1
+    try:
+        for n, (seq, kind, payload) in enumerate(read(jdir, 0, strict_start=False)):
+            if n == 0 and seq != 1:
+                return None
+            if kind == TURN:
+                return out
+            if kind == COMMAND:
+                cmd = decode(kind, payload)
+                if type(cmd) is M.Deposit:
+                    out[cmd.account] = out.get(cmd.account, 0) + cmd.amount
+    except JournalError:
+        return None
+    return out if n >= 0 else None                # an empty journal: that turn is gone
+
+
+def commands(cfg) -> list:
+    """The commands that boot a new venue: the configured markets, then the deposits."""
+    return list(cfg.markets) + [M.Deposit(account=a.name, amount=a.deposit)
+                                for a in cfg.accounts.values() if a.deposit]
+
+
+def refusal(cmd, ev) -> BootError:
+    """The engine refused a boot command (its `rejected` event `ev`): the error saying so."""
+    what = (f"market {ev.market}" if type(cmd) is M.CreateMarket
+            else f"the deposit of account {ev.account}")
+    return BootError(f"{what}: the engine refuses it: {ev.reason}: {ev.detail}")
+
+
+def differences(cfg, engine) -> tuple[list, str | None]:
+    """How the configuration's markets and deposits differ from the recovered state: the
+    markets the engine has (every parameter a client sees, `market_info`), and the deposits
+    the data folder was booted with (its journal's first turn); and a note when those
+    deposits cannot be read (that turn's segment was deleted). O(markets + accounts)."""
+    diffs = []
+    have = {sp.name: market_info(sp) for sp in engine.specs}
+    want = {mk.market: market_info(market_spec(mk)) for mk in cfg.markets}
+    for name, spec in want.items():
+        if name not in have:
+            diffs.append(f"market {name} is configured but not in the data folder")
+            continue
+        for key, value in spec.items():
+            if have[name][key] != value:
+                diffs.append(f"market {name}: {key} is {value!r} in the configuration, "
+                             f"{have[name][key]!r} in the data folder")
+    diffs += [f"the data folder has market {name}, which the configuration does not"
+              for name in have if name not in want]
+    booted = boot_deposits(cfg.data_dir / "journal")
+    if booted is None:
+        return diffs, ("the deposits were not compared: the journal's first turn is no "
+                       "longer in the data folder")
+    wanted = {a.name: a.deposit for a in cfg.accounts.values() if a.deposit}
+    for name in sorted(set(wanted) | set(booted), key=str):
+        if wanted.get(name, 0) != booted.get(name, 0):
+            diffs.append(f"accounts.{name}.deposit is {wanted.get(name, 0)} in the "
+                         f"configuration, {booted.get(name, 0)} when the data folder was "
+                         f"booted")
+    return diffs, None
+
+
+def market_info(sp) -> dict:
+    """What a client needs to trade in a market and to compute its own margin (the `markets`
+    reply; docs/protocol.md)."""
+    tiers = [{"max_notional": t.max_notional, "imf_ppm": t.imf_ppm, "mmf_ppm": t.mmf_ppm,
+              "imf_deduction": t.imf_deduction, "mmf_deduction": t.mmf_deduction}
+             for t in sp.tiers]
+    return {"market": sp.name, "tick_size": str(sp.tick_size), "lot_size": str(sp.lot_size),
+            "min_qty": sp.min_qty, "max_price": sp.max_price, "max_qty": sp.max_qty,
+            "multiplier": sp.multiplier, "maker_fee_ppm": sp.maker_fee_ppm,
+            "taker_fee_ppm": sp.taker_fee_ppm, "liquidation_fee_ppm": sp.liquidation_fee_ppm,
+            "imf_ppm": sp.imf_ppm, "mmf_ppm": sp.mmf_ppm, "tiers": tiers,
+            "max_leverage": 1_000_000 // (sp.tiers[0].imf_ppm if sp.tiers else sp.imf_ppm),
+            "price_band_ppm": sp.price_band_ppm, "funding_interval_s": sp.funding_interval_s,
+            "funding_cap_ppm": sp.funding_cap_ppm, "interest_ppm": sp.interest_ppm,
+            "oracle_max_age_s": sp.oracle_max_age_s,
+            "max_orders_per_account": sp.max_orders_per_account}

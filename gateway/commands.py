@@ -1,0 +1,134 @@
+"""The engine commands of requests: each built from its request (stamped by the one clock),
+sequenced, and its events routed, each encoded once (a fill once a side): to the reply, to the
+private streams of its accounts and to the public feed. A batch runs its cancels first. Mixed
+into the server.
+"""
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from msgspec import Raw
+
+from perpdex.engine import messages as M
+
+from . import protocol as P
+from .sessions import Session
+from .streams import private_views
+
+log = logging.getLogger("perpdex.gateway")
+
+
+class Commands:
+    """The server's command path (`Server` has it)."""
+
+    def _command(self, acct, req):
+        """The engine command of one request (stamped now), or the reason and detail it is not
+        one. O(fields)."""
+        cls = type(req)
+        if cls.command is None or cls.tag not in P.ROLES[acct.role]:
+            allowed = P.ROLES[acct.role]
+            return None, ("forbidden", f"a {acct.role} may not send {cls.tag!r}; it may send "
+                                       f"{', '.join(sorted(allowed))}")
+        fields = msgspec.structs.astuple(req)[:-1]              # less req_id, the last
+        if cls.trader:
+            return cls.command(acct.name, *fields, ts=self.seq.now()), None
+        return cls.command(*fields, ts=self.seq.now()), None
+
+    def _run(self, cmd, sess: Session | None = None, view=None) -> list:
+        """Sequence one command and route its events, each encoded once (a fill once a side):
+        to the reply (the returned Raw list), to the private streams of its accounts and to
+        the PUB. With `view` (a trader's account), the reply holds what that account may see:
+        its own events, its side of its fills, and the events naming no account; without, the
+        engine's events as they are (an operator's). Tracks the orders a session placed, for
+        cancel-on-disconnect. O(events * subscribers)."""
+        events = self.seq.run(cmd)
+        if self.metrics is not None:
+            self.metrics.events(events)
+        return self._route(events, sess, view)
+
+    def _route(self, events, sess: Session | None, view=None) -> list:
+        """`_run` after the engine: the events to the reply, the streams and the PUB."""
+        encode = self.encode
+        feed = self.records.feed.event
+        push = self.records.streams.push
+        stream_out = self.stream_out
+        sessions = self.sessions
+        raws = []
+        for ev in events:
+            views = private_views(ev, encode)
+            if view is None:
+                raws.append(Raw(encode(ev) if type(ev) is M.Fill or not views
+                                else views[0][1]))
+            elif not views:
+                raws.append(Raw(encode(ev)))
+            else:
+                raws.extend(Raw(data) for account, data in views if account == view)
+            t = type(ev)
+            if t is M.OrderAccepted:
+                if sess is not None and ev.account == sess.account:
+                    sessions.placed(sess, ev.oid, ev.market, ev.cid)
+            elif t is M.OrderCancelled:
+                sessions.closed(ev.oid)
+            elif t is M.LiquidationEvent:
+                log.info("liquidation: %s %s %s %d at %d (%s)", ev.account, ev.market, ev.side,
+                         ev.qty, ev.price, ev.kind,
+                         extra={"event": "liquidation", "account": ev.account,
+                                "market": ev.market, "side": ev.side, "qty": ev.qty,
+                                "price": ev.price, "kind": ev.kind, "fee": ev.fee})
+            elif t is M.Fill:
+                if ev.taker_remaining == 0:
+                    sessions.closed(ev.taker_oid)
+                if ev.maker_remaining == 0:
+                    sessions.closed(ev.maker_oid)
+            feed(ev)
+            push(views, stream_out)
+        return raws
+
+    def _one(self, acct, sess, req):
+        """One command (its budget was taken in `_handle`)."""
+        cmd, why = self._command(acct, req)
+        if cmd is None:
+            return P.error(req.req_id, *why)
+        return {"req_id": req.req_id, "ok": True,
+                "events": self._run(cmd, sess, view_of(acct))}
+
+    def _batch(self, acct, sess, req):
+        """Several commands in one request: cancels run first, then the rest, each in request
+        order; one status per item, in request order. O(items)."""
+        n = len(req.items)
+        if not 0 < n <= self.limits.max_batch:
+            return P.error(req.req_id, "invalid_command",
+                           f"a batch has `items`: a list of 1 to {self.limits.max_batch} commands")
+        decoded: list = [None] * n
+        results: list = [None] * n
+        cancels, rest = [], []
+        for i, item in enumerate(req.items):
+            try:
+                it = decoded[i] = self.codec.item.decode(item)
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
+                results[i] = {"ok": False, "reason": "invalid_command",
+                              "detail": P.invalid_detail(e)}
+                continue
+            if it.req_id is not None:
+                results[i] = {"ok": False, "reason": "invalid_command",
+                              "detail": "a batch item has no req_id of its own"}
+                continue
+            (cancels if it.tag in P.CANCELS else rest).append(i)
+        limited = self._limited(acct.name, req.req_id, self.seq.now(), cancels=len(cancels),
+                                others=len(rest))
+        if limited:
+            return limited
+        for i in cancels + rest:
+            cmd, why = self._command(acct, decoded[i])
+            if cmd is None:
+                results[i] = {"ok": False, "reason": why[0], "detail": why[1]}
+                continue
+            results[i] = {"ok": True, "events": self._run(cmd, sess, view_of(acct))}
+        return {"req_id": req.req_id, "ok": True, "results": results}
+
+
+def view_of(acct):
+    """Whose view a reply to this account's command holds: a trader's own (docs/protocol.md,
+    "Fills"); None for an operator (admin, oracle), who sees the engine's events."""
+    return acct.name if acct.role == "trader" else None
