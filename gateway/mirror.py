@@ -29,18 +29,15 @@ like a gap (it resyncs), the other topics go on from the message's own hash.
 """
 from __future__ import annotations
 
-import zlib
-from hashlib import blake2b
 from itertools import islice
 
 import msgspec
 import zmq
 from sortedcontainers import SortedDict
 
+from .chain import CHECKSUM_LEVELS, HASH_SIZE, HEARTBEAT, MIRROR_KINDS, checksum, step, topic
 from .client import curve_socket
 
-CHECKSUM_LEVELS = 25
-KINDS = ("book", "trade", "mark", "funding", "liquidation")
 _decode = msgspec.msgpack.Decoder().decode
 
 
@@ -53,9 +50,9 @@ class ChainBreak(Resync):
 
 
 def chain_next(head: bytes, body: bytes) -> bytes:
-    """The hash a message `body` (as received) must carry after `head`: blake2b-128 of the head
-    and every byte of the body before its last 16 (the hash itself). O(len(body))."""
-    return blake2b(head + body[:-16], digest_size=16).digest()
+    """The hash a message `body` (as received) must carry after `head`: the chain's step over
+    every byte of the body before its last HASH_SIZE (the hash itself). O(len(body))."""
+    return step(head, body[:-HASH_SIZE])
 
 
 class BookMirror:
@@ -123,11 +120,9 @@ class BookMirror:
         return list(self.asks.peekitem(0)) if self.asks else None
 
     def checksum(self) -> int:
-        """CRC32 of the top 25 levels a side, as docs/protocol.md builds the string."""
-        text = (",".join(f"{-p}:{q}" for p, q in islice(self.bids.items(), CHECKSUM_LEVELS))
-                + "|" + ",".join(f"{p}:{q}" for p, q in islice(self.asks.items(),
-                                                               CHECKSUM_LEVELS)))
-        return zlib.crc32(text.encode())
+        """The feed's checksum of the mirror's top CHECKSUM_LEVELS levels a side."""
+        return checksum([(-p, q) for p, q in islice(self.bids.items(), CHECKSUM_LEVELS)],
+                        list(islice(self.asks.items(), CHECKSUM_LEVELS)))
 
 
 class FeedState:
@@ -135,7 +130,7 @@ class FeedState:
     last mark of each market, and what to do with each message. `handle` returns the updates
     to hand to the user and the markets that need a snapshot."""
 
-    def __init__(self, markets, kinds=KINDS):
+    def __init__(self, markets, kinds=MIRROR_KINDS):
         self.books = {m: BookMirror(m) for m in markets}
         self.kinds = set(kinds)
         self.last: dict[str, int] = {}          # topic -> last seq seen (not for book)
@@ -260,8 +255,8 @@ def _sub_socket(ctx, endpoint, markets, server_key, secret_key, kinds, hwm):
     sub.rcvhwm = hwm
     for m in markets:
         for k in kinds:
-            sub.setsockopt(zmq.SUBSCRIBE, f"{k}.{m}".encode())
-    sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+            sub.setsockopt(zmq.SUBSCRIBE, topic(k, m))
+    sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT)
     sub.connect(endpoint)
     return sub
 
@@ -275,7 +270,8 @@ class MarketData:
     `resync` (the mirror is being rebuilt)."""
 
     def __init__(self, client, endpoint: str, markets, server_key: str | None = None,
-                 secret_key: str | None = None, on_update=None, kinds=KINDS, hwm: int = 100_000):
+                 secret_key: str | None = None, on_update=None, kinds=MIRROR_KINDS,
+                 hwm: int = 100_000):
         self.client = client
         self.state = FeedState(markets, kinds)
         self.books = self.state.books
@@ -343,7 +339,7 @@ class AsyncMarketData:
     Start with `await md.start()`."""
 
     def __init__(self, client, endpoint: str, markets, server_key: str | None = None,
-                 secret_key: str | None = None, kinds=KINDS, hwm: int = 100_000):
+                 secret_key: str | None = None, kinds=MIRROR_KINDS, hwm: int = 100_000):
         self.client = client
         self.markets = list(markets)
         self.state = FeedState(self.markets, kinds)
