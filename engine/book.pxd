@@ -9,7 +9,7 @@ nothing and cost O(1) however deep the level is.
 Slots are stable, but the array may move when it grows: never hold an `Order*` across `alloc()`.
 """
 cimport cython
-from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t
 
 
 cdef enum:
@@ -52,7 +52,6 @@ ctypedef struct Order:
     int32_t level            # level slot while resting, else -1
     int32_t prev             # FIFO neighbours in the level; `next` also links the free list
     int32_t next
-    int32_t hnext            # next in the cid hash chain
     int32_t aprev            # the account's open orders, in acceptance order
     int32_t anext
     uint8_t side             # BID / ASK
@@ -73,6 +72,14 @@ ctypedef struct Level:
     int32_t count
 
 
+# One entry of the cid index: the high 32 bits of the order's cid hash and its pool slot (-1
+# empty, -2 a tombstone). A probe compares tags in the table and reads an Order only when a tag
+# matches, so looking up a cid that is not there touches no order.
+ctypedef struct CidEntry:
+    uint32_t tag
+    int32_t slot
+
+
 cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil
 cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil
 
@@ -85,8 +92,9 @@ cdef class OrderPool:
     cdef int32_t cap
     cdef int32_t free_head
     cdef readonly int32_t n_live
-    cdef int32_t* buckets           # cid hash table: heads of chains through Order.hnext
-    cdef uint64_t mask
+    cdef CidEntry* cids             # the cid index: open addressing, linear probing, at most
+    cdef uint64_t mask              # half full (live entries and tombstones); mask + 1 entries
+    cdef int32_t n_tombs
     cdef int32_t* acct_head         # each account's open orders
     cdef int32_t* acct_tail
     cdef int32_t acct_cap
@@ -101,7 +109,7 @@ cdef class OrderPool:
     cdef void cid_remove(self, int32_t i)
     cdef void account_link(self, int32_t i)
     cdef void account_unlink(self, int32_t i)
-    cdef int _rehash(self) except -1
+    cdef int _rehash(self, uint64_t nmask) except -1
 
 
 @cython.final

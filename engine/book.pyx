@@ -34,14 +34,15 @@ cdef class OrderPool:
         self.o = <Order*>malloc(self.cap * sizeof(Order))
         self.cid_text = <char*>malloc(<size_t>self.cap * CID_BYTES)
         self.mask = 1023
-        self.buckets = <int32_t*>malloc((self.mask + 1) * sizeof(int32_t))
+        self.n_tombs = 0
+        self.cids = <CidEntry*>malloc((self.mask + 1) * sizeof(CidEntry))
         self.acct_cap = 0
         self.acct_head = NULL
         self.acct_tail = NULL
-        if self.o == NULL or self.cid_text == NULL or self.buckets == NULL:
+        if self.o == NULL or self.cid_text == NULL or self.cids == NULL:
             raise MemoryError()
         for i in range(<int32_t>(self.mask + 1)):
-            self.buckets[i] = -1
+            self.cids[i].slot = -1
         for i in range(self.cap):
             self.o[i].next = i + 1
             self.o[i].live = 0
@@ -52,7 +53,7 @@ cdef class OrderPool:
     def __dealloc__(self):
         free(self.o)
         free(self.cid_text)
-        free(self.buckets)
+        free(self.cids)
         free(self.acct_head)
         free(self.acct_tail)
 
@@ -85,7 +86,6 @@ cdef class OrderPool:
         self.o[i].level = -1
         self.o[i].prev = -1
         self.o[i].next = -1
-        self.o[i].hnext = -1
         self.o[i].aprev = -1
         self.o[i].anext = -1
         self.n_live += 1
@@ -126,62 +126,74 @@ cdef class OrderPool:
 
     cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
                           const char* text, Py_ssize_t n, uint64_t h):
-        cdef int32_t i = self.buckets[h & self.mask]
+        """The slot of the live order with this cid (`h` its hash), or -1. Only an entry whose
+        tag matches makes the probe read an order."""
+        cdef uint64_t b = h & self.mask
+        cdef uint32_t tag = <uint32_t>(h >> 32)
+        cdef CidEntry* e
         cdef Order* o
-        while i >= 0:
-            o = &self.o[i]
-            if o.cid_hash == h and o.account == account and o.cid_is_str == is_str:
-                if is_str:
-                    if o.cid_len == n and memcmp(self.cid_text + <size_t>i * CID_BYTES, text, n) == 0:
-                        return i
-                elif o.cid_int == cid_int:
-                    return i
-            i = o.hnext
-        return -1
+        while True:
+            e = &self.cids[b]
+            if e.slot == -1:
+                return -1
+            if e.tag == tag and e.slot >= 0:
+                o = &self.o[e.slot]
+                if o.cid_hash == h and o.account == account and o.cid_is_str == is_str:
+                    if is_str:
+                        if o.cid_len == n and memcmp(self.cid_text + <size_t>e.slot * CID_BYTES,
+                                                     text, n) == 0:
+                            return e.slot
+                    elif o.cid_int == cid_int:
+                        return e.slot
+            b = (b + 1) & self.mask
 
     cdef int cid_insert(self, int32_t i) except -1:
-        cdef uint64_t b
-        if self.n_live > <int32_t>(self.mask + 1) // 2:
-            self._rehash()
-        b = self.o[i].cid_hash & self.mask
-        self.o[i].hnext = self.buckets[b]
-        self.buckets[b] = i
+        """Index slot `i` by its cid (not already indexed). O(1) expected; the table doubles
+        (or is rebuilt without tombstones) before it would be more than half full."""
+        cdef uint64_t h = self.o[i].cid_hash, b
+        if 2 * (<uint64_t>self.n_live + self.n_tombs + 1) > self.mask + 1:
+            self._rehash(2 * self.mask + 1 if 4 * <uint64_t>self.n_live > self.mask + 1
+                         else self.mask)
+        b = h & self.mask
+        while self.cids[b].slot >= 0:
+            b = (b + 1) & self.mask
+        if self.cids[b].slot == -2:
+            self.n_tombs -= 1
+        self.cids[b].tag = <uint32_t>(h >> 32)
+        self.cids[b].slot = i
         return 0
 
     cdef void cid_remove(self, int32_t i):
+        """Take slot `i` out of the index (a tombstone where it was). O(1) expected."""
         cdef uint64_t b = self.o[i].cid_hash & self.mask
-        cdef int32_t j = self.buckets[b], prev = -1
-        while j >= 0 and j != i:
-            prev = j
-            j = self.o[j].hnext
-        if j < 0:
-            return
-        if prev < 0:
-            self.buckets[b] = self.o[i].hnext
-        else:
-            self.o[prev].hnext = self.o[i].hnext
-        self.o[i].hnext = -1
+        while self.cids[b].slot != i:
+            if self.cids[b].slot == -1:
+                return
+            b = (b + 1) & self.mask
+        self.cids[b].slot = -2
+        self.n_tombs += 1
 
-    cdef int _rehash(self) except -1:
-        """Double the bucket array and relink every indexed order. O(pool)."""
-        cdef uint64_t nmask = 2 * (self.mask + 1) - 1, b
-        cdef int32_t* nb = <int32_t*>malloc((nmask + 1) * sizeof(int32_t))
-        cdef int32_t i, j, nxt
-        if nb == NULL:
+    cdef int _rehash(self, uint64_t nmask) except -1:
+        """A table of nmask + 1 entries holding every indexed order, without tombstones.
+        O(table)."""
+        cdef CidEntry* nt = <CidEntry*>malloc((nmask + 1) * sizeof(CidEntry))
+        cdef uint64_t i, b
+        cdef int32_t j
+        if nt == NULL:
             raise MemoryError()
-        for i in range(<int32_t>(nmask + 1)):
-            nb[i] = -1
-        for i in range(<int32_t>(self.mask + 1)):
-            j = self.buckets[i]
-            while j >= 0:
-                nxt = self.o[j].hnext
+        for i in range(nmask + 1):
+            nt[i].slot = -1
+        for i in range(self.mask + 1):
+            j = self.cids[i].slot
+            if j >= 0:
                 b = self.o[j].cid_hash & nmask
-                self.o[j].hnext = nb[b]
-                nb[b] = j
-                j = nxt
-        free(self.buckets)
-        self.buckets = nb
+                while nt[b].slot >= 0:
+                    b = (b + 1) & nmask
+                nt[b] = self.cids[i]
+        free(self.cids)
+        self.cids = nt
         self.mask = nmask
+        self.n_tombs = 0
         return 0
 
     # ---- the account's open orders, in acceptance order ----------------------------------

@@ -5,7 +5,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
-from .book cimport Book, OrderPool, Order, Level, CID_BYTES
+from .book cimport Book, OrderPool, Order, Level, CidEntry, CID_BYTES
 from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
 from .triggers cimport arm
 
@@ -19,8 +19,9 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 5                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
-                            # 4: gtd orders; 5: a multi-source index
+VERSION = 6                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
+                            # 4: gtd orders; 5: a multi-source index; 6: the open-addressed
+                            # cid index (Order loses hnext)
 
 
 cdef list _layout():
@@ -89,7 +90,7 @@ cdef bytes dump(State s):
         "positions": _raw(s.pos, s.n_pos * sizeof(PosC)),
         "pool": [pool.cap, pool.free_head, pool.n_live, <uint64_t>pool.mask,
                  _raw(pool.o, pool.cap * sizeof(Order)), _raw(pool.cid_text, pool.cap * CID_BYTES),
-                 _raw(pool.buckets, (pool.mask + 1) * sizeof(int32_t)), pool.acct_cap,
+                 _raw(pool.cids, (pool.mask + 1) * sizeof(CidEntry)), pool.n_tombs, pool.acct_cap,
                  _raw(pool.acct_head, pool.acct_cap * sizeof(int32_t)),
                  _raw(pool.acct_tail, pool.acct_cap * sizeof(int32_t))],
         "books": books,
@@ -159,15 +160,16 @@ cdef int load(State s, bytes data) except -1:
         elif q.rlist == 3:
             s.risk_multi[q.market].add(p)
     # the order pool
-    cap, free_head, n_live, mask, o, text, buckets, acct_cap, heads, tails = doc["pool"]
+    cap, free_head, n_live, mask, o, text, cids, n_tombs, acct_cap, heads, tails = doc["pool"]
     pool.o = <Order*>_grow(pool.o, cap * sizeof(Order))
     pool.cid_text = <char*>_grow(pool.cid_text, cap * CID_BYTES)
     pool.cap = cap
     _copy(o, pool.o, cap * sizeof(Order), "orders")
     _copy(text, pool.cid_text, cap * CID_BYTES, "cids")
-    pool.buckets = <int32_t*>_grow(pool.buckets, (mask + 1) * sizeof(int32_t))
+    pool.cids = <CidEntry*>_grow(pool.cids, (mask + 1) * sizeof(CidEntry))
     pool.mask = mask
-    _copy(buckets, pool.buckets, (mask + 1) * sizeof(int32_t), "the cid index")
+    pool.n_tombs = n_tombs
+    _copy(cids, pool.cids, (mask + 1) * sizeof(CidEntry), "the cid index")
     pool.ensure_accounts(acct_cap)
     _copy(heads, pool.acct_head, acct_cap * sizeof(int32_t), "account order lists")
     _copy(tails, pool.acct_tail, acct_cap * sizeof(int32_t), "account order lists")
