@@ -7,6 +7,8 @@ switched by environment variables (STYLE.md, anchor 9).
     PERPDEX_ANNOTATE=1  write the annotated HTML next to each .pyx (read it before optimising)
 """
 import os
+import re
+import tomllib
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -56,6 +58,18 @@ def _pxd_link() -> str:
     return PXD_ROOT
 
 
+def long_description() -> str:
+    """The README with its relative links made absolute, against the repository's address in
+    pyproject.toml ([project.urls] Repository): on PyPI a link to docs/contract.md must lead to
+    the repository's page, not to nothing. Links to folders and files alike go to the tree."""
+    with open("pyproject.toml", "rb") as f:
+        repo = tomllib.load(f)["project"]["urls"]["Repository"].rstrip("/")
+    with open("README.md", encoding="utf-8") as f:
+        text = f.read()
+    return re.sub(r"(?<!!)(\[[^\]]*\])\((?![a-z]+:|#)([^)\s]+)\)",
+                  lambda m: f"{m.group(1)}({repo}/blob/main/{m.group(2)})", text)
+
+
 extensions = [
     Extension(
         "perpdex.engine." + room,
@@ -67,6 +81,8 @@ extensions = [
 ]
 
 setup(
+    long_description=long_description(),
+    long_description_content_type="text/markdown",
     ext_modules=cythonize(
         extensions,
         include_path=[_pxd_link()],

@@ -39,10 +39,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.gateway import (FAST, _client, _spawn, _stop, endpoint, oracle_price,  # noqa: E402
+from .gateway import (FAST, _client, _spawn, _stop, endpoint, oracle_price,
                            throughput)
 
 SERVER = """
@@ -83,7 +80,7 @@ def gateway_runs(seconds: float, clients: int, rate: float, repeat: int = 1,
 
 def _gateway_round(seconds, clients, rate, r, log) -> dict:
     out: dict = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
+    with tempfile.TemporaryDirectory(dir=".", prefix="perpdex-bench-") as d:
         tmp = Path(d)
         for mode in MODES:
             data = tmp / f"data-{mode}-{r}"
@@ -200,7 +197,7 @@ def _restart(cfg) -> float:
 
 
 def _port() -> int:
-    from bench.gateway import free_port
+    from .gateway import free_port
     return free_port()
 
 
@@ -260,11 +257,11 @@ def main(argv=None) -> int:
     if not a.skip_gateway:
         res["gateway"] = gateway_runs(a.seconds, a.clients, a.rate, a.repeat)
     if not a.skip_big:
-        with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
+        with tempfile.TemporaryDirectory(dir=".", prefix="perpdex-bench-") as d:
             res["big"] = big_state(a.orders, a.accounts, Path(d) / "data")
     res["machine"] = {"python": sys.version.split()[0], "pyzmq": zmq.__version__,
                       "msgspec": msgspec.__version__, "platform": platform.platform(),
-                      "cpus": os.cpu_count(), "data folder file system": _fs(ROOT / "bench"),
+                      "cpus": os.cpu_count(), "data folder file system": _fs(Path(".")),
                       "seconds": a.seconds, "clients": a.clients, "rate": a.rate,
                       "repeat": a.repeat, "load average": os.getloadavg()}
     print_report(res)

@@ -35,10 +35,7 @@ import msgspec
 import zmq
 import zmq.auth
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from perpdex.gateway.natslocal import free_port  # noqa: E402  (also bench.marketdata's)
+from perpdex.gateway.natslocal import free_port  # also bench.marketdata's
 
 enc = msgspec.msgpack.encode
 dec = msgspec.msgpack.decode
@@ -205,7 +202,7 @@ def throughput_main(router: str, keys: str, account: str, seconds: float, out: s
 # ---- the run ---------------------------------------------------------------------------------
 
 def _spawn(args, wait_line: bytes, env=None):
-    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 30
     while wait_line not in p.stdout.readline():
         if p.poll() is not None or time.monotonic() > deadline:
@@ -225,8 +222,8 @@ def _stop(p):
 def _client(kind: str, *args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    subprocess.run([sys.executable, "-m", "bench.gateway", f"--{kind}", json.dumps(
-        [str(a) for a in args] + [out])], cwd=ROOT, check=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "perpdex.bench.gateway", f"--{kind}", json.dumps(
+        [str(a) for a in args] + [out])], check=True, timeout=600)
     res = json.loads(Path(out).read_text())
     os.unlink(out)
     return res
@@ -236,9 +233,9 @@ def throughput(router: str, keys: str, clients: int, seconds: float, tmp: Path) 
     """`clients` throughput processes (one account each) against `router`, together."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "bench.gateway", "--throughput", json.dumps(
-            [router, keys, TRADERS[i], seconds, str(tmp / f"tp{i}.json")])],
-        cwd=ROOT) for i in range(clients)]
+        [sys.executable, "-m", "perpdex.bench.gateway", "--throughput", json.dumps(
+            [router, keys, TRADERS[i], seconds, str(tmp / f"tp{i}.json")])])
+        for i in range(clients)]
     for p in procs:
         p.wait(timeout=600)
     tp = [json.loads((tmp / f"tp{i}.json").read_text()) for i in range(clients)]
@@ -289,7 +286,7 @@ def run(seconds: float, rate: float, clients: int, log=print) -> dict:
                 _stop(srv)
             secret = str(data / "keys" / "server.key_secret") if mode == "curve" else ""
             erouter = endpoint(transport, tmp, f"echo-{mode}")
-            echo = _spawn([sys.executable, "-m", "bench.gateway", "--echo", json.dumps(
+            echo = _spawn([sys.executable, "-m", "perpdex.bench.gateway", "--echo", json.dumps(
                 [erouter, secret, size])], b"ready")
             try:
                 # the echo does not need a login: send one anyway to keep the client the same

@@ -16,13 +16,10 @@ import gc
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from perpdex.engine import Engine, messages as M  # noqa: E402
+from perpdex.engine import Engine, messages as M
 
 MARKET = "BTC-PERP"
 MID = 650_000                     # 65,000.0 USD in ticks of 0.1

@@ -19,13 +19,10 @@ import gc
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from perpdex.engine import Engine, messages as M  # noqa: E402
+from perpdex.engine import Engine, messages as M
 
 USD = 1_000_000
 PLAIN = dict(tick_size="0.01", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,

@@ -37,10 +37,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.gateway import FAST, SERVER, _dealer, _spawn, _stop, free_port  # noqa: E402
+from .gateway import FAST, SERVER, _dealer, _spawn, _stop, free_port
 
 enc = msgspec.msgpack.encode
 dec = msgspec.msgpack.decode
@@ -133,8 +130,8 @@ def subscriber_main(pub: str, keys: str, seconds: float, out: str):
 
 
 def _child(kind: str, *args):
-    return subprocess.Popen([sys.executable, "-m", "bench.marketdata", f"--{kind}",
-                             json.dumps([str(a) for a in args])], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "perpdex.bench.marketdata", f"--{kind}",
+                             json.dumps([str(a) for a in args])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

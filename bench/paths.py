@@ -370,7 +370,7 @@ REPLAY_JSONL = Path("replay jsonl", "as `perpdex replay`: JSON Lines in 1 MiB ch
 # ---- the reference engine --------------------------------------------------------------------
 
 def _reference(wl):
-    from bench.reference import ReferenceEngine
+    from .reference import ReferenceEngine
     ref = ReferenceEngine()
     for c in wl.setup_commands():
         ref.execute(c)

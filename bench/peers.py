@@ -11,7 +11,7 @@ installed. Where a peer cannot express an operation, the adapter says how it sta
 """
 from __future__ import annotations
 
-from bench.paths import Path, Prepared
+from .paths import Path, Prepared
 
 
 def available() -> dict:

@@ -43,11 +43,8 @@ from pathlib import Path
 import msgspec
 import zmq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.durability import _fs, gateway_runs, gateway_table  # noqa: E402
-from bench.gateway import FAST, _client, _spawn, _stop, endpoint, throughput  # noqa: E402
+from .durability import _fs, gateway_runs, gateway_table
+from .gateway import FAST, _client, _spawn, _stop, endpoint, throughput
 
 SERVER = """
 import json, sys
@@ -107,7 +104,7 @@ def _ready(router: str, keys: Path, timeout: float = 30.0) -> None:
 def _round(seconds, clients, rate, r, log) -> dict:
     from perpdex.gateway.natslocal import LocalCluster
     out: dict = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
+    with tempfile.TemporaryDirectory(dir=".", prefix="perpdex-bench-") as d:
         tmp = Path(d)
         for mode in MODES:
             cluster = None
@@ -161,7 +158,7 @@ def raw_appends(n: int = 500, log=print) -> dict:
         finally:
             await nc.close()
     out = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
+    with tempfile.TemporaryDirectory(dir=".", prefix="perpdex-bench-") as d:
         for sync in ("always", "2m"):
             cluster = LocalCluster(Path(d) / sync, sync=sync)
             cluster.start()
@@ -177,7 +174,7 @@ def failovers(n: int, log=print) -> dict:
     """Seconds from a primary's SIGKILL to the first order its standby acknowledges."""
     from perpdex.gateway.natslocal import LocalCluster
     took = []
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as d:
+    with tempfile.TemporaryDirectory(dir=".", prefix="perpdex-bench-") as d:
         tmp = Path(d)
         cluster = LocalCluster(tmp / "nats")
         cluster.start()
@@ -264,7 +261,7 @@ def run(seconds=3.0, clients=3, rate=200.0, repeat=3, failovers_=3, log=print) -
     res["machine"] = {"python": sys.version.split()[0], "pyzmq": zmq.__version__,
                       "msgspec": msgspec.__version__, "nats-server": nats_version,
                       "platform": platform.platform(), "cpus": os.cpu_count(),
-                      "file system": _fs(ROOT / "bench"), "seconds": seconds,
+                      "file system": _fs(Path(".")), "seconds": seconds,
                       "clients": clients, "rate": rate, "repeat": repeat,
                       "load average": os.getloadavg()}
     return res

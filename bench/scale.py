@@ -17,11 +17,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def _rss() -> int:
@@ -31,7 +26,7 @@ def _rss() -> int:
 
 def _orders(n, string_cids):
     """(buy, price, qty, account, cid) of `n` non-crossing orders, deterministic."""
-    from bench.workloads import BUYERS, MID
+    from .workloads import BUYERS, MID
     for i in range(n):
         buy = i % 2 == 0
         off = 1 + (i * 7919) % 5000
@@ -44,12 +39,12 @@ def _child(n: int, what: str) -> dict:
 
     import msgspec
 
-    from bench.workloads import MARKET, deep
+    from .workloads import MARKET, deep
     from perpdex.engine import messages as M
     enc = msgspec.msgpack.encode
     empty = deep(seed=1, n=1, depth=0)
     if what == "plain":
-        from bench.plain_book import PlainBook
+        from .plain_book import PlainBook
         book = PlainBook()
         gc.collect()
         before = _rss()
@@ -81,7 +76,7 @@ def memory(n: int) -> dict:
     """Bytes per resting order: perpdex with integer and string cids, and the plain book."""
     out = {}
     for what in ("int", "string", "plain"):
-        r = subprocess.run([sys.executable, "-m", "bench.scale", what, str(n)], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "perpdex.bench.scale", what, str(n)],
                            capture_output=True, text=True, timeout=900, check=True)
         out[what] = json.loads(r.stdout)["bytes_per_order"]
     return {"orders": n, "perpdex_int_cids": out["int"], "perpdex_string_cids": out["string"],

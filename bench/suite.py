@@ -38,12 +38,8 @@ import time
 from array import array
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import paths as P  # noqa: E402
-from bench import workloads as W  # noqa: E402
+from . import paths as P
+from . import workloads as W
 
 SUITES = ("core", "replay", "gateway", "liquidation", "replication")
 PERCENTILES = (50, 90, 99, 99.9)
@@ -76,12 +72,17 @@ def _version(mod: str) -> str:
 
 
 def _git() -> str:
+    """The checkout's commit this code runs from (an installed wheel has none)."""
+    here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
                               capture_output=True, timeout=10).stdout.strip()
+        if not head:
+            return "unknown (not run from a checkout)"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                "engine", "gateway", "bench", ":!bench/results", "setup.py"],
-                               cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
+                                ":/engine", ":/gateway", ":/bench", ":!:/bench/results",
+                                ":/setup.py"],
+                               cwd=here, text=True, capture_output=True, timeout=10).stdout
         return head + (" (with uncommitted changes to the code)" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -213,7 +214,7 @@ def _workload(name, quick, seed):
 def core_suite(quick=False, rounds=3, seed=1, peers=True, log=print) -> dict:
     extra, skipped = [], {}
     if peers:
-        from bench import peers as peer_mod
+        from . import peers as peer_mod
         for name, p in peer_mod.available().items():
             if isinstance(p, str):
                 skipped[name] = p
@@ -236,7 +237,7 @@ def core_suite(quick=False, rounds=3, seed=1, peers=True, log=print) -> dict:
 def scale_part(quick, seed, deep, log) -> dict:
     """bench/scale.py: bytes per resting order, and the deep mix over a much deeper book (one
     round, no latency pass), as a ratio to its speed over the standard book in this run."""
-    from bench import scale
+    from . import scale
     n = 20_000 if quick else 1_000_000
     mem = scale.memory(n)
     log(f"  scale: {n:,} resting orders: perpdex {mem['perpdex_int_cids']:.0f} bytes each "
@@ -262,7 +263,7 @@ def replay_suite(quick=False, rounds=3, seed=1, log=print) -> dict:
 
 
 def liquidation_suite(quick=False, log=print) -> dict:
-    from bench import liquidation
+    from . import liquidation
     sizes = (1_000,) if quick else (10_000, 100_000)
     out = {"method": "bench/liquidation.py: quiet mark updates (+-1 tick, nobody liquidated) and "
                      "one update 6 % down liquidating ten 9.5x accounts, each one `oracle` "
@@ -273,7 +274,7 @@ def liquidation_suite(quick=False, log=print) -> dict:
         out["runs"].append(r)
         log(f"  liquidation {n:>9,} accounts: quiet p50 {r['quiet_p50_us']:.1f} us, "
             f"p99 {r['quiet_p99_us']:.1f} us; ten liquidated in {r['ten_us']:,.0f} us")
-    from bench import liquidation_worst as worst
+    from . import liquidation_worst as worst
     out["worst"] = {"adl": worst.adl(3_000 if quick else 30_000, 100),
                     "waiting": worst.waiting(6_000 if quick else 60_000, 60 if quick else 600)}
     a, w = out["worst"]["adl"], out["worst"]["waiting"]
@@ -284,13 +285,13 @@ def liquidation_suite(quick=False, log=print) -> dict:
 
 
 def gateway_suite(quick=False, log=print) -> dict:
-    from bench import gateway
+    from . import gateway
     return gateway.run(seconds=0.5 if quick else 3.0, rate=2_000 if quick else 10_000,
                        clients=1 if quick else 3, log=lambda *a: log("  gateway", *a))
 
 
 def replication_suite(quick=False, log=print) -> dict:
-    from bench import replication
+    from . import replication
     return replication.run(seconds=1.0 if quick else 3.0, rate=200.0, repeat=1 if quick else 3,
                            failovers_=1 if quick else 3,
                            log=lambda *a: log("  replication", *a))
@@ -320,7 +321,7 @@ def run(suites=("core",), quick=False, rounds=None, seed=1, peers=True, log=prin
     return rep
 
 
-# ---- issue 14's goals, next to what was measured ---------------------------------------------
+# ---- the goals (docs/performance.md), next to what was measured ------------------------------
 
 def goals(rep) -> list:
     out = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bench.workloads import MARKET_FIELDS
+from .workloads import MARKET_FIELDS
 from perpdex.engine import Engine, messages as M
 
 MARKET = "BTC-PERP"

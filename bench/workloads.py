@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from bench.plain_book import PlainBook
+from .plain_book import PlainBook
 
 MARKET = "BTC-PERP"
 MID = 650_000                 # ticks (65,000.0 USD at tick 0.1)

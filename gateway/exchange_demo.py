@@ -314,10 +314,10 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
 
     life = f"{seconds + 5:.0f}"
     common = ["--data", str(data), "--router", router]
-    mm = str(ROOT / "examples" / "market_maker.py")
-    children.spawn("mm-1", mm, *common, "--pub", pub, "--account", "mm-1", "--market",
+    mm = ("-m", "perpdex.examples.market_maker")        # examples/, shipped in the wheel
+    children.spawn("mm-1", *mm, *common, "--pub", pub, "--account", "mm-1", "--market",
                    "BTC-PERP", "--size", "0.5", "--seconds", life)
-    children.spawn("mm-2", mm, *common, "--pub", pub, "--account", "mm-2", "--market",
+    children.spawn("mm-2", *mm, *common, "--pub", pub, "--account", "mm-2", "--market",
                    "ETH-PERP", "--size", "5", "--seconds", life)
     children.spawn("taker-1", "-m", "perpdex.gateway.bots", "taker", *common, "--account", "taker-1",
                    "--seed", "1", "--seconds", life)

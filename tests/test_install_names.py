@@ -1,6 +1,9 @@
-"""The distribution installs under the project's name: perpdex.engine and perpdex.gateway, no
-generic top-level `engine` or `gateway` (issue 12). Inside a checkout the short names are
-aliases of the very same modules, never a second copy of the Cython rooms."""
+"""The distribution installs under the project's name: perpdex.engine, perpdex.gateway,
+perpdex.bench and perpdex.examples, no generic top-level `engine`, `gateway` or `bench` (issue
+12). Inside a checkout the short names are aliases of the very same modules, never a second copy
+of the Cython rooms. The wheel is packaged by the conventions (issue 23)."""
+import email
+import re
 import shutil
 import subprocess
 import sys
@@ -22,20 +25,23 @@ def test_the_installed_packages_provide_only_the_perpdex_names(tmp_path):
     # without that entry, what the distribution installs must not answer `engine`.
     r = _python("import sys\n"
                 f"sys.path[:] = [p for p in sys.path if p != {str(ROOT)!r}]\n"
-                "import perpdex.engine, perpdex.gateway.cli\n"
-                "for short in ('engine', 'gateway'):\n"
+                "import perpdex.engine, perpdex.gateway.cli, perpdex.bench.suite\n"
+                "import perpdex.examples.market_maker  # what `perpdex demo` runs\n"
+                "for short in ('engine', 'gateway', 'bench'):\n"
                 "    try:\n"
                 "        __import__(short)\n"
                 "    except ModuleNotFoundError:\n"
                 "        print(short, 'absent')\n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:2] == ["engine absent", "gateway absent"]
+    assert r.stdout.split("\n")[:3] == ["engine absent", "gateway absent", "bench absent"]
 
 
 def test_the_development_venv_answers_the_short_names_from_any_folder(tmp_path):
-    r = _python("import engine, gateway.client, perpdex.engine, perpdex.gateway.client\n"
+    r = _python("import engine, gateway.client, bench.suite, perpdex.engine, perpdex.bench.suite\n"
+                "import perpdex.gateway.client\n"
                 "assert engine is perpdex.engine\n"
                 "assert gateway.client is perpdex.gateway.client\n"
+                "assert bench.suite is perpdex.bench.suite\n"
                 "print('ok')\n", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "ok\n"
@@ -73,7 +79,7 @@ def test_python_dash_m_gateway_cli_runs_inside_a_checkout():
 
 
 @pytest.mark.slow
-def test_the_wheel_holds_only_the_perpdex_package(tmp_path):
+def test_the_wheel_holds_only_the_perpdex_package_by_the_conventions(tmp_path):
     """Builds the wheel from the tracked files (the Cython rooms compile again: minutes)."""
     src = tmp_path / "src"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
@@ -85,8 +91,31 @@ def test_the_wheel_holds_only_the_perpdex_package(tmp_path):
                     "--no-build-isolation", "-w", str(tmp_path), str(src)], check=True,
                    timeout=900)
     (wheel,) = tmp_path.glob("perpdex-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    check_wheel(wheel)
+
+
+def check_wheel(wheel: Path) -> None:
+    """What the wheel must and must not hold, and its metadata."""
+    z = zipfile.ZipFile(wheel)
+    names = z.namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"perpdex", "perpdex-%s.dist-info" % wheel.name.split("-")[1]}
     assert "perpdex/engine/core.pxd" in names and "perpdex/gateway/default.toml" in names
     assert any(n.startswith("perpdex/engine/core.") and n.endswith(".so") for n in names)
+    # the compiled rooms, not the C that Cython generated, nor its annotated HTML
+    assert [n for n in names if n.endswith((".c", ".html"))] == []
+    for package in ("engine", "gateway", "bench"):
+        assert f"perpdex/{package}/py.typed" in names, package
+    # what `perpdex bench` and `perpdex demo` run
+    assert "perpdex/bench/suite.py" in names and "perpdex/examples/market_maker.py" in names
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    msg = email.message_from_bytes(z.read(meta))
+    assert "Typing :: Typed" in msg.get_all("Classifier")
+    urls = dict(u.split(", ", 1) for u in msg.get_all("Project-URL"))
+    assert {"Repository", "Documentation", "Changelog", "Issues"} <= set(urls)
+    assert msg["Description-Content-Type"] == "text/markdown"
+    description = msg.get_payload()
+    links = re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)", description)
+    assert links and all(u.startswith(("https://", "#")) for u in links), \
+        [u for u in links if not u.startswith(("https://", "#"))]
+    assert f"{urls['Repository']}/blob/main/docs/contract.md" in links
