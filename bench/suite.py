@@ -3,7 +3,7 @@
 how the numbers were made and what they are.
 
     perpdex bench [--suite core|replay|gateway|liquidation|replication|all] [--quick]
-                  [--json FILE]
+                  [--json FILE | --report FILE]
                   [--compare OLD.json] [--threshold 0.15] [--plot DIR] [--rounds N] [--seed S]
 
 The replication suite is bench/replication.py's (its docstring gives its method): the gateway
@@ -471,74 +471,156 @@ def print_report(rep, out=sys.stdout):
         w(f"\n{lq['method']}\n")
     gw = rep["suites"].get("gateway")
     if gw:
-        from bench import gateway
+        from . import gateway
         w("\n### gateway\n\n")
         gateway.print_report(gw, out)
     rp = rep["suites"].get("replication")
     if rp:
-        from bench import replication
+        from . import replication
         w("\n### replication\n\n")
         replication.print_report(rp, out)
-    w("\n### issue 14's goals\n\n| goal | target | measured | met |\n|---|---|---|---|\n")
+    w("\n### the goals (docs/performance.md)\n\n| goal | target | measured | met |\n"
+      "|---|---|---|---|\n")
     for g, target, got, met in rep["goals"]:
         w(f"| {g} | {target} | {got} | {'-' if met is None else 'yes' if met else 'no'} |\n")
 
 
 # ---- compare ---------------------------------------------------------------------------------
 
+class ReportError(ValueError):
+    """A report that cannot be read, or two runs that cannot be compared; the message says why."""
+
+
+def load_report(path) -> dict:
+    """A report written by `--json`, checked enough to compare: ReportError if it is missing or
+    is not one."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        rep = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: not JSON ({e}); a report is what `perpdex bench --json` "
+                          f"writes") from None
+    if not (isinstance(rep, dict) and isinstance(rep.get("options"), dict)
+            and isinstance(rep.get("suites"), dict) and isinstance(rep.get("meta"), dict)):
+        raise ReportError(f"{path}: not a report of `perpdex bench --json` (it has no meta, "
+                          f"options and suites)")
+    return rep
+
+
+def unlike(options: dict, old: dict, name: str) -> str | None:
+    """Why a run with `options` cannot be compared with the report `old` (named `name`): a quick
+    run against a full one, a suite `old` does not have, another seed. None if it can."""
+    o = old["options"]
+    if bool(o.get("quick")) != bool(options["quick"]):
+        kind = {True: "a --quick run (small workloads)", False: "a full run"}
+        return (f"{name} is {kind[bool(o.get('quick'))]} and this is "
+                f"{kind[bool(options['quick'])]}: their workloads differ, so their numbers do "
+                f"not compare; compare like with like")
+    missing = [s for s in options["suites"] if s not in o.get("suites", [])]
+    if missing:
+        return (f"{name} has no {', '.join(missing)} suite (it ran "
+                f"{', '.join(o.get('suites', [])) or 'none'}): nothing to compare with")
+    if o.get("seed") != options["seed"]:
+        return (f"{name} ran seed {o.get('seed')} and this run seed {options['seed']}: their "
+                f"workloads differ")
+    return None
+
+
+def unlike_workloads(new: dict, old: dict, name: str) -> str | None:
+    """Why two reports' workloads differ (their sha256: the same options, a changed generator);
+    None if every workload both have is the same."""
+    for sname, s in new["suites"].items():
+        for wname, w in (s.get("workloads") or {}).items():
+            theirs = old["suites"].get(sname, {}).get("workloads", {}).get(wname)
+            if theirs and theirs["workload"]["sha256"] != w["workload"]["sha256"]:
+                return (f"the {sname}/{wname} workload is not {name}'s (sha256 "
+                        f"{w['workload']['sha256'][:12]} against {theirs['workload']['sha256'][:12]}"
+                        f"): its generator changed, so the numbers do not compare")
+    return None
+
+
+# What a compared metric is counted in, and whether more of it is better.
+UNITS = {"ops/s": ("ops/s", True), "x plain": ("x plain book", True),
+         "p50": ("us", False), "p99": ("us", False), "p99.9": ("us", False),
+         "quiet p50": ("us", False), "ten": ("us", False)}
+
+
 def _metrics(rep) -> dict:
-    """A flat {name: (value, higher is better)} of what a comparison looks at."""
+    """A flat {name: (value, unit, higher is better)} of what a comparison looks at."""
     out = {}
+
+    def put(key, what, value):
+        unit, higher = UNITS[what]
+        out[f"{key} {what}"] = (value, unit, higher)
+
     for sname in ("core", "replay"):
         for wname, wres in rep.get("suites", {}).get(sname, {}).get("workloads", {}).items():
             for pname, r in wres["paths"].items():
                 key = f"{sname}/{wname}/{pname}"
-                out[key + " ops/s"] = (r["ops_per_s"], True)
-                out[key + " x plain"] = (r["x_plain"], True)
+                put(key, "ops/s", r["ops_per_s"])
+                put(key, "x plain", r["x_plain"])
                 lat = r.get("latency", {}).get("all")
                 if lat:
                     for q in ("p50", "p99", "p99.9"):
-                        out[f"{key} {q}"] = (lat[f"{q}_ns"], False)
+                        put(key, q, lat[f"{q}_ns"] / 1000)
     for r in rep.get("suites", {}).get("liquidation", {}).get("runs", []):
         key = f"liquidation/{r['accounts']}"
-        out[key + " quiet p50"] = (r["quiet_p50_us"], False)
-        out[key + " ten"] = (r["ten_us"], False)
+        put(key, "quiet p50", r["quiet_p50_us"])
+        put(key, "ten", r["ten_us"])
     return out
 
 
 def compare(new, old, threshold=0.15, out=sys.stdout) -> list:
-    """Print new / old for every metric both have; return the regressions past `threshold`."""
+    """Print new / old for every metric both have, with its unit and which way is better;
+    return the regressions: worse by more than `threshold` (a fraction)."""
     a, b = _metrics(new), _metrics(old)
     regressions = []
     out.write(f"\ncompared with {old.get('meta', {}).get('date', '?')} "
-              f"({old.get('meta', {}).get('commit', '?')}); regression: worse by more than "
-              f"{threshold:.0%}\n\n| metric | old | new | new / old | |\n|---|---:|---:|---:|---|\n")
-    for k in a:
+              f"({old.get('meta', {}).get('commit', '?')}); a regression is worse by more than "
+              f"{threshold:.0%}\n\n| metric | unit | better | old | new | new / old | |\n"
+              f"|---|---|---|---:|---:|---:|---|\n")
+    for k, (v, unit, higher) in a.items():
         if k not in b or not b[k][0]:
             continue
-        (v, higher), ov = a[k], b[k][0]
+        ov = b[k][0]
         ratio = v / ov
         bad = ratio < 1 - threshold if higher else ratio > 1 + threshold
         if bad:
             regressions.append(k)
-        out.write(f"| {k} | {ov:,.2f} | {v:,.2f} | {ratio:.2f} | "
-                  f"{'REGRESSION' if bad else ''} |\n")
+        out.write(f"| {k} | {unit} | {'higher' if higher else 'lower'} | {ov:,.2f} | {v:,.2f} | "
+                  f"{ratio:.2f} | {'REGRESSION' if bad else ''} |\n")
     out.write(f"\n{len(regressions)} regression(s) past {threshold:.0%}\n")
     return regressions
 
 
 # ---- plots -----------------------------------------------------------------------------------
 
-def plot(rep, folder) -> list | str:
-    """PNG plots: latency percentile curves and throughput bars per workload. Returns the files
-    written, or a sentence saying why there are none (matplotlib is the optional extra `plot`)."""
+NO_MATPLOTLIB = ("--plot needs matplotlib: pip install 'perpdex[bench]' (`make install` in a "
+                 "checkout has it)")
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display), or None if it is not installed."""
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
-        return ("no plots: matplotlib is not installed (the optional extra: "
-                "pip install -e '.[plot]')")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(rep, folder) -> list:
+    """PNG plots: latency percentile curves and throughput bars per workload. Returns the files
+    written. ReportError if matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
+        raise ReportError(NO_MATPLOTLIB)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -588,36 +670,84 @@ def plot(rep, folder) -> list | str:
 
 # ---- the command -----------------------------------------------------------------------------
 
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a fraction from 0 to below 1 (0.15: 15 %)")
+    return v
+
+
 def main(argv=None) -> int:
+    """Exit 0; 1 if --compare found a regression past --threshold; 2 on a bad option, a missing
+    or malformed report, or runs that do not compare."""
     ap = argparse.ArgumentParser(
         prog="perpdex bench", description="Run the benchmark suite: every path next to the plain "
-        "Python book, in one process, on seeded workloads.",
+        "Python book, in one process, on seeded workloads. Exit 0; 1 if --compare finds a "
+        "regression past --threshold; 2 on a bad option, a missing or malformed report, or "
+        "reports that do not compare (a --quick run against a full one, another suite, seed or "
+        "workload).",
         epilog="documentation: docs/performance.md (in the repository)")
-    ap.add_argument("--suite", choices=(*SUITES, "all"), default="core")
+    ap.add_argument("--suite", choices=(*SUITES, "all"), help="what to run (default: core)")
     ap.add_argument("--quick", action="store_true", help="small workloads (seconds)")
     ap.add_argument("--json", metavar="FILE", help="write the report here")
-    ap.add_argument("--compare", metavar="OLD.json", help="print ratios to an earlier report")
-    ap.add_argument("--threshold", type=float, default=0.15,
-                    help="worse by more than this (a fraction) is a regression (default 0.15)")
-    ap.add_argument("--plot", metavar="DIR", help="write PNG plots here (needs matplotlib)")
+    ap.add_argument("--report", metavar="FILE", help="read this report (an earlier --json) "
+                    "instead of running the suite: print it, compare it, plot it")
+    ap.add_argument("--compare", metavar="OLD.json", help="print new / old for every metric "
+                    "with its unit and direction, and exit 1 if one is worse by more than "
+                    "--threshold")
+    ap.add_argument("--threshold", type=_fraction, default=0.15,
+                    help="worse by more than this fraction is a regression (default 0.15)")
+    ap.add_argument("--plot", metavar="DIR", help="write PNG plots here (needs matplotlib, "
+                    "which `make install` and the extra `bench` bring)")
     ap.add_argument("--rounds", type=int, help="throughput rounds (default 3)")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, help="the workloads' seed (default 1)")
     ap.add_argument("--no-peers", action="store_true", help="leave out the PyPI peers")
     a = ap.parse_args(argv)
-    suites = SUITES if a.suite == "all" else (a.suite,)
-    old = json.loads(Path(a.compare).read_text()) if a.compare else None
-    rep = run(suites, a.quick, a.rounds, a.seed, not a.no_peers,
-              log=lambda *x: print(*x, file=sys.stderr, flush=True))
+    given = [f for f, v in (("--suite", a.suite), ("--quick", a.quick), ("--json", a.json),
+                            ("--rounds", a.rounds), ("--seed", a.seed),
+                            ("--no-peers", a.no_peers)) if v]
+    if a.report and given:
+        ap.error(f"--report reads a finished run: {', '.join(given)} would be the run's own")
+    try:
+        old = load_report(a.compare) if a.compare else None
+        if a.report:
+            rep = load_report(a.report)
+        else:
+            options = {"suites": list(SUITES if a.suite == "all" else (a.suite or "core",)),
+                       "quick": a.quick, "seed": 1 if a.seed is None else a.seed}
+            why = old and unlike(options, old, a.compare)
+            if why:
+                raise ReportError(f"will not compare: {why}")
+            if a.plot and _pyplot() is None:
+                raise ReportError(NO_MATPLOTLIB)
+            try:
+                import hdrh  # noqa: F401  (the latency histograms)
+            except ImportError:
+                raise ReportError("the suite needs hdrhistogram: pip install 'perpdex[bench]' "
+                                  "(`make install` in a checkout has it)") from None
+            rep = run(options["suites"], a.quick, a.rounds, options["seed"], not a.no_peers,
+                      log=lambda *x: print(*x, file=sys.stderr, flush=True))
+        if old is not None:
+            why = (unlike(rep["options"], old, a.compare) if a.report else None) or \
+                unlike_workloads(rep, old, a.compare)
+            if why:
+                raise ReportError(f"will not compare: {why}")
+    except ReportError as e:
+        print(f"perpdex bench: {e}", file=sys.stderr)
+        return 2
     print_report(rep)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(rep, indent=1))
         print(f"\nwrote {a.json}")
     if a.plot:
-        files = plot(rep, a.plot)
-        print("\n" + (files if isinstance(files, str) else "plots: " + ", ".join(files)))
-    if old is not None:
-        compare(rep, old, a.threshold)
+        try:
+            print("\nplots: " + ", ".join(plot(rep, a.plot)))
+        except ReportError as e:
+            print(f"perpdex bench: {e}", file=sys.stderr)
+            return 2
+    if old is not None and compare(rep, old, a.threshold):
+        return 1
     return 0
 
 

@@ -1,7 +1,7 @@
 """`perpdex bench --quick` runs in seconds and writes a valid JSON report: the machine and the
 versions, every path of every workload with its ratio to the plain book, its fills checked, its
-latency percentiles by kind. --compare flags regressions past the threshold. No timing is
-asserted: the machines are noisy, and ratios are for the report."""
+latency percentiles by kind. --compare flags regressions past the threshold (tests/test_bench_ci.py
+has the rest of what it does). No timing is asserted: the machines are noisy, and ratios are for the report."""
 import copy
 import io
 import json
@@ -35,7 +35,7 @@ def test_bench_quick_writes_a_report_that_says_how_it_was_made(quick):
               "load_before", "load_after", "engine_core"):
         assert m[k] not in (None, ""), k
     assert rep["options"]["quick"] and rep["method"]
-    assert "| plain book |" in out and "issue 14's goals" in out
+    assert "| plain book |" in out and "### the goals (docs/performance.md)" in out
 
 
 def test_every_workload_has_every_path_with_its_ratio_and_the_same_fills(quick):
@@ -74,12 +74,10 @@ def test_the_report_says_which_peers_ran_and_which_were_skipped(quick):
     assert len(ran) + len(core["peers_skipped"]) == 3
 
 
-def test_plots_are_written_or_the_report_says_why_not(quick):
+def test_plots_are_written(quick):
     _, out, d = quick
     pngs = sorted(p.name for p in (d / "plots").glob("*.png"))
-    assert pngs or "matplotlib is not installed" in out
-    if pngs:
-        assert "core-deep-throughput.png" in pngs and "core-deep-latency.png" in pngs
+    assert "core-deep-throughput.png" in pngs and "core-deep-latency.png" in pngs
 
 
 def test_compare_prints_ratios_and_flags_a_regression_past_the_threshold(quick):
@@ -99,8 +97,10 @@ def test_compare_from_the_command_line(quick, tmp_path):
     r = subprocess.run([PERPDEX, "bench", "--quick", "--no-peers", "--compare",
                         str(d / "q.json")], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    # two quick runs on a shared machine: noise may pass 15 % (exit 1), the table is there
+    assert r.returncode in (0, 1), r.stderr[-3000:]
     assert "new / old" in r.stdout and "regression(s) past 15%" in r.stdout
+    assert (r.returncode == 1) == ("\n0 regression(s)" not in r.stdout)
 
 
 def test_the_replay_and_liquidation_suites_run_quick():
