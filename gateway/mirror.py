@@ -36,7 +36,7 @@ import zmq
 from sortedcontainers import SortedDict
 
 from .chain import CHECKSUM_LEVELS, HASH_SIZE, HEARTBEAT, MIRROR_KINDS, checksum, step, topic
-from .client import curve_socket
+from .transport import curve_socket
 
 _decode = msgspec.msgpack.Decoder().decode
 

@@ -94,7 +94,7 @@ class Metrics:
     def _preset(self, server) -> None:
         """Every labelled series that can be known at start, at 0."""
         from . import protocol as P
-        from .client import _BY_REASON
+        from .errors import REASONS as _BY_REASON
         tags = [c.__struct_config__.tag for c in P.GATEWAY] + list(P.TRADER + P.ORACLE +
                                                                      P.ADMIN) + ["unreadable"]
         for tag in tags:

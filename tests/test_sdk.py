@@ -327,14 +327,14 @@ def test_the_async_client_does_the_same_awaited(venue):
 def test_every_reason_code_of_the_contract_and_the_protocol_has_its_class():
     """Each reason of docs/contract.md's rejections and docs/protocol.md's refusals raises a
     class of its own below PerpdexError; one the SDK does not know yet is PerpdexError itself."""
-    from perpdex.gateway.client import _BY_REASON, MarketClosed, error_for
+    from perpdex.gateway.client import REASONS, MarketClosed, error_for
     contract, protocol = ((ROOT / "docs" / n).read_text() for n in ("contract.md",
                                                                       "protocol.md"))
     tables = (contract[contract.index("### Rejections"):contract.index("### Cancel reasons")]
               + protocol[protocol.index("## Replies"):protocol.index("## req_id")])
     codes = set(re.findall(r"^\| `([a-z_]+)` \|", tables, re.M))
     assert {"insufficient_margin", "rate_limited", "unavailable", "market_halted"} <= codes
-    assert codes <= set(_BY_REASON)
+    assert codes <= set(REASONS)
     assert all(type(error_for(code)) is not PerpdexError for code in codes)
     assert isinstance(error_for("market_halted", request="new_order"), MarketClosed)
     assert type(error_for("something_new")) is PerpdexError
