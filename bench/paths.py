@@ -359,11 +359,11 @@ BATCH = Path("perpdex execute_batch", f"Engine.execute_batch(msgpack chunk of {C
              _batch_build, _batch_single)
 BATCH_NO_MARGIN = Path("perpdex execute_batch, margin off", "the same on Engine(margin=False): "
                        "what the margin checks cost", lambda wl: _batch_build(wl, False), None)
-REPLAY_MSGPACK = Path("replay msgpack", "as `perpdex replay`: msgpack bytes in 1 MiB chunks -> "
-                      "msgpack events (one command alone for latency)",
+REPLAY_MSGPACK = Path("replay msgpack", "as `perpdex replay --quiet`: msgpack bytes in 1 MiB "
+                      "chunks -> msgpack events (one command alone for latency)",
                       lambda wl: _replay_build(wl, "msgpack"), _batch_single)
-REPLAY_JSONL = Path("replay jsonl", "as `perpdex replay`: JSON Lines in 1 MiB chunks -> JSON "
-                    "Lines events (one command alone for latency)",
+REPLAY_JSONL = Path("replay jsonl", "as `perpdex replay --quiet`: JSON Lines in 1 MiB chunks "
+                    "-> JSON Lines events (one command alone for latency)",
                     lambda wl: _replay_build(wl, "jsonl"), lambda wl: _batch_single(wl, "jsonl"))
 
 

@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("replay", help="replay a command file through a fresh engine",
                         description="Replay commands (JSON Lines or msgpack, by extension; - for "
                         "stdin) and write the events (- for stdout). The same input always gives "
-                        "byte-identical output.",
+                        "byte-identical output. Each rejection is named on stderr by its line "
+                        "(JSON Lines) or object (msgpack). Exit 0; 1 if --strict stopped at a "
+                        "rejection; 2 for a file that cannot be read.",
                         epilog=_docs("README.md#replay", "docs/contract.md#encoding",
                                      "docs/engine-api.md"))
     rp.add_argument("input", help="commands: FILE.jsonl, FILE.msgpack, - (stdin, JSON Lines), "
@@ -42,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", "-o", default="-", help="events: FILE.jsonl, FILE.msgpack or - (stdout)")
     rp.add_argument("--in-format", choices=FORMATS, help="override the input format")
     rp.add_argument("--out-format", choices=FORMATS, help="override the output format")
-    rp.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+    rp.add_argument("--strict", action="store_true", help="stop at the first command the "
+                    "engine rejects or cannot read, and exit 1 (its events are written)")
+    rp.add_argument("--quiet", "-q", action="store_true", help="no summary line and no line "
+                    "per rejection, at full speed (naming each rejection applies commands one "
+                    "at a time); --strict still says where it stopped")
 
     _verify_parser(sub)
 
@@ -121,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     _health_parser(sub)
     _markets_parser(sub)
 
-    sub.add_parser("bench", add_help=False, help="run the benchmark suite (a checkout's bench/; "
-                   "`perpdex bench --help`)")
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite, or compare its "
+                   "reports (`perpdex bench --help`)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:        # its options are bench/suite.py's own
         return _bench(argv[1:])
@@ -130,17 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "config":
         return _config(args)
     if args.cmd == "replay":
-        from .replay import replay_file
-        try:
-            summary = replay_file(args.input, args.out, args.in_format, args.out_format)
-        except FileNotFoundError as e:
-            print(f"perpdex: {e.filename}: no such file", file=sys.stderr)
-            return 2
-        except BrokenPipeError:
-            return 1
-        if not args.quiet:
-            print(summary.line(), file=sys.stderr)
-        return 0
+        return _replay(args)
     if args.cmd == "verify":
         return _verify(args)
     if args.cmd == "stress":
@@ -241,14 +237,31 @@ def _nats_local(args) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / "suite.py").is_file():
-        print("perpdex: the benchmark suite lives in a checkout's bench/ (docs/performance.md); "
-              "this install has none", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(root))
-    from bench.suite import main as bench
+    from perpdex.bench.suite import main as bench
     return bench(argv)
+
+
+def _replay(args) -> int:
+    from .replay import replay_file
+
+    def rejected(r) -> None:
+        if not args.quiet:
+            print(f"perpdex replay: {r.line()}", file=sys.stderr)
+    try:
+        summary = replay_file(args.input, args.out, args.in_format, args.out_format,
+                              strict=args.strict, rejected=rejected)
+    except FileNotFoundError as e:
+        print(f"perpdex: {e.filename}: no such file", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+    if not args.quiet:
+        print(summary.line(), file=sys.stderr)
+    if summary.stopped is not None:
+        print(f"perpdex replay: stopped at {summary.stopped}, the first rejection (--strict)",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _verify_parser(sub) -> None:
