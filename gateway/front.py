@@ -26,7 +26,8 @@ class Front:
     """The SDK's methods, written once: each is a generator that yields `(type, fields)` for
     every request it needs and gets the reply back, so `Client` runs it with blocking requests
     and `AsyncClient` with awaited ones (`install`). A refusal raises (`check`). A client is a
-    Front over a connection that has `ctx`, `keys` and `request`."""
+    Front over a connection that has `ctx`, `keys`, `request` and `_subscribed()` (whether the
+    private stream is joined)."""
 
     def _init_front(self, pub: str | None):
         self.pub = pub                      # the public feed's endpoint, for mark()

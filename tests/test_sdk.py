@@ -340,6 +340,26 @@ def test_every_reason_code_of_the_contract_and_the_protocol_has_its_class():
     assert type(error_for("something_new")) is PerpdexError
 
 
+def test_every_name_the_reference_page_gives_is_where_it_says():
+    """The classes and functions of docs/sdk.md import from perpdex.gateway.client (the feed's
+    mirrors from perpdex.gateway.mirror), whichever room of the SDK writes them; the methods
+    it names are the clients' (or an Account's)."""
+    import builtins
+    import perpdex.gateway.client as sdk
+    import perpdex.gateway.mirror as mirror
+    text = (ROOT / "docs" / "sdk.md").read_text()
+    classes = set(re.findall(r"`([A-Z][A-Za-z]+)`", text)) | set(re.findall(r"[├└]── (\w+)",
+                                                                              text))
+    calls = set(re.findall(r"`([a-z_]+)\(", text))
+    assert {"Client", "AsyncClient", "Chain", "REASONS", "connect", "place"} <= classes | calls
+    wrong = [n for n in classes if not any(hasattr(m, n) for m in (sdk, mirror, builtins))
+             and n != "Decimal"]
+    wrong += [n for n in calls if not any(hasattr(m, n) for m in (sdk, sdk.Client,
+                                                                   sdk.Account))]
+    assert not wrong, wrong
+    assert all(hasattr(sdk.AsyncClient, n) for n in calls if hasattr(sdk.Front, "g_" + n))
+
+
 def test_money_converts_exactly_both_ways():
     assert usd(1) == D("0.000001") and usd(-2_500_000) == D("-2.5") and usd(None) is None
     assert quote_units("12.345678") == 12_345_678 and quote_units(D("-1")) == -1_000_000
