@@ -82,7 +82,8 @@ class Commands:
                 if ev.maker_remaining == 0:
                     sessions.closed(ev.maker_oid)
             feed(ev)
-            push(views, stream_out)
+            if views:
+                push(views, stream_out)
         return raws
 
     def _one(self, acct, sess, req):
