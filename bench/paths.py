@@ -240,6 +240,57 @@ def _handles_single(wl):
     return step, _handle_calls(eng, wl.commands())
 
 
+def _records_of(eng, cmds) -> list[bytes]:
+    """The workload as 64-byte command records (docs/engine-api.md), CHUNK to a buffer."""
+    import struct
+    rec = struct.Struct("<BBBBB3xiiqqqqqq")
+    calls = _handle_calls(eng, cmds)
+    out = []
+    for what, _, a in calls:
+        if what == NEW:
+            acct, m, cid, side, qty, price, kind, tif, ts = a
+            out.append(rec.pack(1, side, kind, tif, 0, acct, m, cid, price, qty, 0, ts, 0))
+        elif what == AMEND:
+            acct, m, cid, price, qty, ts = a
+            out.append(rec.pack(3, 0, 0, 0, 0, acct, m, cid, price, qty, 0, ts, 0))
+        else:
+            acct, m, cid, ts = a
+            out.append(rec.pack(2, 0, 0, 0, 0, acct, m, cid, 0, 0, 0, ts, 0))
+    return [b"".join(out[i:i + CHUNK]) for i in range(0, len(out), CHUNK)]
+
+
+def _fills_of_records(chunks) -> list:
+    import struct
+    fill = struct.Struct("<qqqqqqqq")
+    return [(price, qty, maker, taker) for data in chunks
+            for _, price, qty, maker, taker, *_ in fill.iter_unpack(data)]
+
+
+def _records_build(wl):
+    """execute_records over CHUNK records a call, the results into one reused bytearray, each
+    chunk's fill records kept as the engine returns them."""
+    eng = _api_engine(wl, False)
+    chunks = _records_of(eng, wl.commands())
+    outs = []
+
+    def run():
+        ex, keep, results = eng.execute_records, outs.append, bytearray()
+        for data in chunks:
+            keep(ex(data, results)[1])
+    return Prepared(run, lambda: _fills_of_records(outs))
+
+
+def _records_single(wl):
+    eng = _api_engine(wl, False)
+    ex, results, fills = eng.execute_records, bytearray(), bytearray()
+    items = [data[i:i + 64] for data in _records_of(eng, wl.commands())
+             for i in range(0, len(data), 64)]
+
+    def step(rec):
+        ex(rec, results, fills)
+    return step, items
+
+
 def _marks_build(wl):
     return _execute_build(wl, cmds=wl.commands_with_marks()[0])
 
@@ -345,6 +396,10 @@ HANDLES = Path("perpdex place/cancel_order", "the handle calls: Engine.place / c
                "amend_order per command, accounts and market by integer handle, codes for side, "
                "kind and tif, margin on, record_events off; each call returns its oid and fills",
                _handles_build, _handles_single)
+RECORDS = Path("perpdex execute_records", f"the binary batch path: Engine.execute_records("
+               f"{CHUNK:,} 64-byte command records a call), margin on; a result a command and a "
+               "64-byte record a fill back (one record alone for latency)", _records_build,
+               _records_single)
 MARKS = Path("perpdex execute, with marks", "as perpdex execute, plus an `oracle` (mark update: "
              "risk pass, premium sample, triggers) every 500 operations, in its time; perpdex "
              "only: the plain book has no marks", _marks_build, _marks_single,
@@ -400,5 +455,5 @@ REFERENCE = Path("reference engine", "bench/reference.py: the whole contract (ac
                  "events as dicts) in Python; not the baseline", _reference_build,
                  _reference_single)
 
-CORE = [PLAIN, HANDLES, API, API_EVENTS, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
+CORE = [PLAIN, HANDLES, RECORDS, API, API_EVENTS, EXECUTE, MARKS, MANY, MANY_READ, BATCH, BATCH_NO_MARGIN, REFERENCE]
 REPLAY = [PLAIN, REPLAY_MSGPACK, REPLAY_JSONL]

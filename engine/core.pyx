@@ -2,12 +2,13 @@
 """The engine (contract: "Time" and the dispatch of "Commands"): the clock, the command
 dispatch, and the public API. The rooms (core.pxd lists them) do the work; docs/engine-api.md
 says how to drive it."""
-from libc.stdint cimport int64_t, int32_t
+from libc.stdint cimport int64_t, int32_t, uint8_t
 
 from .units cimport positive
 from .book cimport Book, BID, ASK
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.bytearray cimport PyByteArray_Resize, PyByteArray_AS_STRING
 from cpython.ref cimport Py_INCREF
 from libc.string cimport memcpy
 cimport cython
@@ -138,6 +139,76 @@ cdef tuple _rows(State s):
         Py_INCREF(row)
         PyTuple_SET_ITEM(rows, i, row)
     return rows
+
+
+# The binary batch path's records (docs/engine-api.md, "The binary batch path").
+cdef enum:
+    RECORD = 64                 # bytes of a command record and of a fill record
+    REC_NEW_ORDER = 1
+    REC_CANCEL = 2
+    REC_AMEND = 3
+    FILL_MAKER_CID_STR = 1      # a fill record's flags: the maker's cid is a string (not given)
+    FILL_TAKER_CID_STR = 2
+
+ctypedef packed struct CommandRecord:
+    uint8_t type
+    uint8_t side
+    uint8_t kind
+    uint8_t tif
+    uint8_t flags
+    uint8_t pad[3]
+    int32_t account
+    int32_t market
+    int64_t cid
+    int64_t price
+    int64_t qty
+    int64_t trigger_price
+    int64_t ts
+    int64_t expire_ts
+
+ctypedef packed struct FillRecord:
+    int64_t command             # the command's index in the batch
+    int64_t price
+    int64_t qty
+    int64_t maker_cid
+    int64_t taker_cid
+    int64_t maker_oid
+    int64_t taker_oid
+    int64_t flags
+
+assert sizeof(CommandRecord) == RECORD and sizeof(FillRecord) == RECORD
+
+cdef dict _REASON_CODE = {r: i for i, r in enumerate(M.REASONS)}
+
+
+cdef int64_t _fill_records(State s, bytearray fills, int64_t n, Py_ssize_t k) except -1:
+    """Append the current command's fills (command index `k`) to `fills`, which holds `n`
+    records; the new count. O(fills)."""
+    cdef int32_t i
+    cdef FillC* f
+    cdef FillRecord* r
+    PyByteArray_Resize(fills, (n + s.n_logged) * RECORD)
+    r = <FillRecord*>PyByteArray_AS_STRING(fills) + n
+    for i in range(s.n_logged):
+        f = &s.fill_log[i]
+        r.command = k
+        r.price = f.price
+        r.qty = f.qty
+        r.maker_cid = f.maker_cid
+        r.taker_cid = f.taker_cid
+        r.maker_oid = f.maker_oid
+        r.taker_oid = f.taker_oid
+        r.flags = 0
+        if f.strs:
+            maker, taker = s.log_strs[f.strs - 1]
+            if type(maker) is str:
+                r.flags |= FILL_MAKER_CID_STR
+                r.maker_cid = 0
+            if type(taker) is str:
+                r.flags |= FILL_TAKER_CID_STR
+                r.taker_cid = 0
+        r += 1
+    return n + s.n_logged
 
 
 cdef class Engine:
@@ -403,6 +474,79 @@ cdef class Engine:
             s.log_fills = False
             s.quiet = False
         return _rows(s)
+
+    # ---- the binary batch path: fixed-size records in and out -------------------------------
+
+    def execute_records(self, commands, bytearray results=None, bytearray fills=None):
+        """Run `commands`, a buffer of 64-byte command records (docs/engine-api.md, "The binary
+        batch path": new_order, cancel and amend by handles and codes), in order, as the
+        commands would run. Returns (results, fills), two bytearrays (the caller's, resized and
+        overwritten, when given): `results` one int64 a command, a new_order's oid or a cancel's
+        or amend's 1, or -1 - the reason's code (its place in messages.REASONS) when it was
+        rejected; `fills` a 64-byte fill record for every fill, in order. The events are
+        numbered as the commands' would be, and not written. O(commands + fills)."""
+        cdef const unsigned char[::1] view = commands
+        cdef Py_ssize_t n = view.shape[0] // RECORD, k
+        cdef State s = self.s
+        cdef const CommandRecord* c
+        cdef int64_t* out
+        cdef int64_t first, before, n_fills = 0
+        if view.shape[0] % RECORD:
+            raise ValueError(f"commands must be whole {RECORD}-byte records: "
+                             f"{view.shape[0]} bytes is not")
+        if results is None:
+            results = bytearray()
+        if fills is None:
+            fills = bytearray()
+        PyByteArray_Resize(results, n * 8)
+        PyByteArray_Resize(fills, 0)
+        out = <int64_t*>PyByteArray_AS_STRING(results)
+        if self.record_events:
+            events.begin_output(s, FMT_MSGPACK, True)
+        self._first = s.seq
+        self._recorded = False
+        s.quiet = True
+        s.log_fills = True
+        try:
+            for k in range(n):
+                c = <const CommandRecord*>(&view[0] + k * RECORD)
+                s.last_reason = None
+                s.n_logged = 0
+                if s.log_strs:
+                    s.log_strs.clear()
+                s.n_commands += 1
+                first = s.next_oid
+                before = s.pool.n_live
+                if c.type == REC_NEW_ORDER:
+                    if self._handles(s, "new_order", c.account, c.market, c.ts):
+                        self._advance(c.ts)
+                        entry.place_handles(s, c.account, c.market, c.cid, c.side, c.kind,
+                                            c.tif, c.flags, c.qty, c.price, c.trigger_price,
+                                            c.expire_ts)
+                    out[k] = first if s.next_oid > first else 0
+                elif c.type == REC_CANCEL:
+                    if self._handles(s, "cancel", c.account, c.market, c.ts):
+                        self._advance(c.ts)
+                        entry.cancel_handles(s, c.account, c.market, c.cid)
+                    out[k] = s.pool.n_live < before
+                elif c.type == REC_AMEND:
+                    if self._handles(s, "amend", c.account, c.market, c.ts):
+                        self._advance(c.ts)
+                        entry.amend_handles(s, c.account, c.market, c.cid, c.price, c.qty)
+                    out[k] = s.last_reason is None
+                else:
+                    events.reject(s, "record", Reason.INVALID_COMMAND,
+                                  f"record {k} has type {c.type}: 1 new_order, 2 cancel, 3 amend")
+                    out[k] = 0
+                if s.last_reason is not None:
+                    out[k] = -1 - _REASON_CODE[s.last_reason]
+                if s.n_logged:
+                    n_fills = _fill_records(s, fills, n_fills, k)
+                    out = <int64_t*>PyByteArray_AS_STRING(results)
+        finally:
+            s.log_fills = False
+            s.quiet = False
+        return results, fills
 
     cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
         """The handle calls' own edge: handles the engine gave and a ts the contract allows;

@@ -550,6 +550,8 @@ class CancelReason:
 
 # The cancel reasons in their code order (engine/wire.pyx's value tokens, engine/book.pxd).
 CANCEL_REASONS = tuple(v for k, v in vars(CancelReason).items() if k.isupper())
+# The rejection reasons in their code order (Engine.execute_records: a result -1 - code).
+REASONS = tuple(v for k, v in vars(Reason).items() if k.isupper())
 
 
 def command_decoder(kind: str):

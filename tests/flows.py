@@ -22,6 +22,46 @@ def create_markets(names=("BTC-PERP", "ETH-PERP"), **over) -> list[M.Command]:
     return [M.CreateMarket(market=n, **fields) for n in names]
 
 
+def funded_market(margin=False):
+    """An Engine with BTC-PERP marked at 10,000 and accounts "m" and "t" funded, and the
+    handles the handle calls take: (engine, m, t, BTC-PERP)."""
+    from perpdex.engine import Engine
+    eng = Engine(margin=margin)
+    for c in create_markets(["BTC-PERP"]):
+        eng.execute(c)
+    eng.execute(M.Oracle(market="BTC-PERP", price=10_000))
+    for who in ("m", "t"):
+        eng.execute(M.Deposit(account=who, amount=10**12))
+    return eng, eng.account_handle("m"), eng.account_handle("t"), eng.market_handle("BTC-PERP")
+
+
+def as_handles(eng, cmd):
+    """`cmd` as the handle calls' arguments, ("place" | "cancel_order" | "amend_order", args),
+    or None where they cannot say it: another command, a string cid, an account or market
+    the engine has not seen, a value that is not an int64, an explicit 0 (0 means "not
+    given" to them)."""
+    if type(cmd) not in (M.NewOrder, M.Cancel, M.Amend) or type(cmd.cid) is not int:
+        return None
+    try:
+        a, m = eng.account_handle(cmd.account), eng.market_handle(cmd.market)
+    except KeyError:
+        return None
+    ints = [getattr(cmd, f, None) for f in ("qty", "price", "trigger_price", "expire_ts")]
+    if any(v is not None and (type(v) is not int or v == 0 or abs(v) >= 2**63) for v in ints):
+        return None
+    qty, price, trigger, expire = (v or 0 for v in ints)
+    if type(cmd) is M.NewOrder:
+        if not qty:
+            return None
+        flags = int(cmd.reduce_only) | M.STP_MODES.index(cmd.stp) << 1
+        return "place", (a, m, cmd.cid, M.SIDES.index(cmd.side), qty, price,
+                         M.ORDER_KINDS.index(cmd.kind), M.TIFS.index(cmd.tif), cmd.ts, flags,
+                         trigger, expire)
+    if type(cmd) is M.Cancel:
+        return "cancel_order", (a, m, cmd.cid, cmd.ts)
+    return "amend_order", (a, m, cmd.cid, price, qty, cmd.ts)
+
+
 ACCOUNTS = ["a", "b", 3]
 CIDS = [1, 2, 3, "x", "é-ñ", 'q"\\']
 MARKETS = ["BTC-PERP", "ETH-PERP"]

@@ -6,43 +6,10 @@ import pytest
 from perpdex.engine import Engine, messages as M
 from tests import flows as F
 
-CODES = {"side": M.SIDES, "kind": M.ORDER_KINDS, "tif": M.TIFS, "stp": M.STP_MODES}
-
-
-def _market(margin=False):
-    eng = Engine(margin=margin)
-    for c in F.create_markets(["BTC-PERP"]):
-        eng.execute(c)
-    eng.execute(M.Oracle(market="BTC-PERP", price=10_000))
-    for who in ("m", "t"):
-        eng.execute(M.Deposit(account=who, amount=10**12))
-    return eng, eng.market_handle("BTC-PERP")
-
-
 def _by_handles(eng, cmd):
-    """`cmd` through the handle calls, or None where they cannot take it (a string cid, an
-    account the engine has not seen)."""
-    if type(cmd) not in (M.NewOrder, M.Cancel, M.Amend) or type(cmd.cid) is not int:
-        return None
-    try:
-        a, m = eng.account_handle(cmd.account), eng.market_handle(cmd.market)
-    except KeyError:
-        return None
-    if type(cmd) is M.NewOrder:
-        if type(cmd.qty) is not int or type(cmd.price) not in (int, type(None)) \
-                or type(cmd.trigger_price) not in (int, type(None)) or 0 in (cmd.price, cmd.trigger_price,
-                                                                     cmd.expire_ts):
-            return None
-        flags = int(cmd.reduce_only) | M.STP_MODES.index(cmd.stp) << 1
-        return eng.place(a, m, cmd.cid, M.SIDES.index(cmd.side), cmd.qty,
-                         cmd.price or 0, M.ORDER_KINDS.index(cmd.kind), M.TIFS.index(cmd.tif),
-                         cmd.ts, flags, cmd.trigger_price or 0, cmd.expire_ts or 0)
-    if type(cmd) is M.Cancel:
-        return eng.cancel_order(a, m, cmd.cid, cmd.ts)
-    if type(cmd.price) not in (int, type(None)) or type(cmd.qty) not in (int, type(None)) \
-            or cmd.price == 0 or cmd.qty == 0:
-        return None
-    return eng.amend_order(a, m, cmd.cid, cmd.price or 0, cmd.qty or 0, cmd.ts)
+    """`cmd` through the handle calls; None where they cannot say it (flows.as_handles)."""
+    call = F.as_handles(eng, cmd)
+    return None if call is None else getattr(eng, call[0])(*call[1])
 
 
 def test_the_handle_calls_give_the_events_and_state_of_the_commands():
@@ -72,7 +39,7 @@ def test_the_handle_calls_give_the_events_and_state_of_the_commands():
 
 
 def test_place_returns_the_oid_and_fills_naming_both_cids():
-    eng, btc = _market()
+    eng, _, _, btc = F.funded_market()
     m, t = eng.account_handle("m"), eng.account_handle("t")
     assert eng.place(m, btc, 1, 1, 5, 10_000) == (1, ())
     assert eng.place(m, btc, 2, 1, 5, 10_001) == (2, ())
@@ -80,13 +47,13 @@ def test_place_returns_the_oid_and_fills_naming_both_cids():
 
 
 def test_a_maker_with_a_string_cid_is_named_by_it_in_the_rows():
-    eng, btc = _market()
+    eng, _, _, btc = F.funded_market()
     eng.new_order("m", "BTC-PERP", "ask-1", "sell", 5, 10_000)
     assert eng.place(eng.account_handle("t"), btc, 9, 0, 2, 10_000)[1] == ((10_000, 2, "ask-1", 9),)
 
 
 def test_a_rejected_place_returns_oid_0_and_says_why():
-    eng, btc = _market(margin=True)
+    eng, _, _, btc = F.funded_market(margin=True)
     assert eng.place(eng.account_handle("t"), btc, 1, 0, 0, 10_000) == (0, ())
     assert eng.last_reason == "invalid_qty"
     assert eng.place(eng.account_handle("t"), btc, 1, 0, 5, 0) == (0, ())
@@ -97,14 +64,14 @@ def test_a_rejected_place_returns_oid_0_and_says_why():
                                   (0, 1, 0, 5, 10_000, 0, 7), (0, 1, 0, 5, 10_000, 0, 0, 0, 8),
                                   (0, 1, -1, 5, 10_000)])
 def test_a_code_out_of_range_is_invalid_command(args):
-    eng, btc = _market()
+    eng, _, _, btc = F.funded_market()
     a, cid, *rest = args
     assert eng.place(eng.account_handle("t"), btc, cid, *rest) == (0, ())
     assert eng.last_reason == "invalid_command"
 
 
 def test_a_handle_the_engine_did_not_give_is_invalid_command_with_a_sentence():
-    eng, btc = _market()
+    eng, _, _, btc = F.funded_market()
     assert eng.place(99, btc, 1, 0, 5, 10_000) == (0, ())
     assert eng.last_reason == "invalid_command"
     assert eng.cancel_order(0, 5, 1) is False and eng.last_reason == "invalid_command"
@@ -114,7 +81,7 @@ def test_a_handle_the_engine_did_not_give_is_invalid_command_with_a_sentence():
 
 
 def test_handles_are_given_only_for_what_exists():
-    eng, _ = _market()
+    eng, *_ = F.funded_market()
     with pytest.raises(KeyError, match="no record yet"):
         eng.account_handle("nobody")
     with pytest.raises(KeyError):
@@ -122,7 +89,7 @@ def test_handles_are_given_only_for_what_exists():
 
 
 def test_cancel_order_and_amend_order_by_handle():
-    eng, btc = _market()
+    eng, _, _, btc = F.funded_market()
     m, t = eng.account_handle("m"), eng.account_handle("t")
     eng.place(m, btc, 1, 1, 5, 10_001)
     assert eng.amend_order(m, btc, 1, 10_000) == ()
