@@ -44,6 +44,9 @@ class Engine:
     def amend_order(self, account: int, market: int, cid: int, price: int = 0, qty: int = 0,
                     ts: int = 0) -> tuple[tuple[int, int, int | str, int | str], ...]:
         """As amend (0: unchanged); the fills its re-entry made, as place gives them."""
+    def execute_records(self, commands: Any, results: bytearray | None = None,
+                        fills: bytearray | None = None) -> tuple[bytearray, bytearray]:
+        """64-byte command records in; (an int64 result a command, a 64-byte record a fill)."""
     record_events: bool
     """Whether new_order / cancel encode their events for last_events() (default True; off,
     the events are numbered, not encoded)."""
