@@ -9,6 +9,8 @@ from pathlib import Path
 
 from perpdex.engine.codec import FORMATS
 
+from .config import LEVELS
+
 
 def _version() -> str:
     try:
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="no CURVE: loopback and ipc endpoints only, accounts log in by name "
                     "(for local testing; never for real money)")
     sv.add_argument("--oracle-sim", choices=("on", "off"),
-                    help="a simulated oracle feed (default: on with the embedded default "
-                    "configuration; with --config, [server] oracle_sim, off unless set)")
+                    help="a simulated oracle feed (default: [server] oracle_sim, on in the "
+                    "embedded default and in the file `config --write-default` writes)")
     sv.add_argument("--state-wins", action="store_true",
                     help="once the data folder holds a venue, serve its markets and deposits "
                     "even where the configuration's differ (saying what it ignores); without "
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve Prometheus metrics there (docs/observability.md)")
     sv.add_argument("--log-format", choices=("text", "json"),
                     help="log lines as text or as JSON objects (docs/observability.md)")
+    sv.add_argument("--log-level", choices=LEVELS, help="the least level logged (default: "
+                    "[server] log_level, info)")
     sv.add_argument("--session-timeout-ms", type=int,
                     help="a session with no word for this long is gone (overrides the config)")
     sv.add_argument("--role", choices=("primary", "standby", "replica"),
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import override
         given = {"--data": args.data, "--router": args.router, "--pub": args.pub,
                  "--session-timeout-ms": args.session_timeout_ms, "--metrics": args.metrics,
-                 "--log-format": args.log_format, "--node": args.node,
+                 "--log-format": args.log_format, "--log-level": args.log_level,
+                 "--node": args.node,
                  "--nats": None if args.nats is None else
                  [u.strip() for u in args.nats.split(",") if u.strip()]}
         if given["--nats"] == []:
@@ -190,12 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"perpdex: {e}", file=sys.stderr)
             return 2
-        sim = (args.oracle_sim == "on") if args.oracle_sim else (cfg.oracle_sim or cfg.embedded)
+        sim = (args.oracle_sim == "on") if args.oracle_sim else cfg.oracle_sim
         cfg.state_wins = args.state_wins
         rc = cfg.replication
         if args.role:
             rc.enabled, rc.role = True, args.role
         import zmq
+
+        from .observability import set_level
+        set_level(cfg.log_level)
         try:
             return serve(cfg, plaintext_loopback=args.plaintext_loopback, oracle_sim=sim)
         except ValueError as e:
@@ -503,7 +511,7 @@ def _verify(args) -> int:
 
 
 def _config(args) -> int:
-    from .config import DEFAULT_TOML, ConfigError, load_config
+    from .config import ConfigError, default_text, load_config
     if args.check:
         try:
             cfg = load_config(args.check)
@@ -512,9 +520,10 @@ def _config(args) -> int:
             return 2
         print(f"{args.check}: ok: {len(cfg.markets)} markets "
               f"({', '.join(m.market for m in cfg.markets) or 'none'}), "
-              f"{len(cfg.accounts)} accounts, requests {cfg.router}, public events {cfg.pub}")
+              f"{len(cfg.accounts)} accounts, requests {cfg.router}, public events {cfg.pub}, "
+              f"simulated oracle {'ON (never for real money)' if cfg.oracle_sim else 'off'}")
         return 0
-    text = DEFAULT_TOML.read_text()
+    text = default_text()
     if args.write_default == "-":
         sys.stdout.write(text)
         return 0
@@ -527,10 +536,9 @@ def _config(args) -> int:
     except OSError as e:
         print(f"perpdex: {out}: cannot be written: {e.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote the default configuration to {out}; `perpdex serve --config {out} "
-          f"--oracle-sim on` serves what the embedded default serves (with --config the "
-          f"simulated oracle is off unless asked, and without an oracle every order is refused "
-          f"no_mark_price)", file=sys.stderr)
+    print(f"wrote the default configuration to {out}: `perpdex serve --config {out}` serves "
+          f"what the embedded default serves, its simulated oracle included (oracle_sim = "
+          f"true: set it false where a real oracle feeds prices)")
     return 0
 
 

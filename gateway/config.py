@@ -19,7 +19,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -30,6 +30,8 @@ from perpdex.engine.markets import MarketConfigError, market_spec
 from .limits import Limits
 
 ROLES = ("trader", "oracle", "admin")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LEVELS = get_args(LogLevel)
 DEFAULT_TOML = Path(__file__).with_name("default.toml")
 
 PositiveMs = Annotated[int, Meta(gt=0, le=86_400_000)]
@@ -57,8 +59,9 @@ class ServerSection(Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: Annotated[str, Meta(min_length=1)] = "perpdex-data"
     heartbeat_ms: PositiveMs = 1000
     session_timeout_ms: PositiveMs = 5000
-    metrics: Annotated[str, Meta(pattern=r"^$|^[^\s:]*:[0-9]{1,5}$")] = ""
+    metrics: str = ""               # HOST:PORT, or "" for none: checked by address_problem
     log_format: Literal["text", "json"] = "text"
+    log_level: LogLevel = "info"
     oracle_sim: bool = False
 
 
@@ -163,6 +166,7 @@ class Config:
     session_timeout_ms: int = _SERVER.session_timeout_ms
     metrics: str = _SERVER.metrics
     log_format: str = _SERVER.log_format
+    log_level: str = _SERVER.log_level
     oracle_sim: bool = _SERVER.oracle_sim
     state_wins: bool = field(default=False, compare=False)   # `serve --state-wins`
     embedded: bool = field(default=False, compare=False)     # the embedded default (no --config)
@@ -175,12 +179,26 @@ class Config:
 
 def default_config(data_dir: str | Path | None = None) -> Config:
     """The embedded default: BTC-PERP and ETH-PERP, an admin, an oracle feeder and five funded
-    demo traders (gateway/default.toml)."""
+    demo traders (gateway/default.toml), its markets priced by the simulated oracle."""
     cfg = parse_config(DEFAULT_TOML.read_text(), str(DEFAULT_TOML))
-    cfg.embedded = True
+    cfg.embedded = cfg.oracle_sim = True
     if data_dir is not None:
         cfg.data_dir = Path(data_dir)
     return cfg
+
+
+def default_text() -> str:
+    """The file `perpdex config --write-default` writes: gateway/default.toml with `oracle_sim =
+    true` in [server], so that served with --config it runs what the embedded default runs.
+    (The file itself leaves it out: the tests and the demo build their venues on it and feed
+    their own prices.)"""
+    text, n = re.subn(r"^log_format = .*\n", lambda m: m.group(0) + SIM_LINE,
+                      DEFAULT_TOML.read_text(), count=1, flags=re.M)
+    assert n == 1, "gateway/default.toml has no log_format line in [server]"
+    return text
+
+
+SIM_LINE = "oracle_sim = true                    # a simulated oracle: never for real money\n"
 
 
 def load_config(path: str | Path) -> Config:
@@ -243,13 +261,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except ValueError as e:
         raise ConfigError(f"{source}{_at(text, ['limits'])}: {e}")
     s = parsed.server
-    for key in ("router", "pub"):
-        why = endpoint_problem(getattr(s, key))
+    for key in ("router", "pub", "metrics"):
+        why = (address_problem if key == "metrics" else endpoint_problem)(getattr(s, key))
         if why:
             raise ConfigError(f"{source}{_at(text, ['server', key])}: server.{key}: {why}")
     return Config(router=s.router, pub=s.pub, data_dir=Path(s.data_dir),
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
-                  metrics=s.metrics, log_format=s.log_format, oracle_sim=s.oracle_sim,
+                  metrics=s.metrics, log_format=s.log_format, log_level=s.log_level,
+                  oracle_sim=s.oracle_sim,
                   markets=parsed.markets,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
                             for n, a in parsed.accounts.items()},
@@ -272,12 +291,30 @@ def endpoint_problem(ep: str) -> str | None:
     return None
 
 
+_ADDRESS = re.compile(r"[^\s:/]*:([0-9]+)")
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with the metrics server's address (None: nothing): `HOST:PORT` (a port of
+    0 to 65535; no host: 127.0.0.1), or "" for no metrics server."""
+    if address == "":
+        return None
+    m = _ADDRESS.fullmatch(address)
+    if m is None:
+        return (f"{address!r} is not an address to serve metrics on: HOST:PORT (a port is "
+                f"needed), or \"\" for none")
+    if not 0 <= int(m.group(1)) <= 65535:
+        return f"{address!r}: a port is 0 to 65535 (0: any free one)"
+    return None
+
+
 # Command-line overrides: flag -> (section, key, the Config attribute).
 OVERRIDES = {"--data": ("server", "data_dir", "data_dir"),
              "--router": ("server", "router", "router"), "--pub": ("server", "pub", "pub"),
              "--session-timeout-ms": ("server", "session_timeout_ms", "session_timeout_ms"),
              "--metrics": ("server", "metrics", "metrics"),
              "--log-format": ("server", "log_format", "log_format"),
+             "--log-level": ("server", "log_level", "log_level"),
              "--nats": ("replication", "servers", None),
              "--node": ("replication", "node", None)}
 _SECTIONS = {"server": ServerSection, "replication": ReplicationSection}
@@ -292,7 +329,8 @@ def override(cfg: Config, flag: str, value) -> None:
     except msgspec.ValidationError as e:
         message = _SUFFIX.match(str(e)).group(1)
         raise ConfigError(f"{flag} {value!r}: {section}.{key}: {message}") from None
-    why = endpoint_problem(checked) if key in ("router", "pub") else None
+    why = (endpoint_problem(checked) if key in ("router", "pub") else
+           address_problem(checked) if key == "metrics" else None)
     if why:
         raise ConfigError(f"{flag}: {section}.{key}: {why}")
     if section == "replication":

@@ -256,20 +256,72 @@ class _Gauges:
         yield g
 
 
-class JsonLines(logging.Formatter):
-    """One JSON object a line: `ts` (ISO 8601, UTC), `level`, `logger`, `msg`, and the fields a
-    call passes in `extra={"event": ..., ...}` (docs/observability.md lists the events)."""
+_SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "event"}
+log = logging.getLogger("perpdex.gateway")
 
-    SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+def _event(record) -> tuple[str, dict]:
+    """A record's event and fields: those its call passed in `extra={"event": ..., ...}`
+    (docs/observability.md lists them); a call that named none is named after where it was made
+    (`journal.fail`: its logger less `perpdex.`, and its function), its arguments its fields."""
+    fields = {k: v for k, v in vars(record).items() if k not in _SKIP}
+    event = getattr(record, "event", None)
+    if event is None:
+        event = f"{record.name.removeprefix('perpdex.')}.{record.funcName}"
+        if record.args:
+            fields["args"] = list(record.args) if isinstance(record.args, tuple) else record.args
+    return event, fields
+
+
+def _stamp(record) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + \
+        f".{int(record.msecs):03d}Z"
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line: `ts` (ISO 8601, UTC), `level`, `logger`, `event`, `msg`, and the
+    event's fields."""
 
     def format(self, record):
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-               + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        out.update({k: v for k, v in vars(record).items() if k not in self.SKIP})
+        event, fields = _event(record)
+        out = {"ts": _stamp(record), "level": record.levelname.lower(), "logger": record.name,
+               "event": event, "msg": record.getMessage(), **fields}
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+class TextLines(logging.Formatter):
+    """One line a record, for a person: time, level, logger, `event:`, the message, then the
+    fields as key=value (values with spaces or quotes as JSON strings); a traceback below."""
+
+    def format(self, record):
+        event, fields = _event(record)
+        pairs = "".join(f" {k}={_value(v)}" for k, v in fields.items())
+        line = (f"{_stamp(record)} {record.levelname.lower()} {record.name} {event}: "
+                f"{record.getMessage()}{pairs}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _value(v) -> str:
+    if not isinstance(v, str):
+        return json.dumps(v, default=str)
+    return json.dumps(v) if not v or any(c in v for c in ' "=\n') else v
+
+
+def set_level(level: str) -> None:
+    """The least level perpdex's own loggers write (`--log-level`, `[server] log_level`: one of
+    config.LEVELS). Other libraries' loggers keep the root's (info)."""
+    logging.getLogger("perpdex").setLevel(level.upper())
+
+
+def log_stop(why: str, **fields) -> None:
+    """The server's `stop` event: why it stopped (`SIGTERM`, `asked`, `the journal thread
+    failed`) and what it did (`commands`, `internal_errors`, `dropped`, `suspended`,
+    `exit_code`: docs/observability.md)."""
+    log.info("stopped (%s)", why, extra={"event": "stop", "why": why, **fields})
 
 
 class _Dropping(QueueHandler):
@@ -288,12 +340,11 @@ class _Dropping(QueueHandler):
 
 
 def configure_logging(fmt: str, stream, keep: int = 10_000) -> QueueListener:
-    """`text` (a line a record) or `json` (JsonLines) on `stream`, written by a thread of its
-    own from a queue of at most `keep` records (docs/observability.md). Returns the listener:
-    `stop()` it to write what is queued."""
+    """`text` (TextLines) or `json` (JsonLines) on `stream`, written by a thread of its own from
+    a queue of at most `keep` records (docs/observability.md). Returns the listener: `stop()` it
+    to write what is queued."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(JsonLines() if fmt == "json" else TextLines())
     q: queue.Queue = queue.Queue(maxsize=keep)
     listener = QueueListener(q, handler, respect_handler_level=False)
     root = logging.getLogger()

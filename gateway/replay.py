@@ -292,7 +292,7 @@ def replay_file(inp: str, out: str, in_fmt: str | None = None,
 
 # ---- perpdex verify ------------------------------------------------------------------------
 
-def verify(data_dir: Path, out=sys.stdout) -> int:
+def verify(data_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
     """Replay the journal of `data_dir` from scratch (or from the oldest snapshot it continues,
     when covered segments were deleted); compare the state hash at each snapshot's seq with the
     snapshot's stored hash and with the engine it restores, and at the end with the state that
@@ -302,9 +302,9 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     snapshot."""
     from . import journal as J
     jdir, sdir = data_dir / "journal", data_dir / "snapshots"
-    w = out.write
+    w, fail = out.write, err.write
     if not jdir.is_dir():
-        w(f"perpdex verify: {data_dir}: no journal folder (is it a data folder?)\n")
+        fail(f"perpdex verify: {data_dir}: no journal folder (is it a data folder?)\n")
         return 2
     failures = 0
     snaps = []
@@ -312,13 +312,13 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
         try:
             snaps.append((path, J.read_snapshot(path)))
         except J.JournalError as e:
-            w(f"  snapshot {path.name}: CORRUPT: {e}\n")
+            fail(f"  snapshot {path.name}: CORRUPT: {e}\n")
             failures += 1
     try:
         recs, scan = J.read_all(jdir)
     except J.JournalError as e:
-        w(f"  journal: CORRUPT: {e}\n")
-        w("perpdex verify: FAILED (the journal is corrupt)\n")
+        fail(f"  journal: CORRUPT: {e}\n")
+        fail("perpdex verify: FAILED (the journal is corrupt)\n")
         return 1
     cut = sum(c[2] for c in scan.cut)
     w(f"perpdex verify {data_dir}: journal {len(J.segments(jdir))} segments, records "
@@ -332,7 +332,7 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     except J.JournalError as e:
         hole, mark = str(e), 0
     if hole is not None:
-        w(f"  {hole}: MISSING\n")
+        fail(f"  {hole}: MISSING\n")
         failures += 1
     elif mark:
         w(f"  durable seq {mark:,} (DATA/{J.MARK}): ok (the journal ends at seq {end:,})\n")
@@ -343,9 +343,9 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
     if first > 1:
         base = [(p, s) for p, s in snaps if s.seq >= first - 1]
         if not base:
-            w(f"  journal starts at seq {first} and no snapshot covers the records before "
+            fail(f"  journal starts at seq {first} and no snapshot covers the records before "
               f"it: cannot replay from scratch\n")
-            w("perpdex verify: FAILED\n")
+            fail("perpdex verify: FAILED\n")
             return 1
         path, s = base[0]
         eng = Engine.from_snapshot(s.engine)
@@ -359,8 +359,10 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
         nonlocal failures
         ok = want == got
         failures += not ok
-        w(f"  {label}: {'ok' if ok else 'MISMATCH'} (replay {want}, {got})\n"
-          if not ok else f"  {label}: ok ({want})\n")
+        if ok:
+            w(f"  {label}: ok ({want})\n")
+        else:
+            fail(f"  {label}: MISMATCH (replay {want}, {got})\n")
 
     streams = Streams(_accounts(data_dir)) if start == 0 else None
     from .feed import Feed
@@ -401,7 +403,7 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
             check(f"snapshot {path.name}, restored engine", h, restored)
     final = J.state_hash(eng)
     for path, s in [x for x in snaps if x[1].seq > end][:-1]:     # the newest: `hole` above
-        w(f"  snapshot {path.name}: covers seq {s.seq:,}, beyond the journal's {end:,}: "
+        fail(f"  snapshot {path.name}: covers seq {s.seq:,}, beyond the journal's {end:,}: "
           f"MISMATCH\n")
         failures += 1
     newest = [(p, s) for p, s in snaps if s.seq <= end]
@@ -411,7 +413,7 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
             rec = J.engine_from_snapshot(s.engine)
         except ValueError as e:
             rec = None
-            w(f"  recovered: snapshot {path.name} cannot be restored ({e})\n")
+            fail(f"  recovered: snapshot {path.name} cannot be restored ({e})\n")
             failures += 1
         if rec is not None:
             for seq, kind, payload in recs:
@@ -421,8 +423,8 @@ def verify(data_dir: Path, out=sys.stdout) -> int:
                   f"against the replay from scratch", final, J.state_hash(rec))
     else:
         w(f"  recovered state (the journal alone, no snapshot): ok ({final})\n")
-    w(f"perpdex verify: {'ok' if not failures else f'FAILED ({failures} mismatches)'}: "
-      f"state hash {final} at seq {end:,}\n")
+    verdict = f"FAILED ({failures} mismatches)" if failures else "ok"
+    (fail if failures else w)(f"perpdex verify: {verdict}: state hash {final} at seq {end:,}\n")
     return 1 if failures else 0
 
 

@@ -157,7 +157,7 @@ def crash_loop(tmp_path, seed: int, cycles: int):
         v.kill()
         r = subprocess.run([PERPDEX, "verify", str(v.data)], capture_output=True, text=True,
                            timeout=300)
-        assert r.returncode == 0, f"seed {seed}: {r.stdout}"
+        assert r.returncode == 0, f"seed {seed}: {r.stdout}{r.stderr}"
     finally:
         v.stop()
 

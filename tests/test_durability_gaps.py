@@ -182,8 +182,8 @@ def test_verify_refuses_a_journal_whose_newest_segments_are_lost(killed):
     v, segs, durable = killed
     end = lose_newest(segs, durable)
     r = verify(v)
-    assert r.returncode == 1 and missing(end, durable) in r.stdout, r.stdout
-    assert "FAILED" in r.stdout.splitlines()[-1]
+    assert r.returncode == 1 and missing(end, durable) in r.stderr, r.stderr
+    assert "FAILED" in r.stderr.splitlines()[-1]
 
 
 def test_verify_says_the_marker_is_covered_when_nothing_is_lost(killed):

@@ -83,7 +83,7 @@ def test_covered_segments_are_archived_or_deleted_and_the_venue_recovers_and_ver
         v.kill()
         r = subprocess.run([PERPDEX, "verify", str(v.data)], capture_output=True, text=True,
                            timeout=120)
-        assert r.returncode == 0, r.stdout
+        assert r.returncode == 0, r.stdout + r.stderr
         assert ("were deleted: replaying from snapshot" in r.stdout) == (policy == "delete")
     finally:
         v.stop()

@@ -47,7 +47,8 @@ def test_verify_exits_non_zero_when_a_snapshot_disagrees_with_the_journal(used):
     snap = J.read_snapshot(path)
     J.write_snapshot(path.parent, msgspec.structs.replace(snap, state_hash="0" * 32))
     r = perpdex("verify", str(used.data))
-    assert r.returncode == 1 and "MISMATCH" in r.stdout and "FAILED" in r.stdout
+    assert r.returncode == 1 and "MISMATCH" in r.stderr and "FAILED" in r.stderr
+    assert "MISMATCH" not in r.stdout and "FAILED" not in r.stdout     # errors on stderr
 
 
 def test_verify_exits_non_zero_on_a_corrupt_record_and_names_the_file_and_offset(used):
@@ -56,7 +57,7 @@ def test_verify_exits_non_zero_on_a_corrupt_record_and_names_the_file_and_offset
     data[J.HEADER.size + 1] ^= 0xFF
     seg.write_bytes(bytes(data))
     r = perpdex("verify", str(used.data))
-    assert r.returncode == 1 and f"{seg}: offset 0: a record whose CRC32" in r.stdout
+    assert r.returncode == 1 and f"{seg}: offset 0: a record whose CRC32" in r.stderr
 
 
 def test_verify_reports_a_torn_tail_and_changes_nothing(used):
@@ -71,7 +72,7 @@ def test_verify_reports_a_torn_tail_and_changes_nothing(used):
 
 def test_verify_of_a_folder_with_no_journal_exits_2(tmp_path):
     r = perpdex("verify", str(tmp_path))
-    assert r.returncode == 2 and "no journal folder" in r.stdout
+    assert r.returncode == 2 and "no journal folder" in r.stderr and r.stdout == ""
 
 
 def test_replay_takes_a_journal_folder_and_gives_the_events_again(used, tmp_path):
@@ -93,14 +94,14 @@ def test_verify_help_points_at_the_operations_page():
 
 def verify_with_changed_gateway_state(used, key: str, change) -> list[str]:
     """`perpdex verify` once the newest snapshot's gateway state `key` is `change(it)`: its
-    exit code must be 1; returns its lines."""
+    exit code must be 1; returns its lines (the report's, then the failures')."""
     path = J.snapshots(used.data / "snapshots")[-1]
     snap = J.read_snapshot(path)
     J.write_snapshot(path.parent, msgspec.structs.replace(
         snap, gateway=dict(snap.gateway, **{key: change(snap.gateway[key])})))
     r = perpdex("verify", str(used.data))
     assert r.returncode == 1
-    return r.stdout.splitlines()
+    return r.stdout.splitlines() + r.stderr.splitlines()
 
 
 def test_verify_holds_each_snapshots_private_streams_to_the_replay(used):

@@ -69,11 +69,18 @@ def test_a_taken_port_stops_the_start_in_a_line_and_leaves_no_data_folder(tmp_pa
     assert not r.stdout
 
 
-def test_config_check_refuses_an_endpoint_with_no_port(tmp_path):
+def written(tmp_path, old: str, new: str):
+    """The file `config --write-default` writes, in tmp_path, with `old` made `new`."""
     conf = tmp_path / "x.toml"
     assert perpdex("config", "--write-default", conf).returncode == 0
-    conf.write_text(conf.read_text().replace('router = "tcp://127.0.0.1:7701"',
-                                             'router = "tcp://127.0.0.1"'))
+    text = conf.read_text()
+    assert old in text
+    conf.write_text(text.replace(old, new))
+    return conf
+
+
+def test_config_check_refuses_an_endpoint_with_no_port(tmp_path):
+    conf = written(tmp_path, 'router = "tcp://127.0.0.1:7701"', 'router = "tcp://127.0.0.1"')
     r = perpdex("config", "--check", conf)
     assert r.returncode == 2
     line = next(n for n, text in enumerate(conf.read_text().splitlines(), 1)
@@ -82,18 +89,17 @@ def test_config_check_refuses_an_endpoint_with_no_port(tmp_path):
                                f"not an endpoint"), r.stderr
 
 
-def test_the_written_default_serves_as_the_embedded_default_does_or_says_how_it_differs(
-        tmp_path):
+def test_the_written_default_serves_as_the_embedded_default_does(tmp_path):
     conf = tmp_path / "x.toml"
     written = perpdex("config", "--write-default", conf)
-    assert written.returncode == 0 and "--oracle-sim on" in written.stderr
-    assert "no_mark_price" in written.stderr
-    # served as it is, the file says loudly what it lacks
-    v = Venue(tmp_path / "plain" / "data", "--config", conf)
-    code, out, _ = v.stop()
-    assert code == 0 and "simulated oracle: off" in out and "no_mark_price" in out
-    # with the option it names, it serves what the embedded default serves: priced markets
-    for args in ((), ("--config", conf, "--oracle-sim", "on")):
+    assert written.returncode == 0 and "its simulated oracle included" in written.stdout
+    assert written.stderr == ""
+    checked = perpdex("config", "--check", conf)
+    assert checked.returncode == 0 and "simulated oracle ON (never for real money)" in \
+        checked.stdout
+    # the file as it is, and the embedded default: the same markets, priced by the simulated
+    # oracle, so that an order is accepted
+    for args in (("--config", conf), ()):
         home = tmp_path / ("file" if args else "embedded")
         v = Venue(home / "data", *args)
         try:
@@ -101,18 +107,39 @@ def test_the_written_default_serves_as_the_embedded_default_does_or_says_how_it_
             reply = c.request("markets")
             assert [m["market"] for m in reply["markets"]] == ["BTC-PERP", "ETH-PERP"]
             deadline = time.monotonic() + 20        # a hang guard: the oracle ticks 4 a second
-            while True:                             # priced by the simulated oracle, both
-                events = c.request("query_account")["events"]
+            while True:
                 order = c.request("new_order", market="ETH-PERP", cid=f"p{time.time_ns()}",
                                   side="buy", kind="limit", qty=1, price=1)["events"]
                 if order[0]["type"] == "order_accepted":
                     break
-                assert order[0]["reason"] == "no_mark_price" and events
+                assert order[0]["reason"] == "no_mark_price"
                 assert time.monotonic() < deadline, "no mark: the simulated oracle is off"
                 time.sleep(0.1)
         finally:
             code, out, _ = v.stop()
-        assert code == 0
+        assert code == 0 and "simulated oracle: a random walk" in out
+
+
+def test_a_file_that_turns_the_simulated_oracle_off_says_what_that_means(tmp_path):
+    conf = written(tmp_path, "oracle_sim = true", "oracle_sim = false")
+    v = Venue(tmp_path / "data", "--config", conf)
+    code, out, _ = v.stop()
+    assert code == 0 and "simulated oracle: off" in out and "no_mark_price" in out
+
+
+@pytest.mark.parametrize("metrics,said", [
+    ("127.0.0.1", "'127.0.0.1' is not an address to serve metrics on: HOST:PORT (a port is "
+                  "needed)"),
+    ("127.0.0.1:99999", "'127.0.0.1:99999': a port is 0 to 65535"),
+    ("tcp://127.0.0.1:9464", "'tcp://127.0.0.1:9464' is not an address to serve metrics on")])
+def test_config_check_refuses_a_metrics_address_with_no_port_in_a_sentence(tmp_path, metrics,
+                                                                           said):
+    conf = written(tmp_path, 'metrics = ""', f'metrics = "{metrics}"')
+    r = perpdex("config", "--check", conf)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"perpdex: {conf}:") and f"server.metrics: {said}" in r.stderr
+    r = serve(tmp_path, "--metrics", metrics)
+    assert r.returncode == 2 and f"--metrics: server.metrics: {said}" in r.stderr, r.stderr
 
 
 @pytest.fixture
