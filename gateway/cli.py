@@ -250,7 +250,7 @@ def _bench(argv: list[str]) -> int:
 
 
 def _replay(args) -> int:
-    from .replay import replay_file
+    from .replay import UnknownFormat, replay_file
 
     def rejected(r) -> None:
         if not args.quiet:
@@ -263,6 +263,12 @@ def _replay(args) -> int:
         return 2
     except BrokenPipeError:
         return 1
+    except OSError as e:                # a folder, a file it may not read or write
+        print(f"perpdex: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    except UnknownFormat as e:
+        print(f"perpdex: {e}", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(summary.line(), file=sys.stderr)
     if summary.stopped is not None:

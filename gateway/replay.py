@@ -27,16 +27,21 @@ from perpdex.engine.codec import MAX_LINE, MsgpackFramer
 CHUNK = 1 << 20          # bytes read per step; the engine gets them as one batch
 
 
+class UnknownFormat(ValueError):
+    """A file whose extension names no format, and no format given."""
+
+
 def format_of(path: str, given: str | None) -> str:
-    """The format for `path`: `given` if set, else from the extension; `-` means JSON Lines."""
+    """The format for `path`: `given` if set, else from the extension; `-` means JSON Lines.
+    UnknownFormat if the extension does not tell."""
     if given:
         return given
     if path == "-" or path.endswith((".jsonl", ".json", ".ndjson")):
         return "jsonl"
     if path.endswith((".msgpack", ".mpk", ".mp")):
         return "msgpack"
-    raise SystemExit(f"perpdex: cannot tell the format of {path!r} from its extension; "
-                     f"use .jsonl or .msgpack, or pass --in-format / --out-format")
+    raise UnknownFormat(f"cannot tell the format of {path!r} from its extension; use .jsonl "
+                        f"or .msgpack, or pass --in-format / --out-format")
 
 
 @dataclass

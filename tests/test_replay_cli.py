@@ -72,7 +72,13 @@ def test_a_missing_input_file_is_a_clear_error():
 def test_an_unknown_extension_asks_for_a_format(tmp_path):
     (tmp_path / "flow.txt").write_text("")
     r = perpdex("replay", str(tmp_path / "flow.txt"))
-    assert r.returncode != 0 and b"--in-format" in r.stderr
+    assert r.returncode == 2 and b"--in-format" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_an_output_that_cannot_be_written_is_a_sentence(tmp_path):
+    r = perpdex("replay", str(EXAMPLES / "basics.jsonl"), "--out", str(tmp_path),
+                "--out-format", "jsonl")
+    assert r.returncode == 2 and r.stderr == f"perpdex: {tmp_path}: Is a directory\n".encode()
 
 
 # ---- rejections by line, and --strict (issue 23) ----------------------------------------------
