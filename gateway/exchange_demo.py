@@ -217,9 +217,9 @@ def _config_text() -> str:
 
 
 def run(seconds: float = 45.0, out=sys.stdout, router: str | None = None,
-        pub: str | None = None) -> int:
-    """Run the demo; 0 when the audit balances. SIGTERM and Ctrl-C end it cleanly (128 + the
-    signal's number)."""
+        pub: str | None = None, err=sys.stderr) -> int:
+    """Run the demo on `out`, what fails on `err`; 0 when the audit balances. SIGTERM and Ctrl-C
+    end it cleanly (128 + the signal's number)."""
     w = out.write
     tmp = Path(tempfile.mkdtemp(prefix="perpdex-demo-"))
     (tmp / "logs").mkdir()
@@ -245,16 +245,17 @@ def run(seconds: float = 45.0, out=sys.stdout, router: str | None = None,
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())   # what is left goes nowhere
     except ServerFailed as e:
         _quiet(previous)
-        w(f"perpdex demo: the server did not start: {e}\n--- its output ---\n"
-          f"{children.output('server').rstrip() or '(none)'}\n---\n")
+        err.write(f"perpdex demo: the server did not start: {e}\n--- its output ---\n"
+                  f"{children.output('server').rstrip() or '(none)'}\n---\n")
         status = 1
     except Timeout as e:                # the server stopped answering: say what it said
         _quiet(previous)
         server = children.procs[0][1]
         how = (f"it exited with status {server.returncode}" if server.poll() is not None
                else "it is still running")
-        w(f"\nperpdex demo: the server stopped answering ({e}; {how})\n--- its output ---\n"
-          f"{children.output('server').rstrip() or '(none)'}\n---\n")
+        out.flush()
+        err.write(f"\nperpdex demo: the server stopped answering ({e}; {how})\n"
+                  f"--- its output ---\n{children.output('server').rstrip() or '(none)'}\n---\n")
         status = 1
     finally:
         _quiet(previous)
