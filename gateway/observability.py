@@ -8,6 +8,7 @@ Prometheus scrapes, so they cost the loop nothing.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import queue
@@ -256,7 +257,7 @@ class _Gauges:
         yield g
 
 
-_SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "event"}
+_SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "event", "values"}
 log = logging.getLogger("perpdex.gateway")
 
 
@@ -268,8 +269,9 @@ def _event(record) -> tuple[str, dict]:
     event = getattr(record, "event", None)
     if event is None:
         event = f"{record.name.removeprefix('perpdex.')}.{record.funcName}"
-        if record.args:
-            fields["args"] = list(record.args) if isinstance(record.args, tuple) else record.args
+        args = getattr(record, "values", None) or record.args
+        if args:
+            fields["args"] = list(args) if isinstance(args, tuple) else args
     return event, fields
 
 
@@ -331,6 +333,14 @@ class _Dropping(QueueHandler):
     def __init__(self, q):
         super().__init__(q)
         self.dropped = 0
+
+    def prepare(self, record):
+        """A copy for the writer thread: its message made now (its values may change after),
+        its arguments (as `values`) and traceback kept for the formatter, where QueueHandler's
+        own folds them into the message."""
+        record = copy.copy(record)
+        record.msg, record.args, record.values = record.getMessage(), None, record.args
+        return record
 
     def enqueue(self, record):
         try:

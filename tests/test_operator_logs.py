@@ -60,31 +60,44 @@ def test_the_file_checks_its_log_level(tmp_path):
     assert r.returncode == 2 and "server.log_level: Invalid enum value 'loud'" in r.stderr
 
 
-def _formatted(formatter, record) -> str:
-    return formatter.format(record)
-
-
-def test_a_call_that_names_no_event_is_named_after_where_it_was_made():
-    record = logging.makeLogRecord({"name": "perpdex.journal", "levelname": "ERROR",
-                                    "funcName": "fail", "msg": "journal %s: failed %s",
-                                    "args": ("a", "fsync")})
-    line = json.loads(O.JsonLines().format(record))
-    assert line["event"] == "journal.fail" and line["args"] == ["a", "fsync"]
-    assert line["msg"] == "journal a: failed fsync"
-    text = O.TextLines().format(record)
-    assert " error perpdex.journal journal.fail: journal a: failed fsync " in text
-    assert text.endswith('args=["a", "fsync"]')
-
-
-def test_log_stop_writes_the_stop_event_with_its_fields():
+def _logged(fmt: str, write) -> str:
+    """What `write()` logs through configure_logging (the server's queue and writer thread)."""
     stream = io.StringIO()
-    listener = O.configure_logging("json", stream)
+    listener = O.configure_logging(fmt, stream)
     try:
-        O.log_stop("SIGTERM", commands=12, internal_errors=0, exit_code=0)
+        write()
     finally:
         O.stop_logging(listener)
         logging.getLogger().handlers[:] = []
-    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    return stream.getvalue()
+
+
+def fail():
+    log = logging.getLogger("perpdex.journal")
+    log.warning("journal %s: failed %s", "a", "fsync")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("the writer %s", "stopped")
+
+
+def test_a_call_that_names_no_event_is_named_after_where_it_was_made():
+    warned, failed = [json.loads(x) for x in _logged("json", fail).splitlines()]
+    assert warned["event"] == "journal.fail" and warned["args"] == ["a", "fsync"]
+    assert warned["msg"] == "journal a: failed fsync"
+    # the traceback in its own field, as documented, not folded into the message
+    assert failed["msg"] == "the writer stopped" and failed["level"] == "error"
+    assert failed["exception"].endswith("ZeroDivisionError: division by zero")
+    text = _logged("text", fail).splitlines()
+    assert " warning perpdex.journal journal.fail: journal a: failed fsync " in text[0]
+    assert text[0].endswith('args=["a", "fsync"]')
+    assert text[1].endswith("the writer stopped args=[\"stopped\"]") and \
+        text[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_log_stop_writes_the_stop_event_with_its_fields():
+    (line,) = [json.loads(x) for x in _logged("json", lambda: O.log_stop(
+        "SIGTERM", commands=12, internal_errors=0, exit_code=0)).splitlines()]
     assert line["event"] == "stop" and line["why"] == "SIGTERM"
     assert (line["commands"], line["exit_code"], line["level"]) == (12, 0, "info")
 
