@@ -132,3 +132,25 @@ cdef class Book:
     cdef void _remove_level(self, int side, int32_t slot)
     cdef int32_t _lower_bound(self, int side, int64_t key)
     cdef int32_t _new_level(self, int side, int64_t price) except -1
+
+
+@cython.final
+cdef class KeyHeap:
+    """A max-heap of (key, slot) pairs in C arrays (engine.risk's index of positions). Entries
+    are never taken out one by one: the owner knows which are current, skips the others when
+    it reads, and rebuilds the heap from the current ones (`keep`) once they are outnumbered."""
+    cdef int64_t* keys
+    cdef int32_t* slots
+    cdef int32_t n
+    cdef int32_t cap
+    cdef int32_t n_current          # kept by the owner: entries it still counts as current
+    cdef int64_t* hit_keys          # what the last `collect` found
+    cdef int32_t* hit_slots
+    cdef int32_t n_hits
+    cdef int32_t hit_cap
+
+    cdef int push(self, int64_t key, int32_t slot) except -1           # O(log n)
+    cdef int collect(self, int64_t t) except -1                        # O(entries >= t)
+    cdef int keep(self, int32_t n_keep) except -1                      # O(n log n)
+    cdef int _walk(self, int64_t t) except -1
+    cdef int _hit(self, int32_t i) except -1

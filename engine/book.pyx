@@ -375,3 +375,96 @@ cdef class Book:
         o.next = -1
         if l.count == 0:
             self._remove_level(o.side, slot)
+
+
+cdef class KeyHeap:
+    """See book.pxd. The hits of `collect` are in `hit_keys` / `hit_slots` until the next
+    call; `keep(k)` rebuilds the heap from its first `k` hits (the owner's current entries,
+    gathered with `collect` at the lowest key and filtered in place)."""
+
+    def __cinit__(self):
+        self.cap = 16
+        self.hit_cap = 16
+        self.keys = <int64_t*>malloc(self.cap * sizeof(int64_t))
+        self.slots = <int32_t*>malloc(self.cap * sizeof(int32_t))
+        self.hit_keys = <int64_t*>malloc(self.hit_cap * sizeof(int64_t))
+        self.hit_slots = <int32_t*>malloc(self.hit_cap * sizeof(int32_t))
+        if self.keys == NULL or self.slots == NULL or self.hit_keys == NULL \
+                or self.hit_slots == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.slots)
+        free(self.hit_keys)
+        free(self.hit_slots)
+
+    cdef int push(self, int64_t key, int32_t slot) except -1:
+        cdef int32_t i, up
+        if self.n == self.cap:
+            _grow_pair(&self.keys, &self.slots, &self.cap)
+        i = self.n
+        self.n += 1
+        while i > 0:
+            up = (i - 1) >> 1
+            if self.keys[up] >= key:
+                break
+            self.keys[i] = self.keys[up]
+            self.slots[i] = self.slots[up]
+            i = up
+        self.keys[i] = key
+        self.slots[i] = slot
+        return 0
+
+    cdef int collect(self, int64_t t) except -1:
+        """Every entry whose key is at least `t`, into the hits (heap order): a walk down the
+        heap that stops below `t`. O(entries >= t)."""
+        self.n_hits = 0
+        if self.n and self.keys[0] >= t:
+            self._hit(0)
+            self._walk(t)
+        return 0
+
+    cdef int _walk(self, int64_t t) except -1:
+        cdef int32_t h = 0, i, c
+        while h < self.n_hits:                   # the hits double as the walk's queue
+            i = self.hit_slots[h]
+            h += 1
+            for c in range(2 * i + 1, min(2 * i + 3, self.n)):
+                if self.keys[c] >= t:
+                    self._hit(c)
+        for h in range(self.n_hits):             # heap positions -> the entries' slots
+            i = self.hit_slots[h]
+            self.hit_slots[h] = self.slots[i]
+        return 0
+
+    cdef int _hit(self, int32_t i) except -1:
+        if self.n_hits == self.hit_cap:
+            _grow_pair(&self.hit_keys, &self.hit_slots, &self.hit_cap)
+        self.hit_keys[self.n_hits] = self.keys[i]
+        self.hit_slots[self.n_hits] = i
+        self.n_hits += 1
+        return 0
+
+    cdef int keep(self, int32_t n_keep) except -1:
+        """The heap becomes the first `n_keep` hits. O(n log n)."""
+        cdef int32_t i
+        self.n = 0
+        for i in range(n_keep):
+            self.push(self.hit_keys[i], self.hit_slots[i])
+        self.n_current = n_keep
+        return 0
+
+
+cdef int _grow_pair(int64_t** keys, int32_t** slots, int32_t* cap) except -1:
+    cdef int64_t* k = <int64_t*>realloc(keys[0], 2 * <size_t>cap[0] * sizeof(int64_t))
+    cdef int32_t* v
+    if k == NULL:
+        raise MemoryError()
+    keys[0] = k
+    v = <int32_t*>realloc(slots[0], 2 * <size_t>cap[0] * sizeof(int32_t))
+    if v == NULL:
+        raise MemoryError()
+    slots[0] = v
+    cap[0] *= 2
+    return 0

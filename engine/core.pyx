@@ -5,7 +5,7 @@ says how to drive it."""
 from libc.stdint cimport int64_t, int32_t, uint8_t
 
 from .units cimport positive
-from .book cimport Book, BID, ASK
+from .book cimport Book, KeyHeap, BID, ASK
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.bytearray cimport PyByteArray_Resize, PyByteArray_AS_STRING
@@ -690,8 +690,18 @@ cdef class Engine:
     def work(self):
         """Counts of the liquidation machinery's work since this engine was made (not kept in
         snapshots): `scopes_looked_at` by passes and resumed passes, `adl_ranked` positions
-        ranked for auto-deleveraging. The bounds of docs/limits.md are tested on these."""
-        return {"scopes_looked_at": self.s.n_looked, "adl_ranked": self.s.n_ranked}
+        ranked for auto-deleveraging; and the size of the risk index now, `risk_entries`
+        (every heap entry, superseded ones included) against `risk_current`. The bounds of
+        docs/limits.md are tested on these."""
+        cdef int32_t m
+        cdef KeyHeap h
+        cdef int64_t entries = 0, current = 0
+        for m in range(self.s.n_markets):
+            for h in (self.s.risk_long[m], self.s.risk_short[m]):
+                entries += h.n
+                current += h.n_current
+        return {"scopes_looked_at": self.s.n_looked, "adl_ranked": self.s.n_ranked,
+                "risk_entries": entries, "risk_current": current}
 
     @property
     def margin(self):

@@ -16,3 +16,4 @@ cdef int rekey_dirty(State s) except -1          # O(accounts changed x log n)
 cdef list candidates(State s, int32_t m)         # O(log n + k), slots in slot order
 cdef int mark_called(State s, int32_t a, int32_t iso) except -1
 cdef int rekey_exact(State s, int32_t p) except -1
+cdef int index_restored(State s, int32_t p) except -1   # a snapshot's position, O(log n)

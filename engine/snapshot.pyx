@@ -8,6 +8,7 @@ from libc.stdint cimport int64_t, int32_t, uint64_t
 from .book cimport Book, OrderPool, Order, Level, CidEntry, CID_BYTES
 from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
 from .triggers cimport arm
+from .risk cimport index_restored
 
 from decimal import Decimal
 
@@ -153,12 +154,7 @@ cdef int load(State s, bytes data) except -1:
         q = &s.pos[p]
         s.pos_of[q.market][q.account] = p
         s.market_pos[q.market].append(p)
-        if q.rlist == 1:
-            s.risk_long[q.market].add((q.rkey, p))
-        elif q.rlist == 2:
-            s.risk_short[q.market].add((q.rkey, p))
-        elif q.rlist == 3:
-            s.risk_multi[q.market].add(p)
+        index_restored(s, p)
     # the order pool
     cap, free_head, n_live, mask, o, text, cids, n_tombs, acct_cap, heads, tails = doc["pool"]
     pool.o = <Order*>_grow(pool.o, cap * sizeof(Order))

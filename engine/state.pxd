@@ -144,8 +144,8 @@ cdef class State:
     cdef list trig_up               # per market: SortedList of (trigger, oid, slot) firing at mark >= trigger
     cdef list trig_down             # ... and firing at mark <= trigger
     # ---- the risk index (engine.risk), per market -----------------------------------------
-    cdef list risk_long             # SortedList of (key, slot): looked at when mark <= key
-    cdef list risk_short            # ... when mark >= key
+    cdef list risk_long             # KeyHeap of (key, slot): looked at when mark <= key
+    cdef list risk_short            # KeyHeap of (-key, slot): looked at when mark >= key
     cdef list risk_multi            # set of slots of cross accounts with several positions
     cdef list risk_called           # set of slots of scopes currently warned
     cdef list dirty                 # accounts whose money or positions changed

@@ -6,7 +6,8 @@ from libc.string cimport memcmp
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
 from .units cimport PPM, NS, fnv1a
-from .book cimport Book, OrderPool, Order, CID_BYTES, cid_hash_int, cid_hash_str, BID, ASK
+from .book cimport (Book, OrderPool, Order, KeyHeap, CID_BYTES, cid_hash_int, cid_hash_str, BID,
+                    ASK)
 from .book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
                           TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, GTD, CANCEL_MAKER, CANCEL_TAKER,
                           CANCEL_BOTH)
@@ -328,8 +329,8 @@ cdef int32_t add_market(State s, object spec) except -1:
     s.books.append(Book())
     s.trig_up.append(SortedList())
     s.trig_down.append(SortedList())
-    s.risk_long.append(SortedList())
-    s.risk_short.append(SortedList())
+    s.risk_long.append(KeyHeap())
+    s.risk_short.append(KeyHeap())
     s.risk_multi.append(set())
     s.risk_called.append(set())
     s.liq_queue.append([])
