@@ -3,12 +3,15 @@ folder holding a venue is the venue the configuration describes (docs/config.md)
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from perpdex.engine import messages as M
 from perpdex.engine.markets import market_spec
 
 from .logfile import COMMAND, TURN, JournalError, decode, read, segments
+
+log = logging.getLogger("perpdex.gateway")
 
 
 class BootError(ValueError):
@@ -83,6 +86,30 @@ def differences(cfg, engine) -> tuple[list, str | None]:
                          f"configuration, {booted.get(name, 0)} when the data folder was "
                          f"booted")
     return diffs, None
+
+
+def against(cfg, engine, durability) -> list[str]:
+    """A data folder that holds a venue is that venue: a configuration whose markets or
+    deposits differ stops the start (BootError naming each difference; `durability` is closed
+    first, its thread and its lock), unless told that the state wins (`--state-wins`: then it is
+    said, and served as recovered). The lines to say after what was recovered."""
+    diffs, note = differences(cfg, engine)
+    lines = [] if note is None else [f"perpdex: {note}"]
+    if not diffs:
+        return lines
+    said = f"the configuration differs from the data folder {cfg.data_dir}: " + "; ".join(diffs)
+    if cfg.state_wins:
+        log.warning("%s; serving the data folder's state (--state-wins)", said,
+                    extra={"event": "config_differs", "differences": diffs})
+        return lines + [f"perpdex: {said}; serving the data folder's state, as --state-wins "
+                        f"asks"]
+    close = getattr(durability, "close", None)
+    if close is not None:
+        close()
+    raise BootError(f"{said}. A data folder keeps the venue it holds (deposits are credited "
+                    f"once, when it is new): make the configuration match it, ask an admin "
+                    f"(deposit, create_market, update_market), or serve the folder as it is "
+                    f"with --state-wins (docs/config.md)")
 
 
 def market_info(sp) -> dict:

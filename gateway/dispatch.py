@@ -55,6 +55,9 @@ FEED_HEARTBEAT = 1_000_000_000          # ns between the public feed's heartbeat
 
 
 class Server(Commands, Handlers, Health):
+    """One venue behind its two sockets: made by recovering (or booting) its data folder,
+    served by `serve_forever` until `running` is false, then `close`d."""
+
     def __init__(self, cfg: Config, engine: Engine | None = None, plaintext_loopback=False,
                  oracle_sim=False, limits: Limits | None = None,
                  durability: Durability | None = None):
@@ -104,8 +107,9 @@ class Server(Commands, Handlers, Health):
         folder = durability is None and cfg.journal.enabled and not cfg.replication.enabled
         existing = folder and boot.holds_a_venue(cfg.data_dir)
         self.recovered = self._start(durability is None)
-        if existing:
-            self._against_config()
+        if existing:                                # a venue's folder: it is that venue
+            said = boot.against(cfg, self.engine, self.seq.durability)
+            self.recovered = "\n".join([self.recovered, *said])
         self.snapshot_asked = False
         if self.records.feed is None:               # recovery made it (its chains go on)
             self.records.attach(self.engine)
@@ -188,31 +192,6 @@ class Server(Commands, Handlers, Health):
         return (f"perpdex: a new data folder {cfg.data_dir}: the journal starts "
                 f"(fsync {cfg.journal.fsync}); {len(cfg.markets)} markets and "
                 f"{sum(1 for a in cfg.accounts.values() if a.deposit)} deposits booted")
-
-    def _against_config(self):
-        """A data folder that holds a venue is that venue: a configuration whose markets or
-        deposits differ stops the start (BootError naming each difference), unless told that
-        the state wins (`--state-wins`: then it is said, and served as recovered)."""
-        diffs, note = boot.differences(self.cfg, self.engine)
-        if note is not None:
-            self.recovered = f"{self.recovered}\nperpdex: {note}"
-        if not diffs:
-            return
-        said = (f"the configuration differs from the data folder {self.cfg.data_dir}: "
-                + "; ".join(diffs))
-        if self.cfg.state_wins:
-            log.warning("%s; serving the data folder's state (--state-wins)", said,
-                        extra={"event": "config_differs", "differences": diffs})
-            self.recovered = (f"{self.recovered}\nperpdex: {said}; serving the data folder's "
-                              f"state, as --state-wins asks")
-            return
-        close = getattr(self.seq.durability, "close", None)
-        if close is not None:
-            close()                     # its thread and its lock go before the refusal
-        raise boot.BootError(f"{said}. A data folder keeps the venue it holds (deposits are "
-                             f"credited once, when it is new): make the configuration match "
-                             f"it, ask an admin (deposit, create_market, update_market), or "
-                             f"serve the folder as it is with --state-wins (docs/config.md)")
 
     def _maybe_snapshot(self):
         """Between turns: a snapshot every `snapshot_every` commands, or when asked (SIGUSR1)."""

@@ -16,7 +16,8 @@ from .config import Config
 from .dispatch import Server
 from .durability import Durability
 from .limits import Limits
-from .observability import BindError, Endpoints, Metrics, configure_logging, stop_logging
+from .observability import (BindError, Endpoints, Metrics, configure_logging, log_stop,
+                            stop_logging)
 from .replicated import ReplicatedServer
 
 log = logging.getLogger("perpdex.gateway")
@@ -130,9 +131,8 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
 def stopped(server, signals: list) -> None:
     """The `stop` log event: why the server stopped and what it did (docs/observability.md)."""
     st = server.stats
-    why = (f"the {server.failed[0]} thread failed" if server.failed is not None
-           else ", ".join(signals) or "asked")
-    log.info("stopped (%s)", why,
-             extra={"event": "stop", "why": why, "commands": server.seq.n_commands,
-                    "internal_errors": st["internal_errors"], "dropped": st["dropped"],
-                    "suspended": st["suspended"], "exit_code": 3 if server.failed else 0})
+    log_stop(f"the {server.failed[0]} thread failed" if server.failed is not None
+             else ", ".join(signals) or "asked",
+             commands=server.seq.n_commands, internal_errors=st["internal_errors"],
+             dropped=st["dropped"], suspended=st["suspended"],
+             exit_code=3 if server.failed else 0)
