@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import os
 import platform
@@ -509,6 +510,13 @@ def load_report(path) -> dict:
             and isinstance(rep.get("suites"), dict) and isinstance(rep.get("meta"), dict)):
         raise ReportError(f"{path}: not a report of `perpdex bench --json` (it has no meta, "
                           f"options and suites)")
+    try:                # read as it will be: printed, and its metrics taken
+        print_report(rep, io.StringIO())
+        _metrics(rep)
+        unlike(rep["options"], rep, path)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise ReportError(f"{path}: not a report of `perpdex bench --json` ({type(e).__name__}: "
+                          f"{e})") from None
     return rep
 
 

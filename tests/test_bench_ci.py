@@ -91,7 +91,9 @@ def test_a_full_run_against_a_quick_report_is_refused_before_it_runs(report, tmp
 
 @pytest.mark.parametrize("content, said", [
     (None, "no such file"), ("{not json", "not JSON"), ("[1, 2]", "not a report of"),
-    ('{"meta": {}}', "not a report of")], ids=["missing", "malformed", "a-list", "no-suites"])
+    ('{"meta": {}}', "not a report of"),
+    ('{"meta": {}, "options": {}, "suites": {"core": {"workloads": {"deep": 1}}}}',
+     "not a report of")], ids=["missing", "malformed", "a-list", "no-suites", "broken-inside"])
 @pytest.mark.parametrize("flag", ["--compare", "--report"])
 def test_a_missing_or_malformed_report_is_a_sentence(tmp_path, content, said, flag):
     path = tmp_path / "old.json"
