@@ -15,7 +15,8 @@ cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
-from .state cimport State, MarketC, FillC, add_market, cid_obj, set_mark, SETTLED, HALTED
+from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, SETTLED, HALTED,
+                     POST_ONLY)
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport V_USER
@@ -840,6 +841,10 @@ cdef class Engine:
         if s.pending_updates:
             lifecycle.due_updates(s)
         for m in range(s.n_markets):
+            if s.mk[m].paused_until and ts >= s.mk[m].paused_until:
+                if s.mk[m].status == POST_ONLY:
+                    lifecycle.end_pause(s, m)
+                s.mk[m].paused_until = 0
             if s.mk[m].status == HALTED and funding.due(s, m):
                 funding.skip_boundaries(s, m)       # no funding accrues while halted
             while funding.due(s, m):
@@ -894,6 +899,8 @@ cdef class Engine:
             # runs; lifting the halt takes the mark from this index (engine.lifecycle).
             mk.index = idx
             return events.mark(s, m)
+        if lifecycle.too_fast(mk, idx):
+            lifecycle.pause(s, m)                  # the velocity guard: post_only for a while
         set_mark(s, m, idx)
         funding.start(s, m)
         events.mark(s, m)

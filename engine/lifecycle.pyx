@@ -2,10 +2,10 @@
 """A market's lifecycle (see lifecycle.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport positive, iabs
+from .units cimport int128, PPM, positive, iabs
 from .book cimport BID, ASK
 from .state cimport (State, MarketC, PosC, market_id, scope_of, set_spec, set_mark, touch,
-                     REDUCE_ONLY_STATUS, HALTED, SETTLED)
+                     ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS, HALTED, SETTLED)
 from .wire cimport V_MARKET_STATUS
 from .ledger cimport book_trade, settle
 from .matching cimport cancel_order, cancel_orders
@@ -22,8 +22,35 @@ cdef dict _STATUS = {name: k for k, name in enumerate(STATUS_NAMES) if name != "
 
 
 cdef int _status_event(State s, int32_t m, object price=None) except -1:
+    cdef int64_t until = s.mk[m].paused_until
     return events.report(s, MarketStatusEvent, dict(
-        market=s.specs[m].name, status=STATUS_NAMES[s.mk[m].status], price=price))
+        market=s.specs[m].name, status=STATUS_NAMES[s.mk[m].status], price=price,
+        until=until if until else None))
+
+
+# ---- the price velocity guard ----------------------------------------------------------------
+
+cdef bint too_fast(MarketC* mk, int64_t idx) noexcept:
+    """Does a new index `idx` move more than the guard allows from the last one? Only an
+    active market with a guard and an index is judged. |d| x 1e6 <= 2^62 x 2^20: int128."""
+    return (mk.velocity_ppm != 0 and mk.status == ACTIVE and mk.has_mark
+            and <int128>iabs(idx - mk.index) * PPM > <int128>mk.velocity_ppm * mk.index)
+
+
+cdef int pause(State s, int32_t m) except -1:
+    """The guard tripped: the market is post_only until the clock passes `paused_until` (a
+    `market_status` event says until when)."""
+    cdef MarketC* mk = &s.mk[m]
+    mk.status = POST_ONLY
+    mk.paused_until = s.clock + mk.velocity_pause_ns
+    return _status_event(s, m)
+
+
+cdef int end_pause(State s, int32_t m) except -1:
+    """The clock passed a guard's pause: the market is active again."""
+    s.mk[m].paused_until = 0
+    s.mk[m].status = ACTIVE
+    return _status_event(s, m)
 
 
 cdef int32_t _open_market(State s, str command, object market) except -2:
@@ -54,6 +81,10 @@ cdef int set_market_status(State s, object cmd) except -1:
     mk = &s.mk[m]
     was = mk.status
     mk.status = _STATUS[cmd.status]
+    if mk.paused_until:
+        mk.paused_until = 0                       # the operator's word ends a guard's pause
+        if mk.status == was:
+            return _status_event(s, m)
     if mk.status == was:
         return 0
     _status_event(s, m)
@@ -213,4 +244,6 @@ cdef int _updated_event(State s, int32_t m, object spec, int64_t when) except -1
         funding_cap_ppm=spec.funding_cap_ppm, interest_ppm=spec.interest_ppm,
         oracle_max_age_s=spec.oracle_max_age_s,
         max_orders_per_account=spec.max_orders_per_account,
-        max_liquidations_per_update=spec.max_liquidations_per_update))
+        max_liquidations_per_update=spec.max_liquidations_per_update,
+        oracle_min_sources=spec.min_sources, oracle_max_deviation_ppm=spec.max_deviation_ppm,
+        velocity_max_ppm=spec.velocity_max_ppm, velocity_pause_s=spec.velocity_pause_s))

@@ -69,6 +69,8 @@ class MarketSpec:
     min_sources: int = 1
     max_deviation_ppm: int = 0
     mark_ema_updates: int = 0   # 0: the contract's mark; N: the basis-average mark
+    velocity_max_ppm: int = 0   # the price velocity guard (0: off) and its pause
+    velocity_pause_s: int = 0
 
     def hash_record(self) -> list:
         """The spec's part of the canonical state (see docs/state-hash.md)."""
@@ -82,7 +84,9 @@ class MarketSpec:
         ] + ([self.max_price, self.max_qty] if self.limits_set else []) + (
             [[list(x) for x in self.sources], self.min_sources, self.max_deviation_ppm]
             if self.sources else []) + (
-            [["mark_ema_updates", self.mark_ema_updates]] if self.mark_ema_updates else [])
+            [["mark_ema_updates", self.mark_ema_updates]] if self.mark_ema_updates else []) + (
+            [["velocity", self.velocity_max_ppm, self.velocity_pause_s]]
+            if self.velocity_max_ppm else [])
 
 
 def _decimal(field: str, value: str | int | float) -> Decimal:
@@ -188,7 +192,20 @@ def market_spec(cmd: CreateMarket) -> MarketSpec:
         max_liquidations_per_update=cmd.max_liquidations_per_update, tiers=_tiers(cmd),
         max_price=max_price, max_qty=max_qty, limits_set=bool(cmd.max_price or cmd.max_qty),
         mark_ema_updates=_mark_window(cmd.mark_ema_updates), **_sources(cmd),
+        **_velocity(cmd),
     )
+
+
+def _velocity(cmd: CreateMarket) -> dict:
+    """The price velocity guard's settings, checked: both 0 (off), or a move of 1 ppm to 10x
+    and a pause of 1 s to a day."""
+    if cmd.velocity_max_ppm == 0 and cmd.velocity_pause_s == 0:
+        return {}
+    _ppm("velocity_max_ppm", cmd.velocity_max_ppm, 1, 10 * PPM)
+    if not 1 <= cmd.velocity_pause_s <= 86_400:
+        raise MarketConfigError(f"velocity_pause_s must be between 1 and 86400 seconds with "
+                                f"velocity_max_ppm set, got {cmd.velocity_pause_s}")
+    return {"velocity_max_ppm": cmd.velocity_max_ppm, "velocity_pause_s": cmd.velocity_pause_s}
 
 
 def _mark_window(n: int) -> int:
@@ -240,7 +257,8 @@ def _limits(cmd: CreateMarket, mult: int) -> tuple[int, int]:
 UPDATABLE = ("min_qty", "imf_ppm", "mmf_ppm", "tiers", "maker_fee_ppm", "taker_fee_ppm",
              "liquidation_fee_ppm", "price_band_ppm", "funding_cap_ppm", "interest_ppm",
              "oracle_max_age_s", "max_orders_per_account", "max_liquidations_per_update",
-             "oracle_min_sources", "oracle_max_deviation_ppm")
+             "oracle_min_sources", "oracle_max_deviation_ppm", "velocity_max_ppm",
+             "velocity_pause_s")
 _SPEC_NAME = {"oracle_min_sources": "min_sources",
               "oracle_max_deviation_ppm": "max_deviation_ppm"}
 

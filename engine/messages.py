@@ -111,6 +111,11 @@ class CreateMarket(Command, tag="create_market"):
     # the median of the index, the index plus the average of (mid - index) over the last N
     # oracles, and the contract's mark (docs/contract.md, "A mark two orders cannot pin").
     mark_ema_updates: Int64 = 0
+    # Extension: the price velocity guard. An `oracle` whose index moves more than
+    # velocity_max_ppm from the last index puts an active market in post_only for
+    # velocity_pause_s seconds (docs/contract.md, "A price velocity guard"). 0: off.
+    velocity_max_ppm: Int64 = 0
+    velocity_pause_s: Int64 = 0
 
 
 class Deposit(Command, tag="deposit"):
@@ -238,6 +243,8 @@ class UpdateMarket(Command, tag="update_market", omit_defaults=True):
     max_liquidations_per_update: Union[Int64, None] = None
     oracle_min_sources: Union[Int64, None] = None
     oracle_max_deviation_ppm: Union[Int64, None] = None
+    velocity_max_ppm: Union[Int64, None] = None
+    velocity_pause_s: Union[Int64, None] = None
     effective_ts: Union[Int64, None] = None
 
 
@@ -387,10 +394,12 @@ class FundingEvent(Event, tag="funding", omit_defaults=True):
 
 
 class MarketStatusEvent(Event, tag="market_status"):
-    """Extension: a market's status changed (`settled` after `settle_market`, with its price)."""
+    """Extension: a market's status changed (`settled` after `settle_market`, with its price;
+    the velocity guard's pause, with `until`, the ts at which it ends)."""
     market: str
     status: str
     price: Union[int, None] = None
+    until: Union[int, None] = None
 
 
 class MarketUpdated(Event, tag="market_updated"):
@@ -410,6 +419,10 @@ class MarketUpdated(Event, tag="market_updated"):
     oracle_max_age_s: int
     max_orders_per_account: int
     max_liquidations_per_update: int
+    oracle_min_sources: int = 1
+    oracle_max_deviation_ppm: int = 0
+    velocity_max_ppm: int = 0
+    velocity_pause_s: int = 0
 
 
 class IndexStale(Event, tag="index_stale"):

@@ -115,6 +115,8 @@ def _lifecycle_record(State st, int32_t m):
     out = []
     if mk.status:
         out.append(["status", _STATUS_NAMES[mk.status]])
+    if mk.paused_until:
+        out.append(["paused_until", mk.paused_until])
     if mk.funding_next_set:
         out.append(["funding_next", mk.funding_cap_next, mk.interest_next])
     if m in st.pending_updates:

@@ -74,6 +74,9 @@ ctypedef struct MarketC:
     uint8_t funding_next_set    # funding_cap_next / interest_next apply after the next boundary
     int64_t funding_cap_next
     int64_t interest_next
+    int64_t velocity_ppm        # the price velocity guard (engine.lifecycle): 0 off
+    int64_t velocity_pause_ns
+    int64_t paused_until        # a guard's pause of an active market ends here (ns); 0 none
 
 ctypedef struct PosC:
     int64_t size                # signed lots: long > 0

@@ -325,6 +325,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     mk.funding_next_set = 0
     mk.funding_cap_next = 0
     mk.interest_next = 0
+    mk.paused_until = 0
     mk.name_tok = s.w.register_name(spec.name)
     s.books.append(Book())
     s.trig_up.append(SortedList())
@@ -376,6 +377,8 @@ cdef int set_spec(State s, int32_t m, object spec) except -1:
     mk.max_leverage = PPM // tiers[0].imf_ppm
     mk.n_sources = len(spec.sources)
     mk.ema_updates = spec.mark_ema_updates
+    mk.velocity_ppm = spec.velocity_max_ppm
+    mk.velocity_pause_ns = spec.velocity_pause_s * NS
     if spec.sources and m not in s.sources:
         s.sources[m] = [None] * len(spec.sources)
     return 0
