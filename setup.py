@@ -61,7 +61,7 @@ def _pxd_link() -> str:
 def long_description() -> str:
     """The README with its relative links made absolute, against the repository's address in
     pyproject.toml ([project.urls] Repository): on PyPI a link to docs/contract.md must lead to
-    the repository's page, not to nothing. Links to folders and files alike go to the tree."""
+    the repository's page, not to nothing (a folder's link too: GitHub shows it at blob/)."""
     with open("pyproject.toml", "rb") as f:
         repo = tomllib.load(f)["project"]["urls"]["Repository"].rstrip("/")
     with open("README.md", encoding="utf-8") as f:
