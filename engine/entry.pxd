@@ -10,7 +10,7 @@ is answered (a `rejected` event, or an `order_cancelled` for an order that alrea
 """
 from libc.stdint cimport int64_t, int32_t, uint8_t
 
-from .state cimport State, OrderCmd, CidKey
+from .state cimport State, OrderCmd, CidKey, Traded
 
 cdef int new_order(State s, object cmd) except -1
 cdef int order_fields(State s, object acct, object market, object cid, object side_name,
@@ -32,7 +32,7 @@ cdef int cancel_handles(State s, int32_t a, int32_t m, int64_t cid) except -1
 cdef int amend_handles(State s, int32_t a, int32_t m, int64_t cid, int64_t price,
                        int64_t qty) except -1
 cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t qty,
-                               int64_t limit) except -1
+                               int64_t limit, Traded* traded) except -1
 
 
 cdef inline void order_cmd(OrderCmd* c, int32_t a, int32_t m, int side, int kind, int tif,

@@ -9,7 +9,7 @@ from .book cimport (
     TAKE_PROFIT_MARKET, TAKE_PROFIT_LIMIT, GTC, IOC, FOK, ALO, GTD, CANCEL_MAKER, CANCEL_TAKER,
     CANCEL_BOTH,
 )
-from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, account, position, cid_key,
+from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, Traded, account, position, cid_key,
                            cid_of, reducible, market_id, ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS,
                            HALTED, SETTLED)
 from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
@@ -415,9 +415,9 @@ cdef int place(State s, OrderCmd* c) except -1:
     events.accepted(s, i, c.qty)
     if trigger:
         return arm(s, i)
-    if c.tif == FOK and walk(s, i, limit, True) != STOP_NONE:
+    if c.tif == FOK and walk(s, i, limit, True, NULL) != STOP_NONE:
         return cancel_order(s, i, V_FOK_UNFILLED)
-    return finish_taker(s, i, walk(s, i, limit, False))
+    return finish_taker(s, i, walk(s, i, limit, False, NULL))
 
 
 cdef int32_t _open(State s, OrderCmd* c, int32_t p) except -1:
@@ -532,19 +532,20 @@ cdef int _enter(State s, int32_t i) except -1:
         return cancel_order(s, i, V_MARGIN)
     if failed == C_POST_ONLY:
         return cancel_order(s, i, V_POST_ONLY_WOULD_CROSS)
-    if o.tif == FOK and walk(s, i, limit, True) != STOP_NONE:
+    if o.tif == FOK and walk(s, i, limit, True, NULL) != STOP_NONE:
         return cancel_order(s, i, V_FOK_UNFILLED)
-    return finish_taker(s, i, walk(s, i, limit, False))
+    return finish_taker(s, i, walk(s, i, limit, False, NULL))
 
 
 # ---- the liquidation's orders ----------------------------------------------------------------
 
 cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t qty,
-                               int64_t limit) except -1:
+                               int64_t limit, Traded* traded) except -1:
     """An IOC reduce-only order for the account, no worse than `limit`; its fills say
     `liquidation: true`. The order is the engine's: it gets an oid and the cid
     "liquidation:<oid>", is not admitted (the engine may always reduce a position it
-    liquidates), and gives no order_accepted or order_cancelled. Returns the qty filled."""
+    liquidates), and gives no order_accepted or order_cancelled. `traded` is set to what it
+    filled; returns the qty."""
     cdef int32_t i
     cdef OrderCmd c
     cid = f"liquidation:{s.next_oid}".encode()
@@ -555,15 +556,15 @@ cdef int64_t liquidation_order(State s, int32_t a, int32_t p, int side, int64_t 
     c.cid.n = len(cid)
     c.cid.h = cid_hash_str(a, c.cid.text, c.cid.n)
     i = _open(s, &c, p)
+    traded.qty = 0
+    traded.notional = 0
     s.liquidating = True
-    s.liq_qty = 0
-    s.liq_notional = 0
     try:
-        walk(s, i, limit, False)
+        walk(s, i, limit, False, traded)
     finally:
         s.liquidating = False
     drop(s, i)
-    return s.liq_qty
+    return traded.qty
 
 
 # ---- cancel and amend ------------------------------------------------------------------------
@@ -757,4 +758,4 @@ cdef int _amend(State s, int32_t i, object price_v, object qty_v, object acct, o
     o.price = price
     o.qty = qty
     events.amended(s, i, False)
-    return finish_taker(s, i, walk(s, i, price, False))
+    return finish_taker(s, i, walk(s, i, price, False, NULL))

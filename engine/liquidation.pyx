@@ -4,7 +4,8 @@ from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, PPM, ceil_div, floor_div, iabs, py128
 from .book cimport BID, ASK
-from .state cimport State, PosC, MarketC, position, insurance_fund, scope_of, HALTED
+from .state cimport (State, PosC, MarketC, Traded, position, insurance_fund, scope_of,
+                     HALTED)
 from .wire cimport V_LIQUIDATION
 from .margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
                             below_call, unsettled_funding)
@@ -328,6 +329,7 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
     cdef int64_t size = q.size, n = iabs(size), bp, qty, filled, fee, per_lot
     cdef int side = ASK if size > 0 else BID          # the closing trade
     cdef int128 num, takeover, eq, mm, deficit
+    cdef Traded traded
     eq = equity(s, a, iso)
     mm = maintenance_margin(s, a, iso)
     bp = _bankruptcy_price(s, a, iso, p)
@@ -341,9 +343,9 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
     else:
         qty = <int64_t>ceil_div(deficit, per_lot)
         qty = n if qty > n or qty <= 0 else qty
-    filled = liquidation_order(s, a, p, side, qty, bp)
+    filled = liquidation_order(s, a, p, side, qty, bp, &traded)
     if filled:
-        num = s.liq_notional
+        num = traded.notional
         fee = <int64_t>ceil_div(num * mk.liq_fee_ppm, PPM)
         eq = equity(s, a, iso)
         if fee > eq:

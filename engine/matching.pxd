@@ -7,7 +7,7 @@ changes nothing. The pre-fill check asks engine.margin, the money moves through 
 """
 from libc.stdint cimport int64_t, int32_t
 
-from .state cimport State
+from .state cimport State, Traded
 
 # Why the walk stopped early.
 cdef enum Stop:
@@ -17,7 +17,8 @@ cdef enum Stop:
     STOP_MARGIN
     STOP_UNFILLED           # a dry walk that would leave some of the taker unfilled
 
-cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1   # O(levels + fills)
+cdef int walk(State s, int32_t t, int64_t limit, bint dry,
+              Traded* traded) except -1            # O(levels + fills)
 cdef int finish_taker(State s, int32_t t, int stop) except -1          # cancel or rest the rest
 cdef int rest(State s, int32_t i) except -1                            # O(1), O(n) new level
 cdef int drop(State s, int32_t i) except -1                            # O(1), no event

@@ -6,7 +6,7 @@ from .units cimport int128, iabs
 from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKER, CANCEL_BOTH)
 from libc.stdlib cimport realloc
 
-from .state cimport State, MarketC, PosC, FillC, reducible, cid_obj
+from .state cimport State, MarketC, PosC, FillC, Traded, reducible, cid_obj
 from .wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
 from .ledger cimport fee, book_trade
 from .margin cimport allowed_after
@@ -39,7 +39,7 @@ cdef inline bint _cash_bounded(State s, int32_t a, int32_t m) noexcept:
     return -CASH_LIMIT <= cash <= CASH_LIMIT
 
 
-cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
+cdef int walk(State s, int32_t t, int64_t limit, bint dry, Traded* traded) except -1:
     """Trade taker `t` against the opposite side down to `limit`, best price first, oldest
     first within a price. For each maker in turn: self-trade prevention, the reduce-only caps,
     the pre-fill check (maker first: a maker that fails is cancelled and the walk goes on; a
@@ -47,7 +47,9 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
 
     `dry`: the same steps without changing anything (the makers a real walk would cancel are
     passed over, and what each account would have traded is carried along for the checks);
-    STOP_NONE then means the whole taker would fill. O(levels touched + fills + cancels)."""
+    STOP_NONE then means the whole taker would fill. `traded` (or NULL): the walk adds each
+    fill's qty and price x qty x multiplier to it (a liquidation's order: its size and average
+    price). O(levels touched + fills + cancels)."""
     cdef OrderPool pool = s.pool
     cdef int32_t m = pool.o[t].market, acct = pool.o[t].account
     cdef Book b = s.books[m]
@@ -159,14 +161,15 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry) except -1:
             need -= q
             mi = nxt
         else:
-            _fill(s, t, mi, q, tfee, mfee)
+            _fill(s, t, mi, q, tfee, mfee, traded)
             need = pool.o[t].qty
     if dry and need > 0:
         return STOP_UNFILLED
     return STOP_NONE
 
 
-cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t mfee) except -1:
+cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t mfee,
+               Traded* traded) except -1:
     """One trade at the maker's price: quantities, positions, the fees the walk computed, the
     `fill` event; then the maker goes if it is done, and the resting reduce-only orders that can
     no longer reduce go, on both sides of the trade."""
@@ -193,9 +196,9 @@ cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t 
     s.n_fills += 1
     if s.log_fills:
         _log_fill(s, price, q, t, mi)
-    if s.liquidating:
-        s.liq_qty += q
-        s.liq_notional += <int128>price * q * mk.multiplier
+    if traded != NULL:
+        traded.qty += q
+        traded.notional += <int128>price * q * mk.multiplier
     events.fill(s, t, mi, price, q, tfee, mfee)
     if mo.qty == 0:
         drop(s, mi)

@@ -123,6 +123,13 @@ ctypedef struct FillC:
     int64_t maker_cid
     int64_t strs
 
+# What a walk traded, for a caller that asks (the liquidation's order: its size and average
+# price). notional: sum of price x qty x multiplier, below 2^125 (qty x price x multiplier of
+# one order is below 2^62 by the market's limits, and a walk fills at most the order).
+ctypedef struct Traded:
+    int64_t qty
+    int128 notional
+
 # A new order whose fields are valid and resolved to ids (the input of engine.entry.place).
 ctypedef struct OrderCmd:
     int64_t qty
@@ -194,9 +201,7 @@ cdef class State:
     cdef int64_t n_looked           # scopes looked at by liquidation passes (Engine.work)
     cdef int64_t n_ranked           # positions ranked for ADL (Engine.work)
     cdef bint margin                # False: no margin checks (pure matching, benchmarks)
-    cdef bint liquidating           # the walk is a liquidation's: fills say so
-    cdef int64_t liq_qty            # what the liquidation walk filled, and its notional
-    cdef int128 liq_notional
+    cdef bint liquidating           # the walk is a liquidation's: fills say so (engine.entry)
     # ---- the fills of the current per-command call (Engine.new_order / Engine.cancel) --------
     cdef bint log_fills              # record fills below (only during those calls)
     cdef bint quiet                  # number events but encode none (per-command calls with
