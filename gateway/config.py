@@ -220,12 +220,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         parsed = msgspec.convert(raw, ConfigFile)
     except msgspec.ValidationError as e:
-        raise _error(source, text, [], e)
+        raise validation_error(source, text, [], e)
     if not isinstance(accounts, dict):
-        raise ConfigError(f"{source}{_at(text, ['accounts'])}: accounts: expected tables "
+        raise ConfigError(f"{source}{key_line(text, ['accounts'])}: accounts: expected tables "
                           f"[accounts.NAME], got {type(accounts).__name__}")
     for name, acct in accounts.items():
-        where = f"{source}{_at(text, ['accounts', name])}: accounts.{name}"
+        where = f"{source}{key_line(text, ['accounts', name])}: accounts.{name}"
         if not ACCOUNT_NAME.fullmatch(name):
             raise ConfigError(f"{where}: an account name is 1 to 64 letters, digits, '-', '_' "
                               f"or '.', not starting with '.' (it names the account's key files "
@@ -237,34 +237,34 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         try:
             parsed.accounts[name] = msgspec.convert(acct, AccountSection)
         except msgspec.ValidationError as e:
-            raise _error(source, text, ["accounts", name], e)
+            raise validation_error(source, text, ["accounts", name], e)
     for i, mk in enumerate(parsed.markets):
         where = ["markets", i]
         if "ts" in raw["markets"][i] or "type" in raw["markets"][i]:
             bad = "ts" if "ts" in raw["markets"][i] else "type"
-            raise ConfigError(f"{source}{_at(text, where + [bad])}: markets[{i}].{bad}: unknown "
-                              f"key (a market table holds the fields of create_market)")
+            raise ConfigError(f"{source}{key_line(text, where + [bad])}: markets[{i}].{bad}: "
+                              f"unknown key (a market table holds the fields of create_market)")
         try:
             market_spec(mk)
         except MarketConfigError as e:
-            raise ConfigError(f"{source}{_at(text, where)}: markets[{i}] ({mk.market}): the engine "
-                              f"refuses it: invalid_market: {e}")
+            raise ConfigError(f"{source}{key_line(text, where)}: markets[{i}] ({mk.market}): the "
+                              f"engine refuses it: invalid_market: {e}")
     names = [mk.market for mk in parsed.markets]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise ConfigError(f"{source}{_at(text, ['markets', i])}: markets[{i}].market: "
+            raise ConfigError(f"{source}{key_line(text, ['markets', i])}: markets[{i}].market: "
                               f"{name!r} is configured twice")
     if not parsed.accounts:
         raise ConfigError(f"{source}: accounts: at least one account is needed")
     try:
         limits = Limits(**msgspec.structs.asdict(parsed.limits))
     except ValueError as e:
-        raise ConfigError(f"{source}{_at(text, ['limits'])}: {e}")
+        raise ConfigError(f"{source}{key_line(text, ['limits'])}: {e}")
     s = parsed.server
     for key in ("router", "pub", "metrics"):
         why = (address_problem if key == "metrics" else endpoint_problem)(getattr(s, key))
         if why:
-            raise ConfigError(f"{source}{_at(text, ['server', key])}: server.{key}: {why}")
+            raise ConfigError(f"{source}{key_line(text, ['server', key])}: server.{key}: {why}")
     return Config(router=s.router, pub=s.pub, data_dir=Path(s.data_dir),
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
                   metrics=s.metrics, log_format=s.log_format, log_level=s.log_level,
@@ -346,7 +346,8 @@ _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
 _MISSING = re.compile(r"Object missing required field `([^`]*)`")
 
 
-def _error(source: str, text: str, prefix: list, e: msgspec.ValidationError) -> ConfigError:
+def validation_error(source: str, text: str, prefix: list,
+                     e: msgspec.ValidationError) -> ConfigError:
     """A msgspec ValidationError as `FILE:LINE: key.path: what is wrong`."""
     message, path = _SUFFIX.match(str(e)).groups()
     keys = list(prefix)
@@ -364,7 +365,7 @@ def _error(source: str, text: str, prefix: list, e: msgspec.ValidationError) -> 
         message += f": expected one of {', '.join(ROLES)}"
     elif keys and keys[-1] == "public_key":
         message += " (a public_key is a 40-character z85 CURVE key)"
-    return ConfigError(f"{source}{_at(text, line_keys)}: {_dotted(keys)}: {message}")
+    return ConfigError(f"{source}{key_line(text, line_keys)}: {_dotted(keys)}: {message}")
 
 
 def _dotted(keys: list) -> str:
@@ -382,7 +383,7 @@ def _split(dotted: str) -> list[str]:
     return [p.strip().strip("\"'") for p in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", dotted)]
 
 
-def _at(text: str, keys: list) -> str:
+def key_line(text: str, keys: list) -> str:
     """`:LINE` of the key in the TOML text (or of the table that should hold it), best effort:
     tables, arrays of tables and `key = value` lines; "" when it cannot be found."""
     want = [str(k) for k in keys]

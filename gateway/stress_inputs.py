@@ -22,7 +22,7 @@ from msgspec import Meta, Struct
 from perpdex.engine import messages as M
 from perpdex.engine.markets import MarketConfigError, market_spec
 
-from .config import _at, _error
+from .config import key_line, validation_error
 
 USD = 1_000_000                     # quote units per USD
 
@@ -108,7 +108,7 @@ class Scenario:
 
     def where(self, keys: list) -> str:
         """`FILE:LINE` of a key of the scenario file (best effort)."""
-        return f"{self.source}{_at(self.text, keys) if self.text else ''}"
+        return f"{self.source}{key_line(self.text, keys) if self.text else ''}"
 
 
 def _read_text(path: Path, where: str) -> str:
@@ -132,7 +132,7 @@ def load_scenario(path: str | None) -> Scenario:
     try:
         parsed = msgspec.convert(raw, ScenarioFile)
     except msgspec.ValidationError as e:
-        raise StressError(str(_error(path, text, [], e)))
+        raise StressError(str(validation_error(path, text, [], e)))
     sc = Scenario(parsed, str(path), p.resolve().parent, text)
     for i, pop in enumerate(parsed.population):
         for name in ("leverage", "stop_distance_pct"):
