@@ -212,6 +212,23 @@ cdef int64_t _fill_records(State s, bytearray fills, int64_t n, Py_ssize_t k) ex
     return n + s.n_logged
 
 
+cdef int _indices(list rejected, int64_t before) except -1:
+    """The commands' numbers that engine.events noted in `rejected` (Engine.n_commands at each
+    rejection, this call's from `before` + 1) become their indices in the call, each once."""
+    cdef Py_ssize_t k, n = 0
+    cdef int64_t last = -1, c
+    if not rejected:
+        return 0
+    for k in range(len(rejected)):
+        c = rejected[k]
+        if c != last:
+            rejected[n] = c - before - 1
+            n += 1
+            last = c
+    del rejected[n:]
+    return 0
+
+
 cdef class Engine:
     """The deterministic state machine. One command in, its events out, in `seq` order.
 
@@ -267,28 +284,43 @@ cdef class Engine:
         items.extend(reader.close())
         return self.execute_many(items, out or fmt)
 
-    def execute_many(self, list items, str fmt="msgpack"):
+    def execute_many(self, list items, str fmt="msgpack", list rejected=None):
         """Apply decoded commands (and Malformed items) in order; return the encoded events.
 
         `fmt` is the output format. No Python object is made per event: the core writes bytes
-        as it matches.
+        as it matches. `rejected` (a list): the index in `items` of each command that was
+        rejected is appended to it, in order.
         """
         cdef object cmd
+        cdef int64_t before = self.s.n_commands
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {show(fmt)}: expected one of {', '.join(FORMATS)}")
         events.begin_output(self.s, FMT_JSON if fmt == "jsonl" else FMT_MSGPACK, False)
-        for cmd in items:
-            self._dispatch(cmd)
+        self.s.reject_log = rejected
+        try:
+            for cmd in items:
+                self._dispatch(cmd)
+        finally:
+            self.s.reject_log = None
+        _indices(rejected, before)
         return events.take_output(self.s, 0, False)
 
-    def execute_msgpack(self, data, int first=1, Py_ssize_t offset=0, str out="msgpack"):
+    def execute_msgpack(self, data, int first=1, Py_ssize_t offset=0, str out="msgpack",
+                        list rejected=None):
         """Apply a buffer of complete msgpack commands (as MsgpackFramer.split gives them);
-        return the encoded events. `first` and `offset` number the objects in rejections."""
+        return the encoded events. `first` and `offset` number the objects in rejections.
+        `rejected` (a list): the index in `data` (0 its first object) of each command that was
+        rejected is appended to it, in order."""
         cdef Py_ssize_t used = 0
-        cdef int64_t count = 0
-        result = self._run_msgpack(data, first, offset, out, &used, &count)
+        cdef int64_t count = 0, before = self.s.n_commands
+        self.s.reject_log = rejected
+        try:
+            result = self._run_msgpack(data, first, offset, out, &used, &count)
+        finally:
+            self.s.reject_log = None
         if used != len(data):
             raise ValueError("execute_msgpack takes complete objects (see MsgpackFramer)")
+        _indices(rejected, before)
         return result
 
     cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,

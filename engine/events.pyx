@@ -250,6 +250,8 @@ cdef int mark(State s, int32_t m) except -1:
 cdef int reject(State s, str command, str reason, str detail, object account=None,
                 object market=None, object cid=None) except -1:
     s.last_reason = reason
+    if s.reject_log is not None:
+        s.reject_log.append(s.n_commands)
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w
@@ -276,6 +278,8 @@ cdef int reject(State s, str command, str reason, str detail, object account=Non
 cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
     """`rejected` for a new_order already resolved to ids: the same bytes as `reject`."""
     s.last_reason = reason
+    if s.reject_log is not None:
+        s.reject_log.append(s.n_commands)
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w

@@ -207,6 +207,8 @@ cdef class State:
     cdef bint quiet                  # number events but encode none (per-command calls with
                                      # Engine.record_events off; engine.events reads it)
     cdef str last_reason             # the reason of the last `rejected` (engine.events)
+    cdef list reject_log             # None, or where engine.events notes the n_commands of
+                                     # each rejection (Engine.execute_many's `rejected`)
     cdef list structs                # Engine.execute: the order events as Structs, else None
     cdef FillC* fill_log
     cdef list log_strs               # (maker cid, taker cid) of logged fills with a string cid

@@ -77,21 +77,26 @@ class Rejection:
 _REJECTED = {"jsonl": b'{"type":"rejected"', "msgpack": b"\xa4type\xa8rejected"}
 
 
-def _rejection(out: bytes, fmt: str, where: str) -> Rejection | None:
-    """The rejection among one command's events `out`, if any. O(len(out)), and a test of a few
+def _rejected_events(out: bytes, fmt: str) -> list[dict]:
+    """The `rejected` events among the events `out`, in order. O(len(out)), and a test of a few
     bytes when there is none."""
     if _REJECTED[fmt] not in out:
-        return None
+        return []
     if fmt == "jsonl":
-        events = [msgspec.json.decode(line) for line in out.splitlines()]
+        events = [msgspec.json.decode(line) for line in out.splitlines()
+                  if line.startswith(_REJECTED[fmt])]
     else:
         framer = MsgpackFramer()
         frames = framer.split(out)[0]
         starts = [0, *framer.last_ends]
         events = [msgspec.msgpack.decode(frames[a:b]) for a, b in zip(starts, starts[1:])]
-    for ev in events:
-        if ev.get("type") == "rejected":
-            return Rejection(where, ev.get("command"), ev["reason"], ev["detail"])
+    return [ev for ev in events if ev.get("type") == "rejected"]
+
+
+def _rejection(out: bytes, fmt: str, where: str) -> Rejection | None:
+    """The rejection among one command's events `out`, if any."""
+    for ev in _rejected_events(out, fmt):
+        return Rejection(where, ev.get("command"), ev["reason"], ev["detail"])
     return None
 
 
@@ -163,10 +168,11 @@ def replay_stream(src: BinaryIO, dst: BinaryIO, in_fmt: str, out_fmt: str,
                   rejected=None) -> Summary:
     """Feed `src` to `engine` chunk by chunk, writing its events to `dst`; count the rejections.
 
-    With `rejected` (called with each Rejection) or `strict` (stop after the first rejection,
-    its events written), each command is applied alone, so that a rejection is known by where
-    its command stands: a call into the engine per command (on the deep workload, JSON Lines
-    replays about 1.4x slower, msgpack 2.4x). Without, a chunk is one call."""
+    A chunk is one call into the engine. With `rejected` (called with each Rejection), the
+    engine also says which of the chunk's commands it rejected, and each is named by where it
+    stands. With `strict` (stop after the first rejection, its events written) each command is
+    applied alone: a call into the engine per command (on the deep workload, JSON Lines
+    replays about 1.4x slower, msgpack 2.4x)."""
     eng = engine if engine is not None else Engine()
     progress = Progress(total)
     seq0, fills0, cmds0 = eng.seq, eng.n_fills, eng.n_commands
@@ -176,7 +182,13 @@ def replay_stream(src: BinaryIO, dst: BinaryIO, in_fmt: str, out_fmt: str,
     keep = outs.append
     marker = _REJECTED[out_fmt]
     apply = eng.execute_many
-    alone = strict or rejected is not None
+    alone = strict
+
+    def name(out: bytes, indices: list, where) -> None:
+        """Report the rejections of one call: `indices` says which of its commands (the
+        engine's `rejected`), `where(k)` where the k-th stands, `out` is its events."""
+        for k, ev in zip(indices, _rejected_events(out, out_fmt)):
+            rejected(Rejection(where(k), ev.get("command"), ev["reason"], ev["detail"]))
 
     def rejection(out: bytes, where: str) -> bool:
         """Report the rejection in `out`; True to stop there."""
@@ -209,7 +221,15 @@ def replay_stream(src: BinaryIO, dst: BinaryIO, in_fmt: str, out_fmt: str,
                 return each(framer.close())
             frames, first, offset, bad = framer.split(chunk)
             if not alone:
-                keep(fast(frames, first, offset, out_fmt))
+                indices = [] if rejected is not None else None
+                out = fast(frames, first, offset, out_fmt, indices)
+                keep(out)
+                if indices:
+                    starts = [0, *framer.last_ends]
+                    name(out, indices, lambda k: f"object {first + k} at byte "
+                                                 f"{offset + starts[k]}")
+                if rejected is not None:
+                    return each(bad)
                 keep(apply(bad, out_fmt))
                 return False
             view, start = memoryview(frames), 0
@@ -228,7 +248,13 @@ def replay_stream(src: BinaryIO, dst: BinaryIO, in_fmt: str, out_fmt: str,
         def step(chunk: bytes) -> bool:
             items = reader.feed(chunk) if chunk else reader.close()
             if not alone:
-                keep(apply(items, out_fmt))
+                indices = [] if rejected is not None else None
+                out = apply(items, out_fmt, indices)
+                keep(out)
+                if indices:
+                    numbers = lines.numbers(chunk)
+                    name(out, indices, lambda k: f"line {numbers[k]}")
+                lines.advance(chunk)
                 return False
             numbers = None
             for k, item in enumerate(items):
