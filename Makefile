@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 	$(PY) -c "$$CHECKOUT_PTH"
 	touch engine/.built $@
 
-# The distribution installs perpdex.engine and perpdex.gateway only. This development venv also
+# The distribution installs perpdex.engine, perpdex.gateway, perpdex.bench and perpdex.examples
+# only. This development venv also
 # puts the checkout at the end of its path, so that `import engine` (the checkout's alias of
 # perpdex.engine, engine/_checkout.py) works from any folder, as it did before the rename.
 define CHECKOUT_PTH
