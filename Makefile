@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml
 	touch engine/.built $@
 
 # The distribution installs perpdex.engine, perpdex.gateway, perpdex.bench and perpdex.examples
-# only. This development venv also
-# puts the checkout at the end of its path, so that `import engine` (the checkout's alias of
-# perpdex.engine, engine/_checkout.py) works from any folder, as it did before the rename.
+# only. This development venv also puts the checkout at the end of its path, so that `import
+# engine` (the checkout's alias of perpdex.engine, engine/_checkout.py) works from any folder,
+# as it did before the rename.
 define CHECKOUT_PTH
 import pathlib, site
 pathlib.Path(site.getsitepackages()[0], "perpdex-checkout.pth").write_text(str(pathlib.Path.cwd()) + "\n")
