@@ -5,12 +5,12 @@ import sys
 import time
 from pathlib import Path
 
-from .stress_inputs import StressError, load_scenario
+from .stress_inputs import Options, StressError, load_scenario
 
 
 def stress(args, out=sys.stdout, err=sys.stderr) -> int:
     from . import stress_report
-    from .stress import Options, run, to_json
+    from .stress import run, to_json
     for name in ("steps", "step_seconds", "seed"):
         v = getattr(args, name)
         low = 0 if name == "seed" else 1

@@ -1,7 +1,7 @@
 """The inputs of `perpdex stress` (docs/stress.md): the scenario TOML (venue, population, market
-makers, price paths), price paths from a CSV file or synthetic, the oracle's lag, and overrides of
-the venue's parameters. Every bad input is a StressError: one sentence naming the file and line
-(or the command-line option) and the field.
+makers, price paths) and the command line's options over it, price paths from a CSV file or
+synthetic, the oracle's lag, and overrides of the venue's parameters. Every bad input is a
+StressError: one sentence naming the file and line (or the command-line option) and the field.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import random
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -109,6 +109,25 @@ class Scenario:
     def where(self, keys: list) -> str:
         """`FILE:LINE` of a key of the scenario file (best effort)."""
         return f"{self.source}{key_line(self.text, keys) if self.text else ''}"
+
+
+@dataclass
+class Options:
+    """What the command line adds to (or overrides in) the scenario file."""
+    state: str | None = None
+    paths: list[str] = field(default_factory=list)        # MARKET=SPEC
+    oracle: list[str] = field(default_factory=list)       # MARKET=SPEC
+    sets: list[str] = field(default_factory=list)         # [MARKET.]KEY=VALUE
+    insurance_usd: float | None = None
+    seed: int | None = None
+    steps: int | None = None
+    step_seconds: int | None = None
+    events: str | None = None                             # every event read, JSON Lines
+    progress: bool = False
+    # a sweep's or a comparison's point: (where, [MARKET.]KEY=VALUE) after `sets`, and the
+    # crash's scale per market, None for every market: (scale, where) (docs/stress.md, "Sweeps")
+    point_sets: list[tuple[str, str]] = field(default_factory=list)
+    crash_scale: dict = field(default_factory=dict)
 
 
 def _read_text(path: Path, where: str) -> str:

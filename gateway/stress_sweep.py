@@ -19,9 +19,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 
-from .stress import Options, run
+from .stress import run
+from .stress_inputs import SETTABLE, Options, Scenario, StressError
 from .stress_report import num
-from .stress_inputs import SETTABLE, Scenario, StressError
 
 MAX_POINTS = 101
 SPECIAL = {"insurance_usd": (0.0, 1e12), "crash_scale": (0.0, 10.0)}
