@@ -116,10 +116,9 @@ class Commands:
                               "detail": "a batch item has no req_id of its own"}
                 continue
             (cancels if it.tag in P.CANCELS else rest).append(i)
-        limited = self._limited(acct.name, req.req_id, self.seq.now(), cancels=len(cancels),
-                                others=len(rest))
-        if limited:
-            return limited
+        wait = self.budgets.wait(acct.name, self.seq.now(), 0, len(cancels), len(rest))
+        if wait:
+            return self._rate_limited(req.req_id, wait)
         for i in cancels + rest:
             cmd, why = self._command(acct, decoded[i])
             if cmd is None:

@@ -390,9 +390,9 @@ class Server(Commands, Handlers, Health):
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
             rid = P.peek_req_id(data)
             if acct is not None:
-                limited = self._limited(acct.name, rid, self.seq.now(), request=1)
-                if limited:
-                    self._reply(identity, limited)
+                wait = self.budgets.wait(acct.name, self.seq.now(), 1)
+                if wait:
+                    self._reply(identity, self._rate_limited(rid, wait))
                     return
             self._reply(identity, P.error(rid, "invalid_command", P.invalid_detail(e)))
             return
@@ -409,14 +409,14 @@ class Server(Commands, Handlers, Health):
         now = self.seq.now()
         if cls.command is not None:     # a command: its request token and its order or cancel
             is_cancel = cls.tag in P.CANCELS
-            limited = self._limited(acct.name, rid, now, request=1, cancels=int(is_cancel),
-                                    others=int(not is_cancel))
+            wait = self.budgets.wait(acct.name, now, 1, int(is_cancel), int(not is_cancel))
         else:
-            limited = self._limited(acct.name, rid, now, request=P.weight(req))
-        if limited:
-            self._reply(identity, limited)
+            wait = self.budgets.wait(acct.name, now, P.weight(req))
+        if wait:
+            self._reply(identity, self._rate_limited(rid, wait))
             return
-        sess = self.sessions.of(identity, acct.name, now)
+        sess = self.sessions.get(identity) or self.sessions.open(identity, acct.name, now)
+        sess.last_seen = now
         if cls.command is not None or cls is P.Batch or cls is P.ScheduleCancel:
             why = self._refuse(cls)
             if why is not None:
@@ -437,7 +437,8 @@ class Server(Commands, Handlers, Health):
         if handler is not None:
             self._reply(identity, handler(acct, sess, identity, req, now))
             return
-        seen = self.records.retries.of(acct.name)
+        retries = self.records.retries
+        seen = retries.get(acct.name) or retries.of(acct.name)
         if rid is not None:
             kept = seen.replies.get(rid, False)
             if kept is None:            # a retry whose reply was dropped: nothing redone either

@@ -95,12 +95,9 @@ class Handlers:
                        f"it is not run again: your private stream and query_account tell what "
                        f"it did")
 
-    def _limited(self, account: str, rid, now_ns: int, request: int = 0, cancels: int = 0,
-                 others: int = 0):
-        """None, or the `rate_limited` reply saying when to retry (`Budgets`). O(1)."""
-        wait = self.budgets.wait(account, now_ns, request, cancels, others)
-        if wait <= 0:
-            return None
+    def _rate_limited(self, rid, wait: float) -> dict:
+        """The `rate_limited` reply to a request over its budgets (`Budgets.wait`), saying when
+        to retry."""
         after = math.ceil(wait * 1000)         # whole ms, never 0: by then the tokens are there
         reply = P.error(rid, "rate_limited", f"over the request rate; retry in {after} ms")
         reply["retry_after_ms"] = after

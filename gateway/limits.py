@@ -82,9 +82,10 @@ class Budgets:
     """Each account's request, order and cancel buckets (`Limits`' rates), made on first use."""
 
     def __init__(self, limits: Limits):
-        self.kinds = (("request", limits.request_rate), ("cancel", limits.cancel_rate),
-                      ("order", limits.order_rate))
         self.buckets: dict[str, dict] = {"request": {}, "order": {}, "cancel": {}}
+        self.kinds = tuple((self.buckets[kind], rate, burst) for kind, (rate, burst) in (
+            ("request", limits.request_rate), ("cancel", limits.cancel_rate),
+            ("order", limits.order_rate)))
 
     def wait(self, account: str, now_ns: int, request: int = 0, cancels: int = 0,
              others: int = 0) -> float:
@@ -93,11 +94,11 @@ class Budgets:
         now = now_ns / 1e9
         wait = 0.0
         taken = []
-        for (kind, (rate, burst)), n in zip(self.kinds, (request, cancels, others)):
+        for (buckets, rate, burst), n in zip(self.kinds, (request, cancels, others)):
             if n:
-                b = self.buckets[kind].get(account)
+                b = buckets.get(account)
                 if b is None:
-                    b = self.buckets[kind][account] = Bucket(rate, burst, now)
+                    b = buckets[account] = Bucket(rate, burst, now)
                 w = b.take(n, now)
                 if w:
                     wait = max(wait, w)

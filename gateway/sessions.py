@@ -78,15 +78,12 @@ class Sessions(dict):
         self.spends: dict[str, Spend] = {}
         self.owners: dict[int, Session] = {}
 
-    def of(self, identity: bytes, account: str, now: int) -> Session:
-        """The connection's session (made on its first request), seen now. O(1)."""
-        sess = self.get(identity)
-        if sess is None:
-            spend = self.spends.get(account)
-            if spend is None:
-                spend = self.spends[account] = Spend()
-            sess = self[identity] = Session(account, now, spend)
-        sess.last_seen = now
+    def open(self, identity: bytes, account: str, now: int) -> Session:
+        """A session for the connection's first request. O(1)."""
+        spend = self.spends.get(account)
+        if spend is None:
+            spend = self.spends[account] = Spend()
+        sess = self[identity] = Session(account, now, spend)
         return sess
 
     def placed(self, sess: Session, oid: int, market: str, cid) -> None:
