@@ -1,7 +1,8 @@
 """The answers to the requests that are not engine commands (docs/protocol.md): heartbeat,
 session, schedule_cancel (the dead-man's switch), subscribe (the private stream), book, markets,
-snapshot (the public feed's), health, and login in plain-text mode. Mixed into the server: each
-handler takes (account, session, connection, request, now) and returns the reply.
+snapshot (the public feed's), health, and login in plain-text mode; and the answers to a request
+over its budgets or retrying a reply no longer kept. Mixed into the server: each handler takes
+(account, session, connection, request, now) and returns the reply.
 """
 from __future__ import annotations
 
