@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SOURCES := $(wildcard engine/*.pyx engine/*.pxd) setup.py pyproject.toml
 
-.PHONY: install build test soak demo bench clean
+.PHONY: install build test soak debug-test demo bench clean
 
 # The editable install builds the extensions in place (setuptools' editable mode), so it stamps
 # engine/.built too; `build` runs in a second make, which sees that stamp, so a fresh install
@@ -45,6 +45,27 @@ test: install
 # The slow suite (`pytest -m slow`): the soaks, the crash and failover loops, the wheel build.
 soak: install
 	$(PY) -m pytest -q -p randomly -m slow
+
+# The debug build (PERPDEX_DEBUG=1, setup.py: bounds checks, and the engine's own checks where
+# values cross rooms, `CHECKS` in engine/units.pxd) of a copy of engine/ under build/debug,
+# and the engine's property tests run against it: python -S with the copy first on the path,
+# so the editable install's mapping to engine/ does not apply.
+DEBUG_DIR := build/debug
+DEBUG_TESTS := tests/test_solvency.py tests/test_solvency_stateful.py tests/test_differential.py \
+	tests/test_matching.py tests/test_liquidation.py tests/test_risk_index.py tests/test_magnitudes.py \
+	tests/test_money_conservation.py tests/test_handle_api.py tests/test_records.py \
+	tests/test_debug_build.py
+debug-test: install
+	rm -rf $(DEBUG_DIR) && mkdir -p $(DEBUG_DIR)/path/perpdex
+	cp -r engine setup.py pyproject.toml README.md $(DEBUG_DIR)/
+	rm -f $(DEBUG_DIR)/engine/*.so $(DEBUG_DIR)/engine/*.c $(DEBUG_DIR)/engine/.built
+	cd $(DEBUG_DIR) && PERPDEX_DEBUG=1 $(CURDIR)/$(PY) setup.py --quiet build_ext --inplace
+	touch $(DEBUG_DIR)/path/perpdex/__init__.py
+	ln -s $(CURDIR)/$(DEBUG_DIR)/engine $(DEBUG_DIR)/path/perpdex/engine
+	ln -s $(CURDIR)/gateway $(DEBUG_DIR)/path/perpdex/gateway
+	ln -s $(CURDIR)/bench $(DEBUG_DIR)/path/perpdex/bench
+	PYTHONPATH=$(CURDIR)/$(DEBUG_DIR)/path:$(CURDIR):$$($(PY) -c "import site; print(site.getsitepackages()[0])") \
+		PERPDEX_EXPECT_CHECKS=1 $(PY) -S -m pytest -q -p no:randomly -p no:cacheprovider $(DEBUG_TESTS)
 
 demo: install
 	$(VENV)/bin/perpdex demo --seconds 45

@@ -3,7 +3,8 @@
 Fast by default, checked on demand: one commented table of compiler directives,
 switched by environment variables (STYLE.md, anchor 9).
 
-    PERPDEX_DEBUG=1     bounds checks, wraparound, initialized checks, line tracing
+    PERPDEX_DEBUG=1     bounds checks, wraparound, initialized checks, line tracing, and the
+                        engine's own checks where values cross rooms (`make debug-test`)
     PERPDEX_ANNOTATE=1  write the annotated HTML next to each .pyx (read it before optimising)
 """
 import os
@@ -30,7 +31,8 @@ DIRECTIVES = {
     "linetrace": DEBUG,
 }
 
-MACROS = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
+# PERPDEX_CHECKS turns on the engine's own checks (`CHECKS` in engine/units.pxd).
+MACROS = [("CYTHON_TRACE_NOGIL", "1"), ("PERPDEX_CHECKS", "1")] if DEBUG else []
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2"]
 
 # The rooms, leaves first (engine/core.pxd says what each is).

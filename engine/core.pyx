@@ -4,7 +4,7 @@ dispatch, and the public API. The rooms (core.pxd lists them) do the work; docs/
 says how to drive it."""
 from libc.stdint cimport int64_t, int32_t, uint8_t
 
-from .units cimport positive
+from .units cimport positive, CHECKS
 from .book cimport Book, KeyHeap, BID, ASK
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
@@ -739,6 +739,12 @@ cdef class Engine:
     @property
     def margin(self):
         return self.s.margin
+
+    @property
+    def checks(self):
+        """Whether this build checks the engine's own invariants as it runs (the debug build:
+        PERPDEX_DEBUG=1, `make debug-test`)."""
+        return CHECKS
 
     @property
     def deposits(self):

@@ -46,12 +46,13 @@ cdef inline int _code(object name, object a, int code_a, object b, int code_b,
 # ---- the price band ------------------------------------------------------------------------
 
 cdef inline int64_t band_high(int64_t ref, int64_t band) noexcept nogil:
-    """The highest price a buy may have: floor(ref * (1e6 + band) / 1e6)."""
+    """The highest price a buy may have: floor(ref * (1e6 + band) / 1e6). ref < 2^40 ticks and
+    band <= 1e6 ppm: below 2^41, an int64 by construction."""
     return <int64_t>floor_div(<int128>ref * (PPM + band), PPM)
 
 
 cdef inline int64_t band_low(int64_t ref, int64_t band) noexcept nogil:
-    """The lowest price a sell may have: ceil(ref * (1e6 - band) / 1e6)."""
+    """The lowest price a sell may have: ceil(ref * (1e6 - band) / 1e6), below ref."""
     return <int64_t>ceil_div(<int128>ref * (PPM - band), PPM)
 
 

@@ -2,7 +2,7 @@
 """Funding (see funding.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, PPM, floor_div, iabs
+from .units cimport int128, PPM, floor_div, iabs, narrow
 from .book cimport Book, BID, ASK
 from .state cimport State, MarketC, touch
 from . cimport events
@@ -32,7 +32,7 @@ cdef int sample_premium(State s, int32_t m) except -1:
     cdef int128 mid2 = bid + ask                      # twice the impact mid
     cdef int128 num = (mid2 - 2 * <int128>mk.index) * PPM
     cdef int128 den = 2 * <int128>mk.index
-    mk.premium_sum += <int64_t>(floor_div(num, den) if num >= 0 else -floor_div(-num, den))
+    mk.premium_sum += narrow(floor_div(num, den) if num >= 0 else -floor_div(-num, den))
     mk.premium_n += 1
     return 0
 
@@ -54,7 +54,7 @@ cdef int64_t _impact_price(State s, int32_t m, int side):
             notional += take * price * mk.multiplier
             if lots == 0:
                 return price
-            return <int64_t>floor_div(notional, lots * mk.multiplier)
+            return narrow(floor_div(notional, lots * mk.multiplier))
         notional += lvl_notional
         lots += b.lv[lvl].qty
     return mk.index

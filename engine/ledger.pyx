@@ -2,7 +2,7 @@
 """The ledger (see ledger.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, floor_div, iabs
+from .units cimport int128, floor_div, iabs, narrow, py128, CHECKS
 from .book cimport BID
 from .state cimport State, PosC, MarketC, touch, insurance_fund
 from .margin cimport unsettled_funding
@@ -17,17 +17,20 @@ cdef int book_trade(State s, PosC* p, int side, int64_t q, int64_t price, int64_
     cdef MarketC* mk = &s.mk[p.market]
     cdef int64_t d = 1 if side == BID else -1
     cdef int64_t size, close, removed, realised = 0
+    cdef int128 before = 0
     settle(s, p)
+    if CHECKS:
+        before = _value_at(s, p, price)
     size = p.size
     if size != 0 and (size > 0) != (d > 0):
         close = q if q < iabs(size) else iabs(size)
-        removed = <int64_t>floor_div(<int128>p.cost * close, iabs(size))
-        realised = <int64_t>(<int128>(-d) * close * price * mk.multiplier - removed)
+        removed = narrow(floor_div(<int128>p.cost * close, iabs(size)))
+        realised = narrow(<int128>(-d) * close * price * mk.multiplier - removed)
         p.cost -= removed
         p.size += d * close
         q -= close
     if q:
-        p.cost += <int64_t>(<int128>d * q * price * mk.multiplier)
+        p.cost += narrow(<int128>d * q * price * mk.multiplier)
         p.size += d * q
     p.realised += realised
     touch(s, p.account)
@@ -36,7 +39,17 @@ cdef int book_trade(State s, PosC* p, int side, int64_t q, int64_t price, int64_
     else:
         s.ac[p.account].collateral += realised - fee
     s.fees += fee
+    if CHECKS and _value_at(s, p, price) - before != -fee:
+        raise AssertionError(f"a fill at {price} changed the scope's value at that price by "
+                             f"{py128(_value_at(s, p, price) - before)}, not by its fee -{fee}")
     return 0
+
+
+cdef int128 _value_at(State s, PosC* p, int64_t price):
+    """The scope's cash and the position's value at `price` (the debug build's check that a
+    fill moves only its fee): cash + size x price x multiplier - cost."""
+    return ((p.iso_margin if p.isolated else s.ac[p.account].collateral)
+            + <int128>p.size * price * s.mk[p.market].multiplier - p.cost)
 
 
 cdef int settle(State s, PosC* p) except -1:

@@ -2,7 +2,7 @@
 """Liquidation (see liquidation.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, PPM, ceil_div, floor_div, iabs, py128
+from .units cimport int128, PPM, ceil_div, floor_div, iabs, py128, narrow
 from .book cimport BID, ASK
 from .state cimport (State, PosC, MarketC, Traded, position, insurance_fund, scope_of,
                      HALTED)
@@ -315,7 +315,7 @@ cdef int _cover_deficit(State s, int32_t a, int32_t iso) except -1:
     eq = equity(s, a, iso)
     if eq >= 0:
         return 0
-    pay_fund(s, a, iso, <int64_t>eq)          # a negative payment: from the fund; |eq| < 2^61
+    pay_fund(s, a, iso, narrow(eq))          # a negative payment: from the fund; |eq| < 2^61
     return events.balance(s, a, "insurance")
 
 
@@ -334,26 +334,26 @@ cdef int _liquidate_position(State s, int32_t a, int32_t iso, int32_t p) except 
     mm = maintenance_margin(s, a, iso)
     bp = _bankruptcy_price(s, a, iso, p)
     # Sizing: each lot closed near the mark frees its maintenance and costs its fee.
-    per_lot = <int64_t>floor_div(
+    per_lot = narrow(floor_div(
         maintenance_requirement(mk, size)
-        - ceil_div(<int128>n * mk.mark * mk.multiplier * mk.liq_fee_ppm, PPM), n)
+        - ceil_div(<int128>n * mk.mark * mk.multiplier * mk.liq_fee_ppm, PPM), n))
     deficit = mm + floor_div(mm, 10) - eq
     if per_lot <= 0:
         qty = n
     else:
-        qty = <int64_t>ceil_div(deficit, per_lot)
+        qty = narrow(ceil_div(deficit, per_lot))
         qty = n if qty > n or qty <= 0 else qty
     filled = liquidation_order(s, a, p, side, qty, bp, &traded)
     if filled:
         num = traded.notional
-        fee = <int64_t>ceil_div(num * mk.liq_fee_ppm, PPM)
+        fee = narrow(ceil_div(num * mk.liq_fee_ppm, PPM))
         eq = equity(s, a, iso)
         if fee > eq:
-            fee = <int64_t>eq if eq > 0 else 0      # eq < fee: it fits
+            fee = narrow(eq) if eq > 0 else 0      # eq < fee: it fits
         if fee:
             pay_fund(s, a, iso, fee)
         events.liquidation(s, a, m, side, filled,
-                           <int64_t>floor_div(num, <int128>filled * mk.multiplier), "book", fee)
+                           narrow(floor_div(num, <int128>filled * mk.multiplier)), "book", fee)
     q = &s.pos[p]
     if filled < qty and q.size and equity(s, a, iso) < maintenance_margin(s, a, iso):
         # The book is exhausted down to the bankruptcy price: the fund takes the rest there.
@@ -467,7 +467,7 @@ cdef int64_t _adl_match(State s, int32_t a, int32_t p, int32_t c, int side, int6
         if eq <= 0:
             return 0
         if eq // worse < take:
-            take = <int64_t>(eq // worse)
+            take = narrow(eq // worse)
     if take <= 0:
         return 0
     s.deleveraged.append((ca, scope_of(s, c)))
@@ -508,4 +508,4 @@ cdef int64_t _bankruptcy_price(State s, int32_t a, int32_t iso, int32_t p) excep
         bp = ceil_div(num, den)
     else:
         bp = floor_div(-num, -den)
-    return <int64_t>(bp if bp > 0 else 1)
+    return narrow(bp if bp > 0 else 1)

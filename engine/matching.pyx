@@ -2,7 +2,7 @@
 """Matching (see matching.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, iabs
+from .units cimport int128, iabs, CHECKS
 from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKER, CANCEL_BOTH)
 from libc.stdlib cimport realloc
 
@@ -162,6 +162,9 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry, Traded* traded) excep
             mi = nxt
         else:
             _fill(s, t, mi, q, tfee, mfee, traded)
+            if CHECKS and pool.o[t].qty != need - q:
+                raise AssertionError(f"the walk's remaining qty went from {need} to "
+                                     f"{pool.o[t].qty} on a fill of {q}")
             need = pool.o[t].qty
     if dry and need > 0:
         return STOP_UNFILLED

@@ -4,7 +4,7 @@ state without changing it, and the views tests and tools read (the canonical sta
 best levels, the integrity check)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, PPM, py128
+from .units cimport int128, PPM, py128, narrow
 from .book cimport (Book, Order, CID_BYTES, BID, ASK, MARKET, STOP_MARKET,
                           TAKE_PROFIT_MARKET)
 from .state cimport State, PosC, MarketC, TierC, cid_obj
@@ -270,7 +270,7 @@ cdef dict _account_report(State st, int32_t a, object key):
             positions.append(M.PositionInfo(
                 market=st.specs[q.market].name, size=q.size,
                 entry_price=_nearest(q.cost, q.size * mk.multiplier),
-                unrealised_pnl=<int64_t>unrealised(mk, q.size, q.cost),
+                unrealised_pnl=narrow(unrealised(mk, q.size, q.cost)),
                 unsettled_funding=unsettled_funding(mk, q.size, q.funding_last),
                 mode="isolated" if q.isolated else "cross", isolated_margin=q.iso_margin,
                 liquidation_price=_liquidation_price(st, a, p), realised_pnl=q.realised))
@@ -348,7 +348,7 @@ cdef int audit(State st) except -1:
                 shorts[q.market] -= q.size
     return events.report(st, M.AuditEvent, dict(
         deposits=st.deposits, withdrawals=st.withdrawals,
-        collateral=<int64_t>coll, unrealised_pnl=<int64_t>upnl,
+        collateral=narrow(coll), unrealised_pnl=narrow(upnl),
         insurance_fund=st.ac[st.insurance].collateral if st.insurance >= 0 else 0,
         fees=st.fees,
         open_interest={st.specs[m].name: M.OpenInterest(long=longs[m], short=shorts[m])

@@ -2,7 +2,7 @@
 """The risk index (see risk.pxd)."""
 from libc.stdint cimport int64_t, int32_t
 
-from .units cimport int128, PPM, ceil_div, floor_div, iabs
+from .units cimport int128, PPM, ceil_div, floor_div, iabs, narrow
 from .book cimport KeyHeap
 from .state cimport State, PosC, MarketC
 from .margin cimport equity
@@ -187,4 +187,4 @@ cdef int64_t _risk_key(State s, int32_t p):
         if num <= 0:
             return -1                     # always at risk
         num = floor_div(num, den) - 2
-    return <int64_t>num if num < _TOP else _TOP
+    return narrow(num) if num < _TOP else _TOP

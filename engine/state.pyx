@@ -5,7 +5,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcmp
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
-from .units cimport PPM, NS, fnv1a
+from .units cimport PPM, NS, fnv1a, narrow
 from .book cimport (Book, OrderPool, Order, KeyHeap, CID_BYTES, cid_hash_int, cid_hash_str, BID,
                     ASK)
 from .book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
@@ -439,7 +439,7 @@ cdef int set_mark(State s, int32_t m, int64_t idx) except -1:
         mid = (bid + ask) // 2 if b.n[BID] and b.n[ASK] else idx
         ema = mk.basis_ema + ((<int128>(mid - idx) * PPM - mk.basis_ema) // mk.ema_updates)
         mk.basis_ema = ema
-        c = idx + <int64_t>(ema // PPM if ema >= 0 else -((-ema) // PPM))   # toward the index
+        c = idx + narrow(ema // PPM if ema >= 0 else -((-ema) // PPM))   # toward the index
         a = idx if idx < c else c
         c = c if idx < c else idx                    # a <= c: the index and index + basis
         mark = a if mark < a else (c if mark > c else mark)

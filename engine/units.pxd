@@ -18,6 +18,17 @@ cdef enum:
     NS = 1000000000             # nanoseconds per second
 
 
+# The debug build's checks (setup.py, PERPDEX_DEBUG=1 defines PERPDEX_CHECKS): `if CHECKS:`
+# branches are compiled out of the normal build by the C compiler.
+cdef extern from *:
+    """
+    #ifndef PERPDEX_CHECKS
+    #define PERPDEX_CHECKS 0
+    #endif
+    """
+    const bint CHECKS "PERPDEX_CHECKS"
+
+
 cdef inline bint _fits64(int128 a, int128 b) noexcept nogil:
     return <int128><int64_t>a == a and 0 < b <= <int128>0x7FFFFFFFFFFFFFFF
 
@@ -78,3 +89,12 @@ cdef inline object py128(int128 x):
     truncate above 2**63)."""
     return (<object><int64_t>(x >> 64)) * 18446744073709551616 + <object><uint64_t>(
         x & <int128>0xFFFFFFFFFFFFFFFF)
+
+
+cdef inline int64_t narrow(int128 v) except? -1:
+    """`v` as an int64: every narrowing of a 128-bit product goes through here. The bounds of
+    docs/limits.md make it fit by construction; the debug build checks it (OverflowError)."""
+    if CHECKS and <int128><int64_t>v != v:
+        raise OverflowError(f"a 128-bit value does not fit int64 where the engine narrows it "
+                            f"(docs/limits.md): {py128(v)}")
+    return <int64_t>v
