@@ -45,8 +45,6 @@ ctypedef struct Order:
     int64_t price            # ticks; 0 for a market order
     int64_t qty              # remaining lots
     int64_t cid_int          # the cid when it is an integer
-    int64_t trigger_price    # stop / take-profit kinds
-    uint64_t cid_hash
     int32_t account
     int32_t market
     int32_t level            # level slot while resting, else -1
@@ -110,6 +108,7 @@ cdef class OrderPool:
     cdef void account_link(self, int32_t i)
     cdef void account_unlink(self, int32_t i)
     cdef int _rehash(self, uint64_t nmask) except -1
+    cdef uint64_t _hash(self, int32_t i) noexcept
 
 
 @cython.final

@@ -138,7 +138,7 @@ cdef class OrderPool:
                 return -1
             if e.tag == tag and e.slot >= 0:
                 o = &self.o[e.slot]
-                if o.cid_hash == h and o.account == account and o.cid_is_str == is_str:
+                if o.account == account and o.cid_is_str == is_str:
                     if is_str:
                         if o.cid_len == n and memcmp(self.cid_text + <size_t>e.slot * CID_BYTES,
                                                      text, n) == 0:
@@ -147,10 +147,18 @@ cdef class OrderPool:
                         return e.slot
             b = (b + 1) & self.mask
 
+    cdef uint64_t _hash(self, int32_t i) noexcept:
+        """The hash of slot `i`'s cid, made again from the order (an order keeps no hash: 8
+        bytes a resting order); a string cid reads its text. O(len(cid))."""
+        cdef Order* o = &self.o[i]
+        if o.cid_is_str:
+            return cid_hash_str(o.account, self.cid_text + <size_t>i * CID_BYTES, o.cid_len)
+        return cid_hash_int(o.account, o.cid_int)
+
     cdef int cid_insert(self, int32_t i) except -1:
         """Index slot `i` by its cid (not already indexed). O(1) expected; the table doubles
         (or is rebuilt without tombstones) before it would be more than half full."""
-        cdef uint64_t h = self.o[i].cid_hash, b
+        cdef uint64_t h = self._hash(i), b
         if 2 * (<uint64_t>self.n_live + self.n_tombs + 1) > self.mask + 1:
             self._rehash(2 * self.mask + 1 if 4 * <uint64_t>self.n_live > self.mask + 1
                          else self.mask)
@@ -165,7 +173,7 @@ cdef class OrderPool:
 
     cdef void cid_remove(self, int32_t i):
         """Take slot `i` out of the index (a tombstone where it was). O(1) expected."""
-        cdef uint64_t b = self.o[i].cid_hash & self.mask
+        cdef uint64_t b = self._hash(i) & self.mask
         while self.cids[b].slot != i:
             if self.cids[b].slot == -1:
                 return
@@ -186,7 +194,7 @@ cdef class OrderPool:
         for i in range(self.mask + 1):
             j = self.cids[i].slot
             if j >= 0:
-                b = self.o[j].cid_hash & nmask
+                b = self._hash(j) & nmask
                 while nt[b].slot >= 0:
                     b = (b + 1) & nmask
                 nt[b] = self.cids[i]

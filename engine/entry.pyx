@@ -438,10 +438,10 @@ cdef int32_t _open(State s, OrderCmd* c, int32_t p) except -1:
     o.tif = c.tif
     o.stp = c.stp
     o.reduce_only = c.reduce_only
-    o.trigger_price = c.trigger_price
+    if c.trigger_price:
+        s.trigger_of[i] = c.trigger_price
     o.cid_is_str = k.is_str
     o.cid_int = k.i
-    o.cid_hash = k.h
     o.cid_len = <uint8_t>k.n
     if k.is_str:
         memcpy(s.pool.cid_text + <size_t>i * CID_BYTES, k.text, k.n)
@@ -713,7 +713,7 @@ cdef int _amend(State s, int32_t i, object price_v, object qty_v, object acct, o
     t.tif = o.tif
     t.reduce_only = o.reduce_only
     t.price = price
-    t.band_ref = o.trigger_price if o.armed else mk.mark
+    t.band_ref = s.trigger_of[i] if o.armed else mk.mark
     t.band_at_trigger = o.armed
     if price != o.price:
         checks |= C_BAND

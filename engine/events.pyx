@@ -311,7 +311,7 @@ cdef int triggered(State s, int32_t i, int64_t mark) except -1:
     return s.w.struct_event(M.OrderTriggered(
         seq=_next(s), ts=s.clock, account=s.account_keys[o.account],
         market=s.specs[o.market].name, cid=cid_obj(s, i), oid=o.oid,
-        trigger_price=o.trigger_price, mark=mark))
+        trigger_price=s.trigger_of[i], mark=mark))
 
 
 cdef int funding(State s, int32_t m, int64_t rate, int64_t intervals) except -1:

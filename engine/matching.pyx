@@ -3,7 +3,8 @@
 from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, iabs, CHECKS
-from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKER, CANCEL_BOTH)
+from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKER, CANCEL_BOTH,
+                    STOP_MARKET)
 from libc.stdlib cimport realloc
 
 from .state cimport State, MarketC, PosC, FillC, Traded, reducible, cid_obj
@@ -294,6 +295,8 @@ cdef int drop(State s, int32_t i) except -1:
         disarm(s, i)
     if o.tif == GTD:
         s.gtd.remove((s.gtd_of.pop(i), o.oid, i))
+    if o.kind >= STOP_MARKET:
+        del s.trigger_of[i]
     if o.level >= 0:
         (<Book>s.books[o.market]).unlink(s.pool, i)
         if o.side == BID:

@@ -136,7 +136,7 @@ def _armed_orders(State st, int32_t m):
     for key in sorted(list(st.trig_up[m]) + list(st.trig_down[m]), key=_by_oid):
         o = &st.pool.o[<int32_t>key[2]]
         out.append([o.oid, st.account_keys[o.account], cid_obj(st, key[2]),
-                    _KIND_NAMES[o.kind], _SIDE_NAMES[o.side], o.trigger_price,
+                    _KIND_NAMES[o.kind], _SIDE_NAMES[o.side], st.trigger_of[key[2]],
                     None if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET else o.price,
                     o.qty, _TIF_NAMES[o.tif], _STP_NAMES[o.stp], bool(o.reduce_only)]
                    + ([st.gtd_of[key[2]]] if key[2] in st.gtd_of else []))
@@ -197,7 +197,7 @@ def check_integrity(State st):
                     assert o.side == s and o.price == b.lv[lvl].price and o.qty > 0
                     assert st.pool.cid_find(o.account, o.cid_is_str, o.cid_int,
                                               st.pool.cid_text + <size_t>i * CID_BYTES,
-                                              o.cid_len, o.cid_hash) == i
+                                              o.cid_len, st.pool._hash(i)) == i
                     counts[(o.account, m)] = counts.get((o.account, m), 0) + 1
                     n += 1
                     qty += o.qty
@@ -211,7 +211,7 @@ def check_integrity(State st):
         for key in list(st.trig_up[m]) + list(st.trig_down[m]):
             o = &st.pool.o[<int32_t>key[2]]
             assert o.live and o.armed and o.level < 0 and o.oid == key[1] and o.market == m
-            assert o.trigger_price == key[0]
+            assert st.trigger_of[<int32_t>key[2]] == key[0]
             counts[(o.account, m)] = counts.get((o.account, m), 0) + 1
             live += 1
     assert live == st.pool.n_live, f"{st.pool.n_live} live slots, {live} in books"

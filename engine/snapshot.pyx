@@ -22,7 +22,7 @@ _decode = msgspec.msgpack.decode
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
 VERSION = 6                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
                             # 4: gtd orders; 5: a multi-source index; 6: the open-addressed
-                            # cid index (Order loses hnext)
+                            # cid index (Order loses hnext, cid_hash and trigger_price)
 
 
 cdef list _layout():
@@ -98,6 +98,7 @@ cdef bytes dump(State s):
         "risk_called": [sorted(x) for x in s.risk_called],
         "liq_queue": [[list(x) for x in q] for q in s.liq_queue],
         "gtd": [list(k) for k in s.gtd],
+        "triggers": sorted([i, t] for i, t in s.trigger_of.items()),
         "sources": [[m, [list(x) if x else None for x in said]]
                     for m, said in sorted(s.sources.items())],
         "pending_updates": [[m, ts, _spec_record(spec)]
@@ -187,6 +188,7 @@ cdef int load(State s, bytes data) except -1:
             _copy(keys[side], b.keys[side], side_cap[side] * sizeof(int64_t), "level keys")
             b.n[side] = n[side]
     # trigger orders waiting for their mark: the sorted lists are derived from the pool
+    s.trigger_of.update({i: t for i, t in doc["triggers"]})
     for i in range(pool.cap):
         if pool.o[i].live and pool.o[i].armed:
             arm(s, i)

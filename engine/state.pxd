@@ -165,6 +165,8 @@ cdef class State:
     cdef dict pending_updates       # market -> (effective_ts, MarketSpec) (engine.lifecycle)
     cdef object gtd                 # SortedList of (expire_ts, oid, slot): gtd orders open
     cdef dict gtd_of                # slot -> expire_ts of an open gtd order
+    cdef dict trigger_of            # slot -> trigger_price of an open stop / take-profit order
+                                    # (kept out of Order: 8 bytes of every resting order)
     cdef dict sources               # market -> [(price, ts) or None a source] (engine.oracle)
     # ---- markets -----------------------------------------------------------------------------
     cdef list specs                 # MarketSpec per market id

@@ -70,6 +70,7 @@ cdef class State:
         self.pending_updates = {}
         self.gtd = SortedList()
         self.gtd_of = {}
+        self.trigger_of = {}
         self.sources = {}
         self.specs = []
         self.market_pos = []

@@ -17,15 +17,15 @@ cdef int arm(State s, int32_t i) except -1:
     cdef Order* o = &s.pool.o[i]
     o.armed = 1
     if (o.kind == STOP_MARKET or o.kind == STOP_LIMIT) == (o.side == BID):
-        (<object>s.trig_up[o.market]).add((o.trigger_price, o.oid, i))
+        (<object>s.trig_up[o.market]).add((s.trigger_of[i], o.oid, i))
     else:
-        (<object>s.trig_down[o.market]).add((o.trigger_price, o.oid, i))
+        (<object>s.trig_down[o.market]).add((s.trigger_of[i], o.oid, i))
     return 0
 
 
 cdef int disarm(State s, int32_t i) except -1:
     cdef Order* o = &s.pool.o[i]
-    key = (o.trigger_price, o.oid, i)
+    key = (s.trigger_of[i], o.oid, i)
     o.armed = 0
     (<object>s.trig_up[o.market]).discard(key)
     (<object>s.trig_down[o.market]).discard(key)
