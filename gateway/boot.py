@@ -45,15 +45,20 @@ def boot_deposits(jdir: Path) -> dict | None:
 
 
 def commands(cfg) -> list:
-    """The commands that boot a new venue: the configured markets, then the deposits."""
-    return list(cfg.markets) + [M.Deposit(account=a.name, amount=a.deposit)
-                                for a in cfg.accounts.values() if a.deposit]
+    """The commands that boot a new venue: the configured markets, their statuses and updates
+    (docs/config.md), then the deposits."""
+    return (list(cfg.markets)
+            + [M.SetMarketStatus(market=m, status=st) for m, st in cfg.market_status.items()]
+            + list(cfg.market_updates)
+            + [M.Deposit(account=a.name, amount=a.deposit)
+               for a in cfg.accounts.values() if a.deposit])
 
 
 def refusal(cmd, ev) -> BootError:
     """The engine refused a boot command (its `rejected` event `ev`): the error saying so."""
     what = (f"market {ev.market}" if type(cmd) is M.CreateMarket
-            else f"the deposit of account {ev.account}")
+            else f"the deposit of account {ev.account}" if type(cmd) is M.Deposit
+            else f"market {cmd.market}'s {type(cmd).__struct_config__.tag}")
     return BootError(f"{what}: the engine refuses it: {ev.reason}: {ev.detail}")
 
 

@@ -25,7 +25,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from perpdex.engine import messages as M
-from perpdex.engine.markets import MarketConfigError, market_spec
+from perpdex.engine.markets import MarketConfigError, market_spec, updated_spec
 
 from .limits import Limits
 
@@ -171,6 +171,11 @@ class Config:
     state_wins: bool = field(default=False, compare=False)   # `serve --state-wins`
     embedded: bool = field(default=False, compare=False)     # the embedded default (no --config)
     markets: list[M.CreateMarket] = field(default_factory=list)
+    # A market's lifecycle at boot (docs/config.md): a status other than active, and
+    # update_market commands (most often scheduled, with effective_ts); applied to a new data
+    # folder only, after the markets, as the deposits are.
+    market_status: dict[str, str] = field(default_factory=dict)
+    market_updates: list[M.UpdateMarket] = field(default_factory=list)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     journal: JournalSection = field(default_factory=JournalSection)
     replication: ReplicationSection = field(default_factory=ReplicationSection)
@@ -217,6 +222,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}")
     accounts = raw.pop("accounts", {})
+    lifecycle = _lifecycle_keys(raw)
     try:
         parsed = msgspec.convert(raw, ConfigFile)
     except msgspec.ValidationError as e:
@@ -254,6 +260,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if name in names[:i]:
             raise ConfigError(f"{source}{key_line(text, ['markets', i])}: markets[{i}].market: "
                               f"{name!r} is configured twice")
+    status, updates = _lifecycle(parsed.markets, lifecycle, source, text)
     if not parsed.accounts:
         raise ConfigError(f"{source}: accounts: at least one account is needed")
     try:
@@ -269,10 +276,55 @@ def parse_config(text: str, source: str = "<config>") -> Config:
                   heartbeat_ms=s.heartbeat_ms, session_timeout_ms=s.session_timeout_ms,
                   metrics=s.metrics, log_format=s.log_format, log_level=s.log_level,
                   oracle_sim=s.oracle_sim,
-                  markets=parsed.markets,
+                  markets=parsed.markets, market_status=status, market_updates=updates,
                   accounts={n: AccountConfig(n, a.role, a.public_key, a.deposit)
                             for n, a in parsed.accounts.items()},
                   journal=parsed.journal, replication=parsed.replication, limits=limits)
+
+
+def _lifecycle_keys(raw: dict) -> list:
+    """Take each market table's `status` and `updates` out of `raw` (the rest is create_market):
+    [(status or None, updates or None), ...] in the tables' order."""
+    tables = raw.get("markets")
+    if not isinstance(tables, list):
+        return []
+    return [(t.pop("status", None), t.pop("updates", None)) if isinstance(t, dict) else (None, None)
+            for t in tables]
+
+
+STATUSES = get_args(M.MarketStatusName)
+
+
+def _lifecycle(markets: list, keys: list, source: str, text: str) -> tuple[dict, list]:
+    """The markets' `status` and `updates`, checked as the engine would take them: a status it
+    knows, and updates that make a market `update_market` accepts (one each at most: a
+    market holds one scheduled update). ConfigError names the key."""
+    status, updates = {}, []
+    for i, (mk, (st, ups)) in enumerate(zip(markets, keys)):
+        where = f"{source}{key_line(text, ['markets', i])}: markets[{i}] ({mk.market})"
+        if st is not None:
+            if st not in STATUSES:
+                raise ConfigError(f"{where}.status: {st!r} is not one of {', '.join(STATUSES)}")
+            if st != "active":
+                status[mk.market] = st
+        if ups is None:
+            continue
+        if not isinstance(ups, list) or len(ups) > 1:
+            raise ConfigError(f"{where}.updates: at most one [[markets.updates]] table (a market "
+                              f"holds one scheduled update; a later one replaces it)")
+        for u in ups:
+            if not isinstance(u, dict) or "market" in u or "type" in u:
+                raise ConfigError(f"{where}.updates: a table of update_market's fields, without "
+                                  f"`market` (it is this market's) or `type`")
+            try:
+                upd = msgspec.convert(dict(u, market=mk.market), M.UpdateMarket)
+                updated_spec(market_spec(mk), upd)
+            except msgspec.ValidationError as e:
+                raise ConfigError(f"{where}.updates: {e}")
+            except MarketConfigError as e:
+                raise ConfigError(f"{where}.updates: the engine refuses it: invalid_market: {e}")
+            updates.append(upd)
+    return status, updates
 
 
 _ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):([0-9]+|\*)|ipc://\S+")
