@@ -201,8 +201,10 @@ class View:
         kind = ev["type"]
         if kind == "margin_call":
             self.counts["margin_call"] += 1
+            mm = ev["maintenance_margin"]
             self.later(ev["seq"], f"      MARGIN CALL: {account} equity {self.usd(ev['equity'])} "
-                       f"against maintenance {self.usd(ev['maintenance_margin'])}")
+                       f"is below 1.5x its maintenance {self.usd(mm)} (the warning line, "
+                       f"{self.usd(mm * 3 // 2)}; liquidated below {self.usd(mm)})")
         elif kind == "fill" and ev["liquidation"] and ev["liquidity"] == "taker":
             self.liq_taker_fees[(account, ev["market"])] += ev["fee"]
         elif kind == "liquidation" and ev["account"] == account:
