@@ -276,7 +276,7 @@ def _markets(args) -> int:
 
 
 def _verify(args) -> int:
-    from .replay import verify
+    from .verify import verify
     return verify(Path(args.data_dir))
 
 
