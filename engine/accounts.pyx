@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t, int32_t
 from .units cimport int128, py128
 from .state cimport State, PosC, account, position, touch, scope_of
 from .margin cimport equity, initial_margin
+from .ledger cimport deposit_cash, withdraw_cash, move_margin
 from . cimport events
 
 from .details import no_market
@@ -28,9 +29,7 @@ cdef int deposit(State s, object cmd) except -1:
                                 > C_MAX_MONEY else "the account's balance")
                              + f" past the largest amount, {C_MAX_MONEY} quote units", cmd.account)
     a = account(s, cmd.account)
-    s.ac[a].collateral += cmd.amount
-    s.deposits += cmd.amount
-    touch(s, a)
+    deposit_cash(s, a, cmd.amount)
     return events.balance(s, a, "deposit")
 
 
@@ -55,9 +54,7 @@ cdef int withdraw(State s, object cmd) except -1:
                              f"against an initial margin of {py128(im)} (collateral "
                              f"{s.ac[a].collateral})",
                              cmd.account)
-    s.ac[a].collateral -= amount
-    s.withdrawals += amount
-    touch(s, a)
+    withdraw_cash(s, a, amount)
     return events.balance(s, a, "withdraw")
 
 
@@ -111,8 +108,7 @@ cdef int set_margin_mode(State s, object cmd) except -1:
     q.isolated = want
     touch(s, a)
     if not want and q.iso_margin:        # back to cross: the position's margin comes home
-        s.ac[a].collateral += q.iso_margin
-        q.iso_margin = 0
+        move_margin(s, q, -q.iso_margin)
         return events.balance(s, a, "transfer_margin")
     return 0
 
@@ -156,7 +152,5 @@ cdef int transfer_margin(State s, object cmd) except -1:
                                  f"{py128(eq + amount)} against an initial margin of {py128(im)} "
                                  f"(isolated "
                                  f"margin {q.iso_margin})", cmd.account, cmd.market)
-    s.ac[a].collateral -= amount
-    q.iso_margin += amount
-    touch(s, a)
+    move_margin(s, q, amount)
     return events.balance(s, a, "transfer_margin")

@@ -20,3 +20,6 @@ cdef inline int64_t fee(int64_t price, int64_t qty, int64_t mult, int64_t rate) 
 cdef int book_trade(State s, PosC* p, int side, int64_t q, int64_t price, int64_t fee) except -1
 cdef int settle(State s, PosC* p) except -1
 cdef int pay_fund(State s, int32_t a, int32_t iso, int64_t amount) except -1
+cdef int deposit_cash(State s, int32_t a, int64_t amount) except -1      # from outside
+cdef int withdraw_cash(State s, int32_t a, int64_t amount) except -1     # to outside
+cdef int move_margin(State s, PosC* p, int64_t amount) except -1         # cross -> isolated

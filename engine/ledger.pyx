@@ -74,6 +74,28 @@ cdef int settle(State s, PosC* p) except -1:
     return events.balance(s, p.account, "funding")
 
 
+cdef int deposit_cash(State s, int32_t a, int64_t amount) except -1:
+    """Money in from outside the venue: the account's cash and the venue's deposits."""
+    s.ac[a].collateral += amount
+    s.deposits += amount
+    return touch(s, a)
+
+
+cdef int withdraw_cash(State s, int32_t a, int64_t amount) except -1:
+    """Money out of the venue: the account's cash and the venue's withdrawals."""
+    s.ac[a].collateral -= amount
+    s.withdrawals += amount
+    return touch(s, a)
+
+
+cdef int move_margin(State s, PosC* p, int64_t amount) except -1:
+    """Move `amount` of the account's cash into isolated position `p`'s margin (negative: back
+    out of it)."""
+    s.ac[p.account].collateral -= amount
+    p.iso_margin += amount
+    return touch(s, p.account)
+
+
 cdef int pay_fund(State s, int32_t a, int32_t iso, int64_t amount) except -1:
     """Move `amount` from a scope's cash (the account's, or isolated position `iso`'s) to the
     insurance fund (a liquidation fee)."""
