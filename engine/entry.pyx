@@ -16,7 +16,8 @@ from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT
                           V_POST_ONLY_WOULD_CROSS, V_MARKET_STATUS, V_EXPIRED)
 from .margin cimport order_fits
 from .oracle cimport sources_stale
-from .matching cimport walk, finish_taker, drop, cancel_order, cancel_orders, STOP_NONE
+from .matching cimport (walk, finish_taker, drop, cancel_order, cancel_orders, opened, shrink,
+                        unrest, STOP_NONE)
 from .triggers cimport arm, due
 from . cimport events
 
@@ -447,7 +448,7 @@ cdef int32_t _open(State s, OrderCmd* c, int32_t p) except -1:
         memcpy(s.pool.cid_text + <size_t>i * CID_BYTES, k.text, k.n)
     s.pool.cid_insert(i)
     s.pool.account_link(i)
-    s.pos[p].n_orders += 1
+    opened(s, i)
     if c.tif == GTD:
         s.gtd.add((c.expire_ts, o.oid, i))
         s.gtd_of[i] = c.expire_ts
@@ -741,21 +742,10 @@ cdef int _amend(State s, int32_t i, object price_v, object qty_v, object acct, o
                              f"{s.specs[m].name} is post-only: the amended order at {price} "
                              f"would trade", acct, market, cid)
     if price == o.price and qty <= o.qty:           # keeps its place in the queue
-        b.lv[o.level].qty -= o.qty - qty
-        if o.side == BID:
-            p.open_buy -= o.qty - qty
-        else:
-            p.open_sell -= o.qty - qty
-        o.qty = qty
+        shrink(s, i, qty)
         return events.amended(s, i, True)
     # Out and in again at the back: it may trade on re-entry.
-    b.unlink(s.pool, i)
-    if o.side == BID:
-        p.open_buy -= o.qty
-    else:
-        p.open_sell -= o.qty
-    if o.reduce_only:
-        p.n_ro -= 1
+    unrest(s, i)
     o.price = price
     o.qty = qty
     events.amended(s, i, False)

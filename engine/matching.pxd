@@ -21,6 +21,9 @@ cdef int walk(State s, int32_t t, int64_t limit, bint dry,
               Traded* traded) except -1            # O(levels + fills)
 cdef int finish_taker(State s, int32_t t, int stop) except -1          # cancel or rest the rest
 cdef int rest(State s, int32_t i) except -1                            # O(1), O(n) new level
+cdef int unrest(State s, int32_t i) except -1                          # rest's inverse, O(1)
+cdef int shrink(State s, int32_t i, int64_t qty) except -1             # in place, O(1)
+cdef int opened(State s, int32_t i) except -1                          # a new open order, O(1)
 cdef int drop(State s, int32_t i) except -1                            # O(1), no event
 cdef int cancel_order(State s, int32_t i, int reason) except -1        # event, then drop
 cdef int cancel_orders(State s, int32_t a, int32_t m, int reason) except -1   # m = -1: all

@@ -273,6 +273,42 @@ cdef int finish_taker(State s, int32_t t, int stop) except -1:
     return rest(s, t)
 
 
+cdef int opened(State s, int32_t i) except -1:
+    """A new open order in slot `i` counts against its position's open orders. matching owns
+    the open-order counters (n_orders, open_buy, open_sell, n_ro): tests/test_layout.py."""
+    s.pos[s.pos_of[s.pool.o[i].market][s.pool.o[i].account]].n_orders += 1
+    return 0
+
+
+cdef int shrink(State s, int32_t i, int64_t qty) except -1:
+    """A resting order's remaining qty falls to `qty` where it stands (its level and its
+    position's open quantity with it)."""
+    cdef Order* o = &s.pool.o[i]
+    cdef PosC* p = &s.pos[s.pos_of[o.market][o.account]]
+    (<Book>s.books[o.market]).lv[o.level].qty -= o.qty - qty
+    if o.side == BID:
+        p.open_buy -= o.qty - qty
+    else:
+        p.open_sell -= o.qty - qty
+    o.qty = qty
+    return 0
+
+
+cdef int unrest(State s, int32_t i) except -1:
+    """Take a resting order out of its level and its position's open quantities; it stays open
+    (an amend that enters again)."""
+    cdef Order* o = &s.pool.o[i]
+    cdef PosC* p = &s.pos[s.pos_of[o.market][o.account]]
+    (<Book>s.books[o.market]).unlink(s.pool, i)
+    if o.side == BID:
+        p.open_buy -= o.qty
+    else:
+        p.open_sell -= o.qty
+    if o.reduce_only:
+        p.n_ro -= 1
+    return 0
+
+
 cdef int rest(State s, int32_t i) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef PosC* p = &s.pos[s.pos_of[o.market][o.account]]
