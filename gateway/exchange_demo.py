@@ -334,7 +334,7 @@ def _run(seconds: float, out, tmp: Path, children: Children, router: str, pub: s
     w(f"perpdex exchange demo: the server and {len(children.procs) - 1} client processes over "
       f"ZeroMQ (CURVE), {seconds:.0f} s\n"
       f"server: requests {router}, public events {pub}; keys in {tmp} (removed at the end)\n"
-      f"the story: 10x longs are built; ETH gaps down {ETH_GAP:.0%} (a backstop, then ADL);\n"
+      f"the story: 10x longs are built; ETH gaps down {ETH_GAP:.0%} (ADL for the deeper loss, a backstop for the other);\n"
       f"BTC slides {BTC_SLIDE:.0%} (a margin call, liquidations into the book). Prices and "
       f"amounts in USD.\n\n")
     w(f"{'t':>4}  {'BTC index':>10} {'bid':>9} {'ask':>9} {'mark':>9}   "
