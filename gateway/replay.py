@@ -132,33 +132,30 @@ class _Lines:
 
 
 class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    """The progress bar (rich's) on stderr, only when stderr is a terminal: bytes read of the
+    input's size (when it has one), commands so far, the rate and the time left. It is gone
+    when the replay ends, before the summary."""
 
     def __init__(self, total: int | None, stream=sys.stderr):
-        self.total = total
-        self.stream = stream
         self.on = stream.isatty()
-        self.last = 0.0
-
-    def update(self, done: int, commands: int) -> None:
         if not self.on:
             return
-        now = time.monotonic()
-        if now - self.last < 0.1:
-            return
-        self.last = now
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(30 * frac)
-            self.stream.write(f"\r[{bar:<30}] {100 * frac:5.1f}%  {commands:,} commands")
-        else:
-            self.stream.write(f"\r{commands:,} commands")
-        self.stream.flush()
+        from rich.console import Console
+        from rich.progress import (BarColumn, Progress as Bar, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+        self.bar = Bar(TextColumn("replay"), BarColumn(), TaskProgressColumn(),
+                       TextColumn("{task.fields[commands]:,} commands"), TimeRemainingColumn(),
+                       console=Console(file=stream), transient=True)
+        self.task = self.bar.add_task("replay", total=total, commands=0)
+        self.bar.start()
+
+    def update(self, done: int, commands: int) -> None:
+        if self.on:
+            self.bar.update(self.task, completed=done, commands=commands)
 
     def close(self) -> None:
         if self.on:
-            self.stream.write("\r" + " " * 70 + "\r")
-            self.stream.flush()
+            self.bar.stop()
 
 
 def replay_stream(src: BinaryIO, dst: BinaryIO, in_fmt: str, out_fmt: str,
