@@ -212,14 +212,15 @@ cdef int64_t _fill_records(State s, bytearray fills, int64_t n, Py_ssize_t k) ex
     return n + s.n_logged
 
 
-cdef int _indices(list rejected, int64_t before) except -1:
-    """The commands' numbers that engine.events noted in `rejected` (Engine.n_commands at each
-    rejection, this call's from `before` + 1) become their indices in the call, each once."""
-    cdef Py_ssize_t k, n = 0
+cdef int _indices(list rejected, Py_ssize_t start, int64_t before) except -1:
+    """The commands' numbers that engine.events noted in `rejected` from `start` on (Engine.
+    n_commands at each rejection, this call's from `before` + 1) become their indices in the
+    call, each once; what the list held before `start` stays."""
+    cdef Py_ssize_t k, n = start
     cdef int64_t last = -1, c
-    if not rejected:
+    if rejected is None:
         return 0
-    for k in range(len(rejected)):
+    for k in range(start, len(rejected)):
         c = rejected[k]
         if c != last:
             rejected[n] = c - before - 1
@@ -293,6 +294,7 @@ cdef class Engine:
         """
         cdef object cmd
         cdef int64_t before = self.s.n_commands
+        cdef Py_ssize_t start = len(rejected) if rejected is not None else 0
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {show(fmt)}: expected one of {', '.join(FORMATS)}")
         events.begin_output(self.s, FMT_JSON if fmt == "jsonl" else FMT_MSGPACK, False)
@@ -302,7 +304,7 @@ cdef class Engine:
                 self._dispatch(cmd)
         finally:
             self.s.reject_log = None
-        _indices(rejected, before)
+        _indices(rejected, start, before)
         return events.take_output(self.s, 0, False)
 
     def execute_msgpack(self, data, int first=1, Py_ssize_t offset=0, str out="msgpack",
@@ -313,6 +315,7 @@ cdef class Engine:
         rejected is appended to it, in order."""
         cdef Py_ssize_t used = 0
         cdef int64_t count = 0, before = self.s.n_commands
+        cdef Py_ssize_t start = len(rejected) if rejected is not None else 0
         self.s.reject_log = rejected
         try:
             result = self._run_msgpack(data, first, offset, out, &used, &count)
@@ -320,7 +323,7 @@ cdef class Engine:
             self.s.reject_log = None
         if used != len(data):
             raise ValueError("execute_msgpack takes complete objects (see MsgpackFramer)")
-        _indices(rejected, before)
+        _indices(rejected, start, before)
         return result
 
     cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,

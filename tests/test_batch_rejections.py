@@ -42,3 +42,9 @@ def test_without_the_list_nothing_is_noted():
     rejected = []
     eng.execute_many([M.Cancel(account="a", market="BTC-PERP", cid=5)], "msgpack", rejected)
     assert rejected == [0]
+
+
+def test_what_the_list_held_before_the_call_stays():
+    rejected = ["earlier"]
+    Engine().execute_many(flow(), "msgpack", rejected)
+    assert rejected == ["earlier", 2, 4, 6]
