@@ -51,10 +51,11 @@ soak: install
 # and the engine's property tests run against it: python -S with the copy first on the path,
 # so the editable install's mapping to engine/ does not apply.
 DEBUG_DIR := build/debug
-DEBUG_TESTS := tests/test_solvency.py tests/test_solvency_stateful.py tests/test_differential.py \
-	tests/test_matching.py tests/test_liquidation.py tests/test_risk_index.py tests/test_magnitudes.py \
-	tests/test_money_conservation.py tests/test_handle_api.py tests/test_records.py \
-	tests/test_debug_build.py
+DEBUG_TESTS := tests/engine/test_solvency.py tests/engine/test_solvency_stateful.py \
+	tests/engine/test_differential.py tests/engine/test_matching.py tests/engine/test_liquidation.py \
+	tests/engine/test_risk_index.py tests/engine/test_magnitudes.py \
+	tests/engine/test_money_conservation.py tests/engine/test_handle_api.py \
+	tests/engine/test_records.py tests/engine/test_debug_build.py
 debug-test: install
 	rm -rf $(DEBUG_DIR) && mkdir -p $(DEBUG_DIR)/path/perpdex
 	cp -r engine setup.py pyproject.toml README.md $(DEBUG_DIR)/

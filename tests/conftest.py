@@ -11,9 +11,6 @@ from perpdex.engine import Engine, messages as M
 from tests.flows import MARKET_FIELDS
 
 MKT = "BTC-PERP"
-# Seconds: how long a test waits for something a real process does before it calls it a hang.
-# A bound so loose it only catches a hang, never a claim about speed (speed is for bench/).
-HANG_S = 60
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,7 +61,7 @@ class Exchange:
     """An engine with one market (multiplier 100, min_qty 2, band 2 %) and event dicts out.
 
     Margin is off unless asked for: the matching tests are about the matching rules, and the
-    margin tests (tests/test_margin.py) turn it on and deposit collateral like a real venue.
+    margin tests (tests/engine/test_margin.py) turn it on and deposit collateral like a real venue.
     """
 
     def __init__(self, margin=False, **market_overrides):

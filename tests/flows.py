@@ -189,12 +189,13 @@ def leveraged_flows(draw, min_size=30, max_size=150):
 
 # ---- margin flows: funded accounts trading with leverage through crashes -----------------------
 #
-# For the differential tests with margin on (tests/test_differential.py). Shaped, not filtered, to
-# reach the interesting states: makers with deep pockets quote around the index; traders funded
-# for 1x to 20x trade near the mark with leverage, stops and take-profits; the oracle walks, and
-# now and then gaps 5-40 % after the makers pulled some or all of their quotes (so the mark
-# follows the index and the liquidation meets a thin book); the clock crosses funding boundaries
-# and sometimes jumps hundreds of intervals at once; the fund is seeded small or not at all.
+# For the differential tests with margin on (tests/engine/test_differential.py). Shaped, not
+# filtered, to reach the interesting states: makers with deep pockets quote around the index;
+# traders funded for 1x to 20x trade near the mark with leverage, stops and take-profits; the oracle
+# walks, and now and then gaps 5-40 % after the makers pulled some or all of their quotes (so the
+# mark follows the index and the liquidation meets a thin book); the clock crosses funding
+# boundaries and sometimes jumps hundreds of intervals at once; the fund is seeded small or not at
+# all.
 
 MARGIN_MARKETS = {
     # multiplier 10,000: 1 lot at 10,000 ticks is 10^8 quote units (100 USD); 10x, mmf 5 %

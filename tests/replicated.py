@@ -16,9 +16,8 @@ from perpdex.gateway import natslocal
 from perpdex.gateway import replication as R
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.config import DEFAULT_TOML
-from tests.conftest import HANG_S
-from tests.test_durability_crash import Trader as CrashTrader, check_accounts, resting, taking
-from tests.test_gateway import PERPDEX, free_port
+from tests.harness import (HANG_S, PERPDEX, Trader as CrashTrader, check_accounts, free_port,
+                            resting, taking)
 
 needs_nats = pytest.mark.skipif(
     natslocal.binary() is None,

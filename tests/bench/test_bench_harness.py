@@ -1,5 +1,5 @@
 """The standard workload generator and the liquidation benchmark, on tiny runs (no timing is
-asserted). The suite itself is tests/test_bench_suite.py."""
+asserted). The suite itself is tests/bench/test_bench_suite.py."""
 from bench.workload import generate, kind_of
 
 

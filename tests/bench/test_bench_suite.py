@@ -1,7 +1,7 @@
 """`perpdex bench --quick` runs in seconds and writes a valid JSON report: the machine and the
 versions, every path of every workload with its ratio to the plain book, its fills checked, its
-latency percentiles by kind. --compare flags regressions past the threshold (tests/test_bench_ci.py
-has the rest of what it does). No timing is asserted: the machines are noisy, and ratios are for the report."""
+latency percentiles by kind. --compare flags regressions past the threshold
+(tests/bench/test_bench_ci.py has the rest of what it does). No timing is asserted: the machines are noisy, and ratios are for the report."""
 import copy
 import io
 import json
@@ -14,7 +14,7 @@ import pytest
 
 from bench import suite
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 
 

@@ -11,7 +11,7 @@ import pytest
 from bench import workloads as W
 from bench.plain_book import PlainBook
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"deep": {"n": 3000, "depth": 1000}, "thin": {"n": 3000}, "mm": {"n": 3000, "depth": 500}}
 
 

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from perpdex.gateway.client import CHAIN_START, Chain, ChainError
-from tests.test_durability_restart import Venue
+from tests.harness import Venue
 
 
 @pytest.fixture

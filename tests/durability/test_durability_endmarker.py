@@ -9,7 +9,7 @@ import pytest
 from perpdex.engine import messages as M
 from perpdex.gateway import journal as J
 from perpdex.gateway import logfile as L
-from tests.test_durability_restart import Venue, trade
+from tests.harness import Venue, trade
 
 
 def journal(tmp_path):

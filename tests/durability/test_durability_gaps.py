@@ -16,9 +16,7 @@ from perpdex.gateway import journal as J
 from perpdex.gateway import snapshots as S
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
-from tests.test_durability_restart import Venue, state, trade
-from tests.test_durability_snapshot import orders
-from tests.test_gateway import PERPDEX
+from tests.harness import PERPDEX, Venue, orders, state, trade
 
 
 def turn_ends(seg: Path) -> list[tuple[int, int]]:

@@ -13,8 +13,8 @@ from perpdex.gateway import journal as J
 from perpdex.gateway import logfile as L
 from perpdex.gateway.config import JournalSection
 from perpdex.gateway.durability import Deadline, Reply
-from tests.test_gateway_config import documented_defaults
-from tests.conftest import HANG_S
+from tests.harness import HANG_S
+from tests.pages import documented_defaults
 
 
 def orders(n, start=0):

@@ -5,8 +5,6 @@ processes, real CURVE sockets on random loopback ports, SIGKILL."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,78 +13,10 @@ import pytest
 
 from perpdex.gateway import journal as J
 from perpdex.gateway import logfile as L
-from perpdex.gateway.client import Client
-from perpdex.gateway.config import DEFAULT_TOML
-from tests.conftest import HANG_S, open_orders
-from tests.test_gateway import PERPDEX, free_port
-from tests.test_gateway_hardening import Served
-
-ROOT_DIR = Path(__file__).resolve().parent.parent
+from tests.conftest import open_orders
+from tests.harness import HANG_S, Venue, state, trade
 
 enc = msgspec.msgpack.encode
-
-
-class Venue:
-    """A data folder, and the server processes started on it one after the other."""
-
-    def __init__(self, tmp_path: Path, **journal):
-        self.tmp = tmp_path
-        self.data = tmp_path / "data"
-        self.conf = tmp_path / "perpdex.toml"
-        text = DEFAULT_TOML.read_text()
-        for key, value in journal.items():
-            value = f'"{value}"' if isinstance(value, str) else str(value).lower()
-            text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
-            assert n == 1, key
-        self.conf.write_text(text)
-        self.proc = None
-        self.starts = 0
-
-    def start(self, ok=True):
-        """Start a server; return its recovery line (or, with ok=False, its exit and stderr)."""
-        self.starts += 1
-        self.router = f"tcp://127.0.0.1:{free_port()}"
-        self.pub = f"tcp://127.0.0.1:{free_port()}"
-        self.log = self.tmp / f"stderr-{self.starts}.log"
-        self.proc = subprocess.Popen(
-            [PERPDEX, "serve", "--config", str(self.conf), "--data", str(self.data),
-             "--router", self.router, "--pub", self.pub, "--session-timeout-ms", "2000"],
-            stdout=subprocess.PIPE, stderr=open(self.log, "wb"))
-        if not ok:
-            rc = self.proc.wait(timeout=30)
-            return rc, self.log.read_text()
-        deadline = time.monotonic() + HANG_S
-        while True:
-            line = self.proc.stdout.readline().decode()
-            assert line or self.proc.poll() is None, self.log.read_text()
-            if line.startswith("perpdex: "):
-                return line.strip()
-            assert time.monotonic() < deadline, "the server did not start"
-
-    def stderr(self) -> str:
-        return self.log.read_text()
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self):
-        if self.proc is not None:
-            Served(self.data, self.router, self.pub, self.proc).stop()
-
-    def client(self, name, timeout_ms=5000) -> Client:
-        return Served(self.data, self.router, self.pub, self.proc).client(name, timeout_ms)
-
-    def snapshot(self, timeout=HANG_S):
-        """Ask for a snapshot (SIGUSR1) and wait for its file."""
-        before = set(J.snapshots(self.data / "snapshots"))
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while set(J.snapshots(self.data / "snapshots")) == before:
-            self.client("admin").request("heartbeat")       # a loop turn
-            assert time.monotonic() < deadline, "no snapshot"
-            time.sleep(0.02)
-        return sorted(set(J.snapshots(self.data / "snapshots")) - before)[-1]
 
 
 @pytest.fixture
@@ -94,17 +24,6 @@ def venue(tmp_path):
     v = Venue(tmp_path)
     yield v
     v.stop()
-
-
-def state(v: Venue) -> dict:
-    """What the venue says of itself: the audit and every trader's account (the state hash has
-    the clock in it, which each query moves: `replayed` compares it)."""
-    audit = v.client("admin").request("audit")["events"][0]
-    out = {"audit": {k: x for k, x in audit.items() if k not in ("seq", "ts")}}
-    for name in ("mm-1", "mm-2", "taker-1", "taker-2", "lev-1"):
-        ev = v.client(name).request("query_account")["events"][0]
-        out[name] = {k: ev[k] for k in ("collateral", "positions", "open_orders")}
-    return out
 
 
 def replayed(v: Venue) -> tuple[str, str]:
@@ -119,20 +38,6 @@ def replayed(v: Venue) -> tuple[str, str]:
         if kind == J.COMMAND:
             eng.execute(J.decode(kind, payload))
     return said, J.state_hash(eng)
-
-
-def trade(v: Venue) -> dict:
-    """An oracle price, a resting order, a fill: what the replies acknowledged."""
-    assert v.client("oracle").request("oracle", market="BTC-PERP", price=650_000)["ok"]
-    mm, taker = v.client("mm-1"), v.client("taker-1")
-    rest = mm.request("new_order", market="BTC-PERP", cid="rest", side="buy", kind="limit",
-                      qty=3, price=640_000)
-    ask = mm.request("new_order", market="BTC-PERP", cid="ask", side="sell", kind="limit",
-                     qty=2, price=651_000)
-    hit = taker.request("new_order", market="BTC-PERP", cid="hit", side="buy", kind="limit",
-                        qty=2, price=651_000)
-    assert [e["type"] for e in hit["events"]][:2] == ["order_accepted", "fill"]
-    return {"rest": rest, "ask": ask, "hit": hit}
 
 
 def test_a_killed_server_restarts_with_every_acknowledged_order_fill_and_balance(venue):

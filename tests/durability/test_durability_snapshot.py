@@ -10,8 +10,7 @@ import pytest
 from perpdex.engine import Engine, messages as M
 from perpdex.gateway import journal as J
 from tests.flows import random_flow
-from tests.test_durability_restart import Venue, state, trade
-from tests.test_gateway import PERPDEX
+from tests.harness import PERPDEX, Venue, orders, state, trade
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -38,14 +37,6 @@ def test_a_snapshot_file_round_trips_a_random_state_by_state_hash_and_by_what_co
 def test_bytes_that_are_no_snapshot_are_refused_with_value_error():
     with pytest.raises(ValueError):
         J.engine_from_snapshot(b"not a snapshot")
-
-
-def orders(v, who, n, tag):
-    c = v.client(who)
-    for k in range(n):
-        c.request("new_order", market="BTC-PERP", cid=f"{tag}{k}", side="buy", kind="limit",
-                  qty=1, price=600_000 + k)
-        c.request("cancel", market="BTC-PERP", cid=f"{tag}{k}")
 
 
 def test_the_server_takes_a_snapshot_every_n_commands_and_keeps_the_newest(tmp_path):

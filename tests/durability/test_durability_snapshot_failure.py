@@ -17,8 +17,7 @@ from perpdex.gateway import journal as J
 from perpdex.gateway import snapshots as S
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
-from tests.test_durability_restart import Venue, trade
-from tests.conftest import HANG_S
+from tests.harness import HANG_S, Venue, trade
 
 
 @pytest.fixture

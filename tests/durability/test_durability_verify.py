@@ -7,9 +7,8 @@ import msgspec
 import pytest
 
 from perpdex.gateway import journal as J
-from tests.test_docs_links import anchors
-from tests.test_durability_restart import ROOT_DIR, Venue, trade
-from tests.test_gateway import PERPDEX
+from tests.harness import PERPDEX, ROOT as ROOT_DIR, Venue, trade
+from tests.pages import anchors
 
 
 def perpdex(*args):

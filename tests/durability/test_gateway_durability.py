@@ -11,7 +11,7 @@ from perpdex.engine import Engine, messages as M
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
-from tests.conftest import HANG_S
+from tests.harness import HANG_S
 
 
 class Gate:

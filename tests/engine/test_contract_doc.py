@@ -8,7 +8,7 @@ import pytest
 
 from perpdex.engine import messages as M
 
-PAGE = (Path(__file__).resolve().parent.parent / "docs" / "contract.md").read_text()
+PAGE = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
 
 
 def table_rows(heading: str) -> dict[str, str]:

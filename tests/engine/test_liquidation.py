@@ -6,7 +6,7 @@ from perpdex.engine import Engine, messages as M
 from tests.conftest import Exchange, Reached, only, types
 from tests.crashes import LEVERED, MAKER, crash_after
 from tests.flows import leveraged_flows
-from tests.test_margin import ETH, USD, account, worked_example
+from tests.markets import ETH, USD, account, worked_example
 
 
 def liquidations(events):
@@ -257,7 +257,7 @@ def test_positions_paid_by_funding_are_deleveraged_after_the_price_profitable_on
     """A long made bankrupt by funding alone, an empty fund: `gain` (short from 1020, a price
     profit) is deleveraged first, then `paid` (short at the mark, its profit only the funding
     it is owed), and the fund is never left paying out what nobody deposited."""
-    from tests.test_money_conservation import market, report, withdraw_what_is_free
+    from tests.markets import market, report, withdraw_what_is_free
     eng = market()
     x = lambda cmd: [msgspec.to_builtins(e) for e in eng.execute(cmd)]  # noqa: E731
     x(M.Oracle(market="X", price=100_000))                               # 1,000 USD
@@ -295,7 +295,7 @@ def test_a_position_paid_by_funding_is_never_deleveraged_below_zero():
     bankruptcy price carries that deficit, far above Y's mark. S, short Y at the mark and owed
     a little Y funding, is deleveraged only as far as its own equity pays for (the reviewer's
     case: S was left at -2,780 USD with no position)."""
-    from tests.test_money_conservation import PLAIN, report
+    from tests.markets import WIDE_BAND as PLAIN, report
     eng = Engine()
     x = lambda cmd: [msgspec.to_builtins(e) for e in eng.execute(cmd)]  # noqa: E731
     plain = {k: v for k, v in PLAIN.items() if k != "interest_ppm"}

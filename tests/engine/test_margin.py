@@ -5,26 +5,7 @@ from hypothesis import given, settings
 from perpdex.engine import Engine, messages as M
 from tests.conftest import Exchange, Reached, only, reason, types
 from tests.flows import MARKETS, create_markets, leveraged_flows
-
-ETH = dict(tick_size="0.01", lot_size="0.01", min_qty=1, imf_ppm=500_000, mmf_ppm=200_000,
-           maker_fee_ppm=0, taker_fee_ppm=0, liquidation_fee_ppm=0, price_band_ppm=500_000,
-           funding_interval_s=3600, funding_cap_ppm=7500, interest_ppm=0)
-USD = 1_000_000
-
-
-def worked_example():
-    """The contract's example: 20000 USD deposited, long 20 ETH from 2000 USD, IMF 50 %, MMF 20 %."""
-    x = Exchange(margin=True, **ETH)
-    x.run(M.Deposit(account="alice", amount=20_000 * USD))
-    x.run(M.Deposit(account="bob", amount=1_000_000 * USD))
-    x.oracle(200_000)                                       # 2000.00 USD
-    x.order("bob", 1, "sell", 2_000, 200_000)               # 20 ETH
-    assert types(x.order("alice", 1, "buy", 2_000, 200_000)) == ["order_accepted", "fill"]
-    return x
-
-
-def account(x, name):
-    return only(x.run(M.QueryAccount(account=name)), "account")
+from tests.markets import ETH, USD, account, worked_example
 
 
 def test_the_worked_example_is_safe_at_1251():

@@ -4,39 +4,9 @@ import msgspec
 import pytest
 
 from perpdex.engine import Engine, messages as M
+from tests.markets import PLAIN, USD, order, reasons, report, status, venue
 
-USD = 1_000_000
-PLAIN = dict(tick_size="0.01", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,
-             maker_fee_ppm=0, taker_fee_ppm=0, liquidation_fee_ppm=10_000,
-             price_band_ppm=100_000, funding_interval_s=3600, funding_cap_ppm=7500,
-             interest_ppm=100)                  # multiplier 10: 1 USD a lot at 100,000 ticks
 HOUR = 3600 * 10**9
-
-
-def venue(**over):
-    eng = Engine()
-    assert eng.execute(M.CreateMarket(market="X", **dict(PLAIN, **over))) == []
-    eng.execute(M.Oracle(market="X", price=100_000))
-    for acct, usd in (("a", 1_000), ("b", 1_000), ("mm", 1_000_000), ("insurance", 1_000)):
-        eng.execute(M.Deposit(account=acct, amount=usd * USD))
-    return eng
-
-
-def order(eng, account, cid, side, qty, price=None, kind="limit", **kw):
-    return eng.execute(M.NewOrder(account=account, market="X", cid=cid, side=side, kind=kind,
-                                  qty=qty, price=price, **kw))
-
-
-def status(eng, value):
-    return eng.execute(M.SetMarketStatus(market="X", status=value))
-
-
-def reasons(events):
-    return [e.reason for e in events if type(e) in (M.Rejected, M.OrderCancelled)]
-
-
-def report(eng, account):
-    return msgspec.to_builtins(eng.execute(M.QueryAccount(account=account))[0])
 
 
 def balanced(eng):

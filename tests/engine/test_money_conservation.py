@@ -1,38 +1,11 @@
 """Money is never created: withdrawals can never exceed deposits, and no amount the engine
 reports has wrapped (docs/limits.md). An engine bug found in review is marked
 `xfail(strict=True)` with the reason until it is fixed, and docs/limits.md names it."""
-import msgspec
 import pytest
 
 from perpdex.engine import Engine, messages as M
 from perpdex.engine.markets import MAX_MONEY
-
-USD = 1_000_000
-PLAIN = dict(tick_size="0.01", lot_size="0.001", min_qty=1, imf_ppm=100_000, mmf_ppm=50_000,
-             maker_fee_ppm=0, taker_fee_ppm=0, liquidation_fee_ppm=10_000,
-             price_band_ppm=1_000_000, funding_interval_s=3600, funding_cap_ppm=7500,
-             interest_ppm=100)                      # multiplier 10
-
-
-def market(**over):
-    eng = Engine(**({"margin": over.pop("margin")} if "margin" in over else {}))
-    assert eng.execute(M.CreateMarket(market="X", **dict(PLAIN, **over))) == []
-    return eng
-
-
-def report(eng, account):
-    return msgspec.to_builtins(eng.execute(M.QueryAccount(account=account))[0])
-
-
-def withdraw_what_is_free(eng, accounts) -> dict:
-    """Each account withdraws all it may (its collateral, up to its equity above initial
-    margin); the audit after."""
-    for acct in accounts:
-        r = report(eng, acct)
-        free = min(r["collateral"], r["equity"] - r["initial_margin"])
-        if free > 0:
-            eng.execute(M.Withdraw(account=acct, amount=free))
-    return msgspec.to_builtins(eng.execute(M.Audit())[0])
+from tests.markets import USD, WIDE_BAND as PLAIN, market, report, withdraw_what_is_free
 
 
 def test_a_long_clock_jump_never_lets_withdrawals_exceed_deposits():

@@ -11,7 +11,7 @@ boundaries, a thin book and a fund seeded small. After every command:
 - the same command gives the same events through `execute`, `execute_batch` (msgpack bytes in)
   and the per-command API.
 
-A short profile runs in `make test`; `pytest -m slow tests/test_solvency_stateful.py` runs it
+A short profile runs in `make test`; `pytest -m slow tests/engine/test_solvency_stateful.py` runs it
 for PERPDEX_SOAK_SECONDS (default 1800). The seed database is not kept (database=None)."""
 from __future__ import annotations
 

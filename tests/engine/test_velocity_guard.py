@@ -5,7 +5,7 @@ it active again. Deterministic and in the events."""
 import pytest
 
 from perpdex.engine import Engine, messages as M
-from tests.test_market_lifecycle import PLAIN, order, reasons, status, venue
+from tests.markets import PLAIN, order, reasons, status, venue
 
 SECOND = 10**9
 

@@ -5,77 +5,17 @@ that only catches a hang is named so)."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from perpdex.gateway.config import DEFAULT_TOML
-from tests.conftest import HANG_S
-from tests.test_gateway import PERPDEX, free_port
-from tests.test_gateway_hardening import Served
+from tests.harness import HANG_S, PERPDEX, LimitedVenue as Venue, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 HANG = HANG_S               # seconds: a loose bound that only catches a hang
-
-
-class Venue(Served):
-    """A `perpdex serve` process on the embedded default markets and accounts, with `limits`
-    (and any other TOML) appended to its configuration."""
-
-    def __init__(self, tmp_path: Path, limits: dict | None = None, extra: str = "",
-                 argv: list[str] | None = None, preexec=None, wait=True, log_json=True):
-        tmp_path.mkdir(parents=True, exist_ok=True)
-        self.data = tmp_path / "data"
-        self.router = f"tcp://127.0.0.1:{free_port()}"
-        self.pub = f"tcp://127.0.0.1:{free_port()}"
-        text = DEFAULT_TOML.read_text() + "\n" + extra + "\n"
-        if limits:
-            text += "[limits]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in limits.items())
-        self.config = tmp_path / "perpdex.toml"
-        self.config.write_text(text)
-        cmd = argv or [PERPDEX, "serve"]
-        cmd = cmd + ["--config", str(self.config), "--data", str(self.data), "--router",
-                     self.router, "--pub", self.pub]
-        if log_json:
-            cmd += ["--log-format", "json"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     preexec_fn=preexec)
-        if wait:
-            deadline = time.monotonic() + HANG
-            while b"perpdex serving" not in self.proc.stdout.readline():
-                assert self.proc.poll() is None, self.proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "the server did not start"
-
-    def client(self, name: str, timeout_ms: int = 5000) -> Client:
-        return super().client(name, timeout_ms)
-
-    def health(self, name: str = "mm-2") -> dict:
-        c = self.client(name)
-        try:
-            reply = c.request("health")
-        finally:
-            c.close()
-        assert reply["ok"], reply
-        return reply
-
-    def descriptors(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def log_lines(self) -> list[dict]:
-        out = []
-        for line in self.proc.stderr.read().decode(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
 
 
 def silent_connections(port: int, n: int, source: str = "") -> list[socket.socket]:

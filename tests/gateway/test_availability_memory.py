@@ -10,8 +10,7 @@ import msgspec
 import pytest
 
 from perpdex.gateway.client import Chain
-from tests.test_availability_connections import HANG, Venue
-from tests.test_gateway_hardening import fill_the_book, slow_socket
+from tests.harness import HANG_S as HANG, LimitedVenue as Venue, fill_the_book, slow_socket
 
 enc = msgspec.msgpack.encode
 dec = msgspec.msgpack.decode

@@ -1,6 +1,5 @@
 """The `perpdex` command introduces itself: a version, and every subcommand's --help names the
 pages that explain it, each of which exists in the repository."""
-import re
 import socket
 import shutil
 import subprocess
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_docs_links import anchors
+from tests.pages import help_points_at_documentation_that_exists
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 SUBCOMMANDS = ["replay", "demo", "serve", "config"]
 
@@ -29,15 +28,7 @@ def test_version_prints_the_installed_version():
 @pytest.mark.parametrize("args", [[], *[[c] for c in SUBCOMMANDS]],
                          ids=lambda a: a[0] if a else "perpdex")
 def test_help_points_at_documentation_that_exists(args):
-    r = perpdex(*args, "--help")
-    assert r.returncode == 0, r.stderr
-    text = " ".join(r.stdout.split())        # argparse wraps lines
-    pages = re.findall(r"\b((?:docs/)?[\w-]+\.md)(?:#([\w-]+))?", text)
-    assert pages, f"`perpdex {' '.join(args)} --help` names no documentation"
-    for page, anchor in pages:
-        where = f"(named by `perpdex {' '.join(args)} --help`)"
-        assert (ROOT / page).is_file(), f"{page} {where}"
-        assert not anchor or anchor in anchors(ROOT / page), f"{page}#{anchor} {where}"
+    help_points_at_documentation_that_exists(args)
 
 
 def test_no_help_points_at_source_code_for_what_a_page_explains():

@@ -8,7 +8,7 @@ import pytest
 from perpdex.engine import Engine, messages as M
 from perpdex.gateway import boot
 from perpdex.gateway.config import ConfigError, parse_config
-from tests.test_gateway import PERPDEX
+from tests.harness import PERPDEX
 
 MARKET = """
 [[markets]]

@@ -1,5 +1,4 @@
 """`perpdex serve` as market makers meet it: a real process, real CURVE sockets on loopback."""
-import shutil
 import types
 import subprocess
 import sys
@@ -12,50 +11,8 @@ import zmq
 import zmq.auth
 
 from perpdex.gateway.client import Client, Timeout
-from perpdex.gateway.natslocal import free_port  # the other gateway tests import it from here
-from tests.conftest import HANG_S, open_orders
-
-PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
-
-
-PUB = {}          # router endpoint -> the same server's PUB endpoint
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A fresh server for each test (about half a second): no test sees another's orders,
-    marks or streams, whatever order they run in."""
-    data = tmp_path / "perpdex-data"
-    router = f"tcp://127.0.0.1:{free_port()}"
-    PUB[router] = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([PERPDEX, "serve", "--data", str(data), "--router", router,
-                             "--pub", PUB[router],
-                             "--session-timeout-ms", "800", "--oracle-sim", "off"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + HANG_S
-        while not (data / "keys" / "admin.key_secret").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        time.sleep(0.3)
-        yield data, router
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def client(server, name, timeout_ms=3000):
-    data, router = server
-    return Client(router, str(data / "keys" / "server.key"),
-                  str(data / "keys" / f"{name}.key_secret"), timeout_ms=timeout_ms)
-
-
-def events_of(reply, type_):
-    return [e for e in reply["events"] if e["type"] == type_]
+from tests.conftest import open_orders
+from tests.harness import HANG_S, PERPDEX, PUB, client, events_of, free_port
 
 
 def test_a_trader_places_an_order_and_gets_its_events_under_its_own_account(server):
@@ -323,7 +280,7 @@ def test_the_async_client_trades_and_streams(server):
 def test_the_example_market_maker_quotes_both_sides_and_requotes_on_fills(server):
     data, router = server
     client(server, "oracle").request("oracle", market="ETH-PERP", price=300_000)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     mm = subprocess.Popen([sys.executable, str(root / "examples" / "market_maker.py"),
                            "--data", str(data), "--router", router, "--pub", PUB[router],
                            "--account", "mm-2", "--market", "ETH-PERP", "--size", "0.1",

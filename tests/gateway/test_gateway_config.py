@@ -12,6 +12,7 @@ import pytest
 from perpdex.engine import messages as M
 from perpdex.gateway.config import (DEFAULT_TOML, AccountSection, ConfigError, ReplicationSection,
                             ServerSection, default_config, load_config)
+from tests.pages import documented_defaults
 
 
 def write(tmp_path, text):
@@ -67,7 +68,7 @@ def test_a_bad_config_names_the_bad_key(tmp_path, text, where):
 
 # ---- the schema, its reference page and the default written out ----------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 
 
@@ -157,16 +158,6 @@ def test_the_insurance_funds_account_cannot_be_configured(tmp_path):
     p = write(tmp_path, '[accounts.admin]\nrole = "admin"\n[accounts.insurance]\nrole = "trader"\n')
     with pytest.raises(ConfigError, match=r":3: accounts\.insurance: .*insurance fund"):
         load_config(p)
-
-
-def documented_defaults(title: str, section_struct) -> None:
-    """Every key of `section_struct` has a row in the section `title` of config.md, with its
-    default."""
-    page = (ROOT / "docs" / "config.md").read_text()
-    section = page.split(f"## `{title}`")[1].split("\n## ")[0]
-    for name, value in msgspec.structs.asdict(section_struct()).items():
-        row = re.search(rf"^\| `{name}` \|[^|]*\| `([^`]*)` \|", section, re.M)
-        assert row and row.group(1) == msgspec.json.encode(value).decode(), name
 
 
 def test_the_replication_defaults_are_the_documented_ones():

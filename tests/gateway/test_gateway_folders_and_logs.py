@@ -12,8 +12,7 @@ import zmq
 from perpdex.gateway.config import default_config
 from perpdex.gateway.dispatch import Server
 from perpdex.gateway.natslocal import free_port
-from tests.conftest import HANG_S
-from tests.test_gateway import PERPDEX
+from tests.harness import HANG_S, PERPDEX
 
 
 def test_the_snapshots_folder_is_private_like_the_rest_of_the_data_folder(tmp_path):

@@ -7,9 +7,7 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -17,63 +15,10 @@ import zmq
 import zmq.auth
 
 from perpdex.gateway.client import Client, Timeout
-from tests.conftest import HANG_S
-from tests.test_gateway import PERPDEX, free_port
+from tests.harness import HANG_S, PERPDEX, Served, fill_the_book, free_port, serve, slow_socket
 
-ROOT = Path(__file__).resolve().parent.parent
 enc = msgspec.msgpack.encode
 dec = msgspec.msgpack.decode
-
-# A server with the embedded default configuration, its limits given as JSON (gateway.limits).
-SERVE = """
-import json, sys
-from perpdex.gateway.config import default_config
-from perpdex.gateway.server import run
-cfg = default_config(sys.argv[1])
-cfg.router, cfg.pub = sys.argv[2], sys.argv[3]
-cfg.session_timeout_ms = int(sys.argv[5])
-kw = {}
-if sys.argv[4] != "{}":
-    from perpdex.gateway.limits import Limits
-    kw["limits"] = Limits(**json.loads(sys.argv[4]))
-sys.exit(run(cfg, oracle_sim=sys.argv[6] == "on", **kw))
-"""
-
-
-class Served:
-    """A server process and what a test needs to talk to it."""
-
-    def __init__(self, data: Path, router: str, pub: str, proc):
-        self.data, self.router, self.pub, self.proc = data, router, pub, proc
-
-    def client(self, name, timeout_ms=3000) -> Client:
-        return Client(self.router, str(self.data / "keys" / "server.key"),
-                      str(self.data / "keys" / f"{name}.key_secret"), timeout_ms=timeout_ms)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def serve(tmp_path, limits=None, session_timeout_ms=800, oracle_sim="off", preexec=None):
-    data = tmp_path / "data"
-    router = f"tcp://127.0.0.1:{free_port()}"
-    pub = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(data), router, pub,
-                             json.dumps(limits or {}), str(session_timeout_ms), oracle_sim],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=preexec)
-    s = Served(data, router, pub, proc)
-    deadline = time.monotonic() + HANG_S
-    while b"perpdex serving" not in proc.stdout.readline():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the server did not start"
-    return s
 
 
 @pytest.fixture
@@ -206,28 +151,6 @@ def test_every_request_type_has_a_budget(srv, kind, fields):
 
 
 # ---- never wait for a peer ------------------------------------------------------------------
-
-def slow_socket(s: Served, name: str):
-    """A DEALER that reads nothing: tiny receive buffers, so its pipe fills at once."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
-    sock.rcvhwm = 1
-    sock.rcvbuf = 4096
-    pub, sec = zmq.auth.load_certificate(str(s.data / "keys" / f"{name}.key_secret"))
-    sock.curve_publickey, sock.curve_secretkey = pub, sec
-    sock.curve_serverkey = zmq.auth.load_certificate(str(s.data / "keys" / "server.key"))[0]
-    sock.connect(s.router)
-    return sock
-
-
-def fill_the_book(s: Served, market="BTC-PERP", levels=100):
-    s.client("oracle").request("oracle", market=market, price=650_000)
-    mm = s.client("mm-1")
-    items = [{"type": "new_order", "market": market, "cid": f"lvl-{side}-{k}", "side": side,
-              "kind": "limit", "qty": 1, "price": 650_000 + (k + 1) * (1 if side == "sell" else -1)}
-             for side in ("buy", "sell") for k in range(levels)]
-    for k in range(0, len(items), 100):
-        assert mm.request("batch", items=items[k:k + 100])["ok"]
 
 
 def test_a_client_that_never_reads_holds_up_nobody_and_nothing_after_it_leaves(srv):

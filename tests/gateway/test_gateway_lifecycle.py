@@ -7,7 +7,7 @@ import msgspec
 import zmq
 
 from perpdex.gateway.client import curve_socket
-from tests.test_gateway import PUB, client, events_of, server  # noqa: F401 (the fixture)
+from tests.harness import PUB, client, events_of
 
 
 def _status_topic(srv):
@@ -55,7 +55,7 @@ def test_a_trader_may_not_change_a_markets_status_or_settle_it(server):
 
 def test_perpdex_markets_shows_each_markets_status(server):
     import subprocess
-    from tests.test_gateway import PERPDEX
+    from tests.harness import PERPDEX
     data, router = server
     admin = client(server, "admin")
     admin.request("set_market_status", market="ETH-PERP", status="reduce_only")

@@ -4,26 +4,18 @@ CURVE sockets on loopback, random ports, linger 0 and timeouts, so nothing here 
 The checksum is recomputed here by an implementation of the test's own, written from
 docs/protocol.md (binascii, bytes, no shared code with gateway/feed.py or gateway/mirror.py)."""
 import binascii
-import random
 import re
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
-import zmq
 
-from perpdex.gateway.client import curve_socket
-from tests.conftest import HANG_S
-from tests.test_gateway_hardening import serve
+from tests.harness import (FAST, HANG_S, INDEX, MARKETS, TRADERS, Flow, caught_up, engine_book,
+                            raw_sub, serve)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 dec = msgspec.msgpack.decode
-MARKETS = ("BTC-PERP", "ETH-PERP")
-INDEX = {"BTC-PERP": 650_000, "ETH-PERP": 300_000}
-TRADERS = ("mm-1", "mm-2", "taker-1", "taker-2")
-FAST = {"request_rate": [100_000, 100_000], "order_rate": [100_000, 100_000],
-        "cancel_rate": [100_000, 100_000]}
 # What each public message may carry, and nothing else.
 FIELDS = {
     "book": {"type", "market", "seq", "ts", "bids", "asks", "checksum", "hash"},
@@ -55,17 +47,6 @@ def srv(tmp_path):
     s.stop()
 
 
-def raw_sub(s, prefixes=(b"",), name="taker-2", rcvhwm=1_000_000):
-    sock = curve_socket(zmq.Context.instance(), zmq.SUB, str(s.data / "keys" / "server.key"),
-                        str(s.data / "keys" / f"{name}.key_secret"))
-    sock.rcvhwm = rcvhwm
-    for p in prefixes:
-        sock.setsockopt(zmq.SUBSCRIBE, p)
-    sock.connect(s.pub)
-    time.sleep(0.3)                     # the subscription reaches the PUB
-    return sock
-
-
 def read_all(sock, quiet_ms=300, at_most_s=20.0) -> list[tuple[bytes, bytes]]:
     """What arrives until `quiet_ms` pass with nothing (the feed's heartbeat comes every
     second), or `at_most_s`."""
@@ -74,78 +55,6 @@ def read_all(sock, quiet_ms=300, at_most_s=20.0) -> list[tuple[bytes, bytes]]:
     while sock.poll(quiet_ms) and time.monotonic() < deadline:
         out.append(tuple(sock.recv_multipart()))
     return out
-
-
-class Flow:
-    """A seeded random order flow from the four traders over both markets, in batches: limits
-    on both sides (some crossing), cancels, amends, market orders, IOCs."""
-
-    def __init__(self, s, seed: int, tag: str):
-        self.rng = random.Random(seed)
-        self.clients = {n: s.client(n) for n in TRADERS}
-        self.open: dict[str, list] = {n: [] for n in TRADERS}
-        self.tag, self.n = tag, 0
-        self.sent = 0
-
-    def item(self, name: str) -> dict:
-        r, m = self.rng, self.rng.choice(MARKETS)
-        self.n += 1
-        mine = self.open[name]
-        roll = r.random()
-        if roll < 0.2 and mine:
-            market, cid = mine.pop(r.randrange(len(mine)))
-            return {"type": "cancel", "market": market, "cid": cid}
-        if roll < 0.3 and mine:
-            market, cid = r.choice(mine)
-            return {"type": "amend", "market": market, "cid": cid, "qty": r.randint(1, 30)}
-        if roll < 0.37:
-            return {"type": "new_order", "market": m, "cid": f"{self.tag}-{self.n}",
-                    "side": r.choice(("buy", "sell")), "kind": "market", "qty": r.randint(1, 40)}
-        side = r.choice(("buy", "sell"))
-        sign = -1 if side == "buy" else 1
-        price = INDEX[m] + sign * r.randint(-3, 60)         # a few cross
-        cid = f"{self.tag}-{self.n}"
-        tif = "ioc" if r.random() < 0.05 else "gtc"
-        if tif == "gtc":
-            mine.append((m, cid))
-        return {"type": "new_order", "market": m, "cid": cid, "side": side, "kind": "limit",
-                "qty": r.randint(1, 30), "price": price, "tif": tif}
-
-    def run(self, orders: int, batch: int = 20, between=None):
-        while orders > 0:
-            name = self.rng.choice(TRADERS)
-            k = min(batch, orders)
-            reply = self.clients[name].request("batch", items=[self.item(name)
-                                                               for _ in range(k)])
-            assert reply["ok"], reply
-            orders -= k
-            self.sent += k
-            if between is not None:
-                between()
-        for name in TRADERS:                # cap the books: cancel what piled up, now and then
-            if len(self.open[name]) > 400:
-                assert self.clients[name].request("cancel_all")["ok"]
-                self.open[name].clear()
-
-
-def engine_book(s, market):
-    """The engine's book now, every level, through a snapshot (what was last published) and
-    the `book` request (the engine itself, at most 100 levels a side)."""
-    c = s.client("admin")
-    live = c.request("book", market=market, depth=100)
-    snap = c.request("snapshot", market=market)
-    assert live["bids"] == snap["bids"][:100] and live["asks"] == snap["asks"][:100]
-    return snap
-
-
-def caught_up(md, s, markets=MARKETS, timeout=HANG_S):
-    """Poll the mirror until each of its books has the last published seq (the timeout only
-    catches a hang)."""
-    want = {m: s.client("admin").request("snapshot", market=m)["seq"] for m in markets}
-    deadline = time.monotonic() + timeout
-    while any(md.books[m].seq != want[m] for m in markets):
-        assert time.monotonic() < deadline, {m: (md.books[m].seq, want[m]) for m in markets}
-        md.poll(20)
 
 
 # ---- the mirror follows the engine ----------------------------------------------------------

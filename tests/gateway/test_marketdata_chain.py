@@ -20,13 +20,10 @@ import zmq
 
 from perpdex.gateway.client import curve_socket
 from perpdex.gateway.mirror import MarketData
-from tests.test_durability_restart import Venue, trade
-from tests.test_gateway import free_port
-from tests.test_gateway_hardening import serve
-from tests.test_marketdata import FAST, INDEX, MARKETS, Flow, caught_up, engine_book, raw_sub
-from tests.conftest import HANG_S
+from tests.harness import (FAST, HANG_S, INDEX, MARKETS, Flow, Venue, caught_up, engine_book, free_port,
+                            raw_sub, serve, trade)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 dec = msgspec.msgpack.decode
 enc = msgspec.msgpack.encode
 ZERO = bytes(16)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from perpdex.gateway.client import Client
-from tests.test_gateway import PERPDEX, free_port
-from tests.conftest import HANG_S, open_orders
+from tests.conftest import open_orders
+from tests.harness import HANG_S, PERPDEX, free_port
 
 DOCUMENTED = ["perpdex_requests_total", "perpdex_request_seconds_bucket", "perpdex_errors_total",
               "perpdex_rejections_total", "perpdex_orders_total", "perpdex_fills_total",

@@ -11,8 +11,7 @@ import logging
 import pytest
 
 from perpdex.gateway import observability as O
-from tests.test_operator_start import written
-from tests.test_operator_support import Venue, perpdex
+from tests.harness import OperatorVenue as Venue, perpdex, written
 
 
 def _serve_and_stop(tmp_path, *args) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from importlib.metadata import version
 import pytest
 
 from perpdex.gateway.natslocal import free_port
-from tests.test_operator_support import Venue
+from tests.harness import OperatorVenue as Venue
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from perpdex.gateway.client import RateLimited, check
-from tests.test_operator_support import Venue, perpdex
+from tests.harness import OperatorVenue as Venue, perpdex
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from perpdex.gateway.natslocal import free_port
-from tests.test_operator_support import Venue, perpdex
+from tests.harness import OperatorVenue as Venue, perpdex, written
 
 
 def serve(tmp_path, *args, timeout=60) -> subprocess.CompletedProcess:
@@ -67,16 +67,6 @@ def test_a_taken_port_stops_the_start_in_a_line_and_leaves_no_data_folder(tmp_pa
     assert line.startswith("perpdex: cannot serve: Address already in use") and str(port) in line
     assert not (tmp_path / "data").exists()
     assert not r.stdout
-
-
-def written(tmp_path, old: str, new: str):
-    """The file `config --write-default` writes, in tmp_path, with `old` made `new`."""
-    conf = tmp_path / "x.toml"
-    assert perpdex("config", "--write-default", conf).returncode == 0
-    text = conf.read_text()
-    assert old in text
-    conf.write_text(text.replace(old, new))
-    return conf
 
 
 def test_config_check_refuses_an_endpoint_with_no_port(tmp_path):

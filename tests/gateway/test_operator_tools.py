@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from perpdex.gateway.natslocal import free_port
-from tests.test_operator_support import Venue, perpdex
+from tests.harness import OperatorVenue as Venue, perpdex
 
 
 def get(url: str) -> tuple[int, str]:
@@ -109,6 +109,7 @@ def test_health_by_json_names_every_thread_alive(watched):
 
 @pytest.mark.parametrize("cmd", ["keygen", "health"])
 def test_the_new_subcommands_help_names_pages_that_exist(cmd):
-    from tests.test_cli import ROOT, test_help_points_at_documentation_that_exists as check
+    from tests.harness import ROOT
+    from tests.pages import help_points_at_documentation_that_exists as check
     check([cmd])
     assert (ROOT / "docs" / "operations.md").is_file()

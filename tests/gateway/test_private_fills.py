@@ -9,7 +9,7 @@ import pytest
 from perpdex.engine import messages as M
 from perpdex.gateway.client import FillLog, Units, own_sides, typed_event
 from perpdex.gateway.streams import OwnFill, private_views
-from tests.test_operator_support import Venue, perpdex
+from tests.harness import OperatorVenue as Venue, perpdex
 
 OWN = {"type", "seq", "ts", "account", "market", "side", "cid", "oid", "price", "qty",
        "remaining", "fee", "liquidity", "liquidation", "trade_id"}

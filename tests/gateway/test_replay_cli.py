@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 

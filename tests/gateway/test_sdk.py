@@ -20,48 +20,11 @@ from perpdex.gateway.client import (
     PostOnlyWouldCross, RateLimited, Timeout, Unavailable, UnknownMarket, Units, check, connect,
     connect_async, quote_units, usd)
 from perpdex.gateway.natslocal import free_port
+from tests.harness import near
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PERPDEX = shutil.which("perpdex", path=str(Path(sys.executable).parent)) or "perpdex"
 D = Decimal
-
-
-@pytest.fixture(scope="module")
-def venue(tmp_path_factory):
-    """`perpdex serve` on the embedded default (simulated oracle on), a 800 ms session
-    timeout; yields the environment that points the SDK at it."""
-    home = tmp_path_factory.mktemp("venue")
-    env = {"PERPDEX_DATA": str(home / "perpdex-data"),
-           "PERPDEX_ROUTER": f"tcp://127.0.0.1:{free_port()}",
-           "PERPDEX_PUB": f"tcp://127.0.0.1:{free_port()}"}
-    proc = subprocess.Popen([PERPDEX, "serve", "--data", env["PERPDEX_DATA"],
-                             "--router", env["PERPDEX_ROUTER"], "--pub", env["PERPDEX_PUB"],
-                             "--session-timeout-ms", "800"], cwd=home,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while b"perpdex serving" not in proc.stdout.readline():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server did not start"
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        yield dict(env, home=home)
-    finally:
-        for k, v in locals().get("saved", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def near(c, market, factor) -> Decimal:
-    """A price `factor` times the current mark, on a tick."""
-    return c.markets()[market].round_price(c.mark(market).mark * D(factor))
 
 
 # ---- the worked example ----------------------------------------------------------------------

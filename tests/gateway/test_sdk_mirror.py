@@ -11,7 +11,7 @@ from sortedcontainers import SortedDict
 
 from perpdex.gateway.client import connect, curve_socket
 from perpdex.gateway.mirror import BookMirror, FeedState
-from tests.test_sdk import venue, near  # noqa: F401  (the fixture: a real `perpdex serve`)
+from tests.harness import near
 
 MARKET = "ETH-PERP"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PERPDEX = Path(sys.executable).with_name("perpdex")
 SVG = "{http://www.w3.org/2000/svg}"
 

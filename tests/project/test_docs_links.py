@@ -9,30 +9,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.pages import FENCE, anchors, slug
+
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^```.*?^```", re.S | re.M)
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, markup and punctuation dropped, spaces to -."""
-    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def anchors(page: Path) -> set[str]:
-    seen: dict[str, int] = {}
-    out = set()
-    for line in FENCE.sub("", page.read_text()).splitlines():
-        m = re.match(r"#{1,6}\s+(.*)", line)
-        if m:
-            s = slug(m.group(1))
-            n = seen.get(s, 0)
-            seen[s] = n + 1
-            out.add(s if n == 0 else f"{s}-{n}")
-    return out
 
 
 def links(page: Path) -> list[str]:
@@ -83,6 +64,6 @@ def test_every_engine_bug_marked_in_the_tests_is_named_in_the_limits_page():
     page = (ROOT / "docs" / "limits.md").read_text()
     marked = re.compile(r"@pytest\.mark\.xfail\(strict=True, reason=\(?\s*\"engine bug"
                         r".*?\ndef (test_\w+)", re.S)          # the next function is the one
-    names = [n for f in sorted((ROOT / "tests").glob("test_*.py"))
+    names = [n for f in sorted((ROOT / "tests").rglob("test_*.py"))
              for n in marked.findall(f.read_text())]
     assert not [n for n in names if n not in page]   # none is open today

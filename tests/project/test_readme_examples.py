@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# docs/sdk.md's worked example needs a running venue: tests/test_sdk.py runs it against one.
+ROOT = Path(__file__).resolve().parents[2]
+# docs/sdk.md's worked example needs a running venue: tests/gateway/test_sdk.py runs it against one.
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md")
                                      if p.name != "sdk.md")]
 BLOCKS = [(page, i, code) for page in PAGES

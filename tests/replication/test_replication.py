@@ -14,10 +14,10 @@ import pytest
 
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.natslocal import LocalCluster
-from tests.conftest import HANG_S
+from tests.harness import HANG_S
 from tests.replicated import (PLAN, STREAM, TAKEOVER_MS, Node, Trader, ask, check, enc,
                               log_of, needs_nats, replayed_hash, stream_leader)
-from tests.test_durability_crash import did_work, work_then_kill
+from tests.harness import did_work, work_then_kill
 
 pytestmark = needs_nats
 
@@ -412,7 +412,7 @@ def test_a_standby_whose_state_hash_differs_from_the_writers_never_takes_over(
 def test_perpdex_nats_local_runs_a_cluster_until_told_to_stop(tmp_path):
     import subprocess
 
-    from tests.test_gateway import PERPDEX
+    from tests.harness import PERPDEX
     proc = subprocess.Popen([PERPDEX, "nats-local", str(tmp_path / "n")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
