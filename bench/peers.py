@@ -194,7 +194,7 @@ def _lob() -> Path:
     return Path(f"limit-order-book {v}", "C++ via ctypes; reports no fills",
                 build, single, notes={
                     "fills": "reports no fills (checked on the book it leaves instead: "
-                             "tests/test_bench_peers.py)",
+                             "tests/bench/test_bench_peers.py)",
                     "cross": "no IOC: a limit, then a cancel of what rests",
                     "cancel": "checks `has` first: a cancel of an unknown id aborts the process",
                     "amend": "no amend: a cancel and a new limit (a shrink loses its place)"})

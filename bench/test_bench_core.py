@@ -1,7 +1,7 @@
 """pytest-benchmark microbenchmarks of the primitives (`make bench` runs them after the suite).
 
 Run alone: .venv/bin/python -m pytest bench/ --benchmark-only
-           (BENCH_QUICK=1 for small books and 2,000 positions: tests/test_bench_micro.py does)
+           (BENCH_QUICK=1 for small books and 2,000 positions: tests/bench/test_bench_micro.py does)
 
 Each order primitive is timed on perpdex's per-command API (`Engine.execute(Struct)`, margin on)
 and on the plain book (bench/plain_book.py) over the same book, so the two medians can be read

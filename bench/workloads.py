@@ -1,5 +1,5 @@
 """Seeded, deterministic workloads for the benchmark suite: the same seed gives the same
-operations, hence the same command bytes (tests/test_bench_workloads.py checks it across
+operations, hence the same command bytes (tests/bench/test_bench_workloads.py checks it across
 processes).
 
 A workload is a list of neutral operations, one tuple each,

@@ -6,7 +6,7 @@ A new_order, cancel or amend as msgspec (or any canonical encoder) writes it is 
 unusual (another type, an unknown or repeated key, a value of another type or out of range, a
 non-ASCII string, an account or market not seen before, a cancel or amend of an order that is
 not open) is left to the msgspec path, which has the exact rejection for it. So the fast path changes
-speed, never behaviour: tests/test_fast_path.py holds the two equal.
+speed, never behaviour: tests/engine/test_fast_path.py holds the two equal.
 """
 from libc.string cimport memcpy, memcmp, strlen
 from libc.stdint cimport int64_t, int32_t, uint64_t

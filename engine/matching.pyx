@@ -275,7 +275,7 @@ cdef int finish_taker(State s, int32_t t, int stop) except -1:
 
 cdef int opened(State s, int32_t i) except -1:
     """A new open order in slot `i` counts against its position's open orders. matching owns
-    the open-order counters (n_orders, open_buy, open_sell, n_ro): tests/test_layout.py."""
+    the open-order counters (n_orders, open_buy, open_sell, n_ro): tests/project/test_layout.py."""
     s.pos[s.pos_of[s.pool.o[i].market][s.pool.o[i].account]].n_orders += 1
     return 0
 

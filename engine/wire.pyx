@@ -3,7 +3,7 @@
 
 The writer emits exactly what `msgspec` would encode for the same event Struct: the same keys in
 the same order, the smallest msgpack integer and string headers, and msgspec's JSON string
-escaping. `tests/test_wire.py` holds it to that, byte for byte.
+escaping. `tests/engine/test_wire.py` holds it to that, byte for byte.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, realloc, free
