@@ -132,4 +132,9 @@ def market_info(sp) -> dict:
             "price_band_ppm": sp.price_band_ppm, "funding_interval_s": sp.funding_interval_s,
             "funding_cap_ppm": sp.funding_cap_ppm, "interest_ppm": sp.interest_ppm,
             "oracle_max_age_s": sp.oracle_max_age_s,
-            "max_orders_per_account": sp.max_orders_per_account}
+            "max_orders_per_account": sp.max_orders_per_account,
+            "oracle_sources": [{"name": n, "weight": w} for n, w in sp.sources],
+            "oracle_min_sources": sp.min_sources,
+            "oracle_max_deviation_ppm": sp.max_deviation_ppm,
+            "mark_ema_updates": sp.mark_ema_updates,
+            "velocity_max_ppm": sp.velocity_max_ppm, "velocity_pause_s": sp.velocity_pause_s}

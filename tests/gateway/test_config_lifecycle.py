@@ -7,6 +7,7 @@ import pytest
 
 from perpdex.engine import Engine, messages as M
 from perpdex.gateway import boot
+from perpdex.engine.markets import market_spec
 from perpdex.gateway.config import ConfigError, parse_config
 from tests.harness import PERPDEX
 
@@ -72,3 +73,13 @@ def test_config_check_refuses_a_bad_status_in_a_sentence(tmp_path):
     r = subprocess.run([PERPDEX, "config", "--check", str(path)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode != 0 and "status: 'later' is not one of" in r.stderr
+
+
+def test_the_markets_reply_names_the_sources_the_mark_and_the_guard():
+    text = MARKET + ('oracle_min_sources = 2\nmark_ema_updates = 30\nvelocity_max_ppm = 50000\n'
+                     'velocity_pause_s = 30\n[[markets.oracle_sources]]\nname = "a"\nweight = 2\n'
+                     '[[markets.oracle_sources]]\nname = "b"\n') + ACCOUNTS
+    info = boot.market_info(market_spec(parse_config(text).markets[0]))
+    assert info["oracle_sources"] == [{"name": "a", "weight": 2}, {"name": "b", "weight": 1}]
+    assert (info["oracle_min_sources"], info["mark_ema_updates"], info["velocity_max_ppm"],
+            info["velocity_pause_s"]) == (2, 30, 50_000, 30)
