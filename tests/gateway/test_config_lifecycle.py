@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from perpdex.engine import Engine, messages as M
-from perpdex.gateway import boot
 from perpdex.engine.markets import market_spec
+from perpdex.gateway import boot
 from perpdex.gateway.config import ConfigError, parse_config
 from tests.harness import PERPDEX
 
