@@ -146,6 +146,7 @@ cdef int settle_market(State s, object cmd) except -1:
         if s.pos[p].n_orders:
             cancel_orders(s, s.pos[p].account, m, V_MARKET_STATUS)
     mk.status = SETTLED
+    mk.paused_until = 0                           # a guard's pause ends with the market
     mk.next_funding = 0                           # no more boundaries
     mk.liq_pending = 0
     s.liq_queue[m] = []

@@ -92,3 +92,12 @@ def test_the_pause_is_part_of_the_state_and_survives_a_snapshot():
     assert copy.state() == eng.state()
     assert [e.status for e in copy.execute(M.Clock(ts=31 * SECOND))] == ["active"]
     assert ["paused_until", 31 * SECOND] in eng.state()["markets"][0]
+
+
+def test_a_market_settled_during_a_pause_says_no_pause_and_keeps_none():
+    eng = guarded()
+    eng.execute(M.Oracle(market="X", price=110_000, ts=SECOND))
+    events = eng.execute(M.SettleMarket(market="X", price=110_000, ts=2 * SECOND))
+    assert [(e.status, e.until) for e in events if type(e) is M.MarketStatusEvent][-1] == (
+        "settled", None)
+    assert "paused_until" not in str(eng.state()["markets"][0])
