@@ -334,13 +334,7 @@ cdef int drop(State s, int32_t i) except -1:
     if o.kind >= STOP_MARKET:
         del s.trigger_of[i]
     if o.level >= 0:
-        (<Book>s.books[o.market]).unlink(s.pool, i)
-        if o.side == BID:
-            p.open_buy -= o.qty
-        else:
-            p.open_sell -= o.qty
-        if o.reduce_only:
-            p.n_ro -= 1
+        unrest(s, i)
     p.n_orders -= 1
     s.pool.cid_remove(i)
     s.pool.account_unlink(i)
