@@ -37,7 +37,7 @@ cdef class Engine:
     cpdef list execute(self, object cmd)
 
     # ---- cdef internals --------------------------------------------------------------------
-    cdef State _call(self)
+    cdef State _call(self, bint log_fills)
     cdef int _dispatch(self, object cmd) except -1
     cdef int _failed(self, object cmd) except -1
     cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,

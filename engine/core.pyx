@@ -128,13 +128,13 @@ cdef tuple _rows(State s):
     cdef int32_t i
     cdef FillC* f
     cdef tuple rows, row
-    if s.n_logged == 0:
+    if s.out.n_logged == 0:
         return ()
-    rows = PyTuple_New(s.n_logged)
-    for i in range(s.n_logged):
-        f = &s.fill_log[i]
+    rows = PyTuple_New(s.out.n_logged)
+    for i in range(s.out.n_logged):
+        f = &s.out.fill_log[i]
         if f.strs:
-            row = (f.price, f.qty) + <tuple>s.log_strs[f.strs - 1]
+            row = (f.price, f.qty) + <tuple>s.out.log_strs[f.strs - 1]
         else:
             row = (f.price, f.qty, f.maker_cid, f.taker_cid)
         Py_INCREF(row)
@@ -188,10 +188,10 @@ cdef int64_t _fill_records(State s, bytearray fills, int64_t n, Py_ssize_t k) ex
     cdef int32_t i
     cdef FillC* f
     cdef FillRecord* r
-    PyByteArray_Resize(fills, (n + s.n_logged) * RECORD)
+    PyByteArray_Resize(fills, (n + s.out.n_logged) * RECORD)
     r = <FillRecord*>PyByteArray_AS_STRING(fills) + n
-    for i in range(s.n_logged):
-        f = &s.fill_log[i]
+    for i in range(s.out.n_logged):
+        f = &s.out.fill_log[i]
         r.command = k
         r.price = f.price
         r.qty = f.qty
@@ -201,7 +201,7 @@ cdef int64_t _fill_records(State s, bytearray fills, int64_t n, Py_ssize_t k) ex
         r.taker_oid = f.taker_oid
         r.flags = 0
         if f.strs:
-            maker, taker = s.log_strs[f.strs - 1]
+            maker, taker = s.out.log_strs[f.strs - 1]
             if type(maker) is str:
                 r.flags |= FILL_MAKER_CID_STR
                 r.maker_cid = 0
@@ -209,7 +209,7 @@ cdef int64_t _fill_records(State s, bytearray fills, int64_t n, Py_ssize_t k) ex
                 r.flags |= FILL_TAKER_CID_STR
                 r.taker_cid = 0
         r += 1
-    return n + s.n_logged
+    return n + s.out.n_logged
 
 
 cdef int _indices(list rejected, Py_ssize_t start, int64_t before) except -1:
@@ -255,7 +255,7 @@ cdef class Engine:
         try:
             self._dispatch(cmd)
         except BaseException:
-            s.structs = None
+            events.drop_structs(s)
             raise
         return events.take_structs(s, first)
 
@@ -298,12 +298,12 @@ cdef class Engine:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {show(fmt)}: expected one of {', '.join(FORMATS)}")
         events.begin_output(self.s, FMT_JSON if fmt == "jsonl" else FMT_MSGPACK, False)
-        self.s.reject_log = rejected
+        events.log_rejections(self.s, rejected)
         try:
             for cmd in items:
                 self._dispatch(cmd)
         finally:
-            self.s.reject_log = None
+            events.log_rejections(self.s, None)
         _indices(rejected, start, before)
         return events.take_output(self.s, 0, False)
 
@@ -316,11 +316,11 @@ cdef class Engine:
         cdef Py_ssize_t used = 0
         cdef int64_t count = 0, before = self.s.n_commands
         cdef Py_ssize_t start = len(rejected) if rejected is not None else 0
-        self.s.reject_log = rejected
+        events.log_rejections(self.s, rejected)
         try:
             result = self._run_msgpack(data, first, offset, out, &used, &count)
         finally:
-            self.s.reject_log = None
+            events.log_rejections(self.s, None)
         if used != len(data):
             raise ValueError("execute_msgpack takes complete objects (see MsgpackFramer)")
         _indices(rejected, start, before)
@@ -389,8 +389,7 @@ cdef class Engine:
         the next call; `last_reason` is the rejection's reason (None if accepted); with
         `record_events` on, every event of the call is in `last_events()`. A field the contract
         refuses is rejected, as for the command. O(1) + O(fills)."""
-        cdef State s = self._call()
-        s.log_fills = True
+        cdef State s = self._call(True)
         try:
             if not _call_fields(s, "new_order", ts, account, cid):
                 return 0
@@ -402,14 +401,13 @@ cdef class Engine:
                           "side, kind, tif or stp is not one of the contract's names, or the "
                           "account or cid is not an integer or a string")
         finally:
-            s.log_fills = False
-            s.quiet = False
-        return s.n_logged
+            events.close_call(s)
+        return s.out.n_logged
 
     def cancel(self, account, str market, cid, int64_t ts=0):
         """Cancel one open order, as the `cancel` command would; return True when it was
         cancelled (False: rejected, `last_reason` says why). O(1)."""
-        cdef State s = self._call()
+        cdef State s = self._call(False)
         cdef int64_t before
         try:
             if not _call_fields(s, "cancel", ts, account, cid):
@@ -419,23 +417,21 @@ cdef class Engine:
             entry.cancel_fields(s, account, market, cid)
             return s.pool.n_live < before
         finally:
-            s.quiet = False
+            events.close_call(s)
 
     def amend(self, account, str market, cid, price=None, qty=None, int64_t ts=0):
         """Amend one open order, as the `amend` command would (None: unchanged); return the
         number of fills its re-entry made (`fills`), 0 when it kept its place or was rejected
         (`last_reason`). O(1) + O(fills)."""
-        cdef State s = self._call()
-        s.log_fills = True
+        cdef State s = self._call(True)
         try:
             if not _call_fields(s, "amend", ts, account, cid):
                 return 0
             self._advance(ts)
             entry.amend_fields(s, account, market, cid, price, qty)
         finally:
-            s.log_fills = False
-            s.quiet = False
-        return s.n_logged
+            events.close_call(s)
+        return s.out.n_logged
 
     # ---- the handle calls: integer handles and codes, the fills returned ----------------------
 
@@ -467,31 +463,29 @@ cdef class Engine:
         not given). Returns (oid, fills): the order's oid, 0 if it was rejected (`last_reason`
         says why), and every fill the call made, in order, as (price, qty, maker cid, taker
         cid) tuples. O(1) + O(fills)."""
-        cdef State s = self._call()
+        cdef State s = self._call(True)
         cdef int64_t first = s.next_oid
-        s.log_fills = True
         try:
             if self._handles(s, "new_order", account, market, ts):
                 self._advance(ts)
                 entry.place_handles(s, account, market, cid, side, kind, tif, flags, qty, price,
                                     trigger_price, expire_ts)
         finally:
-            s.log_fills = False
-            s.quiet = False
+            events.close_call(s)
         return (first if s.next_oid > first else 0), _rows(s)
 
     @cython.binding(False)
     def cancel_order(self, int32_t account, int32_t market, int64_t cid, int64_t ts=0):
         """Cancel one open order, as `cancel` would, from handles; True when it was cancelled
         (False: rejected, `last_reason` says why). O(1)."""
-        cdef State s = self._call()
+        cdef State s = self._call(False)
         cdef int64_t before = s.pool.n_live
         try:
             if self._handles(s, "cancel", account, market, ts):
                 self._advance(ts)
                 entry.cancel_handles(s, account, market, cid)
         finally:
-            s.quiet = False
+            events.close_call(s)
         return s.pool.n_live < before
 
     @cython.binding(False)
@@ -500,15 +494,13 @@ cdef class Engine:
         """Amend one open order, as `amend` would, from handles (0: unchanged); the fills its
         re-entry made, as `place` returns them (empty when it kept its place or was rejected:
         `last_reason`). O(1) + O(fills)."""
-        cdef State s = self._call()
-        s.log_fills = True
+        cdef State s = self._call(True)
         try:
             if self._handles(s, "amend", account, market, ts):
                 self._advance(ts)
                 entry.amend_handles(s, account, market, cid, price, qty)
         finally:
-            s.log_fills = False
-            s.quiet = False
+            events.close_call(s)
         return _rows(s)
 
     # ---- the binary batch path: fixed-size records in and out -------------------------------
@@ -541,15 +533,11 @@ cdef class Engine:
             events.begin_output(s, FMT_MSGPACK, True)
         self._first = s.seq
         self._recorded = False
-        s.quiet = True
-        s.log_fills = True
+        events.open_call(s, True, True)
         try:
             for k in range(n):
                 c = <const CommandRecord*>(&view[0] + k * RECORD)
-                s.last_reason = None
-                s.n_logged = 0
-                if s.log_strs:
-                    s.log_strs.clear()
+                events.open_call(s, True, True)
                 s.n_commands += 1
                 first = s.next_oid
                 before = s.pool.n_live
@@ -569,19 +557,18 @@ cdef class Engine:
                     if self._handles(s, "amend", c.account, c.market, c.ts):
                         self._advance(c.ts)
                         entry.amend_handles(s, c.account, c.market, c.cid, c.price, c.qty)
-                    out[k] = s.last_reason is None
+                    out[k] = s.out.last_reason is None
                 else:
                     events.reject(s, "record", Reason.INVALID_COMMAND,
                                   f"record {k} has type {c.type}: 1 new_order, 2 cancel, 3 amend")
                     out[k] = 0
-                if s.last_reason is not None:
-                    out[k] = -1 - _REASON_CODE[s.last_reason]
-                if s.n_logged:
+                if s.out.last_reason is not None:
+                    out[k] = -1 - _REASON_CODE[s.out.last_reason]
+                if s.out.n_logged:
                     n_fills = _fill_records(s, fills, n_fills, k)
                     out = <int64_t*>PyByteArray_AS_STRING(results)
         finally:
-            s.log_fills = False
-            s.quiet = False
+            events.close_call(s)
         return results, fills
 
     cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
@@ -600,19 +587,15 @@ cdef class Engine:
             return False
         return True
 
-    cdef State _call(self):
+    cdef State _call(self, bint log_fills):
         """Open a per-command call: its events are numbered from here, and encoded only with
-        `record_events` on (quiet otherwise)."""
+        `record_events` on (quiet otherwise); `log_fills`: its fills are kept for the caller."""
         cdef State s = self.s
         if self.record_events:
             events.begin_output(s, FMT_MSGPACK, True)
         self._first = s.seq
         self._recorded = self.record_events
-        s.quiet = not self.record_events
-        s.last_reason = None
-        s.n_logged = 0
-        if s.log_strs:
-            s.log_strs.clear()
+        events.open_call(s, not self.record_events, log_fills)
         s.n_commands += 1
         return s
 
@@ -624,19 +607,19 @@ cdef class Engine:
         cdef State s = self.s
         cdef int32_t i
         cdef int64_t* row
-        if s.n_logged == 0:
+        if s.out.n_logged == 0:
             return _NO_FILLS
-        raw = PyBytes_FromStringAndSize(NULL, s.n_logged * 4 * sizeof(int64_t))
+        raw = PyBytes_FromStringAndSize(NULL, s.out.n_logged * 4 * sizeof(int64_t))
         row = <int64_t*>PyBytes_AS_STRING(raw)
-        for i in range(s.n_logged):
-            memcpy(row + 4 * i, &s.fill_log[i], 4 * sizeof(int64_t))
-        return memoryview(raw).cast("q", (s.n_logged, 4))
+        for i in range(s.out.n_logged):
+            memcpy(row + 4 * i, &s.out.fill_log[i], 4 * sizeof(int64_t))
+        return memoryview(raw).cast("q", (s.out.n_logged, 4))
 
     @property
     def last_reason(self):
         """The reason code of the last per-command call's rejection; None if it was accepted
         (for `cancel`: if the order was cancelled)."""
-        return self.s.last_reason
+        return self.s.out.last_reason
 
     def last_events(self):
         """The events of the last `new_order` or `cancel` call, as Structs (made on request).

@@ -12,6 +12,13 @@ from libc.stdint cimport int64_t, int32_t
 from .units cimport int128
 from .state cimport State, OrderCmd
 
+# ---- a call's output modes (state.pxd's Output: written here only) -------------------------
+cdef int open_call(State s, bint quiet, bint log_fills) except -1   # no reason, no fill kept
+cdef int close_call(State s) except -1                              # the modes off
+cdef int log_rejections(State s, list into) except -1               # None: off
+cdef int drop_structs(State s) except -1                            # an execute that failed
+cdef int log_fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q) except -1
+
 # ---- the output buffer ----------------------------------------------------------------------
 cdef int begin_output(State s, int fmt, bint counted) except -1   # counted: a msgpack array
 cdef bytes take_output(State s, int64_t first_seq, bint counted)

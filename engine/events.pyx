@@ -1,10 +1,11 @@
 # cython: language_level=3
 """Events (see events.pxd): the one owner of `seq`, writing every event the engine emits."""
+from libc.stdlib cimport realloc
 from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, py128
 from .book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
-from .state cimport State, OrderCmd, cid_obj
+from .state cimport State, Output, OrderCmd, FillC, cid_obj
 from .wire cimport (
     FMT_MSGPACK, EventWriter, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
@@ -36,10 +37,73 @@ cdef inline int64_t _next(State s) noexcept:
 cdef inline bint _unwritten(State s) noexcept:
     """In a quiet call (Engine.record_events off) an event takes its number and is not
     encoded: the state, `seq` included, is what it would have been. O(1)."""
-    if s.quiet:
+    if s.out.quiet:
         _next(s)
         return True
     return False
+
+
+# ---- a call's output modes -------------------------------------------------------------------
+
+cdef int open_call(State s, bint quiet, bint log_fills) except -1:
+    """Open a call (or the next command of a records batch): its modes, no reason yet, no
+    fill kept. O(1)."""
+    cdef Output o = s.out
+    o.quiet = quiet
+    o.log_fills = log_fills
+    o.last_reason = None
+    o.n_logged = 0
+    if o.log_strs:
+        o.log_strs.clear()
+    return 0
+
+
+cdef int close_call(State s) except -1:
+    """The call is over: its modes off (what it collected stays, for the caller). O(1)."""
+    s.out.quiet = False
+    s.out.log_fills = False
+    return 0
+
+
+cdef int log_rejections(State s, list into) except -1:
+    """Note each rejection's n_commands in `into` from now (None: no more). O(1)."""
+    s.out.reject_log = into
+    return 0
+
+
+cdef int drop_structs(State s) except -1:
+    """An Engine.execute that failed: the Structs made so far are dropped. O(1)."""
+    s.out.structs = None
+    return 0
+
+
+cdef int log_fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q) except -1:
+    """Keep a fill of taker slot `t` and maker slot `mi` for the per-command API (Engine.fills,
+    Engine.place). O(1) amortised."""
+    cdef Output out = s.out
+    cdef FillC* grown
+    cdef FillC* f
+    cdef Order* to = &s.pool.o[t]
+    cdef Order* mo = &s.pool.o[mi]
+    if out.n_logged == out.log_cap:
+        grown = <FillC*>realloc(out.fill_log, 2 * <size_t>out.log_cap * sizeof(FillC))
+        if grown == NULL:
+            raise MemoryError()
+        out.fill_log = grown
+        out.log_cap *= 2
+    f = &out.fill_log[out.n_logged]
+    f.price = price
+    f.qty = q
+    f.taker_oid = to.oid
+    f.maker_oid = mo.oid
+    f.taker_cid = to.cid_int
+    f.maker_cid = mo.cid_int
+    f.strs = 0
+    if to.cid_is_str or mo.cid_is_str:
+        out.log_strs.append((cid_obj(s, mi), cid_obj(s, t)))
+        f.strs = len(out.log_strs)
+    out.n_logged += 1
+    return 0
 
 
 # ---- the output buffer ----------------------------------------------------------------------
@@ -72,10 +136,10 @@ cdef inline void _count(State s, int64_t n) noexcept:
 
 cdef int begin_structs(State s) except -1:
     """Start the events of an Engine.execute call: the order events (accepted, cancelled,
-    amended, fill) are made as Structs straight from the C fields, into `s.structs`; the rest
+    amended, fill) are made as Structs straight from the C fields, into `s.out.structs`; the rest
     are written to the buffer as usual (a counted msgpack array) and decoded by take_structs."""
     begin_output(s, FMT_MSGPACK, True)
-    s.structs = []
+    s.out.structs = []
     return 0
 
 
@@ -83,9 +147,9 @@ cdef list take_structs(State s, int64_t first_seq):
     """The events since begin_structs, as Structs in `seq` order. O(events); the buffer is
     decoded only when a rare event was written, and merged by `seq` then."""
     global _decode
-    cdef list made = s.structs
+    cdef list made = s.out.structs
     cdef int64_t rare = s.seq - first_seq - len(made)
-    s.structs = None
+    s.out.structs = None
     if rare == 0:
         s.w.clear()
         return made
@@ -139,8 +203,8 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
         return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
-    if s.structs is not None:
-        s.structs.append(_Accepted(
+    if s.out.structs is not None:
+        s.out.structs.append(_Accepted(
             _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
             cid_obj(s, i), o.oid, _value(V_BUY + o.side), _value(V_LIMIT + o.kind),
             None if _priceless(o.kind) else o.price, qty, _value(V_GTC + o.tif),
@@ -165,8 +229,8 @@ cdef int cancelled(State s, int32_t i, int reason) except -1:
         return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
-    if s.structs is not None:
-        s.structs.append(_Cancelled(
+    if s.out.structs is not None:
+        s.out.structs.append(_Cancelled(
             _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
             cid_obj(s, i), o.oid, o.qty, _value(reason)))
         return 0
@@ -181,8 +245,8 @@ cdef int amended(State s, int32_t i, bint kept) except -1:
         return 0
     cdef Order* o = &s.pool.o[i]
     cdef EventWriter w = s.w
-    if s.structs is not None:
-        s.structs.append(_Amended(
+    if s.out.structs is not None:
+        s.out.structs.append(_Amended(
             _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
             cid_obj(s, i), o.oid,
             None if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET else o.price,
@@ -208,8 +272,8 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
     cdef Order* to = &s.pool.o[t]
     cdef Order* mo = &s.pool.o[mi]
     cdef EventWriter w = s.w
-    if s.structs is not None:
-        s.structs.append(_Fill(
+    if s.out.structs is not None:
+        s.out.structs.append(_Fill(
             _next(s), s.clock, s.market_names[to.market], price, q, _value(V_BUY + to.side),
             s.account_keys[to.account], cid_obj(s, t), to.oid, to.qty,
             s.account_keys[mo.account], cid_obj(s, mi), mo.oid, mo.qty, tfee, mfee,
@@ -249,9 +313,9 @@ cdef int mark(State s, int32_t m) except -1:
 
 cdef int reject(State s, str command, str reason, str detail, object account=None,
                 object market=None, object cid=None) except -1:
-    s.last_reason = reason
-    if s.reject_log is not None:
-        s.reject_log.append(s.n_commands)
+    s.out.last_reason = reason
+    if s.out.reject_log is not None:
+        s.out.reject_log.append(s.n_commands)
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w
@@ -277,9 +341,9 @@ cdef int reject(State s, str command, str reason, str detail, object account=Non
 
 cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
     """`rejected` for a new_order already resolved to ids: the same bytes as `reject`."""
-    s.last_reason = reason
-    if s.reject_log is not None:
-        s.reject_log.append(s.n_commands)
+    s.out.last_reason = reason
+    if s.out.reject_log is not None:
+        s.out.reject_log.append(s.n_commands)
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w

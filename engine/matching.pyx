@@ -5,9 +5,8 @@ from libc.stdint cimport int64_t, int32_t
 from .units cimport int128, iabs, CHECKS
 from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKER, CANCEL_BOTH,
                     STOP_MARKET)
-from libc.stdlib cimport realloc
 
-from .state cimport State, MarketC, PosC, FillC, Traded, reducible, cid_obj
+from .state cimport State, MarketC, PosC, Traded, reducible
 from .wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
 from .ledger cimport fee, book_trade
 from .margin cimport allowed_after
@@ -198,8 +197,8 @@ cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t 
     book_trade(s, tp, to.side, q, price, tfee)
     book_trade(s, mp, mo.side, q, price, mfee)
     s.n_fills += 1
-    if s.log_fills:
-        _log_fill(s, price, q, t, mi)
+    if s.out.log_fills:
+        events.log_fill(s, t, mi, price, q)
     if traded != NULL:
         traded.qty += q
         traded.notional += <int128>price * q * mk.multiplier
@@ -210,34 +209,6 @@ cdef int _fill(State s, int32_t t, int32_t mi, int64_t q, int64_t tfee, int64_t 
         _sweep_reduce_only(s, m_acct, m)
     if tp.n_ro and (tp.size == 0 or (tp.size > 0) != (t_before > 0)):
         _sweep_reduce_only(s, t_acct, m)
-    return 0
-
-
-cdef int _log_fill(State s, int64_t price, int64_t q, int32_t t, int32_t mi) except -1:
-    """Keep a fill of taker slot `t` and maker slot `mi` for the per-command API (Engine.fills,
-    Engine.place). O(1) amortised."""
-    cdef FillC* grown
-    cdef FillC* f
-    cdef Order* to = &s.pool.o[t]
-    cdef Order* mo = &s.pool.o[mi]
-    if s.n_logged == s.log_cap:
-        grown = <FillC*>realloc(s.fill_log, 2 * <size_t>s.log_cap * sizeof(FillC))
-        if grown == NULL:
-            raise MemoryError()
-        s.fill_log = grown
-        s.log_cap *= 2
-    f = &s.fill_log[s.n_logged]
-    f.price = price
-    f.qty = q
-    f.taker_oid = to.oid
-    f.maker_oid = mo.oid
-    f.taker_cid = to.cid_int
-    f.maker_cid = mo.cid_int
-    f.strs = 0
-    if to.cid_is_str or mo.cid_is_str:
-        s.log_strs.append((cid_obj(s, mi), cid_obj(s, t)))
-        f.strs = len(s.log_strs)
-    s.n_logged += 1
     return 0
 
 

@@ -146,6 +146,25 @@ ctypedef struct OrderCmd:
     int64_t expire_ts           # tif gtd: when it expires (ns); 0 otherwise
 
 
+# What the current call asks of the events beside the state change: its output modes, and what
+# it collects. Owned by engine.events (written there only; made in engine.state): a caller opens
+# and closes a call through engine.events' functions.
+@cython.final
+cdef class Output:
+    cdef bint log_fills              # record fills in fill_log (the per-command and handle calls)
+    cdef bint quiet                  # number events but encode none (per-command calls with
+                                     # Engine.record_events off, the binary batch path)
+    cdef str last_reason             # the reason of the last `rejected`
+    cdef list reject_log             # None, or where the n_commands of each rejection go
+                                     # (Engine.execute_many's `rejected`)
+    cdef list structs                # Engine.execute: the order events as Structs, else None
+    cdef list rows                   # Engine.route: each event's index row, else None
+    cdef FillC* fill_log
+    cdef list log_strs               # (maker cid, taker cid) of logged fills with a string cid
+    cdef int32_t n_logged
+    cdef int32_t log_cap
+
+
 @cython.final
 cdef class State:
     # ---- orders and books -----------------------------------------------------------------
@@ -204,18 +223,7 @@ cdef class State:
     cdef int64_t n_ranked           # positions ranked for ADL (Engine.work)
     cdef bint margin                # False: no margin checks (pure matching, benchmarks)
     cdef bint liquidating           # the walk is a liquidation's: fills say so (engine.entry)
-    # ---- the fills of the current per-command call (Engine.new_order / Engine.cancel) --------
-    cdef bint log_fills              # record fills below (only during those calls)
-    cdef bint quiet                  # number events but encode none (per-command calls with
-                                     # Engine.record_events off; engine.events reads it)
-    cdef str last_reason             # the reason of the last `rejected` (engine.events)
-    cdef list reject_log             # None, or where engine.events notes the n_commands of
-                                     # each rejection (Engine.execute_many's `rejected`)
-    cdef list structs                # Engine.execute: the order events as Structs, else None
-    cdef FillC* fill_log
-    cdef list log_strs               # (maker cid, taker cid) of logged fills with a string cid
-    cdef int32_t n_logged
-    cdef int32_t log_cap
+    cdef Output out                 # what the current call asks of the events (engine.events)
     # ---- totals of the audit -----------------------------------------------------------------
     cdef int64_t deposits
     cdef int64_t withdrawals

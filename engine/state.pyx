@@ -49,6 +49,27 @@ def account_order(key):
     return (1, key) if type(key) is str else (0, key)
 
 
+cdef class Output:
+    """A call's output modes and what it collects (state.pxd): off, nothing collected."""
+
+    def __cinit__(self):
+        self.log_fills = False
+        self.quiet = False
+        self.last_reason = None
+        self.reject_log = None
+        self.structs = None
+        self.rows = None
+        self.log_cap = 64
+        self.n_logged = 0
+        self.log_strs = []
+        self.fill_log = <FillC*>malloc(self.log_cap * sizeof(FillC))
+        if self.fill_log == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.fill_log)
+
+
 cdef class State:
 
     def __cinit__(self, bint margin=True):
@@ -97,18 +118,9 @@ cdef class State:
         self.clock = 0
         self.seq = 0
         self.next_oid = 1
-        self.log_fills = False
-        self.quiet = False
         self.seen_market = None
         self.seen_market_id = -1
-        self.last_reason = None
-        self.structs = None
-        self.log_cap = 64
-        self.n_logged = 0
-        self.log_strs = []
-        self.fill_log = <FillC*>malloc(self.log_cap * sizeof(FillC))
-        if self.fill_log == NULL:
-            raise MemoryError()
+        self.out = Output()
 
     def __dealloc__(self):
         cdef int32_t m
@@ -121,7 +133,6 @@ cdef class State:
         free(self.pos)
         free(self.ac)
         free(self.akey)
-        free(self.fill_log)
 
 
 # ---- accounts ------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ OWNERS = {
     "the open-order counters": (r"\.(n_orders|open_buy|open_sell|n_ro)\s*(\+=|-=|=(?!=))",
                                 {"matching"}),
     "the risk index": (r"\.(rlist|rkey)\s*(\+=|-=|\|=|&=|=(?!=))", {"risk"}),
+    "a call's output modes": (r"\bs\.out\.\w+\s*(\+=|-=|\*=|=(?!=))|\bs\.out\s*=(?!=)", {"events"}),
 }
 
 
