@@ -19,7 +19,8 @@ from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, SETTL
                      POST_ONLY)
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
-from .wire cimport V_USER
+from .wire cimport (V_USER, T_ORDER_ACCEPTED, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_FILL, T_MARK,
+                   T_REJECTED, T_STATE_HASH)
 from . cimport (events, entry, funding, liquidation, lifecycle, accounts, reports, snapshot,
                      fastpath, oracle)
 from .fastpath cimport FastCmd, FAST_NONE, FAST_NEW_ORDER, FAST_CANCEL, FAST_AMEND
@@ -230,6 +231,13 @@ cdef int _indices(list rejected, Py_ssize_t start, int64_t before) except -1:
     return 0
 
 
+# The kinds of Engine.route's index rows (docs/engine-api.md, "Routing a command's events"):
+# each row's first item.
+ROUTE = {"order_accepted": T_ORDER_ACCEPTED, "order_cancelled": T_ORDER_CANCELLED,
+         "order_amended": T_ORDER_AMENDED, "fill": T_FILL, "mark": T_MARK,
+         "rejected": T_REJECTED, "state_hash": T_STATE_HASH, "rare": events.R_RARE}
+
+
 cdef class Engine:
     """The deterministic state machine. One command in, its events out, in `seq` order.
 
@@ -258,6 +266,25 @@ cdef class Engine:
             events.drop_structs(s)
             raise
         return events.take_structs(s, first)
+
+    def route(self, object cmd):
+        """Apply one command; return (data, rows): its events as msgpack bytes, one after the
+        other in `seq` order (the bytes `execute_many` writes), and one index row per event,
+        in the same order, saying where the event is and what a router needs of it (who it
+        names, its order, its level), so that a server routes replies, private streams and a
+        public feed without building an event object. A row is a tuple (kind, start, end,
+        account, ...): `kind` one of ROUTE's values, data[start:end] the event, `account` the
+        account it names (None: none); a fill's row also locates the two sides' own views
+        of it, written after it. Each kind's row: docs/engine-api.md, "Routing a command's
+        events". O(1) + O(events)."""
+        cdef State s = self.s
+        events.begin_route(s)
+        try:
+            self._dispatch(cmd)
+        except BaseException:
+            events.drop_rows(s)
+            raise
+        return events.take_route(s)
 
     def execute_batch(self, data, str fmt="msgpack", out=None):
         """Apply a buffer of encoded commands; return the encoded events.

@@ -24,6 +24,13 @@ cdef int begin_output(State s, int fmt, bint counted) except -1   # counted: a m
 cdef bytes take_output(State s, int64_t first_seq, bint counted)
 cdef int begin_structs(State s) except -1                         # Engine.execute
 cdef list take_structs(State s, int64_t first_seq)
+cdef int begin_route(State s) except -1                           # Engine.route
+cdef tuple take_route(State s)
+cdef int drop_rows(State s) except -1
+
+cdef enum:
+    R_RARE = -1         # a routed row's kind for an event written from a Struct (the row
+                        # carries it); the others' kinds are their wire.pxd T_ tokens
 
 # ---- order lifecycle (O(1), no Python object) -------------------------------------------------
 cdef int accepted(State s, int32_t i, int64_t qty) except -1

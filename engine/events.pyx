@@ -7,7 +7,7 @@ from .units cimport int128, py128
 from .book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
 from .state cimport State, Output, OrderCmd, FillC, cid_obj
 from .wire cimport (
-    FMT_MSGPACK, EventWriter, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
+    FMT_MSGPACK, EventWriter, w_raw, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
     K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
     K_TAKER_REMAINING, K_MAKER_ACCOUNT, K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE,
@@ -169,6 +169,41 @@ def _seq_of(event):
     return event.seq
 
 
+cdef int begin_route(State s) except -1:
+    """Start the events of an Engine.route call: each written to the buffer (msgpack, one
+    after the other), and its index row kept in `s.out.rows` (Engine.route's docstring)."""
+    begin_output(s, FMT_MSGPACK, False)
+    s.out.rows = []
+    return 0
+
+
+cdef tuple take_route(State s):
+    """(the events' bytes, their index rows) since begin_route."""
+    cdef list rows = s.out.rows
+    s.out.rows = None
+    return s.w.take(), rows
+
+
+cdef int drop_rows(State s) except -1:
+    """An Engine.route that failed: its rows are dropped. O(1)."""
+    s.out.rows = None
+    return 0
+
+
+cdef inline int _row(State s, tuple row) except -1:
+    s.out.rows.append(row)
+    return 0
+
+
+cdef int _rare(State s, object ev) except -1:
+    """A rare event, a whole Struct encoded by msgspec; routed, its row carries the Struct."""
+    cdef Py_ssize_t start = s.w.length
+    s.w.struct_event(ev)
+    if s.out.rows is not None:
+        _row(s, (R_RARE, start, s.w.length, getattr(ev, "account", None), ev))
+    return 0
+
+
 # ---- order lifecycle -------------------------------------------------------------------------
 
 cdef int _cid(State s, int32_t i) except -1:
@@ -210,6 +245,7 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
             None if _priceless(o.kind) else o.price, qty, _value(V_GTC + o.tif),
             <bint>o.reduce_only))
         return 0
+    cdef Py_ssize_t start = w.length
     _order_head(s, i, T_ORDER_ACCEPTED, 10)
     u_key(w, K_SIDE); u_key(w, V_BUY + o.side)
     u_key(w, K_KIND); u_key(w, V_LIMIT + o.kind)
@@ -221,6 +257,10 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
     u_key(w, K_QTY); u_int64(w, qty)
     u_key(w, K_TIF); u_key(w, V_GTC + o.tif)
     u_key(w, K_REDUCE_ONLY); w_bool(w, o.reduce_only)
+    if s.out.rows is not None:
+        _row(s, (T_ORDER_ACCEPTED, start, w.length, s.account_keys[o.account], o.oid,
+                 s.market_names[o.market], o.side, None if _priceless(o.kind) else o.price,
+                 cid_obj(s, i)))
     return w_end(w)
 
 
@@ -234,9 +274,13 @@ cdef int cancelled(State s, int32_t i, int reason) except -1:
             _next(s), s.clock, s.account_keys[o.account], s.market_names[o.market],
             cid_obj(s, i), o.oid, o.qty, _value(reason)))
         return 0
+    cdef Py_ssize_t start = w.length
     _order_head(s, i, T_ORDER_CANCELLED, 6)
     u_key(w, K_REMAINING); u_int64(w, o.qty)
     u_key(w, K_REASON); u_key(w, reason)
+    if s.out.rows is not None:
+        _row(s, (T_ORDER_CANCELLED, start, w.length, s.account_keys[o.account], o.oid,
+                 s.market_names[o.market]))
     return w_end(w)
 
 
@@ -252,14 +296,19 @@ cdef int amended(State s, int32_t i, bint kept) except -1:
             None if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET else o.price,
             o.qty, kept))
         return 0
+    cdef Py_ssize_t start = w.length
+    cdef bint priceless = o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET
     _order_head(s, i, T_ORDER_AMENDED, 7)
     u_key(w, K_PRICE)
-    if o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET:
+    if priceless:
         w.null()
     else:
         u_int64(w, o.price)
     u_key(w, K_QTY); u_int64(w, o.qty)
     u_key(w, K_PRIORITY_KEPT); w_bool(w, kept)
+    if s.out.rows is not None:
+        _row(s, (T_ORDER_AMENDED, start, w.length, s.account_keys[o.account], o.oid,
+                 s.market_names[o.market], None if priceless else o.price))
     return w_end(w)
 
 
@@ -279,7 +328,9 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
             s.account_keys[mo.account], cid_obj(s, mi), mo.oid, mo.qty, tfee, mfee,
             s.liquidating))
         return 0
-    w.begin(T_FILL, 15, _next(s), s.clock)
+    cdef Py_ssize_t start = w.length, end, mid
+    cdef int64_t seq = _next(s)
+    w.begin(T_FILL, 15, seq, s.clock)
     u_key(w, K_MARKET); u_name(w, s.mk[to.market].name_tok)
     u_key(w, K_PRICE); u_int64(w, price)
     u_key(w, K_QTY); u_int64(w, q)
@@ -295,17 +346,55 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
     u_key(w, K_TAKER_FEE); u_int64(w, tfee)
     u_key(w, K_MAKER_FEE); u_int64(w, mfee)
     u_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
-    return w_end(w)
+    w_end(w)
+    if s.out.rows is None:
+        return 0
+    end = w.length
+    _own_fill(s, t, seq, price, q, tfee, False)
+    mid = w.length
+    _own_fill(s, mi, seq, price, q, mfee, True)
+    return _row(s, (T_FILL, start, end, s.account_keys[to.account], s.account_keys[mo.account],
+                    mid, w.length, s.market_names[to.market], to.side, price, q, to.oid,
+                    to.qty, mo.oid, mo.qty, s.liquidating, seq, s.clock))
+
+
+cdef int _own_fill(State s, int32_t i, int64_t seq, int64_t price, int64_t q, int64_t fee,
+                   bint maker) except -1:
+    """A fill as the side of order `i` sees it (the gateway's OwnFill, docs/protocol.md,
+    "Fills"): its own order's fields and nothing of the counterparty's, `trade_id` the fill's
+    seq. Routed calls only (Engine.route): msgpack."""
+    cdef Order* o = &s.pool.o[i]
+    cdef EventWriter w = s.w
+    w.begin(T_FILL, 12, seq, s.clock)
+    u_key(w, K_ACCOUNT); u_name(w, s.ac[o.account].name_tok)
+    u_key(w, K_MARKET); u_name(w, s.mk[o.market].name_tok)
+    u_key(w, K_SIDE); u_key(w, V_BUY + o.side)
+    u_key(w, K_CID); _cid(s, i)
+    u_key(w, K_OID); u_int64(w, o.oid)
+    u_key(w, K_PRICE); u_int64(w, price)
+    u_key(w, K_QTY); u_int64(w, q)
+    u_key(w, K_REMAINING); u_int64(w, o.qty)
+    w_raw(w, b"\xa3fee", 4); w_int64(w, fee)
+    w_raw(w, b"\xa9liquidity", 10)
+    w_raw(w, b"\xa5maker" if maker else b"\xa5taker", 6)
+    u_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
+    w_raw(w, b"\xa8trade_id", 9); w_int64(w, seq)
+    return 0
 
 
 cdef int mark(State s, int32_t m) except -1:
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w
-    w.begin(T_MARK, 3, _next(s), s.clock)
+    cdef Py_ssize_t start = w.length
+    cdef int64_t seq = _next(s)
+    w.begin(T_MARK, 3, seq, s.clock)
     u_key(w, K_MARKET); u_name(w, s.mk[m].name_tok)
     u_key(w, K_INDEX); u_int64(w, s.mk[m].index)
     u_key(w, K_MARK); u_int64(w, s.mk[m].mark)
+    if s.out.rows is not None:
+        _row(s, (T_MARK, start, w.length, None, s.market_names[m], s.mk[m].index, s.mk[m].mark,
+                 seq, s.clock))
     return w_end(w)
 
 
@@ -319,6 +408,7 @@ cdef int reject(State s, str command, str reason, str detail, object account=Non
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w
+    cdef Py_ssize_t start = w.length
     cdef int n = 3 + (account is not None) + (market is not None) + (cid is not None)
     w.begin(T_REJECTED, n, _next(s), s.clock)
     w_key(w, K_COMMAND)
@@ -336,6 +426,8 @@ cdef int reject(State s, str command, str reason, str detail, object account=Non
     w.pystr(reason)
     w_key(w, K_DETAIL)
     w.pystr(detail)
+    if s.out.rows is not None:
+        _row(s, (T_REJECTED, start, w.length, account, reason))
     return w_end(w)
 
 
@@ -347,6 +439,7 @@ cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
     if _unwritten(s):
         return 0
     cdef EventWriter w = s.w
+    cdef Py_ssize_t start = w.length
     w.begin(T_REJECTED, 6, _next(s), s.clock)
     w_key(w, K_COMMAND)
     w.pystr("new_order")
@@ -363,6 +456,8 @@ cdef int reject_order(State s, OrderCmd* c, str reason, str detail) except -1:
     w.pystr(reason)
     w_key(w, K_DETAIL)
     w.pystr(detail)
+    if s.out.rows is not None:
+        _row(s, (T_REJECTED, start, w.length, s.account_keys[c.account], reason))
     return w_end(w)
 
 
@@ -372,7 +467,7 @@ cdef int triggered(State s, int32_t i, int64_t mark) except -1:
     if _unwritten(s):
         return 0
     cdef Order* o = &s.pool.o[i]
-    return s.w.struct_event(M.OrderTriggered(
+    return _rare(s, M.OrderTriggered(
         seq=_next(s), ts=s.clock, account=s.account_keys[o.account],
         market=s.specs[o.market].name, cid=cid_obj(s, i), oid=o.oid,
         trigger_price=s.trigger_of[i], mark=mark))
@@ -381,7 +476,7 @@ cdef int triggered(State s, int32_t i, int64_t mark) except -1:
 cdef int funding(State s, int32_t m, int64_t rate, int64_t intervals) except -1:
     if _unwritten(s):
         return 0
-    return s.w.struct_event(M.FundingEvent(
+    return _rare(s, M.FundingEvent(
         seq=_next(s), ts=s.clock, market=s.specs[m].name, rate_ppm=rate,
         index_price=s.mk[m].index, intervals=intervals))
 
@@ -390,7 +485,7 @@ cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64
                      str kind, int64_t fee) except -1:
     if _unwritten(s):
         return 0
-    return s.w.struct_event(M.LiquidationEvent(
+    return _rare(s, M.LiquidationEvent(
         seq=_next(s), ts=s.clock, account=s.account_keys[a], market=s.specs[m].name,
         side=_SIDE_NAMES[side], qty=qty, price=price, mark=s.mk[m].mark, kind=kind, fee=fee))
 
@@ -398,23 +493,26 @@ cdef int liquidation(State s, int32_t a, int32_t m, int side, int64_t qty, int64
 cdef int margin_call(State s, int32_t a, int128 equity, int128 mm) except -1:
     if _unwritten(s):
         return 0
-    return s.w.struct_event(M.MarginCall(seq=_next(s), ts=s.clock, account=s.account_keys[a],
+    return _rare(s, M.MarginCall(seq=_next(s), ts=s.clock, account=s.account_keys[a],
                                          equity=py128(equity), maintenance_margin=py128(mm)))
 
 
 cdef int balance(State s, int32_t a, str reason) except -1:
     if _unwritten(s):
         return 0
-    return s.w.struct_event(M.Balance(seq=_next(s), ts=s.clock, account=s.account_keys[a],
+    return _rare(s, M.Balance(seq=_next(s), ts=s.clock, account=s.account_keys[a],
                                       collateral=s.ac[a].collateral, reason=reason))
 
 
 cdef int state_hash(State s, str digest) except -1:
     if _unwritten(s):
         return 0
+    cdef Py_ssize_t start = s.w.length
     s.w.begin(T_STATE_HASH, 1, _next(s), s.clock)
     w_key(s.w, K_HASH)
     s.w.pystr(digest)
+    if s.out.rows is not None:
+        _row(s, (T_STATE_HASH, start, s.w.length, None))
     return w_end(s.w)
 
 
@@ -422,4 +520,4 @@ cdef int report(State s, object cls, dict fields) except -1:
     """A report event (account, audit) built from `fields`, numbered and stamped here."""
     if _unwritten(s):
         return 0
-    return s.w.struct_event(cls(seq=_next(s), ts=s.clock, **fields))
+    return _rare(s, cls(seq=_next(s), ts=s.clock, **fields))
