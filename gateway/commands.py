@@ -1,6 +1,7 @@
 """The engine commands of requests: each built from its request (stamped by the one clock),
-sequenced, and its events routed, each encoded once (a fill once a side): to the reply, to the
-private streams of its accounts and to the public feed. A batch runs its cancels first. Mixed
+sequenced through Engine.route, and its events routed from their bytes and index rows, each
+encoded once by the engine (a fill once a side): to the reply, to the private streams of its
+accounts and to the public feed. A batch runs its cancels first. Mixed
 into the server.
 """
 from __future__ import annotations
@@ -10,11 +11,13 @@ import logging
 import msgspec
 from msgspec import Raw
 
-from perpdex.engine import messages as M
+from perpdex.engine import ROUTE, messages as M
 
 from . import protocol as P
 from .sessions import Session
-from .streams import private_views
+
+_ACCEPTED, _CANCELLED, _FILL, _RARE = (
+    ROUTE[k] for k in ("order_accepted", "order_cancelled", "fill", "rare"))
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -36,52 +39,51 @@ class Commands:
         return cls.command(*fields, ts=self.seq.now()), None
 
     def _run(self, cmd, sess: Session | None = None, view=None) -> list:
-        """Sequence one command and route its events, each encoded once (a fill once a side):
-        to the reply (the returned Raw list), to the private streams of its accounts and to
-        the PUB. With `view` (a trader's account), the reply holds what that account may see:
-        its own events, its side of its fills, and the events naming no account; without, the
-        engine's events as they are (an operator's). Tracks the orders a session placed, for
-        cancel-on-disconnect. O(events * subscribers)."""
-        events = self.seq.run(cmd)
+        """Sequence one command and route its events, each encoded once by the engine (a fill
+        once a side, Engine.route): to the reply (the returned Raw list), to the private
+        streams of its accounts and to the PUB. With `view` (a trader's account), the reply
+        holds what that account may see: its own events, its side of its fills, and the events
+        naming no account; without, the engine's events as they are (an operator's). Tracks
+        the orders a session placed, for cancel-on-disconnect. O(events * subscribers)."""
+        data, rows = self.seq.route(cmd)
         if self.metrics is not None:
-            self.metrics.events(events)
-        return self._route(events, sess, view)
+            self.metrics.rows(rows)
+        return self._route(data, rows, sess, view)
 
-    def _route(self, events, sess: Session | None, view=None) -> list:
-        """`_run` after the engine: the events to the reply, the streams and the PUB."""
-        encode = self.encode
-        feed = self.records.feed.event
+    def _route(self, data: bytes, rows: list, sess: Session | None, view=None) -> list:
+        """`_run` after the engine: the events to the reply, the streams and the PUB, from
+        their bytes and index rows (docs/engine-api.md, "Routing a command's events")."""
+        feed = self.records.feed.row
         push = self.records.streams.push
         stream_out = self.stream_out
         sessions = self.sessions
         raws = []
-        for ev in events:
-            views = private_views(ev, encode)
-            if view is None:
-                raws.append(Raw(encode(ev) if type(ev) is M.Fill or not views
-                                else views[0][1]))
-            elif not views:
-                raws.append(Raw(encode(ev)))
+        for row in rows:
+            kind, start, end, account = row[0], row[1], row[2], row[3]
+            if kind == _FILL:
+                mid = row[5]
+                views = ((account, data[end:mid]), (row[4], data[mid:row[6]]))
+                if view is None:
+                    raws.append(Raw(data[start:end]))
+                else:
+                    raws.extend(Raw(own) for who, own in views if who == view)
+                if row[12] == 0:
+                    sessions.closed(row[11])
+                if row[14] == 0:
+                    sessions.closed(row[13])
             else:
-                raws.extend(Raw(data) for account, data in views if account == view)
-            t = type(ev)
-            if t is M.OrderAccepted:
-                if sess is not None and ev.account == sess.account:
-                    sessions.placed(sess, ev.oid, ev.market, ev.cid)
-            elif t is M.OrderCancelled:
-                sessions.closed(ev.oid)
-            elif t is M.LiquidationEvent:
-                log.info("liquidation: %s %s %s %d at %d (%s)", ev.account, ev.market, ev.side,
-                         ev.qty, ev.price, ev.kind,
-                         extra={"event": "liquidation", "account": ev.account,
-                                "market": ev.market, "side": ev.side, "qty": ev.qty,
-                                "price": ev.price, "kind": ev.kind, "fee": ev.fee})
-            elif t is M.Fill:
-                if ev.taker_remaining == 0:
-                    sessions.closed(ev.taker_oid)
-                if ev.maker_remaining == 0:
-                    sessions.closed(ev.maker_oid)
-            feed(ev)
+                event = data[start:end]
+                views = () if account is None else ((account, event),)
+                if view is None or account is None or account == view:
+                    raws.append(Raw(event))
+                if kind == _ACCEPTED:
+                    if sess is not None and account == sess.account:
+                        sessions.placed(sess, row[4], row[5], row[8])
+                elif kind == _CANCELLED:
+                    sessions.closed(row[4])
+                elif kind == _RARE and type(row[4]) is M.LiquidationEvent:
+                    _log_liquidation(row[4])
+            feed(data, row)
             if views:
                 push(views, stream_out)
         return raws
@@ -126,6 +128,14 @@ class Commands:
                 continue
             results[i] = {"ok": True, "events": self._run(cmd, sess, view_of(acct))}
         return {"req_id": req.req_id, "ok": True, "results": results}
+
+
+def _log_liquidation(ev) -> None:
+    log.info("liquidation: %s %s %s %d at %d (%s)", ev.account, ev.market, ev.side, ev.qty,
+             ev.price, ev.kind,
+             extra={"event": "liquidation", "account": ev.account, "market": ev.market,
+                    "side": ev.side, "qty": ev.qty, "price": ev.price, "kind": ev.kind,
+                    "fee": ev.fee})
 
 
 def view_of(acct):

@@ -103,6 +103,14 @@ class Sequencer:
         self.n_commands += 1
         return events
 
+    def route(self, cmd: M.Command) -> tuple:
+        """Execute `cmd` (stamped already) and keep it for `commit`: its events' bytes and
+        index rows (Engine.route). O(engine)."""
+        routed = self.engine.route(cmd)
+        self.pending.append(cmd)
+        self.n_commands += 1
+        return routed
+
     def note(self, record) -> None:
         """Keep one of the gateway's own records (`Reply`, `Deadline`) for `commit`, in order,
         when the Durability takes them. O(1)."""

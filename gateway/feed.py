@@ -2,7 +2,8 @@
 topics, each topic numbered 1, 2, 3, ... with no gaps, L2 book deltas with a CRC32 of the top
 levels, and the snapshots that line up with them (the zguide's Clone pattern).
 
-The server hands every event of a loop turn to `Feed.event` and, once the turn is durable, asks
+The server hands every event of a loop turn to `Feed.row` (its index row from Engine.route;
+`Feed.event` takes an event Struct) and, once the turn is durable, asks
 `Feed.flush` for the turn's messages. What the engine writes about an account (cids, oids,
 accounts, remaining sizes, fees, a stop's trigger) never reaches a public message: a trade is
 built field by field from the fill, and a liquidation likewise.
@@ -31,12 +32,16 @@ from itertools import islice
 import msgspec
 from sortedcontainers import SortedDict
 
-from perpdex.engine import messages as M
+from perpdex.engine import ROUTE, messages as M
 
 from .chain import (CHECKSUM_LEVELS, FEED_KINDS as KINDS, HASH_SIZE, HEARTBEAT, START,
                     checksum, side_text, step, topic)
 
 ALL = 2**31 - 1                     # "every level" for Engine.book
+_SIDE = {side: i for i, side in enumerate(M.SIDES)}
+_ACCEPTED, _CANCELLED, _AMENDED, _FILL, _MARK, _RARE = (
+    ROUTE[k] for k in ("order_accepted", "order_cancelled", "order_amended", "fill", "mark",
+                       "rare"))
 _PLACEHOLDER = bytes(HASH_SIZE)     # the hash's place while the message is encoded
 
 
@@ -69,9 +74,15 @@ class Feed:
         self.orders: dict[int, tuple] = {}  # oid -> (_Market, side 0 bid / 1 ask, price)
         self.touched: set[str] = set()      # markets whose book may have changed this turn
         self.out: list = []                 # (topic, bytes), this turn
-        self.handlers = {M.OrderAccepted: self._accepted, M.OrderCancelled: self._cancelled,
-                         M.OrderAmended: self._amended, M.OrderTriggered: self._triggered,
-                         M.Fill: self._fill, M.Mark: self._mark, M.FundingEvent: self._funding,
+        self.handlers = {
+            M.OrderAccepted: lambda e: self.accepted(e.oid, e.market, _SIDE[e.side], e.price),
+            M.OrderCancelled: lambda e: self.gone(e.oid, e.market),
+            M.OrderAmended: lambda e: self.amended(e.oid, e.market, e.price),
+            M.Fill: lambda e: self.fill(e.market, _SIDE[e.taker_side], e.price, e.qty,
+                                        e.taker_oid, e.taker_remaining, e.maker_oid,
+                                        e.maker_remaining, e.liquidation, e.seq, e.ts),
+            M.Mark: lambda e: self.mark(e.market, e.index, e.mark, e.ts),
+            M.OrderTriggered: self._triggered, M.FundingEvent: self._funding,
                          M.LiquidationEvent: self._liquidation,
                          M.MarketStatusEvent: self._status, M.MarketUpdated: self._status}
         self.stats = {"book": 0, "levels": 0, "full_reads": 0, "reads": 0}
@@ -115,7 +126,27 @@ class Feed:
 
     # ---- events in (O(1) each) -------------------------------------------------------------
 
+    def row(self, data: bytes, row: tuple) -> None:
+        """One event as Engine.route indexes it (docs/engine-api.md, "Routing a command's
+        events"): the order events and marks from their rows' fields, the rare ones from the
+        Struct their row carries. Nothing is decoded."""
+        kind = row[0]
+        if kind == _FILL:
+            self.fill(row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14],
+                      row[15], row[16], row[17])
+        elif kind == _ACCEPTED:
+            self.accepted(row[4], row[5], row[6], row[7])
+        elif kind == _CANCELLED:
+            self.gone(row[4], row[5])
+        elif kind == _AMENDED:
+            self.amended(row[4], row[5], row[6])
+        elif kind == _MARK:
+            self.mark(row[4], row[5], row[6], row[8])
+        elif kind == _RARE:
+            self.event(row[4])
+
     def event(self, ev) -> None:
+        """One event as a Struct (Engine.execute's)."""
         h = self.handlers.get(type(ev))
         if h is not None:
             h(ev)
@@ -129,28 +160,29 @@ class Feed:
         self._market(market).full = True
         self.touched.add(market)
 
-    def _accepted(self, ev) -> None:
-        mk = self._market(ev.market)
-        side = 0 if ev.side == "buy" else 1
-        self.orders[ev.oid] = (mk, side, ev.price)
-        self._touch(mk, ev.market, side, ev.price)
+    def accepted(self, oid: int, market: str, side: int, price) -> None:
+        """An order rests (side 0 bid, 1 ask; price None: a stop-market kind, no level)."""
+        mk = self._market(market)
+        self.orders[oid] = (mk, side, price)
+        self._touch(mk, market, side, price)
 
-    def _cancelled(self, ev) -> None:
-        info = self.orders.pop(ev.oid, None)
+    def gone(self, oid: int, market: str) -> None:
+        """An order left the book: cancelled (or triggered, which moves it off its level)."""
+        info = self.orders.pop(oid, None)
         if info is None:
-            self._full(ev.market)
+            self._full(market)
         else:
-            self._touch(info[0], ev.market, info[1], info[2])
+            self._touch(info[0], market, info[1], info[2])
 
-    def _amended(self, ev) -> None:
-        info = self.orders.get(ev.oid)
+    def amended(self, oid: int, market: str, price) -> None:
+        info = self.orders.get(oid)
         if info is None:
-            self._full(ev.market)
+            self._full(market)
             return
         mk, side, old = info
-        self._touch(mk, ev.market, side, old)
-        self._touch(mk, ev.market, side, ev.price)
-        self.orders[ev.oid] = (mk, side, ev.price if ev.price is not None else old)
+        self._touch(mk, market, side, old)
+        self._touch(mk, market, side, price)
+        self.orders[oid] = (mk, side, price if price is not None else old)
 
     def _triggered(self, ev) -> None:
         info = self.orders.get(ev.oid)
@@ -159,22 +191,25 @@ class Feed:
         else:
             self._touch(info[0], ev.market, info[1], info[2])
 
-    def _fill(self, ev) -> None:
-        mk = self._market(ev.market)
-        self._touch(mk, ev.market, 1 if ev.taker_side == "buy" else 0, ev.price)
-        if ev.maker_remaining == 0:
-            self.orders.pop(ev.maker_oid, None)
-        if ev.taker_remaining == 0:
-            self.orders.pop(ev.taker_oid, None)
+    def fill(self, market: str, taker_side: int, price: int, qty: int, taker_oid: int,
+             taker_remaining: int, maker_oid: int, maker_remaining: int, liquidation: bool,
+             seq: int, ts: int) -> None:
+        """A trade: the maker's level touched, the public trade published (taker_side 0 buy)."""
+        mk = self._market(market)
+        self._touch(mk, market, 1 - taker_side, price)
+        if maker_remaining == 0:
+            self.orders.pop(maker_oid, None)
+        if taker_remaining == 0:
+            self.orders.pop(taker_oid, None)
         self._publish(mk, "trade", {
-            "type": "trade", "market": ev.market, "seq": 0, "ts": ev.ts, "trade_id": ev.seq,
-            "price": ev.price, "qty": ev.qty, "taker_side": ev.taker_side,
-            "liquidation": ev.liquidation})
+            "type": "trade", "market": market, "seq": 0, "ts": ts, "trade_id": seq,
+            "price": price, "qty": qty, "taker_side": M.SIDES[taker_side],
+            "liquidation": liquidation})
 
-    def _mark(self, ev) -> None:
-        self._publish(self._market(ev.market), "mark", {
-            "type": "mark", "market": ev.market, "seq": 0, "ts": ev.ts, "index": ev.index,
-            "mark": ev.mark})
+    def mark(self, market: str, index: int, mark: int, ts: int) -> None:
+        self._publish(self._market(market), "mark", {
+            "type": "mark", "market": market, "seq": 0, "ts": ts, "index": index,
+            "mark": mark})
 
     def _funding(self, ev) -> None:
         self._publish(self._market(ev.market), "funding", {
