@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The order book. See book.pxd for the data layout and the cost of each operation."""
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcmp, memmove
+from libc.string cimport memcmp, memmove, memset
 from libc.stdint cimport int64_t, uint64_t, int32_t
 
 from .units cimport fnv1a
@@ -31,11 +31,11 @@ cdef class OrderPool:
     def __cinit__(self, int32_t capacity=1024):
         cdef int32_t i
         self.cap = capacity if capacity > 16 else 16
-        self.o = <Order*>malloc(self.cap * sizeof(Order))
-        self.cid_text = <char*>malloc(<size_t>self.cap * CID_BYTES)
+        self.o = <Order*>calloc(self.cap, sizeof(Order))        # zeroed: a snapshot holds
+        self.cid_text = <char*>calloc(<size_t>self.cap, CID_BYTES)  # no stray bytes
         self.mask = 1023
         self.n_tombs = 0
-        self.cids = <CidEntry*>malloc((self.mask + 1) * sizeof(CidEntry))
+        self.cids = <CidEntry*>calloc(self.mask + 1, sizeof(CidEntry))
         self.acct_cap = 0
         self.acct_head = NULL
         self.acct_tail = NULL
@@ -68,10 +68,12 @@ cdef class OrderPool:
             no = <Order*>realloc(self.o, 2 * <size_t>old * sizeof(Order))
             if no == NULL:
                 raise MemoryError()
+            memset(no + old, 0, <size_t>old * sizeof(Order))
             self.o = no
             nt = <char*>realloc(self.cid_text, 2 * <size_t>old * CID_BYTES)
             if nt == NULL:
                 raise MemoryError()
+            memset(nt + <size_t>old * CID_BYTES, 0, <size_t>old * CID_BYTES)
             self.cid_text = nt
             self.cap = 2 * old
             for i in range(old, self.cap):
@@ -184,7 +186,7 @@ cdef class OrderPool:
     cdef int _rehash(self, uint64_t nmask) except -1:
         """A table of nmask + 1 entries holding every indexed order, without tombstones.
         O(table)."""
-        cdef CidEntry* nt = <CidEntry*>malloc((nmask + 1) * sizeof(CidEntry))
+        cdef CidEntry* nt = <CidEntry*>calloc(nmask + 1, sizeof(CidEntry))
         cdef uint64_t i, b
         cdef int32_t j
         if nt == NULL:
@@ -238,7 +240,7 @@ cdef class Book:
     def __cinit__(self):
         cdef int s, i
         self.lv_cap = 64
-        self.lv = <Level*>malloc(self.lv_cap * sizeof(Level))
+        self.lv = <Level*>calloc(self.lv_cap, sizeof(Level))
         if self.lv == NULL:
             raise MemoryError()
         for i in range(self.lv_cap):
@@ -248,8 +250,8 @@ cdef class Book:
         for s in range(2):
             self.side_cap[s] = 64
             self.n[s] = 0
-            self.slots[s] = <int32_t*>malloc(64 * sizeof(int32_t))
-            self.keys[s] = <int64_t*>malloc(64 * sizeof(int64_t))
+            self.slots[s] = <int32_t*>calloc(64, sizeof(int32_t))     # zeroed, as every array
+            self.keys[s] = <int64_t*>calloc(64, sizeof(int64_t))      # a snapshot copies
             if self.slots[s] == NULL or self.keys[s] == NULL:
                 raise MemoryError()
 
@@ -295,6 +297,7 @@ cdef class Book:
             nl = <Level*>realloc(self.lv, 2 * <size_t>self.lv_cap * sizeof(Level))
             if nl == NULL:
                 raise MemoryError()
+            memset(nl + self.lv_cap, 0, <size_t>self.lv_cap * sizeof(Level))
             self.lv = nl
             for i in range(self.lv_cap, 2 * self.lv_cap):
                 self.lv[i].head = i + 1
@@ -312,10 +315,12 @@ cdef class Book:
             ns = <int32_t*>realloc(self.slots[side], 2 * <size_t>n * sizeof(int32_t))
             if ns == NULL:
                 raise MemoryError()
+            memset(ns + n, 0, <size_t>n * sizeof(int32_t))
             self.slots[side] = ns
             nk = <int64_t*>realloc(self.keys[side], 2 * <size_t>n * sizeof(int64_t))
             if nk == NULL:
                 raise MemoryError()
+            memset(nk + n, 0, <size_t>n * sizeof(int64_t))
             self.keys[side] = nk
             self.side_cap[side] = 2 * n
         k = self.keys[side]

@@ -34,6 +34,17 @@ cdef inline bytes _raw(const void* p, size_t n):
     return PyBytes_FromStringAndSize(<const char*>p, n)
 
 
+cdef bytes _markets_raw(State s):
+    """The markets' C part with each tiers pointer zeroed: an address is no part of the state
+    (a restore keeps its own), and a snapshot is a function of the state alone. O(markets)."""
+    cdef bytes out = _raw(s.mk, s.n_markets * sizeof(MarketC))
+    cdef MarketC* mk = <MarketC*>PyBytes_AS_STRING(out)
+    cdef int32_t m
+    for m in range(s.n_markets):
+        mk[m].tiers = NULL
+    return out
+
+
 cdef int _copy(bytes b, void* dst, size_t n, str what) except -1:
     if <size_t>PyBytes_GET_SIZE(b) != n:
         raise ValueError(f"snapshot: {what} has {PyBytes_GET_SIZE(b)} bytes, expected {n}")
@@ -85,7 +96,7 @@ cdef bytes dump(State s):
         "scalars": [s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits,
                     s.withdrawals, s.fees],
         "markets": [_spec_record(spec) for spec in s.specs],
-        "market_c": _raw(s.mk, s.n_markets * sizeof(MarketC)),
+        "market_c": _markets_raw(s),
         "accounts": list(s.account_keys),
         "account_c": _raw(s.ac, s.n_accounts * sizeof(AccountC)),
         "positions": _raw(s.pos, s.n_pos * sizeof(PosC)),

@@ -1,8 +1,8 @@
 # cython: language_level=3
 """The engine's state (see state.pxd): construction, and the growth of markets, accounts and
 positions. Every growth keeps the old array until the new one is known good."""
-from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcmp, memset
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
 from .units cimport PPM, NS, fnv1a, narrow
@@ -99,7 +99,7 @@ cdef class State:
         self.market_utf8 = []
         self.market_names = []
         self.mk_cap = 8
-        self.mk = <MarketC*>malloc(self.mk_cap * sizeof(MarketC))
+        self.mk = <MarketC*>calloc(self.mk_cap, sizeof(MarketC))
         self.pos_of = <int32_t**>malloc(self.mk_cap * sizeof(int32_t*))
         self.account_ids = {}
         self.account_keys = []
@@ -109,7 +109,7 @@ cdef class State:
         self.acct_cap = 0
         self.ac = NULL
         self.pos_cap = 1024
-        self.pos = <PosC*>malloc(self.pos_cap * sizeof(PosC))
+        self.pos = <PosC*>calloc(self.pos_cap, sizeof(PosC))
         if self.mk == NULL or self.pos == NULL or self.pos_of == NULL:
             raise MemoryError()
         self.n_markets = 0
@@ -209,6 +209,7 @@ cdef int _grow_accounts(State s) except -1:
     na = <AccountC*>realloc(s.ac, c * sizeof(AccountC))
     if na == NULL:
         raise MemoryError()
+    memset(na + s.acct_cap, 0, (c - s.acct_cap) * sizeof(AccountC))   # no stray bytes (snapshots)
     s.ac = na
     for m in range(s.n_markets):
         np = <int32_t*>realloc(s.pos_of[m], c * sizeof(int32_t))
@@ -260,6 +261,7 @@ cdef int32_t position(State s, int32_t m, int32_t a) except -1:
         np = <PosC*>realloc(s.pos, 2 * <size_t>s.pos_cap * sizeof(PosC))
         if np == NULL:
             raise MemoryError()
+        memset(np + s.pos_cap, 0, s.pos_cap * sizeof(PosC))
         s.pos = np
         s.pos_cap *= 2
     p = s.n_pos
@@ -300,6 +302,7 @@ cdef int32_t add_market(State s, object spec) except -1:
         nm = <MarketC*>realloc(s.mk, 2 * s.mk_cap * sizeof(MarketC))
         if nm == NULL:
             raise MemoryError()
+        memset(nm + s.mk_cap, 0, s.mk_cap * sizeof(MarketC))
         s.mk = nm
         npo = <int32_t**>realloc(s.pos_of, 2 * s.mk_cap * sizeof(int32_t*))
         if npo == NULL:

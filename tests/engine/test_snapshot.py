@@ -1,6 +1,9 @@
 """Snapshots: an engine built from `snapshot()` is the engine it was written from: the same state
 hash, and the same events, byte for byte, for whatever comes next."""
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -79,3 +82,25 @@ def test_a_truncated_snapshot_is_refused():
     data = eng.snapshot()
     with pytest.raises(ValueError):
         Engine.from_snapshot(data[: len(data) // 2])
+
+
+_SNAPSHOT_OF_A_FLOW = """
+import hashlib, random, sys
+from perpdex.engine import Engine
+from tests.flows import margin_flow
+eng = Engine()
+for cmd in margin_flow(random.Random(3), 200):
+    getattr(eng, sys.argv[1])(cmd) if sys.argv[1] != "execute_many" else eng.execute_many([cmd])
+print(hashlib.sha256(eng.snapshot()).hexdigest())
+"""
+
+
+def test_a_snapshot_is_a_function_of_the_state_alone():
+    """The same commands, through each entry point, in separate processes (so with other heap
+    addresses and other leftover bytes), give the same snapshot bytes: no address, no padding
+    byte of whatever the memory held before."""
+    root = Path(__file__).resolve().parents[2]
+    digests = {subprocess.run([sys.executable, "-c", _SNAPSHOT_OF_A_FLOW, way], cwd=root,
+                              capture_output=True, text=True, check=True).stdout
+               for way in ("execute", "route", "execute_many")}
+    assert len(digests) == 1, digests
