@@ -131,10 +131,10 @@ class Faulty:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def execute(self, cmd):
+    def route(self, cmd):
         if type(cmd) is M.Deposit and cmd.account == "boom":
             raise OverflowError("injected")
-        return self.engine.execute(cmd)
+        return self.engine.route(cmd)
 
 
 def test_an_unforeseen_failure_is_answered_internal_error_and_the_server_goes_on(venue):
