@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:        # its options are bench/suite.py's own
         return _bench(argv[1:])
+    if argv[:1] == ["oracle-sim"]:   # its options are gateway/oracle_sim.py's own
+        from .oracle_sim import main as oracle_sim
+        return oracle_sim(argv[1:])
     args = cli.parse_args(argv)
     if args.cmd == "config":
         return _config(args)

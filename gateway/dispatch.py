@@ -41,7 +41,6 @@ from .handlers import Handlers
 from .health import Health
 from .journal import Journal
 from .limits import Budgets, Limits
-from .oracle_sim import SimOracle
 from .outbox import Outbox
 from .records import Records
 from .recovery import recover
@@ -59,8 +58,7 @@ class Server(Commands, Handlers, Health):
     served by `serve_forever` until `running` is false, then `close`d."""
 
     def __init__(self, cfg: Config, engine: Engine | None = None, plaintext_loopback=False,
-                 oracle_sim=False, limits: Limits | None = None,
-                 durability: Durability | None = None):
+                 limits: Limits | None = None, durability: Durability | None = None):
         self.cfg = cfg
         self.turned = time.monotonic()              # the loop's last turn (`liveness`)
         self.serving = False                        # the loop runs (`readiness`)
@@ -75,8 +73,7 @@ class Server(Commands, Handlers, Health):
         # The descriptors it may need at most, checked against RLIMIT_NOFILE before anything
         # is opened (gateway/gate.py; DescriptorBudget stops the start with a sentence).
         self.descriptors = fit_descriptors(lim, max(0, open_descriptors()) + BOOT_DESCRIPTORS)
-        self.records = Records(lim, cfg.accounts, self.encode, sim=oracle_sim)
-        self.sim = SimOracle(self.records.sim_index) if oracle_sim else None
+        self.records = Records(lim, cfg.accounts, self.encode)
         self.budgets = Budgets(lim)
         self.sessions = Sessions()                  # connection -> its session
         self.running = True
@@ -345,8 +342,8 @@ class Server(Commands, Handlers, Health):
         self.pub_out.extend(feed.flush())
 
     def _timers(self, now: int):
-        """Sessions that fell silent (the orders they placed go, if they asked), the simulated
-        oracle, and dead-man's switches that ran out: commands of the server's own."""
+        """Sessions that fell silent (the orders they placed go, if they asked) and dead-man's
+        switches that ran out: commands of the server's own."""
         for identity, sess in self.sessions.silent(now, self.cfg.session_timeout_ms * 1_000_000):
             log.info("%s's session ended: no word for %d ms%s", sess.account,
                      self.cfg.session_timeout_ms,
@@ -363,9 +360,6 @@ class Server(Commands, Handlers, Health):
                     self._run(M.Cancel(account=sess.account, market=market, cid=cid, ts=now))
         if not self.writer:             # a follower runs no commands of its own
             return
-        if self.sim is not None:
-            for cmd in self.sim.commands(now, [sp.name for sp in self.engine.specs]):
-                self._run(cmd)
         for account in due(self.records.deadlines, now):
             self.seq.note(Deadline(account, None))
             self._run(M.CancelAll(account=account, ts=now))

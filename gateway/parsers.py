@@ -82,8 +82,9 @@ def parser() -> argparse.ArgumentParser:
                     help="no CURVE: loopback and ipc endpoints only, accounts log in by name "
                     "(for local testing; never for real money)")
     sv.add_argument("--oracle-sim", choices=("on", "off"),
-                    help="a simulated oracle feed (default: [server] oracle_sim, on in the "
-                    "embedded default and in the file `config --write-default` writes)")
+                    help="a simulated oracle feed, started as a client process (`perpdex "
+                    "oracle-sim`; default: [server] oracle_sim, on in the embedded default and "
+                    "in the file `config --write-default` writes)")
     sv.add_argument("--state-wins", action="store_true",
                     help="once the data folder holds a venue, serve its markets and deposits "
                     "even where the configuration's differ (saying what it ignores); without "
@@ -132,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", add_help=False, help="run the benchmark suite, or compare its "
                    "reports (`perpdex bench --help`)")
+    sub.add_parser("oracle-sim", add_help=False, help="price a venue's markets with a simulated "
+                   "oracle, a random walk, as its oracle account (never for real money; "
+                   "`perpdex oracle-sim --help`)")
     return top
 
 

@@ -91,7 +91,8 @@ class Book(Request, tag="book"):
 
 
 class Markets(Request, tag="markets"):
-    pass
+    """With `prices`, each market's last index and mark too: O(the engine's state)."""
+    prices: bool = False
 
 
 class Snapshot(Request, tag="snapshot"):

@@ -1,12 +1,10 @@
 """The venue's own records: what a restart and a follower need besides the engine. Each
 account's retry cache and private stream (pseq, resume buffer, chain head), the dead-man's
-switches, the simulated oracle's last prices and the public feed (its topics' seq and chain
-heads). One object (`Records`), written by the server as it serves and by recovery and
-replication as they apply the journal's records; `snapshot()` is what a snapshot holds of it.
+switches and the public feed (its topics' seq and chain heads). One object (`Records`),
+written by the server as it serves and by recovery and replication as they apply the journal's
+records; `snapshot()` is what a snapshot holds of it.
 """
 from __future__ import annotations
-
-from perpdex.engine import messages as M
 
 from .feed import Feed
 from .logfile import COMMAND, DEADLINE, REPLY, decode
@@ -16,12 +14,10 @@ from .streams import RetryBooks, Streams, private_views
 class Records:
     """The records of one venue. `feed` is None until `attach` gives it an engine."""
 
-    def __init__(self, limits, accounts, encode, sim: bool = False):
+    def __init__(self, limits, accounts, encode):
         self.retries = RetryBooks(limits.retry_window, limits.retry_bytes)
         self.streams = Streams(limits.stream_buffer, accounts)
         self.deadlines: dict[str, int] = {}     # account -> schedule_cancel time (ns)
-        self.sim_index: dict[str, int] = {}     # market -> the simulated oracle's last price
-        self.sim = sim                          # the simulated oracle runs (its prices kept)
         self.encode = encode
         self.feed: Feed | None = None
 
@@ -31,26 +27,26 @@ class Records:
 
     def clear(self) -> None:
         """Nothing kept: a follower that starts the log again from its beginning."""
-        for kept in (self.retries, self.streams, self.deadlines, self.sim_index):
+        for kept in (self.retries, self.streams, self.deadlines):
             kept.clear()
 
     def snapshot(self) -> dict:
         """The records as a snapshot holds them: the kept replies (oldest first), each private
-        stream's pseq, resume buffer and chain head, the dead-man's switches, the simulated
-        oracle's last prices and the public chain heads. O(kept items)."""
+        stream's pseq, resume buffer and chain head, the dead-man's switches and the public
+        chain heads. O(kept items)."""
         return {
             "retries": {a: [[rid, r.replies[rid]] for rid in r.order]
                         for a, r in self.retries.items()},
             "streams": {a: [st.pseq, list(st.buffer), st.head]
                         for a, st in self.streams.items()},
             "deadlines": dict(self.deadlines),
-            "sim_index": dict(self.sim_index),
             "public": self.feed.chains() if self.feed is not None else {},
         }
 
     def restore(self, g: dict) -> None:
         """The records a snapshot held (`snapshot()`); the feed's chains go on from its own (an
-        attached feed's). O(kept items)."""
+        attached feed's). An older snapshot's "sim_index" (the simulated oracle's prices, when
+        it ran inside the server) is ignored. O(kept items)."""
         self.retries.clear()
         for account, kept in g.get("retries", {}).items():
             r = self.retries.of(account)
@@ -64,7 +60,6 @@ class Records:
             st.head = head
         self.deadlines.clear()
         self.deadlines.update(g.get("deadlines", {}))
-        self.sim_index.update(g.get("sim_index", {}))
         if self.feed is not None:
             self.feed.restore_chains(g.get("public", {}))
 
@@ -77,8 +72,6 @@ class Records:
             events = engine.execute(cmd)
             if out is not None:
                 self.route(events, out)
-            if self.sim and type(cmd) is M.Oracle:
-                self.sim_index[cmd.market] = cmd.price
         elif kind == REPLY:
             rep = decode(kind, payload)
             self.retries.of(rep.account).add(rep.req_id, rep.data)

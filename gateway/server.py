@@ -1,6 +1,8 @@
 """`perpdex serve`: picks the plain or the replicated server (gateway/dispatch.py,
 gateway/replicated.py), checks its endpoints, starts it and runs its loop until a signal, then
-stops it and says so (a `stop` log event, and a line on stdout).
+stops it and says so (a `stop` log event, and a line on stdout). With the simulated oracle on,
+it starts that client process (gateway/oracle_sim.py) once its sockets are bound and stops it
+first when it stops.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from .durability import Durability
 from .limits import Limits
 from .observability import (BindError, Endpoints, Metrics, configure_logging, log_stop,
                             stop_logging)
+from .oracle_sim import spawn as start_sim
+from .oracle_sim import stop as stop_sim
 from .replicated import ReplicatedServer
 
 log = logging.getLogger("perpdex.gateway")
@@ -54,8 +58,8 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
     try:                                # every port first: a start that cannot bind makes nothing
         http = Endpoints(cfg.metrics) if cfg.metrics else None
         check_endpoints(cfg)
-        server = make(cfg, plaintext_loopback=plaintext_loopback, oracle_sim=oracle_sim,
-                      limits=limits, durability=durability)
+        server = make(cfg, plaintext_loopback=plaintext_loopback, limits=limits,
+                      durability=durability)
     except BaseException:
         if http is not None:
             http.close()
@@ -79,8 +83,12 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         out.write("PLAIN-TEXT mode (loopback only): no encryption, accounts log in by name\n")
     else:
         out.write(f"server public key: {server.key_paths['server']}\n")
-    if oracle_sim:
-        out.write("simulated oracle: a random walk, 4 updates a second\n")
+    sim = None
+    if oracle_sim:                      # a client like any other, started once the sockets are
+        sim, said = start_sim(cfg, server.key_paths, plaintext_loopback)    # bound
+        out.write(f"simulated oracle: a random walk, 4 updates a second, from {said} (never "
+                  f"for real money)\n" if sim is not None else
+                  f"simulated oracle: not started: {said}\n")
     elif cfg.markets and not cfg.embedded:
         out.write("simulated oracle: off (with --config; --oracle-sim on, or [server] "
                   "oracle_sim = true, runs the embedded default's random walk): until an oracle "
@@ -101,6 +109,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
     try:
         server.serve_forever()
     finally:
+        stop_sim(sim)                   # the client first: it never outlives its server
         if server.failed is not None:   # stopping must not hang on what failed: exit 3 by then
             stopped(server, signals)
             stop_logging(logs)          # the thread_failed line is out before anything else

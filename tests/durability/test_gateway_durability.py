@@ -8,10 +8,13 @@ import msgspec
 import pytest
 
 from perpdex.engine import Engine, messages as M
+from perpdex.gateway import oracle_sim
 from perpdex.gateway.client import Client, Timeout
 from perpdex.gateway.config import default_config
 from perpdex.gateway.server import Server
 from tests.harness import HANG_S
+
+PRICED_S = 10        # a venue started with the simulated oracle (a client process) has prices
 
 
 class Gate:
@@ -35,9 +38,10 @@ def venue(tmp_path):
     cfg.router, cfg.pub = f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/pub"
     cfg.session_timeout_ms = 300
     gate = Gate()
-    srv = Server(cfg, durability=gate, oracle_sim=True)
+    srv = Server(cfg, durability=gate)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
+    sim, _ = oracle_sim.spawn(cfg, srv.key_paths, plaintext=False)
     keys = tmp_path / "data" / "keys"
 
     def client(name, timeout_ms=3000):
@@ -46,16 +50,26 @@ def venue(tmp_path):
     try:
         yield srv, gate, client
     finally:
+        oracle_sim.stop(sim)
         gate.open.set()
         srv.running = False
         t.join(timeout=5)
         srv.close()
 
 
+def priced(gate: Gate):
+    """Wait until the simulated oracle has priced both markets (PRICED_S at most)."""
+    deadline = time.monotonic() + PRICED_S
+    while {cmd.market for cmd in list(gate.commands) if type(cmd) is M.Oracle} != {
+            "BTC-PERP", "ETH-PERP"}:
+        assert time.monotonic() < deadline, f"no prices within {PRICED_S} s"
+        time.sleep(0.02)
+
+
 def test_no_reply_leaves_before_its_command_is_durable(venue):
     srv, gate, client = venue
     c = client("mm-1", timeout_ms=400)
-    time.sleep(0.3)                                  # the simulated oracle has priced BTC
+    priced(gate)
     gate.open.clear()
     with pytest.raises(Timeout):
         c.request("new_order", market="BTC-PERP", cid="held", side="buy", kind="limit",
@@ -70,7 +84,7 @@ def test_no_reply_leaves_before_its_command_is_durable(venue):
 
 def test_the_seam_gets_every_command_the_servers_own_included_and_they_replay_exactly(venue):
     srv, gate, client = venue
-    time.sleep(0.3)
+    priced(gate)
     quitter = client("lev-1")
     quitter.request("session", cancel_on_disconnect=True)
     quitter.request("new_order", market="BTC-PERP", cid="cod", side="buy", kind="limit", qty=1,
@@ -102,7 +116,7 @@ def test_what_the_server_keeps_per_request_is_nothing_the_garbage_collector_walk
     srv, gate, client = venue
     c = client("mm-2")
     c.subscribe()
-    time.sleep(0.3)
+    priced(gate)
     for k in range(50):                              # sessions, streams, buckets made once
         c.request("new_order", market="BTC-PERP", cid=f"warm-{k}", side="buy", kind="limit",
                   qty=1, price=600_000)

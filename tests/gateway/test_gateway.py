@@ -331,7 +331,10 @@ def test_plain_text_mode_serves_loopback_only_and_accounts_log_in_by_name(tmp_pa
 
         assert ask(type="query_account")["reason"] == "forbidden"
         assert ask(type="login", account="mm-1")["ok"]
-        time.sleep(0.5)                        # the simulated oracle has priced the markets
+        deadline = time.monotonic() + 10       # the simulated oracle (a client process, logged
+        while any(m["index"] is None for m in ask(type="markets", prices=True)["markets"]):
+            assert time.monotonic() < deadline, "the simulated oracle priced nothing in 10 s"
+            time.sleep(0.05)                   # in by name) has priced the markets
         reply = ask(type="new_order", market="BTC-PERP", cid=1, side="buy", kind="limit",
                     qty=1, price=600_000)
         assert reply["events"][0]["type"] == "order_accepted"
