@@ -15,8 +15,8 @@ cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
-from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, SETTLED, HALTED,
-                     POST_ONLY)
+from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, margin_moved, SETTLED,
+                     HALTED, POST_ONLY)
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport (V_USER, T_ORDER_ACCEPTED, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_FILL, T_MARK,
@@ -774,7 +774,11 @@ cdef class Engine:
     # ---- dispatch --------------------------------------------------------------------------
 
     cdef int _dispatch(self, object cmd) except -1:
+        cdef object t = type(cmd)
+        cdef bint order = t is NewOrder or t is Cancel or t is Amend
         self.s.n_commands += 1
+        if not order:                   # it may move any scope's margin: before and after it
+            margin_moved(self.s)
         try:
             return self._apply(cmd)
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
@@ -789,6 +793,9 @@ cdef class Engine:
             return self._failed(cmd)
         except (RecursionError, MemoryError, ArithmeticError, IndexError):
             return self._failed(cmd)
+        finally:
+            if not order:
+                margin_moved(self.s)
 
     cdef int _failed(self, object cmd) except -1:
         """The last guard: a command that raised is answered, never thrown out of the engine.

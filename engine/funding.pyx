@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, PPM, floor_div, iabs, narrow
 from .book cimport Book, BID, ASK
-from .state cimport State, MarketC, touch
+from .state cimport State, MarketC, touch, margin_moved
 from . cimport events
 
 # The notional (quote units) whose average fill price is the impact bid / ask of funding's
@@ -88,6 +88,7 @@ cdef int apply_boundary(State s, int32_t m) except -1:
     rate = (mk.funding_cap_ppm if rate > mk.funding_cap_ppm else
             (-mk.funding_cap_ppm if rate < -mk.funding_cap_ppm else rate))
     mk.cum_funding += <int128>k * mk.index * mk.multiplier * rate
+    margin_moved(s)
     mk.premium_sum = 0
     mk.premium_n = 0
     events.funding(s, m, rate, k)

@@ -9,7 +9,7 @@ venue never under-asks); unsettled funding rounds in the venue's favour.
 from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, PPM, ceil_div, floor_div, iabs
-from .state cimport State, MarketC, TierC
+from .state cimport State, MarketC, PosC, TierC
 
 
 # ---- arithmetic (inline) ---------------------------------------------------------------------
@@ -78,5 +78,6 @@ cdef int128 maintenance_margin(State s, int32_t a, int32_t iso)
 # ---- the checks ------------------------------------------------------------------------------
 cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* after,
                      int128* eq)
+cdef int rested(State s, PosC* q, int64_t buys, int64_t sells) noexcept
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
                         int64_t pnl, int64_t fees, bint maker, bint liquidated)

@@ -4,7 +4,7 @@ pre-fill check."""
 from libc.stdint cimport int64_t, int32_t
 
 from .book cimport BID
-from .state cimport State, PosC, scope_of
+from .state cimport State, PosC, HeadroomC, scope_of
 
 
 cdef int128 equity(State s, int32_t a, int32_t iso):
@@ -95,18 +95,42 @@ cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* af
                      int128* eq):
     """The placement check: may position `p`'s open quantities become (buys, sells)? An order
     that raises its scope's initial requirement above its equity may not. Only market `m`'s
-    term of the requirement changes, so it alone is compared first; the scope's whole
-    requirement and equity are summed only when it rises. `after` and `eq` are set for the
-    rejection's sentence. O(1), or O(positions of the account) when the requirement rises."""
+    term of the requirement changes, so its rise alone is computed first: none, and the order
+    fits; a cross scope whose headroom is known (state.pxd, HeadroomC) and covers the rise
+    fits too; else the scope's whole requirement and equity are summed, and its headroom is
+    known from there. `after` and `eq` are set for the rejection's sentence. O(1), or
+    O(positions of the account) when the requirement rises past what is known."""
     cdef PosC* q = &s.pos[p]
     cdef int32_t a = q.account, m = q.market, iso = scope_of(s, p)
     cdef MarketC* mk = &s.mk[m]
-    if (initial_requirement(mk, q.size, buys, sells, q.leverage)
-            <= initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage)):
+    cdef HeadroomC* h = NULL
+    cdef int128 rise = (initial_requirement(mk, q.size, buys, sells, q.leverage)
+                        - initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage))
+    if rise <= 0:
         return True
+    if iso < 0 and a != s.insurance:        # the fund's equity moves with every settlement
+        h = &s.hr[a]
+        if h.epoch == s.margin_epoch and h.headroom >= rise:
+            return True
     after[0] = initial_margin(s, a, iso, m, q.size, buys, sells)
     eq[0] = equity(s, a, iso)
+    if h != NULL:
+        h.headroom = eq[0] - (after[0] - rise)  # as it stands, the order not in yet
+        h.epoch = s.margin_epoch
     return after[0] <= eq[0]
+
+
+cdef int rested(State s, PosC* q, int64_t buys, int64_t sells) noexcept:
+    """An order came to rest in position `q`'s market, its open quantities having been
+    (buys, sells): its rise of the requirement comes off the scope's known headroom. O(1)."""
+    cdef HeadroomC* h = &s.hr[q.account]
+    cdef MarketC* mk
+    if q.isolated or h.epoch != s.margin_epoch:
+        return 0
+    mk = &s.mk[q.market]
+    h.headroom -= (initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage)
+                   - initial_requirement(mk, q.size, buys, sells, q.leverage))
+    return 0
 
 
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,

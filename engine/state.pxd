@@ -104,6 +104,16 @@ ctypedef struct AccountC:
     uint8_t margin_call         # equity < 1.5 x maintenance when last looked at
     uint8_t dirty               # its money or positions changed since the risk index saw it
 
+# What engine.margin knows of a cross scope's headroom: its equity less its initial requirement,
+# exact when `epoch` equals State.margin_epoch (0: not known). A fill, a payment or any cash move
+# of the account forgets it (touch), anything that moves every scope's margin (a mark, funding,
+# a market's parameters, any command but an order, cancel or amend) moves the epoch, and an
+# order that comes to rest takes its requirement off it (matching.rest). Kept beside AccountC,
+# not in it: derived, so never in a snapshot.
+ctypedef struct HeadroomC:
+    int128 headroom
+    int64_t epoch
+
 ctypedef struct CidKey:
     uint64_t h
     int64_t i
@@ -205,6 +215,8 @@ cdef class State:
     cdef int32_t* akey              # open-addressing index over acct_mp (the fast path)
     cdef uint64_t akey_mask
     cdef AccountC* ac
+    cdef HeadroomC* hr              # per account (engine.margin's cache; see HeadroomC)
+    cdef int64_t margin_epoch       # moved by margin_moved(); starts at 1
     cdef int32_t n_accounts
     cdef int32_t acct_cap
     cdef PosC* pos
@@ -258,11 +270,20 @@ cdef inline int32_t market_id(State s, object name) except -2:
 
 
 cdef inline int touch(State s, int32_t a) except -1:
-    """Note that account `a`'s money or positions changed: its risk-index keys are stale. O(1)."""
-    if s.margin and not s.ac[a].dirty:
-        s.ac[a].dirty = 1
-        s.dirty.append(a)
+    """Note that account `a`'s money or positions changed: its risk-index keys are stale and
+    its headroom is no longer known. O(1)."""
+    if s.margin:
+        s.hr[a].epoch = 0
+        if not s.ac[a].dirty:
+            s.ac[a].dirty = 1
+            s.dirty.append(a)
     return 0
+
+
+cdef inline void margin_moved(State s) noexcept:
+    """Something moved every scope's margin (a mark, funding, a market's parameters, a command
+    other than an order, cancel or amend): no headroom is known any more. O(1)."""
+    s.margin_epoch += 1
 
 
 cdef inline int64_t reducible(State s, int32_t a, int32_t m, int side) noexcept:

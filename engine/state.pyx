@@ -108,6 +108,8 @@ cdef class State:
         self.akey_mask = 0
         self.acct_cap = 0
         self.ac = NULL
+        self.hr = NULL
+        self.margin_epoch = 1
         self.pos_cap = 1024
         self.pos = <PosC*>calloc(self.pos_cap, sizeof(PosC))
         if self.mk == NULL or self.pos == NULL or self.pos_of == NULL:
@@ -132,6 +134,7 @@ cdef class State:
         free(self.mk)
         free(self.pos)
         free(self.ac)
+        free(self.hr)
         free(self.akey)
 
 
@@ -204,6 +207,7 @@ cdef int _grow_accounts(State s) except -1:
     cdef int32_t c = 1024 if s.acct_cap == 0 else 2 * s.acct_cap
     cdef int32_t m, i
     cdef AccountC* na
+    cdef HeadroomC* nh
     cdef int32_t* np
     s.pool.ensure_accounts(c)
     na = <AccountC*>realloc(s.ac, c * sizeof(AccountC))
@@ -211,6 +215,11 @@ cdef int _grow_accounts(State s) except -1:
         raise MemoryError()
     memset(na + s.acct_cap, 0, (c - s.acct_cap) * sizeof(AccountC))   # no stray bytes (snapshots)
     s.ac = na
+    nh = <HeadroomC*>realloc(s.hr, c * sizeof(HeadroomC))
+    if nh == NULL:
+        raise MemoryError()
+    memset(nh + s.acct_cap, 0, (c - s.acct_cap) * sizeof(HeadroomC))   # epoch 0: not known
+    s.hr = nh
     for m in range(s.n_markets):
         np = <int32_t*>realloc(s.pos_of[m], c * sizeof(int32_t))
         if np == NULL:
@@ -367,6 +376,7 @@ cdef int set_spec(State s, int32_t m, object spec) except -1:
     cdef MarketC* mk = &s.mk[m]
     cdef TierC* tiers_c
     cdef int32_t i
+    margin_moved(s)
     tiers = spec.tiers or (TierSpec(2**63 - 1, spec.imf_ppm, spec.mmf_ppm, 0, 0),)
     tiers_c = <TierC*>malloc(len(tiers) * sizeof(TierC))
     if tiers_c == NULL:
@@ -460,4 +470,5 @@ cdef int set_mark(State s, int32_t m, int64_t idx) except -1:
         mark = a if mark < a else (c if mark > c else mark)
     mk.mark = mark
     mk.has_mark = 1
+    margin_moved(s)
     return 0
