@@ -53,6 +53,14 @@ cdef extern from *:
             return pdx_ld16(x) == pdx_ld16(y) && pdx_ld16(x + n - 2) == pdx_ld16(y + n - 2);
         return n == 0 || x[0] == y[0];
     }
+    /* The constant run s[0:L] (L <= 16, a compile-time constant) at p[*at]: *at moves past
+       it. */
+    static inline __attribute__((always_inline)) int pdx_lit(const unsigned char* p,
+            Py_ssize_t* at, Py_ssize_t n, const char* s, Py_ssize_t L) {
+        if (L > n - *at || !pdx_eqn(p + *at, s, L)) return 0;
+        *at += L;
+        return 1;
+    }
     /* The big-endian unsigned integer of w (1, 2, 4 or 8) bytes at p. */
     static inline __attribute__((always_inline)) uint64_t pdx_be(const unsigned char* p, int w) {
     #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -71,6 +79,8 @@ cdef extern from *:
     """
     bint pdx_eqn(const void* a, const void* b, Py_ssize_t n) noexcept nogil
     uint64_t pdx_be(const unsigned char* p, int w) noexcept nogil
+    bint _lit "pdx_lit" (const unsigned char* p, Py_ssize_t* at, Py_ssize_t n, const char* s,
+                         Py_ssize_t L) noexcept nogil
 
 
 cdef enum:
@@ -120,6 +130,12 @@ _table(&_SIDES, _FAST_NAMES[0])
 _table(&_KINDS, _FAST_NAMES[1])
 _table(&_TIFS, _FAST_NAMES[2])
 _table(&_STPS, _FAST_NAMES[3])
+
+# The codes of the values most orders carry, tried first as constant runs (canonical layout)
+cdef int _C_BUY = M.SIDES.index("buy"), _C_SELL = M.SIDES.index("sell")
+cdef int _C_LIMIT = M.ORDER_KINDS.index("limit"), _C_MARKET = M.ORDER_KINDS.index("market")
+cdef int _C_GTC = M.TIFS.index("gtc"), _C_IOC = M.TIFS.index("ioc")
+cdef int _C_CANCEL_MAKER = M.STP_MODES.index("cancel_maker")
 
 
 cdef inline Py_ssize_t _rd_str(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
@@ -292,6 +308,116 @@ cdef inline int32_t _account(State s, const unsigned char* p, Py_ssize_t* at, Py
     return find_account_bytes(s, keybuf, 2 + sl)
 
 
+
+ctypedef struct Parsed:
+    Py_ssize_t end
+    int seen, ty, side, kind, tif, stp
+    bint ro, cid_str
+    int64_t ts, qty, price, cid_i
+    int32_t a, m
+    const unsigned char* cid_s
+    Py_ssize_t cid_n
+
+
+cdef inline Py_ssize_t _rd_cid(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                               Parsed* r) noexcept nogil:
+    """A cid: an integer, or a string of 1 to 36 ASCII characters; the index after, or -1."""
+    if _is_int(p, i, n):
+        r.cid_str = False
+        return _rd_int(p, i, n, &r.cid_i)
+    i = _rd_str(p, i, n, &r.cid_s, &r.cid_n)
+    if i < 0 or r.cid_n < 1 or r.cid_n > 36 or not _ascii(r.cid_s, r.cid_n):
+        return -1
+    r.cid_str = True
+    return i
+
+
+cdef int _read_canonical(State s, const unsigned char* p, Py_ssize_t n, Parsed* r) except -1:
+    """A new_order or cancel laid out as msgspec writes it (every key, in the Struct's order,
+    the smallest headers): the same fields the key loop would read, with each key a constant
+    run compared in one or two loads. 1 if read; 0 for anything else (the key loop decides)."""
+    cdef Py_ssize_t i = 0, sl
+    cdef const unsigned char* sv
+    if _lit(p, &i, n, b"\x8e\xa4type\xa9new_order", 16):
+        r.ty = TY_NEW_ORDER
+    elif _lit(p, &i, n, b"\x85\xa4type\xa6cancel", 13):
+        r.ty = TY_CANCEL
+    else:
+        return 0
+    if not _lit(p, &i, n, b"\xa7account", 8):
+        return 0
+    r.a = _account(s, p, &i, n)
+    if r.a < 0 or not _lit(p, &i, n, b"\xa6market", 7):
+        return 0
+    i = _rd_str(p, i, n, &sv, &sl)
+    if i < 0:
+        return 0
+    r.m = find_market_bytes(s, sv, sl)
+    if r.m < 0 or not _lit(p, &i, n, b"\xa3cid", 4):
+        return 0
+    i = _rd_cid(p, i, n, r)
+    if i < 0:
+        return 0
+    if r.ty == TY_CANCEL:
+        r.seen = F_TYPE | F_ACCOUNT | F_MARKET | F_CID | F_TS
+    else:
+        if not _lit(p, &i, n, b"\xa4side", 5):
+            return 0
+        if _lit(p, &i, n, b"\xa3buy", 4):
+            r.side = _C_BUY
+        elif _lit(p, &i, n, b"\xa4sell", 5):
+            r.side = _C_SELL
+        else:
+            i = _rd_choice(p, i, n, &_SIDES, &r.side)
+        if i < 0 or not _lit(p, &i, n, b"\xa4kind", 5):
+            return 0
+        if _lit(p, &i, n, b"\xa5limit", 6):
+            r.kind = _C_LIMIT
+        elif _lit(p, &i, n, b"\xa6market", 7):
+            r.kind = _C_MARKET
+        else:
+            i = _rd_choice(p, i, n, &_KINDS, &r.kind)
+        if i < 0 or not _lit(p, &i, n, b"\xa3qty", 4):
+            return 0
+        i = _rd_positive(p, i, n, C_MAX_QTY, &r.qty)
+        if i < 0 or not _lit(p, &i, n, b"\xa5price", 6):
+            return 0
+        i = _rd_positive(p, i, n, C_MAX_PRICE, &r.price)
+        if (i < 0 or not _lit(p, &i, n, b"\xadtrigger_price\xc0", 15)
+                or not _lit(p, &i, n, b"\xa3tif", 4)):
+            return 0
+        if _lit(p, &i, n, b"\xa3gtc", 4):
+            r.tif = _C_GTC
+        elif _lit(p, &i, n, b"\xa3ioc", 4):
+            r.tif = _C_IOC
+        else:
+            i = _rd_choice(p, i, n, &_TIFS, &r.tif)
+        if i < 0 or not _lit(p, &i, n, b"\xabreduce_only", 12) or i >= n:
+            return 0
+        if p[i] == 0xc3:
+            r.ro = True
+        elif p[i] != 0xc2:
+            return 0
+        i += 1
+        if not _lit(p, &i, n, b"\xa3stp", 4):
+            return 0
+        if _lit(p, &i, n, b"\xaccancel_maker", 13):
+            r.stp = _C_CANCEL_MAKER
+        else:
+            i = _rd_choice(p, i, n, &_STPS, &r.stp)
+        if i < 0 or not _lit(p, &i, n, b"\xa9expire_ts\xc0", 11):
+            return 0
+        r.seen = (F_TYPE | F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY | F_PRICE
+                  | F_TRIGGER | F_TIF | F_RO | F_STP | F_EXPIRE | F_TS)
+    if not _lit(p, &i, n, b"\xa2ts", 3):
+        return 0
+    i = _rd_int(p, i, n, &r.ts)
+    if i < 0 or r.ts < 0 or r.ts > C_MAX_TS:
+        return 0
+    r.end = i
+    return 1
+
+
 cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) except -1:
     """Read a plain new_order, cancel or amend from its msgpack bytes into `out`:
     FAST_NEW_ORDER, FAST_CANCEL or FAST_AMEND, or FAST_NONE for anything the msgspec path must
@@ -310,6 +436,15 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
     cdef Py_ssize_t cid_n = 0
     cdef OrderCmd* oc = &out.order
     cdef MarketC* mk
+    cdef Parsed r
+    r.side = 0; r.kind = 0; r.tif = GTC; r.stp = CANCEL_MAKER; r.ro = False
+    r.qty = 0; r.price = 0; r.cid_i = 0; r.cid_s = NULL; r.cid_n = 0
+    if _read_canonical(s, p, n, &r):
+        i = r.end; seen = r.seen; ty = r.ty; ts = r.ts; qty = r.qty; price = r.price
+        a = r.a; m = r.m; side = r.side; kind = r.kind; tif = r.tif; stp = r.stp; ro = r.ro
+        cid_str = r.cid_str; cid_i = r.cid_i; cid_s = r.cid_s; cid_n = r.cid_n
+        return _finish(s, out, i, seen, ty, ts, qty, price, a, m, side, kind, tif, stp, ro,
+                       cid_str, cid_i, cid_s, cid_n)
     if n < 1:
         return FAST_NONE
     c = p[0]
@@ -439,6 +574,18 @@ cdef int read(State s, const unsigned char* p, Py_ssize_t n, FastCmd* out) excep
         seen |= bit
     if ty == 0:
         return FAST_NONE
+    return _finish(s, out, i, seen, ty, ts, qty, price, a, m, side, kind, tif, stp, ro,
+                   cid_str, cid_i, cid_s, cid_n)
+
+
+cdef inline int _finish(State s, FastCmd* out, Py_ssize_t i, int seen, int ty, int64_t ts,
+                        int64_t qty, int64_t price, int32_t a, int32_t m, int side, int kind,
+                        int tif, int stp, bint ro, bint cid_str, int64_t cid_i,
+                        const unsigned char* cid_s, Py_ssize_t cid_n) except -1:
+    """The command read (its keys in `seen`), checked and resolved into `out`."""
+    cdef OrderCmd* oc = &out.order
+    cdef MarketC* mk
+    cdef int32_t oi
     out.end = i                                   # the object ends here (n: the data's end)
     if ty == TY_NEW_ORDER:
         if (seen & (F_ACCOUNT | F_MARKET | F_CID | F_SIDE | F_KIND | F_QTY)) != \
