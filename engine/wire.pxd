@@ -7,6 +7,7 @@ Every string the writer can emit is a token encoded once, at start-up, in both f
 cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+from cpython.object cimport PyObject
 
 # ---- output formats -----------------------------------------------------------------------
 cdef enum Fmt:
@@ -88,7 +89,8 @@ cdef enum Tok:
 @cython.final
 cdef class EventWriter:
     # ---- fields --------------------------------------------------------------------------
-    cdef char* buf
+    cdef char* buf              # the bytes of `store` (take() hands large outputs over whole)
+    cdef PyObject* store        # an owned bytes object of `cap` bytes
     cdef Py_ssize_t length
     cdef Py_ssize_t cap
     cdef readonly int fmt
@@ -239,3 +241,259 @@ cdef inline int w_bool(EventWriter w, bint v) except -1:
 # Index just past the msgpack object at `i` in p[0:n]; -1 if the data ends inside it; raises
 # ValueError for a byte that starts no object. O(size of the object).
 cdef Py_ssize_t skip_object(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) except -2
+
+
+# ---- msgpack event templates: a whole order event from C fields -------------------------------
+#
+# One room check per event, then a cursor `d` moves through the constant key runs (copied with
+# a compile-time length) and the values; w.length is written once at the end. For the msgpack
+# format only (w.fmt == FMT_MSGPACK): the caller keeps the generic writes for JSON Lines.
+# wire.pyx checks at import that each template writes what msgspec encodes for its Struct.
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline __attribute__((always_inline)) void pdw_st16be(char* d, uint64_t v) {
+        d[0] = (char)(v >> 8); d[1] = (char)v; }
+    static inline __attribute__((always_inline)) void pdw_st32be(char* d, uint64_t v) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        uint32_t x = __builtin_bswap32((uint32_t)v); memcpy(d, &x, 4);
+    #else
+        d[0] = (char)(v >> 24); d[1] = (char)(v >> 16); d[2] = (char)(v >> 8); d[3] = (char)v;
+    #endif
+    }
+    static inline __attribute__((always_inline)) void pdw_st64be(char* d, uint64_t v) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        uint64_t x = __builtin_bswap64(v); memcpy(d, &x, 8);
+    #else
+        int k; for (k = 7; k >= 0; k--) { d[k] = (char)v; v >>= 8; }
+    #endif
+    }
+    """
+    void pdw_st16be(char* d, uint64_t v) noexcept nogil
+    void pdw_st32be(char* d, uint64_t v) noexcept nogil
+    void pdw_st64be(char* d, uint64_t v) noexcept nogil
+
+
+cdef inline char* mp_lit(char* d, const char* s, Py_ssize_t n) noexcept nogil:
+    """A constant run of `n` bytes (n a compile-time constant: one or two stores)."""
+    memcpy(d, s, n)
+    return d + n
+
+
+cdef inline char* mp_int(char* d, int64_t v) noexcept nogil:
+    """Any int64 in its smallest msgpack encoding (as EventWriter.int64 writes it)."""
+    if <uint64_t>v < 128:
+        d[0] = <char>v
+        return d + 1
+    if v >= 0:
+        if v < 0x100:
+            d[0] = <char>0xcc
+            d[1] = <char>v
+            return d + 2
+        if v < 0x10000:
+            d[0] = <char>0xcd
+            pdw_st16be(d + 1, <uint64_t>v)
+            return d + 3
+        if v < <int64_t>0x100000000:
+            d[0] = <char>0xce
+            pdw_st32be(d + 1, <uint64_t>v)
+            return d + 5
+        d[0] = <char>0xcf
+        pdw_st64be(d + 1, <uint64_t>v)
+        return d + 9
+    if v >= -32:
+        d[0] = <char>(v & 0xff)
+        return d + 1
+    if v >= -128:
+        d[0] = <char>0xd0
+        d[1] = <char>(v & 0xff)
+        return d + 2
+    if v >= -32768:
+        d[0] = <char>0xd1
+        pdw_st16be(d + 1, <uint64_t>v)
+        return d + 3
+    if v >= <int64_t>-2147483648:
+        d[0] = <char>0xd2
+        pdw_st32be(d + 1, <uint64_t>v)
+        return d + 5
+    d[0] = <char>0xd3
+    pdw_st64be(d + 1, <uint64_t>v)
+    return d + 9
+
+
+cdef inline char* mp_bool(char* d, bint v) noexcept nogil:
+    d[0] = <char>(0xc3 if v else 0xc2)
+    return d + 1
+
+
+cdef inline char* mp_padded(char* d, const char* p, Py_ssize_t n) noexcept nogil:
+    """`n` bytes of a padded token or name, in whole PAD-byte blocks (the room covers it)."""
+    cdef Py_ssize_t off = 0
+    while off < n:
+        memcpy(d + off, p + off, PAD)
+        off += PAD
+    return d + n
+
+
+cdef inline char* mp_tok(EventWriter w, char* d, int t) noexcept:
+    """A value token (a side, kind, tif or reason) known only at run time."""
+    return mp_padded(d, w.tok_ptr[t], w.tok_len[t])
+
+
+cdef inline char* mp_name(EventWriter w, char* d, int32_t name_id) noexcept:
+    return mp_padded(d, w.name_ptr[name_id], w.name_len[name_id])
+
+
+cdef inline char* mp_cid(char* d, bint is_str, int64_t i, const char* text,
+                         Py_ssize_t n) noexcept nogil:
+    """A cid: the integer, or the string (at most 144 bytes of UTF-8)."""
+    if not is_str:
+        return mp_int(d, i)
+    if n < 32:
+        d[0] = <char>(0xa0 | n)
+        d += 1
+    else:
+        d[0] = <char>0xd9
+        d[1] = <char>n
+        d += 2
+    memcpy(d, text, n)
+    return d + n
+
+
+cdef inline char* mp_open(EventWriter w) except NULL:
+    """Room for one event (EVENT_ROOM bytes); the cursor where it starts."""
+    if w.cap - w.length < EVENT_ROOM:
+        w.reserve(EVENT_ROOM)
+    return w.buf + w.length
+
+
+cdef inline char* mp_order_head(EventWriter w, char* d, int64_t seq, int64_t ts, int32_t acct,
+                                int32_t mkt, bint cid_str, int64_t cid_i, const char* cid_s,
+                                Py_ssize_t cid_n, int64_t oid) noexcept:
+    """seq, ts, account, market, cid, oid (after the map header and the type)."""
+    d = mp_lit(d, b"\xa3seq", 4)
+    d = mp_int(d, seq)
+    d = mp_lit(d, b"\xa2ts", 3)
+    d = mp_int(d, ts)
+    d = mp_lit(d, b"\xa7account", 8)
+    d = mp_name(w, d, acct)
+    d = mp_lit(d, b"\xa6market", 7)
+    d = mp_name(w, d, mkt)
+    d = mp_lit(d, b"\xa3cid", 4)
+    d = mp_cid(d, cid_str, cid_i, cid_s, cid_n)
+    d = mp_lit(d, b"\xa3oid", 4)
+    return mp_int(d, oid)
+
+
+cdef inline int mp_accepted(EventWriter w, int64_t seq, int64_t ts, int32_t acct, int32_t mkt,
+                            bint cid_str, int64_t cid_i, const char* cid_s, Py_ssize_t cid_n,
+                            int64_t oid, int side_tok, int kind_tok, bint has_price,
+                            int64_t price, int64_t qty, int tif_tok, bint ro) except -1:
+    """order_accepted (13 keys); `has_price` False writes a null price."""
+    cdef char* d = mp_open(w)
+    d = mp_lit(d, b"\x8d\xa4type\xaeorder_accepted", 21)
+    d = mp_order_head(w, d, seq, ts, acct, mkt, cid_str, cid_i, cid_s, cid_n, oid)
+    d = mp_lit(d, b"\xa4side", 5)
+    d = mp_tok(w, d, side_tok)
+    d = mp_lit(d, b"\xa4kind", 5)
+    d = mp_tok(w, d, kind_tok)
+    d = mp_lit(d, b"\xa5price", 6)
+    if has_price:
+        d = mp_int(d, price)
+    else:
+        d[0] = <char>0xc0
+        d += 1
+    d = mp_lit(d, b"\xa3qty", 4)
+    d = mp_int(d, qty)
+    d = mp_lit(d, b"\xa3tif", 4)
+    d = mp_tok(w, d, tif_tok)
+    d = mp_lit(d, b"\xabreduce_only", 12)
+    d = mp_bool(d, ro)
+    w.length = d - w.buf
+    return 0
+
+
+cdef inline int mp_cancelled(EventWriter w, int64_t seq, int64_t ts, int32_t acct, int32_t mkt,
+                             bint cid_str, int64_t cid_i, const char* cid_s, Py_ssize_t cid_n,
+                             int64_t oid, int64_t remaining, int reason_tok) except -1:
+    """order_cancelled (9 keys)."""
+    cdef char* d = mp_open(w)
+    d = mp_lit(d, b"\x89\xa4type\xaforder_cancelled", 22)
+    d = mp_order_head(w, d, seq, ts, acct, mkt, cid_str, cid_i, cid_s, cid_n, oid)
+    d = mp_lit(d, b"\xa9remaining", 10)
+    d = mp_int(d, remaining)
+    d = mp_lit(d, b"\xa6reason", 7)
+    d = mp_tok(w, d, reason_tok)
+    w.length = d - w.buf
+    return 0
+
+
+cdef inline int mp_amended(EventWriter w, int64_t seq, int64_t ts, int32_t acct, int32_t mkt,
+                           bint cid_str, int64_t cid_i, const char* cid_s, Py_ssize_t cid_n,
+                           int64_t oid, bint has_price, int64_t price, int64_t qty,
+                           bint kept) except -1:
+    """order_amended (10 keys); `has_price` False writes a null price."""
+    cdef char* d = mp_open(w)
+    d = mp_lit(d, b"\x8a\xa4type\xadorder_amended", 20)
+    d = mp_order_head(w, d, seq, ts, acct, mkt, cid_str, cid_i, cid_s, cid_n, oid)
+    d = mp_lit(d, b"\xa5price", 6)
+    if has_price:
+        d = mp_int(d, price)
+    else:
+        d[0] = <char>0xc0
+        d += 1
+    d = mp_lit(d, b"\xa3qty", 4)
+    d = mp_int(d, qty)
+    d = mp_lit(d, b"\xadpriority_kept", 14)
+    d = mp_bool(d, kept)
+    w.length = d - w.buf
+    return 0
+
+
+cdef inline int mp_fill(EventWriter w, int64_t seq, int64_t ts, int32_t mkt, int64_t price,
+                        int64_t qty, int side_tok,
+                        int32_t t_acct, bint t_str, int64_t t_cid, const char* t_s,
+                        Py_ssize_t t_n, int64_t t_oid, int64_t t_rem,
+                        int32_t m_acct, bint m_str, int64_t m_cid, const char* m_s,
+                        Py_ssize_t m_n, int64_t m_oid, int64_t m_rem,
+                        int64_t tfee, int64_t mfee, bint liq) except -1:
+    """fill (18 keys)."""
+    cdef char* d = mp_open(w)
+    d = mp_lit(d, b"\xde\x00\x12\xa4type\xa4fill\xa3seq", 17)
+    d = mp_int(d, seq)
+    d = mp_lit(d, b"\xa2ts", 3)
+    d = mp_int(d, ts)
+    d = mp_lit(d, b"\xa6market", 7)
+    d = mp_name(w, d, mkt)
+    d = mp_lit(d, b"\xa5price", 6)
+    d = mp_int(d, price)
+    d = mp_lit(d, b"\xa3qty", 4)
+    d = mp_int(d, qty)
+    d = mp_lit(d, b"\xaataker_side", 11)
+    d = mp_tok(w, d, side_tok)
+    d = mp_lit(d, b"\xadtaker_account", 14)
+    d = mp_name(w, d, t_acct)
+    d = mp_lit(d, b"\xa9taker_cid", 10)
+    d = mp_cid(d, t_str, t_cid, t_s, t_n)
+    d = mp_lit(d, b"\xa9taker_oid", 10)
+    d = mp_int(d, t_oid)
+    d = mp_lit(d, b"\xaftaker_remaining", 16)
+    d = mp_int(d, t_rem)
+    d = mp_lit(d, b"\xadmaker_account", 14)
+    d = mp_name(w, d, m_acct)
+    d = mp_lit(d, b"\xa9maker_cid", 10)
+    d = mp_cid(d, m_str, m_cid, m_s, m_n)
+    d = mp_lit(d, b"\xa9maker_oid", 10)
+    d = mp_int(d, m_oid)
+    d = mp_lit(d, b"\xafmaker_remaining", 16)
+    d = mp_int(d, m_rem)
+    d = mp_lit(d, b"\xa9taker_fee", 10)
+    d = mp_int(d, tfee)
+    d = mp_lit(d, b"\xa9maker_fee", 10)
+    d = mp_int(d, mfee)
+    d = mp_lit(d, b"\xabliquidation", 12)
+    d = mp_bool(d, liq)
+    w.length = d - w.buf
+    return 0

@@ -5,7 +5,9 @@ The writer emits exactly what `msgspec` would encode for the same event Struct: 
 the same order, the smallest msgpack integer and string headers, and msgspec's JSON string
 escaping. `tests/engine/test_wire.py` holds it to that, byte for byte.
 """
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t, uint32_t
@@ -16,6 +18,14 @@ from . import messages as M
 
 _json_encode = msgspec.json.encode
 _mp_encode = msgspec.msgpack.encode
+
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject** b, Py_ssize_t n) except -1
+    PyObject* PyBytes_FromStringAndSize_raw "PyBytes_FromStringAndSize" (const char* s,
+                                                                        Py_ssize_t n) except NULL
+
+cdef enum:
+    HANDOVER = 1 << 16      # take() hands over a buffer this full whole, instead of copying it
 
 # Same order as `cdef enum Tok` in wire.pxd.
 EVENT_TYPES = (
@@ -71,9 +81,8 @@ cdef class EventWriter:
 
     def __cinit__(self, Py_ssize_t capacity=1 << 16):
         self.cap = capacity if capacity > 64 else 64
-        self.buf = <char*>malloc(self.cap)
-        if self.buf == NULL:
-            raise MemoryError()
+        self.store = PyBytes_FromStringAndSize_raw(NULL, self.cap)
+        self.buf = PyBytes_AS_STRING(<object>self.store)
         self.length = 0
         self._names = []
         self.names_cap = 64
@@ -88,7 +97,8 @@ cdef class EventWriter:
         self.set_format(FMT_MSGPACK)
 
     def __dealloc__(self):
-        free(self.buf)
+        if self.store != NULL:
+            Py_DECREF(<object>self.store)
         free(self.name_ptr)
         free(self.name_len)
 
@@ -130,7 +140,27 @@ cdef class EventWriter:
         return <int>(self.n_names - 1)
 
     cpdef bytes take(self):
-        cdef bytes out = PyBytes_FromStringAndSize(self.buf, self.length)
+        """The bytes written, and an empty buffer. A small output is copied out; a large one
+        (HANDOVER bytes or more) is handed over whole, trimmed to its length, and a fresh
+        buffer of the same capacity takes its place (no copy of the events)."""
+        cdef bytes out
+        cdef PyObject* fresh
+        if self.length < HANDOVER:
+            out = PyBytes_FromStringAndSize(self.buf, self.length)
+            self.length = 0
+            return out
+        fresh = PyBytes_FromStringAndSize_raw(NULL, self.cap)
+        try:
+            _PyBytes_Resize(&self.store, self.length)   # ours alone: trimmed in place
+        except MemoryError:
+            self.store = fresh                          # (the old one is gone)
+            self.buf = PyBytes_AS_STRING(<object>fresh)
+            self.length = 0
+            raise
+        out = <bytes>self.store
+        Py_DECREF(out)                                  # the reference `out` took is ours
+        self.store = fresh
+        self.buf = PyBytes_AS_STRING(<object>fresh)
         self.length = 0
         return out
 
@@ -145,15 +175,16 @@ cdef class EventWriter:
 
     cdef int reserve(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t want = self.length + n, cap = self.cap
-        cdef char* nb
+        cdef PyObject* nb
         if want <= cap:
             return 0
         while cap < want:
             cap *= 2
-        nb = <char*>realloc(self.buf, cap)
-        if nb == NULL:
-            raise MemoryError()
-        self.buf = nb
+        nb = PyBytes_FromStringAndSize_raw(NULL, cap)   # MemoryError: the buffer is as it was
+        memcpy(PyBytes_AS_STRING(<object>nb), self.buf, self.length)
+        Py_DECREF(<object>self.store)
+        self.store = nb
+        self.buf = PyBytes_AS_STRING(<object>nb)
         self.cap = cap
         return 0
 
@@ -441,3 +472,45 @@ def msgpack_frames(const unsigned char[::1] data not None):
         ends.append(j)
         i = j
     return ends, None
+
+
+# ---- the msgpack templates (wire.pxd) against msgspec ------------------------------------------
+
+def _check_templates():
+    """Each template writes what msgspec encodes for its event Struct (small and large,
+    negative, null and string values): a wrong constant run fails the import, not a replay."""
+    cdef EventWriter w = EventWriter()
+    cdef bytes cs = "cïd-x".encode()
+    a, b, m = w.register_name(7), w.register_name("acct-β"), w.register_name("BTC-PERP")
+    want, got = [], []
+    for seq, ts, big in ((1, 0, 70_000), (2**31, 2**40, -(2**40)), (127, 2**62, -33)):
+        mp_accepted(w, seq, ts, a, m, False, big, NULL, 0, seq, V_BUY + 1, V_LIMIT, True,
+                    abs(big), 9, V_GTC + 1, True)
+        want.append(M.OrderAccepted(seq=seq, ts=ts, account=7, market="BTC-PERP", cid=big,
+                                    oid=seq, side="sell", kind="limit", price=abs(big), qty=9,
+                                    tif="ioc", reduce_only=True))
+        mp_accepted(w, seq, ts, b, m, True, 0, cs, len(cs), 3, V_BUY, V_LIMIT + 1, False, 0,
+                    300, V_GTC, False)
+        want.append(M.OrderAccepted(seq=seq, ts=ts, account="acct-β", market="BTC-PERP",
+                                    cid="cïd-x", oid=3, side="buy", kind="market", price=None,
+                                    qty=300, tif="gtc", reduce_only=False))
+        mp_cancelled(w, seq, ts, a, m, False, big, NULL, 0, 4, 255, V_USER + 3)
+        want.append(M.OrderCancelled(seq=seq, ts=ts, account=7, market="BTC-PERP", cid=big,
+                                     oid=4, remaining=255, reason=VALUES[V_USER + 3 - V_BUY]))
+        mp_amended(w, seq, ts, b, m, True, 0, cs, len(cs), 8, big > 0, abs(big), 65_536, True)
+        want.append(M.OrderAmended(seq=seq, ts=ts, account="acct-β", market="BTC-PERP",
+                                   cid="cïd-x", oid=8, price=abs(big) if big > 0 else None,
+                                   qty=65_536, priority_kept=True))
+        mp_fill(w, seq, ts, m, abs(big), 12, V_BUY + 1, a, False, big, NULL, 0, 10, 0,
+                b, True, 0, cs, len(cs), 11, 2**33, big, -big, seq == 1)
+        want.append(M.Fill(seq=seq, ts=ts, market="BTC-PERP", price=abs(big), qty=12,
+                           taker_side="sell", taker_account=7, taker_cid=big, taker_oid=10,
+                           taker_remaining=0, maker_account="acct-β", maker_cid="cïd-x",
+                           maker_oid=11, maker_remaining=2**33, taker_fee=big, maker_fee=-big,
+                           liquidation=seq == 1))
+    got = w.take()
+    assert got == b"".join(_mp_encode(e) for e in want), \
+        "wire.pxd's msgpack templates and msgspec disagree"
+
+
+_check_templates()
