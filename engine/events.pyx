@@ -7,7 +7,7 @@ from .units cimport int128, py128
 from .book cimport Order, CID_BYTES, MARKET, STOP_MARKET, TAKE_PROFIT_MARKET
 from .state cimport State, Output, OrderCmd, FillC, cid_obj
 from .wire cimport (
-    FMT_MSGPACK, EventWriter, w_raw, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
+    FMT_MSGPACK, EventWriter, mp_accepted, mp_cancelled, mp_amended, mp_fill, w_raw, w_key, w_name, w_int64, w_bool, w_end, u_key, u_name, u_int64, T_ORDER_ACCEPTED, T_FILL, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_MARK,
     T_STATE_HASH, T_REJECTED, K_ACCOUNT, K_MARKET, K_CID, K_OID, K_SIDE, K_KIND, K_PRICE, K_QTY,
     K_TIF, K_REDUCE_ONLY, K_TAKER_SIDE, K_TAKER_ACCOUNT, K_TAKER_CID, K_TAKER_OID,
     K_TAKER_REMAINING, K_MAKER_ACCOUNT, K_MAKER_CID, K_MAKER_OID, K_MAKER_REMAINING, K_TAKER_FEE,
@@ -246,17 +246,23 @@ cdef int accepted(State s, int32_t i, int64_t qty) except -1:
             <bint>o.reduce_only))
         return 0
     cdef Py_ssize_t start = w.length
-    _order_head(s, i, T_ORDER_ACCEPTED, 10)
-    u_key(w, K_SIDE); u_key(w, V_BUY + o.side)
-    u_key(w, K_KIND); u_key(w, V_LIMIT + o.kind)
-    u_key(w, K_PRICE)
-    if _priceless(o.kind):
-        w.null()
+    if w.fmt == FMT_MSGPACK:
+        mp_accepted(w, _next(s), s.clock, s.ac[o.account].name_tok, s.mk[o.market].name_tok,
+                    o.cid_is_str, o.cid_int, s.pool.cid_text + <size_t>i * CID_BYTES,
+                    o.cid_len, o.oid, V_BUY + o.side, V_LIMIT + o.kind, not _priceless(o.kind),
+                    o.price, qty, V_GTC + o.tif, o.reduce_only)
     else:
-        u_int64(w, o.price)
-    u_key(w, K_QTY); u_int64(w, qty)
-    u_key(w, K_TIF); u_key(w, V_GTC + o.tif)
-    u_key(w, K_REDUCE_ONLY); w_bool(w, o.reduce_only)
+        _order_head(s, i, T_ORDER_ACCEPTED, 10)
+        u_key(w, K_SIDE); u_key(w, V_BUY + o.side)
+        u_key(w, K_KIND); u_key(w, V_LIMIT + o.kind)
+        u_key(w, K_PRICE)
+        if _priceless(o.kind):
+            w.null()
+        else:
+            u_int64(w, o.price)
+        u_key(w, K_QTY); u_int64(w, qty)
+        u_key(w, K_TIF); u_key(w, V_GTC + o.tif)
+        u_key(w, K_REDUCE_ONLY); w_bool(w, o.reduce_only)
     if s.out.rows is not None:
         _row(s, (T_ORDER_ACCEPTED, start, w.length, s.account_keys[o.account], o.oid,
                  s.market_names[o.market], o.side, None if _priceless(o.kind) else o.price,
@@ -275,9 +281,14 @@ cdef int cancelled(State s, int32_t i, int reason) except -1:
             cid_obj(s, i), o.oid, o.qty, _value(reason)))
         return 0
     cdef Py_ssize_t start = w.length
-    _order_head(s, i, T_ORDER_CANCELLED, 6)
-    u_key(w, K_REMAINING); u_int64(w, o.qty)
-    u_key(w, K_REASON); u_key(w, reason)
+    if w.fmt == FMT_MSGPACK:
+        mp_cancelled(w, _next(s), s.clock, s.ac[o.account].name_tok, s.mk[o.market].name_tok,
+                     o.cid_is_str, o.cid_int, s.pool.cid_text + <size_t>i * CID_BYTES,
+                     o.cid_len, o.oid, o.qty, reason)
+    else:
+        _order_head(s, i, T_ORDER_CANCELLED, 6)
+        u_key(w, K_REMAINING); u_int64(w, o.qty)
+        u_key(w, K_REASON); u_key(w, reason)
     if s.out.rows is not None:
         _row(s, (T_ORDER_CANCELLED, start, w.length, s.account_keys[o.account], o.oid,
                  s.market_names[o.market]))
@@ -298,14 +309,19 @@ cdef int amended(State s, int32_t i, bint kept) except -1:
         return 0
     cdef Py_ssize_t start = w.length
     cdef bint priceless = o.kind == STOP_MARKET or o.kind == TAKE_PROFIT_MARKET
-    _order_head(s, i, T_ORDER_AMENDED, 7)
-    u_key(w, K_PRICE)
-    if priceless:
-        w.null()
+    if w.fmt == FMT_MSGPACK:
+        mp_amended(w, _next(s), s.clock, s.ac[o.account].name_tok, s.mk[o.market].name_tok,
+                   o.cid_is_str, o.cid_int, s.pool.cid_text + <size_t>i * CID_BYTES,
+                   o.cid_len, o.oid, not priceless, o.price, o.qty, kept)
     else:
-        u_int64(w, o.price)
-    u_key(w, K_QTY); u_int64(w, o.qty)
-    u_key(w, K_PRIORITY_KEPT); w_bool(w, kept)
+        _order_head(s, i, T_ORDER_AMENDED, 7)
+        u_key(w, K_PRICE)
+        if priceless:
+            w.null()
+        else:
+            u_int64(w, o.price)
+        u_key(w, K_QTY); u_int64(w, o.qty)
+        u_key(w, K_PRIORITY_KEPT); w_bool(w, kept)
     if s.out.rows is not None:
         _row(s, (T_ORDER_AMENDED, start, w.length, s.account_keys[o.account], o.oid,
                  s.market_names[o.market], None if priceless else o.price))
@@ -330,22 +346,30 @@ cdef int fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q, int64_t 
         return 0
     cdef Py_ssize_t start = w.length, end, mid
     cdef int64_t seq = _next(s)
-    w.begin(T_FILL, 15, seq, s.clock)
-    u_key(w, K_MARKET); u_name(w, s.mk[to.market].name_tok)
-    u_key(w, K_PRICE); u_int64(w, price)
-    u_key(w, K_QTY); u_int64(w, q)
-    u_key(w, K_TAKER_SIDE); u_key(w, V_BUY + to.side)
-    u_key(w, K_TAKER_ACCOUNT); u_name(w, s.ac[to.account].name_tok)
-    u_key(w, K_TAKER_CID); _cid(s, t)
-    u_key(w, K_TAKER_OID); u_int64(w, to.oid)
-    u_key(w, K_TAKER_REMAINING); u_int64(w, to.qty)
-    u_key(w, K_MAKER_ACCOUNT); u_name(w, s.ac[mo.account].name_tok)
-    u_key(w, K_MAKER_CID); _cid(s, mi)
-    u_key(w, K_MAKER_OID); u_int64(w, mo.oid)
-    u_key(w, K_MAKER_REMAINING); u_int64(w, mo.qty)
-    u_key(w, K_TAKER_FEE); u_int64(w, tfee)
-    u_key(w, K_MAKER_FEE); u_int64(w, mfee)
-    u_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
+    if w.fmt == FMT_MSGPACK:
+        mp_fill(w, seq, s.clock, s.mk[to.market].name_tok, price, q, V_BUY + to.side,
+                s.ac[to.account].name_tok, to.cid_is_str, to.cid_int,
+                s.pool.cid_text + <size_t>t * CID_BYTES, to.cid_len, to.oid, to.qty,
+                s.ac[mo.account].name_tok, mo.cid_is_str, mo.cid_int,
+                s.pool.cid_text + <size_t>mi * CID_BYTES, mo.cid_len, mo.oid, mo.qty,
+                tfee, mfee, s.liquidating)
+    else:
+        w.begin(T_FILL, 15, seq, s.clock)
+        u_key(w, K_MARKET); u_name(w, s.mk[to.market].name_tok)
+        u_key(w, K_PRICE); u_int64(w, price)
+        u_key(w, K_QTY); u_int64(w, q)
+        u_key(w, K_TAKER_SIDE); u_key(w, V_BUY + to.side)
+        u_key(w, K_TAKER_ACCOUNT); u_name(w, s.ac[to.account].name_tok)
+        u_key(w, K_TAKER_CID); _cid(s, t)
+        u_key(w, K_TAKER_OID); u_int64(w, to.oid)
+        u_key(w, K_TAKER_REMAINING); u_int64(w, to.qty)
+        u_key(w, K_MAKER_ACCOUNT); u_name(w, s.ac[mo.account].name_tok)
+        u_key(w, K_MAKER_CID); _cid(s, mi)
+        u_key(w, K_MAKER_OID); u_int64(w, mo.oid)
+        u_key(w, K_MAKER_REMAINING); u_int64(w, mo.qty)
+        u_key(w, K_TAKER_FEE); u_int64(w, tfee)
+        u_key(w, K_MAKER_FEE); u_int64(w, mfee)
+        u_key(w, K_LIQUIDATION); w_bool(w, s.liquidating)
     w_end(w)
     if s.out.rows is None:
         return 0
