@@ -13,8 +13,16 @@ leave the process (gateway/outbox.py). One guard answers any failure of a reques
 `internal_error`, logs it and goes on. The rooms it calls: the venue's records
 (gateway/records.py: retry caches, private streams, deadlines, the feed), sessions
 (gateway/sessions.py), budgets (gateway/limits.py), the answers to the gateway's own requests
-(gateway/handlers.py), health (gateway/health.py), recovery and snapshots
-(gateway/recovery.py, gateway/snapshots.py).
+(gateway/handlers.py), health (gateway/health.py). What makes it plain or replicated is its
+`role` (gateway/writer.py `Writer`, the plain one by default; gateway/replicated.py
+`Replicated`): the role starts the venue (recovery or boot, or following the log) and is called
+between loop turns, before a command runs (`refuse`), for `health` and at the close.
+
+What a role may use of the server (its public face, and nothing else): `cfg`, `seq` (the
+Sequencer: its durability, notes, clock), `records`, `engine`, `use(engine)` (serve another
+engine from now on), `boot()` (the configured markets and deposits, as commands), `flush()`
+(this turn durable, then sent), `outputs()` (this turn's public and private-stream lists) and
+`drop_turns()` (what was not sent is never sent: a writer that was fenced).
 """
 from __future__ import annotations
 
@@ -30,7 +38,6 @@ from perpdex.engine import Engine, messages as M
 
 from . import boot
 from . import protocol as P
-from . import snapshots
 from .auth import Accounts, start_zap
 from .commands import Commands
 from .config import Config
@@ -39,12 +46,11 @@ from .gate import Gate, Listener, open_descriptors
 from .gate import fit as fit_descriptors
 from .handlers import Handlers
 from .health import Health
-from .journal import Journal
 from .limits import Budgets, Limits
 from .outbox import Outbox
 from .records import Records
-from .recovery import recover
 from .sessions import Sessions, due
+from .writer import Role, Writer
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -54,11 +60,12 @@ FEED_HEARTBEAT = 1_000_000_000          # ns between the public feed's heartbeat
 
 
 class Server(Commands, Handlers, Health):
-    """One venue behind its two sockets: made by recovering (or booting) its data folder,
-    served by `serve_forever` until `running` is false, then `close`d."""
+    """One venue behind its two sockets: started by its role (recovering or booting its data
+    folder, by default), served by `serve_forever` until `running` is false, then `close`d."""
 
     def __init__(self, cfg: Config, engine: Engine | None = None, plaintext_loopback=False,
-                 limits: Limits | None = None, durability: Durability | None = None):
+                 limits: Limits | None = None, durability: Durability | None = None,
+                 role: Role | None = None):
         self.cfg = cfg
         self.turned = time.monotonic()              # the loop's last turn (`liveness`)
         self.serving = False                        # the loop runs (`readiness`)
@@ -77,9 +84,7 @@ class Server(Commands, Handlers, Health):
         self.budgets = Budgets(lim)
         self.sessions = Sessions()                  # connection -> its session
         self.running = True
-        self.writer = True                          # runs commands (a follower of the
-                                                    # replicated log does not)
-        self.poll_ms = 0                            # the loop's longest wait (0: the tick)
+        self.role = role if role is not None else Writer(journaled=durability is None)
         self.out: list = []                         # (connection, reply bytes), this turn
         self.held: deque = deque()                  # (seq, out, stream_out, pub_out, when
                                                     # written): turns written, not yet durable
@@ -96,18 +101,11 @@ class Server(Commands, Handlers, Health):
         self.started = time.monotonic()
         self.tag = "unreadable"                     # the type of the request being handled
         self.metrics = None                         # gateway/observability.py, when configured
-        self.snapshot_at = 0                        # engine commands at the last snapshot
         self.handlers = {P.Heartbeat: self._heartbeat, P.Session: self._session,
                          P.ScheduleCancel: self._schedule_cancel, P.Subscribe: self._subscribe,
                          P.Book: self._book, P.Markets: self._markets,
                          P.Snapshot: self._snapshot, P.Health: self._health}
-        folder = durability is None and cfg.journal.enabled and not cfg.replication.enabled
-        existing = folder and boot.holds_a_venue(cfg.data_dir)
-        self.recovered = self._start(durability is None)
-        if existing:                                # a venue's folder: it is that venue
-            said = boot.against(cfg, self.engine, self.seq.durability)
-            self.recovered = "\n".join([self.recovered, *said])
-        self.snapshot_asked = False
+        self.recovered = self.role.start(self)     # what it says of the venue it started
         if self.records.feed is None:               # recovery made it (its chains go on)
             self.records.attach(self.engine)
         self.ctx = zmq.Context()
@@ -155,9 +153,9 @@ class Server(Commands, Handlers, Health):
             s.setsockopt(zmq.SNDBUF, lim.sndbuf)
         return s
 
-    # ---- the venue: boot, recovery, snapshots --------------------------------------------
+    # ---- what a role may use (see the module's docstring) -----------------------------------
 
-    def _boot(self):
+    def boot(self):
         """The configured markets and opening deposits, as sequenced commands. A market or a
         deposit that the engine refuses stops the boot with the engine's reason."""
         for cmd in boot.commands(self.cfg):
@@ -166,47 +164,21 @@ class Server(Commands, Handlers, Health):
                     raise boot.refusal(cmd, ev)
         self.seq.commit()
 
-    def _start(self, journaled: bool) -> str | None:
-        """With the journal (`[journal] enabled`, and no Durability given): recover the data
-        folder, or boot it when it is new; returns what was recovered (gateway/recovery.py).
-        Otherwise boot."""
-        if not (journaled and self.cfg.journal.enabled):
-            self._boot()
-            return None
-        r = recover(self.cfg, self.records, self.engine)
-        self.engine = self.seq.engine = r.engine
-        self.seq.durability = r.journal
-        self.seq.notes = True
-        self.seq.last = max(self.seq.last, self.engine.clock)
-        self.snapshot_at = self.engine.n_commands
-        if not r.new:
-            return r.said
-        self._boot()
-        if r.journal.seq == 0:          # nothing configured: the boot is still a turn of its own
-            r.journal.append([])
-            r.journal.sync()
-        cfg = self.cfg
-        return (f"perpdex: a new data folder {cfg.data_dir}: the journal starts "
-                f"(fsync {cfg.journal.fsync}); {len(cfg.markets)} markets and "
-                f"{sum(1 for a in cfg.accounts.values() if a.deposit)} deposits booted")
+    def use(self, engine: Engine) -> None:
+        """Serve `engine` from now on (recovered, or a follower's)."""
+        self.engine = self.seq.engine = engine
 
-    def _maybe_snapshot(self):
-        """Between turns: a snapshot every `snapshot_every` commands, or when asked (SIGUSR1)."""
-        if type(self.seq.durability) is Journal and (self.snapshot_asked or self.snapshot_due()):
-            self.snapshot_asked = False
-            self.take_snapshot()
+    def outputs(self) -> tuple[list, list]:
+        """This turn's public messages and private-stream items, for what a role applies."""
+        return self.pub_out, self.stream_out
 
-    def snapshot_due(self) -> bool:
-        return snapshots.due(self.cfg.journal.snapshot_every, self.engine, self.snapshot_at,
-                             self.seq.durability)
-
-    def take_snapshot(self):
-        """A snapshot of the engine and the records now (gateway/snapshots.py `take`): its
-        path, or None when it could not be written."""
-        path = snapshots.take(self.cfg, self.engine, self.records, self.seq.durability)
-        if path is not None:
-            self.snapshot_at = self.engine.n_commands
-        return path
+    def drop_turns(self) -> None:
+        """Nothing of this turn or of the turns held for durability is sent, and the sessions
+        forget the orders they placed: a writer that lost the log (they were never
+        acknowledged)."""
+        self.sessions.forget_orders()
+        self.held.clear()
+        self.out, self.stream_out, self.pub_out = [], [], []
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -218,13 +190,13 @@ class Server(Commands, Handlers, Health):
         next_timers = 0
         drain = self.limits.drain
         recv = self.router.recv_multipart
-        idle = self.poll_ms or tick
+        idle = self.role.poll_ms or tick
         self.serving = True
         while self.running:
             self.turned = time.monotonic()
             if self.watch():            # a thread of the server failed: it stops, loudly
                 break
-            self._between()
+            self.role.between()
             ready = dict(poller.poll(1 if self.held else idle))   # held turns: check soon
             if self.router in ready:
                 for _ in range(drain):
@@ -242,26 +214,18 @@ class Server(Commands, Handlers, Health):
                     self.stats["internal_errors"] += 1
                     log.exception("the server's own commands failed; serving on")
             try:
-                self._flush()           # a failing Durability.sync() stops the server: nothing
+                self.flush()            # a failing Durability.sync() stops the server: nothing
                                         # may leave that is not durable
-                self._maybe_snapshot()
+                self.role.maybe_snapshot()
             except Exception:
                 if self.watch():        # a failed thread explains it: the loud stop
                     break
                 raise
         if self.failed is not None:     # nothing more can be made durable, or watched: what
             return                      # is held stays unsent (it was never acknowledged)
-        self._flush()
+        self.flush()
         if self.held:
             self._release(self.seq.durability, wait=True)
-
-    def _between(self):
-        """Between two loop turns (nothing of a turn is pending): the replicated mode's hook."""
-
-    def _refuse(self, cls) -> str | None:
-        """Why this server does not take commands now (the detail of an `unavailable` reply),
-        or None: the replicated mode's hook."""
-        return None
 
     def _guarded(self, frames):
         """The one guard: a request that fails in any unforeseen way is answered
@@ -292,7 +256,7 @@ class Server(Commands, Handlers, Health):
         self.out.append((identity, data))
         return data
 
-    def _flush(self):
+    def flush(self):
         """Durable first (the seam), then everything of this turn leaves, none of it waiting.
 
         A pipelined Durability (the journal with fsync = "batch") makes a turn durable in its
@@ -355,10 +319,10 @@ class Server(Commands, Handlers, Health):
             st = self.records.streams.get(sess.account)
             if st is not None:
                 st.subscribers.discard(identity)
-            if sess.cancel_on_disconnect and self.writer:
+            if sess.cancel_on_disconnect and self.role.writer:
                 for market, cid in list(sess.orders.values()):
                     self._run(M.Cancel(account=sess.account, market=market, cid=cid, ts=now))
-        if not self.writer:             # a follower runs no commands of its own
+        if not self.role.writer:        # a follower runs no commands of its own
             return
         for account in due(self.records.deadlines, now):
             self.seq.note(Deadline(account, None))
@@ -412,7 +376,7 @@ class Server(Commands, Handlers, Health):
         sess = self.sessions.get(identity) or self.sessions.open(identity, acct.name, now)
         sess.last_seen = now
         if cls.command is not None or cls is P.Batch or cls is P.ScheduleCancel:
-            why = self._refuse(cls)
+            why = self.role.refuse(cls)
             if why is not None:
                 seen = self.records.retries.get(acct.name)
                 kept = seen.replies.get(rid, False) if seen is not None and rid is not None \
@@ -449,7 +413,13 @@ class Server(Commands, Handlers, Health):
 
     def close(self):
         """Stop: the last turn made durable (unless the journal failed), the threads and the
-        sockets closed. Each step is tried even when one before it fails."""
+        sockets closed, the role last. Each step is tried even when one before it fails."""
+        try:
+            self._close()
+        finally:
+            self.role.close()
+
+    def _close(self):
         steps = []
         if self.failed is None or self.failed[0] != "journal":
             steps.append(self.seq.commit)

@@ -43,10 +43,7 @@ class Health:
         if self.log_listener is not None:
             t = getattr(self.log_listener, "_thread", None)
             out["log"] = None if t is not None and t.is_alive() else "dead"
-        link = getattr(self, "link", None)     # replicated mode: the NATS client's thread
-        t = getattr(link, "thread", None)
-        if t is not None:
-            out["nats"] = None if t.is_alive() else "dead"
+        out.update(self.role.threads())         # replicated mode: the NATS client's
         zgc = getattr(zmq.utils.garbage.gc, "thread", None)
         if zgc is not None:             # pyzmq's: trackers are told through it
             out["zmq_gc"] = None if zgc.is_alive() else "dead"
@@ -103,7 +100,7 @@ class Health:
                 "threads": {name: "alive" if why is None else
                             (why if isinstance(why, str) else f"failed: {why!r}")
                             for name, why in self.threads().items()},
-                "journal": self.journal_health()}
+                "journal": self.journal_health(), **self.role.health_facts()}
 
     def liveness(self) -> tuple[bool, list]:
         """`/healthz`: the process is alive, its loop turning (a loop turn waits at most 200

@@ -1,7 +1,9 @@
-"""`perpdex serve` in replicated mode (docs/operations.md, "Replication"): a server that follows
-the record log (gateway/follower.py) while another node writes, takes over when it is its turn,
-writes while it is the writer (its Durability is the log, gateway/replication.py) and steps
-down when fenced.
+"""`perpdex serve` in replicated mode (docs/operations.md, "Replication"): the server's role
+(gateway/writer.py, "A role's interface") that follows the record log (gateway/follower.py)
+while another node writes, takes over when it is its turn, writes while it is the writer (its
+Durability is the log, gateway/replication.py) and steps down when fenced. It holds its own
+state (the link, the follower, where it is) and uses only the server's public face
+(gateway/dispatch.py, "What a role may use").
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import os
 import socket
 import time
 
-from .dispatch import Server
 from .durability import NoDurability, StateHash, Takeover
 from .follower import Follower
 from .journal import Journal, lock
@@ -22,15 +23,30 @@ from .snapshots import framed, state_hash
 log = logging.getLogger("perpdex.replication")
 
 
-class ReplicatedServer(Server):
-    """`perpdex serve` in replicated mode: follows the log, takes over when it is its turn,
-    writes while it is the writer, steps down when fenced."""
+class Replicated:
+    """The replicated role: follows the log, takes over when it is its turn, writes while it
+    is the writer, steps down when fenced."""
 
-    def _start(self, journaled: bool) -> str:
-        rc = self.cfg.replication
-        self.rc = rc
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rc = rc = cfg.replication
         self.node = rc.node or f"{socket.gethostname()}-{os.getpid()}"
-        self.role = rc.role                 # what it is configured to be
+        self.kind = rc.role                 # what it is configured to be: primary, standby,
+        self.writer = False                 # replica; it writes only once it took over
+        self.poll_ms = 2
+        self.state = "starting"             # follows from the loop's first turn, once the
+        self.takeovers = 0                  # server has made its feed
+        self.hash_at = self.snap_at = 0
+        self.server = self.seq = self.records = None
+        self.link = self.follower = None
+        self.lock_fd: int | None = None
+        self.started_following = 0.0
+
+    def start(self, server) -> str:
+        """Lock the data folder, reach NATS (for 30 s at most) and make the follower; the
+        loop's first turn follows the log."""
+        self.server, self.seq, self.records = server, server.seq, server.records
+        rc = self.rc
         self.lock_fd = lock(self.cfg.data_dir)
         self.link = Link(rc, self.node)
         deadline = time.monotonic() + 30
@@ -46,12 +62,7 @@ class ReplicatedServer(Server):
                                            f"(tried for 30 s): {type(e).__name__} {e}")
                 time.sleep(0.5)
         self.follower = Follower(self.records)
-        self.engine = self.seq.engine = self.follower.engine
-        self.takeovers = 0
-        self.hash_at = self.snap_at = 0
-        self.poll_ms = 2
-        self.state = "starting"             # follows from the loop's first turn, once the
-        self.writer = False                 # server has made its feed
+        server.use(self.follower.engine)
         return (f"perpdex: replicated mode: node {self.node}, role {rc.role}, stream "
                 f"{rc.stream} (R{rc.replicas}) on {', '.join(rc.servers)}; following the log")
 
@@ -65,16 +76,14 @@ class ReplicatedServer(Server):
         self.seq.durability = NoDurability()
         self.seq.notes = False
         self.seq.pending = []
-        self.sessions.forget_orders()
-        self.held.clear()
-        self.out, self.stream_out, self.pub_out = [], [], []
-        self.engine = self.seq.engine = self.follower.reset()
+        self.server.drop_turns()
+        self.server.use(self.follower.reset())
         self.started_following = time.monotonic()
-        self.link.state = ("standby" if self.role != "replica" else "replica", 0, 0)
+        self.link.state = ("standby" if self.kind != "replica" else "replica", 0, 0)
         data = self.link.call(self.link.latest_snapshot(), 60)
         if data is not None:
-            self.engine = self.seq.engine = self.follower.restore(
-                data, f"snapshot in {self.rc.stream}-snapshots")
+            self.server.use(self.follower.restore(
+                data, f"snapshot in {self.rc.stream}-snapshots"))
         self.link.call(self.link.follow(self.follower.applied + 1), 10)
 
     def _apply_inbox(self, limit: int = 256):
@@ -96,12 +105,12 @@ class ReplicatedServer(Server):
                     raise RuntimeError(f"the log jumps from stream seq {before} to {sseq}, "
                                        f"and no snapshot covers the gap")
                 return
-            f.apply(sseq, data, self.pub_out, self.stream_out)
+            f.apply(sseq, data, *self.server.outputs())
             self.link.state = (self.link.state[0], f.record, sseq)
 
-    # ---- the loop's hook ---------------------------------------------------------------------
+    # ---- between loop turns ------------------------------------------------------------------
 
-    def _between(self):
+    def between(self) -> None:
         if self.state == "starting":
             try:
                 self._follow()
@@ -113,8 +122,8 @@ class ReplicatedServer(Server):
                 return
         if self.state == "following":
             self._apply_inbox()
-            self._flush()                   # what applying routed: the feed, private streams
-            if self.role != "replica" and self._may_take_over():
+            self.server.flush()             # what applying routed: the feed, private streams
+            if self.kind != "replica" and self._may_take_over():
                 self._take_over()
             return
         d = self.seq.durability
@@ -139,11 +148,11 @@ class ReplicatedServer(Server):
         is trimmed behind the oldest one kept. Taking it holds the loop: O(state)."""
         every = self.rc.snapshot_every
         d = self.seq.durability
-        if (not every or self.engine.n_commands - self.snap_at < every or d.queue
+        eng = self.server.engine
+        if (not every or eng.n_commands - self.snap_at < every or d.queue
                 or d.replicated != d.seq or self.seq.pending):
             return
-        self.snap_at = self.engine.n_commands
-        eng = self.engine
+        self.snap_at = eng.n_commands
         snap = LogSnapshot(seq=d.seq, commands=eng.n_commands, state_hash=state_hash(eng),
                            engine=eng.snapshot(), gateway=self.records.snapshot(),
                            written_ns=time.time_ns(), stream_seq=d.stream_last)
@@ -154,7 +163,7 @@ class ReplicatedServer(Server):
     def _may_take_over(self) -> bool:
         if self.follower.diverged or self.link.inbox:
             return False
-        quiet = (PRIMARY_QUIET_BEATS * self.rc.heartbeat_ms if self.role == "primary"
+        quiet = (PRIMARY_QUIET_BEATS * self.rc.heartbeat_ms if self.kind == "primary"
                  else self.rc.takeover_ms) / 1000
         now = time.monotonic()
         last = max(self.link.last_writer_beat, self.started_following)
@@ -178,7 +187,7 @@ class ReplicatedServer(Server):
                     log.warning("takeover: the tail (to stream seq %d) did not arrive", last)
                     return
                 time.sleep(0.001)
-            self._flush()
+            self.server.flush()
             if f.diverged:                  # the tail said this node's state is not the log's
                 return
             rec = f.record + 1
@@ -196,23 +205,24 @@ class ReplicatedServer(Server):
         self.seq.durability = ReplicatedLog(link, self._local_journal(last_rec + 1),
                                             ack.seq, last_rec + 1)
         self.seq.notes = True
-        self.seq.last = max(self.seq.last, self.engine.clock)
+        engine = self.server.engine
+        self.seq.last = max(self.seq.last, engine.clock)
         self.writer = True
         self.state = "writing"
         f.record = last_rec
         f.applied = ack.seq
         link.state = ("primary", last_rec, ack.seq)
         log.info("took over the log at record %d (stream seq %d) after %d commands, in %.3f s",
-                 rec, ack.seq, self.engine.n_commands, time.perf_counter() - t0,
+                 rec, ack.seq, engine.n_commands, time.perf_counter() - t0,
                  extra={"event": "takeover", "record": rec, "stream_seq": ack.seq})
         if not f.booted:                    # a new log: this node boots the venue, in a turn of
-            self._boot()                    # its own even when there is nothing to boot
+            self.server.boot()              # its own even when there is nothing to boot
             if self.seq.durability.seq == last_rec:
                 self.seq.durability.append([])
                 self.seq.durability.sync()
             f.booted = True
-            self.records.attach(self.engine)
-        self.hash_at = self.snap_at = self.engine.n_commands
+            self.records.attach(engine)
+        self.hash_at = self.snap_at = engine.n_commands
 
     def _local_journal(self, next_seq: int) -> Journal | None:
         """The local copy of what this node writes, from `next_seq` on; a journal left from an
@@ -233,16 +243,23 @@ class ReplicatedServer(Server):
     def _maybe_hash(self):
         """Every `hash_every` commands, the state hash goes into the log for followers."""
         every = self.rc.hash_every
-        if every and self.engine.n_commands - self.hash_at >= every:
-            self.hash_at = self.engine.n_commands
-            self.seq.note(StateHash(self.engine.n_commands, state_hash(self.engine)))
+        eng = self.server.engine
+        if every and eng.n_commands - self.hash_at >= every:
+            self.hash_at = eng.n_commands
+            self.seq.note(StateHash(eng.n_commands, state_hash(eng)))
 
-    def _maybe_snapshot(self):
-        pass                                # replicated mode: the log is the history
+    def maybe_snapshot(self) -> None:
+        pass                                # no local snapshots: the log is the history (its
+                                            # snapshots are published from `between`)
 
-    def _refuse(self, cls) -> str | None:
+    def ask_snapshot(self) -> None:
+        pass
+
+    def refuse(self, cls) -> str | None:
+        """Why this node takes no command now (the detail of an `unavailable` reply), or
+        None."""
         if self.state != "writing":
-            if self.role == "replica":
+            if self.kind == "replica":
                 return ("this server is a read replica: it serves market data and "
                         "queries of the book; send commands to the primary")
             return ("this server is a standby following the primary; send commands to the "
@@ -257,26 +274,32 @@ class ReplicatedServer(Server):
         return None
 
     def health_facts(self) -> dict:
-        facts = super().health_facts()
+        """The `replication` fact of `health` (docs/observability.md)."""
         d = self.seq.durability
         writing = self.state == "writing"
         f = self.follower
-        facts["replication"] = {
-            "node": self.node, "role": self.role,
+        return {"replication": {
+            "node": self.node, "role": self.kind,
             "state": "fenced" if writing and d.fenced is not None else self.state,
             "writer": writing, "record": d.seq if writing else f.record,
             "stream_seq": d.stream_last if writing else f.applied,
             "unavailable": writing and d.unavailable is not None,
             "hash_checks": f.hash_checks, "hash_mismatches": f.hash_mismatches,
-            "takeovers": self.takeovers, "snapshot_from": f.snapshot_from}
-        return facts
+            "takeovers": self.takeovers, "snapshot_from": f.snapshot_from}}
 
-    def close(self):
+    def threads(self) -> dict:
+        """The NATS client's thread."""
+        t = getattr(self.link, "thread", None)
+        return {} if t is None else {"nats": None if t.is_alive() else "dead"}
+
+    def close(self) -> None:
+        """After the server's close: the link to NATS, the data folder's lock."""
         try:
-            super().close()
+            if self.link is not None:
+                self.link.close()
         finally:
-            self.link.close()
-            os.close(self.lock_fd)
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
 
 
 def said(future):

@@ -1,8 +1,8 @@
-"""`perpdex serve`: picks the plain or the replicated server (gateway/dispatch.py,
-gateway/replicated.py), checks its endpoints, starts it and runs its loop until a signal, then
-stops it and says so (a `stop` log event, and a line on stdout). With the simulated oracle on,
-it starts that client process (gateway/oracle_sim.py) once its sockets are bound and stops it
-first when it stops.
+"""`perpdex serve`: makes the server with the role the configuration asks for, plain or
+replicated (gateway/writer.py, gateway/replicated.py), checks its endpoints, starts it and runs
+its loop until a signal, then stops it and says so (a `stop` log event, and a line on stdout).
+With the simulated oracle on, it starts that client process (gateway/oracle_sim.py) once its
+sockets are bound and stops it first when it stops.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .observability import (BindError, Endpoints, Metrics, configure_logging, lo
                             stop_logging)
 from .oracle_sim import spawn as start_sim
 from .oracle_sim import stop as stop_sim
-from .replicated import ReplicatedServer
+from .replicated import Replicated
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -50,10 +50,15 @@ def check_endpoints(cfg: Config) -> None:
         ctx.term()
 
 
+def make(cfg: Config, **kw) -> Server:
+    """The server `cfg` describes: its role replicated when `[replication]` is on (`--role`),
+    else the plain writer of its own journal. `kw`: Server's."""
+    return Server(cfg, role=Replicated(cfg) if cfg.replication.enabled else None, **kw)
+
+
 def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
         limits: Limits | None = None, durability: Durability | None = None) -> int:
     logs = configure_logging(cfg.log_format, sys.stderr)
-    make = ReplicatedServer if cfg.replication.enabled else Server
     http = None
     try:                                # every port first: a start that cannot bind makes nothing
         http = Endpoints(cfg.metrics) if cfg.metrics else None
@@ -77,7 +82,7 @@ def run(cfg: Config, out=sys.stdout, plaintext_loopback=False, oracle_sim=False,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGUSR1, lambda *_: setattr(server, "snapshot_asked", True))
+    signal.signal(signal.SIGUSR1, lambda *_: server.role.ask_snapshot())
     out.write(f"perpdex serving: requests {cfg.router}, public events {cfg.pub}\n")
     if plaintext_loopback:
         out.write("PLAIN-TEXT mode (loopback only): no encryption, accounts log in by name\n")

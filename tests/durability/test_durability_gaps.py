@@ -66,7 +66,7 @@ def test_a_snapshot_is_written_only_once_every_journal_byte_before_it_is_fsynced
             return write(folder, snap)
 
         monkeypatch.setattr(S, "write_snapshot", checked)
-        assert srv.take_snapshot() is not None
+        assert srv.role.take_snapshot() is not None
         [(snap_seq, written, on_disk, size)] = seen
         assert snap_seq == written and on_disk == size > 0
     finally:

@@ -26,7 +26,7 @@ def server(tmp_path):
     cfg.router, cfg.pub = f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/pub"
     cfg.journal.snapshot_every = 1
     srv = Server(cfg)
-    srv.snapshot_at = -1                            # a snapshot is due
+    srv.role.snapshot_at = -1                       # a snapshot is due
     yield srv
     srv.close()
 
@@ -47,7 +47,7 @@ def full_disk_once(monkeypatch):
 
 def test_a_failed_snapshot_is_counted_and_returns_none_instead_of_raising(server, monkeypatch):
     full_disk_once(monkeypatch)
-    assert server.take_snapshot() is None
+    assert server.role.take_snapshot() is None
     jr = server.seq.durability
     assert jr.snapshot_failures == 1 and "No space left" in jr.snapshot_error
     assert jr.health()["snapshot_failures"] == 1
@@ -55,7 +55,7 @@ def test_a_failed_snapshot_is_counted_and_returns_none_instead_of_raising(server
 
 def test_a_failed_snapshot_leaves_no_temporary_file(server, monkeypatch):
     full_disk_once(monkeypatch)
-    server.take_snapshot()
+    server.role.take_snapshot()
     sdir = server.cfg.data_dir / "snapshots"
     assert list(sdir.iterdir()) == []
 
@@ -64,11 +64,11 @@ def test_a_failed_snapshot_is_tried_again_after_a_pause(server, monkeypatch):
     full_disk_once(monkeypatch)
     now = [1000.0]
     monkeypatch.setattr(S, "monotonic", lambda: now[0])
-    server.take_snapshot()
-    assert not server.snapshot_due()               # not at every turn of a full disk
+    server.role.take_snapshot()
+    assert not server.role.snapshot_due()          # not at every turn of a full disk
     now[0] += S.SNAPSHOT_RETRY_S[1]
-    assert server.snapshot_due()
-    assert server.take_snapshot() is not None
+    assert server.role.snapshot_due()
+    assert server.role.take_snapshot() is not None
     assert server.seq.durability.snapshot_failures == 1
     assert J.snapshots(server.cfg.data_dir / "snapshots")
 

@@ -20,7 +20,7 @@ def test_the_snapshots_folder_is_private_like_the_rest_of_the_data_folder(tmp_pa
     cfg.router, cfg.pub = f"ipc://{tmp_path}/req", f"ipc://{tmp_path}/pub"
     srv = Server(cfg)
     try:
-        assert srv.take_snapshot() is not None
+        assert srv.role.take_snapshot() is not None
     finally:
         srv.close()
     for folder in (cfg.data_dir, cfg.data_dir / "journal", cfg.data_dir / "snapshots"):
