@@ -127,18 +127,22 @@ def test_a_venue_served_with_the_sim_is_priced_by_its_oracle_account_from_outsid
 
 def test_the_sim_child_stops_when_its_server_stops(tmp_path):
     v = OperatorVenue(tmp_path / "data")
-    pid = the_sim_of(v)
-    v.stop()
+    try:
+        pid = the_sim_of(v)
+    finally:
+        v.stop()
     assert ended(pid)
 
 
 def test_the_sim_child_ends_by_itself_when_its_server_is_killed(tmp_path):
     v = OperatorVenue(tmp_path / "data")
-    pid = the_sim_of(v)
-    v.proc.kill()
-    v.proc.wait()
-    wait_for("the orphan's end", lambda: ended(pid))
-    v.stop()
+    try:
+        pid = the_sim_of(v)
+        v.proc.kill()
+        v.proc.wait()
+        wait_for("the orphan's end", lambda: ended(pid))
+    finally:
+        v.stop()
 
 
 def test_a_snapshot_from_when_the_sim_ran_inside_the_server_still_restores():
