@@ -34,11 +34,16 @@ cdef inline int128 tier_requirement(MarketC* mk, int128 notional, bint initial,
     return req if req > 0 else 0
 
 
+cdef inline int64_t max_exposure(int64_t size, int64_t buys, int64_t sells) noexcept nogil:
+    """max(|s + B|, |s - S|): the lots the initial requirement is taken on."""
+    cdef int64_t a = iabs(size + buys), b = iabs(size - sells)
+    return a if a > b else b
+
+
 cdef inline int128 initial_requirement(MarketC* mk, int64_t size, int64_t buys, int64_t sells,
                                        int32_t leverage) noexcept nogil:
     """max(|s + B|, |s - S|) * mark * multiplier at the initial rate, rounded up."""
-    cdef int64_t a = iabs(size + buys), b = iabs(size - sells)
-    cdef int128 n = <int128>(a if a > b else b) * mk.mark * mk.multiplier
+    cdef int128 n = <int128>max_exposure(size, buys, sells) * mk.mark * mk.multiplier
     return tier_requirement(mk, n, True, leverage)
 
 
@@ -78,6 +83,5 @@ cdef int128 maintenance_margin(State s, int32_t a, int32_t iso)
 # ---- the checks ------------------------------------------------------------------------------
 cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* after,
                      int128* eq)
-cdef int rested(State s, PosC* q, int64_t buys, int64_t sells) noexcept
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,
                         int64_t pnl, int64_t fees, bint maker, bint liquidated)

@@ -97,40 +97,36 @@ cdef bint order_fits(State s, int32_t p, int64_t buys, int64_t sells, int128* af
     that raises its scope's initial requirement above its equity may not. Only market `m`'s
     term of the requirement changes, so its rise alone is computed first: none, and the order
     fits; a cross scope whose headroom is known (state.pxd, HeadroomC) and covers the rise
-    fits too; else the scope's whole requirement and equity are summed, and its headroom is
-    known from there. `after` and `eq` are set for the rejection's sentence. O(1), or
-    O(positions of the account) when the requirement rises past what is known."""
+    fits too, and the rise comes off what is known; else the scope's whole requirement and
+    equity are summed, and its headroom is known from there, the order in when it fits. An
+    order that then does not rest leaves what is known below the truth, never above it.
+    `after` and `eq` are set for the rejection's sentence. O(1), or O(positions of the
+    account) when the requirement rises past what is known."""
     cdef PosC* q = &s.pos[p]
     cdef int32_t a = q.account, m = q.market, iso = scope_of(s, p)
     cdef MarketC* mk = &s.mk[m]
     cdef HeadroomC* h = NULL
-    cdef int128 rise = (initial_requirement(mk, q.size, buys, sells, q.leverage)
-                        - initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage))
+    cdef int128 rise
+    cdef bint fits
+    if (max_exposure(q.size, buys, sells)
+            <= max_exposure(q.size, q.open_buy, q.open_sell)):
+        return True                         # the requirement is monotone in the exposure
+    rise = (initial_requirement(mk, q.size, buys, sells, q.leverage)
+            - initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage))
     if rise <= 0:
         return True
     if iso < 0 and a != s.insurance:        # the fund's equity moves with every settlement
         h = &s.hr[a]
         if h.epoch == s.margin_epoch and h.headroom >= rise:
+            h.headroom -= rise
             return True
     after[0] = initial_margin(s, a, iso, m, q.size, buys, sells)
     eq[0] = equity(s, a, iso)
+    fits = after[0] <= eq[0]
     if h != NULL:
-        h.headroom = eq[0] - (after[0] - rise)  # as it stands, the order not in yet
+        h.headroom = eq[0] - after[0] + (0 if fits else rise)
         h.epoch = s.margin_epoch
-    return after[0] <= eq[0]
-
-
-cdef int rested(State s, PosC* q, int64_t buys, int64_t sells) noexcept:
-    """An order came to rest in position `q`'s market, its open quantities having been
-    (buys, sells): its rise of the requirement comes off the scope's known headroom. O(1)."""
-    cdef HeadroomC* h = &s.hr[q.account]
-    cdef MarketC* mk
-    if q.isolated or h.epoch != s.margin_epoch:
-        return 0
-    mk = &s.mk[q.market]
-    h.headroom -= (initial_requirement(mk, q.size, q.open_buy, q.open_sell, q.leverage)
-                   - initial_requirement(mk, q.size, buys, sells, q.leverage))
-    return 0
+    return fits
 
 
 cdef bint allowed_after(State s, int32_t a, int32_t m, int side, int64_t before, int64_t q,

@@ -9,7 +9,7 @@ from .book cimport (Book, OrderPool, Order, BID, ASK, IOC, FOK, GTD, CANCEL_TAKE
 from .state cimport State, MarketC, PosC, Traded, reducible
 from .wire cimport (V_IOC_REMAINDER, V_SELF_TRADE, V_REDUCE_ONLY, V_MARGIN)
 from .ledger cimport fee, book_trade
-from .margin cimport allowed_after, rested
+from .margin cimport allowed_after
 from .triggers cimport disarm
 from . cimport events
 
@@ -283,14 +283,11 @@ cdef int unrest(State s, int32_t i) except -1:
 cdef int rest(State s, int32_t i) except -1:
     cdef Order* o = &s.pool.o[i]
     cdef PosC* p = &s.pos[s.pos_of[o.market][o.account]]
-    cdef int64_t buys = p.open_buy, sells = p.open_sell
     (<Book>s.books[o.market]).push_back(s.pool, i)
     if o.side == BID:
         p.open_buy += o.qty
     else:
         p.open_sell += o.qty
-    if s.margin:
-        rested(s, p, buys, sells)
     if o.reduce_only:
         p.n_ro += 1
     return 0

@@ -108,8 +108,9 @@ ctypedef struct AccountC:
 # exact when `epoch` equals State.margin_epoch (0: not known). A fill, a payment or any cash move
 # of the account forgets it (touch), anything that moves every scope's margin (a mark, funding,
 # a market's parameters, any command but an order, cancel or amend) moves the epoch, and an
-# order that comes to rest takes its requirement off it (matching.rest). Kept beside AccountC,
-# not in it: derived, so never in a snapshot.
+# order admitted takes its rise of the requirement off it (margin.order_fits): what is known is
+# never above the truth (an order that does not rest, or leaves, makes it lower). Kept beside
+# AccountC, not in it: derived, so never in a snapshot.
 ctypedef struct HeadroomC:
     int128 headroom
     int64_t epoch
