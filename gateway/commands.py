@@ -15,6 +15,7 @@ from perpdex.engine import ROUTE, messages as M
 
 from . import protocol as P
 from .sessions import Session
+from .streams import row_views
 
 _ACCEPTED, _CANCELLED, _FILL, _RARE = (
     ROUTE[k] for k in ("order_accepted", "order_cancelled", "fill", "rare"))
@@ -59,12 +60,11 @@ class Commands:
         sessions = self.sessions
         raws = []
         for row in rows:
-            kind, start, end, account = row[0], row[1], row[2], row[3]
+            kind, account = row[0], row[3]
+            views = row_views(data, row)
             if kind == _FILL:
-                mid = row[5]
-                views = ((account, data[end:mid]), (row[4], data[mid:row[6]]))
                 if view is None:
-                    raws.append(Raw(data[start:end]))
+                    raws.append(Raw(data[row[1]:row[2]]))
                 else:
                     raws.extend(Raw(own) for who, own in views if who == view)
                 if row[12] == 0:
@@ -72,10 +72,8 @@ class Commands:
                 if row[14] == 0:
                     sessions.closed(row[13])
             else:
-                event = data[start:end]
-                views = () if account is None else ((account, event),)
                 if view is None or account is None or account == view:
-                    raws.append(Raw(event))
+                    raws.append(Raw(views[0][1] if views else data[row[1]:row[2]]))
                 if kind == _ACCEPTED:
                     if sess is not None and account == sess.account:
                         sessions.placed(sess, row[4], row[5], row[8])

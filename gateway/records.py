@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .feed import Feed
 from .logfile import COMMAND, DEADLINE, REPLY, decode
-from .streams import RetryBooks, Streams, private_views
+from .streams import RetryBooks, Streams, row_views
 
 
 class Records:
@@ -69,9 +69,10 @@ class Records:
         reply; a dead-man's switch. O(the command)."""
         if kind == COMMAND:
             cmd = decode(kind, payload)
-            events = engine.execute(cmd)
-            if out is not None:
-                self.route(events, out)
+            if out is None:
+                engine.execute_many([cmd])
+            else:
+                self.route(*engine.route(cmd), out)
         elif kind == REPLY:
             rep = decode(kind, payload)
             self.retries.of(rep.account).add(rep.req_id, rep.data)
@@ -82,10 +83,13 @@ class Records:
             else:
                 self.deadlines[d.account] = d.at
 
-    def route(self, events, out: list) -> None:
-        """Events to the feed and the private streams, as the server routes them (what a
-        reply holds aside). O(events * subscribers)."""
-        feed, push, encode = self.feed.event, self.streams.push, self.encode
-        for ev in events:
-            feed(ev)
-            push(private_views(ev, encode), out)
+    def route(self, data: bytes, rows: list, out: list) -> None:
+        """A command's events (Engine.route's bytes and index rows) to the feed and the private
+        streams, as the server routes them (what a reply holds aside). O(events *
+        subscribers)."""
+        feed, push = self.feed.row, self.streams.push
+        for row in rows:
+            feed(data, row)
+            views = row_views(data, row)
+            if views:
+                push(views, out)
