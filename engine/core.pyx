@@ -708,6 +708,12 @@ cdef class Engine:
         """A market's status: active, post_only, reduce_only, halted or settled (lifecycle)."""
         return _STATUS_NAMES[self.s.mk[self.s.market_ids[market]].status]
 
+    def prices(self, str market):
+        """A market's last index and mark, in ticks: (index, mark), (None, None) before its
+        first oracle price; KeyError for a market there is not. O(1)."""
+        cdef MarketC* mk = &self.s.mk[self.s.market_ids[market]]
+        return (mk.index, mk.mark) if mk.has_mark else (None, None)
+
     @property
     def specs(self):
         """The MarketSpec of each market, by market id."""

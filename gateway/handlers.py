@@ -72,12 +72,12 @@ class Handlers:
         return {"req_id": req.req_id, "ok": True, **self.health_facts()}
 
     def _markets(self, acct, sess, identity, req, now):
-        markets = [dict(market_info(sp), status=self.engine.market_status(sp.name))
-                   for sp in self.engine.specs]
+        eng = self.engine
+        markets = [dict(market_info(sp), status=eng.market_status(sp.name))
+                   for sp in eng.specs]
         if req.prices:
-            last = last_prices(self.engine)
             for m in markets:
-                m["index"], m["mark"] = last[m["market"]]
+                m["index"], m["mark"] = eng.prices(m["market"])
         return {"req_id": req.req_id, "ok": True, "markets": markets}
 
     def _snapshot(self, acct, sess, identity, req, now):
@@ -107,12 +107,3 @@ class Handlers:
         reply = P.error(rid, "rate_limited", f"over the request rate; retry in {after} ms")
         reply["retry_after_ms"] = after
         return reply
-
-
-def last_prices(engine) -> dict:
-    """{market: (index, mark)} now, in ticks (None, None before a market's first oracle price).
-    Read from the engine's canonical state, which has no lighter view of them: O(orders +
-    positions), so the `markets` reply gives them only when asked (`prices`), as the simulated
-    oracle does when it (re)connects."""
-    rows = engine.state()["markets"]            # sorted by market name
-    return {name: (row[1], row[2]) for name, row in zip(sorted(engine.market_names()), rows)}

@@ -91,7 +91,7 @@ class Book(Request, tag="book"):
 
 
 class Markets(Request, tag="markets"):
-    """With `prices`, each market's last index and mark too: O(the engine's state)."""
+    """With `prices`, each market's last index and mark too."""
     prices: bool = False
 
 

@@ -1,7 +1,7 @@
 """create_market: decimal configuration in, integer market out, clear errors otherwise."""
 import pytest
 
-from perpdex.engine import messages as M
+from perpdex.engine import Engine, messages as M
 from perpdex.engine.markets import MarketConfigError, market_spec
 from tests.conftest import Exchange, reason
 from tests.flows import MARKET_FIELDS
@@ -66,3 +66,11 @@ def test_a_second_market_of_the_same_name_is_rejected_market_exists():
 
 def test_a_tick_size_given_as_a_json_number_is_read_by_its_decimal_repr():
     assert spec(tick_size=0.1, lot_size=0.001).multiplier == 100
+
+
+def test_prices_are_a_markets_last_index_and_mark_or_none_before_its_first_oracle():
+    eng = Engine()
+    eng.execute(M.CreateMarket(market="X", **MARKET_FIELDS))
+    assert eng.prices("X") == (None, None)
+    eng.execute(M.Oracle(market="X", price=100_000))
+    assert eng.prices("X") == (100_000, 100_000)
