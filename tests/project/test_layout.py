@@ -87,6 +87,9 @@ OWNERS = {
     "the open-order counters": (r"\.(n_orders|open_buy|open_sell|n_ro)\s*(\+=|-=|=(?!=))",
                                 {"matching"}),
     "the risk index": (r"\.(rlist|rkey)\s*(\+=|-=|\|=|&=|=(?!=))", {"risk"}),
+    "a scope's known headroom": (r"\.headroom\s*(\+=|-=|=(?!=))", {"margin"}),
+    "the margin epoch (through state.margin_moved only)":
+        (r"\.margin_epoch\s*(\+=|-=|=(?!=))", set()),
     "a call's output modes": (r"\bs\.out\.\w+\s*(\+=|-=|\*=|=(?!=))|\bs\.out\s*=(?!=)", {"events"}),
 }
 
