@@ -21,7 +21,7 @@ if __name__ == "engine":  # the checkout's folder, found by its short name
     alias("engine", "perpdex.engine")
 else:
     try:
-        from .core import Engine, ROUTE
+        from .core import Engine, ROUTE, ROW_FIELDS
     except ImportError as e:  # pragma: no cover - the message is the point
         raise ImportError(
             "perpdex's Cython core (perpdex.engine.core) is not built: run `make install` (or "
@@ -32,4 +32,4 @@ else:
     from . import messages
     from .codec import CommandReader, Malformed
 
-    __all__ = ["Engine", "ROUTE", "messages", "CommandReader", "Malformed"]
+    __all__ = ["Engine", "ROUTE", "ROW_FIELDS", "messages", "CommandReader", "Malformed"]

@@ -236,6 +236,21 @@ cdef int _indices(list rejected, Py_ssize_t start, int64_t before) except -1:
 ROUTE = {"order_accepted": T_ORDER_ACCEPTED, "order_cancelled": T_ORDER_CANCELLED,
          "order_amended": T_ORDER_AMENDED, "fill": T_FILL, "mark": T_MARK,
          "rejected": T_REJECTED, "state_hash": T_STATE_HASH, "rare": events.R_RARE}
+# What each kind's row holds, in order (engine.events writes them): a router names a field by
+# its place here, e.g. ROW_FIELDS["fill"].index("maker_oid").
+_HEAD = ("kind", "start", "end", "account")
+ROW_FIELDS = {
+    "order_accepted": _HEAD + ("oid", "market", "side", "price", "cid"),
+    "order_cancelled": _HEAD + ("oid", "market"),
+    "order_amended": _HEAD + ("oid", "market", "price"),
+    "fill": _HEAD + ("maker_account", "mid", "vend", "market", "taker_side", "price", "qty",
+                     "taker_oid", "taker_remaining", "maker_oid", "maker_remaining",
+                     "liquidation", "seq", "ts"),
+    "mark": _HEAD + ("market", "index", "mark", "seq", "ts"),
+    "rejected": _HEAD + ("reason",),
+    "state_hash": _HEAD,
+    "rare": _HEAD + ("event",),
+}
 
 
 cdef class Engine:

@@ -11,7 +11,7 @@ import logging
 import msgspec
 from msgspec import Raw
 
-from perpdex.engine import ROUTE, messages as M
+from perpdex.engine import ROUTE, ROW_FIELDS, messages as M
 
 from . import protocol as P
 from .sessions import Session
@@ -19,6 +19,12 @@ from .streams import row_views
 
 _ACCEPTED, _CANCELLED, _FILL, _RARE = (
     ROUTE[k] for k in ("order_accepted", "order_cancelled", "fill", "rare"))
+_T_OID, _T_REM, _M_OID, _M_REM = (ROW_FIELDS["fill"].index(f) for f in (
+    "taker_oid", "taker_remaining", "maker_oid", "maker_remaining"))
+_A_OID, _A_MARKET, _A_CID = (ROW_FIELDS["order_accepted"].index(f) for f in (
+    "oid", "market", "cid"))
+_C_OID = ROW_FIELDS["order_cancelled"].index("oid")
+_EVENT = ROW_FIELDS["rare"].index("event")
 
 log = logging.getLogger("perpdex.gateway")
 
@@ -67,20 +73,20 @@ class Commands:
                     raws.append(Raw(data[row[1]:row[2]]))
                 else:
                     raws.extend(Raw(own) for who, own in views if who == view)
-                if row[12] == 0:
-                    sessions.closed(row[11])
-                if row[14] == 0:
-                    sessions.closed(row[13])
+                if row[_T_REM] == 0:
+                    sessions.closed(row[_T_OID])
+                if row[_M_REM] == 0:
+                    sessions.closed(row[_M_OID])
             else:
                 if view is None or account is None or account == view:
                     raws.append(Raw(views[0][1] if views else data[row[1]:row[2]]))
                 if kind == _ACCEPTED:
                     if sess is not None and account == sess.account:
-                        sessions.placed(sess, row[4], row[5], row[8])
+                        sessions.placed(sess, row[_A_OID], row[_A_MARKET], row[_A_CID])
                 elif kind == _CANCELLED:
-                    sessions.closed(row[4])
-                elif kind == _RARE and type(row[4]) is M.LiquidationEvent:
-                    _log_liquidation(row[4])
+                    sessions.closed(row[_C_OID])
+                elif kind == _RARE and type(row[_EVENT]) is M.LiquidationEvent:
+                    _log_liquidation(row[_EVENT])
             feed(data, row)
             if views:
                 push(views, stream_out)

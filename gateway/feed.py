@@ -32,7 +32,7 @@ from itertools import islice
 import msgspec
 from sortedcontainers import SortedDict
 
-from perpdex.engine import ROUTE, messages as M
+from perpdex.engine import ROUTE, ROW_FIELDS, messages as M
 
 from .chain import (CHECKSUM_LEVELS, FEED_KINDS as KINDS, HASH_SIZE, HEARTBEAT, START,
                     checksum, side_text, step, topic)
@@ -42,6 +42,15 @@ _SIDE = {side: i for i, side in enumerate(M.SIDES)}
 _ACCEPTED, _CANCELLED, _AMENDED, _FILL, _MARK, _RARE = (
     ROUTE[k] for k in ("order_accepted", "order_cancelled", "order_amended", "fill", "mark",
                        "rare"))
+# The handlers below take a row's fields from its 5th (the 8th for a fill) in their order:
+# held against the engine's ROW_FIELDS at import.
+assert ROW_FIELDS["fill"][7:] == ("market", "taker_side", "price", "qty", "taker_oid",
+                                  "taker_remaining", "maker_oid", "maker_remaining",
+                                  "liquidation", "seq", "ts")
+assert ROW_FIELDS["order_accepted"][4:8] == ("oid", "market", "side", "price")
+assert ROW_FIELDS["order_cancelled"][4:] == ("oid", "market")
+assert ROW_FIELDS["order_amended"][4:] == ("oid", "market", "price")
+assert ROW_FIELDS["mark"][4:] == ("market", "index", "mark", "seq", "ts")
 _PLACEHOLDER = bytes(HASH_SIZE)     # the hash's place while the message is encoded
 
 
@@ -81,7 +90,7 @@ class Feed:
             M.Fill: lambda e: self.fill(e.market, _SIDE[e.taker_side], e.price, e.qty,
                                         e.taker_oid, e.taker_remaining, e.maker_oid,
                                         e.maker_remaining, e.liquidation, e.seq, e.ts),
-            M.Mark: lambda e: self.mark(e.market, e.index, e.mark, e.ts),
+            M.Mark: lambda e: self.mark(e.market, e.index, e.mark, e.seq, e.ts),
             M.OrderTriggered: self._triggered, M.FundingEvent: self._funding,
                          M.LiquidationEvent: self._liquidation,
                          M.MarketStatusEvent: self._status, M.MarketUpdated: self._status}
@@ -128,20 +137,19 @@ class Feed:
 
     def row(self, data: bytes, row: tuple) -> None:
         """One event as Engine.route indexes it (docs/engine-api.md, "Routing a command's
-        events"): the order events and marks from their rows' fields, the rare ones from the
-        Struct their row carries. Nothing is decoded."""
+        events"; engine ROW_FIELDS): the order events and marks from their rows' fields, the
+        rare ones from the Struct their row carries. Nothing is decoded."""
         kind = row[0]
         if kind == _FILL:
-            self.fill(row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14],
-                      row[15], row[16], row[17])
+            self.fill(*row[7:])
         elif kind == _ACCEPTED:
-            self.accepted(row[4], row[5], row[6], row[7])
+            self.accepted(*row[4:8])
         elif kind == _CANCELLED:
-            self.gone(row[4], row[5])
+            self.gone(*row[4:])
         elif kind == _AMENDED:
-            self.amended(row[4], row[5], row[6])
+            self.amended(*row[4:])
         elif kind == _MARK:
-            self.mark(row[4], row[5], row[6], row[8])
+            self.mark(*row[4:])
         elif kind == _RARE:
             self.event(row[4])
 
@@ -206,7 +214,7 @@ class Feed:
             "price": price, "qty": qty, "taker_side": M.SIDES[taker_side],
             "liquidation": liquidation})
 
-    def mark(self, market: str, index: int, mark: int, ts: int) -> None:
+    def mark(self, market: str, index: int, mark: int, seq: int, ts: int) -> None:
         self._publish(self._market(market), "mark", {
             "type": "mark", "market": market, "seq": 0, "ts": ts, "index": index,
             "mark": mark})

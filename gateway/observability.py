@@ -23,7 +23,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pla
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from perpdex.engine import ROUTE, messages as M
+from perpdex.engine import ROUTE, ROW_FIELDS, messages as M
 
 # Request latencies, inside the server: 20 us to 1 s, with no gap wider than 2.5x (the p99 of a
 # loaded server lives between 10 and 100 ms).
@@ -38,6 +38,10 @@ LIQUIDATIONS = ("book", "backstop", "adl")
 THREADS = ("journal", "zap", "gate", "log", "zmq_gc", "metrics", "nats")
 _ACCEPTED, _FILL, _REJECTED, _RARE = (ROUTE[k] for k in ("order_accepted", "fill", "rejected",
                                                           "rare"))
+_A_MARKET = ROW_FIELDS["order_accepted"].index("market")
+_F_MARKET = ROW_FIELDS["fill"].index("market")
+_REASON = ROW_FIELDS["rejected"].index("reason")
+_EVENT = ROW_FIELDS["rare"].index("event")
 disable_created_metrics()           # no `_created` series beside every counter
 
 
@@ -122,13 +126,13 @@ class Metrics:
         for row in rows:
             kind = row[0]
             if kind == _ACCEPTED:
-                self.orders.labels(row[5]).inc()
+                self.orders.labels(row[_A_MARKET]).inc()
             elif kind == _FILL:
-                self.fills.labels(row[7]).inc()
+                self.fills.labels(row[_F_MARKET]).inc()
             elif kind == _REJECTED:
-                self.rejections.labels(row[4]).inc()
-            elif kind == _RARE and type(row[4]) is M.LiquidationEvent:
-                self.liquidations.labels(row[4].kind).inc()
+                self.rejections.labels(row[_REASON]).inc()
+            elif kind == _RARE and type(row[_EVENT]) is M.LiquidationEvent:
+                self.liquidations.labels(row[_EVENT].kind).inc()
 
 
 class BindError(ValueError):

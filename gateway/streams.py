@@ -14,7 +14,7 @@ from itertools import islice
 import msgspec
 from msgspec import Raw
 
-from perpdex.engine import ROUTE, messages as M
+from perpdex.engine import ROUTE, ROW_FIELDS, messages as M
 
 from . import protocol as P
 from .chain import HASH_SIZE, START, step
@@ -28,6 +28,7 @@ ITEM_HASH = b"\xa4hash\xc4\x10"          # HASH_SIZE bytes of binary follow
 ITEM_EVENT = b"\xa5event"
 _pack = msgspec.msgpack.encode
 _FILL = ROUTE["fill"]
+_MAKER, _MID, _VEND = (ROW_FIELDS["fill"].index(f) for f in ("maker_account", "mid", "vend"))
 
 
 class Retries:
@@ -228,7 +229,7 @@ def row_views(data: bytes, row: tuple) -> tuple:
     the engine wrote (a fill's two own views it wrote after the fill). O(1)."""
     kind, start, end, account = row[0], row[1], row[2], row[3]
     if kind == _FILL:
-        return (account, data[end:row[5]]), (row[4], data[row[5]:row[6]])
+        return (account, data[end:row[_MID]]), (row[_MAKER], data[row[_MID]:row[_VEND]])
     return () if account is None else ((account, data[start:end]),)
 
 

@@ -6,7 +6,7 @@ import random
 import msgspec
 import pytest
 
-from perpdex.engine import ROUTE, Engine, messages as M
+from perpdex.engine import ROUTE, ROW_FIELDS, Engine, messages as M
 
 from tests.flows import margin_flow, random_flow
 
@@ -69,6 +69,14 @@ def test_a_rows_kind_is_its_events_type_or_rare(name, cmds):
             assert kinds[row[0]] == (tag if tag in ROUTE else "rare")
             if row[0] == ROUTE["rare"]:
                 assert row[4] == ev
+
+
+@pytest.mark.parametrize("name,cmds", FLOWS, ids=[n for n, _ in FLOWS])
+def test_each_row_holds_the_fields_row_fields_names_for_its_kind(name, cmds):
+    kinds = {v: k for k, v in ROUTE.items()}
+    for _, (_, rows) in _both(cmds):
+        for row in rows:
+            assert len(row) == len(ROW_FIELDS[kinds[row[0]]])
 
 
 @pytest.mark.parametrize("name,cmds", FLOWS, ids=[n for n, _ in FLOWS])
