@@ -15,8 +15,8 @@ cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 
-from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, margin_moved, SETTLED,
-                     HALTED, POST_ONLY)
+from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, margin_moved, rewake,
+                     SETTLED, HALTED, POST_ONLY)
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport (V_USER, T_ORDER_ACCEPTED, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_FILL, T_MARK,
@@ -238,6 +238,84 @@ ROUTE = {"order_accepted": T_ORDER_ACCEPTED, "order_cancelled": T_ORDER_CANCELLE
          "rejected": T_REJECTED, "state_hash": T_STATE_HASH, "rare": events.R_RARE}
 
 
+cdef inline int _advance(State s, int64_t ts) except -1:
+    """The clock becomes max(clock, ts); every funding boundary it passes is applied,
+    market by market (creation order), oldest first, each followed by a liquidation pass;
+    a pass that hit its bound at the last mark update goes on (_pass_time). O(1) while the
+    clock stays below the earliest of those (State.wake)."""
+    if ts <= s.clock:
+        return 0
+    s.clock = ts
+    if ts < s.wake:
+        if CHECKS:
+            _check_quiet(s, ts)
+        return 0
+    return _pass_time(s, ts)
+
+
+cdef inline bint _handles(State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
+    """The handle calls' own edge: handles the engine gave and a ts the contract allows;
+    False after answering the call with `invalid_command`. O(1) (funding.jump_fits)."""
+    if (0 <= a < s.n_accounts and 0 <= m < s.n_markets and 0 <= ts <= C_MAX_TS
+            and funding.jump_fits(s, ts)):
+        return True
+    return _handles_refused(s, command, a, m, ts)
+
+
+cdef bint _handles_refused(State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
+    """_handles' answer to a call it does not let through: which check failed, in order."""
+    if not (0 <= a < s.n_accounts and 0 <= m < s.n_markets):
+        events.reject(s, command, Reason.INVALID_COMMAND,
+                      f"account handle {a} or market handle {m} is not one the engine "
+                      f"gave (Engine.account_handle, Engine.market_handle)")
+        return False
+    if not (0 <= ts <= C_MAX_TS):
+        events.reject(s, command, Reason.INVALID_COMMAND, f"ts must be 0 .. {MAX_TS} ns")
+        return False
+    if not funding.jump_fits(s, ts):
+        events.reject(s, command, Reason.INVALID_COMMAND, _too_far(ts))
+        return False
+    return True
+
+
+cdef int _check_quiet(State s, int64_t ts) except -1:
+    """The debug build's check that a clock move State.wake let through had nothing to do."""
+    cdef int32_t m
+    assert not (s.gtd_of and s.gtd[0][0] <= ts), "a gtd expiry was skipped"
+    for m_ts, spec in s.pending_updates.values():
+        assert m_ts > ts, "a scheduled market update was skipped"
+    for m in range(s.n_markets):
+        assert not (s.mk[m].paused_until and ts >= s.mk[m].paused_until), \
+            "a pause's end was skipped"
+        assert not funding.due(s, m), "a funding boundary was skipped"
+        assert not (s.mk[m].liq_pending and s.margin), "a waiting liquidation pass was skipped"
+    return 0
+
+
+cdef int _pass_time(State s, int64_t ts) except -1:
+    """_advance's work once the clock (now `ts`) reached State.wake."""
+    cdef int32_t m
+    if s.gtd_of and s.gtd[0][0] <= ts:        # gtd_of: a dict, sized in C
+        entry.expire_due(s)
+    if s.pending_updates:
+        lifecycle.due_updates(s)
+    for m in range(s.n_markets):
+        if s.mk[m].paused_until and ts >= s.mk[m].paused_until:
+            if s.mk[m].status == POST_ONLY:
+                lifecycle.end_pause(s, m)
+            s.mk[m].paused_until = 0
+        if s.mk[m].status == HALTED and funding.due(s, m):
+            funding.skip_boundaries(s, m)       # no funding accrues while halted
+        while funding.due(s, m):
+            funding.apply_boundary(s, m)
+            if s.margin:
+                liquidation.run(s, m, False)
+        if s.mk[m].liq_pending and s.margin:
+            liquidation.resume(s, m)
+    rewake(s)
+    return 0
+
+
 cdef class Engine:
     """The deterministic state machine. One command in, its events out, in `seq` order.
 
@@ -383,11 +461,11 @@ cdef class Engine:
                     break
             if kind == FAST_NEW_ORDER:
                 s.n_commands += 1
-                self._advance(fc.ts)
+                _advance(s, fc.ts)
                 entry.place(s, &fc.order)
             elif kind == FAST_CANCEL or kind == FAST_AMEND:
                 s.n_commands += 1
-                self._advance(fc.ts)
+                _advance(s, fc.ts)
                 if not (s.pool.o[fc.slot].live and s.pool.o[fc.slot].oid == fc.oid):
                     self._apply(decode_msgpack(bytes(view[i:j]),   # gone while the clock
                                                f"object {k} at byte {offset + i}: "))  # moved
@@ -420,7 +498,7 @@ cdef class Engine:
         try:
             if not _call_fields(s, "new_order", ts, account, cid):
                 return 0
-            self._advance(ts)
+            _advance(s, ts)
             entry.order_fields(s, account, market, cid, side, kind, qty, price, trigger_price,
                                tif, reduce_only, stp, expire_ts)
         except (KeyError, TypeError, ValueError, OverflowError):
@@ -439,7 +517,7 @@ cdef class Engine:
         try:
             if not _call_fields(s, "cancel", ts, account, cid):
                 return False
-            self._advance(ts)
+            _advance(s, ts)
             before = s.pool.n_live
             entry.cancel_fields(s, account, market, cid)
             return s.pool.n_live < before
@@ -454,7 +532,7 @@ cdef class Engine:
         try:
             if not _call_fields(s, "amend", ts, account, cid):
                 return 0
-            self._advance(ts)
+            _advance(s, ts)
             entry.amend_fields(s, account, market, cid, price, qty)
         finally:
             events.close_call(s)
@@ -493,8 +571,8 @@ cdef class Engine:
         cdef State s = self._call(True)
         cdef int64_t first = s.next_oid
         try:
-            if self._handles(s, "new_order", account, market, ts):
-                self._advance(ts)
+            if _handles(s, "new_order", account, market, ts):
+                _advance(s, ts)
                 entry.place_handles(s, account, market, cid, side, kind, tif, flags, qty, price,
                                     trigger_price, expire_ts)
         finally:
@@ -508,8 +586,8 @@ cdef class Engine:
         cdef State s = self._call(False)
         cdef int64_t before = s.pool.n_live
         try:
-            if self._handles(s, "cancel", account, market, ts):
-                self._advance(ts)
+            if _handles(s, "cancel", account, market, ts):
+                _advance(s, ts)
                 entry.cancel_handles(s, account, market, cid)
         finally:
             events.close_call(s)
@@ -523,8 +601,8 @@ cdef class Engine:
         `last_reason`). O(1) + O(fills)."""
         cdef State s = self._call(True)
         try:
-            if self._handles(s, "amend", account, market, ts):
-                self._advance(ts)
+            if _handles(s, "amend", account, market, ts):
+                _advance(s, ts)
                 entry.amend_handles(s, account, market, cid, price, qty)
         finally:
             events.close_call(s)
@@ -569,20 +647,20 @@ cdef class Engine:
                 first = s.next_oid
                 before = s.pool.n_live
                 if c.type == REC_NEW_ORDER:
-                    if self._handles(s, "new_order", c.account, c.market, c.ts):
-                        self._advance(c.ts)
+                    if _handles(s, "new_order", c.account, c.market, c.ts):
+                        _advance(s, c.ts)
                         entry.place_handles(s, c.account, c.market, c.cid, c.side, c.kind,
                                             c.tif, c.flags, c.qty, c.price, c.trigger_price,
                                             c.expire_ts)
                     out[k] = first if s.next_oid > first else 0
                 elif c.type == REC_CANCEL:
-                    if self._handles(s, "cancel", c.account, c.market, c.ts):
-                        self._advance(c.ts)
+                    if _handles(s, "cancel", c.account, c.market, c.ts):
+                        _advance(s, c.ts)
                         entry.cancel_handles(s, c.account, c.market, c.cid)
                     out[k] = s.pool.n_live < before
                 elif c.type == REC_AMEND:
-                    if self._handles(s, "amend", c.account, c.market, c.ts):
-                        self._advance(c.ts)
+                    if _handles(s, "amend", c.account, c.market, c.ts):
+                        _advance(s, c.ts)
                         entry.amend_handles(s, c.account, c.market, c.cid, c.price, c.qty)
                     out[k] = s.out.last_reason is None
                 else:
@@ -598,23 +676,7 @@ cdef class Engine:
             events.close_call(s)
         return results, fills
 
-    cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
-        """The handle calls' own edge: handles the engine gave and a ts the contract allows;
-        False after answering the call with `invalid_command`."""
-        if not (0 <= a < s.n_accounts and 0 <= m < s.n_markets):
-            events.reject(s, command, Reason.INVALID_COMMAND,
-                          f"account handle {a} or market handle {m} is not one the engine "
-                          f"gave (Engine.account_handle, Engine.market_handle)")
-            return False
-        if not (0 <= ts <= C_MAX_TS):
-            events.reject(s, command, Reason.INVALID_COMMAND, f"ts must be 0 .. {MAX_TS} ns")
-            return False
-        if not funding.jump_fits(s, ts):
-            events.reject(s, command, Reason.INVALID_COMMAND, _too_far(ts))
-            return False
-        return True
-
-    cdef State _call(self, bint log_fills):
+    cdef inline State _call(self, bint log_fills):
         """Open a per-command call: its events are numbered from here, and encoded only with
         `record_events` on (quiet otherwise); `log_fills`: its fills are kept for the caller."""
         cdef State s = self.s
@@ -828,7 +890,7 @@ cdef class Engine:
         if not funding.jump_fits(s, cmd.ts):
             return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
                                  _too_far(cmd.ts))
-        self._advance(cmd.ts)
+        _advance(s, cmd.ts)
         if t is NewOrder:
             return entry.new_order(s, cmd)
         if t is Cancel:
@@ -875,7 +937,7 @@ cdef class Engine:
         if not funding.jump_fits(s, ts):
             return events.reject(s, t.__struct_config__.tag, Reason.INVALID_COMMAND,
                                  _too_far(ts))
-        self._advance(ts)
+        _advance(s, ts)
         if t is NewOrder:
             return entry.order_fields(s, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
                                       f[9], f[10], f[11])
@@ -884,34 +946,6 @@ cdef class Engine:
         return entry.amend_fields(s, f[0], f[1], f[2], f[3], f[4])
 
     # ---- time ------------------------------------------------------------------------------
-
-    cdef int _advance(self, int64_t ts) except -1:
-        """The clock becomes max(clock, ts); every funding boundary it passes is applied,
-        market by market (creation order), oldest first, each followed by a liquidation pass;
-        a pass that hit its bound at the last mark update goes on."""
-        cdef State s = self.s
-        cdef int32_t m
-        if ts <= s.clock:
-            return 0
-        s.clock = ts
-        if s.gtd_of and s.gtd[0][0] <= ts:        # gtd_of: a dict, sized in C
-            entry.expire_due(s)
-        if s.pending_updates:
-            lifecycle.due_updates(s)
-        for m in range(s.n_markets):
-            if s.mk[m].paused_until and ts >= s.mk[m].paused_until:
-                if s.mk[m].status == POST_ONLY:
-                    lifecycle.end_pause(s, m)
-                s.mk[m].paused_until = 0
-            if s.mk[m].status == HALTED and funding.due(s, m):
-                funding.skip_boundaries(s, m)       # no funding accrues while halted
-            while funding.due(s, m):
-                funding.apply_boundary(s, m)
-                if s.margin:
-                    liquidation.run(s, m, False)
-            if s.mk[m].liq_pending and s.margin:
-                liquidation.resume(s, m)
-        return 0
 
     # ---- markets and prices ----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
 from .book cimport Book, OrderPool, Order, Level, CidEntry, CID_BYTES
-from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
+from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market, rewake)
 from .triggers cimport arm
 from .risk cimport index_restored
 
@@ -217,4 +217,5 @@ cdef int load(State s, bytes data) except -1:
     s.dirty.extend(doc["dirty"])
     (s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits, s.withdrawals,
      s.fees) = doc["scalars"]
+    rewake(s)
     return 0

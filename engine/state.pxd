@@ -228,6 +228,16 @@ cdef class State:
     cdef EventWriter w              # written by engine.events only
     cdef int64_t seq                # written by engine.events only
     cdef int64_t clock              # written by engine.core only
+    cdef int64_t wake               # the clock may move below this with nothing else to do
+                                    # (engine.core._advance): at most the earliest gtd expiry,
+                                    # pause end, funding boundary and scheduled update, or
+                                    # INT64_MIN while a liquidation pass waits to go on; a
+                                    # writer that brings one of them earlier lowers it
+                                    # (wake_by), a clock move that passes it recomputes it
+                                    # (rewake). Derived: never in a snapshot.
+    cdef int64_t jump_quiet         # funding.jump_fits has nothing to look at below this ts:
+                                    # at most every market's next_funding + its interval
+                                    # (jump_by lowers it, rewake recomputes it)
     cdef int64_t next_oid
     cdef int64_t n_commands
     cdef int64_t n_fills
@@ -251,6 +261,7 @@ cdef int set_mark(State s, int32_t m, int64_t idx) except -1       # median(inde
 cdef int32_t insurance_fund(State s) except -1
 cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n)
 cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)
+cdef int rewake(State s) except -1                                  # wake, jump_quiet exact
 cdef object cid_key(object cid, int32_t a, CidKey* k)
 cdef object cid_obj(State s, int32_t i)
 cdef object cid_of(CidKey* k)
@@ -267,6 +278,21 @@ cdef inline int32_t market_id(State s, object name) except -2:
         s.seen_market = name
         s.seen_market_id = m
     return m
+
+
+cdef inline void wake_by(State s, int64_t t) noexcept:
+    """Time-driven work falls due at clock time `t` (a gtd expiry, a pause's end, a funding
+    boundary, a scheduled update; INT64_MIN: at the clock's next move): the clock's move to
+    `t` or past it must not be skipped. O(1)."""
+    if t < s.wake:
+        s.wake = t
+
+
+cdef inline void jump_by(State s, int64_t t) noexcept:
+    """A market's funding boundary after next is at `t`: funding.jump_fits looks at a jump to
+    `t` or past it. O(1)."""
+    if t < s.jump_quiet:
+        s.jump_quiet = t
 
 
 cdef inline int touch(State s, int32_t a) except -1:

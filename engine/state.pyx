@@ -3,7 +3,7 @@
 positions. Every growth keeps the old array until the new one is known good."""
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memset
-from libc.stdint cimport int64_t, int32_t, uint64_t
+from libc.stdint cimport int64_t, int32_t, uint64_t, INT64_MAX, INT64_MIN
 
 from .units cimport PPM, NS, fnv1a, narrow
 from .book cimport (Book, OrderPool, Order, KeyHeap, CID_BYTES, cid_hash_int, cid_hash_str, BID,
@@ -118,6 +118,8 @@ cdef class State:
         self.n_accounts = 0
         self.n_pos = 0
         self.clock = 0
+        self.wake = INT64_MAX
+        self.jump_quiet = INT64_MAX
         self.seq = 0
         self.next_oid = 1
         self.seen_market = None
@@ -406,6 +408,36 @@ cdef int set_spec(State s, int32_t m, object spec) except -1:
     mk.velocity_pause_ns = spec.velocity_pause_s * NS
     if spec.sources and m not in s.sources:
         s.sources[m] = [None] * len(spec.sources)
+    return 0
+
+
+# ---- time-driven work ---------------------------------------------------------------------
+
+cdef int rewake(State s) except -1:
+    """`wake` and `jump_quiet` exactly (state.pxd): the earliest time-driven work and the
+    earliest funding boundary after next, over every market. O(markets + scheduled updates)."""
+    cdef int64_t wake = INT64_MAX, quiet = INT64_MAX, t
+    cdef int32_t m
+    cdef MarketC* mk
+    if s.gtd_of:
+        t = s.gtd[0][0]
+        wake = t if t < wake else wake
+    for entry in s.pending_updates.values():
+        t = entry[0] if entry[0] < INT64_MAX else INT64_MAX
+        wake = t if t < wake else wake
+    for m in range(s.n_markets):
+        mk = &s.mk[m]
+        if mk.liq_pending:
+            wake = INT64_MIN
+        if mk.paused_until and mk.paused_until < wake:
+            wake = mk.paused_until
+        if mk.next_funding:
+            if mk.next_funding < wake:
+                wake = mk.next_funding
+            t = mk.next_funding + mk.funding_interval_ns
+            quiet = t if t < quiet else quiet
+    s.wake = wake
+    s.jump_quiet = quiet
     return 0
 
 
