@@ -11,6 +11,8 @@ Slots are stable, but the array may move when it grows: never hold an `Order*` a
 cimport cython
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t
 
+from .units cimport fnv1a
+
 
 cdef enum:
     CID_BYTES = 144          # 36 characters of UTF-8, at most 4 bytes each
@@ -78,8 +80,21 @@ ctypedef struct CidEntry:
     int32_t slot
 
 
-cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil
-cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    """A multiply-xorshift: deterministic (unlike Python's salted str hash); the product's
+    high half, every input bit in it, is the entry's tag, and is folded into the low half that
+    picks the bucket."""
+    x ^= x >> 32
+    x *= <uint64_t>0xd6e8feb86659fd93
+    return x ^ (x >> 32)
+
+
+cdef inline uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil:
+    return _mix(<uint64_t>cid ^ (<uint64_t>account << 40) ^ <uint64_t>0x9e3779b97f4a7c15)
+
+
+cdef inline uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil:
+    return _mix(fnv1a(<const unsigned char*>s, n) ^ (<uint64_t>account << 40))
 
 
 @cython.final

@@ -7,24 +7,6 @@ from libc.stdint cimport int64_t, uint64_t, int32_t
 from .units cimport fnv1a
 
 
-cdef inline uint64_t _mix(uint64_t x) nogil:
-    # splitmix64 finaliser: deterministic (unlike Python's salted str hash) and well spread.
-    x ^= x >> 30
-    x *= <uint64_t>0xbf58476d1ce4e5b9
-    x ^= x >> 27
-    x *= <uint64_t>0x94d049bb133111eb
-    x ^= x >> 31
-    return x
-
-
-cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil:
-    return _mix(<uint64_t>cid ^ (<uint64_t>account << 40) ^ <uint64_t>0x9e3779b97f4a7c15)
-
-
-cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil:
-    return _mix(fnv1a(<const unsigned char*>s, n) ^ (<uint64_t>account << 40))
-
-
 cdef class OrderPool:
     """Every open order, in one array of C structs, with the cid index and account lists."""
 

@@ -20,9 +20,10 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 6                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
+VERSION = 7                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
                             # 4: gtd orders; 5: a multi-source index; 6: the open-addressed
-                            # cid index (Order loses hnext, cid_hash and trigger_price)
+                            # cid index (Order loses hnext, cid_hash and trigger_price);
+                            # 7: the cid index's hash (a multiply-xorshift)
 
 
 cdef list _layout():

@@ -12,7 +12,8 @@ engine.core (time moves only through commands).
 cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
 
-from .units cimport int128
+from .units cimport int128, fnv1a
+from libc.string cimport memcmp
 from .book cimport Book, OrderPool, BID
 from .wire cimport EventWriter
 
@@ -114,6 +115,16 @@ ctypedef struct HeadroomC:
     int128 headroom
     int64_t epoch
 
+# An entry of the open-addressed indexes of account keys and market names by their bytes (the
+# msgpack fast path): the key's hash, where its bytes are (a bytes object the State keeps) and
+# how many, and the id (-1: an empty entry). A probe reads the entry and, when the hash and the
+# length agree, the bytes.
+ctypedef struct KeyEntry:
+    uint64_t h
+    const char* p
+    int32_t n
+    int32_t id
+
 ctypedef struct CidKey:
     uint64_t h
     int64_t i
@@ -204,6 +215,8 @@ cdef class State:
     cdef object seen_market         # the name market_id looked up last, and its id
     cdef int32_t seen_market_id
     cdef list market_utf8           # each market's name, UTF-8
+    cdef KeyEntry* mkey             # open-addressing index over market_utf8 (the fast path)
+    cdef uint64_t mkey_mask
     cdef list market_names          # ... and as the str (the events Engine.execute builds)
     cdef MarketC* mk
     cdef int32_t n_markets
@@ -212,7 +225,7 @@ cdef class State:
     cdef dict account_ids           # key -> id
     cdef list account_keys
     cdef list acct_mp               # canonical msgpack bytes of each account key
-    cdef int32_t* akey              # open-addressing index over acct_mp (the fast path)
+    cdef KeyEntry* akey             # open-addressing index over acct_mp (the fast path)
     cdef uint64_t akey_mask
     cdef AccountC* ac
     cdef HeadroomC* hr              # per account (engine.margin's cache; see HeadroomC)
@@ -259,12 +272,37 @@ cdef int32_t add_market(State s, object spec) except -1
 cdef int set_spec(State s, int32_t m, object spec) except -1      # add_market, update_market
 cdef int set_mark(State s, int32_t m, int64_t idx) except -1       # median(index, bid, ask)
 cdef int32_t insurance_fund(State s) except -1
-cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n)
-cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)
 cdef int rewake(State s) except -1                                  # wake, jump_quiet exact
 cdef object cid_key(object cid, int32_t a, CidKey* k)
 cdef object cid_obj(State s, int32_t i)
 cdef object cid_of(CidKey* k)
+
+
+cdef inline int32_t find_key(const KeyEntry* t, uint64_t mask, const unsigned char* k,
+                             Py_ssize_t n) noexcept:
+    """The id whose key is k[0:n] in the index `t` (mask + 1 entries; mask 0: empty), or -1.
+    O(1) expected."""
+    cdef uint64_t h, j
+    if mask == 0:
+        return -1
+    h = fnv1a(k, n)
+    j = h & mask
+    while t[j].id >= 0:
+        if t[j].h == h and t[j].n == n and memcmp(t[j].p, k, n) == 0:
+            return t[j].id
+        j = (j + 1) & mask
+    return -1
+
+
+cdef inline int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n) noexcept:
+    """The account whose key's canonical msgpack bytes are k[0:n], or -1. O(1) expected."""
+    return find_key(s.akey, s.akey_mask, k, n)
+
+
+cdef inline int32_t find_market_bytes(State s, const unsigned char* name,
+                                      Py_ssize_t n) noexcept:
+    """The market named by the UTF-8 bytes name[0:n], or -1. O(1) expected."""
+    return find_key(s.mkey, s.mkey_mask, name, n)
 
 
 cdef inline int32_t market_id(State s, object name) except -2:
