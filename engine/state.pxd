@@ -12,8 +12,48 @@ engine.core (time moves only through commands).
 cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
 
-from .units cimport int128, fnv1a
+from .units cimport int128
 from libc.string cimport memcmp
+
+
+cdef extern from *:
+    """
+    #ifndef PERPDEX_KEY_HASH
+    #define PERPDEX_KEY_HASH
+    #include <string.h>
+    #include <stdint.h>
+    /* The hash of a short key (an account key's msgpack bytes, a market's name) in the State's
+       look-up tables: overlapping word loads and a multiply-xorshift, not a step a byte. Made
+       and compared within one process only (no table is ever stored). */
+    static inline uint64_t pdx_key_hash(const unsigned char *p, Py_ssize_t n) {
+        uint64_t a = 0, b, t;
+        if (n >= 8) {
+            Py_ssize_t i;
+            for (i = 0; i + 8 < n; i += 8) {
+                memcpy(&t, p + i, 8);
+                a = (a ^ t) * 0x9e3779b97f4a7c15ULL;
+                a ^= a >> 29;
+            }
+            memcpy(&b, p + n - 8, 8);
+        } else if (n >= 4) {
+            uint32_t x, y;
+            memcpy(&x, p, 4);
+            memcpy(&y, p + n - 4, 4);
+            b = ((uint64_t)x << 32) | y;
+        } else if (n > 0) {
+            b = ((uint64_t)p[0] << 16) | ((uint64_t)p[n >> 1] << 8) | p[n - 1];
+        } else {
+            b = 0;
+        }
+        b ^= a ^ ((uint64_t)n << 56);
+        b *= 0xd6e8feb86659fd93ULL;
+        b ^= b >> 32;
+        b *= 0xd6e8feb86659fd93ULL;
+        return b ^ (b >> 29);
+    }
+    #endif
+    """
+    uint64_t key_hash "pdx_key_hash"(const unsigned char* p, Py_ssize_t n) noexcept nogil
 from .book cimport Book, OrderPool, BID
 from .wire cimport EventWriter
 
@@ -285,7 +325,7 @@ cdef inline int32_t find_key(const KeyEntry* t, uint64_t mask, const unsigned ch
     cdef uint64_t h, j
     if mask == 0:
         return -1
-    h = fnv1a(k, n)
+    h = key_hash(k, n)
     j = h & mask
     while t[j].id >= 0:
         if t[j].h == h and t[j].n == n and memcmp(t[j].p, k, n) == 0:

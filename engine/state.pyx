@@ -171,7 +171,7 @@ cdef int _index_key(KeyEntry** table, uint64_t* mask, int32_t id, bytes key) exc
         free(t)
         t = table[0] = nt
         mask[0] = b - 1
-    j = fnv1a(key, len(key))
+    j = key_hash(key, len(key))
     b = j & mask[0]
     while t[b].id >= 0:
         b = (b + 1) & mask[0]
