@@ -72,9 +72,10 @@ ctypedef struct Level:
     int32_t count
 
 
-# One entry of the cid index: the high 32 bits of the order's cid hash and its pool slot (-1
-# empty, -2 a tombstone). A probe compares tags in the table and reads an Order only when a tag
-# matches, so looking up a cid that is not there touches no order.
+# One entry of the cid index: the high 32 bits of the order's cid hash (its low bits the home
+# bucket) and its pool slot (-1 empty; -2 a tombstone, which a removal no longer leaves: it
+# moves the entries after it back instead). A probe compares tags in the table and reads an
+# Order only when a tag matches, so looking up a cid that is not there touches no order.
 ctypedef struct CidEntry:
     uint32_t tag
     int32_t slot
@@ -82,8 +83,8 @@ ctypedef struct CidEntry:
 
 cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
     """A multiply-xorshift: deterministic (unlike Python's salted str hash); the product's
-    high half, every input bit in it, is the entry's tag, and is folded into the low half that
-    picks the bucket."""
+    high half, every input bit in it, is the cid index entry's tag, whose low bits pick its
+    bucket (so the table is rebuilt, and entries moved back, from the tags alone)."""
     x ^= x >> 32
     x *= <uint64_t>0xd6e8feb86659fd93
     return x ^ (x >> 32)
@@ -107,6 +108,7 @@ cdef class OrderPool:
     cdef readonly int32_t n_live
     cdef CidEntry* cids             # the cid index: open addressing, linear probing, at most
     cdef uint64_t mask              # half full (live entries and tombstones); mask + 1 entries
+                                    # (below 2^32: a tag's low bits pick the bucket)
     cdef int32_t n_tombs
     cdef int32_t* acct_head         # each account's open orders
     cdef int32_t* acct_tail

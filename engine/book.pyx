@@ -112,8 +112,8 @@ cdef class OrderPool:
                           const char* text, Py_ssize_t n, uint64_t h):
         """The slot of the live order with this cid (`h` its hash), or -1. Only an entry whose
         tag matches makes the probe read an order."""
-        cdef uint64_t b = h & self.mask
         cdef uint32_t tag = <uint32_t>(h >> 32)
+        cdef uint64_t b = tag & self.mask
         cdef CidEntry* e
         cdef Order* o
         while True:
@@ -142,28 +142,45 @@ cdef class OrderPool:
     cdef int cid_insert(self, int32_t i) except -1:
         """Index slot `i` by its cid (not already indexed). O(1) expected; the table doubles
         (or is rebuilt without tombstones) before it would be more than half full."""
-        cdef uint64_t h = self._hash(i), b
+        cdef uint32_t tag = <uint32_t>(self._hash(i) >> 32)
+        cdef uint64_t b
         if 2 * (<uint64_t>self.n_live + self.n_tombs + 1) > self.mask + 1:
             self._rehash(2 * self.mask + 1 if 4 * <uint64_t>self.n_live > self.mask + 1
                          else self.mask)
-        b = h & self.mask
+        b = tag & self.mask
         while self.cids[b].slot >= 0:
             b = (b + 1) & self.mask
         if self.cids[b].slot == -2:
             self.n_tombs -= 1
-        self.cids[b].tag = <uint32_t>(h >> 32)
+        self.cids[b].tag = tag
         self.cids[b].slot = i
         return 0
 
     cdef void cid_remove(self, int32_t i):
-        """Take slot `i` out of the index (a tombstone where it was). O(1) expected."""
-        cdef uint64_t b = self._hash(i) & self.mask
+        """Take slot `i` out of the index. The entries after it in its run that may move back
+        (their home bucket, their tag's low bits, not after the hole) move back, so that no
+        tombstone is left and the table never needs rebuilding for them; reading the entries
+        alone, no order. O(1) expected."""
+        cdef uint64_t mask = self.mask
+        cdef uint64_t b = (self._hash(i) >> 32) & mask, j, home
         while self.cids[b].slot != i:
             if self.cids[b].slot == -1:
                 return
-            b = (b + 1) & self.mask
-        self.cids[b].slot = -2
-        self.n_tombs += 1
+            b = (b + 1) & mask
+        if self.n_tombs:                        # a table that has tombstones keeps to them
+            self.cids[b].slot = -2
+            self.n_tombs += 1
+            return
+        j = b
+        while True:
+            j = (j + 1) & mask
+            if self.cids[j].slot == -1:
+                break
+            home = self.cids[j].tag & mask
+            if ((j - home) & mask) >= ((j - b) & mask):
+                self.cids[b] = self.cids[j]
+                b = j
+        self.cids[b].slot = -1
 
     cdef int _rehash(self, uint64_t nmask) except -1:
         """A table of nmask + 1 entries holding every indexed order, without tombstones.
@@ -178,7 +195,7 @@ cdef class OrderPool:
         for i in range(self.mask + 1):
             j = self.cids[i].slot
             if j >= 0:
-                b = self._hash(j) & nmask
+                b = self.cids[i].tag & nmask
                 while nt[b].slot >= 0:
                     b = (b + 1) & nmask
                 nt[b] = self.cids[i]

@@ -23,7 +23,8 @@ _decode = msgspec.msgpack.decode
 VERSION = 7                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
                             # 4: gtd orders; 5: a multi-source index; 6: the open-addressed
                             # cid index (Order loses hnext, cid_hash and trigger_price);
-                            # 7: the cid index's hash (a multiply-xorshift)
+                            # 7: the cid index's hash (a multiply-xorshift), its buckets
+                            # by the tag, no tombstones
 
 
 cdef list _layout():
