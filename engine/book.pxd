@@ -116,14 +116,14 @@ cdef class OrderPool:
 
     # ---- API -----------------------------------------------------------------------------
     cdef int32_t alloc(self) except -1
-    cdef void release(self, int32_t i)
+    cdef void release(self, int32_t i) noexcept
     cdef int ensure_accounts(self, int32_t n) except -1
     cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
-                          const char* text, Py_ssize_t n, uint64_t h)
+                          const char* text, Py_ssize_t n, uint64_t h) noexcept
     cdef int cid_insert(self, int32_t i) except -1
-    cdef void cid_remove(self, int32_t i)
-    cdef void account_link(self, int32_t i)
-    cdef void account_unlink(self, int32_t i)
+    cdef void cid_remove(self, int32_t i) noexcept
+    cdef void account_link(self, int32_t i) noexcept
+    cdef void account_unlink(self, int32_t i) noexcept
     cdef int _rehash(self, uint64_t nmask) except -1
     cdef uint64_t _hash(self, int32_t i) noexcept
 
@@ -141,12 +141,12 @@ cdef class Book:
     cdef int32_t side_cap[2]
 
     # ---- API (n = levels on that side) -------------------------------------------------------
-    cdef int32_t best(self, int side)                                  # O(1)
-    cdef int32_t find(self, int side, int64_t price)                   # O(log n)
+    cdef int32_t best(self, int side) noexcept                         # O(1)
+    cdef int32_t find(self, int side, int64_t price) noexcept          # O(log n)
     cdef int push_back(self, OrderPool pool, int32_t i) except -1      # O(1), O(n) for a new level
-    cdef void unlink(self, OrderPool pool, int32_t i)                  # O(1), O(n) if level empties
-    cdef void _remove_level(self, int side, int32_t slot)
-    cdef int32_t _lower_bound(self, int side, int64_t key)
+    cdef void unlink(self, OrderPool pool, int32_t i) noexcept         # O(1), O(n) if it empties
+    cdef void _remove_level(self, int side, int32_t slot) noexcept
+    cdef int32_t _lower_bound(self, int side, int64_t key) noexcept
     cdef int32_t _new_level(self, int side, int64_t price) except -1
 
 

@@ -75,7 +75,7 @@ cdef class OrderPool:
         self.n_live += 1
         return i
 
-    cdef void release(self, int32_t i):
+    cdef void release(self, int32_t i) noexcept:
         """Return a slot (already out of its level, the cid index and its account list). O(1)."""
         self.o[i].live = 0
         self.o[i].next = self.free_head
@@ -109,7 +109,7 @@ cdef class OrderPool:
     # ---- cid index: O(1) expected ----------------------------------------------------------
 
     cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
-                          const char* text, Py_ssize_t n, uint64_t h):
+                          const char* text, Py_ssize_t n, uint64_t h) noexcept:
         """The slot of the live order with this cid (`h` its hash), or -1. Only an entry whose
         tag matches makes the probe read an order."""
         cdef uint32_t tag = <uint32_t>(h >> 32)
@@ -156,7 +156,7 @@ cdef class OrderPool:
         self.cids[b].slot = i
         return 0
 
-    cdef void cid_remove(self, int32_t i):
+    cdef void cid_remove(self, int32_t i) noexcept:
         """Take slot `i` out of the index. The entries after it in its run that may move back
         (their home bucket, their tag's low bits, not after the hole) move back, so that no
         tombstone is left and the table never needs rebuilding for them; reading the entries
@@ -207,7 +207,7 @@ cdef class OrderPool:
 
     # ---- the account's open orders, in acceptance order ----------------------------------
 
-    cdef void account_link(self, int32_t i):
+    cdef void account_link(self, int32_t i) noexcept:
         cdef int32_t a = self.o[i].account
         cdef int32_t t = self.acct_tail[a]
         self.o[i].aprev = t
@@ -218,7 +218,7 @@ cdef class OrderPool:
             self.acct_head[a] = i
         self.acct_tail[a] = i
 
-    cdef void account_unlink(self, int32_t i):
+    cdef void account_unlink(self, int32_t i) noexcept:
         cdef int32_t a = self.o[i].account
         cdef int32_t p = self.o[i].aprev, q = self.o[i].anext
         if p >= 0:
@@ -261,12 +261,12 @@ cdef class Book:
         free(self.keys[0])
         free(self.keys[1])
 
-    cdef int32_t best(self, int side):
+    cdef int32_t best(self, int side) noexcept:
         if self.n[side] == 0:
             return -1
         return self.slots[side][self.n[side] - 1]
 
-    cdef int32_t _lower_bound(self, int side, int64_t key):
+    cdef int32_t _lower_bound(self, int side, int64_t key) noexcept:
         """The first position on `side` whose key is >= `key`. O(log n)."""
         cdef int32_t lo = 0, hi = self.n[side], mid
         cdef int64_t* k = self.keys[side]
@@ -278,7 +278,7 @@ cdef class Book:
                 hi = mid
         return lo
 
-    cdef int32_t find(self, int side, int64_t price):
+    cdef int32_t find(self, int side, int64_t price) noexcept:
         cdef int64_t key = price if side == BID else -price
         cdef int32_t j = self._lower_bound(side, key)
         if j < self.n[side] and self.keys[side][j] == key:
@@ -332,7 +332,7 @@ cdef class Book:
         self.n[side] = n + 1
         return slot
 
-    cdef void _remove_level(self, int side, int32_t slot):
+    cdef void _remove_level(self, int side, int32_t slot) noexcept:
         cdef int32_t n = self.n[side], j
         cdef int64_t* k = self.keys[side]
         if n > 0 and self.slots[side][n - 1] == slot:
@@ -367,7 +367,7 @@ cdef class Book:
         l.qty += o.qty
         return 0
 
-    cdef void unlink(self, OrderPool pool, int32_t i):
+    cdef void unlink(self, OrderPool pool, int32_t i) noexcept:
         """Take order `i` out of its level (the level goes when it empties)."""
         cdef Order* o = &pool.o[i]
         cdef int32_t slot = o.level
