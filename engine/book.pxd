@@ -11,6 +11,8 @@ Slots are stable, but the array may move when it grows: never hold an `Order*` a
 cimport cython
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint8_t
 
+from .units cimport fnv1a
+
 
 cdef enum:
     CID_BYTES = 144          # 36 characters of UTF-8, at most 4 bytes each
@@ -70,16 +72,30 @@ ctypedef struct Level:
     int32_t count
 
 
-# One entry of the cid index: the high 32 bits of the order's cid hash and its pool slot (-1
-# empty, -2 a tombstone). A probe compares tags in the table and reads an Order only when a tag
-# matches, so looking up a cid that is not there touches no order.
+# One entry of the cid index: the high 32 bits of the order's cid hash (its low bits the home
+# bucket) and its pool slot (-1 empty; -2 a tombstone, which a removal no longer leaves: it
+# moves the entries after it back instead). A probe compares tags in the table and reads an
+# Order only when a tag matches, so looking up a cid that is not there touches no order.
 ctypedef struct CidEntry:
     uint32_t tag
     int32_t slot
 
 
-cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil
-cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    """A multiply-xorshift: deterministic (unlike Python's salted str hash); the product's
+    high half, every input bit in it, is the cid index entry's tag, whose low bits pick its
+    bucket (so the table is rebuilt, and entries moved back, from the tags alone)."""
+    x ^= x >> 32
+    x *= <uint64_t>0xd6e8feb86659fd93
+    return x ^ (x >> 32)
+
+
+cdef inline uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil:
+    return _mix(<uint64_t>cid ^ (<uint64_t>account << 40) ^ <uint64_t>0x9e3779b97f4a7c15)
+
+
+cdef inline uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil:
+    return _mix(fnv1a(<const unsigned char*>s, n) ^ (<uint64_t>account << 40))
 
 
 @cython.final
@@ -92,6 +108,7 @@ cdef class OrderPool:
     cdef readonly int32_t n_live
     cdef CidEntry* cids             # the cid index: open addressing, linear probing, at most
     cdef uint64_t mask              # half full (live entries and tombstones); mask + 1 entries
+                                    # (below 2^32: a tag's low bits pick the bucket)
     cdef int32_t n_tombs
     cdef int32_t* acct_head         # each account's open orders
     cdef int32_t* acct_tail
@@ -99,14 +116,14 @@ cdef class OrderPool:
 
     # ---- API -----------------------------------------------------------------------------
     cdef int32_t alloc(self) except -1
-    cdef void release(self, int32_t i)
+    cdef void release(self, int32_t i) noexcept
     cdef int ensure_accounts(self, int32_t n) except -1
     cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
-                          const char* text, Py_ssize_t n, uint64_t h)
+                          const char* text, Py_ssize_t n, uint64_t h) noexcept
     cdef int cid_insert(self, int32_t i) except -1
-    cdef void cid_remove(self, int32_t i)
-    cdef void account_link(self, int32_t i)
-    cdef void account_unlink(self, int32_t i)
+    cdef void cid_remove(self, int32_t i) noexcept
+    cdef void account_link(self, int32_t i) noexcept
+    cdef void account_unlink(self, int32_t i) noexcept
     cdef int _rehash(self, uint64_t nmask) except -1
     cdef uint64_t _hash(self, int32_t i) noexcept
 
@@ -124,12 +141,12 @@ cdef class Book:
     cdef int32_t side_cap[2]
 
     # ---- API (n = levels on that side) -------------------------------------------------------
-    cdef int32_t best(self, int side)                                  # O(1)
-    cdef int32_t find(self, int side, int64_t price)                   # O(log n)
+    cdef int32_t best(self, int side) noexcept                         # O(1)
+    cdef int32_t find(self, int side, int64_t price) noexcept          # O(log n)
     cdef int push_back(self, OrderPool pool, int32_t i) except -1      # O(1), O(n) for a new level
-    cdef void unlink(self, OrderPool pool, int32_t i)                  # O(1), O(n) if level empties
-    cdef void _remove_level(self, int side, int32_t slot)
-    cdef int32_t _lower_bound(self, int side, int64_t key)
+    cdef void unlink(self, OrderPool pool, int32_t i) noexcept         # O(1), O(n) if it empties
+    cdef void _remove_level(self, int side, int32_t slot) noexcept
+    cdef int32_t _lower_bound(self, int side, int64_t key) noexcept
     cdef int32_t _new_level(self, int side, int64_t price) except -1
 
 

@@ -7,24 +7,6 @@ from libc.stdint cimport int64_t, uint64_t, int32_t
 from .units cimport fnv1a
 
 
-cdef inline uint64_t _mix(uint64_t x) nogil:
-    # splitmix64 finaliser: deterministic (unlike Python's salted str hash) and well spread.
-    x ^= x >> 30
-    x *= <uint64_t>0xbf58476d1ce4e5b9
-    x ^= x >> 27
-    x *= <uint64_t>0x94d049bb133111eb
-    x ^= x >> 31
-    return x
-
-
-cdef uint64_t cid_hash_int(int32_t account, int64_t cid) noexcept nogil:
-    return _mix(<uint64_t>cid ^ (<uint64_t>account << 40) ^ <uint64_t>0x9e3779b97f4a7c15)
-
-
-cdef uint64_t cid_hash_str(int32_t account, const char* s, Py_ssize_t n) noexcept nogil:
-    return _mix(fnv1a(<const unsigned char*>s, n) ^ (<uint64_t>account << 40))
-
-
 cdef class OrderPool:
     """Every open order, in one array of C structs, with the cid index and account lists."""
 
@@ -93,7 +75,7 @@ cdef class OrderPool:
         self.n_live += 1
         return i
 
-    cdef void release(self, int32_t i):
+    cdef void release(self, int32_t i) noexcept:
         """Return a slot (already out of its level, the cid index and its account list). O(1)."""
         self.o[i].live = 0
         self.o[i].next = self.free_head
@@ -127,11 +109,11 @@ cdef class OrderPool:
     # ---- cid index: O(1) expected ----------------------------------------------------------
 
     cdef int32_t cid_find(self, int32_t account, bint is_str, int64_t cid_int,
-                          const char* text, Py_ssize_t n, uint64_t h):
+                          const char* text, Py_ssize_t n, uint64_t h) noexcept:
         """The slot of the live order with this cid (`h` its hash), or -1. Only an entry whose
         tag matches makes the probe read an order."""
-        cdef uint64_t b = h & self.mask
         cdef uint32_t tag = <uint32_t>(h >> 32)
+        cdef uint64_t b = tag & self.mask
         cdef CidEntry* e
         cdef Order* o
         while True:
@@ -160,28 +142,45 @@ cdef class OrderPool:
     cdef int cid_insert(self, int32_t i) except -1:
         """Index slot `i` by its cid (not already indexed). O(1) expected; the table doubles
         (or is rebuilt without tombstones) before it would be more than half full."""
-        cdef uint64_t h = self._hash(i), b
+        cdef uint32_t tag = <uint32_t>(self._hash(i) >> 32)
+        cdef uint64_t b
         if 2 * (<uint64_t>self.n_live + self.n_tombs + 1) > self.mask + 1:
             self._rehash(2 * self.mask + 1 if 4 * <uint64_t>self.n_live > self.mask + 1
                          else self.mask)
-        b = h & self.mask
+        b = tag & self.mask
         while self.cids[b].slot >= 0:
             b = (b + 1) & self.mask
         if self.cids[b].slot == -2:
             self.n_tombs -= 1
-        self.cids[b].tag = <uint32_t>(h >> 32)
+        self.cids[b].tag = tag
         self.cids[b].slot = i
         return 0
 
-    cdef void cid_remove(self, int32_t i):
-        """Take slot `i` out of the index (a tombstone where it was). O(1) expected."""
-        cdef uint64_t b = self._hash(i) & self.mask
+    cdef void cid_remove(self, int32_t i) noexcept:
+        """Take slot `i` out of the index. The entries after it in its run that may move back
+        (their home bucket, their tag's low bits, not after the hole) move back, so that no
+        tombstone is left and the table never needs rebuilding for them; reading the entries
+        alone, no order. O(1) expected."""
+        cdef uint64_t mask = self.mask
+        cdef uint64_t b = (self._hash(i) >> 32) & mask, j, home
         while self.cids[b].slot != i:
             if self.cids[b].slot == -1:
                 return
-            b = (b + 1) & self.mask
-        self.cids[b].slot = -2
-        self.n_tombs += 1
+            b = (b + 1) & mask
+        if self.n_tombs:                        # a table that has tombstones keeps to them
+            self.cids[b].slot = -2
+            self.n_tombs += 1
+            return
+        j = b
+        while True:
+            j = (j + 1) & mask
+            if self.cids[j].slot == -1:
+                break
+            home = self.cids[j].tag & mask
+            if ((j - home) & mask) >= ((j - b) & mask):
+                self.cids[b] = self.cids[j]
+                b = j
+        self.cids[b].slot = -1
 
     cdef int _rehash(self, uint64_t nmask) except -1:
         """A table of nmask + 1 entries holding every indexed order, without tombstones.
@@ -196,7 +195,7 @@ cdef class OrderPool:
         for i in range(self.mask + 1):
             j = self.cids[i].slot
             if j >= 0:
-                b = self._hash(j) & nmask
+                b = self.cids[i].tag & nmask
                 while nt[b].slot >= 0:
                     b = (b + 1) & nmask
                 nt[b] = self.cids[i]
@@ -208,7 +207,7 @@ cdef class OrderPool:
 
     # ---- the account's open orders, in acceptance order ----------------------------------
 
-    cdef void account_link(self, int32_t i):
+    cdef void account_link(self, int32_t i) noexcept:
         cdef int32_t a = self.o[i].account
         cdef int32_t t = self.acct_tail[a]
         self.o[i].aprev = t
@@ -219,7 +218,7 @@ cdef class OrderPool:
             self.acct_head[a] = i
         self.acct_tail[a] = i
 
-    cdef void account_unlink(self, int32_t i):
+    cdef void account_unlink(self, int32_t i) noexcept:
         cdef int32_t a = self.o[i].account
         cdef int32_t p = self.o[i].aprev, q = self.o[i].anext
         if p >= 0:
@@ -262,12 +261,12 @@ cdef class Book:
         free(self.keys[0])
         free(self.keys[1])
 
-    cdef int32_t best(self, int side):
+    cdef int32_t best(self, int side) noexcept:
         if self.n[side] == 0:
             return -1
         return self.slots[side][self.n[side] - 1]
 
-    cdef int32_t _lower_bound(self, int side, int64_t key):
+    cdef int32_t _lower_bound(self, int side, int64_t key) noexcept:
         """The first position on `side` whose key is >= `key`. O(log n)."""
         cdef int32_t lo = 0, hi = self.n[side], mid
         cdef int64_t* k = self.keys[side]
@@ -279,7 +278,7 @@ cdef class Book:
                 hi = mid
         return lo
 
-    cdef int32_t find(self, int side, int64_t price):
+    cdef int32_t find(self, int side, int64_t price) noexcept:
         cdef int64_t key = price if side == BID else -price
         cdef int32_t j = self._lower_bound(side, key)
         if j < self.n[side] and self.keys[side][j] == key:
@@ -333,7 +332,7 @@ cdef class Book:
         self.n[side] = n + 1
         return slot
 
-    cdef void _remove_level(self, int side, int32_t slot):
+    cdef void _remove_level(self, int side, int32_t slot) noexcept:
         cdef int32_t n = self.n[side], j
         cdef int64_t* k = self.keys[side]
         if n > 0 and self.slots[side][n - 1] == slot:
@@ -368,7 +367,7 @@ cdef class Book:
         l.qty += o.qty
         return 0
 
-    cdef void unlink(self, OrderPool pool, int32_t i):
+    cdef void unlink(self, OrderPool pool, int32_t i) noexcept:
         """Take order `i` out of its level (the level goes when it empties)."""
         cdef Order* o = &pool.o[i]
         cdef int32_t slot = o.level

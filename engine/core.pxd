@@ -37,14 +37,12 @@ cdef class Engine:
     cpdef list execute(self, object cmd)
 
     # ---- cdef internals --------------------------------------------------------------------
-    cdef State _call(self, bint log_fills)
+    cdef inline State _call(self, bint log_fills)
     cdef int _dispatch(self, object cmd) except -1
     cdef int _failed(self, object cmd) except -1
     cdef bytes _run_msgpack(self, data, int64_t first, Py_ssize_t offset, str out,
                             Py_ssize_t* used, int64_t* count)
     cdef int _apply(self, object cmd) except -1
     cdef int _order_command(self, object t, tuple f) except -1
-    cdef int _advance(self, int64_t ts) except -1
-    cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1
     cdef int _create_market(self, object cmd) except -1
     cdef int _oracle(self, object cmd) except -1

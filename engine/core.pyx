@@ -13,10 +13,10 @@ from cpython.ref cimport Py_INCREF
 from libc.string cimport memcpy
 cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.object cimport PyObject_TypeCheck, PyTypeObject
+from cpython.object cimport PyObject, PyObject_TypeCheck, PyTypeObject
 
-from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, margin_moved, SETTLED,
-                     HALTED, POST_ONLY)
+from .state cimport (State, MarketC, FillC, add_market, cid_obj, set_mark, margin_moved, rewake,
+                     SETTLED, HALTED, POST_ONLY)
 from .wire cimport FMT_MSGPACK, FMT_JSON, skip_object
 from .matching cimport cancel_order
 from .wire cimport (V_USER, T_ORDER_ACCEPTED, T_ORDER_CANCELLED, T_ORDER_AMENDED, T_FILL, T_MARK,
@@ -123,9 +123,15 @@ assert Cancel.__struct_fields__ == ("account", "market", "cid", "ts")
 assert Amend.__struct_fields__ == ("account", "market", "cid", "price", "qty", "ts")
 
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
+
+
 cdef tuple _rows(State s):
     """The fills logged by the current call as (price, qty, maker cid, taker cid) tuples, built
-    in C. O(fills)."""
+    in C. They hold ints and strs only, so the cycle collector is told at once that they can
+    be in no cycle (as it would find out itself, the first time it looked at them, after
+    walking them on every young collection until then). O(fills)."""
     cdef int32_t i
     cdef FillC* f
     cdef tuple rows, row
@@ -138,8 +144,10 @@ cdef tuple _rows(State s):
             row = (f.price, f.qty) + <tuple>s.out.log_strs[f.strs - 1]
         else:
             row = (f.price, f.qty, f.maker_cid, f.taker_cid)
+        PyObject_GC_UnTrack(<PyObject*>row)
         Py_INCREF(row)
         PyTuple_SET_ITEM(rows, i, row)
+    PyObject_GC_UnTrack(<PyObject*>rows)
     return rows
 
 
@@ -251,6 +259,270 @@ ROW_FIELDS = {
     "state_hash": _HEAD,
     "rare": _HEAD + ("event",),
 }
+
+
+cdef inline int _advance(State s, int64_t ts) except -1:
+    """The clock becomes max(clock, ts); every funding boundary it passes is applied,
+    market by market (creation order), oldest first, each followed by a liquidation pass;
+    a pass that hit its bound at the last mark update goes on (_pass_time). O(1) while the
+    clock stays below the earliest of those (State.wake)."""
+    if ts <= s.clock:
+        return 0
+    s.clock = ts
+    if ts < s.wake:
+        if CHECKS:
+            _check_quiet(s, ts)
+        return 0
+    return _pass_time(s, ts)
+
+
+cdef inline bint _handles(State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
+    """The handle calls' own edge: handles the engine gave and a ts the contract allows;
+    False after answering the call with `invalid_command`. O(1) (funding.jump_fits)."""
+    if (0 <= a < s.n_accounts and 0 <= m < s.n_markets and 0 <= ts <= C_MAX_TS
+            and funding.jump_fits(s, ts)):
+        return True
+    return _handles_refused(s, command, a, m, ts)
+
+
+cdef bint _handles_refused(State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
+    """_handles' answer to a call it does not let through: which check failed, in order."""
+    if not (0 <= a < s.n_accounts and 0 <= m < s.n_markets):
+        events.reject(s, command, Reason.INVALID_COMMAND,
+                      f"account handle {a} or market handle {m} is not one the engine "
+                      f"gave (Engine.account_handle, Engine.market_handle)")
+        return False
+    if not (0 <= ts <= C_MAX_TS):
+        events.reject(s, command, Reason.INVALID_COMMAND, f"ts must be 0 .. {MAX_TS} ns")
+        return False
+    if not funding.jump_fits(s, ts):
+        events.reject(s, command, Reason.INVALID_COMMAND, _too_far(ts))
+        return False
+    return True
+
+
+# ---- the handle calls' bodies, and their positional fast entry ------------------------------
+
+cdef object _place(Engine e, int32_t account, int32_t market, int64_t cid, int side, int64_t qty,
+                   int64_t price, int kind, int tif, int64_t ts, int flags, int64_t trigger_price,
+                   int64_t expire_ts):
+    """Engine.place."""
+    cdef State s = e._call(True)
+    cdef int64_t first = s.next_oid
+    try:
+        if _handles(s, "new_order", account, market, ts):
+            _advance(s, ts)
+            entry.place_handles(s, account, market, cid, side, kind, tif, flags, qty, price,
+                                trigger_price, expire_ts)
+    finally:
+        events.close_call(s)
+    result = ((first if s.next_oid > first else 0), _rows(s))
+    PyObject_GC_UnTrack(<PyObject*>result)         # an int and an untracked tuple (_rows)
+    return result
+
+
+cdef object _cancel_order(Engine e, int32_t account, int32_t market, int64_t cid, int64_t ts):
+    """Engine.cancel_order."""
+    cdef State s = e._call(False)
+    cdef int64_t before = s.pool.n_live
+    try:
+        if _handles(s, "cancel", account, market, ts):
+            _advance(s, ts)
+            entry.cancel_handles(s, account, market, cid)
+    finally:
+        events.close_call(s)
+    return s.pool.n_live < before
+
+
+cdef object _amend_order(Engine e, int32_t account, int32_t market, int64_t cid, int64_t price,
+                         int64_t qty, int64_t ts):
+    """Engine.amend_order."""
+    cdef State s = e._call(True)
+    try:
+        if _handles(s, "amend", account, market, ts):
+            _advance(s, ts)
+            entry.amend_handles(s, account, market, cid, price, qty)
+    finally:
+        events.close_call(s)
+    return _rows(s)
+
+
+cdef extern from *:
+    """
+    /* An argument of a handle call read as an int64 when it is an exact int that fits one:
+       1, else 0 (the caller then lets the generic argument parsing answer, error and all). */
+    static inline int __pd_arg_i64(PyObject *o, int64_t *v) {
+        int overflow = 0;
+        long long x;
+        if (!PyLong_CheckExact(o)) return 0;
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+            *v = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)o);
+            return 1;
+        }
+    #else
+        {
+            Py_ssize_t n = Py_SIZE(o);
+            if (n == 0) { *v = 0; return 1; }
+            if (n == 1) { *v = (int64_t)((PyLongObject *)o)->ob_digit[0]; return 1; }
+            if (n == -1) { *v = -(int64_t)((PyLongObject *)o)->ob_digit[0]; return 1; }
+            if (n == 2 && PyLong_SHIFT == 30) {       /* a nanosecond ts: below 2^60 */
+                *v = (int64_t)((PyLongObject *)o)->ob_digit[0]
+                     | ((int64_t)((PyLongObject *)o)->ob_digit[1] << 30);
+                return 1;
+            }
+        }
+    #endif
+        x = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
+        *v = (int64_t)x;
+        return 1;
+    }
+    """
+    bint _arg_i64 "__pd_arg_i64"(PyObject* o, int64_t* v) noexcept
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMethodDef:
+        const char* ml_name
+        void* ml_meth
+        int ml_flags
+        const char* ml_doc
+    int METH_FASTCALL
+    int METH_KEYWORDS
+    object PyDescr_NewMethod(PyTypeObject* t, PyMethodDef* m)
+    void PyType_Modified(PyTypeObject* t)
+
+
+cdef extern from *:
+    """
+    #define __pd_type_dict(t) (((PyTypeObject *)(t))->tp_dict)
+    """
+    PyObject* _type_dict "__pd_type_dict"(PyTypeObject* t)
+
+
+cdef inline bint _args_i64(PyObject** args, Py_ssize_t nargs, PyObject* kwnames, Py_ssize_t least,
+                           Py_ssize_t most, int64_t* v) noexcept:
+    """The positional arguments of a handle call as int64 (those not given 0); False when a
+    keyword is given, their number is off, or one is not an exact int64."""
+    cdef Py_ssize_t i
+    if kwnames != NULL or nargs < least or nargs > most:
+        return False
+    for i in range(nargs):
+        if not _arg_i64(args[i], &v[i]):
+            return False
+    for i in range(nargs, most):
+        v[i] = 0
+    return True
+
+
+cdef inline bint _i32(int64_t v) noexcept:
+    return -2147483648 <= v <= 2147483647
+
+
+cdef object _generic(object method, object self, PyObject** args, Py_ssize_t nargs,
+                     PyObject* kwnames):
+    """The call as the generic argument parsing takes it (keywords, other types, errors)."""
+    cdef Py_ssize_t i, nkw = len(<tuple>kwnames) if kwnames != NULL else 0
+    pos = [self]
+    for i in range(nargs):
+        pos.append(<object>args[i])
+    kw = {}
+    for i in range(nkw):
+        kw[(<tuple>kwnames)[i]] = <object>args[nargs + i]
+    return method(*pos, **kw)
+
+
+cdef object _place_generic, _cancel_order_generic, _amend_order_generic
+
+
+cdef object _place_fast(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """Engine.place's entry (METH_FASTCALL): positional exact ints are read here at once;
+    anything else goes to the generic parsing, which says the same as before."""
+    cdef int64_t v[12]
+    if (_args_i64(args, nargs, kwnames, 5, 12, v) and _i32(v[0]) and _i32(v[1]) and _i32(v[3])
+            and _i32(v[6]) and _i32(v[7]) and _i32(v[9])):
+        return _place(<Engine>self, <int32_t>v[0], <int32_t>v[1], v[2], <int>v[3], v[4], v[5],
+                      <int>v[6], <int>v[7], v[8], <int>v[9], v[10], v[11])
+    return _generic(_place_generic, self, args, nargs, kwnames)
+
+
+cdef object _cancel_order_fast(object self, PyObject** args, Py_ssize_t nargs,
+                               PyObject* kwnames):
+    """Engine.cancel_order's entry (as _place_fast)."""
+    cdef int64_t v[4]
+    if _args_i64(args, nargs, kwnames, 3, 4, v) and _i32(v[0]) and _i32(v[1]):
+        return _cancel_order(<Engine>self, <int32_t>v[0], <int32_t>v[1], v[2], v[3])
+    return _generic(_cancel_order_generic, self, args, nargs, kwnames)
+
+
+cdef object _amend_order_fast(object self, PyObject** args, Py_ssize_t nargs,
+                              PyObject* kwnames):
+    """Engine.amend_order's entry (as _place_fast)."""
+    cdef int64_t v[6]
+    if _args_i64(args, nargs, kwnames, 3, 6, v) and _i32(v[0]) and _i32(v[1]):
+        return _amend_order(<Engine>self, <int32_t>v[0], <int32_t>v[1], v[2], v[3], v[4], v[5])
+    return _generic(_amend_order_generic, self, args, nargs, kwnames)
+
+
+cdef PyMethodDef _fast_defs[3]
+cdef list _fast_docs = []
+
+
+cdef int _install_fast(int k, str name, void* fn) except -1:
+    """Engine.<name> becomes a METH_FASTCALL method calling `fn`, with the generic method's
+    doc; the generic one stays behind it for what `fn` does not take."""
+    cdef PyTypeObject* t = <PyTypeObject*>Engine
+    cdef dict d = <dict>_type_dict(t)
+    generic = d[name]
+    doc = (generic.__doc__ or "").encode("utf-8")
+    name_b = name.encode("ascii")
+    _fast_docs.extend((doc, name_b))
+    _fast_defs[k].ml_name = name_b
+    _fast_defs[k].ml_meth = fn
+    _fast_defs[k].ml_flags = METH_FASTCALL | METH_KEYWORDS
+    _fast_defs[k].ml_doc = doc
+    d[name] = PyDescr_NewMethod(t, &_fast_defs[k])
+    PyType_Modified(t)
+    return 0
+
+
+cdef int _check_quiet(State s, int64_t ts) except -1:
+    """The debug build's check that a clock move State.wake let through had nothing to do."""
+    cdef int32_t m
+    assert not (s.gtd_of and s.gtd[0][0] <= ts), "a gtd expiry was skipped"
+    for m_ts, spec in s.pending_updates.values():
+        assert m_ts > ts, "a scheduled market update was skipped"
+    for m in range(s.n_markets):
+        assert not (s.mk[m].paused_until and ts >= s.mk[m].paused_until), \
+            "a pause's end was skipped"
+        assert not funding.due(s, m), "a funding boundary was skipped"
+        assert not (s.mk[m].liq_pending and s.margin), "a waiting liquidation pass was skipped"
+    return 0
+
+
+cdef int _pass_time(State s, int64_t ts) except -1:
+    """_advance's work once the clock (now `ts`) reached State.wake."""
+    cdef int32_t m
+    if s.gtd_of and s.gtd[0][0] <= ts:        # gtd_of: a dict, sized in C
+        entry.expire_due(s)
+    if s.pending_updates:
+        lifecycle.due_updates(s)
+    for m in range(s.n_markets):
+        if s.mk[m].paused_until and ts >= s.mk[m].paused_until:
+            if s.mk[m].status == POST_ONLY:
+                lifecycle.end_pause(s, m)
+            s.mk[m].paused_until = 0
+        if s.mk[m].status == HALTED and funding.due(s, m):
+            funding.skip_boundaries(s, m)       # no funding accrues while halted
+        while funding.due(s, m):
+            funding.apply_boundary(s, m)
+            if s.margin:
+                liquidation.run(s, m, False)
+        if s.mk[m].liq_pending and s.margin:
+            liquidation.resume(s, m)
+    rewake(s)
+    return 0
 
 
 cdef class Engine:
@@ -398,11 +670,11 @@ cdef class Engine:
                     break
             if kind == FAST_NEW_ORDER:
                 s.n_commands += 1
-                self._advance(fc.ts)
+                _advance(s, fc.ts)
                 entry.place(s, &fc.order)
             elif kind == FAST_CANCEL or kind == FAST_AMEND:
                 s.n_commands += 1
-                self._advance(fc.ts)
+                _advance(s, fc.ts)
                 if not (s.pool.o[fc.slot].live and s.pool.o[fc.slot].oid == fc.oid):
                     self._apply(decode_msgpack(bytes(view[i:j]),   # gone while the clock
                                                f"object {k} at byte {offset + i}: "))  # moved
@@ -435,7 +707,7 @@ cdef class Engine:
         try:
             if not _call_fields(s, "new_order", ts, account, cid):
                 return 0
-            self._advance(ts)
+            _advance(s, ts)
             entry.order_fields(s, account, market, cid, side, kind, qty, price, trigger_price,
                                tif, reduce_only, stp, expire_ts)
         except (KeyError, TypeError, ValueError, OverflowError):
@@ -454,7 +726,7 @@ cdef class Engine:
         try:
             if not _call_fields(s, "cancel", ts, account, cid):
                 return False
-            self._advance(ts)
+            _advance(s, ts)
             before = s.pool.n_live
             entry.cancel_fields(s, account, market, cid)
             return s.pool.n_live < before
@@ -469,7 +741,7 @@ cdef class Engine:
         try:
             if not _call_fields(s, "amend", ts, account, cid):
                 return 0
-            self._advance(ts)
+            _advance(s, ts)
             entry.amend_fields(s, account, market, cid, price, qty)
         finally:
             events.close_call(s)
@@ -505,30 +777,14 @@ cdef class Engine:
         not given). Returns (oid, fills): the order's oid, 0 if it was rejected (`last_reason`
         says why), and every fill the call made, in order, as (price, qty, maker cid, taker
         cid) tuples. O(1) + O(fills)."""
-        cdef State s = self._call(True)
-        cdef int64_t first = s.next_oid
-        try:
-            if self._handles(s, "new_order", account, market, ts):
-                self._advance(ts)
-                entry.place_handles(s, account, market, cid, side, kind, tif, flags, qty, price,
-                                    trigger_price, expire_ts)
-        finally:
-            events.close_call(s)
-        return (first if s.next_oid > first else 0), _rows(s)
+        return _place(self, account, market, cid, side, qty, price, kind, tif, ts, flags,
+                      trigger_price, expire_ts)
 
     @cython.binding(False)
     def cancel_order(self, int32_t account, int32_t market, int64_t cid, int64_t ts=0):
         """Cancel one open order, as `cancel` would, from handles; True when it was cancelled
         (False: rejected, `last_reason` says why). O(1)."""
-        cdef State s = self._call(False)
-        cdef int64_t before = s.pool.n_live
-        try:
-            if self._handles(s, "cancel", account, market, ts):
-                self._advance(ts)
-                entry.cancel_handles(s, account, market, cid)
-        finally:
-            events.close_call(s)
-        return s.pool.n_live < before
+        return _cancel_order(self, account, market, cid, ts)
 
     @cython.binding(False)
     def amend_order(self, int32_t account, int32_t market, int64_t cid, int64_t price=0,
@@ -536,14 +792,7 @@ cdef class Engine:
         """Amend one open order, as `amend` would, from handles (0: unchanged); the fills its
         re-entry made, as `place` returns them (empty when it kept its place or was rejected:
         `last_reason`). O(1) + O(fills)."""
-        cdef State s = self._call(True)
-        try:
-            if self._handles(s, "amend", account, market, ts):
-                self._advance(ts)
-                entry.amend_handles(s, account, market, cid, price, qty)
-        finally:
-            events.close_call(s)
-        return _rows(s)
+        return _amend_order(self, account, market, cid, price, qty, ts)
 
     # ---- the binary batch path: fixed-size records in and out -------------------------------
 
@@ -584,20 +833,20 @@ cdef class Engine:
                 first = s.next_oid
                 before = s.pool.n_live
                 if c.type == REC_NEW_ORDER:
-                    if self._handles(s, "new_order", c.account, c.market, c.ts):
-                        self._advance(c.ts)
+                    if _handles(s, "new_order", c.account, c.market, c.ts):
+                        _advance(s, c.ts)
                         entry.place_handles(s, c.account, c.market, c.cid, c.side, c.kind,
                                             c.tif, c.flags, c.qty, c.price, c.trigger_price,
                                             c.expire_ts)
                     out[k] = first if s.next_oid > first else 0
                 elif c.type == REC_CANCEL:
-                    if self._handles(s, "cancel", c.account, c.market, c.ts):
-                        self._advance(c.ts)
+                    if _handles(s, "cancel", c.account, c.market, c.ts):
+                        _advance(s, c.ts)
                         entry.cancel_handles(s, c.account, c.market, c.cid)
                     out[k] = s.pool.n_live < before
                 elif c.type == REC_AMEND:
-                    if self._handles(s, "amend", c.account, c.market, c.ts):
-                        self._advance(c.ts)
+                    if _handles(s, "amend", c.account, c.market, c.ts):
+                        _advance(s, c.ts)
                         entry.amend_handles(s, c.account, c.market, c.cid, c.price, c.qty)
                     out[k] = s.out.last_reason is None
                 else:
@@ -613,23 +862,7 @@ cdef class Engine:
             events.close_call(s)
         return results, fills
 
-    cdef bint _handles(self, State s, str command, int32_t a, int32_t m, int64_t ts) except -1:
-        """The handle calls' own edge: handles the engine gave and a ts the contract allows;
-        False after answering the call with `invalid_command`."""
-        if not (0 <= a < s.n_accounts and 0 <= m < s.n_markets):
-            events.reject(s, command, Reason.INVALID_COMMAND,
-                          f"account handle {a} or market handle {m} is not one the engine "
-                          f"gave (Engine.account_handle, Engine.market_handle)")
-            return False
-        if not (0 <= ts <= C_MAX_TS):
-            events.reject(s, command, Reason.INVALID_COMMAND, f"ts must be 0 .. {MAX_TS} ns")
-            return False
-        if not funding.jump_fits(s, ts):
-            events.reject(s, command, Reason.INVALID_COMMAND, _too_far(ts))
-            return False
-        return True
-
-    cdef State _call(self, bint log_fills):
+    cdef inline State _call(self, bint log_fills):
         """Open a per-command call: its events are numbered from here, and encoded only with
         `record_events` on (quiet otherwise); `log_fills`: its fills are kept for the caller."""
         cdef State s = self.s
@@ -849,7 +1082,7 @@ cdef class Engine:
         if not funding.jump_fits(s, cmd.ts):
             return events.reject(s, cmd.__struct_config__.tag, Reason.INVALID_COMMAND,
                                  _too_far(cmd.ts))
-        self._advance(cmd.ts)
+        _advance(s, cmd.ts)
         if t is NewOrder:
             return entry.new_order(s, cmd)
         if t is Cancel:
@@ -896,7 +1129,7 @@ cdef class Engine:
         if not funding.jump_fits(s, ts):
             return events.reject(s, t.__struct_config__.tag, Reason.INVALID_COMMAND,
                                  _too_far(ts))
-        self._advance(ts)
+        _advance(s, ts)
         if t is NewOrder:
             return entry.order_fields(s, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
                                       f[9], f[10], f[11])
@@ -905,34 +1138,6 @@ cdef class Engine:
         return entry.amend_fields(s, f[0], f[1], f[2], f[3], f[4])
 
     # ---- time ------------------------------------------------------------------------------
-
-    cdef int _advance(self, int64_t ts) except -1:
-        """The clock becomes max(clock, ts); every funding boundary it passes is applied,
-        market by market (creation order), oldest first, each followed by a liquidation pass;
-        a pass that hit its bound at the last mark update goes on."""
-        cdef State s = self.s
-        cdef int32_t m
-        if ts <= s.clock:
-            return 0
-        s.clock = ts
-        if s.gtd_of and s.gtd[0][0] <= ts:        # gtd_of: a dict, sized in C
-            entry.expire_due(s)
-        if s.pending_updates:
-            lifecycle.due_updates(s)
-        for m in range(s.n_markets):
-            if s.mk[m].paused_until and ts >= s.mk[m].paused_until:
-                if s.mk[m].status == POST_ONLY:
-                    lifecycle.end_pause(s, m)
-                s.mk[m].paused_until = 0
-            if s.mk[m].status == HALTED and funding.due(s, m):
-                funding.skip_boundaries(s, m)       # no funding accrues while halted
-            while funding.due(s, m):
-                funding.apply_boundary(s, m)
-                if s.margin:
-                    liquidation.run(s, m, False)
-            if s.mk[m].liq_pending and s.margin:
-                liquidation.resume(s, m)
-        return 0
 
     # ---- markets and prices ----------------------------------------------------------------
 
@@ -988,3 +1193,13 @@ cdef class Engine:
         if s.margin:
             liquidation.run(s, m, True)
         return 0
+
+
+# The handle calls take positional exact ints without the generic argument parsing (which
+# builds a keyword table and takes a reference to every argument): see _place_fast.
+_place_generic = Engine.__dict__["place"]
+_cancel_order_generic = Engine.__dict__["cancel_order"]
+_amend_order_generic = Engine.__dict__["amend_order"]
+_install_fast(0, "place", <void*>_place_fast)
+_install_fast(1, "cancel_order", <void*>_cancel_order_fast)
+_install_fast(2, "amend_order", <void*>_amend_order_fast)

@@ -10,7 +10,7 @@ from .book cimport (
     CANCEL_BOTH,
 )
 from .state cimport (State, MarketC, PosC, OrderCmd, CidKey, Traded, account, position, cid_key,
-                           cid_of, reducible, market_id, ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS,
+                           cid_of, reducible, market_id, wake_by, ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS,
                            HALTED, SETTLED)
 from .wire cimport (V_USER, V_FOK_UNFILLED, V_REDUCE_ONLY, V_MARGIN, V_PRICE_OUT_OF_BAND,
                           V_POST_ONLY_WOULD_CROSS, V_MARKET_STATUS, V_EXPIRED)
@@ -452,6 +452,7 @@ cdef int32_t _open(State s, OrderCmd* c, int32_t p) except -1:
     if c.tif == GTD:
         s.gtd.add((c.expire_ts, o.oid, i))
         s.gtd_of[i] = c.expire_ts
+        wake_by(s, c.expire_ts)
     return i
 
 

@@ -10,11 +10,28 @@ fields (begin_structs), and only the rare ones written in a call are decoded bac
 from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128
-from .state cimport State, OrderCmd
+from .state cimport State, OrderCmd, Output
 
 # ---- a call's output modes (state.pxd's Output: written here only) -------------------------
-cdef int open_call(State s, bint quiet, bint log_fills) except -1   # no reason, no fill kept
-cdef int close_call(State s) except -1                              # the modes off
+cdef inline int open_call(State s, bint quiet, bint log_fills) except -1:
+    """Open a call (or the next command of a records batch): its modes, no reason yet, no
+    fill kept. O(1)."""
+    cdef Output o = s.out
+    o.quiet = quiet
+    o.log_fills = log_fills
+    o.last_reason = None
+    o.n_logged = 0
+    if o.log_strs:
+        o.log_strs.clear()
+    return 0
+
+
+cdef inline void close_call(State s) noexcept:
+    """The call is over: its modes off (what it collected stays, for the caller). O(1)."""
+    s.out.quiet = False
+    s.out.log_fills = False
+
+
 cdef int log_rejections(State s, list into) except -1               # None: off
 cdef int drop_structs(State s) except -1                            # an execute that failed
 cdef int log_fill(State s, int32_t t, int32_t mi, int64_t price, int64_t q) except -1

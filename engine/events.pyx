@@ -45,26 +45,6 @@ cdef inline bint _unwritten(State s) noexcept:
 
 # ---- a call's output modes -------------------------------------------------------------------
 
-cdef int open_call(State s, bint quiet, bint log_fills) except -1:
-    """Open a call (or the next command of a records batch): its modes, no reason yet, no
-    fill kept. O(1)."""
-    cdef Output o = s.out
-    o.quiet = quiet
-    o.log_fills = log_fills
-    o.last_reason = None
-    o.n_logged = 0
-    if o.log_strs:
-        o.log_strs.clear()
-    return 0
-
-
-cdef int close_call(State s) except -1:
-    """The call is over: its modes off (what it collected stays, for the caller). O(1)."""
-    s.out.quiet = False
-    s.out.log_fills = False
-    return 0
-
-
 cdef int log_rejections(State s, list into) except -1:
     """Note each rejection's n_commands in `into` from now (None: no more). O(1)."""
     s.out.reject_log = into

@@ -12,4 +12,10 @@ cdef int sample_premium(State s, int32_t m) except -1      # O(levels within the
 cdef bint due(State s, int32_t m) noexcept                 # has the clock passed a boundary?
 cdef int apply_boundary(State s, int32_t m) except -1      # the oldest boundary passed
 cdef int skip_boundaries(State s, int32_t m) except -1    # a halted market's: no payment
-cdef bint jump_fits(State s, int64_t ts) except -1         # may the clock move to ts at once?
+cdef bint look_jump(State s, int64_t ts) except -1         # jump_fits' look at every market
+
+
+cdef inline bint jump_fits(State s, int64_t ts) except -1:
+    """May the clock move to `ts` in one command? (look_jump.) O(1) below every market's
+    boundary after next (State.jump_quiet), where there is nothing to look at."""
+    return ts < s.jump_quiet or look_jump(s, ts)

@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, int32_t
 
 from .units cimport int128, PPM, floor_div, iabs, narrow
 from .book cimport Book, BID, ASK
-from .state cimport State, MarketC, touch, margin_moved
+from .state cimport State, MarketC, touch, margin_moved, wake_by, jump_by
 from . cimport events
 
 # The notional (quote units) whose average fill price is the impact bid / ask of funding's
@@ -20,6 +20,8 @@ cdef int start(State s, int32_t m) except -1:
     cdef MarketC* mk = &s.mk[m]
     if mk.next_funding == 0:
         mk.next_funding = (s.clock // mk.funding_interval_ns + 1) * mk.funding_interval_ns
+        wake_by(s, mk.next_funding)
+        jump_by(s, mk.next_funding + mk.funding_interval_ns)
     return 0
 
 
@@ -120,7 +122,7 @@ cdef int skip_boundaries(State s, int32_t m) except -1:
     return 0
 
 
-cdef bint jump_fits(State s, int64_t ts) except -1:
+cdef bint look_jump(State s, int64_t ts) except -1:
     """May the clock move to `ts` in one command? Not if what some position could owe (or be
     owed) in funding afterwards, its unsettled funding plus `k` boundaries at the capped rate,
     could pass 2^61 quote units (MAX_MONEY): funding owed stays an exact int64 by construction.

@@ -1,10 +1,11 @@
 # cython: language_level=3
 """A market's lifecycle (see lifecycle.pxd)."""
-from libc.stdint cimport int64_t, int32_t
+from libc.stdint cimport int64_t, int32_t, INT64_MAX
 
 from .units cimport int128, PPM, positive, iabs
 from .book cimport BID, ASK
 from .state cimport (State, MarketC, PosC, market_id, scope_of, set_spec, set_mark, touch,
+                     wake_by,
                      ACTIVE, POST_ONLY, REDUCE_ONLY_STATUS, HALTED, SETTLED)
 from .wire cimport V_MARKET_STATUS
 from .ledger cimport book_trade, settle
@@ -43,6 +44,7 @@ cdef int pause(State s, int32_t m) except -1:
     cdef MarketC* mk = &s.mk[m]
     mk.status = POST_ONLY
     mk.paused_until = s.clock + mk.velocity_pause_ns
+    wake_by(s, mk.paused_until)
     return _status_event(s, m)
 
 
@@ -189,6 +191,7 @@ cdef int update_market(State s, object cmd) except -1:
                              cmd.market)
     if cmd.effective_ts is not None and cmd.effective_ts > s.clock:
         s.pending_updates[m] = (cmd.effective_ts, spec)
+        wake_by(s, cmd.effective_ts if cmd.effective_ts < INT64_MAX else INT64_MAX)
         return _updated_event(s, m, spec, cmd.effective_ts)
     s.pending_updates.pop(m, None)
     return _apply(s, m, spec)

@@ -1,11 +1,11 @@
 # cython: language_level=3
 """Liquidation (see liquidation.pxd)."""
-from libc.stdint cimport int64_t, int32_t
+from libc.stdint cimport int64_t, int32_t, INT64_MIN
 
 from .units cimport int128, PPM, ceil_div, floor_div, iabs, py128, narrow
 from .book cimport BID, ASK
 from .state cimport (State, PosC, MarketC, Traded, position, insurance_fund, scope_of,
-                     HALTED)
+                     wake_by, HALTED)
 from .wire cimport V_LIQUIDATION
 from .margin cimport (equity, maintenance_margin, maintenance_requirement, unrealised,
                             below_call, unsettled_funding)
@@ -119,6 +119,8 @@ cdef int _drain(State s, int32_t m) except -1:
         k += 1
         _rewarn(s, a, iso)
     mk.liq_pending = 1 if queue else 0
+    if queue:
+        wake_by(s, INT64_MIN)                     # the next move of the clock goes on with it
     _fund_floor(s, m)
     if s.deleveraged:                             # their positions moved in this pass too
         for a, iso in dict.fromkeys(s.deleveraged):

@@ -6,7 +6,7 @@ from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
 from .book cimport Book, OrderPool, Order, Level, CidEntry, CID_BYTES
-from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market)
+from .state cimport (State, MarketC, PosC, AccountC, TierC, account, add_market, rewake)
 from .triggers cimport arm
 from .risk cimport index_restored
 
@@ -20,9 +20,11 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
 # What the raw parts depend on: a snapshot is read back only by a build with the same layout.
-VERSION = 6                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
+VERSION = 7                 # 2: MarketC.unsettled, the waiting-liquidation queues; 3: lifecycle;
                             # 4: gtd orders; 5: a multi-source index; 6: the open-addressed
-                            # cid index (Order loses hnext, cid_hash and trigger_price)
+                            # cid index (Order loses hnext, cid_hash and trigger_price);
+                            # 7: the cid index's hash (a multiply-xorshift), its buckets
+                            # by the tag, no tombstones
 
 
 cdef list _layout():
@@ -217,4 +219,5 @@ cdef int load(State s, bytes data) except -1:
     s.dirty.extend(doc["dirty"])
     (s.clock, s.seq, s.next_oid, s.n_commands, s.n_fills, s.deposits, s.withdrawals,
      s.fees) = doc["scalars"]
+    rewake(s)
     return 0

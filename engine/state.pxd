@@ -13,6 +13,47 @@ cimport cython
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint64_t
 
 from .units cimport int128
+from libc.string cimport memcmp
+
+
+cdef extern from *:
+    """
+    #ifndef PERPDEX_KEY_HASH
+    #define PERPDEX_KEY_HASH
+    #include <string.h>
+    #include <stdint.h>
+    /* The hash of a short key (an account key's msgpack bytes, a market's name) in the State's
+       look-up tables: overlapping word loads and a multiply-xorshift, not a step a byte. Made
+       and compared within one process only (no table is ever stored). */
+    static inline uint64_t pdx_key_hash(const unsigned char *p, Py_ssize_t n) {
+        uint64_t a = 0, b, t;
+        if (n >= 8) {
+            Py_ssize_t i;
+            for (i = 0; i + 8 < n; i += 8) {
+                memcpy(&t, p + i, 8);
+                a = (a ^ t) * 0x9e3779b97f4a7c15ULL;
+                a ^= a >> 29;
+            }
+            memcpy(&b, p + n - 8, 8);
+        } else if (n >= 4) {
+            uint32_t x, y;
+            memcpy(&x, p, 4);
+            memcpy(&y, p + n - 4, 4);
+            b = ((uint64_t)x << 32) | y;
+        } else if (n > 0) {
+            b = ((uint64_t)p[0] << 16) | ((uint64_t)p[n >> 1] << 8) | p[n - 1];
+        } else {
+            b = 0;
+        }
+        b ^= a ^ ((uint64_t)n << 56);
+        b *= 0xd6e8feb86659fd93ULL;
+        b ^= b >> 32;
+        b *= 0xd6e8feb86659fd93ULL;
+        return b ^ (b >> 29);
+    }
+    #endif
+    """
+    uint64_t key_hash "pdx_key_hash"(const unsigned char* p, Py_ssize_t n) noexcept nogil
 from .book cimport Book, OrderPool, BID
 from .wire cimport EventWriter
 
@@ -115,6 +156,16 @@ ctypedef struct HeadroomC:
     int128 headroom
     int64_t epoch
 
+# An entry of the open-addressed indexes of account keys and market names by their bytes (the
+# msgpack fast path): the key's hash, where its bytes are (a bytes object the State keeps) and
+# how many, and the id (-1: an empty entry). A probe reads the entry and, when the hash and the
+# length agree, the bytes.
+ctypedef struct KeyEntry:
+    uint64_t h
+    const char* p
+    int32_t n
+    int32_t id
+
 ctypedef struct CidKey:
     uint64_t h
     int64_t i
@@ -205,6 +256,8 @@ cdef class State:
     cdef object seen_market         # the name market_id looked up last, and its id
     cdef int32_t seen_market_id
     cdef list market_utf8           # each market's name, UTF-8
+    cdef KeyEntry* mkey             # open-addressing index over market_utf8 (the fast path)
+    cdef uint64_t mkey_mask
     cdef list market_names          # ... and as the str (the events Engine.execute builds)
     cdef MarketC* mk
     cdef int32_t n_markets
@@ -213,7 +266,7 @@ cdef class State:
     cdef dict account_ids           # key -> id
     cdef list account_keys
     cdef list acct_mp               # canonical msgpack bytes of each account key
-    cdef int32_t* akey              # open-addressing index over acct_mp (the fast path)
+    cdef KeyEntry* akey             # open-addressing index over acct_mp (the fast path)
     cdef uint64_t akey_mask
     cdef AccountC* ac
     cdef HeadroomC* hr              # per account (engine.margin's cache; see HeadroomC)
@@ -229,6 +282,16 @@ cdef class State:
     cdef EventWriter w              # written by engine.events only
     cdef int64_t seq                # written by engine.events only
     cdef int64_t clock              # written by engine.core only
+    cdef int64_t wake               # the clock may move below this with nothing else to do
+                                    # (engine.core._advance): at most the earliest gtd expiry,
+                                    # pause end, funding boundary and scheduled update, or
+                                    # INT64_MIN while a liquidation pass waits to go on; a
+                                    # writer that brings one of them earlier lowers it
+                                    # (wake_by), a clock move that passes it recomputes it
+                                    # (rewake). Derived: never in a snapshot.
+    cdef int64_t jump_quiet         # funding.jump_fits has nothing to look at below this ts:
+                                    # at most every market's next_funding + its interval
+                                    # (jump_by lowers it, rewake recomputes it)
     cdef int64_t next_oid
     cdef int64_t n_commands
     cdef int64_t n_fills
@@ -250,11 +313,37 @@ cdef int32_t add_market(State s, object spec) except -1
 cdef int set_spec(State s, int32_t m, object spec) except -1      # add_market, update_market
 cdef int set_mark(State s, int32_t m, int64_t idx) except -1       # median(index, bid, ask)
 cdef int32_t insurance_fund(State s) except -1
-cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n)
-cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n)
+cdef int rewake(State s) except -1                                  # wake, jump_quiet exact
 cdef object cid_key(object cid, int32_t a, CidKey* k)
 cdef object cid_obj(State s, int32_t i)
 cdef object cid_of(CidKey* k)
+
+
+cdef inline int32_t find_key(const KeyEntry* t, uint64_t mask, const unsigned char* k,
+                             Py_ssize_t n) noexcept:
+    """The id whose key is k[0:n] in the index `t` (mask + 1 entries; mask 0: empty), or -1.
+    O(1) expected."""
+    cdef uint64_t h, j
+    if mask == 0:
+        return -1
+    h = key_hash(k, n)
+    j = h & mask
+    while t[j].id >= 0:
+        if t[j].h == h and t[j].n == n and memcmp(t[j].p, k, n) == 0:
+            return t[j].id
+        j = (j + 1) & mask
+    return -1
+
+
+cdef inline int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n) noexcept:
+    """The account whose key's canonical msgpack bytes are k[0:n], or -1. O(1) expected."""
+    return find_key(s.akey, s.akey_mask, k, n)
+
+
+cdef inline int32_t find_market_bytes(State s, const unsigned char* name,
+                                      Py_ssize_t n) noexcept:
+    """The market named by the UTF-8 bytes name[0:n], or -1. O(1) expected."""
+    return find_key(s.mkey, s.mkey_mask, name, n)
 
 
 cdef inline int32_t market_id(State s, object name) except -2:
@@ -268,6 +357,21 @@ cdef inline int32_t market_id(State s, object name) except -2:
         s.seen_market = name
         s.seen_market_id = m
     return m
+
+
+cdef inline void wake_by(State s, int64_t t) noexcept:
+    """Time-driven work falls due at clock time `t` (a gtd expiry, a pause's end, a funding
+    boundary, a scheduled update; INT64_MIN: at the clock's next move): the clock's move to
+    `t` or past it must not be skipped. O(1)."""
+    if t < s.wake:
+        s.wake = t
+
+
+cdef inline void jump_by(State s, int64_t t) noexcept:
+    """A market's funding boundary after next is at `t`: funding.jump_fits looks at a jump to
+    `t` or past it. O(1)."""
+    if t < s.jump_quiet:
+        s.jump_quiet = t
 
 
 cdef inline int touch(State s, int32_t a) except -1:

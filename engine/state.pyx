@@ -3,7 +3,7 @@
 positions. Every growth keeps the old array until the new one is known good."""
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memset
-from libc.stdint cimport int64_t, int32_t, uint64_t
+from libc.stdint cimport int64_t, int32_t, uint64_t, INT64_MAX, INT64_MIN
 
 from .units cimport PPM, NS, fnv1a, narrow
 from .book cimport (Book, OrderPool, Order, KeyHeap, CID_BYTES, cid_hash_int, cid_hash_str, BID,
@@ -97,6 +97,8 @@ cdef class State:
         self.market_pos = []
         self.market_ids = {}
         self.market_utf8 = []
+        self.mkey = NULL
+        self.mkey_mask = 0
         self.market_names = []
         self.mk_cap = 8
         self.mk = <MarketC*>calloc(self.mk_cap, sizeof(MarketC))
@@ -118,6 +120,8 @@ cdef class State:
         self.n_accounts = 0
         self.n_pos = 0
         self.clock = 0
+        self.wake = INT64_MAX
+        self.jump_quiet = INT64_MAX
         self.seq = 0
         self.next_oid = 1
         self.seen_market = None
@@ -136,70 +140,46 @@ cdef class State:
         free(self.ac)
         free(self.hr)
         free(self.akey)
+        free(self.mkey)
 
 
 # ---- accounts ------------------------------------------------------------------------------
 
-cdef int _index_account_key(State s, int32_t a, bytes key) except -1:
-    """Index an account by the canonical msgpack bytes of its key (open addressing)."""
-    cdef uint64_t j
-    cdef int32_t* nt
-    cdef int32_t i, b
-    cdef bytes kb
-    s.acct_mp.append(key)
-    if 2 * (a + 1) > <int32_t>(s.akey_mask + 1):
-        b = 2 * <int32_t>(s.akey_mask + 1) if s.akey_mask else 1024
-        while 2 * (a + 1) > b:
+cdef int _index_key(KeyEntry** table, uint64_t* mask, int32_t id, bytes key) except -1:
+    """Index `key` (kept alive by the caller) as `id` in an open-addressed table, ids 0 .. id - 1
+    already in it; the table doubles before it would be more than half full. O(1) amortised."""
+    cdef uint64_t j, b
+    cdef KeyEntry* t = table[0]
+    cdef KeyEntry* nt
+    cdef uint64_t i
+    if 2 * (<uint64_t>id + 1) > mask[0] + 1 or t == NULL:
+        b = 2 * (mask[0] + 1) if t != NULL else 16
+        while 2 * (<uint64_t>id + 1) > b:
             b *= 2
-        nt = <int32_t*>malloc(b * sizeof(int32_t))
+        nt = <KeyEntry*>malloc(b * sizeof(KeyEntry))
         if nt == NULL:
-            s.acct_mp.pop()
             raise MemoryError()
         for i in range(b):
-            nt[i] = -1
-        free(s.akey)
-        s.akey = nt
-        s.akey_mask = b - 1
-        for i in range(a):
-            kb = s.acct_mp[i]
-            j = fnv1a(kb, len(kb)) & s.akey_mask
-            while s.akey[j] >= 0:
-                j = (j + 1) & s.akey_mask
-            s.akey[j] = i
-    j = fnv1a(key, len(key)) & s.akey_mask
-    while s.akey[j] >= 0:
-        j = (j + 1) & s.akey_mask
-    s.akey[j] = a
+            nt[i].id = -1
+        if t != NULL:
+            for i in range(mask[0] + 1):
+                if t[i].id >= 0:
+                    j = t[i].h & (b - 1)
+                    while nt[j].id >= 0:
+                        j = (j + 1) & (b - 1)
+                    nt[j] = t[i]
+        free(t)
+        t = table[0] = nt
+        mask[0] = b - 1
+    j = key_hash(key, len(key))
+    b = j & mask[0]
+    while t[b].id >= 0:
+        b = (b + 1) & mask[0]
+    t[b].h = j
+    t[b].p = <const char*>key
+    t[b].n = <int32_t>len(key)
+    t[b].id = id
     return 0
-
-
-cdef int32_t find_account_bytes(State s, const unsigned char* k, Py_ssize_t n):
-    """The account whose key's canonical msgpack bytes are k[0:n], or -1. O(1) expected."""
-    cdef uint64_t j
-    cdef int32_t a
-    cdef bytes kb
-    if s.akey_mask == 0:
-        return -1
-    j = fnv1a(k, n) & s.akey_mask
-    while True:
-        a = s.akey[j]
-        if a < 0:
-            return -1
-        kb = s.acct_mp[a]
-        if len(kb) == n and memcmp(<const char*>kb, k, n) == 0:
-            return a
-        j = (j + 1) & s.akey_mask
-
-
-cdef int32_t find_market_bytes(State s, const unsigned char* name, Py_ssize_t n):
-    """The market named by the UTF-8 bytes name[0:n], or -1. O(markets)."""
-    cdef int32_t m
-    cdef bytes b
-    for m in range(s.n_markets):
-        b = s.market_utf8[m]
-        if len(b) == n and memcmp(<const char*>b, name, n) == 0:
-            return m
-    return -1
 
 
 cdef int _grow_accounts(State s) except -1:
@@ -247,7 +227,9 @@ cdef int32_t account(State s, object key) except -1:
     s.ac[a].dirty = 0
     if key == INSURANCE and type(key) is str:
         s.insurance = a
-    _index_account_key(s, a, _mp_encode(key))
+    kb = _mp_encode(key)
+    _index_key(&s.akey, &s.akey_mask, a, kb)
+    s.acct_mp.append(kb)
     s.account_ids[key] = a
     s.account_keys.append(key)
     s.n_accounts += 1
@@ -307,6 +289,7 @@ cdef int32_t add_market(State s, object spec) except -1:
     cdef int32_t** npo
     cdef int32_t* row
     cdef int32_t m, i
+    cdef bytes name
     if s.n_markets == s.mk_cap:
         nm = <MarketC*>realloc(s.mk, 2 * s.mk_cap * sizeof(MarketC))
         if nm == NULL:
@@ -361,7 +344,9 @@ cdef int32_t add_market(State s, object spec) except -1:
     s.liq_queue.append([])
     s.specs.append(spec)
     s.market_pos.append([])
-    s.market_utf8.append(spec.name.encode("utf-8"))
+    name = spec.name.encode("utf-8")
+    _index_key(&s.mkey, &s.mkey_mask, m, name)
+    s.market_utf8.append(name)
     s.market_names.append(spec.name)
     s.market_ids[spec.name] = m
     s.n_markets += 1
@@ -406,6 +391,36 @@ cdef int set_spec(State s, int32_t m, object spec) except -1:
     mk.velocity_pause_ns = spec.velocity_pause_s * NS
     if spec.sources and m not in s.sources:
         s.sources[m] = [None] * len(spec.sources)
+    return 0
+
+
+# ---- time-driven work ---------------------------------------------------------------------
+
+cdef int rewake(State s) except -1:
+    """`wake` and `jump_quiet` exactly (state.pxd): the earliest time-driven work and the
+    earliest funding boundary after next, over every market. O(markets + scheduled updates)."""
+    cdef int64_t wake = INT64_MAX, quiet = INT64_MAX, t
+    cdef int32_t m
+    cdef MarketC* mk
+    if s.gtd_of:
+        t = s.gtd[0][0]
+        wake = t if t < wake else wake
+    for entry in s.pending_updates.values():
+        t = entry[0] if entry[0] < INT64_MAX else INT64_MAX
+        wake = t if t < wake else wake
+    for m in range(s.n_markets):
+        mk = &s.mk[m]
+        if mk.liq_pending:
+            wake = INT64_MIN
+        if mk.paused_until and mk.paused_until < wake:
+            wake = mk.paused_until
+        if mk.next_funding:
+            if mk.next_funding < wake:
+                wake = mk.next_funding
+            t = mk.next_funding + mk.funding_interval_ns
+            quiet = t if t < quiet else quiet
+    s.wake = wake
+    s.jump_quiet = quiet
     return 0
 
 
