@@ -301,7 +301,7 @@ cdef bint _handles_refused(State s, str command, int32_t a, int32_t m, int64_t t
     return True
 
 
-# ---- the handle calls' bodies, and their positional fast entry ------------------------------
+# ---- the handle calls' bodies -----------------------------------------------------------------
 
 cdef object _place(Engine e, int32_t account, int32_t market, int64_t cid, int side, int64_t qty,
                    int64_t price, int kind, int tif, int64_t ts, int flags, int64_t trigger_price,
@@ -345,146 +345,6 @@ cdef object _amend_order(Engine e, int32_t account, int32_t market, int64_t cid,
     finally:
         events.close_call(s)
     return _rows(s)
-
-
-cdef extern from *:
-    """
-    /* An argument of a handle call read as an int64 when it is an exact int that fits one:
-       1, else 0 (the caller then lets the generic argument parsing answer, error and all). */
-    static inline int __pd_arg_i64(PyObject *o, int64_t *v) {
-        int overflow = 0;
-        long long x;
-        if (!PyLong_CheckExact(o)) return 0;
-    #if PY_VERSION_HEX >= 0x030C0000
-        if (PyUnstable_Long_IsCompact((PyLongObject *)o)) {
-            *v = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)o);
-            return 1;
-        }
-    #else
-        {
-            Py_ssize_t n = Py_SIZE(o);
-            if (n == 0) { *v = 0; return 1; }
-            if (n == 1) { *v = (int64_t)((PyLongObject *)o)->ob_digit[0]; return 1; }
-            if (n == -1) { *v = -(int64_t)((PyLongObject *)o)->ob_digit[0]; return 1; }
-            if (n == 2 && PyLong_SHIFT == 30) {       /* a nanosecond ts: below 2^60 */
-                *v = (int64_t)((PyLongObject *)o)->ob_digit[0]
-                     | ((int64_t)((PyLongObject *)o)->ob_digit[1] << 30);
-                return 1;
-            }
-        }
-    #endif
-        x = PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (overflow || (x == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
-        *v = (int64_t)x;
-        return 1;
-    }
-    """
-    bint _arg_i64 "__pd_arg_i64"(PyObject* o, int64_t* v) noexcept
-
-
-cdef extern from "Python.h":
-    ctypedef struct PyMethodDef:
-        const char* ml_name
-        void* ml_meth
-        int ml_flags
-        const char* ml_doc
-    int METH_FASTCALL
-    int METH_KEYWORDS
-    object PyDescr_NewMethod(PyTypeObject* t, PyMethodDef* m)
-    void PyType_Modified(PyTypeObject* t)
-
-
-cdef extern from *:
-    """
-    #define __pd_type_dict(t) (((PyTypeObject *)(t))->tp_dict)
-    """
-    PyObject* _type_dict "__pd_type_dict"(PyTypeObject* t)
-
-
-cdef inline bint _args_i64(PyObject** args, Py_ssize_t nargs, PyObject* kwnames, Py_ssize_t least,
-                           Py_ssize_t most, int64_t* v) noexcept:
-    """The positional arguments of a handle call as int64 (those not given 0); False when a
-    keyword is given, their number is off, or one is not an exact int64."""
-    cdef Py_ssize_t i
-    if kwnames != NULL or nargs < least or nargs > most:
-        return False
-    for i in range(nargs):
-        if not _arg_i64(args[i], &v[i]):
-            return False
-    for i in range(nargs, most):
-        v[i] = 0
-    return True
-
-
-cdef inline bint _i32(int64_t v) noexcept:
-    return -2147483648 <= v <= 2147483647
-
-
-cdef object _generic(object method, object self, PyObject** args, Py_ssize_t nargs,
-                     PyObject* kwnames):
-    """The call as the generic argument parsing takes it (keywords, other types, errors)."""
-    cdef Py_ssize_t i, nkw = len(<tuple>kwnames) if kwnames != NULL else 0
-    pos = [self]
-    for i in range(nargs):
-        pos.append(<object>args[i])
-    kw = {}
-    for i in range(nkw):
-        kw[(<tuple>kwnames)[i]] = <object>args[nargs + i]
-    return method(*pos, **kw)
-
-
-cdef object _place_generic, _cancel_order_generic, _amend_order_generic
-
-
-cdef object _place_fast(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
-    """Engine.place's entry (METH_FASTCALL): positional exact ints are read here at once;
-    anything else goes to the generic parsing, which says the same as before."""
-    cdef int64_t v[12]
-    if (_args_i64(args, nargs, kwnames, 5, 12, v) and _i32(v[0]) and _i32(v[1]) and _i32(v[3])
-            and _i32(v[6]) and _i32(v[7]) and _i32(v[9])):
-        return _place(<Engine>self, <int32_t>v[0], <int32_t>v[1], v[2], <int>v[3], v[4], v[5],
-                      <int>v[6], <int>v[7], v[8], <int>v[9], v[10], v[11])
-    return _generic(_place_generic, self, args, nargs, kwnames)
-
-
-cdef object _cancel_order_fast(object self, PyObject** args, Py_ssize_t nargs,
-                               PyObject* kwnames):
-    """Engine.cancel_order's entry (as _place_fast)."""
-    cdef int64_t v[4]
-    if _args_i64(args, nargs, kwnames, 3, 4, v) and _i32(v[0]) and _i32(v[1]):
-        return _cancel_order(<Engine>self, <int32_t>v[0], <int32_t>v[1], v[2], v[3])
-    return _generic(_cancel_order_generic, self, args, nargs, kwnames)
-
-
-cdef object _amend_order_fast(object self, PyObject** args, Py_ssize_t nargs,
-                              PyObject* kwnames):
-    """Engine.amend_order's entry (as _place_fast)."""
-    cdef int64_t v[6]
-    if _args_i64(args, nargs, kwnames, 3, 6, v) and _i32(v[0]) and _i32(v[1]):
-        return _amend_order(<Engine>self, <int32_t>v[0], <int32_t>v[1], v[2], v[3], v[4], v[5])
-    return _generic(_amend_order_generic, self, args, nargs, kwnames)
-
-
-cdef PyMethodDef _fast_defs[3]
-cdef list _fast_docs = []
-
-
-cdef int _install_fast(int k, str name, void* fn) except -1:
-    """Engine.<name> becomes a METH_FASTCALL method calling `fn`, with the generic method's
-    doc; the generic one stays behind it for what `fn` does not take."""
-    cdef PyTypeObject* t = <PyTypeObject*>Engine
-    cdef dict d = <dict>_type_dict(t)
-    generic = d[name]
-    doc = (generic.__doc__ or "").encode("utf-8")
-    name_b = name.encode("ascii")
-    _fast_docs.extend((doc, name_b))
-    _fast_defs[k].ml_name = name_b
-    _fast_defs[k].ml_meth = fn
-    _fast_defs[k].ml_flags = METH_FASTCALL | METH_KEYWORDS
-    _fast_defs[k].ml_doc = doc
-    d[name] = PyDescr_NewMethod(t, &_fast_defs[k])
-    PyType_Modified(t)
-    return 0
 
 
 cdef int _check_quiet(State s, int64_t ts) except -1:
@@ -1193,13 +1053,3 @@ cdef class Engine:
         if s.margin:
             liquidation.run(s, m, True)
         return 0
-
-
-# The handle calls take positional exact ints without the generic argument parsing (which
-# builds a keyword table and takes a reference to every argument): see _place_fast.
-_place_generic = Engine.__dict__["place"]
-_cancel_order_generic = Engine.__dict__["cancel_order"]
-_amend_order_generic = Engine.__dict__["amend_order"]
-_install_fast(0, "place", <void*>_place_fast)
-_install_fast(1, "cancel_order", <void*>_cancel_order_fast)
-_install_fast(2, "amend_order", <void*>_amend_order_fast)
