@@ -4,7 +4,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memmove, memset
 from libc.stdint cimport int64_t, uint64_t, int32_t
 
-from .units cimport fnv1a
+from .units cimport fnv1a, grow_zeroed
 
 
 cdef class OrderPool:
@@ -50,15 +50,16 @@ cdef class OrderPool:
             no = <Order*>realloc(self.o, 2 * <size_t>old * sizeof(Order))
             if no == NULL:
                 raise MemoryError()
-            memset(no + old, 0, <size_t>old * sizeof(Order))
             self.o = no
+            # Not zeroed: most slots never hold a string cid, and their text never becomes
+            # resident; a snapshot writes only the live orders' string cids (engine.snapshot).
             nt = <char*>realloc(self.cid_text, 2 * <size_t>old * CID_BYTES)
             if nt == NULL:
                 raise MemoryError()
-            memset(nt + <size_t>old * CID_BYTES, 0, <size_t>old * CID_BYTES)
             self.cid_text = nt
             self.cap = 2 * old
-            for i in range(old, self.cap):
+            for i in range(old, self.cap):     # zeroed as they join the free list (a snapshot
+                memset(&self.o[i], 0, sizeof(Order))    # holds no leftover byte)
                 self.o[i].next = i + 1
                 self.o[i].live = 0
             self.o[self.cap - 1].next = -1
@@ -296,9 +297,9 @@ cdef class Book:
             nl = <Level*>realloc(self.lv, 2 * <size_t>self.lv_cap * sizeof(Level))
             if nl == NULL:
                 raise MemoryError()
-            memset(nl + self.lv_cap, 0, <size_t>self.lv_cap * sizeof(Level))
             self.lv = nl
-            for i in range(self.lv_cap, 2 * self.lv_cap):
+            for i in range(self.lv_cap, 2 * self.lv_cap):     # zeroed as they join the free
+                memset(&self.lv[i], 0, sizeof(Level))        # list
                 self.lv[i].head = i + 1
             self.lv[2 * self.lv_cap - 1].head = -1
             self.lv_free = self.lv_cap
@@ -311,15 +312,15 @@ cdef class Book:
         self.lv[slot].tail = -1
         self.lv[slot].count = 0
         if n == self.side_cap[side]:
-            ns = <int32_t*>realloc(self.slots[side], 2 * <size_t>n * sizeof(int32_t))
+            ns = <int32_t*>grow_zeroed(self.slots[side], <size_t>n * sizeof(int32_t),
+                                       2 * <size_t>n * sizeof(int32_t))
             if ns == NULL:
                 raise MemoryError()
-            memset(ns + n, 0, <size_t>n * sizeof(int32_t))
             self.slots[side] = ns
-            nk = <int64_t*>realloc(self.keys[side], 2 * <size_t>n * sizeof(int64_t))
+            nk = <int64_t*>grow_zeroed(self.keys[side], <size_t>n * sizeof(int64_t),
+                                       2 * <size_t>n * sizeof(int64_t))
             if nk == NULL:
                 raise MemoryError()
-            memset(nk + n, 0, <size_t>n * sizeof(int64_t))
             self.keys[side] = nk
             self.side_cap[side] = 2 * n
         k = self.keys[side]

@@ -2,7 +2,7 @@
 """Snapshots (see snapshot.pxd). O(orders + positions + accounts) both ways, mostly memcpy."""
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, int32_t, uint64_t
 
 from .book cimport Book, OrderPool, Order, Level, CidEntry, CID_BYTES
@@ -34,6 +34,22 @@ cdef list _layout():
 
 cdef inline bytes _raw(const void* p, size_t n):
     return PyBytes_FromStringAndSize(<const char*>p, n)
+
+
+cdef bytes _cid_text(OrderPool pool):
+    """The pool's cid text as a snapshot holds it: each live order's string cid in its slot,
+    zeros everywhere else (the text of a free slot or of an integer cid's slot is whatever
+    was there, since the pool grows it without zeroing). O(pool capacity)."""
+    cdef size_t n = <size_t>pool.cap * CID_BYTES
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* d = PyBytes_AS_STRING(out)
+    cdef int32_t i
+    memset(d, 0, n)
+    for i in range(pool.cap):
+        if pool.o[i].live and pool.o[i].cid_is_str:
+            memcpy(d + <size_t>i * CID_BYTES, pool.cid_text + <size_t>i * CID_BYTES,
+                   pool.o[i].cid_len)
+    return out
 
 
 cdef bytes _markets_raw(State s):
@@ -103,7 +119,7 @@ cdef bytes dump(State s):
         "account_c": _raw(s.ac, s.n_accounts * sizeof(AccountC)),
         "positions": _raw(s.pos, s.n_pos * sizeof(PosC)),
         "pool": [pool.cap, pool.free_head, pool.n_live, <uint64_t>pool.mask,
-                 _raw(pool.o, pool.cap * sizeof(Order)), _raw(pool.cid_text, pool.cap * CID_BYTES),
+                 _raw(pool.o, pool.cap * sizeof(Order)), _cid_text(pool),
                  _raw(pool.cids, (pool.mask + 1) * sizeof(CidEntry)), pool.n_tombs, pool.acct_cap,
                  _raw(pool.acct_head, pool.acct_cap * sizeof(int32_t)),
                  _raw(pool.acct_tail, pool.acct_cap * sizeof(int32_t))],

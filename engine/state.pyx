@@ -2,10 +2,10 @@
 """The engine's state (see state.pxd): construction, and the growth of markets, accounts and
 positions. Every growth keeps the old array until the new one is known good."""
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcmp, memset
+from libc.string cimport memcmp
 from libc.stdint cimport int64_t, int32_t, uint64_t, INT64_MAX, INT64_MIN
 
-from .units cimport PPM, NS, fnv1a, narrow
+from .units cimport PPM, NS, fnv1a, narrow, grow_zeroed
 from .book cimport (Book, OrderPool, Order, KeyHeap, CID_BYTES, cid_hash_int, cid_hash_str, BID,
                     ASK)
 from .book cimport (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT, TAKE_PROFIT_MARKET,
@@ -190,15 +190,13 @@ cdef int _grow_accounts(State s) except -1:
     cdef HeadroomC* nh
     cdef int32_t* np
     s.pool.ensure_accounts(c)
-    na = <AccountC*>realloc(s.ac, c * sizeof(AccountC))
+    na = <AccountC*>grow_zeroed(s.ac, s.acct_cap * sizeof(AccountC), c * sizeof(AccountC))
     if na == NULL:
         raise MemoryError()
-    memset(na + s.acct_cap, 0, (c - s.acct_cap) * sizeof(AccountC))   # no stray bytes (snapshots)
     s.ac = na
-    nh = <HeadroomC*>realloc(s.hr, c * sizeof(HeadroomC))
-    if nh == NULL:
+    nh = <HeadroomC*>grow_zeroed(s.hr, s.acct_cap * sizeof(HeadroomC), c * sizeof(HeadroomC))
+    if nh == NULL:                      # (zero: epoch 0, not known)
         raise MemoryError()
-    memset(nh + s.acct_cap, 0, (c - s.acct_cap) * sizeof(HeadroomC))   # epoch 0: not known
     s.hr = nh
     for m in range(s.n_markets):
         np = <int32_t*>realloc(s.pos_of[m], c * sizeof(int32_t))
@@ -249,10 +247,10 @@ cdef int32_t position(State s, int32_t m, int32_t a) except -1:
     if p >= 0:
         return p
     if s.n_pos == s.pos_cap:
-        np = <PosC*>realloc(s.pos, 2 * <size_t>s.pos_cap * sizeof(PosC))
+        np = <PosC*>grow_zeroed(s.pos, <size_t>s.pos_cap * sizeof(PosC),
+                                2 * <size_t>s.pos_cap * sizeof(PosC))
         if np == NULL:
             raise MemoryError()
-        memset(np + s.pos_cap, 0, s.pos_cap * sizeof(PosC))
         s.pos = np
         s.pos_cap *= 2
     p = s.n_pos
@@ -291,10 +289,9 @@ cdef int32_t add_market(State s, object spec) except -1:
     cdef int32_t m, i
     cdef bytes name
     if s.n_markets == s.mk_cap:
-        nm = <MarketC*>realloc(s.mk, 2 * s.mk_cap * sizeof(MarketC))
+        nm = <MarketC*>grow_zeroed(s.mk, s.mk_cap * sizeof(MarketC), 2 * s.mk_cap * sizeof(MarketC))
         if nm == NULL:
             raise MemoryError()
-        memset(nm + s.mk_cap, 0, s.mk_cap * sizeof(MarketC))
         s.mk = nm
         npo = <int32_t**>realloc(s.pos_of, 2 * s.mk_cap * sizeof(int32_t*))
         if npo == NULL:

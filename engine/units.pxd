@@ -9,6 +9,8 @@ in 128 bits (`int128`); C division truncates toward zero, so rounding goes throu
 cimport cython
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
 cdef extern from *:
     ctypedef long long int128 "__int128"
@@ -98,3 +100,17 @@ cdef inline int64_t narrow(int128 v) except? -1:
         raise OverflowError(f"a 128-bit value does not fit int64 where the engine narrows it "
                             f"(docs/limits.md): {py128(v)}")
     return <int64_t>v
+
+
+cdef inline void* grow_zeroed(void* p, size_t old, size_t new) noexcept nogil:
+    """`p`'s first `old` bytes in a new block of `new` bytes, the rest zero, and `p` freed;
+    NULL (`p` kept) when there is no memory. Every array the engine grows is zeroed, so that no
+    leftover byte reaches a snapshot; calloc's zeros are fresh pages, never touched until used,
+    where realloc and a memset would make the whole new capacity resident. O(old)."""
+    cdef void* q = calloc(1, new)
+    if q == NULL:
+        return NULL
+    if old:
+        memcpy(q, p, old)
+    free(p)
+    return q

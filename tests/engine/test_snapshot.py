@@ -86,12 +86,24 @@ def test_a_truncated_snapshot_is_refused():
 
 _SNAPSHOT_OF_A_FLOW = """
 import hashlib, random, sys
-from perpdex.engine import Engine
-from tests.flows import margin_flow
+from perpdex.engine import Engine, messages as M
+from tests.flows import create_markets, margin_flow
 eng = Engine()
 for cmd in margin_flow(random.Random(3), 200):
     getattr(eng, sys.argv[1])(cmd) if sys.argv[1] != "execute_many" else eng.execute_many([cmd])
-print(hashlib.sha256(eng.snapshot()).hexdigest())
+# past the first capacity of the order pool and of a book's levels, with string cids, half
+# of them cancelled: grown arrays and freed slots
+big = Engine(margin=False)
+for cmd in create_markets(["BTC-PERP"]):
+    big.execute(cmd)
+big.execute(M.Oracle(market="BTC-PERP", price=10_000, ts=1))
+for i in range(6_000):
+    big.execute(M.NewOrder(account=f"a{i % 7}", market="BTC-PERP", cid=f"c-{i}" * (1 + i % 5),
+                           side="buy", kind="limit", qty=2, price=9_900 - i % 150, ts=2))
+for i in range(0, 6_000, 2):
+    big.execute(M.Cancel(account=f"a{i % 7}", market="BTC-PERP", cid=f"c-{i}" * (1 + i % 5),
+                         ts=3))
+print(hashlib.sha256(eng.snapshot() + big.snapshot()).hexdigest())
 """
 
 
