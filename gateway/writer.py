@@ -24,37 +24,8 @@ class Role(Protocol):
     poll_ms: int            # the loop's longest wait for requests (0: its tick)
 
     def start(self, server) -> str | None:
-        """Recover the data folder, or boot it when it is new (a folder that holds a venue is
-        checked against the configuration: gateway/boot.py `against`). What was recovered."""
-        self.server = server
-        cfg = server.cfg
-        if not (self.journaled and cfg.journal.enabled):
-            server.boot()
-            return None
-        existing = boot.holds_a_venue(cfg.data_dir)
-        said = self._recover(server)
-        if existing:                        # a venue's folder: it is that venue
-            said = "\n".join([said, *boot.against(cfg, server.engine, server.seq.durability)])
-        return said
-
-    def _recover(self, server) -> str:
-        cfg = server.cfg
-        r = recover(cfg, server.records, server.engine)
-        server.use(r.engine)
-        seq = server.seq
-        seq.durability = r.journal
-        seq.notes = True
-        seq.last = max(seq.last, r.engine.clock)
-        self.snapshot_at = r.engine.n_commands
-        if not r.new:
-            return r.said
-        server.boot()
-        if r.journal.seq == 0:          # nothing configured: the boot is still a turn of its own
-            r.journal.append([])
-            r.journal.sync()
-        return (f"perpdex: a new data folder {cfg.data_dir}: the journal starts "
-                f"(fsync {cfg.journal.fsync}); {len(cfg.markets)} markets and "
-                f"{sum(1 for a in cfg.accounts.values() if a.deposit)} deposits booted")
+        """Once, at boot: the engine recovered or booted; what to say of it (None: nothing)."""
+        ...
 
     def between(self) -> None: ...
     def refuse(self, cls) -> str | None: ...
