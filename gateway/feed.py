@@ -175,7 +175,7 @@ class Feed:
         self._touch(mk, market, side, price)
 
     def gone(self, oid: int, market: str) -> None:
-        """An order left the book: cancelled (or triggered, which moves it off its level)."""
+        """An order left the book (cancelled): its level touched."""
         info = self.orders.pop(oid, None)
         if info is None:
             self._full(market)
