@@ -206,8 +206,9 @@ def test_after_any_leveraged_flow_the_audit_balances_to_the_unit():
                   withdrew=audit["withdrawals"] > 0)
 
     case()
-    assert seen.share("traded") >= 0.4 and seen.share("held") >= 0.4, seen
-    assert seen.share("funding") >= 0.4 and seen.share("withdrew") >= 0.4, seen
+    # Each share is about 0.55-0.7 over 200 flows; one seed's draw has given 0.38
+    assert seen.share("traded") >= 0.3 and seen.share("held") >= 0.3, seen
+    assert seen.share("funding") >= 0.3 and seen.share("withdrew") >= 0.3, seen
 
 
 def test_create_markets_helper_is_margin_ready():
