@@ -391,6 +391,8 @@ cdef class Engine:
     * `execute(cmd)`: one command Struct (engine.messages) -> a list of event Structs.
     * `execute_batch(data, fmt)`: encoded commands (JSON Lines or msgpack) -> encoded events.
     * `execute_many(items, fmt)`: decoded commands -> encoded events.
+    * `route(cmd)`: one command Struct -> its events' bytes and an index row per event (the
+      server's way in).
 
     All run the same code; the batch paths skip building a Python object per event.
     """

@@ -151,7 +151,10 @@ ctypedef struct AccountC:
 # a market's parameters, any command but an order, cancel or amend) moves the epoch, and an
 # order admitted takes its rise of the requirement off it (margin.order_fits): what is known is
 # never above the truth (an order that does not rest, or leaves, makes it lower). Kept beside
-# AccountC, not in it: derived, so never in a snapshot.
+# AccountC, not in it: derived, so never in a snapshot. Sizes: equity and requirement are sums
+# of int64 terms, one or two a position (docs/limits.md), so each is within 2^64 x (markets
+# + 1) and a learnt headroom within twice that, far inside int128; it is spent only while it
+# covers the rise (one position's term), so spending never takes it below zero.
 ctypedef struct HeadroomC:
     int128 headroom
     int64_t epoch
@@ -270,7 +273,8 @@ cdef class State:
     cdef uint64_t akey_mask
     cdef AccountC* ac
     cdef HeadroomC* hr              # per account (engine.margin's cache; see HeadroomC)
-    cdef int64_t margin_epoch       # moved by margin_moved(); starts at 1
+    cdef int64_t margin_epoch       # moved by margin_moved(); starts at 1; at most a few
+                                    # moves a command, so below 2^62 for any journal
     cdef int32_t n_accounts
     cdef int32_t acct_cap
     cdef PosC* pos
